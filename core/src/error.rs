@@ -1,0 +1,21 @@
+//! The one error type of the engine: every message says what was expected and what was found.
+
+/// Errors from model construction, shapes, data and training.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A tensor or input had the wrong shape or length.
+    #[error("{0}")]
+    Shape(String),
+    /// A model name, option or hyper-parameter that does not exist or does not fit.
+    #[error("{0}")]
+    Config(String),
+    /// A label outside the model's classes.
+    #[error("label {label} at batch position {index} is out of range: the model has {classes} classes")]
+    Label { label: u32, index: usize, classes: usize },
+    /// The loss became NaN or infinite; parameters were left as they were before the step.
+    #[error("training diverged at iteration {iteration}: loss is {loss}")]
+    Diverged { iteration: u64, loss: f64 },
+}
+
+/// Result with the engine's error.
+pub type Result<T> = std::result::Result<T, Error>;

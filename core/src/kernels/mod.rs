@@ -1,0 +1,9 @@
+//! Pure functions on slices: no allocation of their own beyond per-thread scratch, each
+//! with a naive twin that the tests compare it against.
+
+pub mod conv;
+pub mod gemm;
+pub mod im2col;
+pub mod norm;
+pub mod pool;
+pub mod scratch;

@@ -1,0 +1,143 @@
+//! `BatchNorm2d` with PyTorch's semantics: batch statistics in training (biased variance
+//! for normalising, unbiased for the running average, momentum 0.1), running statistics
+//! in evaluation, eps 1e-5.
+
+use super::{fit, join, Dims, Mode, Param, Slot, Visitor};
+use crate::kernels::norm::{channel_moments, grad_sums, input_grad, normalize, NormGeometry};
+
+/// Batch normalisation over the channels of an NCHW activation.
+#[derive(Clone, Debug)]
+pub struct BatchNorm2d {
+    pub channels: usize,
+    /// gamma, initialised to 1.
+    pub weight: Param,
+    /// beta, initialised to 0.
+    pub bias: Param,
+    pub running_mean: Vec<f32>,
+    pub running_var: Vec<f32>,
+    /// Training batches seen (PyTorch's `num_batches_tracked`).
+    pub num_batches_tracked: u64,
+    pub momentum: f32,
+    pub eps: f32,
+    /// The output of the last forward pass.
+    pub out: Vec<f32>,
+    xhat: Vec<f32>,
+    inv_std: Vec<f32>,
+    mean_f32: Vec<f32>,
+    mean: Vec<f64>,
+    var: Vec<f64>,
+    sum_dy: Vec<f64>,
+    sum_dy_xhat: Vec<f64>,
+    last: Option<(NormGeometry, Mode)>,
+}
+
+impl BatchNorm2d {
+    /// A batch norm with gamma 1, beta 0, running mean 0 and variance 1.
+    pub fn new(channels: usize) -> Self {
+        BatchNorm2d {
+            channels,
+            weight: Param::filled(vec![channels], 1.0),
+            bias: Param::filled(vec![channels], 0.0),
+            running_mean: vec![0.0; channels],
+            running_var: vec![1.0; channels],
+            num_batches_tracked: 0,
+            momentum: 0.1,
+            eps: 1e-5,
+            out: Vec::new(),
+            xhat: Vec::new(),
+            inv_std: vec![0.0; channels],
+            mean_f32: vec![0.0; channels],
+            mean: vec![0.0; channels],
+            var: vec![0.0; channels],
+            sum_dy: vec![0.0; channels],
+            sum_dy_xhat: vec![0.0; channels],
+            last: None,
+        }
+    }
+
+    /// Normalises `x` into `self.out`. In `Mode::Train` it also updates the running statistics.
+    pub fn forward(&mut self, x: &[f32], dims: Dims, mode: Mode) {
+        assert_eq!(dims.c, self.channels, "BatchNorm2d: channel count");
+        let g = NormGeometry {
+            batch: dims.n,
+            channels: dims.c,
+            plane: dims.plane(),
+        };
+        match mode {
+            Mode::Train => {
+                channel_moments(&g, x, &mut self.mean, &mut self.var);
+                let count = g.count() as f64;
+                let m = self.momentum as f64;
+                for c in 0..self.channels {
+                    self.mean_f32[c] = self.mean[c] as f32;
+                    self.inv_std[c] = (1.0 / (self.var[c] + self.eps as f64).sqrt()) as f32;
+                    let unbiased = if count > 1.0 {
+                        self.var[c] * count / (count - 1.0)
+                    } else {
+                        self.var[c]
+                    };
+                    self.running_mean[c] = ((1.0 - m) * self.running_mean[c] as f64 + m * self.mean[c]) as f32;
+                    self.running_var[c] = ((1.0 - m) * self.running_var[c] as f64 + m * unbiased) as f32;
+                }
+                self.num_batches_tracked += 1;
+            }
+            Mode::Eval => {
+                for c in 0..self.channels {
+                    self.mean_f32[c] = self.running_mean[c];
+                    self.inv_std[c] = (1.0 / (self.running_var[c] as f64 + self.eps as f64).sqrt()) as f32;
+                }
+            }
+        }
+        fit(&mut self.out, dims.len());
+        fit(&mut self.xhat, dims.len());
+        normalize(
+            &g,
+            x,
+            &self.mean_f32,
+            &self.inv_std,
+            &self.weight.value,
+            &self.bias.value,
+            &mut self.xhat,
+            &mut self.out,
+        );
+        self.last = Some((g, mode));
+    }
+
+    /// Accumulates gamma and beta gradients and writes the input gradient into `dx`.
+    pub fn backward(&mut self, dy: &[f32], dx: &mut Vec<f32>) {
+        let (g, mode) = self.last.expect("BatchNorm2d::backward called before forward");
+        grad_sums(&g, dy, &self.xhat, &mut self.sum_dy, &mut self.sum_dy_xhat);
+        let (sum_dy, sum_dy_xhat) = (&self.sum_dy, &self.sum_dy_xhat);
+        for c in 0..self.channels {
+            self.bias.grad[c] += sum_dy[c] as f32;
+            self.weight.grad[c] += sum_dy_xhat[c] as f32;
+        }
+        fit(dx, dy.len());
+        input_grad(
+            &g,
+            dy,
+            &self.xhat,
+            &self.inv_std,
+            &self.weight.value,
+            sum_dy,
+            sum_dy_xhat,
+            mode == Mode::Train,
+            dx,
+        );
+    }
+
+    /// Visits `weight`, `bias`, `running_mean` and `running_var`.
+    pub fn visit(&mut self, prefix: &str, f: &mut Visitor) {
+        f(&join(prefix, "weight"), Slot::Param(&mut self.weight));
+        f(&join(prefix, "bias"), Slot::Param(&mut self.bias));
+        let shape = [self.channels];
+        f(
+            &join(prefix, "running_mean"),
+            Slot::Buffer(&shape, &mut self.running_mean),
+        );
+        f(
+            &join(prefix, "running_var"),
+            Slot::Buffer(&shape, &mut self.running_var),
+        );
+    }
+}

@@ -1,0 +1,16 @@
+//! `resnet-core`: every number of the resnet engine is computed here.
+//!
+//! Layers with explicit forward and backward passes (`layers`), the kernels they call
+//! (`kernels`), the ResNet zoo of He et al. 2015 (`model`) and the training loop
+//! (`train`). NCHW `f32` at every public boundary. Builds for `wasm32-unknown-unknown`.
+
+pub mod error;
+pub mod kernels;
+pub mod layers;
+pub mod model;
+pub mod rng;
+pub mod tensor;
+pub mod train;
+
+pub use error::{Error, Result};
+pub use tensor::Tensor;
