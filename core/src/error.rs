@@ -12,6 +12,12 @@ pub enum Error {
     /// A label outside the model's classes.
     #[error("label {label} at batch position {index} is out of range: the model has {classes} classes")]
     Label { label: u32, index: usize, classes: usize },
+    /// A weight file that cannot be read.
+    #[error(transparent)]
+    Weights(#[from] crate::io::IoError),
+    /// A data set or image that cannot be read.
+    #[error(transparent)]
+    Data(#[from] crate::data::DataError),
     /// The loss became NaN or infinite; parameters were left as they were before the step.
     #[error("training diverged at iteration {iteration}: loss is {loss}")]
     Diverged { iteration: u64, loss: f64 },

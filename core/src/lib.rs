@@ -4,7 +4,9 @@
 //! (`kernels`), the ResNet zoo of He et al. 2015 (`model`) and the training loop
 //! (`train`). NCHW `f32` at every public boundary. Builds for `wasm32-unknown-unknown`.
 
+pub mod data;
 pub mod error;
+pub mod io;
 pub mod kernels;
 pub mod layers;
 pub mod model;
