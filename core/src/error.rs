@@ -12,6 +12,9 @@ pub enum Error {
     /// A label outside the model's classes.
     #[error("label {label} at batch position {index} is out of range: the model has {classes} classes")]
     Label { label: u32, index: usize, classes: usize },
+    /// Weights that do not fit the network: missing, unexpected or misshapen tensors.
+    #[error("{0}")]
+    Load(String),
     /// A weight file that cannot be read.
     #[error(transparent)]
     Weights(#[from] crate::io::IoError),

@@ -10,6 +10,8 @@ pub mod cifar;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod folder;
 pub mod image;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod open;
 pub mod tar;
 
 use crate::rng::Rng;

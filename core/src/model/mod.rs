@@ -6,6 +6,7 @@ pub mod block;
 pub mod config;
 pub mod info;
 pub mod resnet;
+pub mod weights;
 
 pub use block::{Block, Shortcut};
 pub use config::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem, MODEL_NAMES};

@@ -1,0 +1,40 @@
+//! Opens a data set from a path, whatever its layout: the official CIFAR-10 binary
+//! folder or tarball, a single `.bin` batch, or an ImageFolder tree (`ROOT/<split>/<class>`
+//! or `ROOT/<class>`).
+
+use super::cifar::{load_cifar10_dir, load_cifar10_targz, Split, BATCHES_DIR};
+use super::folder::{find_split, load_image_folder};
+use super::{DataError, Dataset, Result};
+use std::path::Path;
+
+/// Loads split `split` of the data set at `path`; `progress(done, total)` reports image
+/// decoding of image folders.
+pub fn open_dataset(path: &Path, split: Split, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
+    let split_name = match split {
+        Split::Train => "train",
+        Split::Test => "test",
+    };
+    if path.is_file() {
+        let bytes = std::fs::read(path).map_err(|source| DataError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        return load_cifar10_targz(&bytes, split);
+    }
+    if !path.is_dir() {
+        return Err(DataError::NotFound {
+            what: "a data set (CIFAR-10 binary folder or tarball, or an image folder)".into(),
+            place: path.display().to_string(),
+        });
+    }
+    if path.join(BATCHES_DIR).is_dir()
+        || path.join("data_batch_1.bin").is_file()
+        || path.join("test_batch.bin").is_file()
+    {
+        return load_cifar10_dir(path, split);
+    }
+    match find_split(path, split_name) {
+        Ok(dir) => load_image_folder(&dir, progress),
+        Err(_) => load_image_folder(path, progress),
+    }
+}
