@@ -41,3 +41,147 @@ fn unknown_model_is_a_clear_error() {
         "{err}"
     );
 }
+
+mod pretrained_commands {
+    use super::resnet;
+    use resnet_core::classifier::{default_classes, Classifier, LoadOptions};
+    use resnet_core::data::augment::Normalization;
+    use resnet_core::data::image::decode_image;
+    use resnet_core::model::{ResNet, ResNetConfig};
+    use std::path::PathBuf;
+
+    fn tmp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("resnet-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn model_file(dir: &std::path::Path) -> PathBuf {
+        let net = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 11).unwrap();
+        let mut c = Classifier {
+            net,
+            classes: default_classes(10),
+            normalization: Normalization::PerChannel {
+                mean: [0.5, 0.4, 0.3],
+                std: [0.2, 0.25, 0.3],
+            },
+            metadata: Default::default(),
+        };
+        let path = dir.join("m.safetensors");
+        std::fs::write(&path, c.to_safetensors().unwrap()).unwrap();
+        path
+    }
+
+    #[test]
+    fn classify_json_agrees_with_the_library() {
+        let dir = tmp("classify");
+        let weights = model_file(&dir);
+        let img_path = dir.join("photo.png");
+        let pixels: Vec<u8> = (0..64 * 48 * 3).map(|i| ((i * 37) % 251) as u8).collect();
+        image::save_buffer(&img_path, &pixels, 64, 48, image::ExtendedColorType::Rgb8).unwrap();
+        let out = resnet(&[
+            "classify",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--top",
+            "3",
+            "--json",
+            img_path.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let preds = doc["results"][0]["predictions"].as_array().unwrap();
+        assert_eq!(preds.len(), 3);
+
+        let mut lib = Classifier::load(&std::fs::read(&weights).unwrap(), &LoadOptions::default()).unwrap();
+        let img = decode_image(&std::fs::read(&img_path).unwrap(), "photo").unwrap();
+        let want = lib.classify(&[img], 3).unwrap();
+        for (p, w) in preds.iter().zip(&want[0]) {
+            assert_eq!(p["index"].as_u64().unwrap() as usize, w.index);
+            assert_eq!(p["label"], w.label.as_str());
+            assert!((p["probability"].as_f64().unwrap() - w.probability as f64).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn eval_on_a_cifar_binary_batch() {
+        let dir = tmp("eval");
+        let weights = model_file(&dir);
+        let mut batch = Vec::new();
+        for i in 0..20u32 {
+            batch.push((i % 10) as u8);
+            batch.extend((0..3072u32).map(|j| ((i * 31 + j * 7) % 256) as u8));
+        }
+        std::fs::write(dir.join("test_batch.bin"), &batch).unwrap();
+        let out = resnet(&[
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            dir.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["images"], 20);
+        let top1 = doc["top1"].as_f64().unwrap();
+        let confusion = doc["confusion"].as_array().unwrap();
+        let diag: u64 = (0..10).map(|i| confusion[i][i].as_u64().unwrap()).sum();
+        assert!((top1 - diag as f64 / 20.0).abs() < 1e-12);
+
+        // A truncated batch names the file and the offset of the broken record.
+        std::fs::write(dir.join("test_batch.bin"), &batch[..3073 * 2 + 100]).unwrap();
+        let out = resnet(&[
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            dir.to_str().unwrap(),
+        ]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("test_batch.bin") && err.contains("6146"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_weights_give_an_error_not_a_panic() {
+        let dir = tmp("corrupt");
+        let weights = model_file(&dir);
+        let bytes = std::fs::read(&weights).unwrap();
+        for (i, cut) in [7usize, 100, bytes.len() / 2, bytes.len() - 1].into_iter().enumerate() {
+            let bad = dir.join(format!("bad{i}.safetensors"));
+            std::fs::write(&bad, &bytes[..cut]).unwrap();
+            let out = resnet(&[
+                "convert",
+                bad.to_str().unwrap(),
+                dir.join("out.safetensors").to_str().unwrap(),
+            ]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success() && err.contains("cannot load") && !err.contains("panicked"),
+                "{err}"
+            );
+        }
+        assert!(!dir.join("out.safetensors").exists());
+        // The good file converts, and a wrong --model is reported by tensor name.
+        let out = resnet(&[
+            "convert",
+            weights.to_str().unwrap(),
+            dir.join("out.safetensors").to_str().unwrap(),
+            "--model",
+            "resnet14",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("missing keys") && err.contains("layer1.1.conv1.weight"),
+            "{err}"
+        );
+        let out = resnet(&[
+            "convert",
+            weights.to_str().unwrap(),
+            dir.join("out.safetensors").to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
