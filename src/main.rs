@@ -1,11 +1,14 @@
 //! `resnet`: train, evaluate and inspect the ResNets of He et al. (2015) on CPUs.
 
+mod bench;
 mod classify;
 mod convert;
 mod eval;
 mod fsutil;
 mod info;
 mod load;
+mod plot;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -22,12 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train a ResNet on CIFAR-10 with the paper's recipe.
+    Train(train::TrainArgs),
+    /// Overlay the training curves of several runs in one SVG.
+    Plot(plot::PlotArgs),
     /// Print a model's layer table: output shapes, parameters, multiply-adds.
     Info(info::InfoArgs),
     /// Top-k classes of images with trained weights.
     Classify(classify::ClassifyArgs),
     /// Accuracy, per-class accuracy and confusion matrix of weights on a data set.
     Eval(eval::EvalArgs),
+    /// Throughput of inference or training steps on random data.
+    Bench(bench::BenchArgs),
     /// Convert weights (PyTorch checkpoints, safetensors) to our self-describing safetensors.
     Convert(convert::ConvertArgs),
 }
@@ -35,9 +44,12 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Train(args) => train::run(args),
+        Command::Plot(args) => plot::run(args),
         Command::Info(args) => info::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Eval(args) => eval::run(args),
         Command::Convert(args) => convert::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }

@@ -30,6 +30,12 @@ pub const IMAGENET_CLASSES: &str = include_str!("data/imagenet_classes.txt");
 /// The value of the `format` metadata key in files we write.
 pub const FORMAT_TAG: &str = "resnet/1";
 
+/// Metadata keys this type reads and writes itself.
+const OWN_KEYS: [&str; 4] = ["format", "config", "classes", "normalization"];
+
+/// Prefix of the tensors that hold optimizer state in training checkpoints.
+pub const OPTIMIZER_PREFIX: &str = "optimizer.";
+
 /// Overrides for loading weights whose file does not say everything.
 #[derive(Clone, Debug, Default)]
 pub struct LoadOptions {
@@ -101,7 +107,12 @@ impl Classifier {
     /// comes from `opts.model`, else the file's metadata, else the tensor names and shapes;
     /// imported files without preprocessing get torchvision's ImageNet mean and std.
     pub fn load(bytes: &[u8], opts: &LoadOptions) -> Result<Self> {
-        let mut file = read_weights(bytes)?;
+        Classifier::from_tensor_file(read_weights(bytes)?, opts)
+    }
+
+    /// [`Classifier::load`] on a file already parsed. Tensors under `optimizer.` (training
+    /// checkpoints) are not weights and are left alone.
+    pub fn from_tensor_file(mut file: TensorFile, opts: &LoadOptions) -> Result<Self> {
         canonicalize_names(&mut file);
         let meta = std::mem::take(&mut file.metadata);
         let mut config = if let Some(name) = &opts.model {
@@ -120,7 +131,9 @@ impl Classifier {
             config = config.with_shortcut(s);
         }
         let mut net = ResNet::new(config, 0)?;
-        load_tensors(&mut net, &file, &[MEAN_IMAGE])?;
+        load_tensors(&mut net, &file, &|name| {
+            name == MEAN_IMAGE || name.starts_with(OPTIMIZER_PREFIX)
+        })?;
         let n = net.config.num_classes;
         let classes = match meta.get("classes") {
             Some(json) => {
@@ -145,7 +158,7 @@ impl Classifier {
         };
         let metadata = meta
             .into_iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "format" | "config" | "classes" | "normalization"))
+            .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
             .collect();
         Ok(Classifier {
             net,
@@ -158,6 +171,13 @@ impl Classifier {
     /// Our self-describing safetensors: weights, running statistics, the mean image when
     /// there is one, and the metadata described in the module documentation.
     pub fn to_safetensors(&mut self) -> Result<Vec<u8>> {
+        let (tensors, meta) = self.tensors_and_metadata()?;
+        let refs = tensors.iter().map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
+        Ok(write_safetensors(refs, &meta)?)
+    }
+
+    /// What [`Classifier::to_safetensors`] writes, for writers that add tensors of their own.
+    pub fn tensors_and_metadata(&mut self) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
         let mut tensors = model_tensors(&mut self.net);
         let norm = match &self.normalization {
             Normalization::PerChannel { mean, std } => {
@@ -185,8 +205,7 @@ impl Classifier {
             serde_json::to_string(&self.classes).map_err(|e| json_err("classes", e))?,
         );
         meta.insert("normalization".into(), norm.to_string());
-        let refs = tensors.iter().map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
-        Ok(write_safetensors(refs, &meta)?)
+        Ok((tensors, meta))
     }
 
     /// Side of the square input the network takes.

@@ -153,8 +153,8 @@ fn zoo_name(config: &ResNetConfig) -> Option<String> {
 
 /// Copies every tensor of `file` into `model`, checking names and shapes. All problems
 /// are reported together: misshapen tensors, missing keys and unexpected keys.
-/// `ignore` names tensors that are not weights (e.g. [`MEAN_IMAGE`]).
-pub fn load_tensors(model: &mut ResNet, file: &TensorFile, ignore: &[&str]) -> Result<()> {
+/// `ignore` picks out tensors that are not weights (e.g. [`MEAN_IMAGE`], optimizer state).
+pub fn load_tensors(model: &mut ResNet, file: &TensorFile, ignore: &dyn Fn(&str) -> bool) -> Result<()> {
     let by_name: BTreeMap<&str, &NamedTensor> = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
     let mut used = std::collections::BTreeSet::new();
     let mut missing = Vec::new();
@@ -177,7 +177,7 @@ pub fn load_tensors(model: &mut ResNet, file: &TensorFile, ignore: &[&str]) -> R
         .tensors
         .iter()
         .map(|t| t.name.as_str())
-        .filter(|n| !used.contains(*n) && !ignore.contains(n))
+        .filter(|n| !used.contains(*n) && !ignore(n))
         .filter(|n| !misshapen.iter().any(|m| m.starts_with(&format!("{n}:"))))
         .collect();
     if missing.is_empty() && misshapen.is_empty() && unexpected.is_empty() {
@@ -249,7 +249,7 @@ mod tests {
             .push(NamedTensor::new("module.bn1.num_batches_tracked", vec![], vec![3.0]));
         canonicalize_names(&mut file);
         let mut dst = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 2).unwrap();
-        load_tensors(&mut dst, &file, &[]).unwrap();
+        load_tensors(&mut dst, &file, &|_| false).unwrap();
         assert_eq!(dst.fc.weight.value, src.fc.weight.value);
         assert_eq!(dst.blocks[2].bns[1].running_var, src.blocks[2].bns[1].running_var);
 
@@ -261,7 +261,7 @@ mod tests {
             .unwrap()
             .shape = vec![64, 16, 3, 3];
         file.tensors.push(NamedTensor::new("extra.weight", vec![1], vec![0.0]));
-        let err = load_tensors(&mut dst, &file, &[]).unwrap_err().to_string();
+        let err = load_tensors(&mut dst, &file, &|_| false).unwrap_err().to_string();
         assert!(
             err.contains("layer3.0.conv1.weight: expected [64, 32, 3, 3], found [64, 16, 3, 3]"),
             "{err}"

@@ -1,6 +1,7 @@
 //! Training: SGD with momentum and weight decay (`sgd`), learning-rate schedules
 //! (`schedule`), and the `Trainer` that runs steps and evaluations (`trainer`).
 
+pub mod checkpoint;
 pub mod schedule;
 pub mod sgd;
 pub mod trainer;

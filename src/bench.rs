@@ -1,0 +1,101 @@
+//! `resnet bench`: whole-model throughput of inference or training steps on random data.
+
+use anyhow::Result;
+use clap::Args;
+use resnet_core::layers::Mode;
+use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::rng::Rng;
+use resnet_core::train::{Schedule, Sgd, Trainer};
+use resnet_core::Tensor;
+use std::time::Instant;
+
+/// Arguments of `resnet bench`.
+#[derive(Args)]
+pub struct BenchArgs {
+    /// Model name, e.g. resnet20, resnet50.
+    #[arg(long)]
+    model: String,
+    /// Images per batch.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Time training steps (forward, backward, SGD update) instead of inference.
+    #[arg(long)]
+    train: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Shortcut option (default: the model's).
+    #[arg(long)]
+    shortcut: Option<ShortcutOption>,
+    /// Timed repetitions after one warm-up; the median is reported.
+    #[arg(long, default_value_t = 10)]
+    reps: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs the benchmark in a pool of the requested size.
+pub fn run(args: BenchArgs) -> Result<()> {
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| bench(&args, threads))
+}
+
+fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
+    let mut config = ResNetConfig::named(&args.model)?;
+    if let Some(s) = args.shortcut {
+        config = config.with_shortcut(s);
+    }
+    let size = config.input_size;
+    let classes = config.num_classes;
+    let net = ResNet::new(config, 0)?;
+    let macs: u64 = net.layer_table(size, size)?.iter().map(|r| r.macs).sum();
+    let mut rng = Rng::new(1);
+    let n = args.batch.max(1);
+    let x = Tensor::new(
+        vec![n, 3, size, size],
+        (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect(),
+    )?;
+    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+    let mut trainer = Trainer::new(net, Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
+    let mut times = Vec::new();
+    for rep in 0..=args.reps.max(1) {
+        let start = Instant::now();
+        if args.train {
+            trainer.step(&x, &labels)?;
+        } else {
+            trainer.model.forward(&x, Mode::Eval)?;
+        }
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let images_per_s = n as f64 / median;
+    // Useful FLOPs: 2 per multiply-add; a training step does about three forward passes' worth.
+    let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
+    let gflops = flops / median / 1e9;
+    let what = if args.train { "training step" } else { "inference" };
+    if args.json {
+        let doc = serde_json::json!({
+            "model": args.model, "batch": n, "train": args.train, "threads": threads,
+            "median_ms": median * 1e3, "images_per_second": images_per_s, "gflops": gflops,
+            "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3,
+        });
+        println!("{doc}");
+    } else {
+        println!(
+            "{} batch {n} {what}, {threads} thread(s): median {:.2} ms ({} reps), {:.1} images/s, {:.1} GFLOP/s",
+            args.model,
+            median * 1e3,
+            times.len(),
+            images_per_s,
+            gflops
+        );
+    }
+    Ok(())
+}
