@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod layers;
 pub mod model;
 pub mod rng;
+pub mod simd;
 pub mod tensor;
 pub mod train;
 

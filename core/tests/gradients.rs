@@ -28,7 +28,7 @@ struct ConvCase {
 }
 
 fn conv_loss(c: &mut ConvCase) -> f64 {
-    c.conv.forward(&c.x, c.dims).unwrap();
+    c.conv.forward(&c.x, c.dims, Mode::Train).unwrap();
     dot(&c.r, &c.conv.out)
 }
 

@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 
 /// Every size of a 2-D convolution over an NCHW batch, with square stride and padding.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ConvGeometry {
     pub batch: usize,
     pub in_channels: usize,

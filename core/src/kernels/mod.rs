@@ -5,5 +5,7 @@ pub mod conv;
 pub mod gemm;
 pub mod im2col;
 pub mod norm;
+pub mod plan;
 pub mod pool;
 pub mod scratch;
+pub mod winograd;

@@ -1,9 +1,15 @@
-//! `Conv2d`: a 2-D convolution with optional bias, computed by the kernels in
-//! `kernels::conv` (im2col + GEMM; 1x1 stride-1 as a plain GEMM).
+//! `Conv2d`: a 2-D convolution with optional bias. The algorithm for each pass comes
+//! from `kernels::plan`: im2col + GEMM (`kernels::conv`; 1x1 stride-1 as a plain GEMM)
+//! or Winograd (`kernels::winograd`) for 3x3 stride-1 convolutions. Backward-filter is
+//! always GEMM.
 
-use super::{fit, join, Dims, Param, Slot, Visitor};
+use super::{fit, join, Dims, Mode, Param, Slot, Visitor};
 use crate::kernels::conv::{conv_backward_data, conv_backward_filter, conv_forward, FilterGradWorkspace};
 use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::plan::{choose, ConvAlgo, Pass};
+use crate::kernels::winograd::{
+    transform_filters_into, winograd_backward_data_with, winograd_forward, WinogradFilters, WinogradTile,
+};
 use crate::rng::Rng;
 use crate::Result;
 
@@ -22,6 +28,19 @@ pub struct Conv2d {
     pub out: Vec<f32>,
     geometry: Option<ConvGeometry>,
     workspace: FilterGradWorkspace,
+    /// Forward Winograd filters and the weight generation they were made from.
+    winograd: Option<(u64, WinogradFilters)>,
+    /// Rotated filters for backward-data, rebuilt on every call.
+    winograd_rotated: Option<WinogradFilters>,
+}
+
+fn empty_filters(tile: WinogradTile) -> WinogradFilters {
+    WinogradFilters {
+        tile,
+        k: 0,
+        c: 0,
+        data: Vec::new(),
+    }
 }
 
 impl Conv2d {
@@ -50,6 +69,8 @@ impl Conv2d {
             out: Vec::new(),
             geometry: None,
             workspace: FilterGradWorkspace::default(),
+            winograd: None,
+            winograd_rotated: None,
         }
     }
 
@@ -85,17 +106,26 @@ impl Conv2d {
         Ok(g.macs())
     }
 
-    /// Computes `self.out` from `x` and returns its dimensions.
-    pub fn forward(&mut self, x: &[f32], input: Dims) -> Result<Dims> {
+    /// Computes `self.out` from `x` and returns its dimensions. In `Mode::Eval` the
+    /// Winograd filters are cached across calls (rebuilt when the weight is touched); in
+    /// `Mode::Train` they are rebuilt on every call, since weights change every step.
+    pub fn forward(&mut self, x: &[f32], input: Dims, mode: Mode) -> Result<Dims> {
         let g = self.geometry(input)?;
         fit(&mut self.out, g.batch * g.out_image());
-        conv_forward(
-            &g,
-            x,
-            &self.weight.value,
-            self.bias.as_ref().map(|b| &b.value[..]),
-            &mut self.out,
-        );
+        let bias = self.bias.as_ref().map(|b| &b.value[..]);
+        match choose(&g, Pass::Forward) {
+            ConvAlgo::Gemm => conv_forward(&g, x, &self.weight.value, bias, &mut self.out),
+            ConvAlgo::Winograd(tile) => {
+                let generation = self.weight.generation;
+                let cached = self.winograd.get_or_insert_with(|| (u64::MAX, empty_filters(tile)));
+                if mode == Mode::Train || cached.0 != generation || cached.1.tile != tile {
+                    let (k, c) = (self.out_channels, self.in_channels);
+                    transform_filters_into(tile, &self.weight.value, k, c, false, &mut cached.1);
+                    cached.0 = generation;
+                }
+                winograd_forward(&g, tile, x, &cached.1, bias, &mut self.out);
+            }
+        }
         self.geometry = Some(g);
         Ok(Dims::new(g.batch, g.out_channels, g.out_h, g.out_w))
     }
@@ -114,15 +144,58 @@ impl Conv2d {
         );
         if let Some(dx) = dx {
             fit(dx, g.batch * g.in_image());
-            conv_backward_data(&g, &self.weight.value, dy, dx);
+            match choose(&g, Pass::BackwardData) {
+                ConvAlgo::Gemm => conv_backward_data(&g, &self.weight.value, dy, dx),
+                ConvAlgo::Winograd(tile) => {
+                    let f = self.winograd_rotated.get_or_insert_with(|| empty_filters(tile));
+                    winograd_backward_data_with(&g, tile, f, &self.weight.value, dy, dx);
+                }
+            }
         }
     }
 
-    /// Visits `weight` and `bias`.
+    /// Visits `weight` and `bias`. The visitor may change them, so the weight counts as
+    /// touched.
     pub fn visit(&mut self, prefix: &str, f: &mut Visitor) {
+        self.weight.touch();
         f(&join(prefix, "weight"), Slot::Param(&mut self.weight));
         if let Some(b) = &mut self.bias {
             f(&join(prefix, "bias"), Slot::Param(b));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::conv::conv_forward_naive;
+
+    #[test]
+    fn cached_winograd_filters_follow_weight_changes() {
+        let mut rng = Rng::new(4);
+        let mut conv = Conv2d::new(8, 8, 3, 1, 1, false, &mut rng);
+        let dims = Dims::new(2, 8, 9, 9);
+        let x: Vec<f32> = (0..dims.len()).map(|_| rng.normal() as f32).collect();
+        let check = |conv: &mut Conv2d| {
+            conv.forward(&x, dims, Mode::Eval).unwrap();
+            let g = conv.geometry(dims).unwrap();
+            let mut want = vec![0.0; conv.out.len()];
+            conv_forward_naive(&g, &x, &conv.weight.value, None, &mut want);
+            let err = conv
+                .out
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(err < 1e-3, "max error {err}");
+        };
+        check(&mut conv);
+        // Changing the weights through `visit` (as optimisers and loaders do) invalidates the cache.
+        conv.visit("", &mut |_, slot| {
+            if let Slot::Param(p) = slot {
+                p.value.iter_mut().for_each(|v| *v *= -2.0);
+            }
+        });
+        check(&mut conv);
     }
 }

@@ -15,8 +15,13 @@ pub mod shortcut;
 #[derive(Clone, Debug, PartialEq)]
 pub struct Param {
     pub shape: Vec<usize>,
+    /// The values. Code that writes them directly, rather than through a model's
+    /// `visit` (which loaders and optimisers use), must call [`Param::touch`] so that
+    /// transforms cached from them (Winograd filters) are rebuilt.
     pub value: Vec<f32>,
     pub grad: Vec<f32>,
+    /// Bumped by [`Param::touch`]; caches derived from `value` remember it.
+    pub generation: u64,
 }
 
 impl Param {
@@ -24,7 +29,17 @@ impl Param {
     pub fn new(shape: Vec<usize>, value: Vec<f32>) -> Self {
         debug_assert_eq!(shape.iter().product::<usize>(), value.len());
         let grad = vec![0.0; value.len()];
-        Param { shape, value, grad }
+        Param {
+            shape,
+            value,
+            grad,
+            generation: 0,
+        }
+    }
+
+    /// Marks `value` as changed.
+    pub fn touch(&mut self) {
+        self.generation += 1;
     }
 
     /// A parameter filled with `v`.

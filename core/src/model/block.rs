@@ -119,7 +119,7 @@ impl Block {
         let mut dims = input;
         for i in 0..=last {
             let src: &[f32] = if i == 0 { x } else { &self.acts[i - 1] };
-            dims = self.convs[i].forward(src, dims)?;
+            dims = self.convs[i].forward(src, dims, mode)?;
             self.bns[i].forward(&self.convs[i].out, dims, mode);
             if i < last {
                 fit(&mut self.acts[i], dims.len());
@@ -137,7 +137,7 @@ impl Block {
                 Some(&self.padded)
             }
             Shortcut::Projection { conv, bn } => {
-                let d = conv.forward(x, input)?;
+                let d = conv.forward(x, input, mode)?;
                 bn.forward(&conv.out, d, mode);
                 Some(&bn.out)
             }

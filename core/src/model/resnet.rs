@@ -119,7 +119,7 @@ impl ResNet {
         fit(&mut self.input, dims.len());
         self.input.copy_from_slice(input.data());
         self.input_dims = dims;
-        let d = self.conv1.forward(&self.input, dims)?;
+        let d = self.conv1.forward(&self.input, dims, mode)?;
         self.bn1.forward(&self.conv1.out, d, mode);
         fit(&mut self.stem_act, d.len());
         relu_forward(&self.bn1.out, &mut self.stem_act);

@@ -1,0 +1,229 @@
+//! Which convolution algorithm runs a given shape: im2col + GEMM, or Winograd F(2x2,3x3)
+//! / F(4x4,3x3) (Lavin & Gray 2015) for 3x3 stride-1 pad-1 convolutions.
+//!
+//! The policy comes from `RESNET_CONV`:
+//! - unset or `auto`: a fixed rule drawn from `examples/conv_bench.rs` measurements on
+//!   this project's machines. It is deterministic, so a seeded run is reproducible from
+//!   one process to the next (a timing-based choice could differ between processes).
+//! - `measure`: cuDNN-benchmark style: each candidate is timed once per shape on first
+//!   use and the fastest is cached for the process.
+//! - `gemm`, `wino2`, `wino4`: force one algorithm wherever it applies (tests, benches).
+
+use super::conv::{conv_backward_data, conv_forward};
+use super::im2col::ConvGeometry;
+use super::winograd::{transform_filters, winograd_backward_data, winograd_forward, WinogradTile};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A convolution algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ConvAlgo {
+    /// im2col + sgemm (1x1 stride-1 without im2col).
+    Gemm,
+    /// Winograd with the given output tile.
+    Winograd(WinogradTile),
+}
+
+impl ConvAlgo {
+    /// The name used by `RESNET_CONV` and in bench tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConvAlgo::Gemm => "gemm",
+            ConvAlgo::Winograd(WinogradTile::F2) => "wino2",
+            ConvAlgo::Winograd(WinogradTile::F4) => "wino4",
+        }
+    }
+}
+
+/// The two passes whose algorithm is chosen (backward-filter always uses GEMM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Forward,
+    BackwardData,
+}
+
+/// How algorithms are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Policy {
+    /// The deterministic rule of [`auto_choice`].
+    Auto,
+    /// Time every candidate once per shape.
+    Measure,
+    /// One algorithm wherever it applies.
+    Force(ConvAlgo),
+}
+
+static POLICY: Mutex<Option<Policy>> = Mutex::new(None);
+static MEASURED: Mutex<Option<HashMap<(ConvGeometry, Pass), ConvAlgo>>> = Mutex::new(None);
+
+/// Parses a `RESNET_CONV` value.
+pub fn parse_policy(s: &str) -> Option<Policy> {
+    match s.trim() {
+        "" | "auto" => Some(Policy::Auto),
+        "measure" => Some(Policy::Measure),
+        "gemm" => Some(Policy::Force(ConvAlgo::Gemm)),
+        "wino2" => Some(Policy::Force(ConvAlgo::Winograd(WinogradTile::F2))),
+        "wino4" => Some(Policy::Force(ConvAlgo::Winograd(WinogradTile::F4))),
+        _ => None,
+    }
+}
+
+/// The policy in force: set by [`set_policy`], else read once from `RESNET_CONV`
+/// (an unknown value falls back to `auto` with a warning on stderr).
+pub fn policy() -> Policy {
+    let mut p = POLICY.lock().unwrap_or_else(|e| e.into_inner());
+    *p.get_or_insert_with(|| {
+        let v = std::env::var("RESNET_CONV").unwrap_or_default();
+        parse_policy(&v).unwrap_or_else(|| {
+            eprintln!("RESNET_CONV=\"{v}\" is not one of auto, measure, gemm, wino2, wino4; using auto");
+            Policy::Auto
+        })
+    })
+}
+
+/// Replaces the policy for the rest of the process (benches compare algorithms this way).
+pub fn set_policy(p: Policy) {
+    *POLICY.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+}
+
+/// Whether Winograd can compute this convolution.
+pub fn winograd_applies(g: &ConvGeometry) -> bool {
+    g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1
+}
+
+/// The algorithm for `pass` on `g` under the current policy.
+pub fn choose(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
+    if !winograd_applies(g) {
+        return ConvAlgo::Gemm;
+    }
+    match policy() {
+        Policy::Force(a) => a,
+        Policy::Auto => auto_choice(g, pass),
+        Policy::Measure => {
+            let key = (*g, pass);
+            if let Some(a) = MEASURED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .get(&key)
+            {
+                return *a;
+            }
+            let a = fastest(g, pass).0;
+            MEASURED
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .insert(key, a);
+            a
+        }
+    }
+}
+
+/// The deterministic rule. From the measurements (GFLOP/s of each algorithm per shape):
+/// F(4x4) wins the forward pass almost everywhere (1.9-3x GEMM); with 512x512 channels
+/// and fewer than 16 output tiles of 4x4 its 36 large transformed-filter matrices are
+/// streamed for too little work and F(2x2) wins. Backward-data re-transforms the rotated
+/// filters every call, which pays on small channel counts with F(4x4), on large ones
+/// with F(2x2) once there are enough tiles, and not at all below that.
+pub fn auto_choice(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
+    let tiles4 = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
+    let channels = g.in_channels * g.out_channels;
+    match pass {
+        Pass::Forward if channels >= 512 * 512 && tiles4 < 16 => ConvAlgo::Winograd(WinogradTile::F2),
+        Pass::Forward => ConvAlgo::Winograd(WinogradTile::F4),
+        Pass::BackwardData if channels <= 128 * 128 => ConvAlgo::Winograd(WinogradTile::F4),
+        Pass::BackwardData if tiles4 >= 32 => ConvAlgo::Winograd(WinogradTile::F2),
+        Pass::BackwardData => ConvAlgo::Gemm,
+    }
+}
+
+/// Times every applicable algorithm for `pass` on `g` with synthetic data (the median of
+/// three runs after a warm-up) and returns the fastest with all timings in seconds.
+pub fn fastest(g: &ConvGeometry, pass: Pass) -> (ConvAlgo, Vec<(ConvAlgo, f64)>) {
+    let mut candidates = vec![ConvAlgo::Gemm];
+    if winograd_applies(g) {
+        candidates.push(ConvAlgo::Winograd(WinogradTile::F2));
+        candidates.push(ConvAlgo::Winograd(WinogradTile::F4));
+    }
+    let input: Vec<f32> = (0..g.batch * g.in_image())
+        .map(|i| ((i * 7919) % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let weights: Vec<f32> = (0..g.out_channels * g.col_rows())
+        .map(|i| ((i * 104_729) % 13) as f32 * 0.05 - 0.3)
+        .collect();
+    let dy: Vec<f32> = (0..g.batch * g.out_image())
+        .map(|i| ((i * 31) % 11) as f32 * 0.1 - 0.5)
+        .collect();
+    let mut out = vec![0f32; g.batch * g.out_image().max(g.in_image())];
+    let (fwd_len, bwd_len) = (g.batch * g.out_image(), g.batch * g.in_image());
+    let mut timings = Vec::new();
+    for &algo in &candidates {
+        // Inference caches the transformed filters and training transforms them once per
+        // step, so the forward transform is done outside the timed call.
+        let filters = match (pass, algo) {
+            (Pass::Forward, ConvAlgo::Winograd(t)) => {
+                Some(transform_filters(t, &weights, g.out_channels, g.in_channels))
+            }
+            _ => None,
+        };
+        let mut once = || {
+            let start = Instant::now();
+            match (pass, algo, &filters) {
+                (Pass::Forward, ConvAlgo::Winograd(t), Some(f)) => {
+                    winograd_forward(g, t, &input, f, None, &mut out[..fwd_len])
+                }
+                (Pass::Forward, _, _) => conv_forward(g, &input, &weights, None, &mut out[..fwd_len]),
+                (Pass::BackwardData, ConvAlgo::Winograd(t), _) => {
+                    winograd_backward_data(g, t, &weights, &dy, &mut out[..bwd_len])
+                }
+                (Pass::BackwardData, ConvAlgo::Gemm, _) => conv_backward_data(g, &weights, &dy, &mut out[..bwd_len]),
+            }
+            start.elapsed().as_secs_f64()
+        };
+        once();
+        let mut t = [once(), once(), once()];
+        t.sort_by(f64::total_cmp);
+        timings.push((algo, t[1]));
+    }
+    let best = timings
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(ConvAlgo::Gemm, |t| t.0);
+    (best, timings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_and_the_rule_follows_the_measurements() {
+        assert_eq!(
+            parse_policy("wino4"),
+            Some(Policy::Force(ConvAlgo::Winograd(WinogradTile::F4)))
+        );
+        assert_eq!(parse_policy(""), Some(Policy::Auto));
+        assert_eq!(parse_policy("fft"), None);
+        let g = |n, c, h| ConvGeometry::new(n, c, h, h, c, (3, 3), 1, 1).unwrap();
+        assert_eq!(
+            auto_choice(&g(128, 16, 32), Pass::Forward),
+            ConvAlgo::Winograd(WinogradTile::F4)
+        );
+        assert_eq!(
+            auto_choice(&g(1, 512, 7), Pass::Forward),
+            ConvAlgo::Winograd(WinogradTile::F2)
+        );
+        assert_eq!(auto_choice(&g(1, 512, 7), Pass::BackwardData), ConvAlgo::Gemm);
+        assert_eq!(
+            auto_choice(&g(8, 256, 14), Pass::BackwardData),
+            ConvAlgo::Winograd(WinogradTile::F2)
+        );
+        let strided = ConvGeometry::new(1, 16, 8, 8, 32, (3, 3), 2, 1).unwrap();
+        assert_eq!(choose(&strided, Pass::Forward), ConvAlgo::Gemm);
+        let (best, timings) = fastest(&g(1, 8, 6), Pass::BackwardData);
+        assert_eq!(timings.len(), 3);
+        assert!(timings.iter().any(|t| t.0 == best));
+    }
+}

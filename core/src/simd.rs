@@ -1,0 +1,49 @@
+//! The one place that picks the SIMD vector type of the crate's hand-vectorised kernels.
+//!
+//! Kernels are written once over [`F32x`] from the portable `wide` crate (no `core::arch`):
+//! `f32x8` on native targets (AVX/FMA under `-C target-cpu=native`, two SSE halves
+//! elsewhere) and `f32x4` on `wasm32`, where `+simd128` in `.cargo/config.toml` maps it to
+//! SIMD128. `wide` 0.7 has no `f32x16`, so AVX-512 machines run the 256-bit forms; the
+//! GEMMs, where most of the time goes, still get AVX-512 through `matrixmultiply`.
+
+/// The crate's `f32` vector: 8 lanes natively, 4 on wasm32 (SIMD128).
+#[cfg(not(target_arch = "wasm32"))]
+pub type F32x = wide::f32x8;
+
+/// The crate's `f32` vector: 8 lanes natively, 4 on wasm32 (SIMD128).
+#[cfg(target_arch = "wasm32")]
+pub type F32x = wide::f32x4;
+
+/// Lanes of [`F32x`].
+pub const LANES: usize = core::mem::size_of::<F32x>() / core::mem::size_of::<f32>();
+
+/// Loads the first [`LANES`] values of `s` (unaligned). Panics if `s` is shorter.
+#[inline(always)]
+pub fn load(s: &[f32]) -> F32x {
+    let a: [f32; LANES] = s[..LANES].try_into().expect("slice of LANES floats");
+    F32x::new(a)
+}
+
+/// Stores `v` into the first [`LANES`] values of `s` (unaligned). Panics if `s` is shorter.
+#[inline(always)]
+pub fn store(v: F32x, s: &mut [f32]) {
+    s[..LANES].copy_from_slice(v.as_array_ref());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn load_and_store_round_trip_at_any_offset() {
+        let src: Vec<f32> = (0..3 * LANES).map(|i| i as f32).collect();
+        let mut dst = [0.0; 3 * LANES];
+        let v = load(&src[1..]);
+        store(v * 2.0, &mut dst[2..]);
+        for l in 0..LANES {
+            assert_eq!(dst[2 + l], 2.0 * (1 + l) as f32);
+        }
+        assert_eq!(dst[0], 0.0);
+        assert_eq!(dst[2 + LANES], 0.0);
+    }
+}
