@@ -3,6 +3,7 @@
 mod bench;
 mod classify;
 mod convert;
+mod data_cmd;
 mod eval;
 mod fsutil;
 mod info;
@@ -27,6 +28,8 @@ struct Cli {
 enum Command {
     /// Train a ResNet on CIFAR-10 with the paper's recipe.
     Train(train::TrainArgs),
+    /// Download data sets.
+    Data(data_cmd::DataArgs),
     /// Overlay the training curves of several runs in one SVG.
     Plot(plot::PlotArgs),
     /// Print a model's layer table: output shapes, parameters, multiply-adds.
@@ -46,6 +49,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Data(args) => data_cmd::run(args),
         Command::Info(args) => info::run(args),
         Command::Classify(args) => classify::run(args),
         Command::Eval(args) => eval::run(args),
