@@ -109,3 +109,46 @@ fn diverging_loss_stops_with_the_iteration_and_keeps_the_weights() {
     let err = t.step(&x, &bad_label).unwrap_err().to_string();
     assert!(err.contains("label 10") && err.contains("10 classes"), "{err}");
 }
+
+#[test]
+fn averaged_gradients_of_two_halves_equal_one_full_batch_step_without_batch_norm_coupling() {
+    // Data-parallel building blocks: gradients exported, averaged and applied. With batch
+    // norm the halves' statistics differ from the full batch's, so compare against the
+    // explicit average of the two halves' gradients rather than a full-batch step.
+    let mut rng = Rng::new(8);
+    let (x, labels) = batch(&mut rng, 8, 8);
+    let half = |lo: usize| {
+        let per = 3 * 8 * 8;
+        Tensor::new(vec![4, 3, 8, 8], x.data()[lo * per..(lo + 4) * per].to_vec()).unwrap()
+    };
+    let make = || {
+        Trainer::new(
+            ResNet::new(ResNetConfig::named("resnet8").unwrap(), 2).unwrap(),
+            Sgd::new(0.9, 1e-4),
+            Schedule::Constant { base_lr: 0.1 },
+        )
+    };
+    let (mut a, mut b, mut reference) = (make(), make(), make());
+    a.compute_gradients(&half(0), &labels[..4]).unwrap();
+    b.compute_gradients(&half(4), &labels[4..]).unwrap();
+    let (ga, gb) = (a.model.gradients_flat(), b.model.gradients_flat());
+    let avg: Vec<f32> = ga.iter().zip(&gb).map(|(x, y)| 0.5 * (x + y)).collect();
+    for t in [&mut a, &mut b] {
+        t.model.set_gradients_flat(&avg).unwrap();
+        t.apply_gradients();
+    }
+    reference.model.set_gradients_flat(&avg).unwrap();
+    reference.apply_gradients();
+    assert_eq!(a.model.gradients_flat(), b.model.gradients_flat());
+    let params = |t: &mut Trainer| {
+        let mut v = Vec::new();
+        t.model.for_each_param(&mut |p| v.extend_from_slice(&p.value));
+        v
+    };
+    assert_eq!(params(&mut a), params(&mut b));
+    assert_eq!(params(&mut a), params(&mut reference));
+    assert!(a.model.set_gradients_flat(&avg[1..]).is_err());
+    let stats = a.model.buffers_flat();
+    b.model.set_buffers_flat(&stats).unwrap();
+    assert_eq!(b.model.buffers_flat(), stats);
+}

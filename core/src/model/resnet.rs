@@ -201,6 +201,63 @@ impl ResNet {
         self.for_each_param(&mut |p| p.grad.fill(0.0));
     }
 
+    /// All parameter gradients concatenated in [`ResNet::for_each_param`] order, e.g. to
+    /// average them across data-parallel workers.
+    pub fn gradients_flat(&mut self) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.for_each_param(&mut |p| out.extend_from_slice(&p.grad));
+        out
+    }
+
+    /// Replaces every parameter gradient from a vector laid out as [`ResNet::gradients_flat`].
+    pub fn set_gradients_flat(&mut self, flat: &[f32]) -> Result<()> {
+        let total = self.param_count();
+        if flat.len() != total {
+            return Err(Error::Shape(format!(
+                "expected {total} gradient values, found {}",
+                flat.len()
+            )));
+        }
+        let mut at = 0;
+        self.for_each_param(&mut |p| {
+            let n = p.grad.len();
+            p.grad.copy_from_slice(&flat[at..at + n]);
+            at += n;
+        });
+        Ok(())
+    }
+
+    /// All batch-norm running statistics concatenated in [`ResNet::visit`] order.
+    pub fn buffers_flat(&mut self) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.visit(&mut |_, slot| {
+            if let Slot::Buffer(_, b) = slot {
+                out.extend_from_slice(b);
+            }
+        });
+        out
+    }
+
+    /// Replaces the running statistics from a vector laid out as [`ResNet::buffers_flat`].
+    pub fn set_buffers_flat(&mut self, flat: &[f32]) -> Result<()> {
+        let total = self.buffers_flat().len();
+        if flat.len() != total {
+            return Err(Error::Shape(format!(
+                "expected {total} running-statistic values, found {}",
+                flat.len()
+            )));
+        }
+        let mut at = 0;
+        self.visit(&mut |_, slot| {
+            if let Slot::Buffer(_, b) = slot {
+                let n = b.len();
+                b.copy_from_slice(&flat[at..at + n]);
+                at += n;
+            }
+        });
+        Ok(())
+    }
+
     /// The names and shapes of every tensor, parameters and buffers alike.
     pub fn tensor_names(&mut self) -> Vec<(String, Vec<usize>)> {
         let mut out = Vec::new();

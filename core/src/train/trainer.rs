@@ -60,6 +60,20 @@ impl Trainer {
     /// One SGD step on `images` (NCHW, already normalised) with `labels`. A NaN or
     /// infinite loss returns `Error::Diverged` and leaves the parameters untouched.
     pub fn step(&mut self, images: &Tensor, labels: &[u32]) -> Result<StepStats> {
+        let (loss, correct) = self.compute_gradients(images, labels)?;
+        let lr = self.apply_gradients();
+        Ok(StepStats {
+            iteration: self.iteration - 1,
+            loss,
+            accuracy: correct as f64 / labels.len().max(1) as f64,
+            lr,
+        })
+    }
+
+    /// Forward and backward on a batch without updating: leaves the batch-mean gradients
+    /// in the parameters and returns (loss, correct predictions). Data-parallel training
+    /// averages these across workers, then calls [`Trainer::apply_gradients`].
+    pub fn compute_gradients(&mut self, images: &Tensor, labels: &[u32]) -> Result<(f64, usize)> {
         let n = images.shape().first().copied().unwrap_or(0);
         if n != labels.len() {
             return Err(Error::Shape(format!(
@@ -79,16 +93,16 @@ impl Trainer {
         }
         self.model.zero_grad();
         self.model.backward(&self.dlogits);
+        Ok((out.loss, out.correct))
+    }
+
+    /// One SGD update from the gradients held in the parameters, at the schedule's rate
+    /// for the current iteration; advances the iteration and returns the rate used.
+    pub fn apply_gradients(&mut self) -> f32 {
         let lr = self.schedule.lr(self.iteration);
         self.sgd.step(&mut self.model, lr);
-        let stats = StepStats {
-            iteration: self.iteration,
-            loss: out.loss,
-            accuracy: out.correct as f64 / n as f64,
-            lr,
-        };
         self.iteration += 1;
-        Ok(stats)
+        lr
     }
 
     /// Loss and top-1 accuracy in evaluation mode over `images` (N x C x H x W) in
