@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 use clap::Args;
+use resnet_core::kernels::im2col::ConvGeometry;
+use resnet_core::kernels::plan::{choose, fastest, Pass};
 use resnet_core::layers::Mode;
 use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
@@ -30,6 +32,10 @@ pub struct BenchArgs {
     /// Timed repetitions after one warm-up; the median is reported.
     #[arg(long, default_value_t = 10)]
     reps: usize,
+    /// Also time every distinct convolution shape with each algorithm: which one the
+    /// plan picks next to the fastest.
+    #[arg(long)]
+    layers: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -80,11 +86,12 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
     let gflops = flops / median / 1e9;
     let what = if args.train { "training step" } else { "inference" };
+    let layers = if args.layers { layer_table(&mut trainer.model, n, size, args.train)? } else { Vec::new() };
     if args.json {
         let doc = serde_json::json!({
             "model": args.model, "batch": n, "train": args.train, "threads": threads,
             "median_ms": median * 1e3, "images_per_second": images_per_s, "gflops": gflops,
-            "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3,
+            "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3, "layers": layers,
         });
         println!("{doc}");
     } else {
@@ -96,6 +103,60 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
             images_per_s,
             gflops
         );
+        if !layers.is_empty() {
+            print_layers(&layers);
+        }
     }
     Ok(())
+}
+
+/// Times each distinct convolution shape of `model` at batch `n` with every applicable
+/// algorithm, for the forward pass and (when training) backward-data.
+fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result<Vec<serde_json::Value>> {
+    let mut rows: Vec<serde_json::Value> = Vec::new();
+    let mut seen: Vec<(ConvGeometry, Vec<String>)> = Vec::new();
+    for (name, g) in model.conv_geometries(n, size, size)? {
+        match seen.iter_mut().find(|(s, _)| *s == g) {
+            Some((_, names)) => names.push(name),
+            None => seen.push((g, vec![name])),
+        }
+    }
+    let passes: &[Pass] = if train { &[Pass::Forward, Pass::BackwardData] } else { &[Pass::Forward] };
+    for (g, names) in &seen {
+        for &pass in passes {
+            let chosen = choose(g, pass);
+            let (best, timings) = fastest(g, pass);
+            let flops = 2.0 * g.macs() as f64;
+            let chosen_s = timings.iter().find(|t| t.0 == chosen).map_or(f64::NAN, |t| t.1);
+            rows.push(serde_json::json!({
+                "layers": names, "count": names.len(),
+                "shape": format!("{}x{}x{}x{} -> {} k{} s{}", g.batch, g.in_channels, g.in_h, g.in_w, g.out_channels, g.kernel_h, g.stride),
+                "pass": format!("{pass:?}"), "chosen": chosen.name(), "fastest": best.name(),
+                "chosen_ms": chosen_s * 1e3, "chosen_gflops": flops / chosen_s / 1e9,
+                "timings": timings.iter().map(|(a, t)| serde_json::json!({"algo": a.name(), "ms": t * 1e3, "gflops": flops / t / 1e9})).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    Ok(rows)
+}
+
+fn print_layers(rows: &[serde_json::Value]) {
+    println!("\n{:<34} {:>3}  {:<12} {:<6} {:>9} {:>8}  all (GFLOP/s)", "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s");
+    for r in rows {
+        let all: Vec<String> = r["timings"]
+            .as_array()
+            .map(|t| t.iter().map(|t| format!("{} {:.0}", t["algo"].as_str().unwrap_or(""), t["gflops"].as_f64().unwrap_or(0.0))).collect())
+            .unwrap_or_default();
+        let flag = if r["chosen"] == r["fastest"] { "" } else { "  <- fastest differs" };
+        println!(
+            "{:<34} {:>3}  {:<12} {:<6} {:>9.3} {:>8.1}  {}{flag}",
+            r["shape"].as_str().unwrap_or(""),
+            r["count"],
+            r["pass"].as_str().unwrap_or(""),
+            r["chosen"].as_str().unwrap_or(""),
+            r["chosen_ms"].as_f64().unwrap_or(0.0),
+            r["chosen_gflops"].as_f64().unwrap_or(0.0),
+            all.join(", ")
+        );
+    }
 }

@@ -122,7 +122,9 @@ pub fn choose(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
 }
 
 /// The deterministic rule. From the measurements (GFLOP/s of each algorithm per shape):
-/// F(4x4) wins the forward pass almost everywhere (1.9-3x GEMM); with 512x512 channels
+/// with fewer than 8 input channels (the RGB stem) the transforms cost more than the
+/// products save, so GEMM runs; F(4x4) wins the forward pass almost everywhere else
+/// (1.9-3x GEMM); with 512x512 channels
 /// and fewer than 16 output tiles of 4x4 its 36 large transformed-filter matrices are
 /// streamed for too little work and F(2x2) wins. Backward-data re-transforms the rotated
 /// filters every call, which pays on small channel counts with F(4x4), on large ones
@@ -130,6 +132,9 @@ pub fn choose(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
 pub fn auto_choice(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
     let tiles4 = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
     let channels = g.in_channels * g.out_channels;
+    if g.in_channels < 8 {
+        return ConvAlgo::Gemm;
+    }
     match pass {
         Pass::Forward if channels >= 512 * 512 && tiles4 < 16 => ConvAlgo::Winograd(WinogradTile::F2),
         Pass::Forward => ConvAlgo::Winograd(WinogradTile::F4),

@@ -4,6 +4,7 @@ use super::block::Shortcut;
 use super::resnet::ResNet;
 use crate::layers::batchnorm::BatchNorm2d;
 use crate::layers::conv::Conv2d;
+use crate::kernels::im2col::ConvGeometry;
 use crate::layers::Dims;
 use crate::Result;
 use serde::Serialize;
@@ -57,6 +58,29 @@ fn bn_row(name: String, bn: &BatchNorm2d, d: Dims) -> LayerInfo {
 }
 
 impl ResNet {
+    /// The geometry of every convolution for a batch of `batch` images of `h x w`, with
+    /// its name, in execution order (benchmarks time each shape this way).
+    pub fn conv_geometries(&self, batch: usize, h: usize, w: usize) -> Result<Vec<(String, ConvGeometry)>> {
+        let mut out = Vec::new();
+        let mut d = self.check_input(&[batch.max(1), self.config.in_channels, h, w])?;
+        out.push(("conv1".to_string(), self.conv1.geometry(d)?));
+        d = self.conv1.out_dims(d)?;
+        if let Some(mp) = &self.maxpool {
+            d = mp.out_dims(d)?;
+        }
+        for (i, block) in self.blocks.iter().enumerate() {
+            let block_in = d;
+            for (j, conv) in block.convs.iter().enumerate() {
+                out.push((format!("{}.conv{}", self.block_name(i), j + 1), conv.geometry(d)?));
+                d = conv.out_dims(d)?;
+            }
+            if let Shortcut::Projection { conv, .. } = &block.shortcut {
+                out.push((format!("{}.downsample.0", self.block_name(i)), conv.geometry(block_in)?));
+            }
+        }
+        Ok(out)
+    }
+
     /// The table of every layer for one `h x w` image.
     pub fn layer_table(&self, h: usize, w: usize) -> Result<Vec<LayerInfo>> {
         let mut rows = Vec::new();
