@@ -1,0 +1,311 @@
+// The friendly API of resnet-wasm over the raw wasm-bindgen classes of `resnet_wasm.js`.
+// Errors from the engine arrive as JS `Error`s with the engine's message. A Rust panic
+// is reported (console.error and an Error naming the panic) and the instance is then
+// refused: its memory may be inconsistent, so load the module afresh (e.g. a new Worker).
+
+import wasmInit, * as raw from './resnet_wasm.js';
+
+let ready = false;
+let pending = null;
+let poisoned = null;
+
+/** Initialises the module from `input` (URL, Response, bytes or WebAssembly.Module);
+ * by default fetches `resnet_wasm_bg.wasm` next to this file. Idempotent. */
+export function init(input) {
+  if (ready) return Promise.resolve();
+  if (!pending) {
+    const module_or_path = input ?? new URL('./resnet_wasm_bg.wasm', import.meta.url);
+    pending = wasmInit({ module_or_path }).then(() => {
+      ready = true;
+    }, (e) => {
+      pending = null;
+      throw e;
+    });
+  }
+  return pending;
+}
+
+/** Initialises the module synchronously from its bytes or a compiled WebAssembly.Module. */
+export function initSync(module) {
+  if (ready) return;
+  raw.initSync({ module });
+  ready = true;
+}
+
+function guard(f) {
+  if (!ready) throw new Error('resnet-wasm is not initialised: await init() first');
+  if (poisoned !== null) {
+    throw new Error(`resnet-wasm: this instance panicked earlier (${poisoned}) and cannot be used any more; load the module again`);
+  }
+  try {
+    return f();
+  } catch (e) {
+    const p = raw.takePanic();
+    if (p !== undefined && p !== null) {
+      poisoned = p;
+      const err = new Error(`resnet-wasm panicked: ${p}`);
+      err.cause = e;
+      throw err;
+    }
+    throw e;
+  }
+}
+
+function bytes(b, what) {
+  if (b instanceof Uint8Array) return b;
+  if (b instanceof ArrayBuffer) return new Uint8Array(b);
+  if (ArrayBuffer.isView(b)) return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  throw new TypeError(`${what} must be a Uint8Array, ArrayBuffer or typed array`);
+}
+
+function f32(v) {
+  return v instanceof Float32Array ? v : Float32Array.from(v);
+}
+
+function pixels(image, i) {
+  const data = image.rgba ?? image.data;
+  if (!data || image.width === undefined || image.height === undefined) {
+    throw new TypeError(`image ${i} needs { rgba | data, width, height } (an ImageData works)`);
+  }
+  return bytes(data, `image ${i} pixels`);
+}
+
+function count(v, what, dflt) {
+  const n = v === undefined ? dflt : v;
+  if (!Number.isInteger(n) || n < 0) throw new TypeError(`${what} must be a non-negative integer, found ${v}`);
+  return n;
+}
+
+/** Version, SIMD and threading of the loaded engine: `{ version, simd128, threads, models }`. */
+export function engineInfo() {
+  return guard(() => raw.engineInfo());
+}
+
+/** Decodes a JPEG or PNG with the engine's decoder (the native CLI's): `{ width, height, rgba }`. */
+export function decodeImage(data) {
+  return guard(() => raw.decodeImage(bytes(data, 'image')));
+}
+
+/** A classifier: a ResNet with class names and preprocessing. */
+export class Model {
+  constructor(handle) {
+    if (!(handle instanceof raw.WasmModel)) throw new TypeError('use Model.load() or Model.create()');
+    this._m = handle;
+  }
+
+  /** Our safetensors, or a PyTorch checkpoint (.pth/.pt/.th, zip or legacy). */
+  static load(data) {
+    return guard(() => new Model(raw.WasmModel.load(bytes(data, 'model bytes'))));
+  }
+
+  /** A fresh network of the zoo, e.g. `Model.create('resnet20', { classes: 10, seed: 0 })`. */
+  static create(arch, { classes = 10, seed = 0 } = {}) {
+    return guard(() => new Model(raw.WasmModel.create(String(arch), classes, seed)));
+  }
+
+  info() {
+    return guard(() => this._m.info());
+  }
+
+  /** Self-describing safetensors bytes (load them with `Model.load` or the native CLI). */
+  save() {
+    return guard(() => this._m.save());
+  }
+
+  /** Top-k classes of one RGBA image of any size (a canvas's ImageData.data). */
+  classify(rgba, width, height, topK = 5) {
+    const data = bytes(rgba, 'rgba');
+    return guard(() => this._m.classifyRgba(data, count(width, 'width'), count(height, 'height'), count(topK, 'topK')));
+  }
+
+  /** Top-k classes of many images `[{ rgba | data, width, height }]` (ImageData objects work), in one batch. */
+  classifyBatch(images, topK = 5) {
+    const parts = images.map(pixels);
+    const total = parts.reduce((s, p) => s + p.length, 0);
+    const all = new Uint8Array(total);
+    let at = 0;
+    for (const p of parts) {
+      all.set(p, at);
+      at += p.length;
+    }
+    const widths = Uint32Array.from(images, (im) => im.width);
+    const heights = Uint32Array.from(images, (im) => im.height);
+    return guard(() => this._m.classifyRgbaBatch(all, widths, heights, count(topK, 'topK')));
+  }
+
+  /** Top-k classes of an encoded JPEG or PNG, decoded exactly as the native CLI does. */
+  classifyImageBytes(data, topK = 5) {
+    return this.classifyImageBytesBatch([data], topK)[0];
+  }
+
+  /** Top-k classes of many encoded images, in one batch. */
+  classifyImageBytesBatch(files, topK = 5) {
+    const list = files.map((f, i) => bytes(f, `image ${i}`));
+    return guard(() => this._m.classifyImageBytes(list, count(topK, 'topK')));
+  }
+
+  /** `{ total, correct, accuracy, top5Correct, top5Accuracy, loss }` on the first `limit` images. */
+  evaluate(dataset, limit, { batch = 100 } = {}) {
+    return guard(() => this._m.evaluate(dataset._d, limit === undefined ? undefined : count(limit, 'limit'), batch));
+  }
+
+  /** Sets the preprocessing from `dataset`: `'per-pixel'` (the paper's mean image) or `'per-channel'`. */
+  normalizeFrom(dataset, kind = 'per-pixel') {
+    return guard(() => this._m.normalizeFrom(dataset._d, kind));
+  }
+
+  /** Batch-norm running means and variances, flat. */
+  buffers() {
+    return guard(() => this._m.buffers());
+  }
+
+  setBuffers(flat) {
+    return guard(() => this._m.setBuffers(f32(flat)));
+  }
+
+  get parameterCount() {
+    return guard(() => this._m.parameterCount());
+  }
+
+  /** Frees the wasm memory now (otherwise the garbage collector does, eventually). */
+  free() {
+    this._m.free();
+  }
+}
+
+/** Labelled images held in wasm memory. */
+export class Dataset {
+  constructor(handle) {
+    if (!(handle instanceof raw.WasmDataset)) throw new TypeError('use Dataset.fromCifar() or Dataset.fromPixels()');
+    this._d = handle;
+  }
+
+  /** The official `cifar-10-binary.tar.gz` (`split`: 'train' or 'test') or one `.bin` batch file. */
+  static fromCifar(data, { split = 'train' } = {}) {
+    return guard(() => new Dataset(raw.WasmDataset.fromCifar(bytes(data, 'CIFAR bytes'), split)));
+  }
+
+  /** `n` images of `width` x `height` back to back in `pixels` (`format`: 'rgba', 'rgb' or 'chw'),
+   * `labels` (n integers), `classes` (names; default: numbered after the largest label). */
+  static fromPixels(pixels, labels, { width, height, classes = [], format = 'rgba' } = {}) {
+    const data = bytes(pixels, 'pixels');
+    const lab = Uint32Array.from(labels);
+    return guard(() => new Dataset(raw.WasmDataset.fromPixels(data, lab, count(width, 'width'), count(height, 'height'), classes.map(String), format)));
+  }
+
+  get length() {
+    return guard(() => this._d.length);
+  }
+
+  get width() {
+    return guard(() => this._d.width);
+  }
+
+  get height() {
+    return guard(() => this._d.height);
+  }
+
+  get classes() {
+    return guard(() => this._d.classes());
+  }
+
+  labels() {
+    return guard(() => this._d.labels());
+  }
+
+  /** Image `i` as RGBA bytes (width * height * 4). */
+  imageRgba(i) {
+    return guard(() => this._d.imageRgba(count(i, 'index')));
+  }
+
+  /** Images `start` to `end` (exclusive), e.g. one worker's shard. */
+  slice(start = 0, end = this.length) {
+    return guard(() => new Dataset(this._d.slice(count(start, 'start'), count(end, 'end'))));
+  }
+
+  /** `[train, val]` with `val` images chosen by a shuffle seeded with `seed`. */
+  split(val, seed = 0) {
+    return guard(() => this._d.split(count(val, 'val'), seed).map((d) => new Dataset(d)));
+  }
+
+  free() {
+    this._d.free();
+  }
+}
+
+const SCHEDULES = ['paper', 'cosine', 'constant'];
+
+/** SGD on a model with the paper's augmentation. The model stays usable (classify, save,
+ * evaluate) between steps and sees every update. */
+export class Trainer {
+  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true } = {}) {
+    if (!(model instanceof Model)) throw new TypeError('new Trainer(model, options) needs a Model');
+    if (!SCHEDULES.includes(schedule)) throw new TypeError(`schedule must be one of ${SCHEDULES.join(', ')}, found ${schedule}`);
+    this.model = model;
+    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment));
+  }
+
+  /** One SGD step on the next batch of `dataset`: `{ iteration, loss, accuracy, lr }`. */
+  step(dataset) {
+    return guard(() => this._t.step(dataset._d));
+  }
+
+  /** Model accuracy and loss (evaluation mode) on the first `limit` images of `dataset`. */
+  evaluate(dataset, limit, options) {
+    return this.model.evaluate(dataset, limit, options);
+  }
+
+  // Data-parallel training across workers, each with its own instance, model and shard:
+  //   const s = trainer.computeGradients(shard);   // every worker
+  //   const g = trainer.gradients();               // send to the main thread, average
+  //   trainer.applyGradients(averaged);            // every worker, same averaged values
+  //   model.setBuffers(averagedBuffers)            // from time to time (BN running stats)
+
+  /** Forward and backward on the next batch without updating: `{ loss, accuracy, correct, count }`. */
+  computeGradients(dataset) {
+    return guard(() => this._t.computeGradients(dataset._d));
+  }
+
+  /** The gradients of the last `computeGradients`, flat, as a Float32Array. */
+  gradients() {
+    return guard(() => this.model._m.gradients());
+  }
+
+  /** One SGD update from `gradients` (e.g. averaged across workers; default: this instance's own)
+   * and advance the iteration: `{ iteration, lr }`. */
+  applyGradients(gradients) {
+    return guard(() => {
+      if (gradients !== undefined) this.model._m.setGradients(f32(gradients));
+      const lr = this._t.applyGradients();
+      return { iteration: this._t.iteration - 1, lr };
+    });
+  }
+
+  /** Batch-norm running statistics of the model, flat. */
+  buffers() {
+    return this.model.buffers();
+  }
+
+  setBuffers(flat) {
+    return this.model.setBuffers(flat);
+  }
+
+  /** Iterations done so far. */
+  get iteration() {
+    return guard(() => this._t.iteration);
+  }
+
+  /** The learning rate the next update uses. */
+  get lr() {
+    return guard(() => this._t.lr);
+  }
+
+  free() {
+    this._t.free();
+  }
+}
+
+/** Panics inside the engine on purpose (tests use it to check that a panic is reported). */
+export function panicForTests() {
+  return guard(() => raw.panicForTests());
+}
