@@ -237,7 +237,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     let mut metrics = std::fs::OpenOptions::new()
         .append(true)
         .open(out.join("metrics.jsonl"))?;
-    let mut best_error = f64::INFINITY;
+    let mut best_error = best_so_far(&out.join("metrics.jsonl"));
     let checkpoint_path = out.join("checkpoint.safetensors");
     let (side_h, side_w) = (train_set.height, train_set.width);
     let mut window = (0f64, 0usize, 0usize); // loss sum, errors, images since the last log line
@@ -457,6 +457,17 @@ fn save(state: &mut TrainingState, run_json: &str, path: &Path) -> Result<()> {
 fn write_best(view: &mut Classifier, path: &Path) -> Result<()> {
     let bytes = view.to_safetensors()?;
     crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// The lowest selection error (validation, else test) of the epochs already in `path`,
+/// so that a resumed run only replaces `best.safetensors` with something better.
+fn best_so_far(path: &Path) -> f64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["kind"] == "epoch")
+        .filter_map(|v| v["val_error"].as_f64().or_else(|| v["test_error"].as_f64()))
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Drops metric lines past `iteration` (written after the checkpoint a run resumes from).

@@ -1,15 +1,21 @@
 //! `cargo xtask <task>`: project chores that need more than one cargo command.
 //!
-//! - `test`: every check CI runs: formatting, clippy, all Rust tests, the wasm32 build.
+//! - `test`: every check CI runs: formatting, clippy, all Rust tests, the wasm32 build,
+//!   then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
+//! - `wasm`: builds `resnet-wasm` for wasm32 with SIMD128, runs `wasm-bindgen` (installing
+//!   the CLI at the crate's exact version when missing) and `wasm-opt` when present, writes
+//!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
 
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
+        Some("wasm") => wasm().map(|_| ()),
         _ => {
-            eprintln!("usage: cargo xtask test");
+            eprintln!("usage: cargo xtask test | wasm");
             return ExitCode::from(2);
         }
     };
@@ -78,6 +84,244 @@ fn test() -> Result<(), String> {
             "--release",
         ],
     )?;
+    let tarball = wasm()?;
+    node_tests(&tarball)?;
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// The cargo target directory (honours `CARGO_TARGET_DIR`).
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if Path::new(&d).is_absolute() => PathBuf::from(d),
+        Some(d) => workspace_root().join(d),
+        None => workspace_root().join("target"),
+    }
+}
+
+/// The `version = "..."` of package `name` in Cargo.lock.
+fn locked_version(name: &str) -> Result<String, String> {
+    let lock = std::fs::read_to_string(workspace_root().join("Cargo.lock"))
+        .map_err(|e| format!("cannot read Cargo.lock: {e}"))?;
+    let mut lines = lock.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == format!("name = \"{name}\"") {
+            if let Some(v) = lines.next().and_then(|v| v.trim().strip_prefix("version = \"")) {
+                return Ok(v.trim_end_matches('"').to_string());
+            }
+        }
+    }
+    Err(format!("{name} is not in Cargo.lock"))
+}
+
+/// The first line a program prints for `--version`, if it runs.
+fn version_of(program: &str) -> Option<String> {
+    let out = Command::new(program).arg("--version").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+}
+
+/// Installs wasm-bindgen-cli at exactly `version` unless `wasm-bindgen --version` says it.
+fn ensure_wasm_bindgen(version: &str) -> Result<(), String> {
+    let want = format!("wasm-bindgen {version}");
+    match version_of("wasm-bindgen") {
+        Some(v) if v == want => return Ok(()),
+        Some(v) => eprintln!("xtask: found {v}, need {want}"),
+        None => eprintln!("xtask: wasm-bindgen not found, need {want}"),
+    }
+    // Not --locked: the CLI's lock file pins crates that no longer build.
+    run("cargo", &["install", "wasm-bindgen-cli", "--version", version, "--force"])?;
+    match version_of("wasm-bindgen") {
+        Some(v) if v == want => Ok(()),
+        other => Err(format!(
+            "after installing, `wasm-bindgen --version` gives {other:?}, not {want:?}: is ~/.cargo/bin first on PATH?"
+        )),
+    }
+}
+
+/// Bytes of `path` after `gzip -9`.
+fn gzipped_size(path: &Path) -> Option<usize> {
+    let out = Command::new("gzip").args(["-9", "-c"]).arg(path).output().ok()?;
+    out.status.success().then_some(out.stdout.len())
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("cannot copy {} to {}: {e}", from.display(), to.display()))
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
+/// Builds the npm package and returns the path of its `npm pack` tarball.
+fn wasm() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    ensure_wasm_target()?;
+    let bindgen_version = locked_version("wasm-bindgen")?;
+    ensure_wasm_bindgen(&bindgen_version)?;
+    // `.cargo/config.toml` adds +simd128 for wasm32; repeat it here so that a RUSTFLAGS
+    // set in the environment (which replaces the config's flags) cannot drop it.
+    let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
+    if !flags.contains("simd128") {
+        flags = format!("{flags} -C target-feature=+simd128").trim().to_string();
+    }
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "-p", "resnet-wasm", "--lib", "--target", "wasm32-unknown-unknown", "--release"])
+        .current_dir(&root);
+    if std::env::var_os("RUSTFLAGS").is_some() {
+        cmd.env("RUSTFLAGS", &flags);
+    }
+    eprintln!("xtask: running cargo build -p resnet-wasm --target wasm32-unknown-unknown --release");
+    let status = cmd.status().map_err(|e| format!("cannot start cargo: {e}"))?;
+    if !status.success() {
+        return Err(format!("building resnet-wasm failed with {status}"));
+    }
+    let built = target_dir().join("wasm32-unknown-unknown/release/resnet_wasm.wasm");
+    let out = target_dir().join("wasm-pkg");
+    let pkg = out.join("package");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
+    }
+    std::fs::create_dir_all(&pkg).map_err(|e| format!("cannot create {}: {e}", pkg.display()))?;
+    let (built_s, pkg_s) = (built.display().to_string(), pkg.display().to_string());
+    run(
+        "wasm-bindgen",
+        &["--target", "web", "--out-name", "resnet_wasm", "--out-dir", &pkg_s, &built_s],
+    )?;
+    let wasm_file = pkg.join("resnet_wasm_bg.wasm");
+    let before = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
+    let wasm_opt = std::env::var("WASM_OPT").unwrap_or_else(|_| "wasm-opt".to_string());
+    match version_of(&wasm_opt) {
+        Some(v) => {
+            let tmp = pkg.join("opt.wasm");
+            let w = wasm_file.display().to_string();
+            let t = tmp.display().to_string();
+            // The features rustc uses by default for wasm32 (plus SIMD), so that wasm-opt
+            // accepts the module and adds nothing beyond them.
+            let features = [
+                "--enable-simd",
+                "--enable-bulk-memory",
+                "--enable-sign-ext",
+                "--enable-mutable-globals",
+                "--enable-nontrapping-float-to-int",
+                "--enable-multivalue",
+                "--enable-reference-types",
+            ];
+            let mut args = vec!["-O3"];
+            args.extend(features);
+            args.extend([w.as_str(), "-o", t.as_str()]);
+            match run(&wasm_opt, &args) {
+                Ok(()) => std::fs::rename(&tmp, &wasm_file).map_err(|e| e.to_string())?,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    eprintln!("xtask: {v} failed ({e}); keeping the module unoptimised");
+                }
+            }
+        }
+        None => eprintln!("xtask: wasm-opt not found (set WASM_OPT or install binaryen); skipping it"),
+    }
+    let js = root.join("wasm/js");
+    for f in ["api.js", "index.js", "node.js", "index.d.ts"] {
+        copy(&js.join(f), &pkg.join(f))?;
+    }
+    copy(&root.join("wasm/README.md"), &pkg.join("README.md"))?;
+    let mit = std::fs::read_to_string(root.join("wasm/LICENSE-MIT")).map_err(|e| e.to_string())?;
+    let apache = std::fs::read_to_string(root.join("wasm/LICENSE-APACHE")).map_err(|e| e.to_string())?;
+    write(
+        &pkg.join("LICENSE"),
+        &format!(
+            "resnet-wasm is licensed under either of the MIT licence or the Apache License, \
+             Version 2.0, at your option.\n\n{mit}\n\n{apache}"
+        ),
+    )?;
+    let version = env!("CARGO_PKG_VERSION");
+    let package_json = format!(
+        r#"{{
+  "name": "resnet-wasm",
+  "version": "{version}",
+  "description": "The ResNets of He et al. (2015) in WebAssembly (SIMD128): classify images and train in the browser and in Node",
+  "license": "MIT OR Apache-2.0",
+  "type": "module",
+  "main": "./node.js",
+  "module": "./index.js",
+  "browser": "./index.js",
+  "types": "./index.d.ts",
+  "exports": {{
+    ".": {{
+      "types": "./index.d.ts",
+      "browser": "./index.js",
+      "node": "./node.js",
+      "default": "./index.js"
+    }},
+    "./resnet_wasm_bg.wasm": "./resnet_wasm_bg.wasm",
+    "./package.json": "./package.json"
+  }},
+  "files": [
+    "index.js",
+    "node.js",
+    "api.js",
+    "index.d.ts",
+    "resnet_wasm.js",
+    "resnet_wasm.d.ts",
+    "resnet_wasm_bg.wasm",
+    "resnet_wasm_bg.wasm.d.ts",
+    "README.md",
+    "LICENSE"
+  ],
+  "sideEffects": ["./node.js"],
+  "engines": {{ "node": ">=20" }},
+  "keywords": ["resnet", "webassembly", "wasm", "simd", "image-classification", "deep-learning"]
+}}
+"#
+    );
+    write(&pkg.join("package.json"), &package_json)?;
+    let out_s = out.display().to_string();
+    let status = Command::new("npm")
+        .args(["pack", "--pack-destination", &out_s])
+        .current_dir(&pkg)
+        .status()
+        .map_err(|e| format!("cannot start npm (Node >= 20 with npm is needed): {e}"))?;
+    if !status.success() {
+        return Err(format!("npm pack failed with {status}"));
+    }
+    let tarball = out.join(format!("resnet-wasm-{version}.tgz"));
+    let size = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
+    let gz = gzipped_size(&wasm_file).map_or("?".to_string(), |n| n.to_string());
+    eprintln!(
+        "xtask: resnet_wasm_bg.wasm: {size} bytes ({gz} gzipped){}",
+        if size != before {
+            format!(", {before} before wasm-opt")
+        } else {
+            String::new()
+        }
+    );
+    eprintln!("xtask: package {} -> {}", pkg.display(), tarball.display());
+    Ok(tarball)
+}
+
+/// The Node tests of the package: they install `tarball` in a fresh project and compare
+/// with the native CLI, built here in release mode.
+fn node_tests(tarball: &Path) -> Result<(), String> {
+    match version_of("node") {
+        Some(v) if v.trim_start_matches('v').split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(20) => {}
+        other => return Err(format!("the wasm tests need Node >= 20, found {other:?}")),
+    }
+    run("cargo", &["build", "--release", "-p", "resnet", "--bin", "resnet"])?;
+    let bin = target_dir().join("release").join("resnet");
+    eprintln!("xtask: running node --test wasm/tests-node/");
+    let status = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "wasm/tests-node/"])
+        .env("RESNET_WASM_TARBALL", tarball)
+        .env("RESNET_BIN", &bin)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot start node: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the Node tests failed with {status}"))
+    }
 }

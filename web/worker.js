@@ -1,0 +1,61 @@
+// One data-parallel training worker: its own wasm instance, its own copy of the data.
+// Protocol (messages from the page): init -> ready; grad -> gradients; apply -> applied;
+// buffers / setBuffers (batch-norm statistics); evaluate -> evaluation; save -> weights.
+import init, { Model, Dataset, Trainer } from './pkg/index.js';
+
+let model, trainer, train, test;
+
+function reply(type, body = {}, transfer = []) {
+  postMessage({ type, ...body }, transfer);
+}
+
+const handlers = {
+  async init({ arch, data, seed, index, options }) {
+    await init();
+    train = Dataset.fromCifar(new Uint8Array(data), { split: 'train' });
+    try {
+      test = Dataset.fromCifar(new Uint8Array(data), { split: 'test' });
+    } catch {
+      test = train.slice(0, Math.min(train.length, 1000));
+    }
+    // Every worker builds the same model from the same seed and the same statistics, so
+    // all start identical and stay so: they apply the same averaged gradients.
+    model = Model.create(arch, { classes: train.classes.length, seed });
+    model.normalizeFrom(train, 'per-pixel');
+    trainer = new Trainer(model, { ...options, seed: seed + 7919 * (index + 1) });
+    reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount });
+  },
+  grad() {
+    const s = trainer.computeGradients(train);
+    const g = trainer.gradients();
+    reply('gradients', { loss: s.loss, correct: s.correct, count: s.count, gradients: g }, [g.buffer]);
+  },
+  apply({ gradients }) {
+    const r = trainer.applyGradients(gradients);
+    reply('applied', r);
+  },
+  buffers() {
+    const b = trainer.buffers();
+    reply('buffers', { buffers: b }, [b.buffer]);
+  },
+  setBuffers({ buffers }) {
+    trainer.setBuffers(buffers);
+    reply('buffersSet');
+  },
+  evaluate({ limit }) {
+    const e = trainer.evaluate(test, Math.min(limit, test.length));
+    reply('evaluation', e);
+  },
+  save() {
+    const bytes = trainer.model.save();
+    reply('weights', { bytes }, [bytes.buffer]);
+  },
+};
+
+onmessage = async ({ data }) => {
+  try {
+    await handlers[data.type](data);
+  } catch (e) {
+    reply('error', { message: e && e.message ? e.message : String(e) });
+  }
+};
