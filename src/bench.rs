@@ -86,7 +86,11 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
     let gflops = flops / median / 1e9;
     let what = if args.train { "training step" } else { "inference" };
-    let layers = if args.layers { layer_table(&mut trainer.model, n, size, args.train)? } else { Vec::new() };
+    let layers = if args.layers {
+        layer_table(&mut trainer.model, n, size, args.train)?
+    } else {
+        Vec::new()
+    };
     if args.json {
         let doc = serde_json::json!({
             "model": args.model, "batch": n, "train": args.train, "threads": threads,
@@ -121,7 +125,11 @@ fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result
             None => seen.push((g, vec![name])),
         }
     }
-    let passes: &[Pass] = if train { &[Pass::Forward, Pass::BackwardData] } else { &[Pass::Forward] };
+    let passes: &[Pass] = if train {
+        &[Pass::Forward, Pass::BackwardData]
+    } else {
+        &[Pass::Forward]
+    };
     for (g, names) in &seen {
         for &pass in passes {
             let chosen = choose(g, pass);
@@ -141,13 +149,30 @@ fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result
 }
 
 fn print_layers(rows: &[serde_json::Value]) {
-    println!("\n{:<34} {:>3}  {:<12} {:<6} {:>9} {:>8}  all (GFLOP/s)", "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s");
+    println!(
+        "\n{:<34} {:>3}  {:<12} {:<6} {:>9} {:>8}  all (GFLOP/s)",
+        "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s"
+    );
     for r in rows {
         let all: Vec<String> = r["timings"]
             .as_array()
-            .map(|t| t.iter().map(|t| format!("{} {:.0}", t["algo"].as_str().unwrap_or(""), t["gflops"].as_f64().unwrap_or(0.0))).collect())
+            .map(|t| {
+                t.iter()
+                    .map(|t| {
+                        format!(
+                            "{} {:.0}",
+                            t["algo"].as_str().unwrap_or(""),
+                            t["gflops"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default();
-        let flag = if r["chosen"] == r["fastest"] { "" } else { "  <- fastest differs" };
+        let flag = if r["chosen"] == r["fastest"] {
+            ""
+        } else {
+            "  <- fastest differs"
+        };
         println!(
             "{:<34} {:>3}  {:<12} {:<6} {:>9.3} {:>8.1}  {}{flag}",
             r["shape"].as_str().unwrap_or(""),

@@ -24,7 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut net = ResNet::new(config.clone(), seed)?;
     let mut rng = Rng::new(seed ^ 0x5eed);
     net.visit(&mut |name, slot| match slot {
-        Slot::Buffer(_, b) if name.ends_with("running_mean") => b.iter_mut().for_each(|v| *v = 0.1 * rng.normal() as f32),
+        Slot::Buffer(_, b) if name.ends_with("running_mean") => {
+            b.iter_mut().for_each(|v| *v = 0.1 * rng.normal() as f32)
+        }
         Slot::Buffer(_, b) => b.iter_mut().for_each(|v| *v = 0.5 + rng.uniform() as f32),
         Slot::Param(p) if name.contains("bn") || name.contains("downsample.1") => {
             let base = if name.ends_with("weight") { 1.0 } else { 0.0 };
@@ -33,17 +35,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Slot::Param(_) => {}
     });
     let bytes = std::fs::read(input)?;
-    let x: Vec<f32> = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let x: Vec<f32> = bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let t = Tensor::new(vec![n, 3, size, size], x)?;
     let start = std::time::Instant::now();
     let logits = net.forward(&t, Mode::Eval)?.to_vec();
-    eprintln!("{model}: forward of {n} images in {:.1} ms", start.elapsed().as_secs_f64() * 1e3);
+    eprintln!(
+        "{model}: forward of {n} images in {:.1} ms",
+        start.elapsed().as_secs_f64() * 1e3
+    );
     let out: Vec<u8> = logits.iter().flat_map(|v| v.to_le_bytes()).collect();
     std::fs::write(logits_out, out)?;
     let mut c = Classifier {
         classes: default_classes(config.num_classes),
         net,
-        normalization: Normalization::PerChannel { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
+        normalization: Normalization::PerChannel {
+            mean: [0.485, 0.456, 0.406],
+            std: [0.229, 0.224, 0.225],
+        },
         metadata: Default::default(),
     };
     std::fs::write(weights_out, c.to_safetensors()?)?;

@@ -44,12 +44,13 @@ pub fn normalization_json(n: &Normalization) -> Value {
 
 /// What `model.info()` returns.
 pub fn info(c: &mut Classifier) -> Value {
+    let parameters = c.net.param_count();
     let config = &c.net.config;
     let layers = 2 + config.stage_blocks.iter().sum::<usize>() * if config.block.expansion() == 1 { 2 } else { 3 };
     json!({
         "architecture": config.name,
         "depth": layers,
-        "parameters": c.net.param_count(),
+        "parameters": parameters,
         "numClasses": config.num_classes,
         "classes": c.classes,
         "inputSize": c.input_size(),
@@ -148,9 +149,8 @@ pub fn dataset_from_pixels(
     }
     let mut short = Vec::with_capacity(labels.len());
     for (i, &l) in labels.iter().enumerate() {
-        short.push(
-            u16::try_from(l).map_err(|_| Error::Shape(format!("label {l} of image {i} is above {}", u16::MAX)))?,
-        );
+        short
+            .push(u16::try_from(l).map_err(|_| Error::Shape(format!("label {l} of image {i} is above {}", u16::MAX)))?);
     }
     let images = if format == "chw" {
         pixels.to_vec()
@@ -235,7 +235,10 @@ impl TrainSession {
             return Err(Error::Config("the batch size must be positive, found 0".into()));
         }
         if !(o.lr.is_finite() && o.lr >= 0.0) {
-            return Err(Error::Config(format!("learning rate must be finite and >= 0, found {}", o.lr)));
+            return Err(Error::Config(format!(
+                "learning rate must be finite and >= 0, found {}",
+                o.lr
+            )));
         }
         let schedule = match o.schedule.as_str() {
             "paper" | "multistep" => Schedule::paper(o.lr, o.steps.max(1)),
@@ -345,7 +348,9 @@ pub fn whole_number(v: f64, what: &str) -> Result<u64> {
     if v.is_finite() && v >= 0.0 && v.fract() == 0.0 && v <= 9_007_199_254_740_991.0 {
         Ok(v as u64)
     } else {
-        Err(Error::Config(format!("{what} must be a non-negative integer, found {v}")))
+        Err(Error::Config(format!(
+            "{what} must be a non-negative integer, found {v}"
+        )))
     }
 }
 
@@ -422,7 +427,7 @@ mod tests {
             momentum: 0.0,
             weight_decay: 0.0,
             batch: 8,
-            steps: 1,
+            schedule: "constant".into(),
             augment: false,
             ..Default::default()
         };
@@ -438,7 +443,11 @@ mod tests {
         for half in order.chunks(4) {
             let shard = data.subset(half).unwrap();
             let mut w = create("resnet8", 2, 1).unwrap();
-            let mut ws = TrainSession::new(&TrainOptions { batch: 4, ..opts.clone() }).unwrap();
+            let mut ws = TrainSession::new(&TrainOptions {
+                batch: 4,
+                ..opts.clone()
+            })
+            .unwrap();
             ws.compute_gradients(&mut w, &shard).unwrap();
             for (a, v) in avg.iter_mut().zip(w.net.gradients_flat()) {
                 *a += v / 2.0;

@@ -63,6 +63,11 @@ pub fn engine_info() -> Result<JsValue, JsError> {
     }))
 }
 
+/// A learning rate as the decimal it was given as (0.1, not 0.10000000149011612).
+fn lr_js(lr: f32) -> f64 {
+    lr.to_string().parse().unwrap_or(lr as f64)
+}
+
 fn err(e: impl std::fmt::Display) -> JsError {
     JsError::new(&e.to_string())
 }
@@ -200,9 +205,20 @@ impl WasmModel {
 
     /// Accuracy and loss on the first `limit` images of `data` (all when absent).
     pub fn evaluate(&self, data: &WasmDataset, limit: Option<f64>, batch: Option<f64>) -> Result<JsValue, JsError> {
-        let limit = limit.map(|l| engine::whole_number(l, "limit")).transpose().map_err(err)?;
+        let limit = limit
+            .map(|l| engine::whole_number(l, "limit"))
+            .transpose()
+            .map_err(err)?;
         let batch = opt_usize(batch, "batch", 100)?;
-        to_js(&engine::evaluate(&mut self.inner.borrow_mut(), &data.inner, limit.map(|l| l as usize), batch).map_err(err)?)
+        to_js(
+            &engine::evaluate(
+                &mut self.inner.borrow_mut(),
+                &data.inner,
+                limit.map(|l| l as usize),
+                batch,
+            )
+            .map_err(err)?,
+        )
     }
 
     /// Sets the preprocessing from statistics of `data`: `per-pixel` or `per-channel`.
@@ -247,11 +263,7 @@ impl WasmModel {
         if images.is_empty() {
             return Ok(Array::new().into());
         }
-        let preds = self
-            .inner
-            .borrow_mut()
-            .classify(&images, top_k as usize)
-            .map_err(err)?;
+        let preds = self.inner.borrow_mut().classify(&images, top_k as usize).map_err(err)?;
         to_js(&engine::predictions_json(&preds))
     }
 }
@@ -320,7 +332,10 @@ impl WasmDataset {
     pub fn image_rgba(&self, i: u32) -> Result<Vec<u8>, JsError> {
         let d = &self.inner;
         if i as usize >= d.len() {
-            return Err(JsError::new(&format!("image {i} out of range: the data set has {}", d.len())));
+            return Err(JsError::new(&format!(
+                "image {i} out of range: the data set has {}",
+                d.len()
+            )));
         }
         let chw = d.image(i as usize);
         let plane = d.width * d.height;
@@ -395,7 +410,7 @@ impl WasmTrainer {
             .session
             .step(&mut self.model.borrow_mut(), &data.inner)
             .map_err(err)?;
-        to_js(&serde_json::json!({"iteration": s.iteration, "loss": s.loss, "accuracy": s.accuracy, "lr": s.lr}))
+        to_js(&serde_json::json!({"iteration": s.iteration, "loss": s.loss, "accuracy": s.accuracy, "lr": lr_js(s.lr)}))
     }
 
     /// Forward and backward on the next batch without updating: `{ loss, accuracy, count }`.
@@ -415,8 +430,8 @@ impl WasmTrainer {
 
     /// One SGD update from the gradients in the model; returns the learning rate used.
     #[wasm_bindgen(js_name = applyGradients)]
-    pub fn apply_gradients(&mut self) -> f32 {
-        self.session.apply_gradients(&mut self.model.borrow_mut())
+    pub fn apply_gradients(&mut self) -> f64 {
+        lr_js(self.session.apply_gradients(&mut self.model.borrow_mut()))
     }
 
     #[wasm_bindgen(getter)]
@@ -425,7 +440,7 @@ impl WasmTrainer {
     }
 
     #[wasm_bindgen(getter)]
-    pub fn lr(&self) -> f32 {
-        self.session.lr()
+    pub fn lr(&self) -> f64 {
+        lr_js(self.session.lr())
     }
 }

@@ -33,6 +33,7 @@ before(async () => {
   page = await browser.newPage({ viewport: { width: 1200, height: 900 } });
   page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
   page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('response', (r) => r.status() >= 400 && problems.push(`HTTP ${r.status()} for ${r.url()}`));
   await page.goto(site.url, { waitUntil: 'commit' });
   await page.waitForFunction(() => window.resnetPage && window.resnetPage.ready, null, { timeout: 60_000 });
 });

@@ -3,8 +3,11 @@
 //! - `test`: every check CI runs: formatting, clippy, all Rust tests, the wasm32 build,
 //!   then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
 //! - `wasm`: builds `resnet-wasm` for wasm32 with SIMD128, runs `wasm-bindgen` (installing
-//!   the CLI at the crate's exact version when missing) and `wasm-opt` when present, writes
+//!   the CLI at the crate's exact version when missing) and `wasm-opt` when present
+//!   (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under `<target>/tools`), writes
 //!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
+//!   127.0.0.1 (port 8000 by default, 0 for any free one), printing the address.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -14,8 +17,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("wasm") => wasm().map(|_| ()),
+        Some("web") => web(args.get(1).map(String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask test | wasm");
+            eprintln!("usage: cargo xtask test | wasm | web [PORT]");
             return ExitCode::from(2);
         }
     };
@@ -86,6 +90,8 @@ fn test() -> Result<(), String> {
     )?;
     let tarball = wasm()?;
     node_tests(&tarball)?;
+    web_package()?;
+    browser_tests()?;
     eprintln!("xtask: all checks passed");
     Ok(())
 }
@@ -117,9 +123,14 @@ fn locked_version(name: &str) -> Result<String, String> {
 /// The first line a program prints for `--version`, if it runs.
 fn version_of(program: &str) -> Option<String> {
     let out = Command::new(program).arg("--version").output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("").trim().to_string())
+    out.status.success().then(|| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    })
 }
 
 /// Installs wasm-bindgen-cli at exactly `version` unless `wasm-bindgen --version` says it.
@@ -131,7 +142,10 @@ fn ensure_wasm_bindgen(version: &str) -> Result<(), String> {
         None => eprintln!("xtask: wasm-bindgen not found, need {want}"),
     }
     // Not --locked: the CLI's lock file pins crates that no longer build.
-    run("cargo", &["install", "wasm-bindgen-cli", "--version", version, "--force"])?;
+    run(
+        "cargo",
+        &["install", "wasm-bindgen-cli", "--version", version, "--force"],
+    )?;
     match version_of("wasm-bindgen") {
         Some(v) if v == want => Ok(()),
         other => Err(format!(
@@ -156,6 +170,28 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
     std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// `wasm-opt` of the npm package `binaryen`, installed under `<target>/tools` if missing.
+fn npm_wasm_opt() -> Result<String, String> {
+    let tools = target_dir().join("tools");
+    let bin = tools.join("node_modules/.bin/wasm-opt");
+    if !bin.exists() {
+        std::fs::create_dir_all(&tools).map_err(|e| format!("cannot create {}: {e}", tools.display()))?;
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--no-save", "--prefix"])
+            .arg(&tools)
+            .arg(format!("binaryen@{BINARYEN_NPM_VERSION}"))
+            .status()
+            .map_err(|e| format!("cannot start npm: {e}"))?;
+        if !status.success() {
+            return Err(format!("npm install binaryen failed with {status}"));
+        }
+    }
+    Ok(bin.display().to_string())
+}
+
+/// The npm `binaryen` that `WASM_OPT=npm` installs.
+const BINARYEN_NPM_VERSION: &str = "132.0.0";
+
 /// Builds the npm package and returns the path of its `npm pack` tarball.
 fn wasm() -> Result<PathBuf, String> {
     let root = workspace_root();
@@ -169,8 +205,16 @@ fn wasm() -> Result<PathBuf, String> {
         flags = format!("{flags} -C target-feature=+simd128").trim().to_string();
     }
     let mut cmd = Command::new("cargo");
-    cmd.args(["build", "-p", "resnet-wasm", "--lib", "--target", "wasm32-unknown-unknown", "--release"])
-        .current_dir(&root);
+    cmd.args([
+        "build",
+        "-p",
+        "resnet-wasm",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--release",
+    ])
+    .current_dir(&root);
     if std::env::var_os("RUSTFLAGS").is_some() {
         cmd.env("RUSTFLAGS", &flags);
     }
@@ -189,11 +233,24 @@ fn wasm() -> Result<PathBuf, String> {
     let (built_s, pkg_s) = (built.display().to_string(), pkg.display().to_string());
     run(
         "wasm-bindgen",
-        &["--target", "web", "--out-name", "resnet_wasm", "--out-dir", &pkg_s, &built_s],
+        &[
+            "--target",
+            "web",
+            "--out-name",
+            "resnet_wasm",
+            "--out-dir",
+            &pkg_s,
+            &built_s,
+        ],
     )?;
     let wasm_file = pkg.join("resnet_wasm_bg.wasm");
     let before = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
-    let wasm_opt = std::env::var("WASM_OPT").unwrap_or_else(|_| "wasm-opt".to_string());
+    let wasm_opt = match std::env::var("WASM_OPT") {
+        // The npm registry's binaryen (wasm-opt compiled to JS/wasm), kept under the target dir.
+        Ok(v) if v == "npm" => npm_wasm_opt()?,
+        Ok(v) => v,
+        Err(_) => "wasm-opt".to_string(),
+    };
     match version_of(&wasm_opt) {
         Some(v) => {
             let tmp = pkg.join("opt.wasm");
@@ -306,7 +363,12 @@ fn wasm() -> Result<PathBuf, String> {
 /// with the native CLI, built here in release mode.
 fn node_tests(tarball: &Path) -> Result<(), String> {
     match version_of("node") {
-        Some(v) if v.trim_start_matches('v').split('.').next().and_then(|m| m.parse::<u32>().ok()) >= Some(20) => {}
+        Some(v)
+            if v.trim_start_matches('v')
+                .split('.')
+                .next()
+                .and_then(|m| m.parse::<u32>().ok())
+                >= Some(20) => {}
         other => return Err(format!("the wasm tests need Node >= 20, found {other:?}")),
     }
     run("cargo", &["build", "--release", "-p", "resnet", "--bin", "resnet"])?;
@@ -323,5 +385,147 @@ fn node_tests(tarball: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("the Node tests failed with {status}"))
+    }
+}
+
+/// Copies the built npm package into `web/pkg/`, where the page imports it from.
+fn web_package() -> Result<PathBuf, String> {
+    let from = target_dir().join("wasm-pkg").join("package");
+    let to = workspace_root().join("web").join("pkg");
+    if to.exists() {
+        std::fs::remove_dir_all(&to).map_err(|e| format!("cannot clear {}: {e}", to.display()))?;
+    }
+    std::fs::create_dir_all(&to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    for entry in std::fs::read_dir(&from).map_err(|e| format!("cannot read {}: {e}", from.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.path().is_file() {
+            copy(&entry.path(), &to.join(entry.file_name()))?;
+        }
+    }
+    Ok(to)
+}
+
+/// Debian's Chromium, installed with apt when missing (the tests run as root).
+fn ensure_chromium() -> Result<String, String> {
+    let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".to_string());
+    if Path::new(&path).exists() {
+        return Ok(path);
+    }
+    run("apt-get", &["update", "-qq"])?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "chromium"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot start apt-get: {e}"))?;
+    if !status.success() || !Path::new(&path).exists() {
+        return Err(format!(
+            "installing chromium failed ({status}); the browser tests need {path}"
+        ));
+    }
+    Ok(path)
+}
+
+/// The page's Playwright tests in Chromium (`web/tests/`), installing playwright-core
+/// from npm into `web/tests/node_modules` when missing.
+fn browser_tests() -> Result<(), String> {
+    let chromium = ensure_chromium()?;
+    let tests = workspace_root().join("web").join("tests");
+    if !tests.join("node_modules").join("playwright-core").exists() {
+        eprintln!("xtask: installing playwright-core for the browser tests");
+        let status = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(&tests)
+            .status()
+            .map_err(|e| format!("cannot start npm: {e}"))?;
+        if !status.success() {
+            return Err(format!("npm install in web/tests failed with {status}"));
+        }
+    }
+    let bin = target_dir().join("release").join("resnet");
+    eprintln!("xtask: running node --test web/tests/");
+    let status = Command::new("node")
+        .args(["--test", "--test-concurrency=1", "web/tests/"])
+        .env("RESNET_BIN", &bin)
+        .env("CHROMIUM", &chromium)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot start node: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("the browser tests failed with {status}"))
+    }
+}
+
+/// Builds the page and serves `web/` on 127.0.0.1 until interrupted.
+fn web(port: Option<&str>) -> Result<(), String> {
+    wasm()?;
+    web_package()?;
+    let port: u16 = port
+        .unwrap_or("8000")
+        .parse()
+        .map_err(|_| "the port must be a number".to_string())?;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port))
+        .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("serving web/ on http://{addr}/ (Ctrl-C to stop)");
+    let root = workspace_root().join("web");
+    for stream in listener.incoming().flatten() {
+        let root = root.clone();
+        std::thread::spawn(move || serve_one(stream, &root));
+    }
+    Ok(())
+}
+
+/// Answers one HTTP/1.1 GET with a file under `root` (no directory listing, no `..`).
+fn serve_one(mut stream: std::net::TcpStream, root: &Path) {
+    use std::io::{BufRead, BufReader, Write};
+    let mut line = String::new();
+    let Ok(clone) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(clone);
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    // Drain the headers.
+    let mut header = String::new();
+    while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+        header.clear();
+    }
+    let path = line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("/")
+        .split('?')
+        .next()
+        .unwrap_or("/");
+    let rel = path.trim_start_matches('/');
+    let rel = if rel.is_empty() || rel.ends_with('/') {
+        format!("{rel}index.html")
+    } else {
+        rel.to_string()
+    };
+    let safe = !rel.split('/').any(|c| c == ".." || c.contains('\\'));
+    let file = root.join(&rel);
+    let (status, body, kind) = match (safe, std::fs::read(&file)) {
+        (true, Ok(b)) => ("200 OK", b, content_type(&rel)),
+        _ => ("404 Not Found", b"not found".to_vec(), "text/plain"),
+    };
+    let head = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));
+}
+
+fn content_type(path: &str) -> &'static str {
+    match path.rsplit('.').next().unwrap_or("") {
+        "html" => "text/html; charset=utf-8",
+        "js" | "mjs" => "text/javascript",
+        "css" => "text/css",
+        "wasm" => "application/wasm",
+        "json" => "application/json",
+        "svg" => "image/svg+xml",
+        "png" => "image/png",
+        _ => "application/octet-stream",
     }
 }

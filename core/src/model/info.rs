@@ -2,9 +2,9 @@
 
 use super::block::Shortcut;
 use super::resnet::ResNet;
+use crate::kernels::im2col::ConvGeometry;
 use crate::layers::batchnorm::BatchNorm2d;
 use crate::layers::conv::Conv2d;
-use crate::kernels::im2col::ConvGeometry;
 use crate::layers::Dims;
 use crate::Result;
 use serde::Serialize;
