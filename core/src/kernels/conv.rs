@@ -112,7 +112,7 @@ pub fn conv_backward_data(g: &ConvGeometry, w: &[f32], dy: &[f32], dx: &mut [f32
 /// Reusable memory for [`conv_backward_filter`]: one partial weight gradient per chunk.
 #[derive(Default, Debug, Clone)]
 pub struct FilterGradWorkspace {
-    partials: Vec<f32>,
+    pub(crate) partials: Vec<f32>,
 }
 
 /// `dw += sum_n dY_n col_n^T` and `db += sum dY`. The sum over the batch is cut into a

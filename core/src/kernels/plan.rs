@@ -8,6 +8,10 @@
 //! - `measure`: cuDNN-benchmark style: each candidate is timed once per shape on first
 //!   use and the fastest is cached for the process.
 //! - `gemm`, `wino2`, `wino4`: force one algorithm wherever it applies (tests, benches).
+//!
+//! Backward-filter has its own switch, `RESNET_FILTER_GRAD` (or [`set_filter_policy`]):
+//! unset or `auto` for the rule of [`auto_filter_choice`], `gemm` for im2col + GEMM,
+//! `direct` for the register-blocked kernel of `kernels::filter_grad`.
 
 use super::conv::{conv_backward_data, conv_forward};
 use super::im2col::ConvGeometry;
@@ -55,6 +59,62 @@ pub enum Policy {
 }
 
 static POLICY: Mutex<Option<Policy>> = Mutex::new(None);
+static FILTER_POLICY: Mutex<Option<Option<FilterAlgo>>> = Mutex::new(None);
+
+/// A backward-filter algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FilterAlgo {
+    /// im2col + sgemm, [`conv_backward_filter`](super::conv::conv_backward_filter).
+    Gemm,
+    /// The unpacked register-blocked product of
+    /// [`filter_grad_direct`](super::filter_grad::filter_grad_direct).
+    Direct,
+}
+
+/// Parses a `RESNET_FILTER_GRAD` value: `Some(None)` is the automatic rule.
+pub fn parse_filter_policy(s: &str) -> Option<Option<FilterAlgo>> {
+    match s.trim() {
+        "" | "auto" => Some(None),
+        "gemm" => Some(Some(FilterAlgo::Gemm)),
+        "direct" => Some(Some(FilterAlgo::Direct)),
+        _ => None,
+    }
+}
+
+/// Forces one backward-filter algorithm (`Some`) or restores the rule (`None`) for the
+/// rest of the process, overriding `RESNET_FILTER_GRAD`.
+pub fn set_filter_policy(p: Option<FilterAlgo>) {
+    *FILTER_POLICY.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
+}
+
+/// The backward-filter algorithm for `g`: forced by [`set_filter_policy`] or
+/// `RESNET_FILTER_GRAD` (read once; an unknown value warns and means `auto`), else
+/// [`auto_filter_choice`].
+pub fn choose_filter(g: &ConvGeometry) -> FilterAlgo {
+    let forced = *FILTER_POLICY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get_or_insert_with(|| {
+            let v = std::env::var("RESNET_FILTER_GRAD").unwrap_or_default();
+            parse_filter_policy(&v).unwrap_or_else(|| {
+                eprintln!("RESNET_FILTER_GRAD=\"{v}\" is not one of auto, gemm, direct; using auto");
+                None
+            })
+        });
+    forced.unwrap_or_else(|| auto_filter_choice(g))
+}
+
+/// The deterministic backward-filter rule, from `examples/filter_bench.rs`: the direct
+/// kernel wins (1.2-5x) wherever `K x C` is small, since GEMM then spends most of its
+/// time on im2col and packing; from `K x C = 256 x 512` on, the unit's `dY` outgrows L2
+/// and GEMM's packed panels win (by 10-20 %).
+pub fn auto_filter_choice(g: &ConvGeometry) -> FilterAlgo {
+    if g.in_channels * g.out_channels >= 256 * 512 {
+        FilterAlgo::Gemm
+    } else {
+        FilterAlgo::Direct
+    }
+}
 static MEASURED: Mutex<Option<HashMap<(ConvGeometry, Pass), ConvAlgo>>> = Mutex::new(None);
 
 /// Parses a `RESNET_CONV` value.
@@ -211,6 +271,13 @@ mod tests {
         );
         assert_eq!(parse_policy(""), Some(Policy::Auto));
         assert_eq!(parse_policy("fft"), None);
+        assert_eq!(parse_filter_policy("direct"), Some(Some(FilterAlgo::Direct)));
+        assert_eq!(parse_filter_policy("auto"), Some(None));
+        assert_eq!(parse_filter_policy("fft"), None);
+        let big = ConvGeometry::new(1, 512, 7, 7, 512, (3, 3), 1, 1).unwrap();
+        assert_eq!(auto_filter_choice(&big), FilterAlgo::Gemm);
+        let small = ConvGeometry::new(128, 16, 32, 32, 16, (3, 3), 1, 1).unwrap();
+        assert_eq!(auto_filter_choice(&small), FilterAlgo::Direct);
         let g = |n, c, h| ConvGeometry::new(n, c, h, h, c, (3, 3), 1, 1).unwrap();
         assert_eq!(
             auto_choice(&g(128, 16, 32), Pass::Forward),

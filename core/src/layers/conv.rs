@@ -1,12 +1,14 @@
 //! `Conv2d`: a 2-D convolution with optional bias. The algorithm for each pass comes
 //! from `kernels::plan`: im2col + GEMM (`kernels::conv`; 1x1 stride-1 as a plain GEMM)
 //! or Winograd (`kernels::winograd`) for 3x3 stride-1 convolutions. Backward-filter is
-//! always GEMM.
+//! im2col + GEMM or the unpacked direct kernel (`kernels::filter_grad`), also chosen
+//! by the plan.
 
 use super::{fit, join, Dims, Mode, Param, Slot, Visitor};
 use crate::kernels::conv::{conv_backward_data, conv_backward_filter, conv_forward, FilterGradWorkspace};
+use crate::kernels::filter_grad::filter_grad_direct;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::plan::{choose, ConvAlgo, Pass};
+use crate::kernels::plan::{choose, choose_filter, ConvAlgo, FilterAlgo, Pass};
 use crate::kernels::winograd::{
     transform_filters_into, winograd_backward_data_with, winograd_forward, WinogradFilters, WinogradTile,
 };
@@ -134,7 +136,11 @@ impl Conv2d {
     /// `dx` when asked. `x` must be the input of the last forward pass.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: Option<&mut Vec<f32>>) {
         let g = self.geometry.expect("Conv2d::backward called before forward");
-        conv_backward_filter(
+        let backward_filter = match choose_filter(&g) {
+            FilterAlgo::Gemm => conv_backward_filter,
+            FilterAlgo::Direct => filter_grad_direct,
+        };
+        backward_filter(
             &g,
             x,
             dy,
