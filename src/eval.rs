@@ -1,6 +1,6 @@
 //! `resnet eval`: accuracy of weights on a data set.
 
-use crate::load::{load_classifier, open_data, progress_bar, WeightArgs};
+use crate::load::{load_classifier, open_data_with, progress_bar, WeightArgs};
 use anyhow::{bail, Result};
 use clap::Args;
 use resnet_core::data::cifar::Split;
@@ -40,7 +40,9 @@ pub fn run(args: EvalArgs) -> Result<()> {
     } else {
         Split::Test
     };
-    let data = open_data(&args.data, split, args.quiet || args.json)?;
+    // Image folders of any image size: each image gets the model's resize and crop.
+    let fit = |img| model.fit_image(img);
+    let data = open_data_with(&args.data, split, Some(&fit), args.quiet || args.json)?;
     if data.is_empty() {
         bail!("the data set at {} is empty", args.data.display());
     }

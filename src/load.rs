@@ -6,7 +6,8 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use resnet_core::classifier::{Classifier, LoadOptions};
 use resnet_core::data::cifar::Split;
-use resnet_core::data::open::open_dataset;
+use resnet_core::data::folder::ImageFit;
+use resnet_core::data::open::open_dataset_with;
 use resnet_core::data::Dataset;
 use resnet_core::model::ShortcutOption;
 use std::path::Path;
@@ -66,6 +67,11 @@ pub fn progress_bar(total: usize, what: &str, quiet: bool) -> ProgressBar {
 
 /// Opens split `split` of the data set at `path`, showing decoding progress.
 pub fn open_data(path: &Path, split: Split, quiet: bool) -> Result<Dataset> {
+    open_data_with(path, split, None, quiet)
+}
+
+/// [`open_data`] with image-folder images fitted to a model's input first.
+pub fn open_data_with(path: &Path, split: Split, fit: Option<ImageFit>, quiet: bool) -> Result<Dataset> {
     if !path.exists() {
         bail!(
             "no data set at {} (expected a CIFAR-10 binary folder or tarball, or an image folder)",
@@ -73,7 +79,7 @@ pub fn open_data(path: &Path, split: Split, quiet: bool) -> Result<Dataset> {
         );
     }
     let bar = progress_bar(0, "decoding", quiet);
-    let data = open_dataset(path, split, &|done, total| {
+    let data = open_dataset_with(path, split, fit, &|done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     })

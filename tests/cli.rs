@@ -145,6 +145,35 @@ mod pretrained_commands {
     }
 
     #[test]
+    fn eval_on_an_image_folder_of_mixed_sizes() {
+        let dir = tmp("folder");
+        let weights = model_file(&dir);
+        for (class, sizes) in [
+            ("airplane", [(40u32, 30u32), (64, 64)]),
+            ("automobile", [(17, 90), (32, 32)]),
+        ] {
+            let d = dir.join("data/test").join(class);
+            std::fs::create_dir_all(&d).unwrap();
+            for (i, (w, h)) in sizes.into_iter().enumerate() {
+                let px: Vec<u8> = (0..w * h * 3).map(|j| (j * 13 % 256) as u8).collect();
+                image::save_buffer(d.join(format!("{i}.png")), &px, w, h, image::ExtendedColorType::Rgb8).unwrap();
+            }
+        }
+        let data = dir.join("data");
+        let out = resnet(&[
+            "eval",
+            "--weights",
+            weights.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(doc["images"], 4);
+    }
+
+    #[test]
     fn corrupt_weights_give_an_error_not_a_panic() {
         let dir = tmp("corrupt");
         let weights = model_file(&dir);

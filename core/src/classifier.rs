@@ -220,16 +220,21 @@ impl Classifier {
     /// to 256/224 of the input and centre-crop (torchvision's evaluation transform), CIFAR
     /// models resize to the input size; then the model's normalisation.
     pub fn preprocess(&self, img: &RgbImage) -> Result<Vec<f32>> {
+        let square = self.fit_image(img.clone());
+        Ok(self.normalization.apply(&to_chw_u8(&square))?)
+    }
+
+    /// The geometric part of [`Classifier::preprocess`]: the square input-size image.
+    pub fn fit_image(&self, img: RgbImage) -> RgbImage {
         let size = self.input_size();
-        let square = match self.net.config.stem {
+        match self.net.config.stem {
             Stem::ImageNet => {
-                let resized = resize_shorter_side(img, size * 256 / 224);
+                let resized = resize_shorter_side(&img, size * 256 / 224);
                 center_crop(&resized, size, size)
             }
-            Stem::Cifar if img.width == size && img.height == size => img.clone(),
-            Stem::Cifar => resize_bilinear_antialias(img, size, size),
-        };
-        Ok(self.normalization.apply(&to_chw_u8(&square))?)
+            Stem::Cifar if img.width == size && img.height == size => img,
+            Stem::Cifar => resize_bilinear_antialias(&img, size, size),
+        }
     }
 
     /// Class probabilities (softmax of the logits) for `n` preprocessed images.

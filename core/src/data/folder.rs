@@ -1,7 +1,7 @@
 //! torchvision `ImageFolder`-style directories, `root/<class>/<image>.{png,jpg,jpeg}`,
 //! decoded in parallel into an in-memory [`Dataset`] (native only).
 
-use super::image::{decode_image, to_chw_u8};
+use super::image::{decode_image, to_chw_u8, RgbImage};
 use super::{DataError, Dataset, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -53,6 +53,16 @@ fn list(dir: &Path, dirs: bool) -> Result<Vec<(String, PathBuf)>> {
 /// files sorted by name within each; every image must decode and share one size.
 /// `progress(done, total)` is called from the calling thread as images are decoded.
 pub fn load_image_folder(root: &Path, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
+    load_image_folder_with(root, None, progress)
+}
+
+/// A geometric transform applied to each decoded image before it is stored, e.g. a
+/// model's resize and centre crop, so that folders of images of any size load.
+pub type ImageFit<'a> = &'a (dyn Fn(RgbImage) -> RgbImage + Sync);
+
+/// [`load_image_folder`] with every image passed through `fit` first (then they need
+/// only share a size after it).
+pub fn load_image_folder_with(root: &Path, fit: Option<ImageFit>, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
     let classes = list(root, true)?;
     if classes.is_empty() {
         return Err(DataError::NotFound {
@@ -85,11 +95,15 @@ pub fn load_image_folder(root: &Path, progress: &dyn Fn(usize, usize)) -> Result
     let mut labels = Vec::with_capacity(total);
     let mut size: Option<(usize, usize)> = None;
     for chunk in files.chunks(CHUNK) {
-        let decoded: Vec<Result<super::image::RgbImage>> = chunk
+        let decoded: Vec<Result<RgbImage>> = chunk
             .par_iter()
             .map(|(path, _)| {
                 let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-                decode_image(&bytes, &path.display().to_string())
+                let img = decode_image(&bytes, &path.display().to_string())?;
+                Ok(match fit {
+                    Some(f) => f(img),
+                    None => img,
+                })
             })
             .collect();
         for ((path, label), img) in chunk.iter().zip(decoded) {

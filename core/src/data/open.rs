@@ -3,13 +3,24 @@
 //! or `ROOT/<class>`).
 
 use super::cifar::{load_cifar10_dir, load_cifar10_targz, Split, BATCHES_DIR};
-use super::folder::{find_split, load_image_folder};
+use super::folder::{find_split, load_image_folder_with, ImageFit};
 use super::{DataError, Dataset, Result};
 use std::path::Path;
 
 /// Loads split `split` of the data set at `path`; `progress(done, total)` reports image
 /// decoding of image folders.
 pub fn open_dataset(path: &Path, split: Split, progress: &dyn Fn(usize, usize)) -> Result<Dataset> {
+    open_dataset_with(path, split, None, progress)
+}
+
+/// [`open_dataset`] where the images of an image folder first pass through `fit` (a
+/// model's resize and crop), so folders of photos of any size load.
+pub fn open_dataset_with(
+    path: &Path,
+    split: Split,
+    fit: Option<ImageFit>,
+    progress: &dyn Fn(usize, usize),
+) -> Result<Dataset> {
     let split_name = match split {
         Split::Train => "train",
         Split::Test => "test",
@@ -34,7 +45,7 @@ pub fn open_dataset(path: &Path, split: Split, progress: &dyn Fn(usize, usize)) 
         return load_cifar10_dir(path, split);
     }
     match find_split(path, split_name) {
-        Ok(dir) => load_image_folder(&dir, progress),
-        Err(_) => load_image_folder(path, progress),
+        Ok(dir) => load_image_folder_with(&dir, fit, progress),
+        Err(_) => load_image_folder_with(path, fit, progress),
     }
 }
