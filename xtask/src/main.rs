@@ -373,18 +373,26 @@ fn node_tests(tarball: &Path) -> Result<(), String> {
     }
     run("cargo", &["build", "--release", "-p", "resnet", "--bin", "resnet"])?;
     let bin = target_dir().join("release").join("resnet");
-    eprintln!("xtask: running node --test wasm/tests-node/");
-    let status = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "wasm/tests-node/"])
-        .env("RESNET_WASM_TARBALL", tarball)
-        .env("RESNET_BIN", &bin)
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|e| format!("cannot start node: {e}"))?;
+    node_test(
+        "wasm/tests-node/",
+        &[("RESNET_WASM_TARBALL", tarball), ("RESNET_BIN", &bin)],
+    )
+}
+
+/// Runs `node --test DIR` from the workspace root with extra environment variables.
+fn node_test(dir: &str, env: &[(&str, &Path)]) -> Result<(), String> {
+    eprintln!("xtask: running node --test {dir}");
+    let mut cmd = Command::new("node");
+    cmd.args(["--test", "--test-concurrency=1", dir])
+        .current_dir(workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let status = cmd.status().map_err(|e| format!("cannot start node: {e}"))?;
     if status.success() {
         Ok(())
     } else {
-        Err(format!("the Node tests failed with {status}"))
+        Err(format!("`node --test {dir}` failed with {status}"))
     }
 }
 
@@ -442,19 +450,10 @@ fn browser_tests() -> Result<(), String> {
         }
     }
     let bin = target_dir().join("release").join("resnet");
-    eprintln!("xtask: running node --test web/tests/");
-    let status = Command::new("node")
-        .args(["--test", "--test-concurrency=1", "web/tests/"])
-        .env("RESNET_BIN", &bin)
-        .env("CHROMIUM", &chromium)
-        .current_dir(workspace_root())
-        .status()
-        .map_err(|e| format!("cannot start node: {e}"))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("the browser tests failed with {status}"))
-    }
+    node_test(
+        "web/tests/",
+        &[("RESNET_BIN", &bin), ("CHROMIUM", Path::new(&chromium))],
+    )
 }
 
 /// Builds the page and serves `web/` on 127.0.0.1 until interrupted.

@@ -115,6 +115,19 @@ pub struct FilterGradWorkspace {
     pub(crate) partials: Vec<f32>,
 }
 
+/// `db += sum dY` per output channel, in f64 and in a fixed order (parallel over channels).
+pub(crate) fn bias_grad(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
+    let p = g.out_plane();
+    db.par_iter_mut().enumerate().for_each(|(k, dbk)| {
+        let mut acc = 0f64;
+        for n in 0..g.batch {
+            let plane = &dy[(n * g.out_channels + k) * p..(n * g.out_channels + k + 1) * p];
+            acc += plane.iter().map(|&v| v as f64).sum::<f64>();
+        }
+        *dbk += acc as f32;
+    });
+}
+
 /// `dw += sum_n dY_n col_n^T` and `db += sum dY`. The sum over the batch is cut into a
 /// fixed number of chunks (one per thread) combined in order, so the result depends only
 /// on the thread count, never on scheduling.
@@ -131,14 +144,7 @@ pub fn conv_backward_filter(
     assert_eq!(dw.len(), g.out_channels * g.col_rows());
     let p = g.out_plane();
     if let Some(db) = db {
-        db.par_iter_mut().enumerate().for_each(|(k, dbk)| {
-            let mut acc = 0f64;
-            for n in 0..g.batch {
-                let plane = &dy[(n * g.out_channels + k) * p..(n * g.out_channels + k + 1) * p];
-                acc += plane.iter().map(|&v| v as f64).sum::<f64>();
-            }
-            *dbk += acc as f32;
-        });
+        bias_grad(g, dy, db);
     }
     if g.batch == 0 || p == 0 {
         return;

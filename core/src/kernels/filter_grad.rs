@@ -134,14 +134,7 @@ pub fn filter_grad_direct(
     assert_eq!(dw.len(), g.out_channels * g.col_rows());
     let p = g.out_plane();
     if let Some(db) = db {
-        db.par_iter_mut().enumerate().for_each(|(k, dbk)| {
-            let mut acc = 0f64;
-            for n in 0..g.batch {
-                let plane = &dy[(n * g.out_channels + k) * p..(n * g.out_channels + k + 1) * p];
-                acc += plane.iter().map(|&v| v as f64).sum::<f64>();
-            }
-            *dbk += acc as f32;
-        });
+        super::conv::bias_grad(g, dy, db);
     }
     if g.batch == 0 || p == 0 || dw.is_empty() {
         return;
