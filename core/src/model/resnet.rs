@@ -7,7 +7,7 @@ use crate::layers::conv::Conv2d;
 use crate::layers::linear::Linear;
 use crate::layers::pool::{GlobalAvgPool, MaxPool2d};
 use crate::layers::relu::{relu_backward_inplace, relu_forward};
-use crate::layers::{fit, join, Dims, Mode, Param, Slot, Visitor};
+use crate::layers::{fit, Dims, Mode, Param, Slot, Visitor};
 use crate::rng::Rng;
 use crate::{Error, Result, Tensor};
 
@@ -266,7 +266,7 @@ impl ResNet {
                 Slot::Param(p) => p.shape.clone(),
                 Slot::Buffer(s, _) => s.to_vec(),
             };
-            out.push((join("", name), shape));
+            out.push((name.to_string(), shape));
         });
         out
     }
