@@ -36,6 +36,10 @@ pub struct BenchArgs {
     /// plan picks next to the fastest.
     #[arg(long)]
     layers: bool,
+    /// Run inference layer by layer (batch norm, residual add and ReLU as separate
+    /// passes) instead of folding batch norms into the convolutions.
+    #[arg(long)]
+    no_fold: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -57,7 +61,8 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     }
     let size = config.input_size;
     let classes = config.num_classes;
-    let net = ResNet::new(config, 0)?;
+    let mut net = ResNet::new(config, 0)?;
+    net.set_fold_bn(!args.no_fold);
     let macs: u64 = net.layer_table(size, size)?.iter().map(|r| r.macs).sum();
     let mut rng = Rng::new(1);
     let n = args.batch.max(1);

@@ -2,8 +2,9 @@
 //! options, where bottlenecks put their stride, and batch-norm semantics by hand.
 
 use resnet_core::layers::batchnorm::BatchNorm2d;
-use resnet_core::layers::{Dims, Mode};
-use resnet_core::model::{BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::layers::{Dims, Mode, Slot};
+use resnet_core::model::{BlockKind, BottleneckStride, ResNet, ResNetConfig, ShortcutOption, Stem};
+use resnet_core::rng::Rng;
 use resnet_core::Tensor;
 
 fn params(name: &str) -> usize {
@@ -174,4 +175,73 @@ fn bad_inputs_get_clear_errors() {
     };
     let err = err.to_string();
     assert!(err.contains("0x0") && err.contains("7x7"), "{err}");
+}
+
+/// Inference with batch norms folded into the convolutions and residual adds and ReLUs
+/// fused into their stores gives the layer-by-layer result, for every kind of block,
+/// shortcut and stem, with batch-norm statistics far from the identity.
+#[test]
+fn folded_inference_matches_layer_by_layer() {
+    let bottleneck = ResNetConfig {
+        name: "bottleneck-test".into(),
+        stem: Stem::ImageNet,
+        stem_width: 8,
+        block: BlockKind::Bottleneck,
+        stage_blocks: vec![1, 2],
+        stage_widths: vec![4, 8],
+        residual: true,
+        shortcut: ShortcutOption::B,
+        bottleneck_stride: BottleneckStride::Conv1x1,
+        num_classes: 5,
+        in_channels: 3,
+        input_size: 16,
+    };
+    let resnet8 = || ResNetConfig::named("resnet8").unwrap();
+    let configs = [
+        (resnet8(), 12),
+        (resnet8().with_shortcut(ShortcutOption::B), 12),
+        (resnet8().with_shortcut(ShortcutOption::C), 9),
+        (ResNetConfig::named("plain8").unwrap(), 12),
+        (bottleneck, 19),
+    ];
+    for (config, size) in configs {
+        let name = format!("{} {:?}", config.name, config.shortcut);
+        let mut net = ResNet::new(config, 3).unwrap();
+        let mut rng = Rng::new(9);
+        net.visit(&mut |name, slot| match slot {
+            Slot::Buffer(_, b) if name.ends_with("running_var") => {
+                b.iter_mut().for_each(|v| *v = 0.2 + rng.uniform() as f32 * 2.0)
+            }
+            Slot::Buffer(_, b) => b.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.5),
+            Slot::Param(p) if name.contains("bn") || name.ends_with("downsample.1.weight") => {
+                p.value.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.8)
+            }
+            Slot::Param(_) => {}
+        });
+        let x: Vec<f32> = (0..2 * 3 * size * size).map(|_| rng.normal() as f32).collect();
+        let x = Tensor::new(vec![2, 3, size, size], x).unwrap();
+        net.set_fold_bn(false);
+        let want = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        net.set_fold_bn(true);
+        let got = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(
+            scale > 1e-3 && err <= 1e-4 * scale,
+            "{name}: max error {err} of {scale}"
+        );
+        // The folded weights follow changes to the running statistics.
+        net.visit(&mut |name, slot| {
+            if let Slot::Buffer(_, b) = slot {
+                if name.ends_with("running_mean") {
+                    b.iter_mut().for_each(|v| *v += 0.3);
+                }
+            }
+        });
+        let moved = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        net.set_fold_bn(false);
+        let want = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        let err = moved.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(err <= 1e-4 * scale, "{name} after new statistics: max error {err}");
+    }
 }

@@ -6,6 +6,7 @@
 //! forward `Y = W col`, backward-data `dcol = W^T dY` then col2im, backward-filter
 //! `dW += dY col^T` summed over images.
 
+use super::epilogue::Epilogue;
 use super::gemm::{gemm, MatMut, MatRef};
 use super::im2col::{col2im_add, im2col, ConvGeometry};
 use super::scratch::with_scratch;
@@ -32,9 +33,16 @@ fn blocks_per_image(batch: usize, max_blocks: usize) -> usize {
 /// `y = conv(x, w) + bias`; `y` is overwritten. Splits over images and, for small
 /// batches, over blocks of output channels so that batch 1 uses every core.
 pub fn conv_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>, y: &mut [f32]) {
+    conv_forward_fused(g, x, w, &Epilogue::bias(bias), y);
+}
+
+/// `y = epilogue(conv(x, w))`: [`conv_forward`] with bias, residual and ReLU applied to
+/// each block of output while it is still in cache.
+pub fn conv_forward_fused(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epilogue, y: &mut [f32]) {
     assert_eq!(x.len(), g.batch * g.in_image());
     assert_eq!(w.len(), g.out_channels * g.col_rows());
     assert_eq!(y.len(), g.batch * g.out_image());
+    epilogue.check(g.out_channels, y.len());
     if y.is_empty() {
         return;
     }
@@ -42,7 +50,8 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>
     let kb = block_size(g.out_channels, blocks_per_image(g.batch, g.out_channels / 8));
     y.par_chunks_mut(g.out_image())
         .zip(x.par_chunks(g.in_image()))
-        .for_each(|(y_img, x_img)| {
+        .enumerate()
+        .for_each(|(n, (y_img, x_img))| {
             y_img.par_chunks_mut(kb * p).enumerate().for_each(|(blk, y_blk)| {
                 let k0 = blk * kb;
                 let kn = y_blk.len() / p;
@@ -56,11 +65,8 @@ pub fn conv_forward(g: &ConvGeometry, x: &[f32], w: &[f32], bias: Option<&[f32]>
                         gemm(1.0, w_blk, MatRef::row_major(col, g.col_rows(), p), 0.0, out);
                     });
                 }
-                if let Some(b) = bias {
-                    for (k, plane) in y_blk.chunks_mut(p).enumerate() {
-                        let bk = b[k0 + k];
-                        plane.iter_mut().for_each(|v| *v += bk);
-                    }
+                for (k, plane) in y_blk.chunks_mut(p).enumerate() {
+                    epilogue.apply_run(k0 + k, n * g.out_image() + (k0 + k) * p, plane);
                 }
             });
         });

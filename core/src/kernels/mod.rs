@@ -2,6 +2,7 @@
 //! with a naive twin that the tests compare it against.
 
 pub mod conv;
+pub mod epilogue;
 pub mod filter_grad;
 pub mod gemm;
 pub mod im2col;

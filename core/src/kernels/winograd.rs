@@ -13,7 +13,7 @@
 //! 3. `(m+2)^2` small products by a register-blocked micro-kernel over [`F32x`] that
 //!    reads `U` and `V` in place (measured faster here than matrixmultiply's `sgemm`,
 //!    whose per-call packing costs as much as these small products);
-//! 4. outputs `Y = A^T M A` plus bias, clipped at the image border (partial tiles).
+//! 4. outputs `Y = A^T M A` through the epilogue (bias, residual, ReLU), clipped at the image border (partial tiles).
 //!
 //! Blocks of tiles (across images, so small images still fill a block) are sized so
 //! that `V` and `M` of one block stay near the L2 cache; rayon tasks are
@@ -24,6 +24,7 @@
 //! accurate as direct convolution; F(4x4,3x3) does 36 instead of 144 and loses one to two
 //! decimal digits in fp32.
 
+use super::epilogue::Epilogue;
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
 use crate::simd::{self, F32x, LANES};
@@ -220,6 +221,19 @@ pub fn winograd_forward(
     bias: Option<&[f32]>,
     y: &mut [f32],
 ) {
+    winograd_forward_fused(g, tile, x, filters, &Epilogue::bias(bias), y);
+}
+
+/// `y = epilogue(conv(x, w))` by Winograd: [`winograd_forward`] with bias, residual and
+/// ReLU applied in the output transform, as each value is stored.
+pub fn winograd_forward_fused(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    x: &[f32],
+    filters: &WinogradFilters,
+    epilogue: &Epilogue,
+    y: &mut [f32],
+) {
     assert_winograd_geometry(g);
     assert_eq!(filters.tile, tile, "winograd: filters transformed for another tile");
     assert_eq!(
@@ -229,12 +243,10 @@ pub fn winograd_forward(
     );
     assert_eq!(x.len(), g.batch * g.in_image());
     assert_eq!(y.len(), g.batch * g.out_image());
-    if let Some(b) = bias {
-        assert_eq!(b.len(), g.out_channels);
-    }
+    epilogue.check(g.out_channels, y.len());
     match tile {
-        WinogradTile::F2 => forward_impl::<2, 4>(g, x, &filters.data, bias, y),
-        WinogradTile::F4 => forward_impl::<4, 6>(g, x, &filters.data, bias, y),
+        WinogradTile::F2 => forward_impl::<2, 4>(g, x, &filters.data, epilogue, y),
+        WinogradTile::F4 => forward_impl::<4, 6>(g, x, &filters.data, epilogue, y),
     }
 }
 
@@ -402,7 +414,7 @@ fn forward_impl<const M: usize, const A: usize>(
     g: &ConvGeometry,
     x: &[f32],
     u: &[f32],
-    bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     y: &mut [f32],
 ) {
     let (c, k) = (g.in_channels, g.out_channels);
@@ -435,7 +447,7 @@ fn forward_impl<const M: usize, const A: usize>(
                 let m_xi = &mut m[xi * kn * tp..(xi + 1) * kn * tp];
                 product(u_xi, v_xi, m_xi, kn, c, tp);
             }
-            output_transform::<M, A>(&tiling, k, m, t0, tn, tp, k0, kn, bias, &out);
+            output_transform::<M, A>(&tiling, k, m, t0, tn, tp, k0, kn, epilogue, &out);
         });
     });
 }
@@ -572,8 +584,8 @@ fn input_transform<const M: usize, const A: usize>(
     }
 }
 
-/// `Y = A^T M A + bias` for output channels `k0..k0+kn` of tiles `t0..t0+tn`, written to
-/// the NCHW output through `out`, clipped at the image border.
+/// `Y = epilogue(A^T M A)` for output channels `k0..k0+kn` of tiles `t0..t0+tn`, written
+/// to the NCHW output through `out`, clipped at the image border.
 #[allow(clippy::too_many_arguments)]
 fn output_transform<const M: usize, const A: usize>(
     tl: &Tiling,
@@ -584,7 +596,7 @@ fn output_transform<const M: usize, const A: usize>(
     tp: usize,
     k0: usize,
     kn: usize,
-    bias: Option<&[f32]>,
+    epilogue: &Epilogue,
     out: &SharedOut,
 ) {
     let (h, w) = (tl.h, tl.w);
@@ -596,11 +608,16 @@ fn output_transform<const M: usize, const A: usize>(
                 *val = simd::load(&m[(xi * kn + kk) * tp + tg..]);
             }
             let yv = output_2d::<M, A>(&mv);
-            let b = F32x::splat(bias.map_or(0.0, |b| b[k0 + kk]));
+            let b = F32x::splat(epilogue.bias.map_or(0.0, |b| b[k0 + kk]));
             let mut ya = [[0f32; LANES]; 16];
             for (dst, &val) in ya.iter_mut().zip(&yv).take(M * M) {
                 *dst = (val + b).to_array();
             }
+            // The bias is in; what is left (residual, ReLU) needs each value's index.
+            let rest = Epilogue {
+                bias: None,
+                ..*epilogue
+            };
             for (l, r) in refs.iter().enumerate() {
                 if !r.present {
                     continue;
@@ -609,7 +626,7 @@ fn output_transform<const M: usize, const A: usize>(
                 for i in 0..M.min(h - r.oy) {
                     let row = base + (r.oy + i) * w + r.ox;
                     for j in 0..M.min(w - r.ox) {
-                        out.write(row + j, ya[i * M + j][l]);
+                        out.write(row + j, rest.apply(0, row + j, ya[i * M + j][l]));
                     }
                 }
             }
@@ -731,7 +748,10 @@ fn output_1d<const A: usize>(m: &[F32x], o: &mut [F32x]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::{conv_backward_data, conv_backward_data_naive, conv_forward, conv_forward_naive};
+    use crate::kernels::conv::{
+        conv_backward_data, conv_backward_data_naive, conv_forward, conv_forward_fused, conv_forward_naive,
+    };
+    use crate::kernels::epilogue::epilogue_naive;
     use crate::rng::Rng;
 
     /// `B^T` and `A^T` as matrices, to check the hand-written 1-D transforms against.
@@ -763,7 +783,16 @@ mod tests {
 
     fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
         let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+        // NaN (an output never written) counts as an infinite error, not as no error.
+        let err = |(x, y): (&f32, &f32)| {
+            let d = (x - y).abs();
+            if d.is_nan() {
+                f32::INFINITY
+            } else {
+                d
+            }
+        };
+        a.iter().zip(b).map(err).fold(0f32, f32::max) / scale
     }
 
     fn check_1d<const A: usize>(bt: &[[f64; A]], at: &[[f64; A]]) {
@@ -868,6 +897,35 @@ mod tests {
             d.batch, d.in_channels, d.in_h, d.in_w, d.out_channels, errs[0], errs[1], errs[2]
         );
         errs
+    }
+
+    #[test]
+    fn fused_epilogue_matches_separate_passes() {
+        let mut rng = Rng::new(11);
+        for &(n, c, h, w, k) in &[(2, 5, 7, 9, 6), (1, 16, 8, 8, 24), (3, 4, 5, 3, 9)] {
+            let cs = case(&mut rng, n, c, h, w, k, false);
+            let g = &cs.g;
+            let residual = random(&mut rng, cs.y_ref.len());
+            let e = Epilogue {
+                bias: Some(&cs.bias),
+                residual: Some(&residual),
+                relu: true,
+            };
+            let mut want = vec![0.0; cs.y_ref.len()];
+            conv_forward_naive(g, &cs.x, &cs.w, None, &mut want);
+            epilogue_naive(&e, k, g.out_plane(), &mut want);
+            assert!(want.contains(&0.0) && want.iter().any(|&v| v > 0.0));
+            let mut y = vec![f32::NAN; want.len()];
+            conv_forward_fused(g, &cs.x, &cs.w, &e, &mut y);
+            assert!(max_rel_err(&y, &want) < 1e-5, "gemm {g:?}");
+            for tile in [WinogradTile::F2, WinogradTile::F4] {
+                let f = transform_filters(tile, &cs.w, k, c);
+                let mut y = vec![f32::NAN; want.len()];
+                winograd_forward_fused(g, tile, &cs.x, &f, &e, &mut y);
+                assert!(max_rel_err(&y, &want) < 1e-3, "{tile:?} {g:?}");
+                assert!(y.iter().all(|&v| v >= 0.0), "{tile:?}: ReLU");
+            }
+        }
     }
 
     fn check_all(shapes: &[(usize, usize, usize, usize, usize, bool)]) {

@@ -29,6 +29,8 @@ pub struct BatchNorm2d {
     sum_dy: Vec<f64>,
     sum_dy_xhat: Vec<f64>,
     last: Option<(NormGeometry, Mode)>,
+    /// `scale` and `shift` of [`BatchNorm2d::eval_affine`].
+    affine: (Vec<f32>, Vec<f32>),
 }
 
 impl BatchNorm2d {
@@ -52,6 +54,7 @@ impl BatchNorm2d {
             sum_dy: vec![0.0; channels],
             sum_dy_xhat: vec![0.0; channels],
             last: None,
+            affine: (vec![0.0; channels], vec![0.0; channels]),
         }
     }
 
@@ -101,6 +104,19 @@ impl BatchNorm2d {
             &mut self.out,
         );
         self.last = Some((g, mode));
+    }
+
+    /// The evaluation-mode transform as `y = scale * x + shift` per channel, for folding
+    /// into the convolution before it.
+    pub fn eval_affine(&mut self) -> (&[f32], &[f32]) {
+        let (scale, shift) = &mut self.affine;
+        for c in 0..self.channels {
+            let inv_std = 1.0 / (self.running_var[c] as f64 + self.eps as f64).sqrt();
+            let s = self.weight.value[c] as f64 * inv_std;
+            scale[c] = s as f32;
+            shift[c] = (self.bias.value[c] as f64 - self.running_mean[c] as f64 * s) as f32;
+        }
+        (scale, shift)
     }
 
     /// Accumulates gamma and beta gradients and writes the input gradient into `dx`.

@@ -5,12 +5,13 @@
 //! by the plan.
 
 use super::{fit, join, Dims, Mode, Param, Slot, Visitor};
-use crate::kernels::conv::{conv_backward_data, conv_backward_filter, conv_forward, FilterGradWorkspace};
+use crate::kernels::conv::{conv_backward_data, conv_backward_filter, conv_forward_fused, FilterGradWorkspace};
+use crate::kernels::epilogue::Epilogue;
 use crate::kernels::filter_grad::filter_grad_direct;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::plan::{choose, choose_filter, ConvAlgo, FilterAlgo, Pass};
 use crate::kernels::winograd::{
-    transform_filters_into, winograd_backward_data_with, winograd_forward, WinogradFilters, WinogradTile,
+    transform_filters_into, winograd_backward_data_with, winograd_forward_fused, WinogradFilters, WinogradTile,
 };
 use crate::rng::Rng;
 use crate::Result;
@@ -32,8 +33,23 @@ pub struct Conv2d {
     workspace: FilterGradWorkspace,
     /// Forward Winograd filters and the weight generation they were made from.
     winograd: Option<(u64, WinogradFilters)>,
+    /// Weights with a batch norm folded in, for inference.
+    folded: Folded,
     /// Rotated filters for backward-data, rebuilt on every call.
     winograd_rotated: Option<WinogradFilters>,
+}
+
+/// The weights scaled per output channel by a following batch norm, the bias it implies,
+/// and what they were made from, so that inference rebuilds them only when that changes.
+#[derive(Clone, Debug, Default)]
+struct Folded {
+    /// The weight generation and the batch-norm scale the weights were made from.
+    source: Option<(u64, Vec<f32>)>,
+    /// Bumped whenever `weight` is rebuilt; keys the Winograd filters made from it.
+    version: u64,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    winograd: Option<(u64, WinogradFilters)>,
 }
 
 fn empty_filters(tile: WinogradTile) -> WinogradFilters {
@@ -72,6 +88,7 @@ impl Conv2d {
             geometry: None,
             workspace: FilterGradWorkspace::default(),
             winograd: None,
+            folded: Folded::default(),
             winograd_rotated: None,
         }
     }
@@ -113,21 +130,77 @@ impl Conv2d {
     /// `Mode::Train` they are rebuilt on every call, since weights change every step.
     pub fn forward(&mut self, x: &[f32], input: Dims, mode: Mode) -> Result<Dims> {
         let g = self.geometry(input)?;
-        fit(&mut self.out, g.batch * g.out_image());
-        let bias = self.bias.as_ref().map(|b| &b.value[..]);
-        match choose(&g, Pass::Forward) {
-            ConvAlgo::Gemm => conv_forward(&g, x, &self.weight.value, bias, &mut self.out),
-            ConvAlgo::Winograd(tile) => {
-                let generation = self.weight.generation;
-                let cached = self.winograd.get_or_insert_with(|| (u64::MAX, empty_filters(tile)));
-                if mode == Mode::Train || cached.0 != generation || cached.1.tile != tile {
-                    let (k, c) = (self.out_channels, self.in_channels);
-                    transform_filters_into(tile, &self.weight.value, k, c, false, &mut cached.1);
-                    cached.0 = generation;
-                }
-                winograd_forward(&g, tile, x, &cached.1, bias, &mut self.out);
-            }
+        let epilogue = Epilogue::bias(self.bias.as_ref().map(|b| &b.value[..]));
+        let key = (mode == Mode::Eval).then_some(self.weight.generation);
+        run_forward(
+            &g,
+            x,
+            &self.weight.value,
+            &mut self.winograd,
+            key,
+            &epilogue,
+            &mut self.out,
+        );
+        self.geometry = Some(g);
+        Ok(Dims::new(g.batch, g.out_channels, g.out_h, g.out_w))
+    }
+
+    /// Inference through a following batch norm given as `y = scale * x + shift` per
+    /// output channel: computes `relu?(bn(conv(x)) + residual)` into `self.out` with the
+    /// scale folded into the weights (cached until the weight or scale changes) and the
+    /// rest done as each value is stored. Not for training: backward needs the unfolded
+    /// forward.
+    pub fn forward_folded(
+        &mut self,
+        x: &[f32],
+        input: Dims,
+        scale: &[f32],
+        shift: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+    ) -> Result<Dims> {
+        let g = self.geometry(input)?;
+        let k = self.out_channels;
+        if scale.len() != k || shift.len() != k {
+            return Err(crate::Error::Shape(format!(
+                "folding a batch norm of {} channels into a convolution of {k} output channels",
+                scale.len()
+            )));
         }
+        let f = &mut self.folded;
+        let fresh = matches!(&f.source, Some((gen, s)) if *gen == self.weight.generation && s == scale);
+        if !fresh {
+            let per_k = self.weight.value.len() / k;
+            fit(&mut f.weight, self.weight.value.len());
+            for ((dst, src), &s) in f
+                .weight
+                .chunks_mut(per_k)
+                .zip(self.weight.value.chunks(per_k))
+                .zip(scale)
+            {
+                dst.iter_mut().zip(src).for_each(|(d, &w)| *d = w * s);
+            }
+            f.source = Some((self.weight.generation, scale.to_vec()));
+            f.version += 1;
+        }
+        fit(&mut f.bias, k);
+        for (i, b) in f.bias.iter_mut().enumerate() {
+            *b = shift[i] + self.bias.as_ref().map_or(0.0, |cb| scale[i] * cb.value[i]);
+        }
+        let epilogue = Epilogue {
+            bias: Some(&f.bias),
+            residual,
+            relu,
+        };
+        run_forward(
+            &g,
+            x,
+            &f.weight,
+            &mut f.winograd,
+            Some(f.version),
+            &epilogue,
+            &mut self.out,
+        );
         self.geometry = Some(g);
         Ok(Dims::new(g.batch, g.out_channels, g.out_h, g.out_w))
     }
@@ -167,6 +240,31 @@ impl Conv2d {
         f(&join(prefix, "weight"), Slot::Param(&mut self.weight));
         if let Some(b) = &mut self.bias {
             f(&join(prefix, "bias"), Slot::Param(b));
+        }
+    }
+}
+
+/// `out = epilogue(conv(x, weight))` by the planned algorithm. Winograd filters come from
+/// `cache` when it was made for `key` (`None`: always rebuild, as in training).
+fn run_forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    cache: &mut Option<(u64, WinogradFilters)>,
+    key: Option<u64>,
+    epilogue: &Epilogue,
+    out: &mut Vec<f32>,
+) {
+    fit(out, g.batch * g.out_image());
+    match choose(g, Pass::Forward) {
+        ConvAlgo::Gemm => conv_forward_fused(g, x, weight, epilogue, out),
+        ConvAlgo::Winograd(tile) => {
+            let cached = cache.get_or_insert_with(|| (u64::MAX, empty_filters(tile)));
+            if key.is_none_or(|k| k != cached.0) || cached.1.tile != tile {
+                transform_filters_into(tile, weight, g.out_channels, g.in_channels, false, &mut cached.1);
+                cached.0 = key.unwrap_or(u64::MAX);
+            }
+            winograd_forward_fused(g, tile, x, &cached.1, epilogue, out);
         }
     }
 }

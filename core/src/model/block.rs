@@ -35,6 +35,10 @@ pub struct Block {
     /// `bn1`, `bn2` (and `bn3`).
     pub bns: Vec<BatchNorm2d>,
     pub shortcut: Shortcut,
+    /// Inference folds each batch norm into its convolution and fuses the residual add
+    /// and ReLUs into the convolutions' stores (on by default; off gives the layer-by-layer
+    /// reference).
+    pub fold_bn: bool,
     /// The block's output of the last forward pass, after the final ReLU.
     pub out: Vec<f32>,
     /// ReLU outputs between the stages.
@@ -100,6 +104,7 @@ impl Block {
             convs,
             bns,
             shortcut,
+            fold_bn: true,
             out: Vec::new(),
             acts,
             padded: Vec::new(),
@@ -115,6 +120,9 @@ impl Block {
 
     /// Computes `self.out` from `x`.
     pub fn forward(&mut self, x: &[f32], input: Dims, mode: Mode) -> Result<Dims> {
+        if mode == Mode::Eval && self.fold_bn {
+            return self.forward_folded(x, input);
+        }
         let last = self.convs.len() - 1;
         let mut dims = input;
         for i in 0..=last {
@@ -146,6 +154,40 @@ impl Block {
             self.out.iter_mut().zip(s).for_each(|(o, &s)| *o += s);
         }
         relu_inplace(&mut self.out);
+        self.in_dims = input;
+        self.out_dims = dims;
+        Ok(dims)
+    }
+
+    /// Inference with every batch norm folded into its convolution: each stage's BN and
+    /// ReLU, and the last stage's residual add and ReLU, happen as the convolution stores
+    /// its output. Leaves nothing for backward.
+    fn forward_folded(&mut self, x: &[f32], input: Dims) -> Result<Dims> {
+        let dims = self.out_dims(input)?;
+        let residual: Option<&[f32]> = match &mut self.shortcut {
+            Shortcut::None => None,
+            Shortcut::Identity => Some(x),
+            Shortcut::ZeroPad { stride } => {
+                fit(&mut self.padded, dims.len());
+                option_a_forward(x, input, dims, *stride, &mut self.padded);
+                Some(&self.padded)
+            }
+            Shortcut::Projection { conv, bn } => {
+                let (scale, shift) = bn.eval_affine();
+                conv.forward_folded(x, input, scale, shift, None, false)?;
+                Some(&conv.out)
+            }
+        };
+        let last = self.convs.len() - 1;
+        let mut d = input;
+        for i in 0..=last {
+            let (done, rest) = self.convs.split_at_mut(i);
+            let src: &[f32] = if i == 0 { x } else { &done[i - 1].out };
+            let (scale, shift) = self.bns[i].eval_affine();
+            let added = if i == last { residual } else { None };
+            d = rest[0].forward_folded(src, d, scale, shift, added, true)?;
+        }
+        std::mem::swap(&mut self.out, &mut self.convs[last].out);
         self.in_dims = input;
         self.out_dims = dims;
         Ok(dims)

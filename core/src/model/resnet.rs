@@ -29,6 +29,10 @@ pub struct ResNet {
     stem_dims: Dims,
     grads: [Vec<f32>; 2],
     scratch: BlockScratch,
+    /// Inference folds batch norms into convolutions (see [`ResNet::set_fold_bn`]).
+    fold_bn: bool,
+    /// Whether the last forward pass kept what backward needs.
+    backward_ready: bool,
 }
 
 impl ResNet {
@@ -80,6 +84,8 @@ impl ResNet {
             stem_dims: Dims::default(),
             grads: [Vec::new(), Vec::new()],
             scratch: BlockScratch::default(),
+            fold_bn: true,
+            backward_ready: false,
         })
     }
 
@@ -119,10 +125,20 @@ impl ResNet {
         fit(&mut self.input, dims.len());
         self.input.copy_from_slice(input.data());
         self.input_dims = dims;
-        let d = self.conv1.forward(&self.input, dims, mode)?;
-        self.bn1.forward(&self.conv1.out, d, mode);
-        fit(&mut self.stem_act, d.len());
-        relu_forward(&self.bn1.out, &mut self.stem_act);
+        let folded = mode == Mode::Eval && self.fold_bn;
+        let d = if folded {
+            let (scale, shift) = self.bn1.eval_affine();
+            let d = self.conv1.forward_folded(&self.input, dims, scale, shift, None, true)?;
+            std::mem::swap(&mut self.stem_act, &mut self.conv1.out);
+            d
+        } else {
+            let d = self.conv1.forward(&self.input, dims, mode)?;
+            self.bn1.forward(&self.conv1.out, d, mode);
+            fit(&mut self.stem_act, d.len());
+            relu_forward(&self.bn1.out, &mut self.stem_act);
+            d
+        };
+        self.backward_ready = !folded;
         self.stem_dims = d;
         let mut dims = d;
         if let Some(mp) = &mut self.maxpool {
@@ -145,9 +161,22 @@ impl ResNet {
         Ok(&self.fc.out)
     }
 
+    /// Chooses whether `Mode::Eval` folds every batch norm into its convolution and
+    /// fuses residual adds and ReLUs into the convolutions (the default), or runs layer by
+    /// layer as in training (the reference the fused path is tested against).
+    pub fn set_fold_bn(&mut self, on: bool) {
+        self.fold_bn = on;
+        self.blocks.iter_mut().for_each(|b| b.fold_bn = on);
+    }
+
     /// Back-propagates `dlogits` (the gradient of the loss with respect to the logits of
-    /// the last forward pass), accumulating every parameter's gradient.
+    /// the last forward pass), accumulating every parameter's gradient. The forward pass
+    /// must have been `Mode::Train`, or `Mode::Eval` with folding off.
     pub fn backward(&mut self, dlogits: &[f32]) {
+        assert!(
+            self.backward_ready,
+            "ResNet::backward needs a forward pass that was not folded for inference"
+        );
         let [g0, g1] = &mut self.grads;
         self.fc.backward(&self.avgpool.out, dlogits, g0);
         self.avgpool.backward(g0, g1);
