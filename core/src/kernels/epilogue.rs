@@ -55,6 +55,7 @@ impl<'a> Epilogue<'a> {
     }
 
     /// Applies to a run of channel `k`'s values starting at flat output index `start`.
+    #[inline(always)]
     pub(crate) fn apply_run(&self, k: usize, start: usize, values: &mut [f32]) {
         if self.is_identity() {
             return;

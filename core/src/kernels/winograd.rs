@@ -400,6 +400,16 @@ impl<'a> SharedOut<'a> {
         unsafe { *self.ptr.add(i) = v }
     }
 
+    /// Writes `v` at `i..i + N`, under the same guarantee as [`SharedOut::write`]; a
+    /// fixed size, so that it compiles to a few moves rather than a `memcpy` call.
+    #[inline(always)]
+    fn write_array<const N: usize>(&self, i: usize, v: [f32; N]) {
+        assert!(i + N <= self.len, "winograd: output range out of bounds");
+        // SAFETY: the range is in bounds (checked above) and no other task touches these
+        // elements while the parallel loop runs (see `write`).
+        unsafe { (self.ptr.add(i) as *mut [f32; N]).write_unaligned(v) }
+    }
+
     /// Copies `v` to `i..i + v.len()`, under the same guarantee as [`SharedOut::write`].
     #[inline(always)]
     fn write_slice(&self, i: usize, v: &[f32]) {
@@ -528,6 +538,7 @@ fn block<const R: usize, const V: usize>(
 
 /// `V[xi][ch][t] = (B^T d B)[xi]` for tiles `t0..t0+tn` of the batch, `tp` columns per row
 /// (absent tiles of the last vector are zero), vectorised across [`LANES`] tiles.
+#[inline(never)]
 fn input_transform<const M: usize, const A: usize>(
     tl: &Tiling,
     c: usize,
@@ -541,16 +552,23 @@ fn input_transform<const M: usize, const A: usize>(
     let plane = h * w;
     for tg in (0..tp).step_by(LANES) {
         let refs = tl.lane_tiles::<M>(t0 + tg, tn.saturating_sub(tg).min(LANES));
+        let interior = |r: &TileRef| r.present && r.oy >= 1 && r.ox >= 1 && r.oy - 1 + A <= h && r.ox - 1 + A <= w;
+        // When every lane's patch lies inside the image, each channel overwrites the whole
+        // patch, so it needs zeroing only for groups with border or absent tiles.
+        let all_interior = refs.iter().all(interior);
+        let mut patch = [[0f32; LANES]; 36];
         for ch in 0..c {
             // Gather the A x A input patches of LANES tiles, lane-major, zero outside.
-            let mut patch = [[0f32; LANES]; 36];
+            if !all_interior && ch > 0 {
+                patch = [[0f32; LANES]; 36];
+            }
             for (l, r) in refs.iter().enumerate() {
                 if !r.present {
                     continue;
                 }
                 let xp = &x[(r.n * c + ch) * plane..(r.n * c + ch + 1) * plane];
                 // Input patch rows r.oy-1 .. r.oy-1+A, columns r.ox-1 .. r.ox-1+A.
-                if r.oy >= 1 && r.ox >= 1 && r.oy - 1 + A <= h && r.ox - 1 + A <= w {
+                if interior(r) {
                     for i in 0..A {
                         let row = &xp[(r.oy - 1 + i) * w + r.ox - 1..][..A];
                         for j in 0..A {
@@ -587,6 +605,7 @@ fn input_transform<const M: usize, const A: usize>(
 /// `Y = epilogue(A^T M A)` for output channels `k0..k0+kn` of tiles `t0..t0+tn`, written
 /// to the NCHW output through `out`, clipped at the image border.
 #[allow(clippy::too_many_arguments)]
+#[inline(never)]
 fn output_transform<const M: usize, const A: usize>(
     tl: &Tiling,
     k: usize,
@@ -609,11 +628,8 @@ fn output_transform<const M: usize, const A: usize>(
             }
             let yv = output_2d::<M, A>(&mv);
             let b = F32x::splat(epilogue.bias.map_or(0.0, |b| b[k0 + kk]));
-            let mut ya = [[0f32; LANES]; 16];
-            for (dst, &val) in ya.iter_mut().zip(&yv).take(M * M) {
-                *dst = (val + b).to_array();
-            }
-            // The bias is in; what is left (residual, ReLU) needs each value's index.
+            let ya: [[f32; LANES]; 16] = std::array::from_fn(|i| (yv[i] + b).to_array());
+            // The bias is in; what is left (residual, ReLU) goes row by row.
             let rest = Epilogue {
                 bias: None,
                 ..*epilogue
@@ -623,10 +639,17 @@ fn output_transform<const M: usize, const A: usize>(
                     continue;
                 }
                 let base = (r.n * k + k0 + kk) * h * w;
+                let cols = M.min(w - r.ox);
                 for i in 0..M.min(h - r.oy) {
-                    let row = base + (r.oy + i) * w + r.ox;
-                    for j in 0..M.min(w - r.ox) {
-                        out.write(row + j, rest.apply(0, row + j, ya[i * M + j][l]));
+                    let start = base + (r.oy + i) * w + r.ox;
+                    if cols == M {
+                        let mut row: [f32; M] = std::array::from_fn(|j| ya[i * M + j][l]);
+                        rest.apply_run(0, start, &mut row);
+                        out.write_array(start, row);
+                    } else {
+                        for j in 0..cols {
+                            out.write(start + j, rest.apply(0, start + j, ya[i * M + j][l]));
+                        }
                     }
                 }
             }
