@@ -30,6 +30,19 @@ pub fn store(v: F32x, s: &mut [f32]) {
     s[..LANES].copy_from_slice(v.as_array_ref());
 }
 
+/// `[0, 1, 2, ...]`: each lane's index.
+#[inline(always)]
+pub fn lane_indices() -> F32x {
+    F32x::new(core::array::from_fn(|j| j as f32))
+}
+
+/// Transposes `LANES` vectors as a `LANES x LANES` matrix: lane `j` of result `i` is lane
+/// `i` of input `j` (AVX shuffles natively; lane moves on wasm32).
+#[inline(always)]
+pub fn transpose(rows: [F32x; LANES]) -> [F32x; LANES] {
+    F32x::transpose(rows)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +58,16 @@ mod tests {
         }
         assert_eq!(dst[0], 0.0);
         assert_eq!(dst[2 + LANES], 0.0);
+    }
+
+    #[test]
+    fn transpose_swaps_rows_and_lanes() {
+        let rows: [F32x; LANES] = std::array::from_fn(|i| F32x::new(std::array::from_fn(|j| (i * 100 + j) as f32)));
+        let t = transpose(rows);
+        for (i, v) in t.iter().enumerate() {
+            for (j, &x) in v.to_array().iter().enumerate() {
+                assert_eq!(x, (j * 100 + i) as f32);
+            }
+        }
     }
 }

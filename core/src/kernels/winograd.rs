@@ -30,6 +30,7 @@ use super::scratch::with_scratch;
 use crate::simd::{self, F32x, LANES};
 use rayon::prelude::*;
 use std::marker::PhantomData;
+use wide::{CmpGe, CmpLt};
 
 /// The output tile size of a Winograd convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -549,50 +550,41 @@ fn input_transform<const M: usize, const A: usize>(
     v: &mut [f32],
 ) {
     let (h, w) = (tl.h, tl.w);
-    let plane = h * w;
+    // Column offsets of the vector loads that cover a patch row of A values.
+    let col_offsets: &[usize] = if A > LANES { &[0, A - LANES] } else { &[0] };
     for tg in (0..tp).step_by(LANES) {
         let refs = tl.lane_tiles::<M>(t0 + tg, tn.saturating_sub(tg).min(LANES));
-        let interior = |r: &TileRef| r.present && r.oy >= 1 && r.ox >= 1 && r.oy - 1 + A <= h && r.ox - 1 + A <= w;
-        // When every lane's patch lies inside the image, each channel overwrites the whole
-        // patch, so it needs zeroing only for groups with border or absent tiles.
-        let all_interior = refs.iter().all(interior);
-        let mut patch = [[0f32; LANES]; 36];
+        // Each lane loads its patch rows as whole vectors and clears the lanes that fall
+        // left or right of the image (they read a neighbouring row). `cols[l][o]` is the
+        // image column of lane 0 of the load at `col_offsets[o]`.
+        let mut cols = [[0isize; 2]; LANES];
+        let mut masks = [[None; 2]; LANES];
+        for (l, r) in refs.iter().enumerate() {
+            for (o, &co) in col_offsets.iter().enumerate() {
+                let first = r.ox as isize - 1 + co as isize;
+                cols[l][o] = first;
+                let last = first + A.min(LANES) as isize - 1;
+                if first < 0 || last >= w as isize {
+                    let lane_col = simd::lane_indices() + F32x::splat(first as f32);
+                    masks[l][o] = Some(lane_col.cmp_ge(F32x::ZERO) & lane_col.cmp_lt(F32x::splat(w as f32)));
+                }
+            }
+        }
         for ch in 0..c {
-            // Gather the A x A input patches of LANES tiles, lane-major, zero outside.
-            if !all_interior && ch > 0 {
-                patch = [[0f32; LANES]; 36];
-            }
-            for (l, r) in refs.iter().enumerate() {
-                if !r.present {
-                    continue;
-                }
-                let xp = &x[(r.n * c + ch) * plane..(r.n * c + ch + 1) * plane];
-                // Input patch rows r.oy-1 .. r.oy-1+A, columns r.ox-1 .. r.ox-1+A.
-                if interior(r) {
-                    for i in 0..A {
-                        let row = &xp[(r.oy - 1 + i) * w + r.ox - 1..][..A];
-                        for j in 0..A {
-                            patch[i * A + j][l] = row[j];
-                        }
-                    }
-                } else {
-                    for i in 0..A {
-                        let iy = r.oy + i;
-                        if iy < 1 || iy > h {
-                            continue;
-                        }
-                        for j in 0..A {
-                            let ix = r.ox + j;
-                            if ix >= 1 && ix <= w {
-                                patch[i * A + j][l] = xp[(iy - 1) * w + ix - 1];
-                            }
-                        }
-                    }
-                }
-            }
+            // Rows of LANES tiles, transposed: `d[i * A + j]` holds patch value (i, j) of
+            // every lane.
             let mut d = [F32x::ZERO; 36];
-            for (dv, pv) in d.iter_mut().zip(&patch).take(A * A) {
-                *dv = F32x::new(*pv);
+            for i in 0..A {
+                for (o, &co) in col_offsets.iter().enumerate() {
+                    let mut rows = [F32x::ZERO; LANES];
+                    for (l, row) in rows.iter_mut().enumerate() {
+                        *row = patch_row::<A>(&refs[l], cols[l][o], masks[l][o], x, (c, h, w), ch, i, co);
+                    }
+                    let t = simd::transpose(rows);
+                    for (j, &col) in t.iter().enumerate().take(A - co) {
+                        d[i * A + co + j] = col;
+                    }
+                }
             }
             let vv = input_2d::<A>(&d);
             for (xi, &val) in vv.iter().enumerate().take(A * A) {
@@ -600,6 +592,42 @@ fn input_transform<const M: usize, const A: usize>(
             }
         }
     }
+}
+
+/// Row `i` of tile `r`'s A x A input patch in channel `ch`, from column `co` on, as one
+/// vector whose lane 0 is image column `first`: loaded whole (the values past the patch
+/// are ignored by the transform) with the lanes outside the image cleared by `mask`, or
+/// gathered one by one where a whole load would leave `x`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn patch_row<const A: usize>(
+    r: &TileRef,
+    first: isize,
+    mask: Option<F32x>,
+    x: &[f32],
+    (c, h, w): (usize, usize, usize),
+    ch: usize,
+    i: usize,
+    co: usize,
+) -> F32x {
+    let iy = r.oy + i; // input row iy - 1
+    if !r.present || iy < 1 || iy > h {
+        return F32x::ZERO;
+    }
+    let row = ((r.n * c + ch) * h + iy - 1) * w;
+    let start = row as isize + first;
+    if start >= 0 && start as usize + LANES <= x.len() {
+        let v = simd::load(&x[start as usize..]);
+        return mask.map_or(v, |m| m.blend(v, F32x::ZERO));
+    }
+    let mut t = [0f32; LANES];
+    for (j, tj) in t.iter_mut().enumerate().take(A - co) {
+        let ix = r.ox + co + j; // input column ix - 1
+        if ix >= 1 && ix <= w {
+            *tj = x[row + ix - 1];
+        }
+    }
+    F32x::new(t)
 }
 
 /// `Y = epilogue(A^T M A)` for output channels `k0..k0+kn` of tiles `t0..t0+tn`, written
@@ -628,27 +656,43 @@ fn output_transform<const M: usize, const A: usize>(
             }
             let yv = output_2d::<M, A>(&mv);
             let b = F32x::splat(epilogue.bias.map_or(0.0, |b| b[k0 + kk]));
-            let ya: [[f32; LANES]; 16] = std::array::from_fn(|i| (yv[i] + b).to_array());
             // The bias is in; what is left (residual, ReLU) goes row by row.
             let rest = Epilogue {
                 bias: None,
                 ..*epilogue
             };
-            for (l, r) in refs.iter().enumerate() {
-                if !r.present {
-                    continue;
+            // Transposed in groups of LANES values: lane l of group `g` becomes tile l's
+            // output values g * LANES .. (g + 1) * LANES, whole rows of M.
+            for group in 0..(M * M).div_ceil(LANES) {
+                let mut vals = [F32x::ZERO; LANES];
+                for (q, val) in vals.iter_mut().enumerate() {
+                    if group * LANES + q < M * M {
+                        *val = yv[group * LANES + q] + b;
+                    }
                 }
-                let base = (r.n * k + k0 + kk) * h * w;
-                let cols = M.min(w - r.ox);
-                for i in 0..M.min(h - r.oy) {
-                    let start = base + (r.oy + i) * w + r.ox;
-                    if cols == M {
-                        let mut row: [f32; M] = std::array::from_fn(|j| ya[i * M + j][l]);
-                        rest.apply_run(0, start, &mut row);
-                        out.write_array(start, row);
-                    } else {
-                        for j in 0..cols {
-                            out.write(start + j, rest.apply(0, start + j, ya[i * M + j][l]));
+                let per_tile = simd::transpose(vals);
+                for (r, tile) in refs.iter().zip(&per_tile) {
+                    if !r.present {
+                        continue;
+                    }
+                    let tile = tile.to_array();
+                    let base = (r.n * k + k0 + kk) * h * w;
+                    let cols = M.min(w - r.ox);
+                    for q in (0..LANES).step_by(M) {
+                        let i = (group * LANES + q) / M;
+                        if i >= M || r.oy + i >= h {
+                            break;
+                        }
+                        let start = base + (r.oy + i) * w + r.ox;
+                        if cols == M {
+                            let mut row = [0f32; M];
+                            row.copy_from_slice(&tile[q..q + M]);
+                            rest.apply_run(0, start, &mut row);
+                            out.write_array(start, row);
+                        } else {
+                            for j in 0..cols {
+                                out.write(start + j, rest.apply(0, start + j, tile[q + j]));
+                            }
                         }
                     }
                 }
