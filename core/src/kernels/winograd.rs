@@ -570,10 +570,10 @@ fn input_transform<const M: usize, const A: usize>(
                 }
             }
         }
+        // Rows of LANES tiles, transposed: `d[i * A + j]` holds patch value (i, j) of every
+        // lane. Every channel overwrites all A * A of them, so it is cleared only once.
+        let mut d = [F32x::ZERO; 36];
         for ch in 0..c {
-            // Rows of LANES tiles, transposed: `d[i * A + j]` holds patch value (i, j) of
-            // every lane.
-            let mut d = [F32x::ZERO; 36];
             for i in 0..A {
                 for (o, &co) in col_offsets.iter().enumerate() {
                     let mut rows = [F32x::ZERO; LANES];
@@ -649,8 +649,9 @@ fn output_transform<const M: usize, const A: usize>(
     let (h, w) = (tl.h, tl.w);
     for tg in (0..tp).step_by(LANES) {
         let refs = tl.lane_tiles::<M>(t0 + tg, tn.saturating_sub(tg).min(LANES));
+        // Every channel overwrites all A * A values, so it is cleared only once.
+        let mut mv = [F32x::ZERO; 36];
         for kk in 0..kn {
-            let mut mv = [F32x::ZERO; 36];
             for (xi, val) in mv.iter_mut().enumerate().take(A * A) {
                 *val = simd::load(&m[(xi * kn + kk) * tp + tg..]);
             }
