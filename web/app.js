@@ -168,10 +168,12 @@ async function trainLoop(opts) {
   let window_ = { loss: 0, wrong: 0, count: 0 };
   while (run.iteration < opts.iters && run.state === 'running') {
     const grads = await all({ type: 'grad' });
+    // Each worker's gradient is the mean over its part of the batch: weight by its size.
+    const total = grads.reduce((sum, g) => sum + g.count, 0);
     const avg = new Float32Array(grads[0].gradients.length);
     for (const g of grads) {
-      const v = g.gradients;
-      for (let i = 0; i < v.length; i++) avg[i] += v[i] / n;
+      const v = g.gradients, share = g.count / total;
+      for (let i = 0; i < v.length; i++) avg[i] += v[i] * share;
       window_.loss += g.loss * g.count;
       window_.wrong += g.count - g.correct;
       window_.count += g.count;
@@ -252,8 +254,9 @@ $('start').addEventListener('click', async () => {
     if (shares.some((s) => s === 0)) throw new Error(`a batch of ${opts.batch} cannot feed ${opts.workers} workers`);
     const seed = 1;
     const ready = await Promise.all(run.workers.map((w, index) => call(w, {
-      type: 'init', arch: opts.arch, data, seed, index,
+      type: 'init', arch: opts.arch, data, seed,
       options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
+        globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
         schedule: opts.schedule, steps: opts.iters },
     })));
     status(`training ${opts.arch} (${ready[0].parameters.toLocaleString()} parameters) on ${ready[0].train} images...`);

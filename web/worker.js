@@ -1,4 +1,5 @@
-// One data-parallel training worker: its own wasm instance, its own copy of the data.
+// One data-parallel training worker: its own wasm instance, its own copy of the data, its
+// part of every batch.
 // Protocol (messages from the page): init -> ready; grad -> gradients; apply -> applied;
 // buffers / setBuffers (batch-norm statistics); evaluate -> evaluation; save -> weights.
 import init, { Model, Dataset, Trainer } from './pkg/index.js';
@@ -10,7 +11,7 @@ function reply(type, body = {}, transfer = []) {
 }
 
 const handlers = {
-  async init({ arch, data, seed, index, options }) {
+  async init({ data, arch, seed, options }) {
     await init();
     train = Dataset.fromCifar(new Uint8Array(data), { split: 'train' });
     try {
@@ -22,7 +23,8 @@ const handlers = {
     // all start identical and stay so: they apply the same averaged gradients.
     model = Model.create(arch, { classes: train.classes.length, seed });
     model.normalizeFrom(train, 'per-pixel');
-    trainer = new Trainer(model, { ...options, seed: seed + 7919 * (index + 1) });
+    // One seed for all: each worker takes its part (options.batchOffset) of the same batches.
+    trainer = new Trainer(model, { ...options, seed: seed + 7919 });
     reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount });
   },
   grad() {

@@ -118,6 +118,13 @@ export class Model {
     return guard(() => this._m.classifyRgba(data, count(width, 'width'), count(height, 'height'), count(topK, 'topK')));
   }
 
+  /** Logits (`n x classes`, row-major) of an already preprocessed float batch of shape
+   * `[n, 3, height, width]`: the network alone, as an ONNX session runs it. */
+  forward(input, [n, c, height, width]) {
+    if (c !== 3) throw new TypeError(`forward takes [n, 3, height, width], found ${c} channels`);
+    return guard(() => this._m.forward(f32(input), count(n, 'n'), count(height, 'height'), count(width, 'width')));
+  }
+
   /** Top-k classes of many images `[{ rgba | data, width, height }]` (ImageData objects work), in one batch. */
   classifyBatch(images, topK = 5) {
     const parts = images.map(pixels);
@@ -238,11 +245,11 @@ const SCHEDULES = ['paper', 'cosine', 'constant'];
 /** SGD on a model with the paper's augmentation. The model stays usable (classify, save,
  * evaluate) between steps and sees every update. */
 export class Trainer {
-  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true } = {}) {
+  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true, globalBatch = 0, batchOffset = 0 } = {}) {
     if (!(model instanceof Model)) throw new TypeError('new Trainer(model, options) needs a Model');
     if (!SCHEDULES.includes(schedule)) throw new TypeError(`schedule must be one of ${SCHEDULES.join(', ')}, found ${schedule}`);
     this.model = model;
-    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment));
+    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment, globalBatch, batchOffset));
   }
 
   /** One SGD step on the next batch of `dataset`: `{ iteration, loss, accuracy, lr }`. */
@@ -255,9 +262,10 @@ export class Trainer {
     return this.model.evaluate(dataset, limit, options);
   }
 
-  // Data-parallel training across workers, each with its own instance, model and shard:
-  //   const s = trainer.computeGradients(shard);   // every worker
-  //   const g = trainer.gradients();               // send to the main thread, average
+  // Data-parallel training across workers, each with its own instance, model and the
+  // whole data set, splitting every batch (options globalBatch, batchOffset, one seed):
+  //   const s = trainer.computeGradients(data);    // every worker, its part of the batch
+  //   const g = trainer.gradients();               // to the main thread: average, weighted by s.count
   //   trainer.applyGradients(averaged);            // every worker, same averaged values
   //   model.setBuffers(averagedBuffers)            // from time to time (BN running stats)
 

@@ -93,6 +93,8 @@ export class Model {
   classify(rgba: Uint8Array | Uint8ClampedArray, width: number, height: number, topK?: number): Prediction[];
   /** Top-k of many images in one batch. */
   classifyBatch(images: RgbaImage[], topK?: number): Prediction[][];
+  /** Logits (`n x classes`) of a preprocessed `[n, 3, height, width]` batch: the network alone. */
+  forward(input: Float32Array | ArrayLike<number>, shape: [number, number, number, number]): Float32Array;
   /** Top-k of an encoded JPEG or PNG, decoded as the native CLI decodes it. */
   classifyImageBytes(bytes: Bytes, topK?: number): Prediction[];
   classifyImageBytesBatch(files: Bytes[], topK?: number): Prediction[][];
@@ -147,6 +149,12 @@ export interface TrainerOptions {
   seed?: number;
   /** The paper's augmentation: pad 4, random crop, random flip (true). */
   augment?: boolean;
+  /** Data parallel: the images of one step across all workers (0: just `batch`). Workers
+   * with the same seed and data each compute `batch` of them, from `batchOffset` on, and
+   * together see exactly the batches one worker would; only whole batches are used. */
+  globalBatch?: number;
+  /** Data parallel: where this worker's `batch` images start in the global batch (0). */
+  batchOffset?: number;
 }
 
 export interface StepStats {

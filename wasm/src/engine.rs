@@ -188,6 +188,12 @@ pub struct TrainOptions {
     pub seed: u64,
     /// The paper's augmentation (pad 4, random crop, random flip).
     pub augment: bool,
+    /// Data-parallel workers split each step's batch of `global_batch` images (0: just
+    /// `batch`, one worker); this one computes `batch` of them from `batch_offset` on.
+    /// All workers use the same seed, so together they see exactly the batches one
+    /// worker would.
+    pub global_batch: usize,
+    pub batch_offset: usize,
 }
 
 impl Default for TrainOptions {
@@ -203,6 +209,8 @@ impl Default for TrainOptions {
             steps: 64_000,
             seed: 0,
             augment: true,
+            global_batch: 0,
+            batch_offset: 0,
         }
     }
 }
@@ -222,6 +230,8 @@ pub struct BatchStats {
 pub struct TrainSession {
     trainer: Trainer,
     batch: usize,
+    /// `(global batch, offset)` when the batch is split across workers.
+    shard: Option<(usize, usize)>,
     seed: u64,
     augment: bool,
     input: Option<Tensor>,
@@ -233,6 +243,15 @@ impl TrainSession {
     pub fn new(o: &TrainOptions) -> Result<Self> {
         if o.batch == 0 {
             return Err(Error::Config("the batch size must be positive, found 0".into()));
+        }
+        let shard = (o.global_batch != 0).then_some((o.global_batch, o.batch_offset));
+        if let Some((global, offset)) = shard {
+            if offset + o.batch > global {
+                return Err(Error::Config(format!(
+                    "a worker's {} images from offset {offset} do not fit in a global batch of {global}",
+                    o.batch
+                )));
+            }
         }
         if !(o.lr.is_finite() && o.lr >= 0.0) {
             return Err(Error::Config(format!(
@@ -259,6 +278,7 @@ impl TrainSession {
         Ok(TrainSession {
             trainer: Trainer::new(placeholder, Sgd::new(o.momentum, o.weight_decay), schedule),
             batch: o.batch,
+            shard,
             seed: o.seed,
             augment: o.augment,
             input: None,
@@ -284,25 +304,32 @@ impl TrainSession {
     }
 
     /// Fills the batch of the current iteration: epoch `it / batches_per_epoch`, batch
-    /// `it % batches_per_epoch` of `data`, shuffled per epoch from the seed, augmented.
+    /// `it % batches_per_epoch` of `data`, shuffled per epoch from the seed, augmented;
+    /// when sharded, this worker's part of the global batch (whole batches only, so that
+    /// every worker always has its share).
     fn fill(&mut self, norm: &Normalization, data: &Dataset) -> Result<usize> {
         let aug = self.augment.then(Augment::paper);
-        let batcher = Batcher::train(data, norm, self.batch, self.seed, aug, false)?;
+        let (global, offset) = self.shard.unwrap_or((self.batch, 0));
+        let batcher = Batcher::train(data, norm, global, self.seed, aug, self.shard.is_some())?;
         let bpe = batcher.batches_per_epoch() as u64;
         if bpe == 0 {
-            return Err(Error::Config("cannot train on an empty data set".into()));
+            return Err(Error::Config(format!(
+                "cannot train on {} images with batches of {global}",
+                data.len()
+            )));
         }
         let it = self.trainer.iteration;
         let epoch = batcher.epoch(it / bpe);
         let b = (it % bpe) as usize;
-        let n = epoch.indices(b).len();
+        let part = offset..offset + self.batch;
+        let n = epoch.indices(b).len().min(part.end).saturating_sub(part.start);
         let shape = vec![n, 3, data.height, data.width];
         if self.input.as_ref().map(|t| t.shape()) != Some(&shape[..]) {
             self.input = Some(Tensor::zeros(shape)?);
         }
         self.labels.resize(n, 0);
         let input = self.input.as_mut().expect("set above");
-        Ok(epoch.fill(b, input.data_mut(), &mut self.labels)?)
+        Ok(epoch.fill_part(b, part, input.data_mut(), &mut self.labels)?)
     }
 
     /// Forward and backward on the current batch of `data`, leaving the batch-mean
@@ -435,20 +462,18 @@ mod tests {
         let mut s = TrainSession::new(&opts).unwrap();
         s.compute_gradients(&mut whole, &data).unwrap();
         let g = whole.net.gradients_flat();
-        // two workers with the halves (same shuffled order: batch 4 of a 4-image shard each)
-        let order = Batcher::train(&data, &whole.normalization, 8, 0, None, false)
-            .unwrap()
-            .epoch_order(0);
+        // two workers, each with the whole data set and its half of every batch
         let mut avg = vec![0f32; g.len()];
-        for half in order.chunks(4) {
-            let shard = data.subset(half).unwrap();
+        for offset in [0, 4] {
             let mut w = create("resnet8", 2, 1).unwrap();
             let mut ws = TrainSession::new(&TrainOptions {
                 batch: 4,
+                global_batch: 8,
+                batch_offset: offset,
                 ..opts.clone()
             })
             .unwrap();
-            ws.compute_gradients(&mut w, &shard).unwrap();
+            ws.compute_gradients(&mut w, &data).unwrap();
             for (a, v) in avg.iter_mut().zip(w.net.gradients_flat()) {
                 *a += v / 2.0;
             }
@@ -463,6 +488,51 @@ mod tests {
         let mut ws = TrainSession::new(&opts).unwrap();
         assert_eq!(ws.apply_gradients(&mut w), 0.1);
         assert_eq!(ws.iteration(), 1);
+    }
+
+    #[test]
+    fn workers_of_a_split_batch_see_exactly_the_whole_batch() {
+        let data = toy(20);
+        let c = create("resnet8", 2, 1).unwrap();
+        let opts = TrainOptions {
+            batch: 8,
+            seed: 5,
+            ..Default::default()
+        };
+        let fill = |s: &mut TrainSession, it: u64| {
+            s.trainer.iteration = it;
+            let n = s.fill(&c.normalization, &data).unwrap();
+            (s.input.as_ref().unwrap().data().to_vec(), s.labels[..n].to_vec())
+        };
+        let mut whole = TrainSession::new(&opts).unwrap();
+        let mut parts: Vec<TrainSession> = [(0, 3), (3, 5)]
+            .iter()
+            .map(|&(offset, batch)| {
+                TrainSession::new(&TrainOptions {
+                    batch,
+                    global_batch: 8,
+                    batch_offset: offset,
+                    ..opts.clone()
+                })
+                .unwrap()
+            })
+            .collect();
+        // iterations 0, 1 (epoch 0) and 2 (epoch 1: 20 images make 2 whole batches of 8)
+        for (it, whole_it) in [(0, 0), (1, 1), (2, 3)] {
+            let (want_x, want_l) = fill(&mut whole, whole_it);
+            let (mut x, mut l) = fill(&mut parts[0], it);
+            let (x1, l1) = fill(&mut parts[1], it);
+            x.extend(x1);
+            l.extend(l1);
+            assert_eq!((x, l), (want_x, want_l), "iteration {it}");
+        }
+        let too_big = TrainOptions {
+            batch: 5,
+            global_batch: 8,
+            batch_offset: 4,
+            ..opts.clone()
+        };
+        assert!(TrainSession::new(&too_big).is_err());
     }
 
     #[test]

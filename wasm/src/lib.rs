@@ -144,6 +144,24 @@ impl WasmModel {
         self.inner.borrow_mut().to_safetensors().map_err(err)
     }
 
+    /// The logits (`n x classes`, row-major) of an already preprocessed `n x 3 x h x w`
+    /// batch: the network alone, as an ONNX session runs it (no resizing, normalisation
+    /// or softmax).
+    pub fn forward(&self, input: &[f32], n: u32, height: u32, width: u32) -> Result<Vec<f32>, JsError> {
+        let shape = vec![n as usize, 3, height as usize, width as usize];
+        let want: usize = shape.iter().product();
+        if input.len() != want {
+            return Err(JsError::new(&format!(
+                "forward: a batch of shape {shape:?} needs {want} values, found {}",
+                input.len()
+            )));
+        }
+        let t = resnet_core::Tensor::new(shape, input.to_vec()).map_err(err)?;
+        let mut c = self.inner.borrow_mut();
+        let logits = c.net.forward(&t, resnet_core::layers::Mode::Eval).map_err(err)?;
+        Ok(logits.to_vec())
+    }
+
     /// Top-k of one RGBA image of any size.
     #[wasm_bindgen(js_name = classifyRgba)]
     pub fn classify_rgba(&self, rgba: &[u8], width: u32, height: u32, top_k: u32) -> Result<JsValue, JsError> {
@@ -387,6 +405,8 @@ impl WasmTrainer {
         steps: f64,
         seed: f64,
         augment: bool,
+        global_batch: f64,
+        batch_offset: f64,
     ) -> Result<WasmTrainer, JsError> {
         let opts = TrainOptions {
             lr,
@@ -397,6 +417,8 @@ impl WasmTrainer {
             steps: engine::whole_number(steps, "steps").map_err(err)?,
             seed: engine::whole_number(seed, "seed").map_err(err)?,
             augment,
+            global_batch: engine::whole_number(global_batch, "globalBatch").map_err(err)? as usize,
+            batch_offset: engine::whole_number(batch_offset, "batchOffset").map_err(err)? as usize,
         };
         Ok(WasmTrainer {
             model: model.inner.clone(),

@@ -112,6 +112,21 @@ describe('model', () => {
     assert.equal(lib.Model.create('resnet8', { classes: 4 }).info().numClasses, 4);
   });
 
+  test('forward gives the logits of a preprocessed batch, image by image', () => {
+    const m = lib.Model.create('resnet8', { classes: 10, seed: 3 });
+    const one = 3 * 32 * 32;
+    const x = Float32Array.from({ length: 2 * one }, (_, i) => Math.sin(i * 0.37));
+    const logits = m.forward(x, [2, 3, 32, 32]);
+    assert.ok(logits instanceof Float32Array);
+    assert.equal(logits.length, 20);
+    assert.ok(logits.every(Number.isFinite));
+    const second = m.forward(x.subarray(one), [1, 3, 32, 32]);
+    second.forEach((v, k) => assert.ok(Math.abs(v - logits[10 + k]) < 1e-4, `logit ${k}: ${v} vs ${logits[10 + k]}`));
+    assert.notDeepEqual(Array.from(second), Array.from(logits.subarray(0, 10)));
+    assert.throws(() => m.forward(x, [3, 3, 32, 32]), /needs 9216 values, found 6144/);
+    assert.throws(() => m.forward(x, [2, 1, 32, 32]), /3 channels|found 1 channels/);
+  });
+
   test('a created model classifies PNGs like the native CLI; RGBA and batch forms agree', () => {
     const model = lib.Model.create('resnet8', { classes: 10, seed: 3 });
     const weights = join(scratch, 'resnet8.safetensors');
@@ -233,15 +248,16 @@ describe('training', () => {
     const { px, labels } = toyPixels(64, 9);
     const data = lib.Dataset.fromPixels(px, labels, { width: 32, height: 32 });
     assert.deepEqual(data.classes, ['class 0', 'class 1', 'class 2', 'class 3']);
-    const shards = [data.slice(0, 32), data.slice(32, 64)];
     const start = lib.Model.create('resnet8', { classes: 4, seed: 4 }).save();
-    const workers = shards.map(() => {
+    // two workers split every batch of 32: the first 16 images and the last 16
+    const workers = [0, 16].map((batchOffset) => {
       const model = lib.Model.load(start);
-      return { model, trainer: new lib.Trainer(model, { lr: 0.1, batch: 16, schedule: 'constant', seed: 6 }) };
+      return { model, trainer: new lib.Trainer(model, { lr: 0.1, batch: 16, globalBatch: 32, batchOffset, schedule: 'constant', seed: 6 }) };
     });
+    assert.throws(() => new lib.Trainer(lib.Model.load(start), { batch: 16, globalBatch: 20, batchOffset: 8 }), /do not fit in a global batch of 20/);
     for (let step = 0; step < 3; step++) {
-      const grads = workers.map((w, i) => {
-        const s = w.trainer.computeGradients(shards[i]);
+      const grads = workers.map((w) => {
+        const s = w.trainer.computeGradients(data);
         assert.equal(s.count, 16);
         assert.ok(Number.isFinite(s.loss));
         const g = w.trainer.gradients();

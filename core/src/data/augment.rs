@@ -355,8 +355,22 @@ impl Epoch<'_> {
     /// Fills batch `b`: `images` gets N x 3 x H x W normalised values and `labels` N
     /// labels, for the N (returned) images of the batch; the buffers may be larger.
     pub fn fill(&self, b: usize, images: &mut [f32], labels: &mut [u32]) -> Result<usize> {
+        self.fill_part(b, 0..usize::MAX, images, labels)
+    }
+
+    /// Fills positions `part` (clipped to the batch) of batch `b`, exactly as [`Epoch::fill`]
+    /// fills them: one data-parallel worker's share of a batch that several workers split.
+    pub fn fill_part(
+        &self,
+        b: usize,
+        part: std::ops::Range<usize>,
+        images: &mut [f32],
+        labels: &mut [u32],
+    ) -> Result<usize> {
         let bt = self.batcher;
-        let idx = self.indices(b);
+        let whole = self.indices(b);
+        let part = part.start.min(whole.len())..part.end.min(whole.len());
+        let idx = &whole[part.clone()];
         let n = idx.len();
         let len = bt.data.image_len();
         if images.len() < n * len || labels.len() < n {
@@ -367,12 +381,14 @@ impl Epoch<'_> {
                 labels.len()
             )));
         }
-        // Draws are made in order from one generator per (seed, epoch, batch), then the
-        // per-image work runs in parallel: the result never depends on scheduling.
+        // Draws are made in order for the whole batch from one generator per (seed, epoch,
+        // batch), then the per-image work runs in parallel: the result depends neither on
+        // scheduling nor on how the batch is split.
         let draws: Vec<Option<CropFlip>> = match bt.augment {
             Some(aug) => {
                 let mut rng = Rng::new(mix(mix(mix(bt.seed, AUGMENT_STREAM), self.epoch), b as u64));
-                idx.iter().map(|_| Some(aug.draw(&mut rng))).collect()
+                let all: Vec<CropFlip> = whole.iter().map(|_| aug.draw(&mut rng)).collect();
+                all[part].iter().map(|&d| Some(d)).collect()
             }
             None => vec![None; n],
         };
@@ -583,5 +599,16 @@ mod tests {
         e.fill(0, &mut x1, &mut l).unwrap();
         let want = norm.apply(d.image(e.indices(0)[0])).unwrap();
         assert_eq!(&x1[..3072], &want[..]);
+        // Two workers' parts of an augmented batch are exactly the halves of the batch.
+        let e = b.epoch(2);
+        let mut whole = vec![0f32; 4 * 3072];
+        let mut labels = vec![0u32; 4];
+        e.fill(1, &mut whole, &mut labels).unwrap();
+        let mut parts = vec![0f32; 4 * 3072];
+        let (front, back) = parts.split_at_mut(3 * 3072);
+        assert_eq!(e.fill_part(1, 0..3, front, &mut l).unwrap(), 3);
+        assert_eq!(e.fill_part(1, 3..7, back, &mut l).unwrap(), 1, "clipped to the batch");
+        assert_eq!(whole, parts);
+        assert_eq!(l[0], labels[3]);
     }
 }
