@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
+use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
 use resnet_core::kernels::plan::{choose, fastest, Pass};
 use resnet_core::layers::Mode;
 use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
@@ -40,6 +41,10 @@ pub struct BenchArgs {
     /// passes) instead of folding batch norms into the convolutions.
     #[arg(long)]
     no_fold: bool,
+    /// Also measure the machine's ceilings: the FP32 FMA peak of the crate's SIMD vector
+    /// on the same threads, and single-thread sgemm (matrixmultiply) on 1024^3.
+    #[arg(long)]
+    peak: bool,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -96,11 +101,15 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     } else {
         Vec::new()
     };
+    let peak = args
+        .peak
+        .then(|| (fma_peak_gflops(threads, 1.0), sgemm_gflops(1024, 5)));
     if args.json {
         let doc = serde_json::json!({
             "model": args.model, "batch": n, "train": args.train, "threads": threads,
             "median_ms": median * 1e3, "images_per_second": images_per_s, "gflops": gflops,
             "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3, "layers": layers,
+            "fma_peak_gflops": peak.map(|p| p.0), "sgemm_1024_gflops_1_thread": peak.map(|p| p.1),
         });
         println!("{doc}");
     } else {
@@ -112,6 +121,14 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
             images_per_s,
             gflops
         );
+        if let Some((fma, sgemm)) = peak {
+            println!(
+                "FP32 FMA peak ({} lanes, {threads} thread(s)): {fma:.1} GFLOP/s, this run at {:.0} % of it; \
+                 sgemm 1024^3 on 1 thread: {sgemm:.1} GFLOP/s",
+                resnet_core::simd::LANES,
+                100.0 * gflops / fma
+            );
+        }
         if !layers.is_empty() {
             print_layers(&layers);
         }

@@ -7,6 +7,7 @@ pub mod filter_grad;
 pub mod gemm;
 pub mod im2col;
 pub mod norm;
+pub mod peak;
 pub mod plan;
 pub mod pool;
 pub mod scratch;
