@@ -26,6 +26,40 @@ pub enum Shortcut {
     Projection { conv: Conv2d, bn: BatchNorm2d },
 }
 
+/// What `shortcut` carries from the block input `x` to the block output of shape `dims`
+/// (`None` for plain blocks); option A pads into `padded`, and a projection's batch norm
+/// is folded into its convolution when `folded`.
+fn shortcut_output<'a>(
+    shortcut: &'a mut Shortcut,
+    padded: &'a mut Vec<f32>,
+    x: &'a [f32],
+    input: Dims,
+    dims: Dims,
+    mode: Mode,
+    folded: bool,
+) -> Result<Option<&'a [f32]>> {
+    Ok(match shortcut {
+        Shortcut::None => None,
+        Shortcut::Identity => Some(x),
+        Shortcut::ZeroPad { stride } => {
+            fit(padded, dims.len());
+            option_a_forward(x, input, dims, *stride, padded);
+            Some(padded)
+        }
+        Shortcut::Projection { conv, bn } => {
+            if folded {
+                let (scale, shift) = bn.eval_affine();
+                conv.forward_folded(x, input, scale, shift, None, false)?;
+                Some(&conv.out)
+            } else {
+                let d = conv.forward(x, input, mode)?;
+                bn.forward(&conv.out, d, mode);
+                Some(&bn.out)
+            }
+        }
+    })
+}
+
 /// One residual (or plain) block.
 #[derive(Clone, Debug)]
 pub struct Block {
@@ -136,21 +170,7 @@ impl Block {
         }
         fit(&mut self.out, dims.len());
         self.out.copy_from_slice(&self.bns[last].out);
-        let added: Option<&[f32]> = match &mut self.shortcut {
-            Shortcut::None => None,
-            Shortcut::Identity => Some(x),
-            Shortcut::ZeroPad { stride } => {
-                fit(&mut self.padded, dims.len());
-                option_a_forward(x, input, dims, *stride, &mut self.padded);
-                Some(&self.padded)
-            }
-            Shortcut::Projection { conv, bn } => {
-                let d = conv.forward(x, input, mode)?;
-                bn.forward(&conv.out, d, mode);
-                Some(&bn.out)
-            }
-        };
-        if let Some(s) = added {
+        if let Some(s) = shortcut_output(&mut self.shortcut, &mut self.padded, x, input, dims, mode, false)? {
             self.out.iter_mut().zip(s).for_each(|(o, &s)| *o += s);
         }
         relu_inplace(&mut self.out);
@@ -164,20 +184,7 @@ impl Block {
     /// its output. Leaves nothing for backward.
     fn forward_folded(&mut self, x: &[f32], input: Dims) -> Result<Dims> {
         let dims = self.out_dims(input)?;
-        let residual: Option<&[f32]> = match &mut self.shortcut {
-            Shortcut::None => None,
-            Shortcut::Identity => Some(x),
-            Shortcut::ZeroPad { stride } => {
-                fit(&mut self.padded, dims.len());
-                option_a_forward(x, input, dims, *stride, &mut self.padded);
-                Some(&self.padded)
-            }
-            Shortcut::Projection { conv, bn } => {
-                let (scale, shift) = bn.eval_affine();
-                conv.forward_folded(x, input, scale, shift, None, false)?;
-                Some(&conv.out)
-            }
-        };
+        let residual = shortcut_output(&mut self.shortcut, &mut self.padded, x, input, dims, Mode::Eval, true)?;
         let last = self.convs.len() - 1;
         let mut d = input;
         for i in 0..=last {
