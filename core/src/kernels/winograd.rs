@@ -539,6 +539,7 @@ fn block<const R: usize, const V: usize>(
 
 /// `V[xi][ch][t] = (B^T d B)[xi]` for tiles `t0..t0+tn` of the batch, `tp` columns per row
 /// (absent tiles of the last vector are zero), vectorised across [`LANES`] tiles.
+// Out of line (called once a task): profiles then show the transforms apart.
 #[inline(never)]
 fn input_transform<const M: usize, const A: usize>(
     tl: &Tiling,
@@ -633,6 +634,7 @@ fn patch_row<const A: usize>(
 /// `Y = epilogue(A^T M A)` for output channels `k0..k0+kn` of tiles `t0..t0+tn`, written
 /// to the NCHW output through `out`, clipped at the image border.
 #[allow(clippy::too_many_arguments)]
+// Out of line (called once a task): profiles then show the transforms apart.
 #[inline(never)]
 fn output_transform<const M: usize, const A: usize>(
     tl: &Tiling,
