@@ -5,7 +5,7 @@ mod common;
 
 use common::reference;
 
-use common::{check_gradient, dot, randn};
+use common::{check_gradient, dot, randn, small_bottleneck};
 use resnet_core::layers::batchnorm::BatchNorm2d;
 use resnet_core::layers::conv::Conv2d;
 use resnet_core::layers::linear::Linear;
@@ -14,7 +14,7 @@ use resnet_core::layers::pool::{GlobalAvgPool, MaxPool2d};
 use resnet_core::layers::relu::{relu_backward_inplace, relu_forward};
 use resnet_core::layers::shortcut::{option_a_backward_add, option_a_forward};
 use resnet_core::layers::{Dims, Mode, Param};
-use resnet_core::model::{BlockKind, BottleneckStride, ResNet, ResNetConfig, ShortcutOption, Stem};
+use resnet_core::model::{BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
 use resnet_core::Tensor;
 
@@ -493,23 +493,6 @@ fn plain_and_projection_shortcut_nets_gradient() {
         8,
         2e-3,
     );
-}
-
-fn small_bottleneck(stride: BottleneckStride) -> ResNetConfig {
-    ResNetConfig {
-        name: "bottleneck-test".into(),
-        stem: Stem::ImageNet,
-        stem_width: 8,
-        block: BlockKind::Bottleneck,
-        stage_blocks: vec![1, 2],
-        stage_widths: vec![4, 8],
-        residual: true,
-        shortcut: ShortcutOption::B,
-        bottleneck_stride: stride,
-        num_classes: 5,
-        in_channels: 3,
-        input_size: 16,
-    }
 }
 
 #[test]

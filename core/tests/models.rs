@@ -1,9 +1,12 @@
 //! The zoo's structure: parameter counts (paper / torchvision), multiply-adds, shortcut
 //! options, where bottlenecks put their stride, and batch-norm semantics by hand.
 
+mod common;
+
+use common::small_bottleneck;
 use resnet_core::layers::batchnorm::BatchNorm2d;
 use resnet_core::layers::{Dims, Mode, Slot};
-use resnet_core::model::{BlockKind, BottleneckStride, ResNet, ResNetConfig, ShortcutOption, Stem};
+use resnet_core::model::{BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
 use resnet_core::Tensor;
 
@@ -182,20 +185,7 @@ fn bad_inputs_get_clear_errors() {
 /// shortcut and stem, with batch-norm statistics far from the identity.
 #[test]
 fn folded_inference_matches_layer_by_layer() {
-    let bottleneck = ResNetConfig {
-        name: "bottleneck-test".into(),
-        stem: Stem::ImageNet,
-        stem_width: 8,
-        block: BlockKind::Bottleneck,
-        stage_blocks: vec![1, 2],
-        stage_widths: vec![4, 8],
-        residual: true,
-        shortcut: ShortcutOption::B,
-        bottleneck_stride: BottleneckStride::Conv1x1,
-        num_classes: 5,
-        in_channels: 3,
-        input_size: 16,
-    };
+    let bottleneck = small_bottleneck(BottleneckStride::Conv1x1);
     let resnet8 = || ResNetConfig::named("resnet8").unwrap();
     let configs = [
         (resnet8(), 12),

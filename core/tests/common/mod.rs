@@ -4,7 +4,27 @@
 pub mod reference;
 pub mod shared;
 
+use resnet_core::model::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem};
 use resnet_core::rng::Rng;
+
+/// A tiny bottleneck ResNet with an ImageNet stem and projection shortcuts (option B),
+/// small enough for reference checks on 16x16 inputs.
+pub fn small_bottleneck(stride: BottleneckStride) -> ResNetConfig {
+    ResNetConfig {
+        name: "bottleneck-test".into(),
+        stem: Stem::ImageNet,
+        stem_width: 8,
+        block: BlockKind::Bottleneck,
+        stage_blocks: vec![1, 2],
+        stage_widths: vec![4, 8],
+        residual: true,
+        shortcut: ShortcutOption::B,
+        bottleneck_stride: stride,
+        num_classes: 5,
+        in_channels: 3,
+        input_size: 16,
+    }
+}
 
 /// `n` standard-normal values.
 pub fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
