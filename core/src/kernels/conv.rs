@@ -8,8 +8,9 @@
 
 use super::epilogue::Epilogue;
 use super::gemm::{gemm, MatMut, MatRef};
-use super::im2col::{col2im_add, im2col, ConvGeometry};
+use super::im2col::{col2im_add, im2col, im2col_scratch, ConvGeometry};
 use super::scratch::with_scratch;
+use super::shared_out::SharedOut;
 use rayon::prelude::*;
 
 /// Tasks to aim for per thread, so uneven tasks still balance.
@@ -18,6 +19,18 @@ const TASKS_PER_THREAD: usize = 2;
 /// Output-column budget of one backward-filter work unit: large enough that the GEMM is
 /// efficient, small enough that its column buffer stays near the L2 cache.
 const FILTER_UNIT_COLUMNS: usize = 2048;
+
+/// Bytes of the column matrix of one forward work unit: near the per-core L2, which the
+/// GEMM's packing then reads back from.
+const FORWARD_COL_BYTES: usize = 1 << 20;
+
+/// Fewest GEMM columns a forward work unit is cut down to for the sake of parallelism;
+/// narrower products waste the micro-kernel's width.
+const FORWARD_MIN_COLUMNS: usize = 256;
+
+/// Fewest output channels per task when a forward unit's channels are split between
+/// tasks, each of which rebuilds the unit's column matrix.
+const MIN_UNIT_CHANNELS: usize = 32;
 
 /// Splits `total` items into `parts` nearly equal contiguous block sizes (at least 1 item each).
 fn block_size(total: usize, parts: usize) -> usize {
@@ -46,6 +59,16 @@ pub fn conv_forward_fused(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epi
     if y.is_empty() {
         return;
     }
+    if g.is_pointwise() {
+        pointwise_forward(g, x, w, epilogue, y);
+    } else {
+        im2col_forward(g, x, w, epilogue, y);
+    }
+}
+
+/// 1x1 stride-1: `Y_n = W X_n` straight from the input, split over images and, for small
+/// batches, over blocks of output channels.
+fn pointwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epilogue, y: &mut [f32]) {
     let p = g.out_plane();
     let kb = block_size(g.out_channels, blocks_per_image(g.batch, g.out_channels / 8));
     y.par_chunks_mut(g.out_image())
@@ -57,19 +80,97 @@ pub fn conv_forward_fused(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epi
                 let kn = y_blk.len() / p;
                 let w_blk = MatRef::row_major(&w[k0 * g.col_rows()..(k0 + kn) * g.col_rows()], kn, g.col_rows());
                 let out = MatMut::row_major(y_blk, kn, p);
-                if g.is_pointwise() {
-                    gemm(1.0, w_blk, MatRef::row_major(x_img, g.in_channels, p), 0.0, out);
-                } else {
-                    with_scratch(g.col_rows() * p, |col| {
-                        im2col(g, x_img, 0, g.out_h, col);
-                        gemm(1.0, w_blk, MatRef::row_major(col, g.col_rows(), p), 0.0, out);
-                    });
-                }
+                gemm(1.0, w_blk, MatRef::row_major(x_img, g.in_channels, p), 0.0, out);
                 for (k, plane) in y_blk.chunks_mut(p).enumerate() {
                     epilogue.apply_run(k0 + k, n * g.out_image() + (k0 + k) * p, plane);
                 }
             });
         });
+}
+
+/// Output rows cut into work units for [`im2col_forward`], and output channels into blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct RowUnits {
+    /// Output rows (of the whole batch, image-major) per unit.
+    rows: usize,
+    units: usize,
+    /// Output channels per task.
+    kblock: usize,
+    kblocks: usize,
+}
+
+fn row_units(g: &ConvGeometry, threads: usize) -> RowUnits {
+    let total = g.batch * g.out_h;
+    let want = threads * TASKS_PER_THREAD;
+    let bytes_per_row = (g.col_rows() * g.out_w * std::mem::size_of::<f32>()).max(1);
+    let fit = (FORWARD_COL_BYTES / bytes_per_row).max(FORWARD_MIN_COLUMNS.div_ceil(g.out_w.max(1)));
+    let mut rows = fit.clamp(1, total.max(1));
+    if total.div_ceil(rows) < want {
+        // Smaller units for more tasks, but not below the GEMM's useful width.
+        let min_rows = FORWARD_MIN_COLUMNS.div_ceil(g.out_w.max(1));
+        rows = rows.min(total.div_ceil(want).max(min_rows)).max(1);
+    }
+    let units = total.div_ceil(rows);
+    let kblocks = if units < want {
+        want.div_ceil(units).min(g.out_channels / MIN_UNIT_CHANNELS).max(1)
+    } else {
+        1
+    };
+    let kblock = g.out_channels.div_ceil(kblocks).max(1);
+    RowUnits {
+        rows,
+        units,
+        kblock,
+        kblocks: g.out_channels.div_ceil(kblock),
+    }
+}
+
+/// im2col + GEMM over units of output rows taken across image boundaries, so that small
+/// images share one wide GEMM and a large image is split among threads without each
+/// thread rebuilding its whole column matrix; the column matrix of a unit stays near the
+/// L2 cache. The product lands in scratch, and the epilogue runs as it is copied out.
+fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epilogue, y: &mut [f32]) {
+    let plan = row_units(g, rayon::current_num_threads());
+    let (oh, ow, p) = (g.out_h, g.out_w, g.out_plane());
+    let total = g.batch * oh;
+    let out = SharedOut::new(y);
+    (0..plan.units * plan.kblocks).into_par_iter().for_each(|task| {
+        let (unit, kb) = (task / plan.kblocks, task % plan.kblocks);
+        let (r0, r1) = (unit * plan.rows, ((unit + 1) * plan.rows).min(total));
+        let (k0, k1) = (kb * plan.kblock, ((kb + 1) * plan.kblock).min(g.out_channels));
+        let cols = (r1 - r0) * ow;
+        // The images a unit touches, as (image, first row, end row, first column).
+        let pieces = (r0 / oh..r1.div_ceil(oh)).map(|n| {
+            let (a, b) = (r0.max(n * oh) - n * oh, r1.min((n + 1) * oh) - n * oh);
+            (n, a, b, (n * oh + a - r0) * ow)
+        });
+        with_scratch((g.col_rows() + k1 - k0) * cols + im2col_scratch(g), |s| {
+            let (col, rest) = s.split_at_mut(g.col_rows() * cols);
+            let (prod, phases) = rest.split_at_mut((k1 - k0) * cols);
+            for (n, a, b, at) in pieces.clone() {
+                im2col(
+                    g,
+                    &x[n * g.in_image()..(n + 1) * g.in_image()],
+                    a,
+                    b,
+                    &mut col[at..],
+                    cols,
+                    phases,
+                );
+            }
+            let w_blk = MatRef::row_major(&w[k0 * g.col_rows()..k1 * g.col_rows()], k1 - k0, g.col_rows());
+            let col = MatRef::row_major(col, g.col_rows(), cols);
+            gemm(1.0, w_blk, col, 0.0, MatMut::row_major(prod, k1 - k0, cols));
+            for (n, a, b, at) in pieces {
+                for k in k0..k1 {
+                    let run = &mut prod[(k - k0) * cols + at..(k - k0) * cols + at + (b - a) * ow];
+                    let start = n * g.out_image() + k * p + a * ow;
+                    epilogue.apply_run(k, start, run);
+                    out.write_slice(start, run);
+                }
+            }
+        });
+    });
 }
 
 /// `dx = conv^T(dy, w)`, the gradient with respect to the input; `dx` is overwritten.
@@ -190,8 +291,9 @@ pub fn conv_backward_filter(
                 };
                 gemm(1.0, dy_unit, x_unit.t(), 1.0, out);
             } else {
-                with_scratch(g.col_rows() * cols, |col| {
-                    im2col(g, x_img, oh0, oh1, col);
+                with_scratch(g.col_rows() * cols + im2col_scratch(g), |s| {
+                    let (col, phases) = s.split_at_mut(g.col_rows() * cols);
+                    im2col(g, x_img, oh0, oh1, col, cols, phases);
                     gemm(1.0, dy_unit, MatRef::row_major(col, g.col_rows(), cols).t(), 1.0, out);
                 });
             }

@@ -11,4 +11,5 @@ pub mod peak;
 pub mod plan;
 pub mod pool;
 pub mod scratch;
+mod shared_out;
 pub mod winograd;

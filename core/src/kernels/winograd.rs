@@ -27,9 +27,9 @@
 use super::epilogue::Epilogue;
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
+use super::shared_out::SharedOut;
 use crate::simd::{self, F32x, LANES};
 use rayon::prelude::*;
-use std::marker::PhantomData;
 use wide::{CmpGe, CmpLt};
 
 /// The output tile size of a Winograd convolution.
@@ -364,60 +364,6 @@ impl Tiling {
             };
         }
         refs
-    }
-}
-
-/// The output slice shared by the tasks of one call, each writing its own elements.
-struct SharedOut<'a> {
-    ptr: *mut f32,
-    len: usize,
-    _borrow: PhantomData<&'a mut [f32]>,
-}
-
-// SAFETY: `SharedOut` only hands out writes to distinct elements from different tasks
-// (see `write`); it owns a unique borrow of the slice for its lifetime.
-unsafe impl Send for SharedOut<'_> {}
-// SAFETY: as above: concurrent `write`s from tasks never target the same element.
-unsafe impl Sync for SharedOut<'_> {}
-
-impl<'a> SharedOut<'a> {
-    fn new(y: &'a mut [f32]) -> Self {
-        SharedOut {
-            ptr: y.as_mut_ptr(),
-            len: y.len(),
-            _borrow: PhantomData,
-        }
-    }
-
-    /// Writes `v` at `i`. Callers guarantee that no other task writes `i` during the
-    /// parallel loop: tasks partition (tiles x output channels), and tiles partition the
-    /// output pixels of every channel.
-    #[inline(always)]
-    fn write(&self, i: usize, v: f32) {
-        assert!(i < self.len, "winograd: output index out of range");
-        // SAFETY: `i` is in bounds of the uniquely borrowed slice (checked above), and no
-        // other thread reads or writes element `i` while the parallel loop runs (each
-        // output element belongs to exactly one task), so this write races with nothing.
-        unsafe { *self.ptr.add(i) = v }
-    }
-
-    /// Writes `v` at `i..i + N`, under the same guarantee as [`SharedOut::write`]; a
-    /// fixed size, so that it compiles to a few moves rather than a `memcpy` call.
-    #[inline(always)]
-    fn write_array<const N: usize>(&self, i: usize, v: [f32; N]) {
-        assert!(i + N <= self.len, "winograd: output range out of bounds");
-        // SAFETY: the range is in bounds (checked above) and no other task touches these
-        // elements while the parallel loop runs (see `write`).
-        unsafe { (self.ptr.add(i) as *mut [f32; N]).write_unaligned(v) }
-    }
-
-    /// Copies `v` to `i..i + v.len()`, under the same guarantee as [`SharedOut::write`].
-    #[inline(always)]
-    fn write_slice(&self, i: usize, v: &[f32]) {
-        assert!(i + v.len() <= self.len, "winograd: output range out of bounds");
-        // SAFETY: the range is in bounds (checked above), `v` is scratch memory that
-        // cannot overlap the output, and no other task touches these elements.
-        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
     }
 }
 
