@@ -11,6 +11,8 @@ use super::gemm::{gemm, MatMut, MatRef};
 use super::im2col::{col2im_add, im2col, im2col_scratch, ConvGeometry};
 use super::scratch::with_scratch;
 use super::shared_out::SharedOut;
+use super::small_gemm::{gemm_unpacked, unpacked_pays};
+use crate::simd::LANES;
 use rayon::prelude::*;
 
 /// Tasks to aim for per thread, so uneven tasks still balance.
@@ -78,9 +80,32 @@ fn pointwise_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epilogue
             y_img.par_chunks_mut(kb * p).enumerate().for_each(|(blk, y_blk)| {
                 let k0 = blk * kb;
                 let kn = y_blk.len() / p;
-                let w_blk = MatRef::row_major(&w[k0 * g.col_rows()..(k0 + kn) * g.col_rows()], kn, g.col_rows());
-                let out = MatMut::row_major(y_blk, kn, p);
-                gemm(1.0, w_blk, MatRef::row_major(x_img, g.in_channels, p), 0.0, out);
+                let w_blk = &w[k0 * g.col_rows()..(k0 + kn) * g.col_rows()];
+                let c = g.in_channels;
+                if unpacked_pays(c, p) {
+                    // Rows padded to whole vectors, in and out.
+                    let tp = p.next_multiple_of(LANES);
+                    with_scratch((c + kn) * tp, |s| {
+                        let (v, m) = s.split_at_mut(c * tp);
+                        for (dst, src) in v.chunks_exact_mut(tp).zip(x_img.chunks_exact(p)) {
+                            dst[..p].copy_from_slice(src);
+                            dst[p..].fill(0.0);
+                        }
+                        gemm_unpacked(w_blk, v, m, kn, c, tp);
+                        for (plane, row) in y_blk.chunks_mut(p).zip(m.chunks_exact(tp)) {
+                            plane.copy_from_slice(&row[..p]);
+                        }
+                    });
+                } else {
+                    let out = MatMut::row_major(y_blk, kn, p);
+                    gemm(
+                        1.0,
+                        MatRef::row_major(w_blk, kn, c),
+                        MatRef::row_major(x_img, c, p),
+                        0.0,
+                        out,
+                    );
+                }
                 for (k, plane) in y_blk.chunks_mut(p).enumerate() {
                     epilogue.apply_run(k0 + k, n * g.out_image() + (k0 + k) * p, plane);
                 }
@@ -139,31 +164,39 @@ fn im2col_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: &Epilogue, y
         let (r0, r1) = (unit * plan.rows, ((unit + 1) * plan.rows).min(total));
         let (k0, k1) = (kb * plan.kblock, ((kb + 1) * plan.kblock).min(g.out_channels));
         let cols = (r1 - r0) * ow;
+        let (rows, kn) = (g.col_rows(), k1 - k0);
+        let unpacked = unpacked_pays(rows, cols);
+        // Row stride of the column matrix and the product: whole vectors when unpacked
+        // (the padding columns hold stale values whose products are never copied out).
+        let ld = if unpacked { cols.next_multiple_of(LANES) } else { cols };
         // The images a unit touches, as (image, first row, end row, first column).
         let pieces = (r0 / oh..r1.div_ceil(oh)).map(|n| {
             let (a, b) = (r0.max(n * oh) - n * oh, r1.min((n + 1) * oh) - n * oh);
             (n, a, b, (n * oh + a - r0) * ow)
         });
-        with_scratch((g.col_rows() + k1 - k0) * cols + im2col_scratch(g), |s| {
-            let (col, rest) = s.split_at_mut(g.col_rows() * cols);
-            let (prod, phases) = rest.split_at_mut((k1 - k0) * cols);
+        with_scratch((rows + kn) * ld + im2col_scratch(g), |s| {
+            let (col, rest) = s.split_at_mut(rows * ld);
+            let (prod, phases) = rest.split_at_mut(kn * ld);
             for (n, a, b, at) in pieces.clone() {
-                im2col(
-                    g,
-                    &x[n * g.in_image()..(n + 1) * g.in_image()],
-                    a,
-                    b,
-                    &mut col[at..],
-                    cols,
-                    phases,
+                let x_img = &x[n * g.in_image()..(n + 1) * g.in_image()];
+                im2col(g, x_img, a, b, &mut col[at..], ld, phases);
+            }
+            let w_blk = &w[k0 * rows..k1 * rows];
+            if unpacked {
+                gemm_unpacked(w_blk, col, prod, kn, rows, ld);
+            } else {
+                let col = MatRef::row_major(col, rows, cols);
+                gemm(
+                    1.0,
+                    MatRef::row_major(w_blk, kn, rows),
+                    col,
+                    0.0,
+                    MatMut::row_major(prod, kn, cols),
                 );
             }
-            let w_blk = MatRef::row_major(&w[k0 * g.col_rows()..k1 * g.col_rows()], k1 - k0, g.col_rows());
-            let col = MatRef::row_major(col, g.col_rows(), cols);
-            gemm(1.0, w_blk, col, 0.0, MatMut::row_major(prod, k1 - k0, cols));
             for (n, a, b, at) in pieces {
                 for k in k0..k1 {
-                    let run = &mut prod[(k - k0) * cols + at..(k - k0) * cols + at + (b - a) * ow];
+                    let run = &mut prod[(k - k0) * ld + at..(k - k0) * ld + at + (b - a) * ow];
                     let start = n * g.out_image() + k * p + a * ow;
                     epilogue.apply_run(k, start, run);
                     out.write_slice(start, run);
@@ -410,6 +443,9 @@ mod tests {
         (1, 1, 1, 1, 2, 3, 1, 1),
         (4, 16, 8, 8, 16, 3, 1, 1),
         (1, 17, 5, 6, 33, 3, 2, 2),
+        // Wide enough for matrixmultiply rather than the unpacked product.
+        (1, 8, 40, 40, 8, 1, 1, 0),
+        (1, 3, 34, 34, 8, 3, 1, 1),
     ];
 
     #[test]

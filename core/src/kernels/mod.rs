@@ -12,4 +12,5 @@ pub mod plan;
 pub mod pool;
 pub mod scratch;
 mod shared_out;
+pub mod small_gemm;
 pub mod winograd;

@@ -10,7 +10,7 @@
 //! 1. filters `U = G g G^T`, packed `[xi][K][C]` ([`transform_filters`], cacheable);
 //! 2. inputs `V = B^T d B` of one block of tiles, packed `[xi][C][T]`, vectorised across
 //!    tiles with [`F32x`];
-//! 3. `(m+2)^2` small products by a register-blocked micro-kernel over [`F32x`] that
+//! 3. `(m+2)^2` small products by [`gemm_unpacked`], a register-blocked micro-kernel that
 //!    reads `U` and `V` in place (measured faster here than matrixmultiply's `sgemm`,
 //!    whose per-call packing costs as much as these small products);
 //! 4. outputs `Y = A^T M A` through the epilogue (bias, residual, ReLU), clipped at the image border (partial tiles).
@@ -28,6 +28,7 @@ use super::epilogue::Epilogue;
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
 use super::shared_out::SharedOut;
+use super::small_gemm::gemm_unpacked;
 use crate::simd::{self, F32x, LANES};
 use rayon::prelude::*;
 use wide::{CmpGe, CmpLt};
@@ -402,85 +403,11 @@ fn forward_impl<const M: usize, const A: usize>(
                 let u_xi = &u[(xi * k + k0) * c..(xi * k + k0 + kn) * c];
                 let v_xi = &v[xi * c * tp..(xi + 1) * c * tp];
                 let m_xi = &mut m[xi * kn * tp..(xi + 1) * kn * tp];
-                product(u_xi, v_xi, m_xi, kn, c, tp);
+                gemm_unpacked(u_xi, v_xi, m_xi, kn, c, tp);
             }
             output_transform::<M, A>(&tiling, k, m, t0, tn, tp, k0, kn, epilogue, &out);
         });
     });
-}
-
-/// Rows of `U` per register block of [`product`]: `MR x NV` accumulators (12 vectors)
-/// plus `NV` loaded vectors and one broadcast fit the 16 vector registers of AVX2 and
-/// SIMD128 with room to spare.
-const MR: usize = 6;
-
-/// Vectors of tiles per register block of [`product`].
-const NV: usize = 2;
-
-/// `m (kn x tp) = u (kn x c) * v (c x tp)`, all row-major, `tp` a multiple of `LANES`:
-/// a register-blocked product that reads `v` in place (no packing, which costs as much
-/// as the product itself at these sizes) and broadcasts elements of `u`.
-fn product(u: &[f32], v: &[f32], m: &mut [f32], kn: usize, c: usize, tp: usize) {
-    let mut col = 0;
-    while col < tp {
-        let nv = ((tp - col) / LANES).min(NV);
-        let mut row = 0;
-        while row < kn {
-            let mr = (kn - row).min(MR);
-            match (mr, nv) {
-                (8, 2) => block::<8, 2>(u, v, m, row, col, c, tp),
-                (8, _) => block::<8, 1>(u, v, m, row, col, c, tp),
-                (7, 2) => block::<7, 2>(u, v, m, row, col, c, tp),
-                (7, _) => block::<7, 1>(u, v, m, row, col, c, tp),
-                (6, 2) => block::<6, 2>(u, v, m, row, col, c, tp),
-                (6, _) => block::<6, 1>(u, v, m, row, col, c, tp),
-                (5, 2) => block::<5, 2>(u, v, m, row, col, c, tp),
-                (5, _) => block::<5, 1>(u, v, m, row, col, c, tp),
-                (4, 2) => block::<4, 2>(u, v, m, row, col, c, tp),
-                (4, _) => block::<4, 1>(u, v, m, row, col, c, tp),
-                (3, 2) => block::<3, 2>(u, v, m, row, col, c, tp),
-                (3, _) => block::<3, 1>(u, v, m, row, col, c, tp),
-                (2, 2) => block::<2, 2>(u, v, m, row, col, c, tp),
-                (2, _) => block::<2, 1>(u, v, m, row, col, c, tp),
-                (_, 2) => block::<1, 2>(u, v, m, row, col, c, tp),
-                (_, _) => block::<1, 1>(u, v, m, row, col, c, tp),
-            }
-            row += mr;
-        }
-        col += nv * LANES;
-    }
-}
-
-/// One `R x (V * LANES)` block of [`product`] at (`row`, `col`).
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn block<const R: usize, const V: usize>(
-    u: &[f32],
-    v: &[f32],
-    m: &mut [f32],
-    row: usize,
-    col: usize,
-    c: usize,
-    tp: usize,
-) {
-    let u_rows: [&[f32]; R] = std::array::from_fn(|i| &u[(row + i) * c..(row + i + 1) * c]);
-    let mut acc = [[F32x::ZERO; V]; R];
-    for ci in 0..c {
-        let v_row = &v[ci * tp + col..ci * tp + col + V * LANES];
-        let b: [F32x; V] = std::array::from_fn(|j| simd::load(&v_row[j * LANES..]));
-        for i in 0..R {
-            let a = F32x::splat(u_rows[i][ci]);
-            for j in 0..V {
-                acc[i][j] = a.mul_add(b[j], acc[i][j]);
-            }
-        }
-    }
-    for (i, acc_row) in acc.iter().enumerate() {
-        let m_row = &mut m[(row + i) * tp + col..];
-        for (j, &val) in acc_row.iter().enumerate() {
-            simd::store(val, &mut m_row[j * LANES..]);
-        }
-    }
 }
 
 /// `V[xi][ch][t] = (B^T d B)[xi]` for tiles `t0..t0+tn` of the batch, `tp` columns per row
