@@ -5,7 +5,7 @@
 use super::config::{BlockKind, BottleneckStride, ShortcutOption};
 use crate::layers::batchnorm::BatchNorm2d;
 use crate::layers::conv::Conv2d;
-use crate::layers::relu::{relu_backward_inplace, relu_forward, relu_inplace};
+use crate::layers::relu::{add_assign, add_relu, relu_backward, relu_backward_inplace, relu_forward};
 use crate::layers::shortcut::{option_a_backward_add, option_a_forward};
 use crate::layers::{fit, join, Dims, Mode, Visitor};
 use crate::rng::Rng;
@@ -169,11 +169,10 @@ impl Block {
             }
         }
         fit(&mut self.out, dims.len());
-        self.out.copy_from_slice(&self.bns[last].out);
-        if let Some(s) = shortcut_output(&mut self.shortcut, &mut self.padded, x, input, dims, mode, false)? {
-            self.out.iter_mut().zip(s).for_each(|(o, &s)| *o += s);
+        match shortcut_output(&mut self.shortcut, &mut self.padded, x, input, dims, mode, false)? {
+            Some(s) => add_relu(&self.bns[last].out, s, &mut self.out),
+            None => relu_forward(&self.bns[last].out, &mut self.out),
         }
-        relu_inplace(&mut self.out);
         self.in_dims = input;
         self.out_dims = dims;
         Ok(dims)
@@ -205,8 +204,7 @@ impl Block {
     pub fn backward(&mut self, x: &[f32], dout: &[f32], dx: &mut Vec<f32>, s: &mut BlockScratch) {
         let last = self.convs.len() - 1;
         fit(&mut s.sum, dout.len());
-        s.sum.copy_from_slice(dout);
-        relu_backward_inplace(&self.out, &mut s.sum);
+        relu_backward(&self.out, dout, &mut s.sum);
         self.bns[last].backward(&s.sum, &mut s.a);
         for i in (0..=last).rev() {
             if i == 0 {
@@ -219,12 +217,12 @@ impl Block {
         }
         match &mut self.shortcut {
             Shortcut::None => {}
-            Shortcut::Identity => dx.iter_mut().zip(&s.sum).for_each(|(d, &g)| *d += g),
+            Shortcut::Identity => add_assign(dx, &s.sum),
             Shortcut::ZeroPad { stride } => option_a_backward_add(&s.sum, self.in_dims, self.out_dims, *stride, dx),
             Shortcut::Projection { conv, bn } => {
                 bn.backward(&s.sum, &mut s.a);
                 conv.backward(x, &s.a, Some(&mut s.b));
-                dx.iter_mut().zip(&s.b).for_each(|(d, &g)| *d += g);
+                add_assign(dx, &s.b);
             }
         }
     }
