@@ -547,13 +547,39 @@ fn output_transform<const M: usize, const A: usize>(
                     }
                 }
                 let per_tile = simd::transpose(vals);
-                for (r, tile) in refs.iter().zip(&per_tile) {
+                // Rows of M values that lane group `group` holds per tile.
+                let rows = LANES.min(M * M) / M;
+                let first_row = group * LANES / M;
+                for (r, &tile_v) in refs.iter().zip(&per_tile) {
                     if !r.present {
                         continue;
                     }
-                    let tile = tile.to_array();
                     let base = (r.n * k + k0 + kk) * h * w;
                     let cols = M.min(w - r.ox);
+                    if cols == M && r.oy + first_row + rows <= h && first_row + rows <= M {
+                        // Whole rows inside the image: residual and ReLU on the vector.
+                        let start = |q: usize| base + (r.oy + first_row + q) * w + r.ox;
+                        let mut v = tile_v;
+                        if let Some(res) = rest.residual {
+                            let mut add = [0f32; LANES];
+                            for q in 0..rows {
+                                add[q * M..(q + 1) * M].copy_from_slice(&res[start(q)..start(q) + M]);
+                            }
+                            v += F32x::new(add);
+                        }
+                        if rest.relu {
+                            // Negative lanes to zero; NaN compares false and stays.
+                            v = v.cmp_lt(F32x::ZERO).blend(F32x::ZERO, v);
+                        }
+                        let vals = v.to_array();
+                        for q in 0..rows {
+                            let mut row = [0f32; M];
+                            row.copy_from_slice(&vals[q * M..(q + 1) * M]);
+                            out.write_array(start(q), row);
+                        }
+                        continue;
+                    }
+                    let tile = tile_v.to_array();
                     for q in (0..LANES).step_by(M) {
                         let i = (group * LANES + q) / M;
                         if i >= M || r.oy + i >= h {
