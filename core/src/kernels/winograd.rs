@@ -444,6 +444,28 @@ fn input_transform<const M: usize, const A: usize>(
                 }
             }
         }
+        // What each (lane, patch row, load) reads, decided once for all channels: nothing
+        // (absent tile or a row of padding), a whole vector at channel 0's offset plus
+        // `ch * h * w`, or (where a whole load would leave `x`) `patch_row`'s gather.
+        let plane = h * w;
+        let mut loads = [[[RowLoad::Zero; 2]; 6]; LANES];
+        for (l, r) in refs.iter().enumerate() {
+            for i in 0..A {
+                let iy = r.oy + i; // input row iy - 1
+                if !r.present || iy < 1 || iy > h {
+                    continue;
+                }
+                for o in 0..col_offsets.len() {
+                    let start = (((r.n * c) * h + iy - 1) * w) as isize + cols[l][o];
+                    let last = start + ((c - 1) * plane) as isize;
+                    loads[l][i][o] = if start >= 0 && last as usize + LANES <= x.len() {
+                        RowLoad::Vector(start as usize)
+                    } else {
+                        RowLoad::Gather
+                    };
+                }
+            }
+        }
         // Rows of LANES tiles, transposed: `d[i * A + j]` holds patch value (i, j) of every
         // lane. Every channel overwrites all A * A of them, so it is cleared only once.
         let mut d = [F32x::ZERO; 36];
@@ -452,7 +474,16 @@ fn input_transform<const M: usize, const A: usize>(
                 for (o, &co) in col_offsets.iter().enumerate() {
                     let mut rows = [F32x::ZERO; LANES];
                     for (l, row) in rows.iter_mut().enumerate() {
-                        *row = patch_row::<A>(&refs[l], cols[l][o], masks[l][o], x, (c, h, w), ch, i, co);
+                        *row = match loads[l][i][o] {
+                            RowLoad::Zero => F32x::ZERO,
+                            RowLoad::Vector(start) => {
+                                let v = simd::load(&x[start + ch * plane..]);
+                                masks[l][o].map_or(v, |m| m.blend(v, F32x::ZERO))
+                            }
+                            RowLoad::Gather => {
+                                patch_row::<A>(&refs[l], cols[l][o], masks[l][o], x, (c, h, w), ch, i, co)
+                            }
+                        };
                     }
                     let t = simd::transpose(rows);
                     for (j, &col) in t.iter().enumerate().take(A - co) {
@@ -466,6 +497,17 @@ fn input_transform<const M: usize, const A: usize>(
             }
         }
     }
+}
+
+/// How the input transform reads one patch row of one lane.
+#[derive(Clone, Copy)]
+enum RowLoad {
+    /// An absent tile, or a row of the zero padding.
+    Zero,
+    /// A whole vector at this offset for channel 0 (plus `ch * h * w` for channel `ch`).
+    Vector(usize),
+    /// Near the ends of the input, through [`patch_row`].
+    Gather,
 }
 
 /// Row `i` of tile `r`'s A x A input patch in channel `ch`, from column `co` on, as one
