@@ -450,15 +450,15 @@ fn input_transform<const M: usize, const A: usize>(
         let plane = h * w;
         let mut loads = [[[RowLoad::Zero; 2]; 6]; LANES];
         for (l, r) in refs.iter().enumerate() {
-            for i in 0..A {
+            for (i, row_loads) in loads[l].iter_mut().enumerate().take(A) {
                 let iy = r.oy + i; // input row iy - 1
                 if !r.present || iy < 1 || iy > h {
                     continue;
                 }
-                for o in 0..col_offsets.len() {
+                for (o, load) in row_loads.iter_mut().enumerate().take(col_offsets.len()) {
                     let start = (((r.n * c) * h + iy - 1) * w) as isize + cols[l][o];
                     let last = start + ((c - 1) * plane) as isize;
-                    loads[l][i][o] = if start >= 0 && last as usize + LANES <= x.len() {
+                    *load = if start >= 0 && last as usize + LANES <= x.len() {
                         RowLoad::Vector(start as usize)
                     } else {
                         RowLoad::Gather
