@@ -97,7 +97,8 @@ pub fn channel_moments(g: &NormGeometry, x: &[f32], mean: &mut [f64], var: &mut 
         });
 }
 
-/// `xhat = (x - mean) * inv_std`, `y = gamma * xhat + beta` per channel.
+/// `xhat = (x - mean) * inv_std`, `y = gamma * xhat + beta` per channel, then
+/// `y = max(0, y)` with `relu` (the ReLU after most batch norms, in the same pass).
 #[allow(clippy::too_many_arguments)]
 pub fn normalize(
     g: &NormGeometry,
@@ -106,6 +107,7 @@ pub fn normalize(
     inv_std: &[f32],
     gamma: &[f32],
     beta: &[f32],
+    relu: bool,
     xhat: &mut [f32],
     y: &mut [f32],
 ) {
@@ -120,6 +122,10 @@ pub fn normalize(
             for ((y, xh), &x) in y.iter_mut().zip(xh.iter_mut()).zip(x) {
                 *xh = (x - m) * s;
                 *y = ga * *xh + be;
+            }
+            if relu {
+                // NaN stays NaN, as in PyTorch.
+                y.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
             }
         });
 }

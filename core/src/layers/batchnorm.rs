@@ -60,6 +60,16 @@ impl BatchNorm2d {
 
     /// Normalises `x` into `self.out`. In `Mode::Train` it also updates the running statistics.
     pub fn forward(&mut self, x: &[f32], dims: Dims, mode: Mode) {
+        self.forward_impl(x, dims, mode, false);
+    }
+
+    /// [`BatchNorm2d::forward`] followed by a ReLU in the same pass: `self.out` is then
+    /// the activation, and [`BatchNorm2d::backward`] wants the gradient before the ReLU.
+    pub fn forward_relu(&mut self, x: &[f32], dims: Dims, mode: Mode) {
+        self.forward_impl(x, dims, mode, true);
+    }
+
+    fn forward_impl(&mut self, x: &[f32], dims: Dims, mode: Mode, relu: bool) {
         assert_eq!(dims.c, self.channels, "BatchNorm2d: channel count");
         let g = NormGeometry {
             batch: dims.n,
@@ -100,6 +110,7 @@ impl BatchNorm2d {
             &self.inv_std,
             &self.weight.value,
             &self.bias.value,
+            relu,
             &mut self.xhat,
             &mut self.out,
         );

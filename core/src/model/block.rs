@@ -75,8 +75,6 @@ pub struct Block {
     pub fold_bn: bool,
     /// The block's output of the last forward pass, after the final ReLU.
     pub out: Vec<f32>,
-    /// ReLU outputs between the stages.
-    acts: Vec<Vec<f32>>,
     padded: Vec<f32>,
     in_dims: Dims,
     out_dims: Dims,
@@ -132,7 +130,6 @@ impl Block {
                 bn: BatchNorm2d::new(out_c),
             },
         };
-        let acts = vec![Vec::new(); convs.len() - 1];
         Block {
             kind,
             convs,
@@ -140,7 +137,6 @@ impl Block {
             shortcut,
             fold_bn: true,
             out: Vec::new(),
-            acts,
             padded: Vec::new(),
             in_dims: Dims::default(),
             out_dims: Dims::default(),
@@ -160,12 +156,15 @@ impl Block {
         let last = self.convs.len() - 1;
         let mut dims = input;
         for i in 0..=last {
-            let src: &[f32] = if i == 0 { x } else { &self.acts[i - 1] };
+            let (done, rest) = self.bns.split_at_mut(i);
+            // Inner stages end in a ReLU, fused into the batch norm: its output is the
+            // next convolution's input.
+            let src: &[f32] = if i == 0 { x } else { &done[i - 1].out };
             dims = self.convs[i].forward(src, dims, mode)?;
-            self.bns[i].forward(&self.convs[i].out, dims, mode);
             if i < last {
-                fit(&mut self.acts[i], dims.len());
-                relu_forward(&self.bns[i].out, &mut self.acts[i]);
+                rest[0].forward_relu(&self.convs[i].out, dims, mode);
+            } else {
+                rest[0].forward(&self.convs[i].out, dims, mode);
             }
         }
         fit(&mut self.out, dims.len());
@@ -210,8 +209,8 @@ impl Block {
             if i == 0 {
                 self.convs[0].backward(x, &s.a, Some(dx));
             } else {
-                self.convs[i].backward(&self.acts[i - 1], &s.a, Some(&mut s.b));
-                relu_backward_inplace(&self.acts[i - 1], &mut s.b);
+                self.convs[i].backward(&self.bns[i - 1].out, &s.a, Some(&mut s.b));
+                relu_backward_inplace(&self.bns[i - 1].out, &mut s.b);
                 self.bns[i - 1].backward(&s.b, &mut s.a);
             }
         }
