@@ -303,18 +303,28 @@ pub fn col2im_add(g: &ConvGeometry, dcol: &[f32], dx: &mut [f32]) {
             for j in 0..g.kernel_w {
                 let row = (cl * g.kernel_h + i) * g.kernel_w + j;
                 let src_row = &dcol[row * cols..(row + 1) * cols];
+                // Output columns whose tap j lands inside the row: iw = ow * s + j - pad.
+                let lo = (g.pad.saturating_sub(j)).div_ceil(s).min(g.out_w);
+                let hi = if g.in_w + g.pad > j {
+                    ((g.in_w + g.pad - j - 1) / s + 1).clamp(lo, g.out_w)
+                } else {
+                    lo
+                };
+                if lo == hi {
+                    continue;
+                }
+                let first = lo * s + j - g.pad;
                 for oh in 0..g.out_h {
                     let ih = (oh * s) as isize - pad + i as isize;
                     if ih < 0 || ih >= g.in_h as isize {
                         continue;
                     }
-                    let dst = &mut plane[ih as usize * g.in_w..(ih as usize + 1) * g.in_w];
-                    let src = &src_row[oh * g.out_w..(oh + 1) * g.out_w];
-                    for (ow, &v) in src.iter().enumerate() {
-                        let iw = (ow * s) as isize - pad + j as isize;
-                        if iw >= 0 && iw < g.in_w as isize {
-                            dst[iw as usize] += v;
-                        }
+                    let dst = &mut plane[ih as usize * g.in_w + first..(ih as usize + 1) * g.in_w];
+                    let src = &src_row[oh * g.out_w + lo..oh * g.out_w + hi];
+                    if s == 1 {
+                        dst.iter_mut().zip(src).for_each(|(d, &v)| *d += v);
+                    } else {
+                        dst.iter_mut().step_by(s).zip(src).for_each(|(d, &v)| *d += v);
                     }
                 }
             }
