@@ -457,7 +457,7 @@ fn input_transform<const M: usize, const A: usize>(
                 }
                 for (o, load) in row_loads.iter_mut().enumerate().take(col_offsets.len()) {
                     let start = (((r.n * c) * h + iy - 1) * w) as isize + cols[l][o];
-                    let last = start + ((c - 1) * plane) as isize;
+                    let last = start + (c.saturating_sub(1) * plane) as isize;
                     *load = if start >= 0 && last as usize + LANES <= x.len() {
                         RowLoad::Vector(start as usize)
                     } else {
