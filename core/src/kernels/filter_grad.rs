@@ -6,7 +6,7 @@
 //! runs over the whole batch, so a general GEMM (im2col, then `dY * col^T`) spends more
 //! time packing its operands and writing the column matrix than multiplying.
 //!
-//! How: the reduction is cut into *units* of about [`UNIT_FLOATS`] pixels (whole images
+//! How: the reduction is cut into *units* of about `UNIT_FLOATS` pixels (whole images
 //! for small images, blocks of output rows for large ones). For each unit, `dY` is copied
 //! to rows padded to whole vectors and the input is copied once into a zero-padded,
 //! stride-de-interleaved layout (per channel, input row and stride phase `ph`, the values
