@@ -121,11 +121,9 @@ pub fn normalize(
             let (m, s, ga, be) = (mean[c], inv_std[c], gamma[c], beta[c]);
             for ((y, xh), &x) in y.iter_mut().zip(xh.iter_mut()).zip(x) {
                 *xh = (x - m) * s;
-                *y = ga * *xh + be;
-            }
-            if relu {
+                let v = ga * *xh + be;
                 // NaN stays NaN, as in PyTorch.
-                y.iter_mut().filter(|v| **v < 0.0).for_each(|v| *v = 0.0);
+                *y = if relu && v < 0.0 { 0.0 } else { v };
             }
         });
 }

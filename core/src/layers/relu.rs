@@ -38,15 +38,6 @@ pub fn add_relu(x: &[f32], r: &[f32], y: &mut [f32]) {
         });
 }
 
-/// In place: `x = max(0, x)`.
-pub fn relu_inplace(x: &mut [f32]) {
-    x.par_chunks_mut(CHUNK).for_each(|x| {
-        for v in x {
-            *v = relu(*v);
-        }
-    });
-}
-
 /// `dy *= (y > 0)`, with `y` the forward output: the gradient through ReLU, in place.
 pub fn relu_backward_inplace(y: &[f32], dy: &mut [f32]) {
     dy.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(dy, y)| {
@@ -108,11 +99,8 @@ mod tests {
         let mut acc = x.clone();
         add_assign(&mut acc, &x);
         assert!(acc.iter().zip(&x).all(|(a, &b)| *a == 2.0 * b));
-        let mut z = x.clone();
-        relu_inplace(&mut z);
         let mut w = vec![0.0; n];
         relu_forward(&x, &mut w);
-        assert_eq!(z, w);
         assert!(w.iter().zip(&x).all(|(a, &b)| *a == b.max(0.0)));
     }
 }

@@ -6,7 +6,7 @@ use crate::layers::batchnorm::BatchNorm2d;
 use crate::layers::conv::Conv2d;
 use crate::layers::linear::Linear;
 use crate::layers::pool::{GlobalAvgPool, MaxPool2d};
-use crate::layers::relu::{relu_backward_inplace, relu_forward};
+use crate::layers::relu::relu_backward_inplace;
 use crate::layers::{fit, Dims, Mode, Param, Slot, Visitor};
 use crate::rng::Rng;
 use crate::{Error, Result, Tensor};
@@ -133,9 +133,8 @@ impl ResNet {
             d
         } else {
             let d = self.conv1.forward(&self.input, dims, mode)?;
-            self.bn1.forward(&self.conv1.out, d, mode);
-            fit(&mut self.stem_act, d.len());
-            relu_forward(&self.bn1.out, &mut self.stem_act);
+            self.bn1.forward_relu(&self.conv1.out, d, mode);
+            std::mem::swap(&mut self.stem_act, &mut self.bn1.out);
             d
         };
         self.backward_ready = !folded;
