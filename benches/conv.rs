@@ -13,6 +13,7 @@ use resnet_core::kernels::filter_grad::filter_grad_direct;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::plan::winograd_applies;
 use resnet_core::kernels::winograd::{transform_filters, winograd_backward_data, winograd_forward, WinogradTile};
+use resnet_core::kernels::winograd_filter_grad::winograd_backward_filter;
 use resnet_core::model::{ResNet, ResNetConfig};
 use std::time::Duration;
 
@@ -63,6 +64,13 @@ fn bench_shape(c: &mut Criterion, label: &str, g: &ConvGeometry) {
     group.bench_function("bwd-filter/direct", |b| {
         b.iter(|| filter_grad_direct(g, &x, &dy, &mut dw, None, &mut ws))
     });
+    if winograd_applies(g) {
+        for (name, tile) in [("wino2", WinogradTile::F2), ("wino4", WinogradTile::F4)] {
+            group.bench_function(format!("bwd-filter/{name}"), |b| {
+                b.iter(|| winograd_backward_filter(g, tile, &x, &dy, &mut dw, None, &mut ws))
+            });
+        }
+    }
     group.finish();
 }
 

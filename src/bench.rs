@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
-use resnet_core::kernels::plan::{choose, fastest, Pass};
+use resnet_core::kernels::plan::{choose, choose_filter, fastest, fastest_filter, Pass};
 use resnet_core::layers::Mode;
 use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
@@ -137,7 +137,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
 }
 
 /// Times each distinct convolution shape of `model` at batch `n` with every applicable
-/// algorithm, for the forward pass and (when training) backward-data.
+/// algorithm, for the forward pass and (when training) backward-data and backward-filter.
 fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result<Vec<serde_json::Value>> {
     let mut rows: Vec<serde_json::Value> = Vec::new();
     let mut seen: Vec<(ConvGeometry, Vec<String>)> = Vec::new();
@@ -152,19 +152,41 @@ fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result
     } else {
         &[Pass::Forward]
     };
+    let flops = |g: &ConvGeometry| 2.0 * g.macs() as f64;
+    let row = |g: &ConvGeometry, names: &[String], pass: &str, chosen: &str, best: &str, timings: Vec<(&str, f64)>| {
+        let chosen_s = timings.iter().find(|t| t.0 == chosen).map_or(f64::NAN, |t| t.1);
+        serde_json::json!({
+            "layers": names, "count": names.len(),
+            "shape": format!("{}x{}x{}x{} -> {} k{} s{}", g.batch, g.in_channels, g.in_h, g.in_w, g.out_channels, g.kernel_h, g.stride),
+            "pass": pass, "chosen": chosen, "fastest": best,
+            "chosen_ms": chosen_s * 1e3, "chosen_gflops": flops(g) / chosen_s / 1e9,
+            "timings": timings.iter().map(|(a, t)| serde_json::json!({"algo": a, "ms": t * 1e3, "gflops": flops(g) / t / 1e9})).collect::<Vec<_>>(),
+        })
+    };
     for (g, names) in &seen {
         for &pass in passes {
-            let chosen = choose(g, pass);
             let (best, timings) = fastest(g, pass);
-            let flops = 2.0 * g.macs() as f64;
-            let chosen_s = timings.iter().find(|t| t.0 == chosen).map_or(f64::NAN, |t| t.1);
-            rows.push(serde_json::json!({
-                "layers": names, "count": names.len(),
-                "shape": format!("{}x{}x{}x{} -> {} k{} s{}", g.batch, g.in_channels, g.in_h, g.in_w, g.out_channels, g.kernel_h, g.stride),
-                "pass": format!("{pass:?}"), "chosen": chosen.name(), "fastest": best.name(),
-                "chosen_ms": chosen_s * 1e3, "chosen_gflops": flops / chosen_s / 1e9,
-                "timings": timings.iter().map(|(a, t)| serde_json::json!({"algo": a.name(), "ms": t * 1e3, "gflops": flops / t / 1e9})).collect::<Vec<_>>(),
-            }));
+            let timings = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
+            rows.push(row(
+                g,
+                names,
+                &format!("{pass:?}"),
+                choose(g, pass).name(),
+                best.name(),
+                timings,
+            ));
+        }
+        if train {
+            let (best, timings) = fastest_filter(g);
+            let timings = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
+            rows.push(row(
+                g,
+                names,
+                "BackwardFilter",
+                choose_filter(g).name(),
+                best.name(),
+                timings,
+            ));
         }
     }
     Ok(rows)
@@ -196,7 +218,7 @@ fn print_layers(rows: &[serde_json::Value]) {
             "  <- fastest differs"
         };
         println!(
-            "{:<34} {:>3}  {:<12} {:<6} {:>9.3} {:>8.1}  {}{flag}",
+            "{:<34} {:>3}  {:<14} {:<6} {:>9.3} {:>8.1}  {}{flag}",
             r["shape"].as_str().unwrap_or(""),
             r["count"],
             r["pass"].as_str().unwrap_or(""),

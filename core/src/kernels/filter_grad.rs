@@ -35,12 +35,12 @@ use rayon::prelude::*;
 const UNIT_FLOATS: usize = 1024;
 
 /// Output channels per register block.
-const MR: usize = 4;
+pub(super) const MR: usize = 4;
 
 /// Column rows (input channel x tap) per register block: `MR x NR` = 24 accumulators
 /// plus `MR` loaded `dY` vectors and one input vector fit the 32 vector registers of
 /// AVX-512VL (the native target here); 10 loads feed 24 multiply-adds.
-const NR: usize = 6;
+pub(super) const NR: usize = 6;
 
 /// Tasks to aim for per thread when a batch has fewer units than threads.
 const TASKS_PER_THREAD: usize = 2;
@@ -300,18 +300,18 @@ fn pack_input(g: &ConvGeometry, x: &[f32], u: &Unit, c0: usize, cn: usize, lay: 
 /// How a register block walks the reduction of one unit: `segs x rows` runs of `wv`
 /// values, contiguous in a `dY` row and at `seg * xseg + row * xrow` past a column row's
 /// base in the input layout.
-struct Walk {
-    segs: usize,
-    rows: usize,
-    wv: usize,
-    xseg: usize,
-    xrow: usize,
+pub(super) struct Walk {
+    pub(super) segs: usize,
+    pub(super) rows: usize,
+    pub(super) wv: usize,
+    pub(super) xseg: usize,
+    pub(super) xrow: usize,
 }
 
 /// `sums[i][j] = sum over the unit of yb[yoff[i] + ..] * xb[xoff[j] + ..]`: `R x N`
 /// vector accumulators over the whole unit, then one horizontal reduction each.
 #[inline(always)]
-fn block<const R: usize, const N: usize>(
+pub(super) fn block<const R: usize, const N: usize>(
     yb: &[f32],
     yoff: [usize; R],
     xb: &[f32],

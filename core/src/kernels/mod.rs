@@ -14,3 +14,4 @@ pub mod scratch;
 mod shared_out;
 pub mod small_gemm;
 pub mod winograd;
+pub mod winograd_filter_grad;

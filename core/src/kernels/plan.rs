@@ -10,12 +10,16 @@
 //! - `gemm`, `wino2`, `wino4`: force one algorithm wherever it applies (tests, benches).
 //!
 //! Backward-filter has its own switch, `RESNET_FILTER_GRAD` (or [`set_filter_policy`]):
-//! unset or `auto` for the rule of [`auto_filter_choice`], `gemm` for im2col + GEMM,
-//! `direct` for the register-blocked kernel of `kernels::filter_grad`.
+//! unset or `auto` for the rule of [`auto_filter_choice`], `measure` to time every
+//! candidate once per shape, `gemm` for im2col + GEMM, `direct` for the register-blocked
+//! kernel of `kernels::filter_grad`, `wino2` / `wino4` for
+//! `kernels::winograd_filter_grad` (3x3 stride-1 only; elsewhere the rule applies).
 
-use super::conv::{conv_backward_data, conv_forward};
+use super::conv::{conv_backward_data, conv_backward_filter, conv_forward, FilterGradWorkspace};
+use super::filter_grad::filter_grad_direct;
 use super::im2col::ConvGeometry;
 use super::winograd::{transform_filters, winograd_backward_data, winograd_forward, WinogradTile};
+use super::winograd_filter_grad::winograd_backward_filter;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -40,7 +44,8 @@ impl ConvAlgo {
     }
 }
 
-/// The two passes whose algorithm is chosen (backward-filter always uses GEMM).
+/// The two passes whose algorithm is chosen by [`choose`] (backward-filter has its own
+/// [`choose_filter`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
     Forward,
@@ -59,7 +64,8 @@ pub enum Policy {
 }
 
 static POLICY: Mutex<Option<Policy>> = Mutex::new(None);
-static FILTER_POLICY: Mutex<Option<Option<FilterAlgo>>> = Mutex::new(None);
+static FILTER_POLICY: Mutex<Option<FilterPolicy>> = Mutex::new(None);
+static MEASURED_FILTER: Mutex<Option<HashMap<ConvGeometry, FilterAlgo>>> = Mutex::new(None);
 
 /// A backward-filter algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -69,51 +75,171 @@ pub enum FilterAlgo {
     /// The unpacked register-blocked product of
     /// [`filter_grad_direct`](super::filter_grad::filter_grad_direct).
     Direct,
+    /// Winograd with the given tile,
+    /// [`winograd_backward_filter`](super::winograd_filter_grad::winograd_backward_filter).
+    Winograd(WinogradTile),
 }
 
-/// Parses a `RESNET_FILTER_GRAD` value: `Some(None)` is the automatic rule.
-pub fn parse_filter_policy(s: &str) -> Option<Option<FilterAlgo>> {
+impl FilterAlgo {
+    /// The name used by `RESNET_FILTER_GRAD` and in bench tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterAlgo::Gemm => "gemm",
+            FilterAlgo::Direct => "direct",
+            FilterAlgo::Winograd(WinogradTile::F2) => "wino2",
+            FilterAlgo::Winograd(WinogradTile::F4) => "wino4",
+        }
+    }
+}
+
+/// How backward-filter algorithms are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterPolicy {
+    /// The deterministic rule of [`auto_filter_choice`].
+    Auto,
+    /// Time every candidate once per shape ([`fastest_filter`]).
+    Measure,
+    /// One algorithm wherever it applies (Winograd only on 3x3 stride-1 pad-1).
+    Force(FilterAlgo),
+}
+
+/// Parses a `RESNET_FILTER_GRAD` value.
+pub fn parse_filter_policy(s: &str) -> Option<FilterPolicy> {
     match s.trim() {
-        "" | "auto" => Some(None),
-        "gemm" => Some(Some(FilterAlgo::Gemm)),
-        "direct" => Some(Some(FilterAlgo::Direct)),
+        "" | "auto" => Some(FilterPolicy::Auto),
+        "measure" => Some(FilterPolicy::Measure),
+        "gemm" => Some(FilterPolicy::Force(FilterAlgo::Gemm)),
+        "direct" => Some(FilterPolicy::Force(FilterAlgo::Direct)),
+        "wino2" => Some(FilterPolicy::Force(FilterAlgo::Winograd(WinogradTile::F2))),
+        "wino4" => Some(FilterPolicy::Force(FilterAlgo::Winograd(WinogradTile::F4))),
         _ => None,
     }
 }
 
-/// Forces one backward-filter algorithm (`Some`) or restores the rule (`None`) for the
-/// rest of the process, overriding `RESNET_FILTER_GRAD`.
-pub fn set_filter_policy(p: Option<FilterAlgo>) {
+/// Replaces the backward-filter policy for the rest of the process, overriding
+/// `RESNET_FILTER_GRAD`.
+pub fn set_filter_policy(p: FilterPolicy) {
     *FILTER_POLICY.lock().unwrap_or_else(|e| e.into_inner()) = Some(p);
 }
 
-/// The backward-filter algorithm for `g`: forced by [`set_filter_policy`] or
-/// `RESNET_FILTER_GRAD` (read once; an unknown value warns and means `auto`), else
-/// [`auto_filter_choice`].
+/// The backward-filter algorithm for `g` under [`set_filter_policy`] or
+/// `RESNET_FILTER_GRAD` (read once; an unknown value warns and means `auto`).
 pub fn choose_filter(g: &ConvGeometry) -> FilterAlgo {
-    let forced = *FILTER_POLICY
+    let policy = *FILTER_POLICY
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get_or_insert_with(|| {
             let v = std::env::var("RESNET_FILTER_GRAD").unwrap_or_default();
             parse_filter_policy(&v).unwrap_or_else(|| {
-                eprintln!("RESNET_FILTER_GRAD=\"{v}\" is not one of auto, gemm, direct; using auto");
-                None
+                eprintln!(
+                    "RESNET_FILTER_GRAD=\"{v}\" is not one of auto, measure, gemm, direct, wino2, wino4; using auto"
+                );
+                FilterPolicy::Auto
             })
         });
-    forced.unwrap_or_else(|| auto_filter_choice(g))
+    match policy {
+        FilterPolicy::Force(FilterAlgo::Winograd(_)) if !winograd_applies(g) => auto_filter_choice(g),
+        FilterPolicy::Force(a) => a,
+        FilterPolicy::Auto => auto_filter_choice(g),
+        FilterPolicy::Measure => {
+            let cached = MEASURED_FILTER
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get_or_insert_with(HashMap::new)
+                .get(g)
+                .copied();
+            cached.unwrap_or_else(|| {
+                let a = fastest_filter(g).0;
+                MEASURED_FILTER
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_or_insert_with(HashMap::new)
+                    .insert(*g, a);
+                a
+            })
+        }
+    }
 }
 
-/// The deterministic backward-filter rule, from `examples/filter_bench.rs`: the direct
-/// kernel wins (1.2-5x) wherever `K x C` is small, since GEMM then spends most of its
-/// time on im2col and packing; from `K x C = 256 x 512` on, the unit's `dY` outgrows L2
-/// and GEMM's packed panels win (by 10-20 %).
+/// The deterministic backward-filter rule, from `examples/filter_bench.rs` (2 threads):
+/// - from `K x C = 256 x 512` on, the direct kernel's per-unit `dY` outgrows L2 and
+///   GEMM's packed panels win (by 10-20 %);
+/// - 3x3 stride-1 layers with 64 channels or more and enough tiles: Winograd, F(4x4) up
+///   to 128 x 128 channels (1.1-1.6x the direct kernel on 64@8, 64@56 and 128@28), F(2x2)
+///   above, where F(4x4)'s 36 transformed products cost more than they save (256@14:
+///   1.2-1.3x);
+/// - elsewhere the direct kernel (1.2-5x GEMM where `K x C` is small, which spends most
+///   of its time on im2col and packing; 16 and 32 channels: 1.3-1.5x Winograd, whose
+///   transforms then outweigh the products).
 pub fn auto_filter_choice(g: &ConvGeometry) -> FilterAlgo {
-    if g.in_channels * g.out_channels >= 256 * 512 {
+    let channels = g.in_channels * g.out_channels;
+    let tiles4 = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
+    if channels >= 256 * 512 {
         FilterAlgo::Gemm
+    } else if winograd_applies(g) && g.in_channels.min(g.out_channels) >= 64 && tiles4 >= 64 {
+        if channels <= 128 * 128 {
+            FilterAlgo::Winograd(WinogradTile::F4)
+        } else {
+            FilterAlgo::Winograd(WinogradTile::F2)
+        }
     } else {
         FilterAlgo::Direct
     }
+}
+
+/// Times every applicable backward-filter algorithm on `g` with synthetic data (the
+/// median of three runs after a warm-up); returns the fastest with all timings in seconds.
+pub fn fastest_filter(g: &ConvGeometry) -> (FilterAlgo, Vec<(FilterAlgo, f64)>) {
+    let mut candidates = vec![FilterAlgo::Gemm, FilterAlgo::Direct];
+    if winograd_applies(g) {
+        candidates.push(FilterAlgo::Winograd(WinogradTile::F2));
+        candidates.push(FilterAlgo::Winograd(WinogradTile::F4));
+    }
+    let (input, _, dy) = synthetic(g);
+    let mut dw = vec![0f32; g.out_channels * g.col_rows()];
+    let mut ws = FilterGradWorkspace::default();
+    let timings: Vec<(FilterAlgo, f64)> = candidates
+        .into_iter()
+        .map(|algo| {
+            let mut once = || {
+                let start = Instant::now();
+                match algo {
+                    FilterAlgo::Gemm => conv_backward_filter(g, &input, &dy, &mut dw, None, &mut ws),
+                    FilterAlgo::Direct => filter_grad_direct(g, &input, &dy, &mut dw, None, &mut ws),
+                    FilterAlgo::Winograd(t) => winograd_backward_filter(g, t, &input, &dy, &mut dw, None, &mut ws),
+                }
+                start.elapsed().as_secs_f64()
+            };
+            (algo, median_of_three(&mut once))
+        })
+        .collect();
+    let best = timings
+        .iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(FilterAlgo::Direct, |t| t.0);
+    (best, timings)
+}
+
+/// Input, weights and output gradient of `g`, deterministic and of unit scale.
+fn synthetic(g: &ConvGeometry) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let input = (0..g.batch * g.in_image())
+        .map(|i| ((i * 7919) % 17) as f32 * 0.1 - 0.8)
+        .collect();
+    let weights = (0..g.out_channels * g.col_rows())
+        .map(|i| ((i * 104_729) % 13) as f32 * 0.05 - 0.3)
+        .collect();
+    let dy = (0..g.batch * g.out_image())
+        .map(|i| ((i * 31) % 11) as f32 * 0.1 - 0.5)
+        .collect();
+    (input, weights, dy)
+}
+
+/// The median of three timed runs after one warm-up.
+fn median_of_three(once: &mut impl FnMut() -> f64) -> f64 {
+    once();
+    let mut t = [once(), once(), once()];
+    t.sort_by(f64::total_cmp);
+    t[1]
 }
 static MEASURED: Mutex<Option<HashMap<(ConvGeometry, Pass), ConvAlgo>>> = Mutex::new(None);
 
@@ -212,15 +338,7 @@ pub fn fastest(g: &ConvGeometry, pass: Pass) -> (ConvAlgo, Vec<(ConvAlgo, f64)>)
         candidates.push(ConvAlgo::Winograd(WinogradTile::F2));
         candidates.push(ConvAlgo::Winograd(WinogradTile::F4));
     }
-    let input: Vec<f32> = (0..g.batch * g.in_image())
-        .map(|i| ((i * 7919) % 17) as f32 * 0.1 - 0.8)
-        .collect();
-    let weights: Vec<f32> = (0..g.out_channels * g.col_rows())
-        .map(|i| ((i * 104_729) % 13) as f32 * 0.05 - 0.3)
-        .collect();
-    let dy: Vec<f32> = (0..g.batch * g.out_image())
-        .map(|i| ((i * 31) % 11) as f32 * 0.1 - 0.5)
-        .collect();
+    let (input, weights, dy) = synthetic(g);
     let mut out = vec![0f32; g.batch * g.out_image().max(g.in_image())];
     let (fwd_len, bwd_len) = (g.batch * g.out_image(), g.batch * g.in_image());
     let mut timings = Vec::new();
@@ -247,10 +365,7 @@ pub fn fastest(g: &ConvGeometry, pass: Pass) -> (ConvAlgo, Vec<(ConvAlgo, f64)>)
             }
             start.elapsed().as_secs_f64()
         };
-        once();
-        let mut t = [once(), once(), once()];
-        t.sort_by(f64::total_cmp);
-        timings.push((algo, t[1]));
+        timings.push((algo, median_of_three(&mut once)));
     }
     let best = timings
         .iter()
@@ -271,13 +386,30 @@ mod tests {
         );
         assert_eq!(parse_policy(""), Some(Policy::Auto));
         assert_eq!(parse_policy("fft"), None);
-        assert_eq!(parse_filter_policy("direct"), Some(Some(FilterAlgo::Direct)));
-        assert_eq!(parse_filter_policy("auto"), Some(None));
+        assert_eq!(
+            parse_filter_policy("direct"),
+            Some(FilterPolicy::Force(FilterAlgo::Direct))
+        );
+        assert_eq!(
+            parse_filter_policy("wino4"),
+            Some(FilterPolicy::Force(FilterAlgo::Winograd(WinogradTile::F4)))
+        );
+        assert_eq!(parse_filter_policy("measure"), Some(FilterPolicy::Measure));
+        assert_eq!(parse_filter_policy("auto"), Some(FilterPolicy::Auto));
         assert_eq!(parse_filter_policy("fft"), None);
-        let big = ConvGeometry::new(1, 512, 7, 7, 512, (3, 3), 1, 1).unwrap();
+        let big = ConvGeometry::new(8, 512, 7, 7, 512, (3, 3), 1, 1).unwrap();
         assert_eq!(auto_filter_choice(&big), FilterAlgo::Gemm);
         let small = ConvGeometry::new(128, 16, 32, 32, 16, (3, 3), 1, 1).unwrap();
         assert_eq!(auto_filter_choice(&small), FilterAlgo::Direct);
+        let wide = ConvGeometry::new(128, 64, 8, 8, 64, (3, 3), 1, 1).unwrap();
+        assert_eq!(auto_filter_choice(&wide), FilterAlgo::Winograd(WinogradTile::F4));
+        let wider = ConvGeometry::new(8, 256, 14, 14, 256, (3, 3), 1, 1).unwrap();
+        assert_eq!(auto_filter_choice(&wider), FilterAlgo::Winograd(WinogradTile::F2));
+        let strided = ConvGeometry::new(128, 64, 16, 16, 64, (3, 3), 2, 1).unwrap();
+        assert_eq!(auto_filter_choice(&strided), FilterAlgo::Direct);
+        let (best, timings) = fastest_filter(&ConvGeometry::new(2, 8, 6, 6, 8, (3, 3), 1, 1).unwrap());
+        assert_eq!(timings.len(), 4);
+        assert!(timings.iter().any(|t| t.0 == best));
         let g = |n, c, h| ConvGeometry::new(n, c, h, h, c, (3, 3), 1, 1).unwrap();
         assert_eq!(
             auto_choice(&g(128, 16, 32), Pass::Forward),

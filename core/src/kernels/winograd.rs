@@ -61,7 +61,7 @@ impl WinogradTile {
         self.alpha() * self.alpha()
     }
 
-    fn g(self) -> &'static [[f64; 3]] {
+    pub(super) fn g(self) -> &'static [[f64; 3]] {
         match self {
             WinogradTile::F2 => &G2,
             WinogradTile::F4 => &G4,
@@ -84,11 +84,11 @@ const G4: [[f64; 3]; 6] = [
 
 /// Bytes of one block's `V` and `M` to aim for: half of the 2 MB per-core L2, leaving the
 /// other half for the rows of `U` streaming through.
-const BLOCK_BYTES: usize = 1 << 20;
+pub(super) const BLOCK_BYTES: usize = 1 << 20;
 
 /// Fewest tiles in a block (unless the problem has fewer): below this, each element of
 /// `U` read from L2 or memory feeds too few multiply-adds (one per tile).
-const MIN_BLOCK_TILES: usize = 32;
+pub(super) const MIN_BLOCK_TILES: usize = 32;
 
 /// Most tiles in a block: beyond this the GEMMs are no faster, and smaller blocks
 /// balance better across threads.
@@ -97,10 +97,10 @@ const MAX_BLOCK_TILES: usize = 256;
 /// Fewest output channels per task when channels are split for parallelism: every
 /// channel-split task repeats the block's input transform, which must stay small next to
 /// its `16 x C x T` products.
-const MIN_CHANNEL_BLOCK: usize = 16;
+pub(super) const MIN_CHANNEL_BLOCK: usize = 16;
 
 /// Tasks to aim for per thread, so that uneven tasks still balance.
-const TASKS_PER_THREAD: usize = 2;
+pub(super) const TASKS_PER_THREAD: usize = 2;
 
 /// Transformed filters `U = G g G^T`, packed `[xi][K][C]` so that `U[xi]` is a row-major
 /// `K x C` matrix. Built once per training step, or once per model for inference.
@@ -206,7 +206,7 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-fn assert_winograd_geometry(g: &ConvGeometry) {
+pub(super) fn assert_winograd_geometry(g: &ConvGeometry) {
     assert!(
         g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
         "winograd: only 3x3 stride-1 pad-1 convolutions, found {g:?}"
@@ -334,25 +334,25 @@ fn plan(tiles: usize, alpha: usize, c: usize, k: usize, threads: usize) -> Plan 
 /// Where the tiles live: tile `t` of the whole batch is image `t / per_image`, tile row
 /// `(t % per_image) / cols`, tile column `(t % per_image) % cols`.
 #[derive(Clone, Copy)]
-struct Tiling {
-    h: usize,
-    w: usize,
-    cols: usize,
-    per_image: usize,
+pub(super) struct Tiling {
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cols: usize,
+    pub(super) per_image: usize,
 }
 
 /// One lane's tile: its image, top-left corner of the output tile, and whether it is
 /// present (blocks are padded to whole vectors with absent tiles).
 #[derive(Clone, Copy, Default)]
-struct TileRef {
-    present: bool,
-    n: usize,
-    oy: usize,
-    ox: usize,
+pub(super) struct TileRef {
+    pub(super) present: bool,
+    pub(super) n: usize,
+    pub(super) oy: usize,
+    pub(super) ox: usize,
 }
 
 impl Tiling {
-    fn lane_tiles<const M: usize>(&self, first: usize, count: usize) -> [TileRef; LANES] {
+    pub(super) fn lane_tiles<const M: usize>(&self, first: usize, count: usize) -> [TileRef; LANES] {
         let mut refs = [TileRef::default(); LANES];
         for (l, r) in refs.iter_mut().enumerate().take(count) {
             let t = first + l;
@@ -414,7 +414,7 @@ fn forward_impl<const M: usize, const A: usize>(
 /// (absent tiles of the last vector are zero), vectorised across [`LANES`] tiles.
 // Out of line (called once a task): profiles then show the transforms apart.
 #[inline(never)]
-fn input_transform<const M: usize, const A: usize>(
+pub(super) fn input_transform<const M: usize, const A: usize>(
     tl: &Tiling,
     c: usize,
     x: &[f32],

@@ -13,6 +13,7 @@ use crate::kernels::plan::{choose, choose_filter, ConvAlgo, FilterAlgo, Pass};
 use crate::kernels::winograd::{
     transform_filters_into, winograd_backward_data_with, winograd_forward_fused, WinogradFilters, WinogradTile,
 };
+use crate::kernels::winograd_filter_grad::winograd_backward_filter;
 use crate::rng::Rng;
 use crate::Result;
 
@@ -209,18 +210,16 @@ impl Conv2d {
     /// `dx` when asked. `x` must be the input of the last forward pass.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: Option<&mut Vec<f32>>) {
         let g = self.geometry.expect("Conv2d::backward called before forward");
-        let backward_filter = match choose_filter(&g) {
-            FilterAlgo::Gemm => conv_backward_filter,
-            FilterAlgo::Direct => filter_grad_direct,
-        };
-        backward_filter(
-            &g,
-            x,
-            dy,
+        let (dw, db, ws) = (
             &mut self.weight.grad,
             self.bias.as_mut().map(|b| &mut b.grad[..]),
             &mut self.workspace,
         );
+        match choose_filter(&g) {
+            FilterAlgo::Gemm => conv_backward_filter(&g, x, dy, dw, db, ws),
+            FilterAlgo::Direct => filter_grad_direct(&g, x, dy, dw, db, ws),
+            FilterAlgo::Winograd(tile) => winograd_backward_filter(&g, tile, x, dy, dw, db, ws),
+        }
         if let Some(dx) = dx {
             fit(dx, g.batch * g.in_image());
             match choose(&g, Pass::BackwardData) {
