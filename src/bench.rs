@@ -8,6 +8,7 @@ use resnet_core::kernels::plan::{choose, choose_filter, fastest, fastest_filter,
 use resnet_core::layers::Mode;
 use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
+use resnet_core::simd::{F32x, F32xWide, LANES, WIDE_LANES};
 use resnet_core::train::{Schedule, Sgd, Trainer};
 use resnet_core::Tensor;
 use std::time::Instant;
@@ -101,15 +102,21 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     } else {
         Vec::new()
     };
-    let peak = args
-        .peak
-        .then(|| (fma_peak_gflops(threads, 1.0), sgemm_gflops(1024, 5)));
+    let peak = args.peak.then(|| {
+        (
+            fma_peak_gflops::<F32xWide>(threads, 1.0),
+            fma_peak_gflops::<F32x>(threads, 1.0),
+            sgemm_gflops(1024, 5),
+        )
+    });
     if args.json {
         let doc = serde_json::json!({
             "model": args.model, "batch": n, "train": args.train, "threads": threads,
             "median_ms": median * 1e3, "images_per_second": images_per_s, "gflops": gflops,
             "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3, "layers": layers,
-            "fma_peak_gflops": peak.map(|p| p.0), "sgemm_1024_gflops_1_thread": peak.map(|p| p.1),
+            "fma_peak_gflops": peak.map(|p| p.0), "fma_peak_lanes": WIDE_LANES,
+            "fma_peak_gflops_narrow": peak.map(|p| p.1), "fma_peak_narrow_lanes": LANES,
+            "sgemm_1024_gflops_1_thread": peak.map(|p| p.2), "kernels": kernel_report(),
         });
         println!("{doc}");
     } else {
@@ -121,13 +128,13 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
             images_per_s,
             gflops
         );
-        if let Some((fma, sgemm)) = peak {
+        if let Some((fma, narrow, sgemm)) = peak {
             println!(
-                "FP32 FMA peak ({} lanes, {threads} thread(s)): {fma:.1} GFLOP/s, this run at {:.0} % of it; \
-                 sgemm 1024^3 on 1 thread: {sgemm:.1} GFLOP/s",
-                resnet_core::simd::LANES,
+                "FP32 FMA peak ({threads} thread(s)): {fma:.1} GFLOP/s on {WIDE_LANES} lanes, {narrow:.1} on \
+                 {LANES}; this run at {:.0} % of the first. sgemm 1024^3 on 1 thread: {sgemm:.1} GFLOP/s",
                 100.0 * gflops / fma
             );
+            println!("{}", kernel_report());
         }
         if !layers.is_empty() {
             print_layers(&layers);
@@ -228,4 +235,25 @@ fn print_layers(rows: &[serde_json::Value]) {
             all.join(", ")
         );
     }
+}
+
+/// Which vector code this build runs: the crate's kernels (fixed at compile time by
+/// `-C target-cpu`) and matrixmultiply's sgemm kernel (chosen at run time).
+fn kernel_report() -> String {
+    let ours = if WIDE_LANES == 16 {
+        "f32x16 (AVX-512F) in the multiply-add kernels, f32x8 in the transforms"
+    } else {
+        "f32x8 in every kernel (this build has no AVX-512F)"
+    };
+    #[cfg(target_arch = "x86_64")]
+    let sgemm = if std::arch::is_x86_feature_detected!("avx512f") {
+        "its AVX-512 kernel (detected at run time)"
+    } else if std::arch::is_x86_feature_detected!("fma") {
+        "its AVX2+FMA kernel"
+    } else {
+        "its SSE/AVX kernel"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let sgemm = "its portable kernel";
+    format!("vector code: {ours}; matrixmultiply sgemm: {sgemm}")
 }

@@ -24,7 +24,7 @@
 use super::conv::FilterGradWorkspace;
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
-use crate::simd::{F32x, LANES};
+use crate::simd::{F32x, F32xWide, Vector, LANES, WIDE_LANES};
 use rayon::prelude::*;
 
 /// Reduction length of one unit, in vector-padded output pixels: 1024 keeps the `NR`
@@ -230,7 +230,11 @@ fn unit_product(g: &ConvGeometry, x: &[f32], dy: &[f32], u: &Unit, c0: usize, cn
             let xoff: [usize; NR] = std::array::from_fn(|j| base((r0 + j).min(cols - 1)));
             for k0 in (0..k).step_by(MR) {
                 let yoff: [usize; MR] = std::array::from_fn(|i| (k0 + i).min(k - 1) * ylen);
-                let sums = block::<MR, NR>(yb, yoff, xb, xoff, &walk);
+                let sums = if wv.is_multiple_of(WIDE_LANES) {
+                    block::<F32xWide, MR, NR>(yb, yoff, xb, xoff, &walk)
+                } else {
+                    block::<F32x, MR, NR>(yb, yoff, xb, xoff, &walk)
+                };
                 for (i, row) in sums.iter().enumerate().take(k - k0) {
                     let dst = &mut part[(k0 + i) * cols + r0..];
                     for (d, &v) in dst.iter_mut().zip(row).take(cols - r0) {
@@ -309,9 +313,10 @@ pub(super) struct Walk {
 }
 
 /// `sums[i][j] = sum over the unit of yb[yoff[i] + ..] * xb[xoff[j] + ..]`: `R x N`
-/// vector accumulators over the whole unit, then one horizontal reduction each.
+/// vector accumulators (of `W`) over the whole unit, then one horizontal reduction each;
+/// rows `wv` must be whole vectors of `W`.
 #[inline(always)]
-pub(super) fn block<const R: usize, const N: usize>(
+pub(super) fn block<W: Vector, const R: usize, const N: usize>(
     yb: &[f32],
     yoff: [usize; R],
     xb: &[f32],
@@ -322,7 +327,7 @@ pub(super) fn block<const R: usize, const N: usize>(
     if w.segs == 0 || w.rows == 0 || wv == 0 {
         return [[0.0; N]; R];
     }
-    // Every load below reads LANES values at an offset below these ends, so checking the
+    // Every load below reads W::LANES values at an offset below these ends, so checking the
     // largest offsets once makes the unchecked loads in the loop sound.
     let y_end = yoff.iter().max().map_or(0, |&o| o + w.segs * w.rows * wv);
     let x_end = xoff
@@ -333,22 +338,22 @@ pub(super) fn block<const R: usize, const N: usize>(
         y_end <= yb.len() && x_end <= xb.len(),
         "filter_grad: block out of range"
     );
-    assert!(wv.is_multiple_of(LANES), "filter_grad: rows must be whole vectors");
+    assert!(wv.is_multiple_of(W::LANES), "filter_grad: rows must be whole vectors");
     let (yp0, xp0) = (yb.as_ptr(), xb.as_ptr());
-    let mut acc = [[F32x::ZERO; N]; R];
+    let mut acc = [[W::ZERO; N]; R];
     let mut yp = 0;
     for seg in 0..w.segs {
         let mut xp = seg * w.xseg;
         for _ in 0..w.rows {
-            for v in (0..wv).step_by(LANES) {
-                // SAFETY: `yoff[i] + yp + v + LANES <= y_end <= yb.len()` and
-                // `xoff[j] + xp + v + LANES <= x_end <= xb.len()` (checked above: `yp`
+            for v in (0..wv).step_by(W::LANES) {
+                // SAFETY: `yoff[i] + yp + v + W::LANES <= y_end <= yb.len()` and
+                // `xoff[j] + xp + v + W::LANES <= x_end <= xb.len()` (checked above: `yp`
                 // stays below `segs * rows * wv`, `xp` below the last row's offset, and
-                // `v + LANES <= wv`), so every unaligned read lies inside its slice.
-                let a: [F32x; R] = std::array::from_fn(|i| unsafe { load_at(yp0, yoff[i] + yp + v) });
+                // `v + W::LANES <= wv`), so every unaligned read lies inside its slice.
+                let a: [W; R] = std::array::from_fn(|i| unsafe { W::load_at(yp0, yoff[i] + yp + v) });
                 for j in 0..N {
                     // SAFETY: as above.
-                    let b = unsafe { load_at(xp0, xoff[j] + xp + v) };
+                    let b = unsafe { W::load_at(xp0, xoff[j] + xp + v) };
                     for i in 0..R {
                         acc[i][j] = a[i].mul_add(b, acc[i][j]);
                     }
@@ -359,17 +364,6 @@ pub(super) fn block<const R: usize, const N: usize>(
         }
     }
     acc.map(|row| row.map(|v| v.reduce_add()))
-}
-
-/// Loads `LANES` values at `p + i`, unaligned, without a bounds check.
-///
-/// # Safety
-/// `p + i .. p + i + LANES` must lie inside one live allocation of `f32`s.
-#[inline(always)]
-unsafe fn load_at(p: *const f32, i: usize) -> F32x {
-    // SAFETY: the caller guarantees the range is in bounds; `read_unaligned` has no
-    // alignment requirement.
-    F32x::new(unsafe { p.add(i).cast::<[f32; LANES]>().read_unaligned() })
 }
 
 #[cfg(test)]

@@ -1,10 +1,12 @@
 //! The machine's arithmetic ceilings as this crate's code meets them: a register-blocked
-//! FMA loop over [`F32x`] (the vector the Winograd kernels use) and matrixmultiply's
-//! sgemm on a large square, so that every kernel figure can be read as a fraction of
-//! peak.
+//! FMA loop over any of the crate's vectors ([`F32x`] for the transforms, [`F32xWide`]
+//! for the multiply-add kernels) and matrixmultiply's sgemm on a large square, so that
+//! every kernel figure can be read as a fraction of peak.
 
 use super::gemm::{gemm, MatMut, MatRef};
-use crate::simd::{F32x, LANES};
+use crate::simd::Vector;
+#[cfg(doc)]
+use crate::simd::{F32x, F32xWide};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -13,10 +15,10 @@ use std::time::Instant;
 const CHAINS: usize = 12;
 
 /// Runs `iters` rounds of `CHAINS` independent vector FMAs and returns the seconds taken.
-fn fma_loop(iters: u64) -> f64 {
-    let m = black_box(F32x::splat(0.999_999));
-    let a = black_box(F32x::splat(1e-7));
-    let mut acc = [F32x::splat(1.0); CHAINS];
+fn fma_loop<V: Vector>(iters: u64) -> f64 {
+    let m = black_box(V::splat(0.999_999));
+    let a = black_box(V::splat(1e-7));
+    let mut acc = [V::splat(1.0); CHAINS];
     let start = Instant::now();
     for _ in 0..iters {
         for v in acc.iter_mut() {
@@ -28,21 +30,21 @@ fn fma_loop(iters: u64) -> f64 {
 }
 
 /// FP32 GFLOP/s (2 per multiply-add) of `threads` OS threads each running the FMA loop
-/// for about `seconds`.
-pub fn fma_peak_gflops(threads: usize, seconds: f64) -> f64 {
+/// on vectors `V` for about `seconds`.
+pub fn fma_peak_gflops<V: Vector>(threads: usize, seconds: f64) -> f64 {
     // Size the loop from a short calibration run on this thread.
     let probe = 1_000_000;
-    let per_iter = fma_loop(probe).max(1e-9) / probe as f64;
+    let per_iter = fma_loop::<V>(probe).max(1e-9) / probe as f64;
     let iters = ((seconds / per_iter) as u64).max(probe);
     let threads = threads.max(1);
     let worst = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads).map(|_| s.spawn(move || fma_loop(iters))).collect();
+        let handles: Vec<_> = (0..threads).map(|_| s.spawn(move || fma_loop::<V>(iters))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or(f64::INFINITY))
             .fold(0f64, f64::max)
     });
-    let flops = 2.0 * (CHAINS * LANES) as f64 * iters as f64 * threads as f64;
+    let flops = 2.0 * (CHAINS * V::LANES) as f64 * iters as f64 * threads as f64;
     flops / worst / 1e9
 }
 
@@ -77,9 +79,11 @@ mod tests {
 
     #[test]
     fn ceilings_are_positive_and_finite() {
-        let fma = fma_peak_gflops(1, 0.01);
+        let fma = fma_peak_gflops::<crate::simd::F32x>(1, 0.01);
+        let wide = fma_peak_gflops::<crate::simd::F32xWide>(1, 0.01);
         let sgemm = sgemm_gflops(64, 1);
         assert!(fma.is_finite() && fma > 0.0, "{fma}");
+        assert!(wide.is_finite() && wide > 0.0, "{wide}");
         assert!(sgemm.is_finite() && sgemm > 0.0, "{sgemm}");
     }
 }

@@ -2,7 +2,9 @@
 //! packing of the large operand costs as much as the arithmetic: the per-position
 //! products of Winograd (`U[xi] * V[xi]`) and 1x1 convolutions on small images.
 
-use crate::simd::{self, F32x, LANES};
+#[cfg(target_feature = "avx512f")]
+use crate::simd::F32xWide;
+use crate::simd::{F32x, Vector, LANES};
 
 /// Rows of `u` per register block of [`gemm_unpacked`].
 const MR: usize = 6;
@@ -60,31 +62,37 @@ fn block_at(u: &[f32], v: &[f32], m: &mut [f32], (row, col): (usize, usize), (kn
     let nv = ((tp - col) / LANES).min(NV);
     let mr = (kn - row).min(MR);
     macro_rules! by_rows {
-        ($v:expr) => {
+        ($w:ty, $v:expr) => {
             match mr {
-                6 => block::<6, { $v }>(u, v, m, row, col, c, tp),
-                5 => block::<5, { $v }>(u, v, m, row, col, c, tp),
-                4 => block::<4, { $v }>(u, v, m, row, col, c, tp),
-                3 => block::<3, { $v }>(u, v, m, row, col, c, tp),
-                2 => block::<2, { $v }>(u, v, m, row, col, c, tp),
-                _ => block::<1, { $v }>(u, v, m, row, col, c, tp),
+                6 => block::<$w, 6, { $v }>(u, v, m, row, col, c, tp),
+                5 => block::<$w, 5, { $v }>(u, v, m, row, col, c, tp),
+                4 => block::<$w, 4, { $v }>(u, v, m, row, col, c, tp),
+                3 => block::<$w, 3, { $v }>(u, v, m, row, col, c, tp),
+                2 => block::<$w, 2, { $v }>(u, v, m, row, col, c, tp),
+                _ => block::<$w, 1, { $v }>(u, v, m, row, col, c, tp),
             }
         };
     }
+    // With AVX-512, pairs of 256-bit column vectors run as one `f32x16` (half the
+    // multiply-add instructions for the same work).
+    #[cfg(target_feature = "avx512f")]
     match nv {
-        1 => by_rows!(1),
-        #[cfg(target_feature = "avx512f")]
-        2 => by_rows!(2),
-        #[cfg(target_feature = "avx512f")]
-        3 => by_rows!(3),
-        _ => by_rows!(NV),
+        1 => by_rows!(F32x, 1),
+        2 => by_rows!(F32xWide, 1),
+        3 => by_rows!(F32x, 3),
+        _ => by_rows!(F32xWide, 2),
+    }
+    #[cfg(not(target_feature = "avx512f"))]
+    match nv {
+        1 => by_rows!(F32x, 1),
+        _ => by_rows!(F32x, NV),
     }
 }
 
-/// One `R x (V * LANES)` block of [`gemm_unpacked`] at (`row`, `col`).
+/// One `R x (V * W::LANES)` block of [`gemm_unpacked`] at (`row`, `col`), on vectors `W`.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn block<const R: usize, const V: usize>(
+fn block<W: Vector, const R: usize, const V: usize>(
     u: &[f32],
     v: &[f32],
     m: &mut [f32],
@@ -94,12 +102,12 @@ fn block<const R: usize, const V: usize>(
     tp: usize,
 ) {
     let u_rows: [&[f32]; R] = std::array::from_fn(|i| &u[(row + i) * c..(row + i + 1) * c]);
-    let mut acc = [[F32x::ZERO; V]; R];
+    let mut acc = [[W::ZERO; V]; R];
     for ci in 0..c {
-        let v_row = &v[ci * tp + col..ci * tp + col + V * LANES];
-        let b: [F32x; V] = std::array::from_fn(|j| simd::load(&v_row[j * LANES..]));
+        let v_row = &v[ci * tp + col..ci * tp + col + V * W::LANES];
+        let b: [W; V] = std::array::from_fn(|j| W::load(&v_row[j * W::LANES..]));
         for i in 0..R {
-            let a = F32x::splat(u_rows[i][ci]);
+            let a = W::splat(u_rows[i][ci]);
             for j in 0..V {
                 acc[i][j] = a.mul_add(b[j], acc[i][j]);
             }
@@ -108,7 +116,7 @@ fn block<const R: usize, const V: usize>(
     for (i, acc_row) in acc.iter().enumerate() {
         let m_row = &mut m[(row + i) * tp + col..];
         for (j, &val) in acc_row.iter().enumerate() {
-            simd::store(val, &mut m_row[j * LANES..]);
+            val.store(&mut m_row[j * W::LANES..]);
         }
     }
 }

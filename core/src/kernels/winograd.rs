@@ -31,7 +31,6 @@ use super::shared_out::SharedOut;
 use super::small_gemm::gemm_unpacked;
 use crate::simd::{self, F32x, LANES};
 use rayon::prelude::*;
-use wide::{CmpGe, CmpLt};
 
 /// The output tile size of a Winograd convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -440,7 +439,7 @@ pub(super) fn input_transform<const M: usize, const A: usize>(
                 let last = first + A.min(LANES) as isize - 1;
                 if first < 0 || last >= w as isize {
                     let lane_col = simd::lane_indices() + F32x::splat(first as f32);
-                    masks[l][o] = Some(lane_col.cmp_ge(F32x::ZERO) & lane_col.cmp_lt(F32x::splat(w as f32)));
+                    masks[l][o] = Some(lane_col.simd_ge(F32x::ZERO) & lane_col.simd_lt(F32x::splat(w as f32)));
                 }
             }
         }
@@ -478,7 +477,7 @@ pub(super) fn input_transform<const M: usize, const A: usize>(
                             RowLoad::Zero => F32x::ZERO,
                             RowLoad::Vector(start) => {
                                 let v = simd::load(&x[start + ch * plane..]);
-                                masks[l][o].map_or(v, |m| m.blend(v, F32x::ZERO))
+                                masks[l][o].map_or(v, |m| m.select(v, F32x::ZERO))
                             }
                             RowLoad::Gather => {
                                 patch_row::<A>(&refs[l], cols[l][o], masks[l][o], x, (c, h, w), ch, i, co)
@@ -534,7 +533,7 @@ fn patch_row<const A: usize>(
     let start = row as isize + first;
     if start >= 0 && start as usize + LANES <= x.len() {
         let v = simd::load(&x[start as usize..]);
-        return mask.map_or(v, |m| m.blend(v, F32x::ZERO));
+        return mask.map_or(v, |m| m.select(v, F32x::ZERO));
     }
     let mut t = [0f32; LANES];
     for (j, tj) in t.iter_mut().enumerate().take(A - co) {
@@ -611,7 +610,7 @@ fn output_transform<const M: usize, const A: usize>(
                         }
                         if rest.relu {
                             // Negative lanes to zero; NaN compares false and stays.
-                            v = v.cmp_lt(F32x::ZERO).blend(F32x::ZERO, v);
+                            v = v.simd_lt(F32x::ZERO).select(F32x::ZERO, v);
                         }
                         let vals = v.to_array();
                         for q in 0..rows {

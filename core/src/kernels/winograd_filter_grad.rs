@@ -30,7 +30,7 @@ use super::winograd::{
     assert_winograd_geometry, input_transform, Tiling, WinogradTile, MIN_BLOCK_TILES, MIN_CHANNEL_BLOCK,
     TASKS_PER_THREAD,
 };
-use crate::simd::{self, F32x, LANES};
+use crate::simd::{self, F32x, F32xWide, LANES, WIDE_LANES};
 use rayon::prelude::*;
 
 /// Bytes of one position's `V[xi]` and `W[xi]` to aim for: the products of a position
@@ -80,8 +80,7 @@ struct Plan {
     kblocks: usize,
 }
 
-fn plan(tiles: usize, alpha: usize, c: usize, k: usize, threads: usize) -> Plan {
-    let _ = alpha;
+fn plan(tiles: usize, c: usize, k: usize, threads: usize) -> Plan {
     let per_tile = (c + k) * std::mem::size_of::<f32>();
     let cache_block = (POSITION_BYTES / per_tile.max(1)).clamp(MIN_BLOCK_TILES, MAX_BLOCK_TILES);
     // At least one block per thread while blocks keep `MIN_BLOCK_TILES`, and a whole
@@ -93,7 +92,7 @@ fn plan(tiles: usize, alpha: usize, c: usize, k: usize, threads: usize) -> Plan 
     if blocks > 1 {
         blocks = blocks.div_ceil(threads) * threads;
     }
-    let block = tiles.div_ceil(blocks).next_multiple_of(LANES);
+    let block = tiles.div_ceil(blocks).next_multiple_of(WIDE_LANES);
     let blocks = tiles.div_ceil(block).max(1);
     let chunks = threads.clamp(1, blocks);
     let per_chunk = blocks.div_ceil(chunks);
@@ -136,7 +135,7 @@ fn backward_filter_impl<const M: usize, const A: usize>(
     if tiles == 0 || k == 0 || c == 0 {
         return;
     }
-    let p = plan(tiles, A, c, k, rayon::current_num_threads());
+    let p = plan(tiles, c, k, rayon::current_num_threads());
     let du_len = A * A * k * c;
     // One partial `dU` per chunk, then their sum; task (chunk, kb) owns the
     // `[xi][kn][C]` region of its chunk's partial for its channels.
@@ -160,7 +159,8 @@ fn backward_filter_impl<const M: usize, const A: usize>(
         for blk in first..(first + p.per_chunk).min(p.blocks) {
             let t0 = blk * p.block;
             let tn = p.block.min(tiles - t0);
-            let tp = tn.next_multiple_of(LANES);
+            // Whole vectors of the products' `F32xWide` (absent tiles are zero).
+            let tp = tn.next_multiple_of(WIDE_LANES);
             with_scratch(A * A * (c + kn) * tp, |s| {
                 let (v, wt) = s.split_at_mut(A * A * c * tp);
                 input_transform::<M, A>(&tiling, c, x, t0, tn, tp, v);
@@ -229,7 +229,7 @@ fn products(positions: usize, c: usize, kn: usize, tp: usize, wt: &[f32], v: &[f
             let xoff: [usize; NR] = std::array::from_fn(|j| vx + (c0 + j).min(c - 1) * tp);
             for k0 in (0..kn).step_by(MR) {
                 let yoff: [usize; MR] = std::array::from_fn(|i| wx + (k0 + i).min(kn - 1) * tp);
-                let sums = block::<MR, NR>(wt, yoff, v, xoff, &walk);
+                let sums = block::<F32xWide, MR, NR>(wt, yoff, v, xoff, &walk);
                 for (i, row) in sums.iter().enumerate().take(kn - k0) {
                     let d = &mut dst[(k0 + i) * c + c0..];
                     for (d, &s) in d.iter_mut().zip(row).take(c - c0) {
@@ -242,7 +242,8 @@ fn products(positions: usize, c: usize, kn: usize, tp: usize, wt: &[f32], v: &[f
 }
 
 /// `W[xi][kr][t] = (A dY A^T)[xi]` for output channels `k0..k0+kn` of tiles `t0..t0+tn`,
-/// `tp` columns per row (absent tiles zero); `dY` is zero outside the image.
+/// `tp` columns per row (a multiple of [`LANES`]; absent tiles zero); `dY` is zero
+/// outside the image.
 #[allow(clippy::too_many_arguments)]
 // Out of line (called once a block): profiles then show the transforms apart.
 #[inline(never)]
