@@ -146,6 +146,8 @@ mod tests {
             (6, 1, LANES),
             (1, 5, 2 * LANES),
             (131, 140, 5 * LANES),
+            (7, 9, 7 * LANES),
+            (5, 4, 11 * LANES),
         ] {
             let u: Vec<f32> = (0..kn * c).map(|_| rng.normal() as f32).collect();
             let v: Vec<f32> = (0..c * tp).map(|_| rng.normal() as f32).collect();
