@@ -563,6 +563,11 @@ fn output_transform<const M: usize, const A: usize>(
     out: &SharedOut,
 ) {
     let (h, w) = (tl.h, tl.w);
+    // Where image rows are whole pairs of 4-wide tiles, the two tiles of each lane pair
+    // are neighbours in one tile row (every block starts at a multiple of LANES tiles
+    // and every image has an even number of them), so each of their output rows is one
+    // whole vector: see [`pair_rows`].
+    let paired = M == 4 && LANES == 8 && w.is_multiple_of(8);
     for tg in (0..tp).step_by(LANES) {
         let refs = tl.lane_tiles::<M>(t0 + tg, tn.saturating_sub(tg).min(LANES));
         // Every channel overwrites all A * A values, so it is cleared only once.
@@ -591,6 +596,10 @@ fn output_transform<const M: usize, const A: usize>(
                 // Rows of M values that lane group `group` holds per tile.
                 let rows = LANES.min(M * M) / M;
                 let first_row = group * LANES / M;
+                if paired {
+                    pair_rows(&rest, &refs, &per_tile, (k0 + kk, k, h, w), first_row, rows, out);
+                    continue;
+                }
                 for (r, &tile_v) in refs.iter().zip(&per_tile) {
                     if !r.present {
                         continue;
@@ -640,6 +649,54 @@ fn output_transform<const M: usize, const A: usize>(
                     }
                 }
             }
+        }
+    }
+}
+
+/// Stores rows `first_row..first_row + rows` of F(4x4) output tiles, lane pair by lane
+/// pair (tiles `2q` and `2q + 1`, side by side in one tile row): each output row of a
+/// pair is 8 contiguous values, loaded (residual), computed (ReLU) and stored as one
+/// vector. `per_tile[l]` holds tile `l`'s rows, `M = 4` values each, bias included.
+#[inline(always)]
+fn pair_rows(
+    rest: &Epilogue,
+    refs: &[TileRef; LANES],
+    per_tile: &[F32x; LANES],
+    (kg, k, h, w): (usize, usize, usize, usize),
+    first_row: usize,
+    rows: usize,
+    out: &SharedOut,
+) {
+    const M: usize = 4;
+    for q in 0..LANES / 2 {
+        let r = &refs[2 * q];
+        if !r.present {
+            continue;
+        }
+        debug_assert!(refs[2 * q + 1].present && refs[2 * q + 1].ox == r.ox + M);
+        let (left, right) = (per_tile[2 * q].to_array(), per_tile[2 * q + 1].to_array());
+        let base = (r.n * k + kg) * h * w + r.ox;
+        for i in 0..rows {
+            let y = r.oy + first_row + i;
+            if y >= h {
+                break;
+            }
+            let at = base + y * w;
+            let mut v = F32x::new(std::array::from_fn(|j| {
+                if j < M {
+                    left[i * M + j]
+                } else {
+                    right[i * M + j - M]
+                }
+            }));
+            if let Some(res) = rest.residual {
+                v += simd::load(&res[at..]);
+            }
+            if rest.relu {
+                // Negative lanes to zero; NaN compares false and stays.
+                v = v.simd_lt(F32x::ZERO).select(F32x::ZERO, v);
+            }
+            out.write_array(at, v.to_array());
         }
     }
 }
@@ -912,7 +969,7 @@ mod tests {
     #[test]
     fn fused_epilogue_matches_separate_passes() {
         let mut rng = Rng::new(11);
-        for &(n, c, h, w, k) in &[(2, 5, 7, 9, 6), (1, 16, 8, 8, 24), (3, 4, 5, 3, 9)] {
+        for &(n, c, h, w, k) in &[(2, 5, 7, 9, 6), (1, 16, 8, 8, 24), (3, 4, 5, 3, 9), (2, 6, 10, 16, 7)] {
             let cs = case(&mut rng, n, c, h, w, k, false);
             let g = &cs.g;
             let residual = random(&mut rng, cs.y_ref.len());
@@ -986,6 +1043,9 @@ mod tests {
             shapes.push((3, 11, h, h, 9, true));
         }
         shapes.push((1, 1, 1, 1, 1, true));
+        // Widths of whole tile pairs (the paired store path) over partial tile rows.
+        shapes.push((3, 5, 11, 8, 6, true));
+        shapes.push((1, 7, 6, 24, 5, true));
         check_all(&shapes);
     }
 
