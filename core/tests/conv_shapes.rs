@@ -80,7 +80,13 @@ impl Reference {
 }
 
 /// The input value feeding tap `(i, j)` of output `(oy, ox)`, zero in the padding.
-fn input_at(g: &ConvGeometry, x: &[f32], n: usize, c: usize, oy: usize, ox: usize, i: usize, j: usize) -> f64 {
+fn input_at(
+    g: &ConvGeometry,
+    x: &[f32],
+    (n, c): (usize, usize),
+    (oy, ox): (usize, usize),
+    (i, j): (usize, usize),
+) -> f64 {
     let iy = (oy * g.stride + i) as isize - g.pad as isize;
     let ix = (ox * g.stride + j) as isize - g.pad as isize;
     if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
@@ -113,7 +119,7 @@ fn references(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32], sample: Option
         for c in 0..g.in_channels {
             for i in 0..kh {
                 for j in 0..kw {
-                    acc += weight_at(g, w, k, c, i, j) * input_at(g, x, n, c, oy, ox, i, j);
+                    acc += weight_at(g, w, k, c, i, j) * input_at(g, x, (n, c), (oy, ox), (i, j));
                 }
             }
         }
@@ -151,7 +157,7 @@ fn references(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32], sample: Option
             for oy in 0..g.out_h {
                 for ox in 0..g.out_w {
                     let d = dy[((n * g.out_channels + k) * g.out_h + oy) * g.out_w + ox] as f64;
-                    acc += d * input_at(g, x, n, c, oy, ox, i, j);
+                    acc += d * input_at(g, x, (n, c), (oy, ox), (i, j));
                 }
             }
         }
