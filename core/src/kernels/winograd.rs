@@ -490,7 +490,7 @@ pub(super) fn input_transform<const M: usize, const A: usize>(
                     }
                 }
             }
-            let vv = input_2d::<A>(&d);
+            let vv = separable_2d::<A, A>(&d, input_1d::<A>);
             for (xi, &val) in vv.iter().enumerate().take(A * A) {
                 simd::store(val, &mut v[(xi * c + ch) * tp + tg..]);
             }
@@ -576,7 +576,7 @@ fn output_transform<const M: usize, const A: usize>(
             for (xi, val) in mv.iter_mut().enumerate().take(A * A) {
                 *val = simd::load(&m[(xi * kn + kk) * tp + tg..]);
             }
-            let yv = output_2d::<M, A>(&mv);
+            let yv = separable_2d::<A, M>(&mv, output_1d::<A>);
             let b = F32x::splat(epilogue.bias.map_or(0.0, |b| b[k0 + kk]));
             // The bias is in; what is left (residual, ReLU) goes row by row.
             let rest = Epilogue {
@@ -701,25 +701,26 @@ fn pair_rows(
     }
 }
 
-/// `B^T d B` of one tile (row-major `A x A` in, row-major `A x A` out): the 1-D input
-/// transform on every column, then on every row.
+/// `F d F^T` of one tile, for the 1-D transform `f` (`o = F d`, `I` values in, `O` out):
+/// `f` on every column of the row-major `I x I` tile `d`, then on every row, giving a
+/// row-major `O x O` tile (in the first `O * O` values).
 #[inline(always)]
-fn input_2d<const A: usize>(d: &[F32x; 36]) -> [F32x; 36] {
+pub(super) fn separable_2d<const I: usize, const O: usize>(d: &[F32x], f: impl Fn(&[F32x], &mut [F32x])) -> [F32x; 36] {
     let mut t = [F32x::ZERO; 36];
     let mut o = [F32x::ZERO; 36];
     let mut col = [F32x::ZERO; 6];
     let mut res = [F32x::ZERO; 6];
-    for j in 0..A {
-        for i in 0..A {
-            col[i] = d[i * A + j];
+    for j in 0..I {
+        for i in 0..I {
+            col[i] = d[i * I + j];
         }
-        input_1d::<A>(&col, &mut res);
-        for i in 0..A {
-            t[i * A + j] = res[i];
+        f(&col[..I], &mut res[..O]);
+        for i in 0..O {
+            t[i * I + j] = res[i];
         }
     }
-    for i in 0..A {
-        input_1d::<A>(&t[i * A..i * A + A], &mut o[i * A..i * A + A]);
+    for i in 0..O {
+        f(&t[i * I..i * I + I], &mut o[i * O..i * O + O]);
     }
     o
 }
@@ -759,28 +760,6 @@ fn input_1d<const A: usize>(d: &[F32x], o: &mut [F32x]) {
         o[4] = (d4 - d2) - (d3 - d1) * two;
         o[5] = d1.mul_add(four, d5) - d3 * five;
     }
-}
-
-/// `A^T M A` of one tile (row-major `A x A` in, row-major `M x M` out).
-#[inline(always)]
-fn output_2d<const M: usize, const A: usize>(mv: &[F32x; 36]) -> [F32x; 16] {
-    let mut t = [F32x::ZERO; 24];
-    let mut o = [F32x::ZERO; 16];
-    let mut col = [F32x::ZERO; 6];
-    let mut res = [F32x::ZERO; 4];
-    for j in 0..A {
-        for i in 0..A {
-            col[i] = mv[i * A + j];
-        }
-        output_1d::<A>(&col, &mut res);
-        for i in 0..M {
-            t[i * A + j] = res[i];
-        }
-    }
-    for i in 0..M {
-        output_1d::<A>(&t[i * A..i * A + A], &mut o[i * M..i * M + M]);
-    }
-    o
 }
 
 /// `o = A^T m` for one column of `A` values. F(2x2,3x3):

@@ -27,7 +27,7 @@ use super::filter_grad::{block, Walk, MR, NR};
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
 use super::winograd::{
-    assert_winograd_geometry, input_transform, Tiling, WinogradTile, MIN_BLOCK_TILES, MIN_CHANNEL_BLOCK,
+    assert_winograd_geometry, input_transform, separable_2d, Tiling, WinogradTile, MIN_BLOCK_TILES, MIN_CHANNEL_BLOCK,
     TASKS_PER_THREAD,
 };
 use crate::simd::{self, F32x, F32xWide, LANES, WIDE_LANES};
@@ -298,34 +298,13 @@ fn gradient_transform<const M: usize, const A: usize>(
                     y[first + q] = v;
                 }
             }
-            let out = gradient_2d::<M, A>(&y);
+            // `A Y A^T` (row-major `M x M` in, `A x A` out).
+            let out = separable_2d::<M, A>(&y, gradient_1d::<A>);
             for (xi, &val) in out.iter().enumerate().take(A * A) {
                 simd::store(val, &mut wt[(xi * kn + kk) * tp + tg..]);
             }
         }
     }
-}
-
-/// `A Y A^T` of one tile (row-major `M x M` in, row-major `A x A` out).
-#[inline(always)]
-fn gradient_2d<const M: usize, const A: usize>(y: &[F32x; 16]) -> [F32x; 36] {
-    let mut t = [F32x::ZERO; 24];
-    let mut o = [F32x::ZERO; 36];
-    let mut col = [F32x::ZERO; 4];
-    let mut res = [F32x::ZERO; 6];
-    for j in 0..M {
-        for i in 0..M {
-            col[i] = y[i * M + j];
-        }
-        gradient_1d::<A>(&col, &mut res);
-        for i in 0..A {
-            t[i * M + j] = res[i];
-        }
-    }
-    for i in 0..A {
-        gradient_1d::<A>(&t[i * M..i * M + M], &mut o[i * A..i * A + A]);
-    }
-    o
 }
 
 /// `o = A y` for one column of `m` values, the transpose of the forward's output
