@@ -22,13 +22,8 @@ fn shapes(model: &str, batch: usize) -> Vec<(String, ConvGeometry)> {
     let config = ResNetConfig::named(model).expect("a zoo model");
     let size = config.input_size;
     let net = ResNet::new(config, 0).expect("the model builds");
-    let mut seen: Vec<(String, ConvGeometry)> = Vec::new();
-    for (name, g) in net.conv_geometries(batch, size, size).expect("its geometries") {
-        if !seen.iter().any(|(_, s)| *s == g) {
-            seen.push((name, g));
-        }
-    }
-    seen
+    let distinct = net.distinct_conv_geometries(batch, size, size).expect("its geometries");
+    distinct.into_iter().map(|(g, names)| (names[0].clone(), g)).collect()
 }
 
 fn values(n: usize, seed: usize) -> Vec<f32> {

@@ -147,13 +147,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
 /// algorithm, for the forward pass and (when training) backward-data and backward-filter.
 fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result<Vec<serde_json::Value>> {
     let mut rows: Vec<serde_json::Value> = Vec::new();
-    let mut seen: Vec<(ConvGeometry, Vec<String>)> = Vec::new();
-    for (name, g) in model.conv_geometries(n, size, size)? {
-        match seen.iter_mut().find(|(s, _)| *s == g) {
-            Some((_, names)) => names.push(name),
-            None => seen.push((g, vec![name])),
-        }
-    }
+    let seen = model.distinct_conv_geometries(n, size, size)?;
     let passes: &[Pass] = if train {
         &[Pass::Forward, Pass::BackwardData]
     } else {

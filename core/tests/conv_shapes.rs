@@ -36,17 +36,12 @@ fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
     err / scale
 }
 
-fn distinct_shapes(model: &str, batch: usize) -> Vec<(String, ConvGeometry)> {
+fn distinct_shapes(model: &str, batch: usize) -> Vec<ConvGeometry> {
     let config = ResNetConfig::named(model).expect("a zoo model");
     let size = config.input_size;
     let net = ResNet::new(config, 0).expect("the model builds");
-    let mut seen: Vec<(String, ConvGeometry)> = Vec::new();
-    for (name, g) in net.conv_geometries(batch, size, size).expect("its geometries") {
-        if !seen.iter().any(|(_, s)| *s == g) {
-            seen.push((name, g));
-        }
-    }
-    seen
+    let distinct = net.distinct_conv_geometries(batch, size, size).expect("its geometries");
+    distinct.into_iter().map(|(g, _)| g).collect()
 }
 
 /// Elements of each pass's result compared on sampled shapes.
@@ -178,7 +173,7 @@ fn check_model(model: &str, batch: usize, seed: u64, sampled: bool) -> BTreeMap<
         let w = worst.entry(key).or_insert(0.0);
         *w = w.max(e);
     };
-    for (_, g) in distinct_shapes(model, batch) {
+    for g in distinct_shapes(model, batch) {
         let x = random(&mut rng, g.batch * g.in_image());
         let w = random(&mut rng, g.out_channels * g.col_rows());
         let dy = random(&mut rng, g.batch * g.out_image());

@@ -420,16 +420,8 @@ fn for_each_tap(g: &ConvGeometry, oh: usize, ow: usize, mut f: impl FnMut(usize,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_util::{max_rel_err, random};
     use crate::rng::Rng;
-
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
-
-    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
-    }
 
     /// (batch, C, H, W, K, kernel, stride, pad)
     type Shape = (usize, usize, usize, usize, usize, usize, usize, usize);

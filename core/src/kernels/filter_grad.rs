@@ -370,16 +370,8 @@ pub(super) fn block<W: Vector, const R: usize, const N: usize>(
 mod tests {
     use super::*;
     use crate::kernels::conv::conv_backward_filter_naive;
+    use crate::kernels::test_util::{max_rel_err, random};
     use crate::rng::Rng;
-
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
-
-    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
-    }
 
     #[test]
     fn matches_naive_on_random_shapes() {

@@ -146,11 +146,8 @@ pub fn gemm_naive(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: MatMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::test_util::random;
     use crate::rng::Rng;
-
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
 
     #[test]
     fn matches_naive_on_odd_sizes_and_transposes() {

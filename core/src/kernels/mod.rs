@@ -13,5 +13,7 @@ pub mod pool;
 pub mod scratch;
 mod shared_out;
 pub mod small_gemm;
+#[cfg(test)]
+mod test_util;
 pub mod winograd;
 pub mod winograd_filter_grad;

@@ -351,6 +351,17 @@ pub(super) struct TileRef {
 }
 
 impl Tiling {
+    /// The `M x M` output tiles of the 3x3 stride-1 pad-1 convolution `g`.
+    pub(super) fn of<const M: usize>(g: &ConvGeometry) -> Tiling {
+        let (h, w) = (g.in_h, g.in_w);
+        Tiling {
+            h,
+            w,
+            cols: w.div_ceil(M),
+            per_image: h.div_ceil(M) * w.div_ceil(M),
+        }
+    }
+
     pub(super) fn lane_tiles<const M: usize>(&self, first: usize, count: usize) -> [TileRef; LANES] {
         let mut refs = [TileRef::default(); LANES];
         for (l, r) in refs.iter_mut().enumerate().take(count) {
@@ -375,13 +386,7 @@ fn forward_impl<const M: usize, const A: usize>(
     y: &mut [f32],
 ) {
     let (c, k) = (g.in_channels, g.out_channels);
-    let (h, w) = (g.in_h, g.in_w);
-    let tiling = Tiling {
-        h,
-        w,
-        cols: w.div_ceil(M),
-        per_image: h.div_ceil(M) * w.div_ceil(M),
-    };
+    let tiling = Tiling::of::<M>(g);
     let tiles = g.batch * tiling.per_image;
     if tiles == 0 || k == 0 {
         return;
@@ -798,6 +803,7 @@ mod tests {
         conv_backward_data, conv_backward_data_naive, conv_forward, conv_forward_fused, conv_forward_naive,
     };
     use crate::kernels::epilogue::epilogue_naive;
+    use crate::kernels::test_util::{max_rel_err, random};
     use crate::rng::Rng;
 
     /// `B^T` and `A^T` as matrices, to check the hand-written 1-D transforms against.
@@ -822,24 +828,6 @@ mod tests {
         [0., 1., 1., 4., 4., 0.],
         [0., 1., -1., 8., -8., 1.],
     ];
-
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
-
-    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        // NaN (an output never written) counts as an infinite error, not as no error.
-        let err = |(x, y): (&f32, &f32)| {
-            let d = (x - y).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                d
-            }
-        };
-        a.iter().zip(b).map(err).fold(0f32, f32::max) / scale
-    }
 
     fn check_1d<const A: usize>(bt: &[[f64; A]], at: &[[f64; A]]) {
         let mut rng = Rng::new(3);

@@ -124,13 +124,7 @@ fn backward_filter_impl<const M: usize, const A: usize>(
     ws: &mut FilterGradWorkspace,
 ) {
     let (c, k) = (g.in_channels, g.out_channels);
-    let (h, w) = (g.in_h, g.in_w);
-    let tiling = Tiling {
-        h,
-        w,
-        cols: w.div_ceil(M),
-        per_image: h.div_ceil(M) * w.div_ceil(M),
-    };
+    let tiling = Tiling::of::<M>(g);
     let tiles = g.batch * tiling.per_image;
     if tiles == 0 || k == 0 || c == 0 {
         return;
@@ -349,24 +343,8 @@ fn gradient_1d<const A: usize>(y: &[F32x], o: &mut [F32x]) {
 mod tests {
     use super::*;
     use crate::kernels::conv::conv_backward_filter_naive;
+    use crate::kernels::test_util::{max_rel_err, random};
     use crate::rng::Rng;
-
-    fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
-        (0..n).map(|_| rng.normal() as f32).collect()
-    }
-
-    fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
-        let err = |(x, y): (&f32, &f32)| {
-            let d = (x - y).abs();
-            if d.is_nan() {
-                f32::INFINITY
-            } else {
-                d
-            }
-        };
-        a.iter().zip(b).map(err).fold(0f32, f32::max) / scale
-    }
 
     /// Worst errors of F2 and F4 against the f64 reference over `shapes`, on 1-3 threads.
     fn check(shapes: &[(usize, usize, usize, usize, usize)], seed: u64) -> [f32; 2] {

@@ -81,6 +81,24 @@ impl ResNet {
         Ok(out)
     }
 
+    /// The distinct geometries of [`ResNet::conv_geometries`], each with the names of the
+    /// convolutions that have it, in order of first use.
+    pub fn distinct_conv_geometries(
+        &self,
+        batch: usize,
+        h: usize,
+        w: usize,
+    ) -> Result<Vec<(ConvGeometry, Vec<String>)>> {
+        let mut seen: Vec<(ConvGeometry, Vec<String>)> = Vec::new();
+        for (name, g) in self.conv_geometries(batch, h, w)? {
+            match seen.iter_mut().find(|(s, _)| *s == g) {
+                Some((_, names)) => names.push(name),
+                None => seen.push((g, vec![name])),
+            }
+        }
+        Ok(seen)
+    }
+
     /// The table of every layer for one `h x w` image.
     pub fn layer_table(&self, h: usize, w: usize) -> Result<Vec<LayerInfo>> {
         let mut rows = Vec::new();
