@@ -4,8 +4,8 @@
 //! `f32x8` on native targets (AVX/FMA under `-C target-cpu=native`, two SSE halves
 //! elsewhere) and `f32x4` on `wasm32`, where `+simd128` in `.cargo/config.toml` maps it to
 //! SIMD128. Where the build has AVX-512F, the multiply-add-bound register blocks (the
-//! unpacked GEMM, the FMA peak probe) run on [`F32xWide`] = `f32x16` (one 512-bit
-//! register); the transforms keep `f32x8`, whose transposes `wide` accelerates (its
+//! unpacked GEMM, the filter-gradient products, the FMA peak probe) run on [`F32xWide`] =
+//! `f32x16` (one 512-bit register); the transforms keep `f32x8`, whose transposes `wide` accelerates (its
 //! `f32x16` transpose moves lanes one at a time).
 
 /// The crate's `f32` vector: 8 lanes natively, 4 on wasm32 (SIMD128).
@@ -94,17 +94,16 @@ impl_vector!(wide::f32x4, 4);
 impl_vector!(wide::f32x8, 8);
 impl_vector!(wide::f32x16, 16);
 
-/// Loads the first [`LANES`] values of `s` (unaligned). Panics if `s` is shorter.
+/// Loads the first [`LANES`] values of `s` (unaligned): [`Vector::load`] of [`F32x`].
 #[inline(always)]
 pub fn load(s: &[f32]) -> F32x {
-    let a: [f32; LANES] = s[..LANES].try_into().expect("slice of LANES floats");
-    F32x::new(a)
+    <F32x as Vector>::load(s)
 }
 
-/// Stores `v` into the first [`LANES`] values of `s` (unaligned). Panics if `s` is shorter.
+/// Stores `v` into the first [`LANES`] values of `s` (unaligned): [`Vector::store`].
 #[inline(always)]
 pub fn store(v: F32x, s: &mut [f32]) {
-    s[..LANES].copy_from_slice(v.as_array());
+    v.store(s)
 }
 
 /// `[0, 1, 2, ...]`: each lane's index.

@@ -255,6 +255,19 @@ pub struct FilterGradWorkspace {
     pub(crate) partials: Vec<f32>,
 }
 
+/// `buf` cut into consecutive regions of the given sizes, in order: one task's partial
+/// sums each, so that tasks write disjoint memory and are added up in a fixed order.
+pub(crate) fn split_regions(buf: &mut [f32], sizes: impl IntoIterator<Item = usize>) -> Vec<&mut [f32]> {
+    let mut regions = Vec::new();
+    let mut rest = buf;
+    for n in sizes {
+        let (head, tail) = rest.split_at_mut(n);
+        regions.push(head);
+        rest = tail;
+    }
+    regions
+}
+
 /// `db += sum dY` per output channel, in f64 and in a fixed order (parallel over channels).
 pub(crate) fn bias_grad(g: &ConvGeometry, dy: &[f32], db: &mut [f32]) {
     let p = g.out_plane();

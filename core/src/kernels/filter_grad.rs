@@ -21,7 +21,7 @@
 //! order; splitting a chunk's channels across tasks (batch 1) changes which task computes
 //! an element, never the order of its sum. Results depend on the thread count only.
 
-use super::conv::FilterGradWorkspace;
+use super::conv::{split_regions, FilterGradWorkspace};
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
 use crate::simd::{F32x, F32xWide, Vector, LANES, WIDE_LANES};
@@ -160,16 +160,8 @@ pub fn filter_grad_direct(
     ws.partials.resize(chunks * wsize, 0.0);
     // Task (chunk, channel block) owns the region of `partials` for its chunk and
     // channels, laid out `K x (cn * kk)`.
-    let mut regions = Vec::with_capacity(chunks * cblocks);
-    let mut rest = &mut ws.partials[..];
-    for _ in 0..chunks {
-        for b in 0..cblocks {
-            let cn = cb.min(g.in_channels - b * cb);
-            let (head, tail) = rest.split_at_mut(k * cn * kk);
-            regions.push(head);
-            rest = tail;
-        }
-    }
+    let sizes = (0..chunks).flat_map(|_| (0..cblocks).map(|b| k * cb.min(g.in_channels - b * cb) * kk));
+    let regions = split_regions(&mut ws.partials, sizes);
     regions.into_par_iter().enumerate().for_each(|(task, part)| {
         let (chunk, b) = (task / cblocks, task % cblocks);
         let c0 = b * cb;

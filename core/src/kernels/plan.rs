@@ -21,6 +21,7 @@ use super::im2col::ConvGeometry;
 use super::winograd::{transform_filters, winograd_backward_data, winograd_forward, WinogradTile};
 use super::winograd_filter_grad::winograd_backward_filter;
 use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -125,40 +126,53 @@ pub fn set_filter_policy(p: FilterPolicy) {
 /// The backward-filter algorithm for `g` under [`set_filter_policy`] or
 /// `RESNET_FILTER_GRAD` (read once; an unknown value warns and means `auto`).
 pub fn choose_filter(g: &ConvGeometry) -> FilterAlgo {
-    let policy = *FILTER_POLICY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get_or_insert_with(|| {
-            let v = std::env::var("RESNET_FILTER_GRAD").unwrap_or_default();
-            parse_filter_policy(&v).unwrap_or_else(|| {
-                eprintln!(
-                    "RESNET_FILTER_GRAD=\"{v}\" is not one of auto, measure, gemm, direct, wino2, wino4; using auto"
-                );
-                FilterPolicy::Auto
-            })
-        });
+    let policy = read_once(
+        &FILTER_POLICY,
+        "RESNET_FILTER_GRAD",
+        "auto, measure, gemm, direct, wino2, wino4",
+        parse_filter_policy,
+        FilterPolicy::Auto,
+    );
     match policy {
         FilterPolicy::Force(FilterAlgo::Winograd(_)) if !winograd_applies(g) => auto_filter_choice(g),
         FilterPolicy::Force(a) => a,
         FilterPolicy::Auto => auto_filter_choice(g),
-        FilterPolicy::Measure => {
-            let cached = MEASURED_FILTER
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(HashMap::new)
-                .get(g)
-                .copied();
-            cached.unwrap_or_else(|| {
-                let a = fastest_filter(g).0;
-                MEASURED_FILTER
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_or_insert_with(HashMap::new)
-                    .insert(*g, a);
-                a
-            })
-        }
+        FilterPolicy::Measure => cached(&MEASURED_FILTER, *g, || fastest_filter(g).0),
     }
+}
+
+/// The value in `slot`, else `var` parsed by `parse` and kept there; a value `parse`
+/// rejects warns on stderr (naming the `allowed` ones) and gives `fallback`.
+fn read_once<P: Copy>(
+    slot: &Mutex<Option<P>>,
+    var: &str,
+    allowed: &str,
+    parse: fn(&str) -> Option<P>,
+    fallback: P,
+) -> P {
+    *slot.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| {
+        let v = std::env::var(var).unwrap_or_default();
+        parse(&v).unwrap_or_else(|| {
+            eprintln!("{var}=\"{v}\" is not one of {allowed}; using auto");
+            fallback
+        })
+    })
+}
+
+/// `key`'s entry of `cache`, computed by `compute` on first use. The lock is not held
+/// while `compute` runs (timing candidates runs the kernels, which may choose again).
+fn cached<K: Eq + Hash + Copy, V: Copy>(
+    cache: &Mutex<Option<HashMap<K, V>>>,
+    key: K,
+    compute: impl FnOnce() -> V,
+) -> V {
+    let lock = || cache.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(&v) = lock().get_or_insert_with(HashMap::new).get(&key) {
+        return v;
+    }
+    let v = compute();
+    lock().get_or_insert_with(HashMap::new).insert(key, v);
+    v
 }
 
 /// The deterministic backward-filter rule, from `examples/filter_bench.rs` (2 threads):
@@ -258,14 +272,13 @@ pub fn parse_policy(s: &str) -> Option<Policy> {
 /// The policy in force: set by [`set_policy`], else read once from `RESNET_CONV`
 /// (an unknown value falls back to `auto` with a warning on stderr).
 pub fn policy() -> Policy {
-    let mut p = POLICY.lock().unwrap_or_else(|e| e.into_inner());
-    *p.get_or_insert_with(|| {
-        let v = std::env::var("RESNET_CONV").unwrap_or_default();
-        parse_policy(&v).unwrap_or_else(|| {
-            eprintln!("RESNET_CONV=\"{v}\" is not one of auto, measure, gemm, wino2, wino4; using auto");
-            Policy::Auto
-        })
-    })
+    read_once(
+        &POLICY,
+        "RESNET_CONV",
+        "auto, measure, gemm, wino2, wino4",
+        parse_policy,
+        Policy::Auto,
+    )
 }
 
 /// Replaces the policy for the rest of the process (benches compare algorithms this way).
@@ -286,24 +299,7 @@ pub fn choose(g: &ConvGeometry, pass: Pass) -> ConvAlgo {
     match policy() {
         Policy::Force(a) => a,
         Policy::Auto => auto_choice(g, pass),
-        Policy::Measure => {
-            let key = (*g, pass);
-            if let Some(a) = MEASURED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(HashMap::new)
-                .get(&key)
-            {
-                return *a;
-            }
-            let a = fastest(g, pass).0;
-            MEASURED
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get_or_insert_with(HashMap::new)
-                .insert(key, a);
-            a
-        }
+        Policy::Measure => cached(&MEASURED, (*g, pass), || fastest(g, pass).0),
     }
 }
 

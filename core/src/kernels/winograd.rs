@@ -83,7 +83,7 @@ const G4: [[f64; 3]; 6] = [
 
 /// Bytes of one block's `V` and `M` to aim for: half of the 2 MB per-core L2, leaving the
 /// other half for the rows of `U` streaming through.
-pub(super) const BLOCK_BYTES: usize = 1 << 20;
+const BLOCK_BYTES: usize = 1 << 20;
 
 /// Fewest tiles in a block (unless the problem has fewer): below this, each element of
 /// `U` read from L2 or memory feeds too few multiply-adds (one per tile).
@@ -623,8 +623,7 @@ fn output_transform<const M: usize, const A: usize>(
                             v += F32x::new(add);
                         }
                         if rest.relu {
-                            // Negative lanes to zero; NaN compares false and stays.
-                            v = v.simd_lt(F32x::ZERO).select(F32x::ZERO, v);
+                            v = relu_lanes(v);
                         }
                         let vals = v.to_array();
                         for q in 0..rows {
@@ -698,12 +697,17 @@ fn pair_rows(
                 v += simd::load(&res[at..]);
             }
             if rest.relu {
-                // Negative lanes to zero; NaN compares false and stays.
-                v = v.simd_lt(F32x::ZERO).select(F32x::ZERO, v);
+                v = relu_lanes(v);
             }
             out.write_array(at, v.to_array());
         }
     }
+}
+
+/// `max(0, v)` per lane; NaN compares false and stays, as in the scalar epilogue.
+#[inline(always)]
+fn relu_lanes(v: F32x) -> F32x {
+    v.simd_lt(F32x::ZERO).select(F32x::ZERO, v)
 }
 
 /// `F d F^T` of one tile, for the 1-D transform `f` (`o = F d`, `I` values in, `O` out):

@@ -22,7 +22,7 @@
 //! splitting a chunk's output channels across tasks changes which task computes an
 //! element, never the order of its sum. Results depend on the thread count only.
 
-use super::conv::{bias_grad, FilterGradWorkspace};
+use super::conv::{bias_grad, split_regions, FilterGradWorkspace};
 use super::filter_grad::{block, Walk, MR, NR};
 use super::im2col::ConvGeometry;
 use super::scratch::with_scratch;
@@ -134,16 +134,8 @@ fn backward_filter_impl<const M: usize, const A: usize>(
     // One partial `dU` per chunk, then their sum; task (chunk, kb) owns the
     // `[xi][kn][C]` region of its chunk's partial for its channels.
     ws.partials.resize((p.chunks + 1) * du_len, 0.0);
-    let mut regions = Vec::with_capacity(p.chunks * p.kblocks);
-    let mut rest = &mut ws.partials[..p.chunks * du_len];
-    for _ in 0..p.chunks {
-        for kb in 0..p.kblocks {
-            let kn = p.kblock.min(k - kb * p.kblock);
-            let (head, tail) = rest.split_at_mut(A * A * kn * c);
-            regions.push(head);
-            rest = tail;
-        }
-    }
+    let sizes = (0..p.chunks).flat_map(|_| (0..p.kblocks).map(|kb| A * A * p.kblock.min(k - kb * p.kblock) * c));
+    let regions = split_regions(&mut ws.partials[..p.chunks * du_len], sizes);
     regions.into_par_iter().enumerate().for_each(|(task, part)| {
         let (chunk, kb) = (task / p.kblocks, task % p.kblocks);
         let k0 = kb * p.kblock;

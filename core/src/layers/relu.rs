@@ -17,57 +17,52 @@ fn relu(x: f32) -> f32 {
     }
 }
 
-/// `y = max(0, x)`; NaN stays NaN (as in PyTorch), so divergence is never hidden.
-pub fn relu_forward(x: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(CHUNK).zip(x.par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (y, &x) in y.iter_mut().zip(x) {
-            *y = relu(x);
-        }
+/// `f(&mut out[i], a[i])` for every `i`, split among threads in `CHUNK`s.
+fn each_with(out: &mut [f32], a: &[f32], f: impl Fn(&mut f32, f32) + Sync) {
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK)).for_each(|(out, a)| {
+        out.iter_mut().zip(a).for_each(|(o, &a)| f(o, a));
     });
 }
 
-/// `y = max(0, x + r)`: a block's residual add and its last ReLU in one pass.
-pub fn add_relu(x: &[f32], r: &[f32], y: &mut [f32]) {
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .zip(r.par_chunks(CHUNK))
-        .for_each(|((y, x), r)| {
-            for ((y, &x), &r) in y.iter_mut().zip(x).zip(r) {
-                *y = relu(x + r);
+/// `out[i] = f(a[i], b[i])` for every `i`, split among threads in `CHUNK`s.
+fn map2(out: &mut [f32], a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    out.par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK))
+        .zip(b.par_chunks(CHUNK))
+        .for_each(|((out, a), b)| {
+            for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
+                *o = f(a, b);
             }
         });
 }
 
+/// `y = max(0, x)`; NaN stays NaN (as in PyTorch), so divergence is never hidden.
+pub fn relu_forward(x: &[f32], y: &mut [f32]) {
+    each_with(y, x, |y, x| *y = relu(x));
+}
+
+/// `y = max(0, x + r)`: a block's residual add and its last ReLU in one pass.
+pub fn add_relu(x: &[f32], r: &[f32], y: &mut [f32]) {
+    map2(y, x, r, |x, r| relu(x + r));
+}
+
 /// `dy *= (y > 0)`, with `y` the forward output: the gradient through ReLU, in place.
 pub fn relu_backward_inplace(y: &[f32], dy: &mut [f32]) {
-    dy.par_chunks_mut(CHUNK).zip(y.par_chunks(CHUNK)).for_each(|(dy, y)| {
-        for (d, &y) in dy.iter_mut().zip(y) {
-            if y <= 0.0 {
-                *d = 0.0;
-            }
+    each_with(dy, y, |d, y| {
+        if y <= 0.0 {
+            *d = 0.0;
         }
     });
 }
 
 /// `dx = dy * (y > 0)`: [`relu_backward_inplace`] into a separate buffer.
 pub fn relu_backward(y: &[f32], dy: &[f32], dx: &mut [f32]) {
-    dx.par_chunks_mut(CHUNK)
-        .zip(dy.par_chunks(CHUNK))
-        .zip(y.par_chunks(CHUNK))
-        .for_each(|((dx, dy), y)| {
-            for ((d, &g), &y) in dx.iter_mut().zip(dy).zip(y) {
-                *d = if y <= 0.0 { 0.0 } else { g };
-            }
-        });
+    map2(dx, dy, y, |g, y| if y <= 0.0 { 0.0 } else { g });
 }
 
 /// `dst += src`, elementwise (the gradient of a residual add reaching the block input).
 pub fn add_assign(dst: &mut [f32], src: &[f32]) {
-    dst.par_chunks_mut(CHUNK).zip(src.par_chunks(CHUNK)).for_each(|(d, s)| {
-        for (d, &s) in d.iter_mut().zip(s) {
-            *d += s;
-        }
-    });
+    each_with(dst, src, |d, s| *d += s);
 }
 
 #[cfg(test)]
