@@ -10,6 +10,7 @@ pub mod error;
 pub mod io;
 pub mod kernels;
 pub mod layers;
+pub mod layout;
 pub mod model;
 pub mod rng;
 pub mod simd;

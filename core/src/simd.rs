@@ -30,9 +30,25 @@ pub type F32xWide = F32x;
 /// Lanes of [`F32xWide`].
 pub const WIDE_LANES: usize = core::mem::size_of::<F32xWide>() / core::mem::size_of::<f32>();
 
+/// The vector of the channel-blocked activation layout (`crate::layout`): one vector holds
+/// one pixel's [`BLOCK`] channels, so the blocked kernels move whole channel blocks with no
+/// transposes. 16 lanes with AVX-512F, 8 on other native builds (AVX2), 4 on wasm32.
+pub type F32xBlock = F32xWide;
+
+/// Channels per block of the blocked activation layout: the lanes of [`F32xBlock`].
+pub const BLOCK: usize = WIDE_LANES;
+
 /// The operations a register-blocked kernel needs, so that one kernel runs on [`F32x`]
 /// and [`F32xWide`].
-pub trait Vector: Copy {
+pub trait Vector:
+    Copy
+    + Send
+    + Sync
+    + 'static
+    + core::ops::Add<Output = Self>
+    + core::ops::Mul<Output = Self>
+    + core::ops::Sub<Output = Self>
+{
     /// Lanes.
     const LANES: usize;
     /// All lanes zero.
@@ -50,8 +66,21 @@ pub trait Vector: Copy {
     /// # Safety
     /// `p + i .. p + i + LANES` must lie inside one live allocation of `f32`s.
     unsafe fn load_at(p: *const f32, i: usize) -> Self;
+    /// Stores the lanes at `p + i`, unaligned, without a bounds check.
+    ///
+    /// # Safety
+    /// `p + i .. p + i + LANES` must lie inside one live, writable allocation of `f32`s
+    /// that nothing else accesses meanwhile.
+    unsafe fn store_at(self, p: *mut f32, i: usize);
     /// The sum of the lanes.
     fn reduce_add(self) -> f32;
+    /// Negative lanes set to zero; NaN stays NaN, as in PyTorch.
+    fn relu(self) -> Self;
+    /// The larger of each pair of lanes; NaN in either operand gives NaN, as PyTorch's
+    /// max pooling propagates it.
+    fn max_nan(self, o: Self) -> Self;
+    /// The lanes as an array.
+    fn to_lanes(self) -> Vec<f32>;
 }
 
 macro_rules! impl_vector {
@@ -83,8 +112,24 @@ macro_rules! impl_vector {
                 <$t>::new(unsafe { p.add(i).cast::<[f32; $n]>().read_unaligned() })
             }
             #[inline(always)]
+            unsafe fn store_at(self, p: *mut f32, i: usize) {
+                // SAFETY: the caller guarantees the range is in bounds and unshared.
+                unsafe { p.add(i).cast::<[f32; $n]>().write_unaligned(self.to_array()) }
+            }
+            #[inline(always)]
             fn reduce_add(self) -> f32 {
                 <$t>::reduce_add(self)
+            }
+            #[inline(always)]
+            fn relu(self) -> Self {
+                self.simd_lt(<$t>::ZERO).select(<$t>::ZERO, self)
+            }
+            #[inline(always)]
+            fn max_nan(self, o: Self) -> Self {
+                (self.simd_lt(o) | o.is_nan()).select(o, self)
+            }
+            fn to_lanes(self) -> Vec<f32> {
+                self.to_array().to_vec()
             }
         }
     };
@@ -122,6 +167,29 @@ pub fn transpose(rows: [F32x; LANES]) -> [F32x; LANES] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn relu_and_max_keep_nan() {
+        fn check<V: Vector>() {
+            let mut a = vec![0.0f32; V::LANES];
+            let mut b = vec![0.0f32; V::LANES];
+            a[0] = f32::NAN;
+            b[0] = 1.0;
+            a[1] = 2.0;
+            b[1] = f32::NAN;
+            a[2] = -3.0;
+            b[2] = -1.0;
+            let m = V::load(&a).max_nan(V::load(&b)).to_lanes();
+            assert!(m[0].is_nan() && m[1].is_nan());
+            assert_eq!(m[2], -1.0);
+            let r = V::load(&a).relu().to_lanes();
+            assert!(r[0].is_nan());
+            assert_eq!((r[1], r[2]), (2.0, 0.0));
+        }
+        check::<wide::f32x4>();
+        check::<wide::f32x8>();
+        check::<wide::f32x16>();
+    }
 
     #[test]
     fn load_and_store_round_trip_at_any_offset() {

@@ -1,6 +1,7 @@
 //! Pure functions on slices: no allocation of their own beyond per-thread scratch, each
 //! with a naive twin that the tests compare it against.
 
+pub mod blocked;
 pub mod conv;
 pub mod epilogue;
 pub mod filter_grad;
@@ -11,8 +12,9 @@ pub mod peak;
 pub mod plan;
 pub mod pool;
 pub mod scratch;
-mod shared_out;
+pub(crate) mod shared_out;
 pub mod small_gemm;
+pub mod split;
 #[cfg(test)]
 mod test_util;
 pub mod winograd;

@@ -2,6 +2,7 @@
 //! its own elements: the kernels' partitions (tiles x channels, column blocks) are not
 //! contiguous sub-slices, so `par_chunks_mut` cannot express them.
 
+use crate::simd::Vector;
 use std::marker::PhantomData;
 
 /// The output slice shared by the tasks of one call, each writing its own elements.
@@ -54,5 +55,23 @@ impl<'a> SharedOut<'a> {
         // SAFETY: the range is in bounds (checked above), `v` is scratch memory that
         // cannot overlap the output, and no other task touches these elements.
         unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
+    }
+
+    /// Reads the vector at `i..i + V::LANES`: the blocked kernels' in-place residual,
+    /// read by the one task that then overwrites it.
+    #[inline(always)]
+    pub(crate) fn load<V: Vector>(&self, i: usize) -> V {
+        assert!(i + V::LANES <= self.len, "shared output range out of bounds");
+        // SAFETY: in bounds (checked above); only the task that owns these elements reads
+        // or writes them during the parallel loop.
+        unsafe { V::load_at(self.ptr, i) }
+    }
+
+    /// Writes the vector `v` at `i..i + V::LANES`, under the guarantee of [`SharedOut::write`].
+    #[inline(always)]
+    pub(crate) fn store<V: Vector>(&self, i: usize, v: V) {
+        assert!(i + V::LANES <= self.len, "shared output range out of bounds");
+        // SAFETY: in bounds (checked above), and no other task touches these elements.
+        unsafe { v.store_at(self.ptr, i) }
     }
 }

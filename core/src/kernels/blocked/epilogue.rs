@@ -1,0 +1,74 @@
+//! What a blocked convolution does to each output vector as it stores it, while the value
+//! is still in a register: add the folded batch norm's bias, add the residual, ReLU. This
+//! replaces separate bias, residual-add and ReLU passes over memory.
+
+use crate::kernels::shared_out::SharedOut;
+use crate::simd::Vector;
+
+/// Where the residual of a fused add comes from.
+#[derive(Clone, Copy, Debug, Default)]
+pub enum Residual<'a> {
+    /// No residual add.
+    #[default]
+    None,
+    /// A separate activation in the output's blocked layout.
+    From(&'a [f32]),
+    /// The output buffer's own contents before the store: the plan writes a block's last
+    /// convolution over its identity shortcut. Each output vector is read and then written
+    /// by the same task, so this is safe for any split of the output.
+    InPlace,
+}
+
+/// The per-vector work after a blocked convolution: `relu?(y + bias + residual)`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockedEpilogue<'a> {
+    /// One value per padded output channel (`Blocked::padded_channels`), added to every
+    /// pixel of that channel.
+    pub bias: Option<&'a [f32]>,
+    pub residual: Residual<'a>,
+    /// Clamp negatives to zero last; NaN stays NaN.
+    pub relu: bool,
+}
+
+impl BlockedEpilogue<'_> {
+    /// The bias vector of output channel block `cb` (zero without a bias): kernels load it
+    /// once per block and pass it to [`BlockedEpilogue::store`].
+    #[inline(always)]
+    pub fn bias_of<V: Vector>(&self, cb: usize) -> V {
+        match self.bias {
+            Some(b) => V::load(&b[cb * V::LANES..]),
+            None => V::ZERO,
+        }
+    }
+
+    /// Finishes the accumulator `acc` of the output vector at offset `at` (whose channel
+    /// block's bias is `bias`) and stores it.
+    #[inline(always)]
+    pub(crate) fn store<V: Vector>(&self, acc: V, bias: V, at: usize, out: &SharedOut) {
+        let mut v = acc + bias;
+        match self.residual {
+            Residual::None => {}
+            Residual::From(r) => v = v + V::load(&r[at..]),
+            Residual::InPlace => v = v + out.load::<V>(at),
+        }
+        if self.relu {
+            v = v.relu();
+        }
+        out.store(at, v);
+    }
+
+    /// The scalar twin of [`BlockedEpilogue::store`] for the naive kernels: the finished
+    /// value of padded channel `c` at offset `at`, given the output's current value `old`.
+    pub fn apply_scalar(&self, acc: f32, c: usize, at: usize, old: f32) -> f32 {
+        let mut v = acc + self.bias.map_or(0.0, |b| b[c]);
+        match self.residual {
+            Residual::None => {}
+            Residual::From(r) => v += r[at],
+            Residual::InPlace => v += old,
+        }
+        if self.relu && v < 0.0 {
+            v = 0.0;
+        }
+        v
+    }
+}

@@ -1,0 +1,48 @@
+//! The one rule by which the blocked kernels cut a call into rayon tasks: a fixed number
+//! of contiguous, nearly equal parts, decided by the unit count and the thread count
+//! alone. Fixed chunks (never work-stealing order) keep reductions over parts
+//! deterministic for a given thread count.
+
+use std::ops::Range;
+
+/// Tasks per thread: a little slack, so that a thread slowed by another tenant of the
+/// machine does not hold the whole call back, without making tasks so small that their
+/// setup (loading a tile's weights, warming a cache block) dominates.
+pub const TASKS_PER_THREAD: usize = 2;
+
+/// How many tasks to cut `units` independent units of work into.
+pub fn parts(units: usize) -> usize {
+    (rayon::current_num_threads() * TASKS_PER_THREAD).clamp(1, units.max(1))
+}
+
+/// `0..total` cut into `parts` contiguous ranges whose sizes differ by at most one;
+/// empty ranges are left out.
+pub fn ranges(total: usize, parts: usize) -> impl Iterator<Item = Range<usize>> + Clone {
+    let parts = parts.clamp(1, total.max(1));
+    (0..parts)
+        .map(move |p| (p * total / parts)..((p + 1) * total / parts))
+        .filter(|r| !r.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_cover_everything_once_in_order() {
+        for total in [0, 1, 5, 7, 64, 1000] {
+            for parts in [1, 2, 3, 8, 2000] {
+                let rs: Vec<_> = ranges(total, parts).collect();
+                let mut next = 0;
+                for r in &rs {
+                    assert_eq!(r.start, next);
+                    next = r.end;
+                }
+                assert_eq!(next, total);
+                if let (Some(min), Some(max)) = (rs.iter().map(|r| r.len()).min(), rs.iter().map(|r| r.len()).max()) {
+                    assert!(max - min <= 1, "{total} in {parts}: {rs:?}");
+                }
+            }
+        }
+    }
+}
