@@ -1,5 +1,6 @@
 //! Helpers shared by the kernels' tests.
 
+use crate::kernels::im2col::ConvGeometry;
 use crate::rng::Rng;
 
 /// `n` standard normal values.
@@ -20,4 +21,52 @@ pub(crate) fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
         }
     };
     a.iter().zip(b).map(err).fold(0f32, f32::max) / scale
+}
+
+/// Every distinct convolution of the zoo model `name` on `batch` images of `size x size`,
+/// with the layer names that have it: the shapes every kernel is tested on.
+pub(crate) fn zoo_convs(name: &str, batch: usize, size: usize) -> Vec<(ConvGeometry, Vec<String>)> {
+    let config = crate::model::ResNetConfig::named(name).expect("a zoo model");
+    let net = crate::model::ResNet::new(config, 1).expect("it builds");
+    net.distinct_conv_geometries(batch, size, size).expect("its geometries")
+}
+
+/// One output value of the convolution `g` of NCHW `x` with OIHW `w`, from the
+/// definition, in f64: the reference the blocked kernels are checked against (image `n`,
+/// output channel `k`, output pixel `(oy, ox)`).
+pub(crate) fn conv_value_f64(g: &ConvGeometry, x: &[f32], w: &[f32], n: usize, k: usize, oy: usize, ox: usize) -> f64 {
+    let mut acc = 0.0f64;
+    for c in 0..g.in_channels {
+        for ky in 0..g.kernel_h {
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.in_h as isize {
+                continue;
+            }
+            for kx in 0..g.kernel_w {
+                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                if ix < 0 || ix >= g.in_w as isize {
+                    continue;
+                }
+                let xv = x[((n * g.in_channels + c) * g.in_h + iy as usize) * g.in_w + ix as usize];
+                let wv = w[((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w + kx];
+                acc += xv as f64 * wv as f64;
+            }
+        }
+    }
+    acc
+}
+
+/// The whole convolution `g` of NCHW `x` with OIHW `w` in f64, NCHW out.
+pub(crate) fn conv_f64(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
+    let mut y = Vec::with_capacity(g.batch * g.out_channels * g.out_plane());
+    for n in 0..g.batch {
+        for k in 0..g.out_channels {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    y.push(conv_value_f64(g, x, w, n, k, oy, ox));
+                }
+            }
+        }
+    }
+    y
 }
