@@ -12,10 +12,12 @@ pub mod kernels;
 pub mod layers;
 pub mod layout;
 pub mod model;
+pub mod params;
 pub mod rng;
 pub mod simd;
 pub mod tensor;
 pub mod train;
 
 pub use error::{Error, Result};
+pub use params::Params;
 pub use tensor::Tensor;

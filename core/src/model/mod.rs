@@ -2,12 +2,14 @@
 //! blocks (`block`), the assembled network with forward and backward (`resnet`), and the
 //! per-layer table that `resnet info` prints (`info`).
 
+pub mod arch;
 pub mod block;
 pub mod config;
 pub mod info;
 pub mod resnet;
 pub mod weights;
 
+pub use arch::{Arch, BlockArch, ConvBn, ShortcutKind};
 pub use block::{Block, Shortcut};
 pub use config::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem, MODEL_NAMES};
 pub use info::LayerInfo;

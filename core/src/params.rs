@@ -1,0 +1,346 @@
+//! `Params`: a network's named tensors (torchvision names) in two flat arrays, the
+//! trainable values with their gradients and the batch-norm running statistics, plus a
+//! version that changes whenever either is written. This is what files load and save,
+//! what the optimizer updates and what a clone copies; activations, workspaces and
+//! weights derived for a kernel (folded batch norms, blocked or Winograd filters) live in
+//! an `ExecutionPlan`, which keys them by [`Params::version`] so that a stale copy cannot
+//! be used.
+
+use crate::io::{NamedTensor, TensorFile};
+use crate::model::{Arch, ResNetConfig};
+use crate::rng::Rng;
+use crate::{Error, Result};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Whether a tensor is trained or is state (batch-norm running statistics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// Trainable: has a gradient; lives in [`Params::values`].
+    Param,
+    /// Running statistics: no gradient; lives in [`Params::buffers`].
+    Buffer,
+}
+
+/// One named tensor: where it lives in its flat array.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub kind: Kind,
+    /// Offset into [`Params::values`] or [`Params::buffers`], by `kind`.
+    pub offset: usize,
+    pub len: usize,
+}
+
+/// Every version ever handed out, across all `Params`: versions are unique, so a cache
+/// keyed by one can never match another instance's tensors by accident.
+static VERSIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_version() -> u64 {
+    VERSIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A network's parameters and running statistics.
+#[derive(Clone, Debug)]
+pub struct Params {
+    config: ResNetConfig,
+    entries: Vec<Entry>,
+    by_name: BTreeMap<String, usize>,
+    values: Vec<f32>,
+    grads: Vec<f32>,
+    buffers: Vec<f32>,
+    version: u64,
+}
+
+impl Params {
+    /// The tensors of the network `config` describes, initialised as torchvision does:
+    /// convolutions He-normal (fan-out), batch norms weight 1 and bias 0 with running
+    /// mean 0 and variance 1, the classifier uniform in +-1/sqrt(features).
+    pub fn new(config: ResNetConfig, seed: u64) -> Result<Self> {
+        let arch = Arch::of(&config)?;
+        let mut p = Params::zeros(config, &arch)?;
+        let mut rng = Rng::new(seed);
+        for conv in arch.convs() {
+            let std = (2.0 / (conv.out_channels * conv.kernel * conv.kernel) as f64).sqrt();
+            let w = p.values_of_mut(&format!("{}.weight", conv.conv));
+            w.iter_mut().for_each(|v| *v = (rng.normal() * std) as f32);
+            p.values_of_mut(&format!("{}.weight", conv.bn)).fill(1.0);
+            p.values_of_mut(&format!("{}.running_var", conv.bn)).fill(1.0);
+        }
+        let bound = 1.0 / (arch.features as f64).sqrt();
+        for name in ["fc.weight", "fc.bias"] {
+            for v in p.values_of_mut(name) {
+                *v = ((rng.uniform() * 2.0 - 1.0) * bound) as f32;
+            }
+        }
+        Ok(p)
+    }
+
+    /// All tensors zero, laid out in torchvision's state-dict order.
+    fn zeros(config: ResNetConfig, arch: &Arch) -> Result<Self> {
+        let mut specs: Vec<(String, Vec<usize>, Kind)> = Vec::new();
+        let conv_bn = |specs: &mut Vec<_>, c: &crate::model::ConvBn| {
+            specs.push((format!("{}.weight", c.conv), c.weight_shape(), Kind::Param));
+            for (field, kind) in [
+                ("weight", Kind::Param),
+                ("bias", Kind::Param),
+                ("running_mean", Kind::Buffer),
+                ("running_var", Kind::Buffer),
+            ] {
+                specs.push((format!("{}.{field}", c.bn), vec![c.out_channels], kind));
+            }
+        };
+        conv_bn(&mut specs, &arch.stem);
+        for b in &arch.blocks {
+            for s in &b.stages {
+                conv_bn(&mut specs, s);
+            }
+            if let crate::model::ShortcutKind::Projection(p) = &b.shortcut {
+                conv_bn(&mut specs, p);
+            }
+        }
+        specs.push(("fc.weight".into(), vec![arch.classes, arch.features], Kind::Param));
+        specs.push(("fc.bias".into(), vec![arch.classes], Kind::Param));
+        let (mut n_values, mut n_buffers) = (0usize, 0usize);
+        let mut entries = Vec::with_capacity(specs.len());
+        for (name, shape, kind) in specs {
+            let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+            let len = len.ok_or_else(|| Error::Config(format!("{name}: shape {shape:?} overflows")))?;
+            let total = match kind {
+                Kind::Param => &mut n_values,
+                Kind::Buffer => &mut n_buffers,
+            };
+            let offset = *total;
+            *total = total
+                .checked_add(len)
+                .ok_or_else(|| Error::Config("the network has more values than memory can address".into()))?;
+            entries.push(Entry {
+                name,
+                shape,
+                kind,
+                offset,
+                len,
+            });
+        }
+        let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
+        Ok(Params {
+            config,
+            entries,
+            by_name,
+            values: vec![0.0; n_values],
+            grads: vec![0.0; n_values],
+            buffers: vec![0.0; n_buffers],
+            version: next_version(),
+        })
+    }
+
+    /// The architecture these tensors belong to.
+    pub fn config(&self) -> &ResNetConfig {
+        &self.config
+    }
+
+    /// Every tensor, in torchvision's state-dict order.
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// Changes whenever values or buffers may have been written; unique across all
+    /// `Params` (a clone keeps its source's version, as it holds the same tensors).
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// Number of trainable values.
+    pub fn param_count(&self) -> usize {
+        self.values.len()
+    }
+
+    /// The entry named `name`.
+    pub fn entry(&self, name: &str) -> Option<&Entry> {
+        self.by_name.get(name).map(|&i| &self.entries[i])
+    }
+
+    /// The values of the tensor `name` (parameter or buffer).
+    pub fn get(&self, name: &str) -> Option<&[f32]> {
+        let e = self.entry(name)?;
+        let src = match e.kind {
+            Kind::Param => &self.values,
+            Kind::Buffer => &self.buffers,
+        };
+        Some(&src[e.offset..e.offset + e.len])
+    }
+
+    /// The tensor `name`, which the architecture guarantees exists. Panics otherwise:
+    /// for names built from the same [`Arch`] as these parameters.
+    pub fn tensor(&self, name: &str) -> &[f32] {
+        self.get(name)
+            .unwrap_or_else(|| panic!("no tensor {name} in {}", self.config.name))
+    }
+
+    /// The values of the tensor `name`, for writing (bumps the version).
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let e = self.entry(name)?.clone();
+        self.version = next_version();
+        let dst = match e.kind {
+            Kind::Param => &mut self.values,
+            Kind::Buffer => &mut self.buffers,
+        };
+        Some(&mut dst[e.offset..e.offset + e.len])
+    }
+
+    fn values_of_mut(&mut self, name: &str) -> &mut [f32] {
+        self.get_mut(name).unwrap_or_else(|| panic!("no tensor {name}"))
+    }
+
+    /// All trainable values, in [`Params::entries`] order.
+    pub fn values(&self) -> &[f32] {
+        &self.values
+    }
+
+    /// All trainable values, for writing (bumps the version).
+    pub fn values_mut(&mut self) -> &mut [f32] {
+        self.version = next_version();
+        &mut self.values
+    }
+
+    /// The gradients, laid out as [`Params::values`].
+    pub fn grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    /// The gradients, for writing (gradients are not derived from, so no version bump).
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        &mut self.grads
+    }
+
+    /// Values and gradients at once, for an optimizer step (bumps the version).
+    pub fn values_and_grads_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        self.version = next_version();
+        (&mut self.values, &mut self.grads)
+    }
+
+    /// All running statistics, in [`Params::entries`] order.
+    pub fn buffers(&self) -> &[f32] {
+        &self.buffers
+    }
+
+    /// All running statistics, for writing (bumps the version).
+    pub fn buffers_mut(&mut self) -> &mut [f32] {
+        self.version = next_version();
+        &mut self.buffers
+    }
+
+    /// Every tensor with its name and shape, parameters and buffers alike.
+    pub fn to_named_tensors(&self) -> Vec<NamedTensor> {
+        self.entries
+            .iter()
+            .map(|e| NamedTensor::new(&e.name, e.shape.clone(), self.tensor(&e.name).to_vec()))
+            .collect()
+    }
+
+    /// Copies every tensor of `file` in, checking names and shapes. All problems are
+    /// reported together: misshapen tensors, missing keys and unexpected keys. `ignore`
+    /// picks out tensors that are not weights (a mean image, optimizer state).
+    pub fn load_tensors(&mut self, file: &TensorFile, ignore: &dyn Fn(&str) -> bool) -> Result<()> {
+        let by_name: BTreeMap<&str, &NamedTensor> = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
+        let mut used = BTreeSet::new();
+        let mut missing = Vec::new();
+        let mut misshapen = Vec::new();
+        for e in self.entries.clone() {
+            match by_name.get(e.name.as_str()) {
+                None => missing.push(e.name.clone()),
+                Some(t) if t.shape != e.shape => {
+                    misshapen.push(format!("{}: expected {:?}, found {:?}", e.name, e.shape, t.shape))
+                }
+                Some(t) => {
+                    self.values_of_mut(&e.name).copy_from_slice(&t.data);
+                    used.insert(e.name.clone());
+                }
+            }
+        }
+        let unexpected: Vec<&str> = file
+            .tensors
+            .iter()
+            .map(|t| t.name.as_str())
+            .filter(|n| !used.contains(*n) && !ignore(n))
+            .filter(|n| !misshapen.iter().any(|m| m.starts_with(&format!("{n}:"))))
+            .collect();
+        if missing.is_empty() && misshapen.is_empty() && unexpected.is_empty() {
+            return Ok(());
+        }
+        let mut msg = format!("weights do not fit {}:", self.config.name);
+        if !misshapen.is_empty() {
+            msg += &format!("\n  wrong shapes: {}", misshapen.join("; "));
+        }
+        if !missing.is_empty() {
+            msg += &format!("\n  missing keys ({}): {}", missing.len(), missing.join(", "));
+        }
+        if !unexpected.is_empty() {
+            msg += &format!("\n  unexpected keys ({}): {}", unexpected.len(), unexpected.join(", "));
+        }
+        Err(Error::Load(msg))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ResNet;
+
+    #[test]
+    fn layout_and_initialisation_match_torchvision_order_and_the_layer_init() {
+        for name in ["resnet8", "resnet18", "resnet50", "plain8"] {
+            let config = ResNetConfig::named(name).unwrap();
+            let p = Params::new(config.clone(), 3).unwrap();
+            let mut net = ResNet::new(config, 3).unwrap();
+            let want = crate::model::weights::model_tensors(&mut net);
+            assert_eq!(p.to_named_tensors(), want, "{name}");
+            assert_eq!(p.param_count(), net.param_count());
+        }
+    }
+
+    #[test]
+    fn every_write_gives_a_new_unique_version() {
+        let mut a = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        let b = a.clone();
+        assert_eq!(a.version(), b.version());
+        let v0 = a.version();
+        a.values_mut()[0] = 1.0;
+        let v1 = a.version();
+        a.buffers_mut()[0] = 1.0;
+        let v2 = a.version();
+        a.get_mut("fc.bias").unwrap()[0] = 2.0;
+        assert!(v0 != v1 && v1 != v2 && v2 != a.version());
+        let c = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        assert_ne!(c.version(), a.version());
+        assert_ne!(c.version(), v0);
+    }
+
+    #[test]
+    fn load_reports_every_mismatch_together() {
+        let src = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        let mut file = TensorFile {
+            tensors: src.to_named_tensors(),
+            metadata: BTreeMap::new(),
+        };
+        let mut dst = Params::new(ResNetConfig::named("resnet8").unwrap(), 2).unwrap();
+        dst.load_tensors(&file, &|_| false).unwrap();
+        assert_eq!(dst.values(), src.values());
+        assert_eq!(dst.buffers(), src.buffers());
+        file.tensors.retain(|t| t.name != "layer2.0.bn1.bias");
+        file.tensors
+            .iter_mut()
+            .find(|t| t.name == "layer3.0.conv1.weight")
+            .unwrap()
+            .shape = vec![64, 16, 3, 3];
+        file.tensors.push(NamedTensor::new("extra.weight", vec![1], vec![0.0]));
+        let err = dst.load_tensors(&file, &|_| false).unwrap_err().to_string();
+        assert!(
+            err.contains("layer3.0.conv1.weight: expected [64, 32, 3, 3], found [64, 16, 3, 3]"),
+            "{err}"
+        );
+        assert!(err.contains("missing keys (1): layer2.0.bn1.bias"), "{err}");
+        assert!(err.contains("unexpected keys (1): extra.weight"), "{err}");
+    }
+}
