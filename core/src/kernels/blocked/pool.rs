@@ -1,0 +1,237 @@
+//! Max pooling, global average pooling and the option-A shortcut on the blocked layout,
+//! each a whole vector of channels at a time, each beside its scalar twin.
+
+use crate::kernels::pool::PoolGeometry;
+use crate::kernels::shared_out::SharedOut;
+use crate::kernels::split;
+use crate::layout::Blocked;
+use crate::simd::Vector;
+use rayon::prelude::*;
+
+/// Max pooling of `x` (layout `input`, `V::LANES` channels a block) into `y` (the same
+/// layout at the output size of `g`). Padding never wins (PyTorch pads with -inf); NaN
+/// propagates. Planes of (image, channel block) are split among tasks.
+pub fn max_pool<V: Vector>(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut [f32]) {
+    let out = input.with_hw(g.out_h, g.out_w);
+    assert_eq!(input.block, V::LANES, "max_pool: block");
+    assert_eq!(x.len(), input.len(), "max_pool: input length");
+    assert_eq!(y.len(), out.len(), "max_pool: output length");
+    let planes = input.n * input.blocks();
+    let y = SharedOut::new(y);
+    let parts: Vec<_> = split::ranges(planes, split::parts(planes)).collect();
+    parts.into_par_iter().for_each(|range| {
+        for plane in range {
+            let (n, cb) = (plane / input.blocks(), plane % input.blocks());
+            for oy in 0..g.out_h {
+                let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
+                for ox in 0..g.out_w {
+                    let (x0, x1) = window(ox, g.stride, g.pad, g.kernel, g.in_w);
+                    let mut m = V::splat(f32::NEG_INFINITY);
+                    for iy in y0..y1 {
+                        for ix in x0..x1 {
+                            m = m.max_nan(V::load(&x[input.at(n, cb, iy, ix)..]));
+                        }
+                    }
+                    y.store(out.at(n, cb, oy, ox), m);
+                }
+            }
+        }
+    });
+}
+
+/// The input rows (or columns) `start..end` that output position `o` of a window of
+/// `kernel` at `stride` with `pad` covers, clipped to `0..size`.
+fn window(o: usize, stride: usize, pad: usize, kernel: usize, size: usize) -> (usize, usize) {
+    let start = (o * stride).saturating_sub(pad);
+    let end = (o * stride + kernel).saturating_sub(pad).min(size);
+    (start, end)
+}
+
+/// The scalar twin of [`max_pool`], any block size.
+pub fn max_pool_naive(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut [f32]) {
+    let out = input.with_hw(g.out_h, g.out_w);
+    for n in 0..input.n {
+        for c in 0..input.padded_channels() {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..g.kernel {
+                        for kx in 0..g.kernel {
+                            let (iy, ix) = (
+                                (oy * g.stride + ky) as isize - g.pad as isize,
+                                (ox * g.stride + kx) as isize - g.pad as isize,
+                            );
+                            if iy >= 0 && ix >= 0 && (iy as usize) < g.in_h && (ix as usize) < g.in_w {
+                                let v = x[input.index(n, c, iy as usize, ix as usize)];
+                                if !m.is_nan() && (v.is_nan() || v > m) {
+                                    m = v;
+                                }
+                            }
+                        }
+                    }
+                    y[out.index(n, c, oy, ox)] = m;
+                }
+            }
+        }
+    }
+}
+
+/// Global average pooling: `y[n][c]` (plain `n x c`, the classifier's input) is the mean
+/// of channel `c` of image `n` of `x` (layout `input`). Sums run in f32 vectors per
+/// pixel in order, so the result does not depend on the thread count.
+pub fn global_avg_pool<V: Vector>(input: Blocked, x: &[f32], y: &mut [f32]) {
+    assert_eq!(input.block, V::LANES, "global_avg_pool: block");
+    assert_eq!(x.len(), input.len(), "global_avg_pool: input length");
+    assert_eq!(y.len(), input.n * input.c, "global_avg_pool: output length");
+    let inv = 1.0 / (input.h * input.w).max(1) as f32;
+    let b = V::LANES;
+    y.par_chunks_mut(input.c.max(1)).enumerate().for_each(|(n, row)| {
+        for cb in 0..input.blocks() {
+            let plane = &x[input.at(n, cb, 0, 0)..][..input.plane_len()];
+            let mut s = V::ZERO;
+            for px in plane.chunks_exact(b) {
+                s = s + V::load(px);
+            }
+            let lanes = (s * V::splat(inv)).to_lanes();
+            let c0 = cb * b;
+            let take = b.min(input.c - c0);
+            row[c0..c0 + take].copy_from_slice(&lanes[..take]);
+        }
+    });
+}
+
+/// The scalar twin of [`global_avg_pool`], in f64.
+pub fn global_avg_pool_naive(input: Blocked, x: &[f32], y: &mut [f32]) {
+    for n in 0..input.n {
+        for c in 0..input.c {
+            let mut s = 0f64;
+            for yy in 0..input.h {
+                for xx in 0..input.w {
+                    s += x[input.index(n, c, yy, xx)] as f64;
+                }
+            }
+            y[n * input.c + c] = (s / (input.h * input.w).max(1) as f64) as f32;
+        }
+    }
+}
+
+/// The option-A shortcut (He et al. 2015, section 4.2, as the CIFAR re-implementations
+/// do it): `y[n, c + pad] = x[n, c, ::stride, ::stride]` with `pad = (out - in) / 2`
+/// channels of zeros before and after. The channel offset need not be a whole block, so
+/// this moves values one at a time; it touches a block's output once, far cheaper than
+/// the convolution beside it.
+pub fn zero_pad_shortcut(input: Blocked, x: &[f32], output: Blocked, stride: usize, y: &mut [f32]) {
+    assert_eq!(x.len(), input.len(), "zero_pad_shortcut: input length");
+    assert_eq!(y.len(), output.len(), "zero_pad_shortcut: output length");
+    let pad = (output.c - input.c) / 2;
+    let image = output.image_len();
+    if image == 0 {
+        return;
+    }
+    y.par_chunks_mut(image).enumerate().for_each(|(n, y_img)| {
+        y_img.fill(0.0);
+        for c in 0..input.c {
+            for oy in 0..output.h {
+                for ox in 0..output.w {
+                    let to = output.index(0, c + pad, oy, ox);
+                    y_img[to] = x[input.index(n, c, oy * stride, ox * stride)];
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_util::random;
+    use crate::layout::{from_blocked, to_blocked};
+    use crate::rng::Rng;
+
+    fn check_pool<V: Vector>() {
+        let mut rng = Rng::new(4);
+        for (n, c, h, w) in [(1, 3, 7, 9), (2, 19, 8, 8), (1, 64, 5, 5)] {
+            let g = PoolGeometry::new(n, c, h, w, 3, 2, 1).unwrap();
+            let mut plain = random(&mut rng, n * c * h * w);
+            plain[5] = f32::NAN;
+            let input = Blocked::new(n, c, h, w, V::LANES);
+            let mut x = vec![0.0; input.len()];
+            to_blocked(&plain, input, &mut x);
+            let out = input.with_hw(g.out_h, g.out_w);
+            let (mut fast, mut slow) = (vec![1.0; out.len()], vec![2.0; out.len()]);
+            max_pool::<V>(&g, input, &x, &mut fast);
+            max_pool_naive(&g, input, &x, &mut slow);
+            let nans = fast.iter().filter(|v| v.is_nan()).count();
+            assert!(nans >= 1 && nans == slow.iter().filter(|v| v.is_nan()).count());
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+            }
+            // Against the NCHW pooling of the first design.
+            let mut y_ref = vec![0.0; n * c * g.out_h * g.out_w];
+            let mut arg = vec![0u32; y_ref.len()];
+            crate::kernels::pool::max_pool_forward(&g, &plain, &mut y_ref, &mut arg);
+            let mut y_plain = vec![0.0; y_ref.len()];
+            from_blocked(&fast, out, &mut y_plain);
+            for (a, b) in y_plain.iter().zip(&y_ref) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_matches_its_twin_and_the_nchw_pooling_at_every_block() {
+        check_pool::<wide::f32x4>();
+        check_pool::<wide::f32x8>();
+        check_pool::<wide::f32x16>();
+    }
+
+    fn check_gap<V: Vector>() {
+        let mut rng = Rng::new(5);
+        for (n, c, h, w) in [(2, 19, 3, 5), (1, 64, 8, 8), (3, 2048, 1, 1)] {
+            let plain = random(&mut rng, n * c * h * w);
+            let input = Blocked::new(n, c, h, w, V::LANES);
+            let mut x = vec![0.0; input.len()];
+            to_blocked(&plain, input, &mut x);
+            let (mut fast, mut slow) = (vec![0.0; n * c], vec![0.0; n * c]);
+            global_avg_pool::<V>(input, &x, &mut fast);
+            global_avg_pool_naive(input, &x, &mut slow);
+            let err = crate::kernels::test_util::max_rel_err(&fast, &slow);
+            assert!(err < 1e-6, "{err}");
+        }
+    }
+
+    #[test]
+    fn global_avg_pool_matches_its_f64_twin_at_every_block() {
+        check_gap::<wide::f32x4>();
+        check_gap::<wide::f32x8>();
+        check_gap::<wide::f32x16>();
+    }
+
+    #[test]
+    fn zero_pad_shortcut_matches_the_nchw_option_a() {
+        use crate::layers::Dims;
+        let mut rng = Rng::new(6);
+        for block in [4, 8, 16] {
+            let (n, c, h, w) = (2, 16, 8, 6);
+            let plain = random(&mut rng, n * c * h * w);
+            let input = Blocked::new(n, c, h, w, block);
+            let output = Blocked::new(n, 32, 4, 3, block);
+            let mut x = vec![0.0; input.len()];
+            to_blocked(&plain, input, &mut x);
+            let mut y = vec![f32::NAN; output.len()];
+            zero_pad_shortcut(input, &x, output, 2, &mut y);
+            let mut want = vec![0.0; n * 32 * 4 * 3];
+            crate::layers::shortcut::option_a_forward(
+                &plain,
+                Dims::new(n, c, h, w),
+                Dims::new(n, 32, 4, 3),
+                2,
+                &mut want,
+            );
+            let mut got = vec![0.0; want.len()];
+            from_blocked(&y, output, &mut got);
+            assert_eq!(got, want, "block {block}");
+            assert!(y.iter().all(|v| !v.is_nan()));
+        }
+    }
+}
