@@ -1,0 +1,917 @@
+//! Register-blocked direct convolution on the channel-blocked layout (NCHWc), the kernel
+//! ONNX Runtime's MLAS (`SconvKernelAvx512F.S`: 4 filter blocks x up to 6 output pixels)
+//! and oneDNN (`jit_avx512_common_conv_kernel.cpp`) run for most convolutions: no im2col
+//! copy, each output vector accumulated in a register over every input channel and tap,
+//! and the epilogue (bias, residual, ReLU) applied before the one store.
+//!
+//! # The register tile
+//! One tile is `NOC` output-channel blocks x `NPX` output pixels of accumulators
+//! (`NOC * NPX` vectors). For each input channel `ci` of each tap `(ky, kx)` it loads the
+//! `NOC` weight vectors (one lane per output channel), broadcasts the `NPX` input scalars,
+//! and does `NOC * NPX` fused multiply-adds: per FMA, about `1/NPX` vector loads and
+//! `1/NOC` broadcasts, so the loop is bound by the FMA pipes and not by loads.
+//!
+//! # Borders
+//! A tile whose pixels lie in one output row and read only columns inside the input (the
+//! interior) takes the fast path: input addresses are one base plus constant offsets, and
+//! the padding rows are skipped by clipping the `ky` range once per tile. Any other tile
+//! (touching the left or right padding, spanning two rows, a ragged end) computes one
+//! input pointer per pixel and tap, pointing at a block of zeros where the tap falls into
+//! the padding; that costs a few scalar instructions per tap, which run beside the
+//! `in_block * NOC * NPX` FMAs of the tap.
+//!
+//! # API
+//! - [`packed_len`] / [`pack_weights`]: OIHW weights (optionally times a folded batch
+//!   norm's per-channel scale) reordered once into the layout the tiles read:
+//!   `[group][icb][ky][kx][ci][ocb in group][co]`, where the output-channel blocks are cut
+//!   into groups of at most [`max_tile_blocks`] (the tile's `NOC`), so that the `NOC`
+//!   weight vectors of one `(ci, tap)` are contiguous; padding channels are zero.
+//! - [`direct_conv`]: `out = epilogue(conv(input, w))`, input in blocks of `in_block`
+//!   (`V::LANES`, or 1 for plain NCHW as the 3-channel stem reads it), output in blocks of
+//!   `V::LANES`. Threads split (image, output-channel group, output rows) with
+//!   [`split`], so batch 1 fills every core; every output vector is computed by one task
+//!   in a fixed order, so results do not depend on the thread count.
+//! - [`direct_conv_naive`]: the scalar twin from the unpacked weights, for the tests.
+
+use crate::kernels::blocked::epilogue::BlockedEpilogue;
+use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::shared_out::SharedOut;
+use crate::kernels::split;
+use crate::layout::Blocked;
+use crate::simd::Vector;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// The most output-channel blocks of one register tile for an output block of
+/// `out_block` lanes. With 16 lanes (AVX-512: 32 vector registers) 4 blocks x 6 pixels =
+/// 24 accumulators + 4 weights + 1 broadcast fit, MLAS's AVX-512 tile; with 8 or 4
+/// lanes (AVX2 and wasm engines: 16 registers) 2 blocks x 6 pixels = 12 accumulators + 2
+/// weights + 1 broadcast (+ 1 temporary where there is no FMA) fit.
+pub const fn max_tile_blocks(out_block: usize) -> usize {
+    if out_block >= 16 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Pixels of the register tile of `noc` output-channel blocks: as many as leave room for
+/// the weights and the broadcast (see [`max_tile_blocks`]). A 1-block tile keeps 12
+/// pixels: enough independent accumulators to cover the FMA latency, few enough that the
+/// per-pixel pointers of a border tile stay in general registers.
+const fn tile_pixels(noc: usize, out_block: usize) -> usize {
+    match (out_block >= 16, noc) {
+        (true, 4) => 6,
+        (true, 3) => 8,
+        (true, _) => 12,
+        (false, 2) => 6,
+        (false, _) => 12,
+    }
+}
+
+/// Number of output-channel groups: blocks cut into groups of at most
+/// [`max_tile_blocks`], as evenly as [`split::ranges`] cuts them (5 blocks: 2 + 3).
+fn group_count(ocb: usize, out_block: usize) -> usize {
+    ocb.div_ceil(max_tile_blocks(out_block)).max(1)
+}
+
+/// The output-channel blocks of group `i` of [`group_count`].
+fn group(i: usize, ocb: usize, out_block: usize) -> Range<usize> {
+    split::ranges(ocb, group_count(ocb, out_block))
+        .nth(i)
+        .expect("group index below group_count")
+}
+
+/// Packed weight floats of one output-channel block: `icb * kh * kw * in_block * out_block`.
+fn per_block(g: &ConvGeometry, in_block: usize, out_block: usize) -> usize {
+    g.in_channels.div_ceil(in_block) * g.kernel_h * g.kernel_w * in_block * out_block
+}
+
+/// Length of the packed weights of `g` for input blocks of `in_block` channels and output
+/// blocks of `out_block` (both padded with zeros to whole blocks).
+pub fn packed_len(g: &ConvGeometry, in_block: usize, out_block: usize) -> usize {
+    g.out_channels.div_ceil(out_block) * per_block(g, in_block, out_block)
+}
+
+/// Packs OIHW weights (PyTorch's layout), each output channel `k` multiplied by
+/// `scale[k]` when given (a folded batch norm), into `out` (of [`packed_len`]) in the
+/// layout [`direct_conv`] reads: `[group][icb][ky][kx][ci][ocb in group][co]`, zero-padded.
+pub fn pack_weights(
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    g: &ConvGeometry,
+    in_block: usize,
+    out_block: usize,
+    out: &mut [f32],
+) {
+    let (c, k, kh, kw) = (g.in_channels, g.out_channels, g.kernel_h, g.kernel_w);
+    assert_eq!(weight.len(), k * c * kh * kw, "pack_weights: weight length");
+    assert_eq!(
+        out.len(),
+        packed_len(g, in_block, out_block),
+        "pack_weights: packed length"
+    );
+    if let Some(s) = scale {
+        assert!(s.len() >= k, "pack_weights: one scale per output channel");
+    }
+    let (icbs, ocbs) = (c.div_ceil(in_block), k.div_ceil(out_block));
+    let per = per_block(g, in_block, out_block);
+    for gi in 0..group_count(ocbs, out_block) {
+        let blocks = group(gi, ocbs, out_block);
+        let nb = blocks.len();
+        let base = blocks.start * per;
+        for icb in 0..icbs {
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    for ci in 0..in_block {
+                        for j in 0..nb {
+                            for co in 0..out_block {
+                                let at =
+                                    base + ((((icb * kh + ky) * kw + kx) * in_block + ci) * nb + j) * out_block + co;
+                                let (oc, ic) = ((blocks.start + j) * out_block + co, icb * in_block + ci);
+                                out[at] = if oc < k && ic < c {
+                                    weight[((oc * c + ic) * kh + ky) * kw + kx] * scale.map_or(1.0, |s| s[oc])
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A block of zeros that border tiles point at for taps in the padding (16 floats: the
+/// widest input block).
+static ZEROS: [f32; 16] = [0.0; 16];
+
+/// Everything a tile needs, computed once per call.
+struct Ctx<'a, 'e> {
+    g: ConvGeometry,
+    input: &'a [f32],
+    packed: &'a [f32],
+    in_l: Blocked,
+    out_l: Blocked,
+    ep: &'a BlockedEpilogue<'e>,
+    out: &'a SharedOut<'a>,
+    /// Packed floats per output-channel block.
+    per_block: usize,
+}
+
+/// `y = epilogue(conv(x, w))` for NCHWc `input` (`Blocked { g.batch, g.in_channels, g.in_h,
+/// g.in_w, in_block }`, `in_block` = `V::LANES`, or 1 for plain NCHW) and weights `packed`
+/// by [`pack_weights`] with `(in_block, V::LANES)`, into `out` (`Blocked { g.batch,
+/// g.out_channels, g.out_h, g.out_w, V::LANES }`). Padding channels of the output come out
+/// zero given a zero-padded bias and residual. Any stride, padding and kernel size.
+pub fn direct_conv<V: Vector>(
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    packed: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    let ob = V::LANES;
+    assert!(
+        in_block == 1 || in_block == ob,
+        "direct_conv: in_block must be 1 or V::LANES"
+    );
+    assert!(ob <= ZEROS.len(), "direct_conv: vectors of at most 16 lanes");
+    let in_l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+    let out_l = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, ob);
+    assert_eq!(input.len(), in_l.len(), "direct_conv: input length");
+    assert_eq!(out.len(), out_l.len(), "direct_conv: output length");
+    assert_eq!(
+        packed.len(),
+        packed_len(g, in_block, ob),
+        "direct_conv: packed weights length"
+    );
+    if let Some(b) = ep.bias {
+        assert!(
+            b.len() >= out_l.padded_channels(),
+            "direct_conv: bias per padded channel"
+        );
+    }
+    if let crate::kernels::blocked::Residual::From(r) = ep.residual {
+        assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
+    }
+    if out.is_empty() {
+        return;
+    }
+    let shared = SharedOut::new(out);
+    let ctx = Ctx {
+        g: *g,
+        input,
+        packed,
+        in_l,
+        out_l,
+        ep,
+        out: &shared,
+        per_block: per_block(g, in_block, ob),
+    };
+    let groups = group_count(out_l.blocks(), ob);
+    let units = g.batch * groups * g.out_h;
+    let parts = split::parts(units);
+    (0..parts).into_par_iter().for_each(|task| {
+        let Some(range) = split::ranges(units, parts).nth(task) else {
+            return;
+        };
+        // Units are (image, group, output row), rows fastest: walk the task's range one
+        // (image, group) segment of consecutive rows at a time.
+        let mut u = range.start;
+        while u < range.end {
+            let (oy, rest) = (u % g.out_h, u / g.out_h);
+            let (gi, n) = (rest % groups, rest / groups);
+            let end = range.end.min(u - oy + g.out_h);
+            let blocks = group(gi, out_l.blocks(), ob);
+            let pixels = oy * g.out_w..(oy + end - u) * g.out_w;
+            if in_block == 1 {
+                segment_any::<V, false>(&ctx, n, blocks, pixels);
+            } else {
+                segment_any::<V, true>(&ctx, n, blocks, pixels);
+            }
+            u = end;
+        }
+    });
+}
+
+/// Runs the output pixels `pixels` (flattened `oy * out_w + ox`) of image `n` for the
+/// output-channel blocks `blocks` on the tile of `blocks.len()` blocks.
+fn segment_any<V: Vector, const BLOCKED: bool>(c: &Ctx, n: usize, blocks: Range<usize>, pixels: Range<usize>) {
+    let wide = V::LANES >= 16;
+    match blocks.len() {
+        4 if wide => segment::<V, BLOCKED, 4, 6>(c, n, blocks.start, pixels),
+        3 if wide => segment::<V, BLOCKED, 3, 8>(c, n, blocks.start, pixels),
+        2 if wide => segment::<V, BLOCKED, 2, 12>(c, n, blocks.start, pixels),
+        2 => segment::<V, BLOCKED, 2, 6>(c, n, blocks.start, pixels),
+        1 => segment::<V, BLOCKED, 1, 12>(c, n, blocks.start, pixels),
+        b => unreachable!("a group of {b} blocks"),
+    }
+}
+
+/// Tiles the pixels `pixels` of image `n` for the `NOC` blocks from `ocb0` with tiles of
+/// `NPX` pixels; the ragged end runs on a narrower tile.
+fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
+    c: &Ctx,
+    n: usize,
+    ocb0: usize,
+    pixels: Range<usize>,
+) {
+    debug_assert_eq!(NPX, tile_pixels(NOC, V::LANES));
+    let g = &c.g;
+    let (s, pad) = (g.stride, g.pad as isize);
+    // A 1x1 stride-1 unpadded convolution reads input pixel i for output pixel i: every
+    // tile is contiguous, even across rows.
+    let pointwise = g.kernel_h == 1 && g.kernel_w == 1 && s == 1 && g.pad == 0;
+    let mut p0 = pixels.start;
+    while p0 + NPX <= pixels.end {
+        let (oy, ox) = (p0 / g.out_w, p0 % g.out_w);
+        let ix0 = (ox * s) as isize - pad;
+        let last = ((ox + NPX - 1) * s + g.kernel_w - 1) as isize - pad;
+        if pointwise {
+            tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, 0, p0);
+        } else if ox + NPX <= g.out_w && ix0 >= 0 && last < g.in_w as isize && s <= 2 {
+            let iy0 = (oy * s) as isize - pad;
+            if s == 1 {
+                tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, iy0, ix0 as usize);
+            } else {
+                tile_fast::<V, BLOCKED, NOC, NPX, 2>(c, n, ocb0, p0, iy0, ix0 as usize);
+            }
+        } else {
+            tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, NPX);
+        }
+        p0 += NPX;
+    }
+    let left = pixels.end - p0;
+    match left {
+        0 => {}
+        1 => tile_border::<V, BLOCKED, NOC, 1>(c, n, ocb0, p0, 1),
+        2 => tile_border::<V, BLOCKED, NOC, 2>(c, n, ocb0, p0, 2),
+        3 | 4 => tile_border::<V, BLOCKED, NOC, 4>(c, n, ocb0, p0, left),
+        5 | 6 => tile_border::<V, BLOCKED, NOC, 6>(c, n, ocb0, p0, left),
+        _ => tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, left),
+    }
+}
+
+/// The inner product of one tap: for each of the `ib` input channels, `NOC` weight
+/// vectors from `w` (`[ci][j][lane]`) times the broadcast input scalar of each pixel
+/// (`src[p] + ci`), into `acc`.
+///
+/// # Safety
+/// `w .. w + ib * NOC * V::LANES` and every `src[p] .. src[p] + ib` lie inside live
+/// allocations of `f32`s.
+#[inline(always)]
+unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
+    acc: &mut [[V; NPX]; NOC],
+    w: *const f32,
+    src: &[*const f32; NPX],
+    ib: usize,
+) {
+    for ci in 0..ib {
+        // SAFETY: `(ci * NOC + j + 1) * LANES <= ib * NOC * LANES`, inside `w`'s range.
+        let wv: [V; NOC] = core::array::from_fn(|j| unsafe { V::load_at(w, (ci * NOC + j) * V::LANES) });
+        for p in 0..NPX {
+            // SAFETY: `ci < ib`, inside `src[p]`'s range.
+            let x = V::splat(unsafe { *src[p].add(ci) });
+            for j in 0..NOC {
+                acc[j][p] = wv[j].mul_add(x, acc[j][p]);
+            }
+        }
+    }
+}
+
+/// Finishes and stores the tile's accumulators: pixels `p0 .. p0 + count` of image `n`,
+/// blocks `ocb0 .. ocb0 + NOC`.
+#[inline(always)]
+fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
+    c: &Ctx,
+    acc: &[[V; NPX]; NOC],
+    n: usize,
+    ocb0: usize,
+    p0: usize,
+    count: usize,
+) {
+    for (j, row) in acc.iter().enumerate() {
+        let bias = c.ep.bias_of::<V>(ocb0 + j);
+        let base = c.out_l.at(n, ocb0 + j, 0, 0) + p0 * V::LANES;
+        for (p, &v) in row.iter().enumerate().take(count) {
+            c.ep.store(v, bias, base + p * V::LANES, c.out);
+        }
+    }
+}
+
+/// An interior tile: `NPX` output pixels from flattened `p0` whose input pixel at tap
+/// `(ky, kx)` is at row `iy0 + ky`, column `ix0 + kx + p * S` (all columns inside the
+/// input; rows outside it are skipped).
+#[inline(never)]
+fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize, const S: usize>(
+    c: &Ctx,
+    n: usize,
+    ocb0: usize,
+    p0: usize,
+    iy0: isize,
+    ix0: usize,
+) {
+    let g = &c.g;
+    let ib = if BLOCKED { V::LANES } else { 1 };
+    let (kh, kw, h, w) = (g.kernel_h, g.kernel_w, g.in_h as isize, g.in_w);
+    let ky_lo = (-iy0).clamp(0, kh as isize) as usize;
+    let ky_hi = (h - iy0).clamp(ky_lo as isize, kh as isize) as usize;
+    let tap_len = ib * NOC * V::LANES;
+    let wgroup = ocb0 * c.per_block;
+    assert!(wgroup + c.in_l.blocks() * kh * kw * tap_len <= c.packed.len());
+    // Input reads: image n, any block, rows iy0 + ky for ky in ky_lo..ky_hi (inside the
+    // image), columns ix0 .. ix0 + (NPX - 1) * S + kw (checked by the caller), `ib` floats each.
+    assert!(
+        ky_lo == ky_hi
+            || ((iy0 + ky_hi as isize - 1) as usize * w + ix0 + (NPX - 1) * S + kw) * ib <= c.in_l.plane_len()
+    );
+    assert!(n < g.batch);
+    let mut acc = [[V::ZERO; NPX]; NOC];
+    for icb in 0..c.in_l.blocks() {
+        let plane = c.in_l.at(n, icb, 0, 0);
+        for ky in ky_lo..ky_hi {
+            let row = plane + ((iy0 + ky as isize) as usize * w + ix0) * ib;
+            let wrow = wgroup + (icb * kh + ky) * kw * tap_len;
+            for kx in 0..kw {
+                // SAFETY: the asserts above bound every input offset by the image's
+                // planes and every weight offset by the group's packed weights.
+                unsafe {
+                    let base = c.input.as_ptr().add(row + kx * ib);
+                    let src: [*const f32; NPX] = core::array::from_fn(|p| base.add(p * S * ib));
+                    tap::<V, NOC, NPX>(&mut acc, c.packed.as_ptr().add(wrow + kx * tap_len), &src, ib);
+                }
+            }
+        }
+    }
+    store_tile(c, &acc, n, ocb0, p0, NPX);
+}
+
+/// Any tile: `count <= NPX` output pixels from flattened `p0`, each tap's input pointer
+/// computed per pixel (the zero block where the tap falls into the padding, and for the
+/// unused pixels past `count`).
+#[inline(never)]
+fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
+    c: &Ctx,
+    n: usize,
+    ocb0: usize,
+    p0: usize,
+    count: usize,
+) {
+    let g = &c.g;
+    let ib = if BLOCKED { V::LANES } else { 1 };
+    let (kh, kw) = (g.kernel_h, g.kernel_w);
+    let (h, w) = (g.in_h as isize, g.in_w as isize);
+    let (s, pad) = (g.stride as isize, g.pad as isize);
+    // Pixels past `count` sit far outside the input, so every tap reads zeros.
+    let far = -(1 << 40);
+    let mut iy0 = [far; NPX];
+    let mut ix0 = [far; NPX];
+    for p in 0..count.min(NPX) {
+        let pix = p0 + p;
+        iy0[p] = (pix / g.out_w) as isize * s - pad;
+        ix0[p] = (pix % g.out_w) as isize * s - pad;
+    }
+    // Only taps that some pixel reads inside the input.
+    let (ylo, yhi) = (
+        iy0[..count].iter().max().copied().unwrap_or(far),
+        iy0[..count].iter().min().copied().unwrap_or(far),
+    );
+    let (xlo, xhi) = (
+        ix0[..count].iter().max().copied().unwrap_or(far),
+        ix0[..count].iter().min().copied().unwrap_or(far),
+    );
+    let ky_lo = (-ylo).clamp(0, kh as isize) as usize;
+    let ky_hi = (h - yhi).clamp(ky_lo as isize, kh as isize) as usize;
+    let kx_lo = (-xlo).clamp(0, kw as isize) as usize;
+    let kx_hi = (w - xhi).clamp(kx_lo as isize, kw as isize) as usize;
+    let tap_len = ib * NOC * V::LANES;
+    let wgroup = ocb0 * c.per_block;
+    assert!(wgroup + c.in_l.blocks() * kh * kw * tap_len <= c.packed.len());
+    assert!(n < g.batch && ib <= ZEROS.len());
+    let input = c.input.as_ptr();
+    let mut acc = [[V::ZERO; NPX]; NOC];
+    for icb in 0..c.in_l.blocks() {
+        let plane = c.in_l.at(n, icb, 0, 0);
+        for ky in ky_lo..ky_hi {
+            let wrow = wgroup + (icb * kh + ky) * kw * tap_len;
+            for kx in kx_lo..kx_hi {
+                let src: [*const f32; NPX] = core::array::from_fn(|p| {
+                    let (iy, ix) = (iy0[p] + ky as isize, ix0[p] + kx as isize);
+                    if (iy as usize) < h as usize && (ix as usize) < w as usize {
+                        // SAFETY: (iy, ix) is a pixel of image n: `ib` floats inside the input.
+                        unsafe { input.add(plane + (iy as usize * w as usize + ix as usize) * ib) }
+                    } else {
+                        ZEROS.as_ptr()
+                    }
+                });
+                // SAFETY: every `src[p]` has `ib <= 16` readable floats; the weights are
+                // bounded by the assert above.
+                unsafe { tap::<V, NOC, NPX>(&mut acc, c.packed.as_ptr().add(wrow + kx * tap_len), &src, ib) };
+            }
+        }
+    }
+    store_tile(c, &acc, n, ocb0, p0, count);
+}
+
+/// The scalar twin of [`direct_conv`] from the unpacked OIHW `weight` (times `scale[k]`
+/// per output channel when given): same input and epilogue, output in blocks of
+/// `out_block`, plain loops, one thread. It sums each output channel's plane one weight
+/// at a time (a different order from the tiles), so that the tests can afford it on
+/// ResNet-50's shapes.
+#[allow(clippy::too_many_arguments)]
+pub fn direct_conv_naive(
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    out_block: usize,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    let in_l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+    let out_l = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, out_block);
+    assert_eq!(input.len(), in_l.len(), "direct_conv_naive: input length");
+    assert_eq!(out.len(), out_l.len(), "direct_conv_naive: output length");
+    assert_eq!(
+        weight.len(),
+        g.out_channels * g.col_rows(),
+        "direct_conv_naive: weight length"
+    );
+    let (ow, pad) = (g.out_w, g.pad as isize);
+    let mut acc = vec![0.0f32; g.out_plane()];
+    for n in 0..g.batch {
+        for k in 0..out_l.padded_channels() {
+            acc.fill(0.0);
+            for c in 0..if k < g.out_channels { g.in_channels } else { 0 } {
+                let plane = in_l.index(n, c, 0, 0);
+                for ky in 0..g.kernel_h {
+                    for kx in 0..g.kernel_w {
+                        let wv = weight[((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w + kx];
+                        for oy in 0..g.out_h {
+                            let iy = (oy * g.stride + ky) as isize - pad;
+                            if iy < 0 || iy >= g.in_h as isize {
+                                continue;
+                            }
+                            for ox in 0..ow {
+                                let ix = (ox * g.stride + kx) as isize - pad;
+                                if ix < 0 || ix >= g.in_w as isize {
+                                    continue;
+                                }
+                                let xv = input[plane + (iy as usize * g.in_w + ix as usize) * in_block];
+                                acc[oy * ow + ox] += xv * wv;
+                            }
+                        }
+                    }
+                }
+            }
+            let s = if k < g.out_channels {
+                scale.map_or(1.0, |s| s[k])
+            } else {
+                0.0
+            };
+            for oy in 0..g.out_h {
+                for ox in 0..ow {
+                    let at = out_l.index(n, k, oy, ox);
+                    out[at] = ep.apply_scalar(acc[oy * ow + ox] * s, k, at, out[at]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::blocked::Residual;
+    use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, zoo_convs};
+    use crate::layout::to_blocked;
+    use crate::rng::Rng;
+    use crate::simd::F32xBlock;
+    use wide::{f32x16, f32x4, f32x8};
+
+    /// Which epilogue a check runs.
+    #[derive(Clone, Copy, Debug)]
+    struct Epi {
+        bias: bool,
+        /// 0: none, 1: `Residual::From`, 2: `Residual::InPlace`.
+        residual: u8,
+        relu: bool,
+        scale: bool,
+    }
+
+    const PLAIN: Epi = Epi {
+        bias: false,
+        residual: 0,
+        relu: false,
+        scale: false,
+    };
+    const EPIS: [Epi; 4] = [
+        PLAIN,
+        Epi {
+            bias: true,
+            residual: 0,
+            relu: true,
+            scale: true,
+        },
+        Epi {
+            bias: true,
+            residual: 1,
+            relu: false,
+            scale: false,
+        },
+        Epi {
+            bias: false,
+            residual: 2,
+            relu: true,
+            scale: true,
+        },
+    ];
+
+    /// A random problem for `g`: NCHW input, OIHW weights, and the epilogue's operands
+    /// in the blocked output layout of `out_block` (padding channels zero).
+    struct Problem {
+        x: Vec<f32>,
+        w: Vec<f32>,
+        scale: Option<Vec<f32>>,
+        bias: Option<Vec<f32>>,
+        resid: Vec<f32>,
+        out_l: Blocked,
+    }
+
+    impl Problem {
+        fn new(g: &ConvGeometry, out_block: usize, epi: Epi, seed: u64) -> Self {
+            let mut rng = Rng::new(seed);
+            let x = random(&mut rng, g.batch * g.in_image());
+            let fan_in = (g.col_rows() as f32).sqrt();
+            let w = random(&mut rng, g.out_channels * g.col_rows())
+                .iter()
+                .map(|v| v / fan_in)
+                .collect();
+            let out_l = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, out_block);
+            let scale = epi
+                .scale
+                .then(|| (0..g.out_channels).map(|_| 0.5 + rng.uniform() as f32).collect());
+            let bias = epi.bias.then(|| {
+                (0..out_l.padded_channels())
+                    .map(|k| if k < g.out_channels { rng.normal() as f32 } else { 0.0 })
+                    .collect()
+            });
+            let plain = random(&mut rng, g.batch * g.out_channels * g.out_plane());
+            let mut resid = vec![0.0; out_l.len()];
+            to_blocked(&plain, out_l, &mut resid);
+            Problem {
+                x,
+                w,
+                scale,
+                bias,
+                resid,
+                out_l,
+            }
+        }
+
+        fn input(&self, g: &ConvGeometry, in_block: usize) -> Vec<f32> {
+            let l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+            let mut xb = vec![0.0; l.len()];
+            to_blocked(&self.x, l, &mut xb);
+            xb
+        }
+
+        fn epilogue(&self, epi: Epi) -> BlockedEpilogue<'_> {
+            BlockedEpilogue {
+                bias: self.bias.as_deref(),
+                residual: match epi.residual {
+                    0 => Residual::None,
+                    1 => Residual::From(&self.resid),
+                    _ => Residual::InPlace,
+                },
+                relu: epi.relu,
+            }
+        }
+
+        /// The output buffer before the call: the residual for an in-place add, NaN
+        /// otherwise (so that an output never written fails the comparison).
+        fn initial(&self, epi: Epi) -> Vec<f32> {
+            if epi.residual == 2 {
+                self.resid.clone()
+            } else {
+                vec![f32::NAN; self.out_l.len()]
+            }
+        }
+
+        fn scaled_weights(&self, g: &ConvGeometry) -> Vec<f32> {
+            let per = g.col_rows();
+            self.w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * self.scale.as_ref().map_or(1.0, |s| s[i / per]))
+                .collect()
+        }
+
+        /// The expected output from the f64 reference, finished by the scalar epilogue.
+        fn expected(&self, g: &ConvGeometry, epi: Epi) -> Vec<f32> {
+            let r = conv_f64(g, &self.x, &self.scaled_weights(g));
+            let ep = self.epilogue(epi);
+            let init = self.initial(epi);
+            let l = self.out_l;
+            let mut y = vec![0.0; l.len()];
+            for n in 0..g.batch {
+                for k in 0..l.padded_channels() {
+                    for oy in 0..g.out_h {
+                        for ox in 0..g.out_w {
+                            let at = l.index(n, k, oy, ox);
+                            let acc = if k < g.out_channels {
+                                r[((n * g.out_channels + k) * g.out_h + oy) * g.out_w + ox] as f32
+                            } else {
+                                0.0
+                            };
+                            y[at] = ep.apply_scalar(acc, k, at, init[at]);
+                        }
+                    }
+                }
+            }
+            y
+        }
+
+        fn fast<V: Vector>(&self, g: &ConvGeometry, in_block: usize, epi: Epi) -> Vec<f32> {
+            let xb = self.input(g, in_block);
+            let mut packed = vec![f32::NAN; packed_len(g, in_block, V::LANES)];
+            pack_weights(&self.w, self.scale.as_deref(), g, in_block, V::LANES, &mut packed);
+            let mut y = self.initial(epi);
+            direct_conv::<V>(g, &xb, in_block, &packed, &self.epilogue(epi), &mut y);
+            y
+        }
+
+        fn naive(&self, g: &ConvGeometry, in_block: usize, epi: Epi) -> Vec<f32> {
+            let xb = self.input(g, in_block);
+            let mut y = self.initial(epi);
+            let ob = self.out_l.block;
+            direct_conv_naive(
+                g,
+                &xb,
+                in_block,
+                &self.w,
+                self.scale.as_deref(),
+                ob,
+                &self.epilogue(epi),
+                &mut y,
+            );
+            y
+        }
+    }
+
+    /// Fails unless every padding channel of the blocked output `y` is exactly zero.
+    fn assert_padding_zero(y: &[f32], l: Blocked, what: &str) {
+        for n in 0..l.n {
+            for k in l.c..l.padded_channels() {
+                for oy in 0..l.h {
+                    for ox in 0..l.w {
+                        let v = y[l.index(n, k, oy, ox)];
+                        assert!(v == 0.0, "{what}: padding channel {k} at ({n}, {oy}, {ox}) is {v}");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The fast kernel at `V` and the naive twin against the f64 reference; returns the
+    /// larger error.
+    fn check<V: Vector>(g: &ConvGeometry, in_block: usize, epi: Epi, seed: u64) -> f32 {
+        let p = Problem::new(g, V::LANES, epi, seed);
+        let want = p.expected(g, epi);
+        let fast = p.fast::<V>(g, in_block, epi);
+        let naive = p.naive(g, in_block, epi);
+        let (ef, en) = (max_rel_err(&fast, &want), max_rel_err(&naive, &want));
+        let what = format!("{g:?} lanes {} in_block {in_block} {epi:?}", V::LANES);
+        assert!(ef < 1e-5 && en < 1e-5, "{what}: fast {ef:e}, naive {en:e}");
+        assert_padding_zero(&fast, p.out_l, &what);
+        assert_padding_zero(&naive, p.out_l, &what);
+        ef.max(en)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn geometry(
+        n: usize,
+        c: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        ks: usize,
+        stride: usize,
+        pad: usize,
+    ) -> ConvGeometry {
+        ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
+    }
+
+    /// Odd shapes: channels off the block, tiny and ragged images, every border case.
+    fn odd_shapes() -> Vec<ConvGeometry> {
+        vec![
+            geometry(1, 3, 7, 9, 5, 3, 1, 1),
+            geometry(2, 5, 7, 9, 19, 3, 2, 1),
+            geometry(3, 19, 2, 3, 33, 3, 1, 1),
+            geometry(1, 33, 1, 1, 3, 1, 1, 0),
+            geometry(2, 19, 9, 7, 5, 1, 2, 0),
+            geometry(1, 3, 13, 11, 19, 7, 2, 3),
+            geometry(1, 5, 9, 9, 33, 7, 1, 3),
+            geometry(2, 33, 7, 9, 19, 1, 1, 0),
+            geometry(1, 19, 5, 5, 5, 3, 1, 0),
+            geometry(1, 5, 4, 5, 7, 3, 1, 3),
+            geometry(1, 19, 5, 40, 33, 3, 1, 1),
+            geometry(1, 17, 6, 41, 20, 3, 2, 1),
+            geometry(1, 16, 4, 30, 64, 1, 2, 0),
+            geometry(2, 7, 6, 29, 70, 3, 3, 2),
+            geometry(1, 33, 3, 50, 5, 5, 1, 2),
+        ]
+    }
+
+    fn odd_shapes_at<V: Vector>() -> f32 {
+        let mut worst = 0f32;
+        for (i, g) in odd_shapes().iter().enumerate() {
+            for in_block in [1, V::LANES] {
+                let epi = EPIS[(i + in_block) % EPIS.len()];
+                worst = worst.max(check::<V>(g, in_block, epi, 100 + i as u64));
+            }
+        }
+        println!("odd shapes, {} lanes: max relative error {worst:e}", V::LANES);
+        worst
+    }
+
+    #[test]
+    fn odd_shapes_match_the_reference_at_4_lanes() {
+        odd_shapes_at::<f32x4>();
+    }
+
+    #[test]
+    fn odd_shapes_match_the_reference_at_8_lanes() {
+        odd_shapes_at::<f32x8>();
+    }
+
+    #[test]
+    fn odd_shapes_match_the_reference_at_16_lanes() {
+        odd_shapes_at::<f32x16>();
+    }
+
+    #[test]
+    fn every_epilogue_matches_the_reference() {
+        let g = geometry(2, 19, 6, 11, 33, 3, 1, 1);
+        let mut worst = 0f32;
+        for epi in EPIS {
+            for relu in [false, true] {
+                for in_block in [1, F32xBlock::LANES] {
+                    worst = worst.max(check::<F32xBlock>(&g, in_block, Epi { relu, ..epi }, 7));
+                }
+            }
+        }
+        println!("epilogues: max relative error {worst:e}");
+    }
+
+    #[test]
+    fn resnet20_convs_match_the_reference() {
+        let mut worst = 0f32;
+        for (i, (g, names)) in zoo_convs("resnet20", 2, 32).iter().enumerate() {
+            let in_block = if g.in_channels < 4 { 1 } else { F32xBlock::LANES };
+            let e = check::<F32xBlock>(g, in_block, EPIS[i % EPIS.len()], 20 + i as u64);
+            println!("resnet20 {names:?}: {e:e}");
+            worst = worst.max(e);
+        }
+        println!("resnet20: max relative error {worst:e}");
+    }
+
+    #[test]
+    fn resnet50_convs_match_the_reference_at_sampled_outputs() {
+        let mut rng = Rng::new(50);
+        let mut worst = 0f32;
+        for (i, (g, names)) in zoo_convs("resnet50", 1, 224).iter().enumerate() {
+            let epi = EPIS[i % EPIS.len()];
+            let in_block = if g.in_channels < 4 { 1 } else { F32xBlock::LANES };
+            let p = Problem::new(g, F32xBlock::LANES, epi, 500 + i as u64);
+            let fast = p.fast::<F32xBlock>(g, in_block, epi);
+            let naive = p.naive(g, in_block, epi);
+            let (ws, ep, init, l) = (p.scaled_weights(g), p.epilogue(epi), p.initial(epi), p.out_l);
+            let (mut got_f, mut got_n, mut want) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..200 {
+                let (n, k) = (rng.below(g.batch), rng.below(g.out_channels));
+                let (oy, ox) = (rng.below(g.out_h), rng.below(g.out_w));
+                let at = l.index(n, k, oy, ox);
+                let r = conv_value_f64(g, &p.x, &ws, n, k, oy, ox) as f32;
+                want.push(ep.apply_scalar(r, k, at, init[at]));
+                got_f.push(fast[at]);
+                got_n.push(naive[at]);
+            }
+            let e = max_rel_err(&got_f, &want).max(max_rel_err(&got_n, &want));
+            println!("resnet50 {names:?}: {e:e}");
+            assert!(e < 1e-5, "{g:?}: {e:e}");
+            assert!(fast.iter().all(|v| v.is_finite()), "{g:?}: an output not written");
+            worst = worst.max(e);
+        }
+        println!("resnet50: max relative error {worst:e}");
+    }
+
+    #[test]
+    fn relu_clamps_negatives_and_keeps_nan() {
+        let g = geometry(1, 20, 6, 30, 17, 3, 1, 1);
+        let epi = Epi {
+            bias: true,
+            residual: 0,
+            relu: true,
+            scale: false,
+        };
+        let mut p = Problem::new(&g, F32xBlock::LANES, epi, 9);
+        // A NaN input pixel: every output whose window holds it is NaN, ReLU or not.
+        p.x[(3 * g.in_h + 2) * g.in_w + 20] = f32::NAN;
+        for in_block in [1, F32xBlock::LANES] {
+            let y = p.fast::<F32xBlock>(&g, in_block, epi);
+            let naive = p.naive(&g, in_block, epi);
+            let l = p.out_l;
+            let mut clamped = 0;
+            for k in 0..g.out_channels {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let (v, nv) = (y[l.index(0, k, oy, ox)], naive[l.index(0, k, oy, ox)]);
+                        let window = oy.abs_diff(2) <= 1 && ox.abs_diff(20) <= 1;
+                        assert_eq!(v.is_nan(), window, "NaN at channel {k} ({oy}, {ox}): {v}");
+                        assert_eq!(nv.is_nan(), window, "naive NaN at channel {k} ({oy}, {ox})");
+                        assert!(v.is_nan() || v >= 0.0);
+                        clamped += usize::from(v == 0.0);
+                    }
+                }
+            }
+            assert!(clamped > 100, "only {clamped} outputs clamped");
+        }
+    }
+
+    #[test]
+    fn padding_channels_come_out_zero() {
+        // 19 output channels: 13 padding channels in the second block of 16 (5 of 8, 1 of 4).
+        let g = geometry(2, 19, 5, 13, 19, 3, 2, 1);
+        fn at<V: Vector>(g: &ConvGeometry) {
+            for epi in EPIS {
+                let p = Problem::new(g, V::LANES, epi, 3);
+                for in_block in [1, V::LANES] {
+                    let y = p.fast::<V>(g, in_block, epi);
+                    assert_padding_zero(&y, p.out_l, "fast");
+                }
+            }
+        }
+        at::<f32x4>(&g);
+        at::<f32x8>(&g);
+        at::<f32x16>(&g);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let g = geometry(1, 32, 9, 23, 80, 3, 1, 1);
+        let p = Problem::new(&g, F32xBlock::LANES, EPIS[1], 11);
+        let runs: Vec<Vec<f32>> = [1, 2, 3]
+            .iter()
+            .map(|&t| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a pool");
+                pool.install(|| p.fast::<F32xBlock>(&g, F32xBlock::LANES, EPIS[1]))
+            })
+            .collect();
+        assert!(runs.windows(2).all(|r| r[0] == r[1]));
+    }
+}
