@@ -7,5 +7,6 @@
 //! Each kernel has a naive scalar twin in the same file that the tests compare it with.
 
 pub mod epilogue;
+pub mod winograd;
 
 pub use epilogue::{BlockedEpilogue, Residual};
