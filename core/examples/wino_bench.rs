@@ -2,8 +2,9 @@
 //! stride-1 convolution of ResNet-20 (batch 1 and 128, 32x32) and ResNet-50 (batch 1 and
 //! 8, 224x224), F(2x2,3x3) and F(4x4,3x3), at `F32xBlock`.
 //!
-//! `cargo run --release -p resnet-core --example wino_bench -- [THREADS] [REPS]`
-//! (default: 1 and 2 threads, 7 reps). Effective GFLOP/s count the FLOPs of the direct
+//! `cargo run --release -p resnet-core --example wino_bench -- [THREADS] [REPS] [ONLY]`
+//! (default: 1 and 2 threads, 7 reps, every shape; ONLY keeps the shapes whose name
+//! contains it). Effective GFLOP/s count the FLOPs of the direct
 //! convolution, `2 * MACs`, over the median time of REPS runs after a warm-up; "% peak"
 //! compares them with the f32 FMA peak per thread measured at start (`kernels::peak`)
 //! times the threads, so Winograd can exceed 100 %.
@@ -32,7 +33,12 @@ fn median_secs(reps: usize, mut f: impl FnMut()) -> f64 {
         })
         .collect();
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    t[reps / 2]
+    // WINO_MIN=1: the fastest run instead, for A/B comparisons on a busy machine.
+    if std::env::var_os("WINO_MIN").is_some() {
+        t[0]
+    } else {
+        t[reps / 2]
+    }
 }
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
@@ -58,6 +64,8 @@ fn main() {
         None => vec![1, 2],
     };
     let reps: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(7).max(1);
+    // Only the shapes whose name contains this (for profiling one shape).
+    let only = args.next().unwrap_or_default();
     let mut shapes = Vec::new();
     for (net, batch, size) in [
         ("resnet20", 1, 32),
@@ -66,7 +74,10 @@ fn main() {
         ("resnet50", 8, 224),
     ] {
         for (g, layer) in convs(net, batch, size) {
-            shapes.push((format!("{net} b{batch} {layer}"), g));
+            let name = format!("{net} b{batch} {layer}");
+            if name.contains(&only) {
+                shapes.push((name, g));
+            }
         }
     }
     let peak = resnet_core::kernels::peak::fma_peak_gflops::<F32xBlock>(1, 0.3);

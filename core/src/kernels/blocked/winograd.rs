@@ -317,8 +317,8 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
         let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
         let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
         let t = tr.len();
-        let v_len = A * A * icb * t * l;
-        let m_len = A * A * RB * t * l;
+        let v_len = A * A * position_stride(icb * t * l);
+        let m_len = A * A * position_stride(RB * t * l);
         with_scratch(v_len + m_len, |s| {
             let (v, m) = s.split_at_mut(v_len);
             input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
@@ -331,6 +331,18 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             }
         });
     });
+}
+
+/// The distance in floats between the positions `xi` of the scratch `V` and `M`, each
+/// `len` floats: rounded up to an odd number of 64-byte lines. With a power-of-two
+/// distance (64 tiles x 4 blocks x 16 lanes = 16 KB, F2's usual case) the 16 or 36
+/// vectors a tile's transform stores or loads, one per position, all map to one set of
+/// the 8-way L1 and evict each other; an odd number of lines spreads them over 64 sets.
+#[inline(always)]
+fn position_stride(len: usize) -> usize {
+    const LINE: usize = 64 / std::mem::size_of::<f32>();
+    let lines = len.div_ceil(LINE);
+    (lines | 1) * LINE
 }
 
 /// `o = B^T d` for one column (or row) of `A` vectors; the matrices are in the module doc.
@@ -395,30 +407,39 @@ fn input_transform<V: Vector, const M: usize, const A: usize>(
     let icb = xs.blocks();
     let (h, w) = (xs.h, xs.w);
     let row = w * l;
+    let xi_stride = position_stride(icb * tn * l);
+    assert_eq!(x.len(), xs.len());
+    assert!(v.len() >= A * A * xi_stride);
+    let (xp, vp) = (x.as_ptr(), v.as_mut_ptr());
     for t in 0..tn {
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         // Rows and columns of the patch inside the image.
-        let i0 = usize::from(oy == 0);
-        let j0 = usize::from(ox == 0);
-        let i1 = A.min(h + 1 - oy);
-        let j1 = A.min(w + 1 - ox);
+        let (i0, j0) = (usize::from(oy == 0), usize::from(ox == 0));
+        let (i1, j1) = (A.min(h + 1 - oy), A.min(w + 1 - ox));
         let interior = i0 == 0 && j0 == 0 && i1 == A && j1 == A;
+        let row_in: [bool; A] = core::array::from_fn(|i| i >= i0 && i < i1);
+        let col_in: [bool; A] = core::array::from_fn(|j| j >= j0 && j < j1);
         for cb in 0..icb {
-            // Offset of patch value (0, 0), image pixel (oy - 1, ox - 1): computed with
-            // the border's +1 so that it never goes negative.
+            // Patch value (i, j) is image pixel (oy - 1 + i, ox - 1 + j), at
+            // `base + i * row + j * l - row - l` (written so that it never goes negative).
             let base = xs.at(n, cb, oy, ox);
             let mut d = [[V::ZERO; A]; A];
+            // Constant loop bounds (no early exits) so that `d` stays in registers.
             if interior {
-                let b = base - row - l;
                 for (i, di) in d.iter_mut().enumerate() {
                     for (j, dij) in di.iter_mut().enumerate() {
-                        *dij = V::load(&x[b + i * row + j * l..]);
+                        // SAFETY: an interior patch lies inside the image, so each pixel's
+                        // vector lies inside `x` (whose length is checked above).
+                        *dij = unsafe { V::load_at(xp, base + i * row + j * l - row - l) };
                     }
                 }
             } else {
-                for (i, di) in d.iter_mut().enumerate().take(i1).skip(i0) {
-                    for (j, dij) in di.iter_mut().enumerate().take(j1).skip(j0) {
-                        *dij = V::load(&x[base + i * row + j * l - row - l..]);
+                for (i, di) in d.iter_mut().enumerate() {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        if row_in[i] && col_in[j] {
+                            // SAFETY: pixel (oy - 1 + i, ox - 1 + j) is inside the image.
+                            *dij = unsafe { V::load_at(xp, base + i * row + j * l - row - l) };
+                        }
                     }
                 }
             }
@@ -427,15 +448,15 @@ fn input_transform<V: Vector, const M: usize, const A: usize>(
             for j in 0..A {
                 let col: [V; A] = core::array::from_fn(|i| d[i][j]);
                 let r = input_1d::<V, A>(&col);
-                for i in 0..A {
-                    tcol[i][j] = r[i];
+                for (i, ti) in tcol.iter_mut().enumerate() {
+                    ti[j] = r[i];
                 }
             }
             for (i, ti) in tcol.iter().enumerate() {
                 let r = input_1d::<V, A>(ti);
                 for (j, rj) in r.iter().enumerate() {
-                    let xi = i * A + j;
-                    rj.store(&mut v[((xi * icb + cb) * tn + t) * l..]);
+                    // SAFETY: `xi < A * A`, `cb < icb`, `t < tn`: inside `v` (checked above).
+                    unsafe { rj.store_at(vp, (i * A + j) * xi_stride + (cb * tn + t) * l) };
                 }
             }
         }
@@ -459,12 +480,13 @@ fn products<V: Vector, const A: usize>(
 ) {
     let l = V::LANES;
     assert!(cb + rb <= ocb && rb <= RB);
-    assert!(u.len() >= A * A * ocb * cp * l && v.len() >= A * A * icb * tn * l && m.len() >= A * A * rb * tn * l);
+    let (v_stride, m_stride) = (position_stride(icb * tn * l), position_stride(rb * tn * l));
+    assert!(u.len() >= A * A * ocb * cp * l && v.len() >= A * A * v_stride && m.len() >= A * A * m_stride);
     assert_eq!(cp, icb * l);
     for xi in 0..A * A {
         let u_xi = &u[((xi * ocb + cb) * cp) * l..];
-        let v_xi = &v[xi * icb * tn * l..];
-        let m_xi = &mut m[xi * rb * tn * l..];
+        let v_xi = &v[xi * v_stride..];
+        let m_xi = &mut m[xi * m_stride..];
         let mut t = 0;
         while t < tn {
             let rt = RT.min(tn - t);
@@ -595,6 +617,9 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
 ) {
     let l = V::LANES;
     let (h, w) = (ys.h, ys.w);
+    let xi_stride = position_stride(rb * tn * l);
+    assert!(m.len() >= A * A * xi_stride);
+    let mp = m.as_ptr();
     for r in 0..rb {
         let bias = ep.bias_of::<V>(cb + r);
         for t in 0..tn {
@@ -602,7 +627,8 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
             let mut mv = [[V::ZERO; A]; A];
             for (i, mi) in mv.iter_mut().enumerate() {
                 for (j, mij) in mi.iter_mut().enumerate() {
-                    *mij = V::load(&m[(((i * A + j) * rb + r) * tn + t) * l..]);
+                    // SAFETY: `xi < A * A`, `r < rb`, `t < tn`: inside `m` (checked above).
+                    *mij = unsafe { V::load_at(mp, (i * A + j) * xi_stride + (r * tn + t) * l) };
                 }
             }
             // Columns (A x A -> M x A), then rows (M x A -> M x M).
@@ -610,17 +636,23 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
             for j in 0..A {
                 let col: [V; A] = core::array::from_fn(|i| mv[i][j]);
                 let o = output_1d::<V, A, M>(&col);
-                for i in 0..M {
-                    tcol[i][j] = o[i];
+                for (i, ti) in tcol.iter_mut().enumerate() {
+                    ti[j] = o[i];
                 }
             }
-            let rows = M.min(h - oy);
-            let cols = M.min(w - ox);
-            for (i, ti) in tcol.iter().enumerate().take(rows) {
-                let y = output_1d::<V, A, M>(ti);
-                let at = ys.at(n, cb + r, oy + i, ox);
-                for (j, yj) in y.iter().enumerate().take(cols) {
-                    ep.store(*yj, bias, at + j * l, out);
+            // Partial tiles at the right and bottom edges store only their pixels inside
+            // the image; the loop bounds stay constant so that the tile stays in registers.
+            let (rows, cols) = (h - oy, w - ox);
+            let whole = rows >= M && cols >= M;
+            for (i, ti) in tcol.iter().enumerate() {
+                if whole || i < rows {
+                    let y = output_1d::<V, A, M>(ti);
+                    let at = ys.at(n, cb + r, oy + i, ox);
+                    for (j, yj) in y.iter().enumerate() {
+                        if whole || j < cols {
+                            ep.store(*yj, bias, at + j * l, out);
+                        }
+                    }
                 }
             }
         }
