@@ -9,5 +9,6 @@
 pub mod direct;
 pub mod epilogue;
 pub mod pool;
+pub mod winograd;
 
 pub use epilogue::{BlockedEpilogue, Residual};

@@ -1,0 +1,1047 @@
+//! Winograd F(2x2,3x3) and F(4x4,3x3) convolution on the channel-blocked layout, fused
+//! per cache block, for inference (Lavin & Gray, "Fast Algorithms for Convolutional
+//! Neural Networks", arXiv:1509.09308, 2015).
+//!
+//! Per channel, an `a x a` input tile `d` (`a = m + 2`) and a 3x3 filter `g` give an
+//! `m x m` output tile `Y = A^T [ (G g G^T) .* (B^T d B) ] A`. Summed over input channels
+//! the elementwise products become, for each of the `a^2` positions `xi`, one matrix
+//! product `M[xi] (K x T) = U[xi] (K x C) V[xi] (C x T)` over `T` tiles.
+//!
+//! F(2x2,3x3) (16 products per tile and channel pair instead of 36):
+//! ```text
+//! B^T = [ 1  0 -1  0 ]     G = [ 1    0    0   ]     A^T = [ 1  1  1  0 ]
+//!       [ 0  1  1  0 ]         [ 1/2  1/2  1/2 ]           [ 0  1 -1 -1 ]
+//!       [ 0 -1  1  0 ]         [ 1/2 -1/2  1/2 ]
+//!       [ 0  1  0 -1 ]         [ 0    0    1   ]
+//! ```
+//! F(4x4,3x3) (36 instead of 144), interpolation points 0, +-1, +-2, infinity:
+//! ```text
+//! B^T = [ 4  0 -5  0  1  0 ]   G = [  1/4     0     0  ]   A^T = [ 1  1  1  1  1  0 ]
+//!       [ 0 -4 -4  1  1  0 ]       [ -1/6  -1/6  -1/6 ]         [ 0  1 -1  2 -2  0 ]
+//!       [ 0  4 -4 -1  1  0 ]       [ -1/6   1/6  -1/6 ]         [ 0  1  1  4  4  0 ]
+//!       [ 0 -2 -1  2  1  0 ]       [  1/24  1/12  1/6 ]         [ 0  1 -1  8 -8  1 ]
+//!       [ 0  2 -1 -2  1  0 ]       [  1/24 -1/12  1/6 ]
+//!       [ 0  4  0 -5  0  1 ]       [  0     0     1   ]
+//! ```
+//!
+//! In the blocked layout one vector holds one pixel's block of `L = V::LANES` channels,
+//! so every transform is plain vertical SIMD over a channel block: no transposes (as
+//! oneDNN's AVX-512 Winograd and ncnn's pack16 Winograd).
+//!
+//! # API
+//! - [`filters_len`]`(tile, in_channels, out_channels, block)` and
+//!   [`transform_filters`]`(weight, scale, in_channels, out_channels, tile, block, out)`:
+//!   `U = G g G^T` of OIHW weights (times an optional folded batch-norm scale per output
+//!   channel), in f64, packed `[xi][ocb][ci][co_lane]` (`ci` over the padded input
+//!   channels), zero-padded to whole blocks. Done once per model.
+//! - [`winograd_conv`]`::<V>(g, tile, input, filters, ep, out)`: `out = ep(conv(input))`
+//!   for a 3x3 stride-1 pad-1 `g`, input and output in `Blocked { .., block: V::LANES }`.
+//! - [`winograd_conv_naive`]: the scalar twin from the textbook formula, for the tests.
+//!
+//! # Schedule
+//! A rayon task takes a group of `T` tiles (across images) and a range of output-channel
+//! blocks, and with per-thread scratch only:
+//! 1. transforms the group's inputs, `V[xi][icb][t][lane] = (B^T d B)[xi]`, zero padding
+//!    at the image borders;
+//! 2. for each chunk of [`RB`] output-channel blocks, for each position `xi`, computes
+//!    `M[xi] = U[xi] V[xi]` with a register-blocked micro-kernel ([`RB`] output blocks x
+//!    [`RT`] tiles of vector accumulators, tile values broadcast, `U` loaded as vectors:
+//!    the shape of MLAS's NCHWc direct convolution kernel);
+//! 3. transforms the chunk's outputs, `A^T M A`, and stores them through the epilogue
+//!    (bias, residual, ReLU), clipped at the right and bottom edges.
+//!
+//! `T` is sized so that `V` and the chunk's `M` stay in the L2 cache; the transformed
+//! tensors never exist whole in memory. Tasks are tile groups x output-channel-block
+//! ranges cut by [`crate::kernels::split`], so batch 1 keeps every core busy. Every
+//! output value is computed by one task in a fixed order: results are deterministic.
+
+use crate::kernels::blocked::epilogue::BlockedEpilogue;
+use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::scratch::with_scratch;
+use crate::kernels::shared_out::SharedOut;
+use crate::kernels::split;
+use crate::kernels::winograd::WinogradTile;
+use crate::layout::Blocked;
+use crate::simd::Vector;
+use rayon::prelude::*;
+
+/// Output-channel blocks per micro-kernel call: with [`RT`] tiles, `RB x RT` vector
+/// accumulators. 4 x 6 = 24 of the 32 AVX-512 registers, leaving room for the 4 `U`
+/// vectors and a broadcast (MLAS's NCHWc kernel uses the same 4 x 6 shape); each step
+/// over an input channel loads 4 vectors and 6 scalars for 24 FMAs.
+const RB: usize = 4;
+
+/// Tiles per micro-kernel call (see [`RB`]).
+const RT: usize = 6;
+
+/// Bytes of a group's transformed inputs `V` plus one chunk's products `M` to aim for:
+/// half of Zen 4's 1 MB L2 per core, leaving the other half for the rows of `U`
+/// streaming through and the output being written.
+const GROUP_BYTES: usize = 512 << 10;
+
+/// Fewest tiles per group (unless the problem has fewer): below this, each `U` vector
+/// loaded (from L2 or memory) feeds too few FMAs.
+const MIN_GROUP_TILES: usize = 2 * RT;
+
+/// Most tiles per group: beyond this the products are no faster and fewer groups
+/// balance worse across threads.
+const MAX_GROUP_TILES: usize = 16 * RT;
+
+/// `B^T`, `G` and `A^T` of a tile size, in f64 (the naive twin and the filter transform
+/// use them; the fast transforms are hand-written from them, see [`input_1d`]).
+struct Matrices {
+    bt: &'static [&'static [f64]],
+    g: &'static [[f64; 3]],
+    at: &'static [&'static [f64]],
+}
+
+const G2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]];
+const BT2: [&[f64]; 4] = [
+    &[1., 0., -1., 0.],
+    &[0., 1., 1., 0.],
+    &[0., -1., 1., 0.],
+    &[0., 1., 0., -1.],
+];
+const AT2: [&[f64]; 2] = [&[1., 1., 1., 0.], &[0., 1., -1., -1.]];
+const G4: [[f64; 3]; 6] = [
+    [1.0 / 4.0, 0.0, 0.0],
+    [-1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0],
+    [-1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0],
+    [1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0],
+    [1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0],
+    [0.0, 0.0, 1.0],
+];
+const BT4: [&[f64]; 6] = [
+    &[4., 0., -5., 0., 1., 0.],
+    &[0., -4., -4., 1., 1., 0.],
+    &[0., 4., -4., -1., 1., 0.],
+    &[0., -2., -1., 2., 1., 0.],
+    &[0., 2., -1., -2., 1., 0.],
+    &[0., 4., 0., -5., 0., 1.],
+];
+const AT4: [&[f64]; 4] = [
+    &[1., 1., 1., 1., 1., 0.],
+    &[0., 1., -1., 2., -2., 0.],
+    &[0., 1., 1., 4., 4., 0.],
+    &[0., 1., -1., 8., -8., 1.],
+];
+
+fn matrices(tile: WinogradTile) -> Matrices {
+    match tile {
+        WinogradTile::F2 => Matrices {
+            bt: &BT2,
+            g: &G2,
+            at: &AT2,
+        },
+        WinogradTile::F4 => Matrices {
+            bt: &BT4,
+            g: &G4,
+            at: &AT4,
+        },
+    }
+}
+
+/// Length of the transformed filters of a `out_channels x in_channels x 3 x 3`
+/// convolution for `tile`, in blocks of `block` channels: `a^2 * Kp * Cp`.
+pub fn filters_len(tile: WinogradTile, in_channels: usize, out_channels: usize, block: usize) -> usize {
+    tile.positions() * in_channels.next_multiple_of(block) * out_channels.next_multiple_of(block)
+}
+
+/// `U = G g G^T` of the OIHW 3x3 `weight`, output channel `k` scaled by `scale[k]` if
+/// given (a folded batch norm), computed in f64 and stored into `out` (of
+/// [`filters_len`]) as `[xi][ocb][ci][co_lane]`: for position `xi` and output-channel
+/// block `ocb`, a `Cp x block` matrix whose row `ci` holds the block's output channels
+/// for input channel `ci`. Padding channels are zero.
+pub fn transform_filters(
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    in_channels: usize,
+    out_channels: usize,
+    tile: WinogradTile,
+    block: usize,
+    out: &mut [f32],
+) {
+    let (c, k) = (in_channels, out_channels);
+    assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
+    if let Some(s) = scale {
+        assert!(s.len() >= k, "winograd: one scale per output channel");
+    }
+    assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
+    let (cp, kp) = (c.next_multiple_of(block), k.next_multiple_of(block));
+    let a = tile.alpha();
+    let mx = matrices(tile);
+    out.fill(0.0);
+    for kk in 0..k {
+        let s = scale.map_or(1.0, |s| s[kk] as f64);
+        let (ocb, lane) = (kk / block, kk % block);
+        for ci in 0..c {
+            let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
+            // gt[i][q] = sum_p G[i][p] g[p][q]; U[i][j] = sum_q gt[i][q] G[j][q].
+            let mut gt = [[0f64; 3]; 8];
+            for (i, gi) in mx.g.iter().enumerate() {
+                for q in 0..3 {
+                    gt[i][q] = (0..3).map(|p| gi[p] * f[p * 3 + q] as f64).sum();
+                }
+            }
+            for (i, gti) in gt.iter().enumerate().take(a) {
+                for (j, gj) in mx.g.iter().enumerate() {
+                    let u: f64 = (0..3).map(|q| gti[q] * gj[q]).sum();
+                    let xi = i * a + j;
+                    out[((xi * (kp / block) + ocb) * cp + ci) * block + lane] = (u * s) as f32;
+                }
+            }
+        }
+    }
+}
+
+fn check_geometry(g: &ConvGeometry) {
+    assert!(
+        g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
+        "winograd: only 3x3 stride-1 pad-1 convolutions, found {g:?}"
+    );
+    assert_eq!((g.out_h, g.out_w), (g.in_h, g.in_w), "winograd: output size");
+}
+
+/// `out = ep(conv3x3_s1_p1(input, w))` with `filters` from [`transform_filters`] (for
+/// `tile` and `block = V::LANES`). `input` is `Blocked { g.batch, g.in_channels, g.in_h,
+/// g.in_w, V::LANES }`, `out` the same with `g.out_channels`; every output value is
+/// overwritten (padding channels get `ep(0)`, zero when the bias and residual are zero
+/// there). With `Residual::InPlace`, `out` holds the residual on entry.
+pub fn winograd_conv<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    check_geometry(g);
+    let l = V::LANES;
+    let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
+    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+    assert_eq!(input.len(), xs.len(), "winograd: input length");
+    assert_eq!(out.len(), ys.len(), "winograd: output length");
+    assert_eq!(
+        filters.len(),
+        filters_len(tile, g.in_channels, g.out_channels, l),
+        "winograd: filters length"
+    );
+    if let Some(b) = ep.bias {
+        assert!(
+            b.len() >= ys.padded_channels(),
+            "winograd: one bias per padded output channel"
+        );
+    }
+    if let crate::kernels::blocked::Residual::From(r) = ep.residual {
+        assert_eq!(r.len(), ys.len(), "winograd: residual length");
+    }
+    match tile {
+        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out),
+        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out),
+    }
+}
+
+/// How one call is cut into tasks.
+#[derive(Clone, Copy, Debug)]
+struct Plan {
+    /// Tile groups (ranges of `split::ranges(tiles, groups)`).
+    groups: usize,
+    /// Output-channel-block ranges per group (`split::ranges(ocb, kparts)`).
+    kparts: usize,
+}
+
+fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
+    let per_tile = a * a * (icb + RB) * l * std::mem::size_of::<f32>();
+    let fit = (GROUP_BYTES / per_tile).clamp(MIN_GROUP_TILES, MAX_GROUP_TILES);
+    let mut groups = tiles.div_ceil(fit);
+    let want = split::parts(tiles * ocb);
+    if groups < want {
+        // More, smaller groups while they keep at least MIN_GROUP_TILES tiles.
+        groups = want.min(tiles / MIN_GROUP_TILES).max(groups);
+    } else {
+        // Whole rounds of tasks, so that the threads finish together.
+        let rounded = groups.next_multiple_of(want);
+        if tiles / rounded >= MIN_GROUP_TILES {
+            groups = rounded;
+        }
+    }
+    let groups = groups.clamp(1, tiles.max(1));
+    // Too few groups to fill the threads (batch 1, small images): split the output
+    // channels too; each such task repeats its group's input transform.
+    let kparts = if groups < want {
+        want.div_ceil(groups).min(ocb).max(1)
+    } else {
+        1
+    };
+    Plan { groups, kparts }
+}
+
+/// Tile `t` of the batch: image, output row and column of its top-left corner.
+#[derive(Clone, Copy)]
+struct Tiling {
+    cols: usize,
+    per_image: usize,
+}
+
+impl Tiling {
+    #[inline(always)]
+    fn tile<const M: usize>(&self, t: usize) -> (usize, usize, usize) {
+        let (n, r) = (t / self.per_image, t % self.per_image);
+        (n, (r / self.cols) * M, (r % self.cols) * M)
+    }
+}
+
+fn conv_impl<V: Vector, const M: usize, const A: usize>(
+    xs: Blocked,
+    ys: Blocked,
+    input: &[f32],
+    filters: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    let l = V::LANES;
+    let (icb, ocb) = (xs.blocks(), ys.blocks());
+    let tiling = Tiling {
+        cols: xs.w.div_ceil(M),
+        per_image: xs.h.div_ceil(M) * xs.w.div_ceil(M),
+    };
+    let tiles = xs.n * tiling.per_image;
+    if tiles == 0 || ocb == 0 {
+        return;
+    }
+    let p = plan(tiles, A, icb, ocb, l);
+    let shared = SharedOut::new(out);
+    let out = &shared;
+    (0..p.groups * p.kparts).into_par_iter().for_each(|task| {
+        let (gi, kp) = (task / p.kparts, task % p.kparts);
+        let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
+        let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
+        let t = tr.len();
+        let v_len = A * A * position_stride(icb * t * l);
+        let m_len = A * A * position_stride(RB * t * l);
+        with_scratch(v_len + m_len, |s| {
+            let (v, m) = s.split_at_mut(v_len);
+            input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
+            let mut cb = kr.start;
+            while cb < kr.end {
+                let rb = RB.min(kr.end - cb);
+                products::<V, A>(filters, xs.padded_channels(), ocb, cb, rb, icb, t, v, m);
+                output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out);
+                cb += rb;
+            }
+        });
+    });
+}
+
+/// The distance in floats between the positions `xi` of the scratch `V` and `M`, each
+/// `len` floats: rounded up to an odd number of 64-byte lines. With a power-of-two
+/// distance (64 tiles x 4 blocks x 16 lanes = 16 KB, F2's usual case) the 16 or 36
+/// vectors a tile's transform stores or loads, one per position, all map to one set of
+/// the 8-way L1 and evict each other; an odd number of lines spreads them over 64 sets.
+#[inline(always)]
+fn position_stride(len: usize) -> usize {
+    const LINE: usize = 64 / std::mem::size_of::<f32>();
+    let lines = len.div_ceil(LINE);
+    (lines | 1) * LINE
+}
+
+/// `o = B^T d` for one column (or row) of `A` vectors; the matrices are in the module doc.
+#[inline(always)]
+fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
+    let mut o = [V::ZERO; A];
+    if A == 4 {
+        o[0] = d[0] - d[2];
+        o[1] = d[1] + d[2];
+        o[2] = d[2] - d[1];
+        o[3] = d[1] - d[3];
+    } else {
+        let (d0, d1, d2, d3, d4, d5) = (d[0], d[1], d[2], d[3], d[4], d[5]);
+        let four = V::splat(4.0);
+        let five = V::splat(5.0);
+        let two = V::splat(2.0);
+        // o0 = 4 d0 - 5 d2 + d4, o5 = 4 d1 - 5 d3 + d5.
+        o[0] = d0.mul_add(four, d4) - d2 * five;
+        o[1] = (d3 + d4) - (d1 + d2) * four;
+        o[2] = (d4 - d3) + (d1 - d2) * four;
+        o[3] = (d4 - d2) + (d3 - d1) * two;
+        o[4] = (d4 - d2) - (d3 - d1) * two;
+        o[5] = d1.mul_add(four, d5) - d3 * five;
+    }
+    o
+}
+
+/// `o = A^T m` for one column (or row) of `A` vectors, `M` values out.
+#[inline(always)]
+fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -> [V; M] {
+    let mut o = [V::ZERO; M];
+    if A == 4 {
+        o[0] = m[0] + m[1] + m[2];
+        o[1] = m[1] - m[2] - m[3];
+    } else {
+        let s12 = m[1] + m[2];
+        let d12 = m[1] - m[2];
+        let s34 = m[3] + m[4];
+        let d34 = m[3] - m[4];
+        o[0] = m[0] + s12 + s34;
+        o[1] = d34.mul_add(V::splat(2.0), d12);
+        o[2] = s34.mul_add(V::splat(4.0), s12);
+        o[3] = d34.mul_add(V::splat(8.0), d12) + m[5];
+    }
+    o
+}
+
+/// `V[xi][icb][t][lane] = (B^T d B)[xi]` of tiles `t0..t0 + tn` of the batch, every input
+/// channel block: `d` is the tile's `A x A` patch (rows `oy-1..`, columns `ox-1..`), zero
+/// outside the image.
+// Out of line (called once a task): profiles then show the transforms apart.
+#[inline(never)]
+fn input_transform<V: Vector, const M: usize, const A: usize>(
+    xs: Blocked,
+    tl: &Tiling,
+    x: &[f32],
+    t0: usize,
+    tn: usize,
+    v: &mut [f32],
+) {
+    let l = V::LANES;
+    let icb = xs.blocks();
+    let (h, w) = (xs.h, xs.w);
+    let row = w * l;
+    let xi_stride = position_stride(icb * tn * l);
+    assert_eq!(x.len(), xs.len());
+    assert!(v.len() >= A * A * xi_stride);
+    let (xp, vp) = (x.as_ptr(), v.as_mut_ptr());
+    for t in 0..tn {
+        let (n, oy, ox) = tl.tile::<M>(t0 + t);
+        // Rows and columns of the patch inside the image.
+        let (i0, j0) = (usize::from(oy == 0), usize::from(ox == 0));
+        let (i1, j1) = (A.min(h + 1 - oy), A.min(w + 1 - ox));
+        let interior = i0 == 0 && j0 == 0 && i1 == A && j1 == A;
+        let row_in: [bool; A] = core::array::from_fn(|i| i >= i0 && i < i1);
+        let col_in: [bool; A] = core::array::from_fn(|j| j >= j0 && j < j1);
+        for cb in 0..icb {
+            // Patch value (i, j) is image pixel (oy - 1 + i, ox - 1 + j), at
+            // `base + i * row + j * l - row - l` (written so that it never goes negative).
+            let base = xs.at(n, cb, oy, ox);
+            let mut d = [[V::ZERO; A]; A];
+            // Constant loop bounds (no early exits) so that `d` stays in registers.
+            if interior {
+                for (i, di) in d.iter_mut().enumerate() {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        // SAFETY: an interior patch lies inside the image, so each pixel's
+                        // vector lies inside `x` (whose length is checked above).
+                        *dij = unsafe { V::load_at(xp, base + i * row + j * l - row - l) };
+                    }
+                }
+            } else {
+                for (i, di) in d.iter_mut().enumerate() {
+                    for (j, dij) in di.iter_mut().enumerate() {
+                        if row_in[i] && col_in[j] {
+                            // SAFETY: pixel (oy - 1 + i, ox - 1 + j) is inside the image.
+                            *dij = unsafe { V::load_at(xp, base + i * row + j * l - row - l) };
+                        }
+                    }
+                }
+            }
+            // Columns, then rows.
+            let mut tcol = [[V::ZERO; A]; A];
+            for j in 0..A {
+                let col: [V; A] = core::array::from_fn(|i| d[i][j]);
+                let r = input_1d::<V, A>(&col);
+                for (i, ti) in tcol.iter_mut().enumerate() {
+                    ti[j] = r[i];
+                }
+            }
+            for (i, ti) in tcol.iter().enumerate() {
+                let r = input_1d::<V, A>(ti);
+                for (j, rj) in r.iter().enumerate() {
+                    // SAFETY: `xi < A * A`, `cb < icb`, `t < tn`: inside `v` (checked above).
+                    unsafe { rj.store_at(vp, (i * A + j) * xi_stride + (cb * tn + t) * l) };
+                }
+            }
+        }
+    }
+}
+
+/// `M[xi][r][t][lane] = sum_ci U[xi][cb + r][ci][lane] V[xi][ci / L][t][ci % L]` for
+/// output-channel blocks `cb..cb + rb` and the group's `tn` tiles, every position.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn products<V: Vector, const A: usize>(
+    u: &[f32],
+    cp: usize,
+    ocb: usize,
+    cb: usize,
+    rb: usize,
+    icb: usize,
+    tn: usize,
+    v: &[f32],
+    m: &mut [f32],
+) {
+    let l = V::LANES;
+    assert!(cb + rb <= ocb && rb <= RB);
+    let (v_stride, m_stride) = (position_stride(icb * tn * l), position_stride(rb * tn * l));
+    assert!(u.len() >= A * A * ocb * cp * l && v.len() >= A * A * v_stride && m.len() >= A * A * m_stride);
+    assert_eq!(cp, icb * l);
+    for xi in 0..A * A {
+        let u_xi = &u[((xi * ocb + cb) * cp) * l..];
+        let v_xi = &v[xi * v_stride..];
+        let m_xi = &mut m[xi * m_stride..];
+        let mut t = 0;
+        while t < tn {
+            let rt = RT.min(tn - t);
+            // SAFETY: `u_xi` holds blocks `cb..cb + rb` of `cp x l` values each (asserted
+            // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks of `tn x l` values and
+            // reads tiles `t..t + rt <= tn`, `m_xi` holds `rb` blocks of `tn x l` values
+            // and gets tiles `t..t + rt` written.
+            unsafe {
+                micro_dispatch::<V>(
+                    rb,
+                    rt,
+                    u_xi.as_ptr(),
+                    cp * l,
+                    v_xi.as_ptr().add(t * l),
+                    tn * l,
+                    icb,
+                    m_xi.as_mut_ptr().add(t * l),
+                    tn * l,
+                );
+            }
+            t += rt;
+        }
+    }
+}
+
+/// Picks the micro-kernel instance for `rb <= RB` output blocks and `rt <= RT` tiles.
+///
+/// # Safety
+/// As [`micro`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro_dispatch<V: Vector>(
+    rb: usize,
+    rt: usize,
+    u: *const f32,
+    u_block: usize,
+    v: *const f32,
+    v_block: usize,
+    icb: usize,
+    m: *mut f32,
+    m_block: usize,
+) {
+    macro_rules! by_rt {
+        ($rb:literal) => {
+            match rt {
+                // SAFETY: forwarded from the caller.
+                1 => unsafe { micro::<V, $rb, 1>(u, u_block, v, v_block, icb, m, m_block) },
+                2 => unsafe { micro::<V, $rb, 2>(u, u_block, v, v_block, icb, m, m_block) },
+                3 => unsafe { micro::<V, $rb, 3>(u, u_block, v, v_block, icb, m, m_block) },
+                4 => unsafe { micro::<V, $rb, 4>(u, u_block, v, v_block, icb, m, m_block) },
+                5 => unsafe { micro::<V, $rb, 5>(u, u_block, v, v_block, icb, m, m_block) },
+                6 => unsafe { micro::<V, $rb, 6>(u, u_block, v, v_block, icb, m, m_block) },
+                _ => unreachable!("at most RT tiles"),
+            }
+        };
+    }
+    match rb {
+        1 => by_rt!(1),
+        2 => by_rt!(2),
+        3 => by_rt!(3),
+        4 => by_rt!(4),
+        _ => unreachable!("at most RB blocks"),
+    }
+}
+
+/// The register-blocked product of `R` output-channel blocks and `T` tiles: for every
+/// input channel `ci`, the `R` vectors `U[r][ci]` times the broadcast tile values
+/// `V[t][ci]`, accumulated in `R x T` vectors and stored to `M` at the end.
+///
+/// # Safety
+/// `u + r * u_block + ci * L .. + L` for `r < R`, `ci < icb * L`; `v + b * v_block + t * L
+/// + lane` for `b < icb`, `t < T`, `lane < L`; and `m + r * m_block + t * L .. + L` (written)
+/// must lie inside live allocations, `m` not overlapping the others.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn micro<V: Vector, const R: usize, const T: usize>(
+    u: *const f32,
+    u_block: usize,
+    v: *const f32,
+    v_block: usize,
+    icb: usize,
+    m: *mut f32,
+    m_block: usize,
+) {
+    let l = V::LANES;
+    let mut acc = [[V::ZERO; T]; R];
+    // Indexed loops: fully unrolled over the constant R and T, `acc` stays in registers.
+    #[allow(clippy::needless_range_loop)]
+    for b in 0..icb {
+        // SAFETY (whole loop body): in bounds by the function's contract.
+        unsafe {
+            let vb = v.add(b * v_block);
+            let ub = u.add(b * l * l);
+            for lane in 0..l {
+                let uv: [V; R] = core::array::from_fn(|r| V::load_at(ub, r * u_block + lane * l));
+                for t in 0..T {
+                    let x = V::splat(*vb.add(t * l + lane));
+                    for r in 0..R {
+                        acc[r][t] = uv[r].mul_add(x, acc[r][t]);
+                    }
+                }
+            }
+        }
+    }
+    for (r, ar) in acc.iter().enumerate() {
+        for (t, a) in ar.iter().enumerate() {
+            // SAFETY: in bounds and unshared by the function's contract.
+            unsafe { a.store_at(m, r * m_block + t * l) };
+        }
+    }
+}
+
+/// `Y = ep(A^T M A)` of output-channel blocks `cb..cb + rb` of the group's tiles, stored
+/// into the blocked output; partial tiles at the right and bottom edges store only the
+/// pixels inside the image.
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn output_transform<V: Vector, const M: usize, const A: usize>(
+    ys: Blocked,
+    tl: &Tiling,
+    t0: usize,
+    tn: usize,
+    cb: usize,
+    rb: usize,
+    m: &[f32],
+    ep: &BlockedEpilogue,
+    out: &SharedOut,
+) {
+    let l = V::LANES;
+    let (h, w) = (ys.h, ys.w);
+    let xi_stride = position_stride(rb * tn * l);
+    assert!(m.len() >= A * A * xi_stride);
+    let mp = m.as_ptr();
+    for r in 0..rb {
+        let bias = ep.bias_of::<V>(cb + r);
+        for t in 0..tn {
+            let (n, oy, ox) = tl.tile::<M>(t0 + t);
+            let mut mv = [[V::ZERO; A]; A];
+            for (i, mi) in mv.iter_mut().enumerate() {
+                for (j, mij) in mi.iter_mut().enumerate() {
+                    // SAFETY: `xi < A * A`, `r < rb`, `t < tn`: inside `m` (checked above).
+                    *mij = unsafe { V::load_at(mp, (i * A + j) * xi_stride + (r * tn + t) * l) };
+                }
+            }
+            // Columns (A x A -> M x A), then rows (M x A -> M x M).
+            let mut tcol = [[V::ZERO; A]; M];
+            for j in 0..A {
+                let col: [V; A] = core::array::from_fn(|i| mv[i][j]);
+                let o = output_1d::<V, A, M>(&col);
+                for (i, ti) in tcol.iter_mut().enumerate() {
+                    ti[j] = o[i];
+                }
+            }
+            // Partial tiles at the right and bottom edges store only their pixels inside
+            // the image; the loop bounds stay constant so that the tile stays in registers.
+            let (rows, cols) = (h - oy, w - ox);
+            let whole = rows >= M && cols >= M;
+            for (i, ti) in tcol.iter().enumerate() {
+                if whole || i < rows {
+                    let y = output_1d::<V, A, M>(ti);
+                    let at = ys.at(n, cb + r, oy + i, ox);
+                    for (j, yj) in y.iter().enumerate() {
+                        if whole || j < cols {
+                            ep.store(*yj, bias, at + j * l, out);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The naive scalar twin of [`winograd_conv`]: per image, output channel, tile and input
+/// channel, the textbook `Y = A^T [(G g G^T) .* (B^T d B)] A` with plain f32 loops over
+/// the matrices of the module doc, from the OIHW `weight` (times `scale[k]` if given),
+/// then the same epilogue. `input` and `out` are blocked with `block` channels; padding
+/// output channels get `ep(0)`. No threads.
+#[allow(clippy::too_many_arguments)]
+pub fn winograd_conv_naive(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    block: usize,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    check_geometry(g);
+    let (c, k) = (g.in_channels, g.out_channels);
+    let xs = Blocked::new(g.batch, c, g.in_h, g.in_w, block);
+    let ys = Blocked::new(g.batch, k, g.out_h, g.out_w, block);
+    assert_eq!(input.len(), xs.len(), "winograd: input length");
+    assert_eq!(out.len(), ys.len(), "winograd: output length");
+    assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
+    let (m, a) = (tile.m(), tile.alpha());
+    let mx = matrices(tile);
+    let (h, w) = (g.in_h, g.in_w);
+    // U[k][c] = G g G^T (a x a), in f32 like the fast kernel's filters.
+    let mut u = vec![0f32; k * c * a * a];
+    for kk in 0..k {
+        for ci in 0..c {
+            let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
+            let s = scale.map_or(1.0, |s| s[kk]);
+            for i in 0..a {
+                for j in 0..a {
+                    let mut acc = 0f32;
+                    for p in 0..3 {
+                        for q in 0..3 {
+                            acc += mx.g[i][p] as f32 * f[p * 3 + q] * mx.g[j][q] as f32;
+                        }
+                    }
+                    u[((kk * c + ci) * a + i) * a + j] = acc * s;
+                }
+            }
+        }
+    }
+    let mut vt = vec![0f32; c * a * a];
+    let mut mm = vec![0f32; a * a];
+    for n in 0..g.batch {
+        for oy in (0..h).step_by(m) {
+            for ox in (0..w).step_by(m) {
+                // V[c] = B^T d B of this tile, every input channel.
+                for ci in 0..c {
+                    let d = |p: usize, q: usize| -> f32 {
+                        let (y, x) = ((oy + p) as isize - 1, (ox + q) as isize - 1);
+                        if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                            0.0
+                        } else {
+                            input[xs.index(n, ci, y as usize, x as usize)]
+                        }
+                    };
+                    for i in 0..a {
+                        for j in 0..a {
+                            let mut acc = 0f32;
+                            for p in 0..a {
+                                for q in 0..a {
+                                    acc += mx.bt[i][p] as f32 * d(p, q) * mx.bt[j][q] as f32;
+                                }
+                            }
+                            vt[(ci * a + i) * a + j] = acc;
+                        }
+                    }
+                }
+                for kk in 0..ys.padded_channels() {
+                    mm.fill(0.0);
+                    if kk < k {
+                        for ci in 0..c {
+                            for (xi, mv) in mm.iter_mut().enumerate() {
+                                *mv += u[(kk * c + ci) * a * a + xi] * vt[ci * a * a + xi];
+                            }
+                        }
+                    }
+                    for i in 0..m.min(h - oy) {
+                        for j in 0..m.min(w - ox) {
+                            let mut acc = 0f32;
+                            for p in 0..a {
+                                for q in 0..a {
+                                    acc += mx.at[i][p] as f32 * mm[p * a + q] * mx.at[j][q] as f32;
+                                }
+                            }
+                            let at = ys.index(n, kk, oy + i, ox + j);
+                            out[at] = ep.apply_scalar(acc, kk, at, out[at]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::blocked::Residual;
+    use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, zoo_convs};
+    use crate::layout::{from_blocked, to_blocked};
+    use crate::rng::Rng;
+    use crate::simd::F32xBlock;
+
+    const TILES: [WinogradTile; 2] = [WinogradTile::F2, WinogradTile::F4];
+
+    /// Largest relative error accepted: F(2x2) is about as accurate as direct
+    /// convolution, F(4x4) loses about a decimal digit (Lavin & Gray sec. 5).
+    fn tolerance(tile: WinogradTile) -> f32 {
+        match tile {
+            WinogradTile::F2 => 1e-5,
+            WinogradTile::F4 => 1e-4,
+        }
+    }
+
+    fn geometry(n: usize, c: usize, k: usize, h: usize, w: usize) -> ConvGeometry {
+        ConvGeometry::new(n, c, h, w, k, (3, 3), 1, 1).unwrap()
+    }
+
+    /// Random NCHW input and OIHW weights of `g`, and the input in blocks of `block`.
+    fn case(rng: &mut Rng, g: &ConvGeometry, block: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = random(rng, g.batch * g.in_image());
+        let w = random(rng, g.out_channels * g.in_channels * 9);
+        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, block);
+        let mut xb = vec![0.0; xs.len()];
+        to_blocked(&x, xs, &mut xb);
+        (x, w, xb)
+    }
+
+    /// The fast kernel at vector `V`, from the OIHW weights (NaN-filled output first, so an
+    /// unwritten value shows as an infinite error).
+    fn fast<V: Vector>(g: &ConvGeometry, tile: WinogradTile, xb: &[f32], w: &[f32], ep: &BlockedEpilogue) -> Vec<f32> {
+        let l = V::LANES;
+        let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+        transform_filters(w, None, g.in_channels, g.out_channels, tile, l, &mut u);
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+        let mut y = vec![f32::NAN; ys.len()];
+        winograd_conv::<V>(g, tile, xb, &u, ep, &mut y);
+        y
+    }
+
+    fn naive(g: &ConvGeometry, tile: WinogradTile, xb: &[f32], w: &[f32], block: usize) -> Vec<f32> {
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, block);
+        let mut y = vec![f32::NAN; ys.len()];
+        winograd_conv_naive(g, tile, xb, w, None, block, &BlockedEpilogue::default(), &mut y);
+        y
+    }
+
+    /// The blocked output as NCHW, after checking that its padding channels are zero.
+    fn unblock(g: &ConvGeometry, y: &[f32], block: usize) -> Vec<f32> {
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, block);
+        for n in 0..g.batch {
+            for c in g.out_channels..ys.padded_channels() {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        assert_eq!(y[ys.index(n, c, oy, ox)], 0.0, "padding channel {c} of {g:?}");
+                    }
+                }
+            }
+        }
+        let mut out = vec![0.0; g.batch * g.out_image()];
+        from_blocked(y, ys, &mut out);
+        out
+    }
+
+    /// Max relative errors (naive, fast) against the whole f64 reference.
+    fn check_full<V: Vector>(rng: &mut Rng, g: &ConvGeometry, tile: WinogradTile) -> (f32, f32) {
+        let l = V::LANES;
+        let (x, w, xb) = case(rng, g, l);
+        let want: Vec<f32> = conv_f64(g, &x, &w).iter().map(|&v| v as f32).collect();
+        let en = max_rel_err(&unblock(g, &naive(g, tile, &xb, &w, l), l), &want);
+        let ef = max_rel_err(
+            &unblock(g, &fast::<V>(g, tile, &xb, &w, &BlockedEpilogue::default()), l),
+            &want,
+        );
+        assert!(
+            en < tolerance(tile) && ef < tolerance(tile),
+            "{tile:?} {g:?} at {l} lanes: naive {en:e}, fast {ef:e}"
+        );
+        (en, ef)
+    }
+
+    #[test]
+    fn matches_the_definition_on_resnet20_convs() {
+        let mut rng = Rng::new(1);
+        for (g, names) in zoo_convs("resnet20", 2, 32) {
+            if g.kernel_h != 3 || g.stride != 1 {
+                continue;
+            }
+            for tile in TILES {
+                let (en, ef) = check_full::<F32xBlock>(&mut rng, &g, tile);
+                println!("resnet20 {} {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_on_resnet50_convs() {
+        let mut rng = Rng::new(2);
+        let l = F32xBlock::LANES;
+        for (g, names) in zoo_convs("resnet50", 1, 224) {
+            if g.kernel_h != 3 || g.stride != 1 {
+                continue;
+            }
+            let (x, w, xb) = case(&mut rng, &g, l);
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+            // A few hundred outputs, the image's corners and edges among them.
+            let points: Vec<(usize, usize, usize)> = (0..300)
+                .map(|i| {
+                    let k = rng.below(g.out_channels);
+                    let (oy, ox) = match i {
+                        0 => (0, 0),
+                        1 => (g.out_h - 1, g.out_w - 1),
+                        2 => (0, g.out_w - 1),
+                        3 => (g.out_h - 1, 0),
+                        _ => (rng.below(g.out_h), rng.below(g.out_w)),
+                    };
+                    (k, oy, ox)
+                })
+                .collect();
+            let want: Vec<f32> = points
+                .iter()
+                .map(|&(k, oy, ox)| conv_value_f64(&g, &x, &w, 0, k, oy, ox) as f32)
+                .collect();
+            for tile in TILES {
+                let pick =
+                    |y: &[f32]| -> Vec<f32> { points.iter().map(|&(k, oy, ox)| y[ys.index(0, k, oy, ox)]).collect() };
+                let en = max_rel_err(&pick(&naive(&g, tile, &xb, &w, l)), &want);
+                let ef = max_rel_err(
+                    &pick(&fast::<F32xBlock>(&g, tile, &xb, &w, &BlockedEpilogue::default())),
+                    &want,
+                );
+                println!("resnet50 {} {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
+                assert!(
+                    en < tolerance(tile) && ef < tolerance(tile),
+                    "{tile:?} {g:?}: naive {en:e}, fast {ef:e}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn matches_the_definition_on_odd_shapes_at_every_block() {
+        let mut rng = Rng::new(3);
+        let mut worst = [[0f32; 2]; 2];
+        let shapes = [
+            (1, 3, 5, 1, 1),
+            (2, 5, 3, 2, 3),
+            (3, 19, 33, 5, 7),
+            (1, 33, 19, 9, 9),
+            (2, 33, 5, 13, 6),
+            (1, 19, 3, 6, 13),
+            (3, 3, 19, 9, 5),
+        ];
+        for (n, c, k, h, w) in shapes {
+            let g = geometry(n, c, k, h, w);
+            for (ti, tile) in TILES.into_iter().enumerate() {
+                for (en, ef) in [
+                    check_full::<wide::f32x4>(&mut rng, &g, tile),
+                    check_full::<wide::f32x8>(&mut rng, &g, tile),
+                    check_full::<wide::f32x16>(&mut rng, &g, tile),
+                ] {
+                    worst[ti][0] = worst[ti][0].max(en);
+                    worst[ti][1] = worst[ti][1].max(ef);
+                }
+            }
+        }
+        for (ti, tile) in TILES.into_iter().enumerate() {
+            println!(
+                "odd shapes {tile:?}: naive {:.2e}, fast {:.2e}",
+                worst[ti][0], worst[ti][1]
+            );
+        }
+    }
+
+    /// Bias, residual (separate and in place) and ReLU, with a folded scale, against the
+    /// f64 reference finished by the scalar epilogue; a NaN in the residual propagates.
+    #[test]
+    fn applies_the_epilogue() {
+        fn run<V: Vector>(rng: &mut Rng) {
+            let l = V::LANES;
+            let g = geometry(2, 19, 21, 7, 10);
+            let (x, w, xb) = case(rng, &g, l);
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+            let kp = ys.padded_channels();
+            let scale: Vec<f32> = (0..g.out_channels).map(|i| 0.5 + i as f32 / 16.0).collect();
+            let mut bias = random(rng, kp);
+            bias[g.out_channels..].fill(0.0);
+            let mut res = vec![0.0; ys.len()];
+            to_blocked(&random(rng, g.batch * g.out_image()), ys, &mut res);
+            let nan_at = ys.index(1, 3, 4, 5);
+            res[nan_at] = f32::NAN;
+            // The reference: the scaled weights' f64 convolution, blocked, then the epilogue.
+            let ws: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * scale[i / (g.in_channels * 9)])
+                .collect();
+            let conv: Vec<f32> = conv_f64(&g, &x, &ws).iter().map(|&v| v as f32).collect();
+            let mut conv_b = vec![0.0; ys.len()];
+            to_blocked(&conv, ys, &mut conv_b);
+            for tile in TILES {
+                let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+                transform_filters(&w, Some(&scale), g.in_channels, g.out_channels, tile, l, &mut u);
+                for (with_bias, residual, relu) in
+                    [(true, 0, false), (false, 1, false), (true, 2, true), (false, 0, true)]
+                {
+                    let ep = BlockedEpilogue {
+                        bias: with_bias.then_some(&bias[..]),
+                        residual: match residual {
+                            0 => Residual::None,
+                            1 => Residual::From(&res),
+                            _ => Residual::InPlace,
+                        },
+                        relu,
+                    };
+                    let start = if residual == 2 {
+                        res.clone()
+                    } else {
+                        vec![f32::NAN; ys.len()]
+                    };
+                    let want: Vec<f32> = (0..ys.len())
+                        .map(|i| ep.apply_scalar(conv_b[i], channel_of(ys, i), i, start[i]))
+                        .collect();
+                    let mut fast_y = start.clone();
+                    winograd_conv::<V>(&g, tile, &xb, &u, &ep, &mut fast_y);
+                    let mut naive_y = start.clone();
+                    winograd_conv_naive(&g, tile, &xb, &w, Some(&scale), l, &ep, &mut naive_y);
+                    for (name, mut y) in [("fast", fast_y), ("naive", naive_y)] {
+                        let mut want = want.clone();
+                        if residual > 0 {
+                            assert!(y[nan_at].is_nan(), "{name} {tile:?}: the residual's NaN propagates");
+                            y[nan_at] = 0.0;
+                            want[nan_at] = 0.0;
+                        }
+                        if relu {
+                            assert!(y.iter().all(|&v| v >= 0.0), "{name} {tile:?}: relu clamps");
+                        }
+                        let e = max_rel_err(&y, &want);
+                        println!("epilogue {name} {tile:?} bias {with_bias} residual {residual} relu {relu} at {l} lanes: {e:.2e}");
+                        assert!(e < tolerance(tile), "{name} {tile:?}: {e:e}");
+                        for n in 0..g.batch {
+                            for c in g.out_channels..kp {
+                                assert_eq!(y[ys.index(n, c, 0, 0)], 0.0, "{name}: padding channels stay zero");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        fn channel_of(ys: Blocked, i: usize) -> usize {
+            let l = ys.block;
+            (i / ys.plane_len()) % ys.blocks() * l + i % l
+        }
+        let mut rng = Rng::new(4);
+        run::<wide::f32x4>(&mut rng);
+        run::<wide::f32x16>(&mut rng);
+    }
+
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let mut rng = Rng::new(5);
+        for g in [
+            geometry(1, 64, 64, 14, 14),
+            geometry(3, 32, 48, 16, 16),
+            geometry(1, 128, 128, 7, 7),
+        ] {
+            let (_, w, xb) = case(&mut rng, &g, F32xBlock::LANES);
+            for tile in TILES {
+                let run = |threads: usize| {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                    pool.install(|| fast::<F32xBlock>(&g, tile, &xb, &w, &BlockedEpilogue::default()))
+                };
+                let one = run(1);
+                assert!(one.iter().all(|v| v.is_finite()));
+                for threads in [2, 3, 5] {
+                    assert_eq!(run(threads), one, "{tile:?} {g:?} on {threads} threads");
+                }
+            }
+        }
+    }
+}
