@@ -4,13 +4,13 @@ use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
-use resnet_core::kernels::plan::{choose, choose_filter, fastest, fastest_filter, Pass};
-use resnet_core::layers::Mode;
-use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::kernels::plan::{choose_filter, fastest, fastest_filter, Pass};
+use resnet_core::model::{Arch, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::plan::{choose::time_candidates, ConvChoice, ExecutionPlan, PlanOptions};
 use resnet_core::rng::Rng;
-use resnet_core::simd::{F32x, F32xWide, LANES, WIDE_LANES};
+use resnet_core::simd::{F32x, F32xWide, BLOCK, LANES, WIDE_LANES};
 use resnet_core::train::{Schedule, Sgd, Trainer};
-use resnet_core::Tensor;
+use resnet_core::{Params, Tensor};
 use std::time::Instant;
 
 /// Arguments of `resnet bench`.
@@ -34,14 +34,14 @@ pub struct BenchArgs {
     /// Timed repetitions after one warm-up; the median is reported.
     #[arg(long, default_value_t = 10)]
     reps: usize,
+    /// Inference convolution algorithm: auto (the plan's rule), measure (time every
+    /// candidate per shape first), direct, wino2 or wino4 (where it applies).
+    #[arg(long, default_value = "auto")]
+    conv: ConvChoice,
     /// Also time every distinct convolution shape with each algorithm: which one the
-    /// plan picks next to the fastest.
+    /// plan picks next to the fastest, with GFLOP/s and % of the measured FMA peak.
     #[arg(long)]
     layers: bool,
-    /// Run inference layer by layer (batch norm, residual add and ReLU as separate
-    /// passes) instead of folding batch norms into the convolutions.
-    #[arg(long)]
-    no_fold: bool,
     /// Also measure the machine's ceilings: the FP32 FMA peak of the crate's SIMD vector
     /// on the same threads, and single-thread sgemm (matrixmultiply) on 1024^3.
     #[arg(long)]
@@ -60,6 +60,28 @@ pub fn run(args: BenchArgs) -> Result<()> {
     pool.install(|| bench(&args, threads))
 }
 
+/// The median of `reps` timed calls of `f` after one warm-up, with the fastest and slowest.
+fn time_reps(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64, usize)> {
+    let mut times = Vec::new();
+    for rep in 0..=reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        if rep > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0], times[times.len() - 1], times.len()))
+}
+
+/// Peak resident memory of this process so far (Linux `VmHWM`), in bytes.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let mut config = ResNetConfig::named(&args.model)?;
     if let Some(s) = args.shortcut {
@@ -67,72 +89,99 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     }
     let size = config.input_size;
     let classes = config.num_classes;
-    let mut net = ResNet::new(config, 0)?;
-    net.set_fold_bn(!args.no_fold);
-    let macs: u64 = net.layer_table(size, size)?.iter().map(|r| r.macs).sum();
+    let arch = Arch::of(&config)?;
+    let macs: u64 = arch.layer_table(size, size)?.iter().map(|r| r.macs).sum();
     let mut rng = Rng::new(1);
     let n = args.batch.max(1);
-    let x = Tensor::new(
-        vec![n, 3, size, size],
-        (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect(),
-    )?;
-    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
-    let mut trainer = Trainer::new(net, Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
-    let mut times = Vec::new();
-    for rep in 0..=args.reps.max(1) {
-        let start = Instant::now();
-        if args.train {
+    let x: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect();
+    let params = Params::new(config.clone(), 0)?;
+    let mut plan_memory = None;
+    let (median, min, max, reps) = if args.train {
+        let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+        let x = Tensor::new(vec![n, 3, size, size], x)?;
+        let mut trainer = Trainer::new(
+            ResNet::from_params(&params)?,
+            Sgd::new(0.9, 1e-4),
+            Schedule::Constant { base_lr: 0.01 },
+        );
+        time_reps(args.reps, || {
             trainer.step(&x, &labels)?;
-        } else {
-            trainer.model.forward(&x, Mode::Eval)?;
-        }
-        if rep > 0 {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
+            Ok(())
+        })?
+    } else {
+        let mut plan = ExecutionPlan::inference(&config, n, size, size, PlanOptions { conv: args.conv })?;
+        let t = time_reps(args.reps, || {
+            plan.forward(&params, &x, n)?;
+            Ok(())
+        })?;
+        plan_memory = Some(plan.memory());
+        t
+    };
     let images_per_s = n as f64 / median;
     // Useful FLOPs: 2 per multiply-add; a training step does about three forward passes' worth.
     let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
     let gflops = flops / median / 1e9;
     let what = if args.train { "training step" } else { "inference" };
-    let layers = if args.layers {
-        layer_table(&mut trainer.model, n, size, args.train)?
-    } else {
-        Vec::new()
-    };
-    let peak = args.peak.then(|| {
+    let peak = (args.peak || args.layers).then(|| {
         (
             fma_peak_gflops::<F32xWide>(threads, 1.0),
             fma_peak_gflops::<F32x>(threads, 1.0),
-            sgemm_gflops(1024, 5),
+            args.peak.then(|| sgemm_gflops(1024, 5)),
         )
     });
+    let layers = if args.layers {
+        let fma = peak.map_or(f64::NAN, |p| p.0);
+        if args.train {
+            train_layer_table(&arch, n, size, fma)?
+        } else {
+            inference_layer_table(&config, n, size, args.conv, fma)?
+        }
+    } else {
+        Vec::new()
+    };
+    let rss = peak_rss();
     if args.json {
         let doc = serde_json::json!({
             "model": args.model, "batch": n, "train": args.train, "threads": threads,
             "median_ms": median * 1e3, "images_per_second": images_per_s, "gflops": gflops,
-            "min_ms": times[0] * 1e3, "max_ms": times[times.len() - 1] * 1e3, "layers": layers,
+            "min_ms": min * 1e3, "max_ms": max * 1e3, "layers": layers,
             "fma_peak_gflops": peak.map(|p| p.0), "fma_peak_lanes": WIDE_LANES,
             "fma_peak_gflops_narrow": peak.map(|p| p.1), "fma_peak_narrow_lanes": LANES,
-            "sgemm_1024_gflops_1_thread": peak.map(|p| p.2), "kernels": kernel_report(),
+            "sgemm_1024_gflops_1_thread": peak.and_then(|p| p.2), "kernels": kernel_report(),
+            "peak_rss_bytes": rss,
+            "plan_arena_bytes": plan_memory.map(|m| m.arena),
+            "plan_largest_activation_bytes": plan_memory.map(|m| m.largest_activation),
+            "plan_derived_weight_bytes": plan_memory.map(|m| m.derived_weights),
         });
         println!("{doc}");
     } else {
         println!(
-            "{} batch {n} {what}, {threads} thread(s): median {:.2} ms ({} reps), {:.1} images/s, {:.1} GFLOP/s",
+            "{} batch {n} {what}, {threads} thread(s): median {:.2} ms ({reps} reps), {:.1} images/s, {:.1} GFLOP/s",
             args.model,
             median * 1e3,
-            times.len(),
             images_per_s,
             gflops
         );
+        let mb = |b: usize| b as f64 / (1 << 20) as f64;
+        if let Some(m) = plan_memory {
+            println!(
+                "memory: activation arena {:.1} MB (largest activation {:.1} MB), weights {:.1} MB + derived {:.1} MB; \
+                 peak resident {:.1} MB",
+                mb(m.arena),
+                mb(m.largest_activation),
+                mb(params.param_count() * 4 + params.buffers().len() * 4),
+                mb(m.derived_weights),
+                mb(rss.unwrap_or(0) as usize)
+            );
+        } else if let Some(rss) = rss {
+            println!("peak resident memory {:.1} MB", mb(rss as usize));
+        }
         if let Some((fma, narrow, sgemm)) = peak {
             println!(
                 "FP32 FMA peak ({threads} thread(s)): {fma:.1} GFLOP/s on {WIDE_LANES} lanes, {narrow:.1} on \
-                 {LANES}; this run at {:.0} % of the first. sgemm 1024^3 on 1 thread: {sgemm:.1} GFLOP/s",
-                100.0 * gflops / fma
+                 {LANES}; this run at {:.0} % of the first.{}",
+                100.0 * gflops / fma,
+                sgemm.map_or(String::new(), |s| format!(" sgemm 1024^3 on 1 thread: {s:.1} GFLOP/s"))
             );
             println!("{}", kernel_report());
         }
@@ -143,60 +192,87 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// Times each distinct convolution shape of `model` at batch `n` with every applicable
-/// algorithm, for the forward pass and (when training) backward-data and backward-filter.
-fn layer_table(model: &mut ResNet, n: usize, size: usize, train: bool) -> Result<Vec<serde_json::Value>> {
-    let mut rows: Vec<serde_json::Value> = Vec::new();
-    let seen = model.distinct_conv_geometries(n, size, size)?;
-    let passes: &[Pass] = if train {
-        &[Pass::Forward, Pass::BackwardData]
-    } else {
-        &[Pass::Forward]
-    };
-    let flops = |g: &ConvGeometry| 2.0 * g.macs() as f64;
-    let row = |g: &ConvGeometry, names: &[String], pass: &str, chosen: &str, best: &str, timings: Vec<(&str, f64)>| {
-        let chosen_s = timings.iter().find(|t| t.0 == chosen).map_or(f64::NAN, |t| t.1);
-        serde_json::json!({
-            "layers": names, "count": names.len(),
-            "shape": format!("{}x{}x{}x{} -> {} k{} s{}", g.batch, g.in_channels, g.in_h, g.in_w, g.out_channels, g.kernel_h, g.stride),
-            "pass": pass, "chosen": chosen, "fastest": best,
-            "chosen_ms": chosen_s * 1e3, "chosen_gflops": flops(g) / chosen_s / 1e9,
-            "timings": timings.iter().map(|(a, t)| serde_json::json!({"algo": a, "ms": t * 1e3, "gflops": flops(g) / t / 1e9})).collect::<Vec<_>>(),
-        })
-    };
-    for (g, names) in &seen {
-        for &pass in passes {
-            let (best, timings) = fastest(g, pass);
-            let timings = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
-            rows.push(row(
-                g,
-                names,
-                &format!("{pass:?}"),
-                choose(g, pass).name(),
-                best.name(),
-                timings,
-            ));
+/// One row of the `--layers` table: a shape, a pass, the algorithm chosen, every
+/// candidate's time, GFLOP/s and % of `fma` (the measured FMA peak).
+fn layer_row(
+    g: &ConvGeometry,
+    names: &[String],
+    pass: &str,
+    chosen: &str,
+    timings: &[(&str, f64)],
+    fma: f64,
+) -> serde_json::Value {
+    let flops = 2.0 * g.macs() as f64;
+    let chosen_s = timings.iter().find(|t| t.0 == chosen).map_or(f64::NAN, |t| t.1);
+    let best = timings.iter().min_by(|a, b| a.1.total_cmp(&b.1)).map_or("", |t| t.0);
+    serde_json::json!({
+        "layers": names, "count": names.len(),
+        "shape": format!("{}x{}x{}x{} -> {} k{} s{}", g.batch, g.in_channels, g.in_h, g.in_w, g.out_channels, g.kernel_h, g.stride),
+        "pass": pass, "chosen": chosen, "fastest": best,
+        "chosen_ms": chosen_s * 1e3, "chosen_gflops": flops / chosen_s / 1e9,
+        "chosen_percent_of_peak": 100.0 * flops / chosen_s / 1e9 / fma,
+        "timings": timings.iter().map(|(a, t)| serde_json::json!({"algo": a, "ms": t * 1e3, "gflops": flops / t / 1e9})).collect::<Vec<_>>(),
+    })
+}
+
+/// Every convolution of the inference plan, grouped by shape: the plan's algorithm
+/// beside every candidate, timed on the plan's blocked layout.
+fn inference_layer_table(
+    config: &ResNetConfig,
+    n: usize,
+    size: usize,
+    conv: ConvChoice,
+    fma: f64,
+) -> Result<Vec<serde_json::Value>> {
+    let plan = ExecutionPlan::inference(config, n, size, size, PlanOptions { conv })?;
+    let mut groups: Vec<(ConvGeometry, usize, &str, Vec<String>)> = Vec::new();
+    for c in plan.convs() {
+        match groups
+            .iter_mut()
+            .find(|(g, b, a, _)| *g == c.geometry && *b == c.in_block && *a == c.algo.name())
+        {
+            Some((_, _, _, names)) => names.push(c.name.clone()),
+            None => groups.push((c.geometry, c.in_block, c.algo.name(), vec![c.name.clone()])),
         }
-        if train {
-            let (best, timings) = fastest_filter(g);
-            let timings = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
-            rows.push(row(
-                g,
-                names,
-                "BackwardFilter",
-                choose_filter(g).name(),
-                best.name(),
-                timings,
-            ));
+    }
+    let mut rows = Vec::new();
+    for (g, in_block, chosen, names) in groups {
+        let timings = time_candidates(&g, in_block, 5);
+        let timings: Vec<(&str, f64)> = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
+        rows.push(layer_row(&g, &names, "Forward", chosen, &timings, fma));
+    }
+    Ok(rows)
+}
+
+/// Times each distinct convolution shape at batch `n` with every applicable training
+/// algorithm: forward, backward-data and backward-filter.
+fn train_layer_table(arch: &Arch, n: usize, size: usize, fma: f64) -> Result<Vec<serde_json::Value>> {
+    let mut rows = Vec::new();
+    for (g, names) in &arch.distinct_conv_geometries(n, size, size)? {
+        for pass in [Pass::Forward, Pass::BackwardData] {
+            let (_, timings) = fastest(g, pass);
+            let timings: Vec<(&str, f64)> = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
+            let chosen = resnet_core::kernels::plan::choose(g, pass).name();
+            rows.push(layer_row(g, names, &format!("{pass:?}"), chosen, &timings, fma));
         }
+        let (_, timings) = fastest_filter(g);
+        let timings: Vec<(&str, f64)> = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
+        rows.push(layer_row(
+            g,
+            names,
+            "BackwardFilter",
+            choose_filter(g).name(),
+            &timings,
+            fma,
+        ));
     }
     Ok(rows)
 }
 
 fn print_layers(rows: &[serde_json::Value]) {
     println!(
-        "\n{:<34} {:>3}  {:<12} {:<6} {:>9} {:>8}  all (GFLOP/s)",
-        "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s"
+        "\n{:<34} {:>3}  {:<14} {:<6} {:>9} {:>8} {:>6}  all (GFLOP/s)",
+        "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s", "% peak"
     );
     for r in rows {
         let all: Vec<String> = r["timings"]
@@ -219,13 +295,14 @@ fn print_layers(rows: &[serde_json::Value]) {
             "  <- fastest differs"
         };
         println!(
-            "{:<34} {:>3}  {:<14} {:<6} {:>9.3} {:>8.1}  {}{flag}",
+            "{:<34} {:>3}  {:<14} {:<6} {:>9.3} {:>8.1} {:>6.0}  {}{flag}",
             r["shape"].as_str().unwrap_or(""),
             r["count"],
             r["pass"].as_str().unwrap_or(""),
             r["chosen"].as_str().unwrap_or(""),
             r["chosen_ms"].as_f64().unwrap_or(0.0),
             r["chosen_gflops"].as_f64().unwrap_or(0.0),
+            r["chosen_percent_of_peak"].as_f64().unwrap_or(f64::NAN),
             all.join(", ")
         );
     }
@@ -235,10 +312,11 @@ fn print_layers(rows: &[serde_json::Value]) {
 /// `-C target-cpu`) and matrixmultiply's sgemm kernel (chosen at run time).
 fn kernel_report() -> String {
     let ours = if WIDE_LANES == 16 {
-        "f32x16 (AVX-512F) in the multiply-add kernels, f32x8 in the transforms"
+        "inference in blocks of 16 channels on f32x16 (AVX-512F); training on f32x16 in the multiply-add kernels, f32x8 in the transforms"
     } else {
-        "f32x8 in every kernel (this build has no AVX-512F)"
+        "inference in blocks of 8 channels on f32x8; training on f32x8 (this build has no AVX-512F)"
     };
+    debug_assert_eq!(BLOCK, WIDE_LANES);
     #[cfg(target_arch = "x86_64")]
     let sgemm = if std::arch::is_x86_feature_detected!("avx512f") {
         "its AVX-512 kernel (detected at run time)"

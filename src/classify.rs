@@ -63,6 +63,6 @@ pub fn run(args: ClassifyArgs) -> Result<()> {
             println!("  {:>7.3} %  {} ({})", 100.0 * p.probability, p.label, p.index);
         }
     }
-    println!("{} image(s) with {} in {ms:.1} ms", images.len(), model.net.config.name);
+    println!("{} image(s) with {} in {ms:.1} ms", images.len(), model.config().name);
     Ok(())
 }

@@ -19,12 +19,12 @@ pub struct ConvertArgs {
 
 /// Converts and writes atomically.
 pub fn run(args: ConvertArgs) -> Result<()> {
-    let mut model = load_classifier(&args.input, &args.load)?;
+    let model = load_classifier(&args.input, &args.load)?;
     let bytes = model.to_safetensors()?;
     crate::fsutil::write_atomic(&args.output, &bytes)
         .with_context(|| format!("cannot write {}", args.output.display()))?;
-    let params = model.net.param_count();
-    let c = &model.net.config;
+    let params = model.params.param_count();
+    let c = model.config();
     let norm = match &model.normalization {
         Normalization::PerChannel { mean, std } => format!("mean {mean:?} std {std:?}"),
         Normalization::PerPixelMean { .. } => "per-pixel mean image".to_string(),

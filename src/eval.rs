@@ -63,7 +63,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     let top5 = eval.top5 as f64 / eval.total as f64;
     if args.json {
         let doc = serde_json::json!({
-            "model": model.net.config.name,
+            "model": model.config().name,
             "images": eval.total,
             "top1": top1,
             "top5": top5,
@@ -77,7 +77,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     }
     println!(
         "{} on {} images of {}",
-        model.net.config.name,
+        model.config().name,
         eval.total,
         args.data.display()
     );

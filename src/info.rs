@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use clap::Args;
-use resnet_core::model::{ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
 
 /// Arguments of `resnet info`.
 #[derive(Args)]
@@ -34,8 +34,7 @@ pub fn run(args: InfoArgs) -> Result<()> {
         config = config.with_classes(c);
     }
     let size = args.size.unwrap_or(config.input_size);
-    let model = ResNet::new(config.clone(), 0)?;
-    let rows = model.layer_table(size, size)?;
+    let rows = Arch::of(&config)?.layer_table(size, size)?;
     let params: usize = rows.iter().map(|r| r.params).sum();
     let macs: u64 = rows.iter().map(|r| r.macs).sum();
     if args.json {

@@ -47,7 +47,8 @@ mod pretrained_commands {
     use resnet_core::classifier::{default_classes, Classifier, LoadOptions};
     use resnet_core::data::augment::Normalization;
     use resnet_core::data::image::decode_image;
-    use resnet_core::model::{ResNet, ResNetConfig};
+    use resnet_core::model::ResNetConfig;
+    use resnet_core::Params;
     use std::path::PathBuf;
 
     fn tmp(name: &str) -> PathBuf {
@@ -58,16 +59,16 @@ mod pretrained_commands {
     }
 
     fn model_file(dir: &std::path::Path) -> PathBuf {
-        let net = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 11).unwrap();
-        let mut c = Classifier {
-            net,
-            classes: default_classes(10),
-            normalization: Normalization::PerChannel {
+        let params = Params::new(ResNetConfig::named("resnet8").unwrap(), 11).unwrap();
+        let c = Classifier::new(
+            params,
+            default_classes(10),
+            Normalization::PerChannel {
                 mean: [0.5, 0.4, 0.3],
                 std: [0.2, 0.25, 0.3],
             },
-            metadata: Default::default(),
-        };
+            Default::default(),
+        );
         let path = dir.join("m.safetensors");
         std::fs::write(&path, c.to_safetensors().unwrap()).unwrap();
         path

@@ -16,7 +16,7 @@ use resnet_core::kernels::blocked::BlockedEpilogue;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::fma_peak_gflops;
 use resnet_core::layout::Blocked;
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::{Arch, ResNetConfig};
 use resnet_core::simd::{F32xBlock, BLOCK};
 use std::time::Instant;
 
@@ -47,7 +47,7 @@ fn median_secs(mut f: impl FnMut()) -> f64 {
 }
 
 fn shapes(name: &str, batch: usize, size: usize) -> Vec<(ConvGeometry, Vec<String>)> {
-    let net = ResNet::new(ResNetConfig::named(name).expect("a zoo model"), 1).expect("it builds");
+    let net = Arch::of(&ResNetConfig::named(name).expect("a zoo model")).expect("it builds");
     net.distinct_conv_geometries(batch, size, size).expect("its geometries")
 }
 

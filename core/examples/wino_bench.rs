@@ -14,7 +14,7 @@ use resnet_core::kernels::blocked::BlockedEpilogue;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::winograd::WinogradTile;
 use resnet_core::layout::Blocked;
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::{Arch, ResNetConfig};
 use resnet_core::simd::{F32xBlock, BLOCK};
 use std::time::Instant;
 
@@ -48,7 +48,7 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
 }
 
 fn convs(name: &str, batch: usize, size: usize) -> Vec<(ConvGeometry, String)> {
-    let net = ResNet::new(ResNetConfig::named(name).unwrap(), 1).unwrap();
+    let net = Arch::of(&ResNetConfig::named(name).unwrap()).unwrap();
     net.distinct_conv_geometries(batch, size, size)
         .unwrap()
         .into_iter()

@@ -16,10 +16,10 @@ use crate::data::Dataset;
 use crate::io::safetensors::write_safetensors;
 use crate::io::{read_weights, NamedTensor, TensorFile};
 use crate::layers::loss::softmax;
-use crate::layers::Mode;
-use crate::model::weights::{canonicalize_names, infer_config, load_tensors, model_tensors, MEAN_IMAGE};
-use crate::model::{ResNet, ResNetConfig, ShortcutOption, Stem};
-use crate::{Error, Result, Tensor};
+use crate::model::weights::{canonicalize_names, infer_config, MEAN_IMAGE};
+use crate::model::{ResNetConfig, ShortcutOption, Stem};
+use crate::plan::{ExecutionPlan, PlanOptions};
+use crate::{Error, Params, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
 
@@ -78,15 +78,31 @@ impl Evaluation {
     }
 }
 
-/// A network, its class names, its preprocessing and free-form metadata.
-#[derive(Clone, Debug)]
+/// A network's parameters, its class names, its preprocessing and free-form metadata,
+/// with the inference plan that runs it (built on first use for the batch and input
+/// size asked for, and kept while they fit).
+#[derive(Debug)]
 pub struct Classifier {
-    pub net: ResNet,
+    pub params: Params,
     pub classes: Vec<String>,
     pub normalization: Normalization,
     /// Metadata kept from the file or added by training (everything but the keys this
     /// type writes itself).
     pub metadata: BTreeMap<String, String>,
+    plan: Option<ExecutionPlan>,
+    plan_options: PlanOptions,
+}
+
+impl Clone for Classifier {
+    /// Copies the parameters and descriptions; the copy builds its own plan when used.
+    fn clone(&self) -> Self {
+        Classifier::new(
+            self.params.clone(),
+            self.classes.clone(),
+            self.normalization.clone(),
+            self.metadata.clone(),
+        )
+    }
 }
 
 /// Default class names for a classifier with `n` outputs.
@@ -103,6 +119,55 @@ fn json_err(key: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl Classifier {
+    /// A classifier of `params` with these classes, preprocessing and metadata.
+    pub fn new(
+        params: Params,
+        classes: Vec<String>,
+        normalization: Normalization,
+        metadata: BTreeMap<String, String>,
+    ) -> Self {
+        Classifier {
+            params,
+            classes,
+            normalization,
+            metadata,
+            plan: None,
+            plan_options: PlanOptions::default(),
+        }
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &ResNetConfig {
+        self.params.config()
+    }
+
+    /// How inference plans are built from now on (e.g. a forced convolution algorithm).
+    pub fn set_plan_options(&mut self, options: PlanOptions) {
+        self.plan_options = options;
+        self.plan = None;
+    }
+
+    /// The inference plan in use, if one has been built.
+    pub fn plan(&self) -> Option<&ExecutionPlan> {
+        self.plan.as_ref()
+    }
+
+    /// Logits (`n x classes`, row-major) of `n` preprocessed NCHW images of `height x
+    /// width`: the network alone, as an ONNX session runs it.
+    pub fn logits(&mut self, inputs: &[f32], n: usize, height: usize, width: usize) -> Result<&[f32]> {
+        let fits = self
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.batch() >= n && p.input_size() == (height, width));
+        if !fits {
+            self.plan = None;
+            let plan = ExecutionPlan::inference(self.params.config(), n, height, width, self.plan_options)?;
+            self.plan = Some(plan);
+        }
+        let plan = self.plan.as_mut().expect("built above");
+        plan.forward(&self.params, inputs, n)
+    }
+
     /// Loads our safetensors or a PyTorch checkpoint (zip or legacy). The architecture
     /// comes from `opts.model`, else the file's metadata, else the tensor names and shapes;
     /// imported files without preprocessing get torchvision's ImageNet mean and std.
@@ -130,11 +195,9 @@ impl Classifier {
         if let Some(s) = opts.shortcut {
             config = config.with_shortcut(s);
         }
-        let mut net = ResNet::new(config, 0)?;
-        load_tensors(&mut net, &file, &|name| {
-            name == MEAN_IMAGE || name.starts_with(OPTIMIZER_PREFIX)
-        })?;
-        let n = net.config.num_classes;
+        let mut params = Params::new(config, 0)?;
+        params.load_tensors(&file, &|name| name == MEAN_IMAGE || name.starts_with(OPTIMIZER_PREFIX))?;
+        let n = params.config().num_classes;
         let classes = match meta.get("classes") {
             Some(json) => {
                 let c: Vec<String> = serde_json::from_str(json).map_err(|e| json_err("classes", e))?;
@@ -150,7 +213,7 @@ impl Classifier {
         };
         let normalization = match (&opts.mean_std, meta.get("normalization")) {
             (Some((mean, std)), _) => Normalization::PerChannel { mean: *mean, std: *std },
-            (None, Some(json)) => parse_normalization(json, &file, net.config.in_channels)?,
+            (None, Some(json)) => parse_normalization(json, &file, params.config().in_channels)?,
             (None, None) => Normalization::PerChannel {
                 mean: IMAGENET_MEAN,
                 std: IMAGENET_STD,
@@ -160,25 +223,20 @@ impl Classifier {
             .into_iter()
             .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
             .collect();
-        Ok(Classifier {
-            net,
-            classes,
-            normalization,
-            metadata,
-        })
+        Ok(Classifier::new(params, classes, normalization, metadata))
     }
 
     /// Our self-describing safetensors: weights, running statistics, the mean image when
     /// there is one, and the metadata described in the module documentation.
-    pub fn to_safetensors(&mut self) -> Result<Vec<u8>> {
+    pub fn to_safetensors(&self) -> Result<Vec<u8>> {
         let (tensors, meta) = self.tensors_and_metadata()?;
         let refs = tensors.iter().map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
         Ok(write_safetensors(refs, &meta)?)
     }
 
     /// What [`Classifier::to_safetensors`] writes, for writers that add tensors of their own.
-    pub fn tensors_and_metadata(&mut self) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
-        let mut tensors = model_tensors(&mut self.net);
+    pub fn tensors_and_metadata(&self) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
+        let mut tensors = self.params.to_named_tensors();
         let norm = match &self.normalization {
             Normalization::PerChannel { mean, std } => {
                 serde_json::json!({"kind": "per_channel", "mean": mean, "std": std})
@@ -198,7 +256,7 @@ impl Classifier {
         meta.insert("format".into(), FORMAT_TAG.into());
         meta.insert(
             "config".into(),
-            serde_json::to_string(&self.net.config).map_err(|e| json_err("config", e))?,
+            serde_json::to_string(self.params.config()).map_err(|e| json_err("config", e))?,
         );
         meta.insert(
             "classes".into(),
@@ -212,7 +270,7 @@ impl Classifier {
     pub fn input_size(&self) -> usize {
         match &self.normalization {
             Normalization::PerPixelMean { mean } => ((mean.len() / 3) as f64).sqrt() as usize,
-            Normalization::PerChannel { .. } => self.net.config.input_size,
+            Normalization::PerChannel { .. } => self.params.config().input_size,
         }
     }
 
@@ -227,7 +285,7 @@ impl Classifier {
     /// The geometric part of [`Classifier::preprocess`]: the square input-size image.
     pub fn fit_image(&self, img: RgbImage) -> RgbImage {
         let size = self.input_size();
-        match self.net.config.stem {
+        match self.params.config().stem {
             Stem::ImageNet => {
                 let resized = resize_shorter_side(&img, size * 256 / 224);
                 center_crop(&resized, size, size)
@@ -240,9 +298,8 @@ impl Classifier {
     /// Class probabilities (softmax of the logits) for `n` preprocessed images.
     pub fn probabilities(&mut self, inputs: Vec<f32>, n: usize) -> Result<Vec<Vec<f32>>> {
         let size = self.input_size();
-        let t = Tensor::new(vec![n, self.net.config.in_channels, size, size], inputs)?;
-        let classes = self.net.config.num_classes;
-        let logits = self.net.forward(&t, Mode::Eval)?;
+        let classes = self.params.config().num_classes;
+        let logits = self.logits(&inputs, n, size, size)?;
         Ok(logits.chunks(classes).map(softmax).collect())
     }
 
@@ -279,7 +336,7 @@ impl Classifier {
         batch: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Evaluation> {
-        let n_classes = self.net.config.num_classes;
+        let n_classes = self.params.config().num_classes;
         if data.classes.len() > n_classes {
             return Err(Error::Config(format!(
                 "the data set has {} classes, the model only {n_classes}",
@@ -377,37 +434,37 @@ mod tests {
 
     #[test]
     fn safetensors_round_trip_keeps_weights_classes_and_preprocessing() {
-        let mut net = ResNet::new(ResNetConfig::named("resnet8").unwrap().with_classes(3), 5).unwrap();
-        net.blocks[0].bns[0].running_mean[2] = 0.25;
+        let mut params = Params::new(ResNetConfig::named("resnet8").unwrap().with_classes(3), 5).unwrap();
+        params.get_mut("layer1.0.bn1.running_mean").unwrap()[2] = 0.25;
         let mean: Vec<f32> = (0..3 * 32 * 32).map(|i| (i % 7) as f32 / 10.0).collect();
-        let mut c = Classifier {
-            net,
-            classes: vec!["a".into(), "b".into(), "c".into()],
-            normalization: Normalization::PerPixelMean { mean: mean.clone() },
-            metadata: BTreeMap::from([("training".to_string(), "{\"epochs\":1}".to_string())]),
-        };
+        let c = Classifier::new(
+            params,
+            vec!["a".into(), "b".into(), "c".into()],
+            Normalization::PerPixelMean { mean: mean.clone() },
+            BTreeMap::from([("training".to_string(), "{\"epochs\":1}".to_string())]),
+        );
         let bytes = c.to_safetensors().unwrap();
-        let mut back = Classifier::load(&bytes, &LoadOptions::default()).unwrap();
+        let back = Classifier::load(&bytes, &LoadOptions::default()).unwrap();
         assert_eq!(back.classes, c.classes);
         assert_eq!(back.normalization, Normalization::PerPixelMean { mean });
         assert_eq!(back.metadata.get("training").unwrap(), "{\"epochs\":1}");
-        assert_eq!(back.net.config, c.net.config);
-        assert_eq!(model_tensors(&mut back.net), model_tensors(&mut c.net));
+        assert_eq!(back.config(), c.config());
+        assert_eq!(back.params.to_named_tensors(), c.params.to_named_tensors());
         assert_eq!(back.input_size(), 32);
     }
 
     #[test]
     fn classify_sorts_probabilities_and_names_classes() {
-        let net = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 5).unwrap();
-        let mut c = Classifier {
-            net,
-            classes: default_classes(10),
-            normalization: Normalization::PerChannel {
+        let params = Params::new(ResNetConfig::named("resnet8").unwrap(), 5).unwrap();
+        let mut c = Classifier::new(
+            params,
+            default_classes(10),
+            Normalization::PerChannel {
                 mean: IMAGENET_MEAN,
                 std: IMAGENET_STD,
             },
-            metadata: BTreeMap::new(),
-        };
+            BTreeMap::new(),
+        );
         let img = RgbImage::new(50, 37, (0..50 * 37 * 3).map(|i| (i * 7 % 256) as u8).collect()).unwrap();
         let out = c.classify(&[img.clone(), img], 5).unwrap();
         assert_eq!(out.len(), 2);

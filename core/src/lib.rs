@@ -13,6 +13,7 @@ pub mod layers;
 pub mod layout;
 pub mod model;
 pub mod params;
+pub mod plan;
 pub mod rng;
 pub mod simd;
 pub mod tensor;

@@ -231,6 +231,21 @@ impl Params {
         &mut self.buffers
     }
 
+    /// Replaces every gradient from a flat array laid out as [`Params::grads`] (e.g. the
+    /// average of data-parallel workers' gradients).
+    pub fn set_grads(&mut self, flat: &[f32]) -> Result<()> {
+        check_flat("gradient", self.grads.len(), flat.len())?;
+        self.grads.copy_from_slice(flat);
+        Ok(())
+    }
+
+    /// Replaces every running statistic from a flat array laid out as [`Params::buffers`].
+    pub fn set_buffers(&mut self, flat: &[f32]) -> Result<()> {
+        check_flat("running-statistic", self.buffers.len(), flat.len())?;
+        self.buffers_mut().copy_from_slice(flat);
+        Ok(())
+    }
+
     /// Every tensor with its name and shape, parameters and buffers alike.
     pub fn to_named_tensors(&self) -> Vec<NamedTensor> {
         self.entries
@@ -281,6 +296,13 @@ impl Params {
         }
         Err(Error::Load(msg))
     }
+}
+
+fn check_flat(what: &str, want: usize, found: usize) -> Result<()> {
+    if want != found {
+        return Err(Error::Shape(format!("expected {want} {what} values, found {found}")));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

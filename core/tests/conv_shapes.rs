@@ -16,7 +16,7 @@ use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::plan::winograd_applies;
 use resnet_core::kernels::winograd::{transform_filters, winograd_backward_data, winograd_forward, WinogradTile};
 use resnet_core::kernels::winograd_filter_grad::winograd_backward_filter;
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::{Arch, ResNetConfig};
 use resnet_core::rng::Rng;
 use std::collections::BTreeMap;
 
@@ -39,8 +39,10 @@ fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
 fn distinct_shapes(model: &str, batch: usize) -> Vec<ConvGeometry> {
     let config = ResNetConfig::named(model).expect("a zoo model");
     let size = config.input_size;
-    let net = ResNet::new(config, 0).expect("the model builds");
-    let distinct = net.distinct_conv_geometries(batch, size, size).expect("its geometries");
+    let arch = Arch::of(&config).expect("the model builds");
+    let distinct = arch
+        .distinct_conv_geometries(batch, size, size)
+        .expect("its geometries");
     distinct.into_iter().map(|(g, _)| g).collect()
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::small_bottleneck;
 use resnet_core::layers::batchnorm::BatchNorm2d;
 use resnet_core::layers::{Dims, Mode, Slot};
-use resnet_core::model::{BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::model::{Arch, BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
 use resnet_core::rng::Rng;
 use resnet_core::Tensor;
 
@@ -67,17 +67,25 @@ fn shortcut_options_add_the_projections_table_3_describes() {
 #[test]
 fn multiply_adds_and_layer_table() {
     let macs = |name: &str| -> u64 {
-        let m = ResNet::new(ResNetConfig::named(name).unwrap(), 0).unwrap();
-        let s = m.config.input_size;
-        m.layer_table(s, s).unwrap().iter().map(|r| r.macs).sum()
+        let config = ResNetConfig::named(name).unwrap();
+        let s = config.input_size;
+        Arch::of(&config)
+            .unwrap()
+            .layer_table(s, s)
+            .unwrap()
+            .iter()
+            .map(|r| r.macs)
+            .sum()
     };
     let r20 = macs("resnet20");
     assert!((40_500_000..40_700_000).contains(&r20), "resnet20 {r20}");
     let r50 = macs("resnet50");
     assert!((4_050_000_000..4_150_000_000).contains(&r50), "resnet50 {r50}");
 
-    let m = ResNet::new(ResNetConfig::named("resnet50").unwrap(), 0).unwrap();
-    let table = m.layer_table(224, 224).unwrap();
+    let table = Arch::of(&ResNetConfig::named("resnet50").unwrap())
+        .unwrap()
+        .layer_table(224, 224)
+        .unwrap();
     let row = |n: &str| {
         table
             .iter()
@@ -97,13 +105,14 @@ fn multiply_adds_and_layer_table() {
 
     let mut paper = ResNetConfig::named("resnet50").unwrap();
     paper.bottleneck_stride = BottleneckStride::Conv1x1;
-    let m = ResNet::new(paper, 0).unwrap();
-    let table = m.layer_table(224, 224).unwrap();
+    let table = Arch::of(&paper).unwrap().layer_table(224, 224).unwrap();
     let conv1 = table.iter().find(|r| r.name == "layer2.0.conv1").unwrap();
     assert_eq!(conv1.output, [128, 28, 28], "paper placement: stride on the first 1x1");
 
-    let cifar = ResNet::new(ResNetConfig::named("resnet20").unwrap(), 0).unwrap();
-    let t = cifar.layer_table(32, 32).unwrap();
+    let t = Arch::of(&ResNetConfig::named("resnet20").unwrap())
+        .unwrap()
+        .layer_table(32, 32)
+        .unwrap();
     assert!(t
         .iter()
         .any(|r| r.name == "layer2.0.shortcut" && r.output == [32, 16, 16]));

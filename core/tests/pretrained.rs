@@ -15,7 +15,7 @@ fn accuracy_of(weights: &str, expected: f64) {
     let Some(shared) = shared_dir() else { return };
     let bytes = std::fs::read(shared.join("pretrained/cifar10-akamaster").join(weights)).unwrap();
     let mut model = Classifier::load(&bytes, &LoadOptions::default()).unwrap();
-    assert_eq!(model.net.config.shortcut, resnet_core::model::ShortcutOption::A);
+    assert_eq!(model.config().shortcut, resnet_core::model::ShortcutOption::A);
     let data = open_dataset(&shared.join("data/cifar10-jpeg"), Split::Test, &|_, _| {}).unwrap();
     assert_eq!(data.len(), 10_000);
     assert_eq!(model.classes, data.classes);

@@ -7,7 +7,7 @@ use resnet_core::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use resnet_core::data::Dataset;
 use resnet_core::model::{ResNet, ResNetConfig};
 use resnet_core::train::{Schedule, Sgd, StepStats, Trainer};
-use resnet_core::{Error, Result, Tensor};
+use resnet_core::{Error, Params, Result, Tensor};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 
@@ -18,16 +18,16 @@ pub fn create(arch: &str, classes: usize, seed: u64) -> Result<Classifier> {
     if classes == 0 {
         return Err(Error::Config("a classifier needs at least 1 class, found 0".into()));
     }
-    let net = ResNet::new(ResNetConfig::named(arch)?.with_classes(classes), seed)?;
-    Ok(Classifier {
-        net,
-        classes: default_classes(classes),
-        normalization: Normalization::PerChannel {
+    let params = Params::new(ResNetConfig::named(arch)?.with_classes(classes), seed)?;
+    Ok(Classifier::new(
+        params,
+        default_classes(classes),
+        Normalization::PerChannel {
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
         },
-        metadata: BTreeMap::new(),
-    })
+        BTreeMap::new(),
+    ))
 }
 
 /// Preprocessing as JSON: `{kind: "per_channel", mean, std}` or
@@ -44,8 +44,8 @@ pub fn normalization_json(n: &Normalization) -> Value {
 
 /// What `model.info()` returns.
 pub fn info(c: &mut Classifier) -> Value {
-    let parameters = c.net.param_count();
-    let config = &c.net.config;
+    let parameters = c.params.param_count();
+    let config = c.config();
     let layers = 2 + config.stage_blocks.iter().sum::<usize>() * if config.block.expansion() == 1 { 2 } else { 3 };
     json!({
         "architecture": config.name,
@@ -56,7 +56,7 @@ pub fn info(c: &mut Classifier) -> Value {
         "inputSize": c.input_size(),
         "inputChannels": config.in_channels,
         "preprocessing": normalization_json(&c.normalization),
-        "config": serde_json::to_value(&c.net.config).unwrap_or(Value::Null),
+        "config": serde_json::to_value(c.config()).unwrap_or(Value::Null),
         "metadata": c.metadata,
     })
 }
@@ -296,11 +296,17 @@ impl TrainSession {
         self.trainer.schedule.lr(self.trainer.iteration)
     }
 
-    fn with_net<R>(&mut self, c: &mut Classifier, f: impl FnOnce(&mut Trainer) -> R) -> R {
-        std::mem::swap(&mut self.trainer.model, &mut c.net);
+    /// Runs `f` on the trainer with the classifier's parameters copied into its network,
+    /// then copies values, running statistics and gradients back.
+    fn with_net<R>(&mut self, c: &mut Classifier, f: impl FnOnce(&mut Trainer) -> R) -> Result<R> {
+        if &self.trainer.model.config == c.config() {
+            self.trainer.model.copy_from_params(&c.params);
+        } else {
+            self.trainer.model = ResNet::from_params(&c.params)?;
+        }
         let r = f(&mut self.trainer);
-        std::mem::swap(&mut self.trainer.model, &mut c.net);
-        r
+        self.trainer.model.copy_into_params(&mut c.params);
+        Ok(r)
     }
 
     /// Fills the batch of the current iteration: epoch `it / batches_per_epoch`, batch
@@ -335,7 +341,7 @@ impl TrainSession {
     /// Forward and backward on the current batch of `data`, leaving the batch-mean
     /// gradients in the model's parameters; does not update or advance.
     pub fn compute_gradients(&mut self, c: &mut Classifier, data: &Dataset) -> Result<BatchStats> {
-        let classes = c.net.config.num_classes;
+        let classes = c.config().num_classes;
         if data.classes.len() > classes {
             return Err(Error::Config(format!(
                 "the data set has {} classes, the model only {classes}",
@@ -346,6 +352,7 @@ impl TrainSession {
         let input = self.input.take().expect("filled");
         let labels = std::mem::take(&mut self.labels);
         let r = self.with_net(c, |t| t.compute_gradients(&input, &labels));
+        let r = r.and_then(|r| r);
         self.input = Some(input);
         self.labels = labels;
         let (loss, correct) = r?;
@@ -353,14 +360,14 @@ impl TrainSession {
     }
 
     /// One SGD update from the gradients held in the model; returns the rate used.
-    pub fn apply_gradients(&mut self, c: &mut Classifier) -> f32 {
+    pub fn apply_gradients(&mut self, c: &mut Classifier) -> Result<f32> {
         self.with_net(c, |t| t.apply_gradients())
     }
 
     /// [`TrainSession::compute_gradients`] then [`TrainSession::apply_gradients`].
     pub fn step(&mut self, c: &mut Classifier, data: &Dataset) -> Result<StepStats> {
         let s = self.compute_gradients(c, data)?;
-        let lr = self.apply_gradients(c);
+        let lr = self.apply_gradients(c)?;
         Ok(StepStats {
             iteration: self.trainer.iteration - 1,
             loss: s.loss,
@@ -439,8 +446,8 @@ mod tests {
         // the model lives in the classifier between steps: it is saved with its new weights
         let after = c.to_safetensors().unwrap();
         assert_ne!(before, after);
-        let mut back = Classifier::load(&after, &LoadOptions::default()).unwrap();
-        assert_eq!(back.net.gradients_flat().len(), c.net.param_count());
+        let back = Classifier::load(&after, &LoadOptions::default()).unwrap();
+        assert_eq!(back.params.grads().len(), c.params.param_count());
         let ev = evaluate(&mut c, &data, Some(5), 4).unwrap();
         assert_eq!(ev["total"], 5);
     }
@@ -461,7 +468,7 @@ mod tests {
         let mut whole = create("resnet8", 2, 1).unwrap();
         let mut s = TrainSession::new(&opts).unwrap();
         s.compute_gradients(&mut whole, &data).unwrap();
-        let g = whole.net.gradients_flat();
+        let g = whole.params.grads().to_vec();
         // two workers, each with the whole data set and its half of every batch
         let mut avg = vec![0f32; g.len()];
         for offset in [0, 4] {
@@ -474,7 +481,7 @@ mod tests {
             })
             .unwrap();
             ws.compute_gradients(&mut w, &data).unwrap();
-            for (a, v) in avg.iter_mut().zip(w.net.gradients_flat()) {
+            for (a, v) in avg.iter_mut().zip(w.params.grads().to_vec()) {
                 *a += v / 2.0;
             }
         }
@@ -483,10 +490,10 @@ mod tests {
         // BN batch statistics differ between a batch of 8 and two of 4, so only roughly
         assert!(max < 0.5 * scale + 1e-6, "max diff {max}, scale {scale}");
         let mut w = create("resnet8", 2, 1).unwrap();
-        w.net.set_gradients_flat(&avg).unwrap();
-        assert!(w.net.set_gradients_flat(&avg[1..]).is_err());
+        w.params.set_grads(&avg).unwrap();
+        assert!(w.params.set_grads(&avg[1..]).is_err());
         let mut ws = TrainSession::new(&opts).unwrap();
-        assert_eq!(ws.apply_gradients(&mut w), 0.1);
+        assert_eq!(ws.apply_gradients(&mut w).unwrap(), 0.1);
         assert_eq!(ws.iteration(), 1);
     }
 

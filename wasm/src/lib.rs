@@ -156,9 +156,8 @@ impl WasmModel {
                 input.len()
             )));
         }
-        let t = resnet_core::Tensor::new(shape, input.to_vec()).map_err(err)?;
         let mut c = self.inner.borrow_mut();
-        let logits = c.net.forward(&t, resnet_core::layers::Mode::Eval).map_err(err)?;
+        let logits = c.logits(input, shape[0], shape[2], shape[3]).map_err(err)?;
         Ok(logits.to_vec())
     }
 
@@ -247,27 +246,27 @@ impl WasmModel {
 
     /// Batch-norm running statistics, flat (to exchange between data-parallel workers).
     pub fn buffers(&self) -> Vec<f32> {
-        self.inner.borrow_mut().net.buffers_flat()
+        self.inner.borrow().params.buffers().to_vec()
     }
 
     #[wasm_bindgen(js_name = setBuffers)]
     pub fn set_buffers(&self, flat: &[f32]) -> Result<(), JsError> {
-        self.inner.borrow_mut().net.set_buffers_flat(flat).map_err(err)
+        self.inner.borrow_mut().params.set_buffers(flat).map_err(err)
     }
 
     /// Parameter gradients left by the last `computeGradients`, flat.
     pub fn gradients(&self) -> Vec<f32> {
-        self.inner.borrow_mut().net.gradients_flat()
+        self.inner.borrow().params.grads().to_vec()
     }
 
     #[wasm_bindgen(js_name = setGradients)]
     pub fn set_gradients(&self, flat: &[f32]) -> Result<(), JsError> {
-        self.inner.borrow_mut().net.set_gradients_flat(flat).map_err(err)
+        self.inner.borrow_mut().params.set_grads(flat).map_err(err)
     }
 
     #[wasm_bindgen(js_name = parameterCount)]
     pub fn parameter_count(&self) -> u32 {
-        self.inner.borrow_mut().net.param_count() as u32
+        self.inner.borrow().params.param_count() as u32
     }
 }
 
@@ -452,8 +451,12 @@ impl WasmTrainer {
 
     /// One SGD update from the gradients in the model; returns the learning rate used.
     #[wasm_bindgen(js_name = applyGradients)]
-    pub fn apply_gradients(&mut self) -> f64 {
-        lr_js(self.session.apply_gradients(&mut self.model.borrow_mut()))
+    pub fn apply_gradients(&mut self) -> Result<f64, JsError> {
+        let lr = self
+            .session
+            .apply_gradients(&mut self.model.borrow_mut())
+            .map_err(err)?;
+        Ok(lr_js(lr))
     }
 
     #[wasm_bindgen(getter)]

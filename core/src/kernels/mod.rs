@@ -16,6 +16,6 @@ pub(crate) mod shared_out;
 pub mod small_gemm;
 pub mod split;
 #[cfg(test)]
-mod test_util;
+pub(crate) mod test_util;
 pub mod winograd;
 pub mod winograd_filter_grad;

@@ -27,7 +27,7 @@ pub(crate) fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
 /// with the layer names that have it: the shapes every kernel is tested on.
 pub(crate) fn zoo_convs(name: &str, batch: usize, size: usize) -> Vec<(ConvGeometry, Vec<String>)> {
     let config = crate::model::ResNetConfig::named(name).expect("a zoo model");
-    let net = crate::model::ResNet::new(config, 1).expect("it builds");
+    let net = crate::model::Arch::of(&config).expect("it builds");
     net.distinct_conv_geometries(batch, size, size).expect("its geometries")
 }
 

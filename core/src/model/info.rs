@@ -1,12 +1,10 @@
-//! The per-layer table of a network: output shapes, parameters and multiply-adds.
+//! The per-layer table of a network (output shapes, parameters, multiply-adds) and the
+//! geometry of every convolution, walked from its [`Arch`].
 
-use super::block::Shortcut;
-use super::resnet::ResNet;
+use super::arch::{Arch, ConvBn, ShortcutKind};
 use crate::kernels::im2col::ConvGeometry;
-use crate::layers::batchnorm::BatchNorm2d;
-use crate::layers::conv::Conv2d;
-use crate::layers::Dims;
-use crate::Result;
+use crate::kernels::pool::PoolGeometry;
+use crate::{Error, Result};
 use serde::Serialize;
 
 /// One row of the table that `resnet info` prints.
@@ -24,64 +22,60 @@ pub struct LayerInfo {
     pub macs: u64,
 }
 
-fn conv_row(name: String, conv: &Conv2d, input: Dims) -> Result<(LayerInfo, Dims)> {
-    let out = conv.out_dims(input)?;
-    let kind = format!(
-        "conv {k}x{k}/{s}{}",
-        if conv.padding > 0 {
-            format!(" pad {}", conv.padding)
-        } else {
-            String::new()
-        },
-        k = conv.kernel,
-        s = conv.stride
-    );
-    let params = conv.weight.value.len() + conv.bias.as_ref().map_or(0, |b| b.value.len());
-    let row = LayerInfo {
-        name,
-        kind,
-        output: [out.c, out.h, out.w],
-        params,
-        macs: conv.macs_per_image(input)?,
-    };
-    Ok((row, out))
-}
-
-fn bn_row(name: String, bn: &BatchNorm2d, d: Dims) -> LayerInfo {
-    LayerInfo {
-        name,
-        kind: "batchnorm".into(),
-        output: [d.c, d.h, d.w],
-        params: 2 * bn.channels,
-        macs: 0,
+/// The geometry of `conv` on `batch` images of `c x h x w`, naming the layer on error.
+fn geometry(conv: &ConvBn, batch: usize, (c, h, w): (usize, usize, usize)) -> Result<ConvGeometry> {
+    if c != conv.in_channels {
+        return Err(Error::Shape(format!(
+            "{}: expects {} input channels, found {c}",
+            conv.conv, conv.in_channels
+        )));
     }
+    ConvGeometry::new(
+        batch,
+        c,
+        h,
+        w,
+        conv.out_channels,
+        (conv.kernel, conv.kernel),
+        conv.stride,
+        conv.pad,
+    )
+    .map_err(|e| Error::Shape(format!("{}: {e}", conv.conv)))
 }
 
-impl ResNet {
+/// The 3x3 stride-2 max pooling of ImageNet stems.
+pub fn stem_pool(batch: usize, (c, h, w): (usize, usize, usize)) -> Result<PoolGeometry> {
+    PoolGeometry::new(batch, c, h, w, 3, 2, 1)
+        .ok_or_else(|| Error::Shape(format!("max pooling: input of {h}x{w} is too small")))
+}
+
+impl Arch {
     /// The geometry of every convolution for a batch of `batch` images of `h x w`, with
-    /// its name, in execution order (benchmarks time each shape this way).
+    /// its name, in execution order; errors name the first layer the input is too small for.
     pub fn conv_geometries(&self, batch: usize, h: usize, w: usize) -> Result<Vec<(String, ConvGeometry)>> {
         let mut out = Vec::new();
-        let mut d = self.check_input(&[batch.max(1), self.config.in_channels, h, w])?;
-        out.push(("conv1".to_string(), self.conv1.geometry(d)?));
-        d = self.conv1.out_dims(d)?;
-        if let Some(mp) = &self.maxpool {
-            d = mp.out_dims(d)?;
+        let g = geometry(&self.stem, batch, (self.stem.in_channels, h, w))?;
+        out.push((self.stem.conv.clone(), g));
+        let mut d = (g.out_channels, g.out_h, g.out_w);
+        if self.maxpool {
+            let p = stem_pool(batch, d)?;
+            d = (d.0, p.out_h, p.out_w);
         }
-        for (i, block) in self.blocks.iter().enumerate() {
+        for block in &self.blocks {
             let block_in = d;
-            for (j, conv) in block.convs.iter().enumerate() {
-                out.push((format!("{}.conv{}", self.block_name(i), j + 1), conv.geometry(d)?));
-                d = conv.out_dims(d)?;
+            for conv in &block.stages {
+                let g = geometry(conv, batch, d)?;
+                out.push((conv.conv.clone(), g));
+                d = (g.out_channels, g.out_h, g.out_w);
             }
-            if let Shortcut::Projection { conv, .. } = &block.shortcut {
-                out.push((format!("{}.downsample.0", self.block_name(i)), conv.geometry(block_in)?));
+            if let ShortcutKind::Projection(p) = &block.shortcut {
+                out.push((p.conv.clone(), geometry(p, batch, block_in)?));
             }
         }
         Ok(out)
     }
 
-    /// The distinct geometries of [`ResNet::conv_geometries`], each with the names of the
+    /// The distinct geometries of [`Arch::conv_geometries`], each with the names of the
     /// convolutions that have it, in order of first use.
     pub fn distinct_conv_geometries(
         &self,
@@ -101,62 +95,80 @@ impl ResNet {
 
     /// The table of every layer for one `h x w` image.
     pub fn layer_table(&self, h: usize, w: usize) -> Result<Vec<LayerInfo>> {
+        let geoms: std::collections::HashMap<String, ConvGeometry> =
+            self.conv_geometries(1, h, w)?.into_iter().collect();
         let mut rows = Vec::new();
-        let input = self.check_input(&[1, self.config.in_channels, h, w])?;
-        let (row, mut d) = conv_row("conv1".into(), &self.conv1, input)?;
-        rows.push(row);
-        rows.push(bn_row("bn1".into(), &self.bn1, d));
-        if let Some(mp) = &self.maxpool {
-            d = mp.out_dims(d)?;
+        let push_conv = |rows: &mut Vec<LayerInfo>, c: &ConvBn| -> (usize, usize, usize) {
+            let g = geoms[&c.conv];
+            let pad = if c.pad > 0 {
+                format!(" pad {}", c.pad)
+            } else {
+                String::new()
+            };
+            let output = [g.out_channels, g.out_h, g.out_w];
+            rows.push(LayerInfo {
+                name: c.conv.clone(),
+                kind: format!("conv {k}x{k}/{s}{pad}", k = c.kernel, s = c.stride),
+                output,
+                params: c.weight_shape().iter().product(),
+                macs: g.macs(),
+            });
+            rows.push(LayerInfo {
+                name: c.bn.clone(),
+                kind: "batchnorm".into(),
+                output,
+                params: 2 * c.out_channels,
+                macs: 0,
+            });
+            (g.out_channels, g.out_h, g.out_w)
+        };
+        let mut d = push_conv(&mut rows, &self.stem);
+        if self.maxpool {
+            let p = stem_pool(1, d)?;
+            d = (d.0, p.out_h, p.out_w);
             rows.push(LayerInfo {
                 name: "maxpool".into(),
-                kind: format!("maxpool {k}x{k}/{}", mp.stride, k = mp.kernel),
-                output: [d.c, d.h, d.w],
+                kind: format!("maxpool {k}x{k}/{}", p.stride, k = p.kernel),
+                output: [d.0, d.1, d.2],
                 params: 0,
                 macs: 0,
             });
         }
-        for (i, block) in self.blocks.iter().enumerate() {
-            let prefix = self.block_name(i);
+        for block in &self.blocks {
             let block_in = d;
-            for (j, (conv, bn)) in block.convs.iter().zip(&block.bns).enumerate() {
-                let (row, out) = conv_row(format!("{prefix}.conv{}", j + 1), conv, d)?;
-                rows.push(row);
-                rows.push(bn_row(format!("{prefix}.bn{}", j + 1), bn, out));
-                d = out;
+            for conv in &block.stages {
+                d = push_conv(&mut rows, conv);
             }
             match &block.shortcut {
-                Shortcut::Projection { conv, bn } => {
-                    let (row, out) = conv_row(format!("{prefix}.downsample.0"), conv, block_in)?;
-                    rows.push(row);
-                    rows.push(bn_row(format!("{prefix}.downsample.1"), bn, out));
+                ShortcutKind::Projection(p) => {
+                    push_conv(&mut rows, p);
                 }
-                Shortcut::ZeroPad { stride } => rows.push(LayerInfo {
-                    name: format!("{prefix}.shortcut"),
+                ShortcutKind::ZeroPad { stride } => rows.push(LayerInfo {
+                    name: format!("{}.shortcut", block.name),
                     kind: format!(
                         "option A: subsample /{stride}, zero-pad {} to {} channels",
-                        block_in.c, d.c
+                        block_in.0, d.0
                     ),
-                    output: [d.c, d.h, d.w],
+                    output: [d.0, d.1, d.2],
                     params: 0,
                     macs: 0,
                 }),
-                Shortcut::Identity | Shortcut::None => {}
+                ShortcutKind::Identity | ShortcutKind::None => {}
             }
         }
         rows.push(LayerInfo {
             name: "avgpool".into(),
             kind: "global average pool".into(),
-            output: [d.c, 1, 1],
+            output: [d.0, 1, 1],
             params: 0,
             macs: 0,
         });
         rows.push(LayerInfo {
             name: "fc".into(),
             kind: "linear".into(),
-            output: [self.fc.out_features, 1, 1],
-            params: self.fc.weight.value.len() + self.fc.bias.value.len(),
-            macs: (self.fc.in_features * self.fc.out_features) as u64,
+            output: [self.classes, 1, 1],
+            params: self.features * self.classes + self.classes,
+            macs: (self.features * self.classes) as u64,
         });
         Ok(rows)
     }

@@ -89,6 +89,37 @@ impl ResNet {
         })
     }
 
+    /// A network holding the tensors of `params` (the trainer's copy of them).
+    pub fn from_params(params: &crate::Params) -> Result<Self> {
+        let mut net = ResNet::new(params.config().clone(), 0)?;
+        net.copy_from_params(params);
+        Ok(net)
+    }
+
+    /// Overwrites every tensor with its namesake in `params` (same architecture).
+    pub fn copy_from_params(&mut self, params: &crate::Params) {
+        self.visit(&mut |name, slot| {
+            let src = params.tensor(name);
+            match slot {
+                Slot::Param(p) => p.value.copy_from_slice(src),
+                Slot::Buffer(_, b) => b.copy_from_slice(src),
+            }
+        });
+    }
+
+    /// Copies every tensor and gradient into `params` (same architecture).
+    pub fn copy_into_params(&mut self, params: &mut crate::Params) {
+        self.visit(&mut |name, slot| {
+            let dst = params.get_mut(name).expect("same architecture");
+            match slot {
+                Slot::Param(p) => dst.copy_from_slice(&p.value),
+                Slot::Buffer(_, b) => dst.copy_from_slice(b),
+            }
+        });
+        let grads = self.gradients_flat();
+        params.set_grads(&grads).expect("same architecture");
+    }
+
     /// The torchvision-style name of block `i` (`layer2.0`).
     pub fn block_name(&self, i: usize) -> &str {
         &self.block_names[i]

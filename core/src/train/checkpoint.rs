@@ -48,7 +48,7 @@ pub struct TrainingState {
 impl TrainingState {
     /// Serialises everything as safetensors.
     pub fn to_bytes(&mut self) -> Result<Vec<u8>> {
-        let mut classifier = self.classifier_view();
+        let classifier = self.classifier_view();
         let (mut tensors, mut meta) = classifier.tensors_and_metadata()?;
         let names = param_names(&mut self.trainer);
         if !self.trainer.sgd.velocity.is_empty() {
@@ -81,12 +81,15 @@ impl TrainingState {
 
     /// A classifier holding a copy of the live model (for evaluation or `best` files).
     pub fn classifier_view(&self) -> Classifier {
-        Classifier {
-            net: self.trainer.model.clone(),
-            classes: self.classes.clone(),
-            normalization: self.normalization.clone(),
-            metadata: self.metadata.clone(),
-        }
+        let mut model = self.trainer.model.clone();
+        let mut params = crate::Params::new(model.config.clone(), 0).expect("the trainer's own architecture");
+        model.copy_into_params(&mut params);
+        Classifier::new(
+            params,
+            self.classes.clone(),
+            self.normalization.clone(),
+            self.metadata.clone(),
+        )
     }
 
     /// Reads a checkpoint written by [`TrainingState::to_bytes`].
@@ -109,7 +112,11 @@ impl TrainingState {
         let classifier = Classifier::from_tensor_file(file, &LoadOptions::default())?;
         let mut sgd = Sgd::new(state.momentum, state.weight_decay);
         sgd.nesterov = state.nesterov;
-        let mut trainer = Trainer::new(classifier.net, sgd, state.schedule);
+        let mut trainer = Trainer::new(
+            crate::model::ResNet::from_params(&classifier.params)?,
+            sgd,
+            state.schedule,
+        );
         trainer.iteration = state.iteration;
         if !momentum.is_empty() {
             let names = param_names(&mut trainer);

@@ -1,0 +1,236 @@
+//! Which blocked algorithm runs each convolution of a plan: a deterministic rule drawn
+//! from measurements on this project's machines (the default, so a run is reproducible
+//! from one process to the next), measurement per shape (cuDNN's benchmark mode, FFTW's
+//! plans), or one algorithm forced wherever it applies (tests, benches).
+
+use crate::kernels::blocked::{direct, winograd, BlockedEpilogue};
+use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::winograd::WinogradTile;
+use crate::layout::Blocked;
+use crate::rng::Rng;
+use crate::simd::{F32xBlock, BLOCK};
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A convolution algorithm of the blocked engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algo {
+    /// Register-blocked direct convolution (`kernels::blocked::direct`).
+    Direct,
+    /// Winograd with the given output tile (`kernels::blocked::winograd`), 3x3 stride 1 only.
+    Winograd(WinogradTile),
+}
+
+impl Algo {
+    /// Every algorithm, in the order tables list them.
+    pub const ALL: [Algo; 3] = [
+        Algo::Direct,
+        Algo::Winograd(WinogradTile::F2),
+        Algo::Winograd(WinogradTile::F4),
+    ];
+
+    /// The name used on the command line and in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Direct => "direct",
+            Algo::Winograd(WinogradTile::F2) => "wino2",
+            Algo::Winograd(WinogradTile::F4) => "wino4",
+        }
+    }
+
+    /// Whether the algorithm can run `g`.
+    pub fn applies(self, g: &ConvGeometry) -> bool {
+        match self {
+            Algo::Direct => true,
+            Algo::Winograd(_) => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
+        }
+    }
+}
+
+/// How a plan picks each convolution's algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ConvChoice {
+    /// The deterministic rule of [`auto`].
+    #[default]
+    Auto,
+    /// Time every candidate once per shape (cached for the process) and take the fastest.
+    Measure,
+    /// One algorithm wherever it applies, the rule elsewhere.
+    Force(Algo),
+}
+
+impl std::str::FromStr for ConvChoice {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> crate::Result<Self> {
+        match s.trim() {
+            "auto" => Ok(ConvChoice::Auto),
+            "measure" => Ok(ConvChoice::Measure),
+            other => Algo::ALL
+                .into_iter()
+                .find(|a| a.name() == other)
+                .map(ConvChoice::Force)
+                .ok_or_else(|| {
+                    crate::Error::Config(format!(
+                        "unknown convolution algorithm \"{other}\": expected auto, measure, direct, wino2 or wino4"
+                    ))
+                }),
+        }
+    }
+}
+
+/// The algorithm `choice` gives `g`.
+pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
+    match choice {
+        ConvChoice::Force(a) if a.applies(g) => a,
+        ConvChoice::Measure => measured(g),
+        _ => auto(g),
+    }
+}
+
+/// The deterministic rule: Winograd F(4x4) on 3x3 stride-1 convolutions, where its 4x
+/// fewer multiplies outweigh the transforms; direct convolution everywhere else.
+pub fn auto(g: &ConvGeometry) -> Algo {
+    let wino = Algo::Winograd(WinogradTile::F4);
+    if wino.applies(g) && g.in_channels >= 16 && g.out_channels >= 16 {
+        wino
+    } else {
+        Algo::Direct
+    }
+}
+
+static MEASURED: Mutex<Option<HashMap<ConvGeometry, Algo>>> = Mutex::new(None);
+
+/// The fastest algorithm for `g` by [`time_candidates`], timed once per process.
+fn measured(g: &ConvGeometry) -> Algo {
+    if let Some(a) = MEASURED
+        .lock()
+        .ok()
+        .and_then(|m| m.as_ref().and_then(|m| m.get(g).copied()))
+    {
+        return a;
+    }
+    let best = time_candidates(g, BLOCK, 2)
+        .into_iter()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map_or(Algo::Direct, |(a, _)| a);
+    if let Ok(mut m) = MEASURED.lock() {
+        m.get_or_insert_with(HashMap::new).insert(*g, best);
+    }
+    best
+}
+
+/// Seconds per call of every algorithm that applies to `g` with input blocks of
+/// `in_block` channels (the best of `reps` calls after one warm-up), on random data with
+/// a bias and ReLU epilogue. `resnet bench --layers` prints these beside the plan's choice.
+pub fn time_candidates(g: &ConvGeometry, in_block: usize, reps: usize) -> Vec<(Algo, f64)> {
+    let mut rng = Rng::new(7);
+    let input = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+    let output = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, BLOCK);
+    let x: Vec<f32> = (0..input.len()).map(|_| rng.normal() as f32).collect();
+    let w: Vec<f32> = (0..g.out_channels * g.in_channels * g.kernel_h * g.kernel_w)
+        .map(|_| rng.normal() as f32 * 0.1)
+        .collect();
+    let bias = vec![0.1; output.padded_channels()];
+    let mut y = vec![0.0; output.len()];
+    let ep = BlockedEpilogue {
+        bias: Some(&bias),
+        relu: true,
+        ..Default::default()
+    };
+    let mut out = Vec::new();
+    for algo in Algo::ALL
+        .into_iter()
+        .filter(|a| a.applies(g) && (in_block == BLOCK || *a == Algo::Direct))
+    {
+        let weights = derive_weights(algo, g, &w, None, in_block);
+        let mut best = f64::INFINITY;
+        for rep in 0..=reps.max(1) {
+            let t = Instant::now();
+            run_conv(algo, g, &x, in_block, &weights, &ep, &mut y);
+            if rep > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        out.push((algo, best));
+    }
+    out
+}
+
+/// The weights `algo` reads for `g`, from OIHW `weight` with each output channel scaled
+/// by `scale` (a folded batch norm): packed filter blocks or Winograd-transformed filters.
+pub fn derive_weights(
+    algo: Algo,
+    g: &ConvGeometry,
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    in_block: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0; derived_len(algo, g, in_block)];
+    derive_weights_into(algo, g, weight, scale, in_block, &mut out);
+    out
+}
+
+/// Length of [`derive_weights`]' result.
+pub fn derived_len(algo: Algo, g: &ConvGeometry, in_block: usize) -> usize {
+    match algo {
+        Algo::Direct => direct::packed_len(g, in_block, BLOCK),
+        Algo::Winograd(t) => winograd::filters_len(t, g.in_channels, g.out_channels, BLOCK),
+    }
+}
+
+/// [`derive_weights`] into a slice of [`derived_len`] values.
+pub fn derive_weights_into(
+    algo: Algo,
+    g: &ConvGeometry,
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    in_block: usize,
+    out: &mut [f32],
+) {
+    match algo {
+        Algo::Direct => direct::pack_weights(weight, scale, g, in_block, BLOCK, out),
+        Algo::Winograd(t) => winograd::transform_filters(weight, scale, g.in_channels, g.out_channels, t, BLOCK, out),
+    }
+}
+
+/// Runs `algo` on the plan's vector type: `input` in blocks of `in_block` channels (1 for
+/// the NCHW stem input), `out` in blocks of [`BLOCK`].
+pub fn run_conv(
+    algo: Algo,
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    weights: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    match algo {
+        Algo::Direct => direct::direct_conv::<F32xBlock>(g, input, in_block, weights, ep, out),
+        Algo::Winograd(t) => winograd::winograd_conv::<F32xBlock>(g, t, input, weights, ep, out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_winograd_only_applies_to_3x3_stride_1() {
+        for a in Algo::ALL {
+            assert_eq!(a.name().parse::<ConvChoice>().unwrap(), ConvChoice::Force(a));
+        }
+        assert!("gemm"
+            .parse::<ConvChoice>()
+            .unwrap_err()
+            .to_string()
+            .contains("expected auto"));
+        let g3 = ConvGeometry::new(1, 16, 8, 8, 16, (3, 3), 1, 1).unwrap();
+        let g3s2 = ConvGeometry::new(1, 16, 8, 8, 32, (3, 3), 2, 1).unwrap();
+        let g1 = ConvGeometry::new(1, 16, 8, 8, 32, (1, 1), 1, 0).unwrap();
+        let f4 = Algo::Winograd(WinogradTile::F4);
+        assert!(f4.applies(&g3) && !f4.applies(&g3s2) && !f4.applies(&g1));
+        assert_eq!(choose(ConvChoice::Force(f4), &g1), auto(&g1));
+        assert_eq!(choose(ConvChoice::Force(Algo::Direct), &g3), Algo::Direct);
+    }
+}

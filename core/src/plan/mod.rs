@@ -1,0 +1,636 @@
+//! `ExecutionPlan`: everything it takes to run one network at one input shape, built once
+//! and reused: the steps in order, the algorithm chosen for every convolution, one arena
+//! for every activation (offsets planned from lifetimes, `arena`), and the weights derived
+//! for the kernels (batch norm folded in, filters packed in blocks or Winograd-transformed),
+//! which are keyed by the [`Params::version`] they were made from and rebuilt when it
+//! changes, so a stale copy is never used.
+//!
+//! Inside a plan activations are channel-blocked ([`Blocked`], `BLOCK` channels a vector);
+//! the stem reads the caller's NCHW input directly and the head writes plain logits, so
+//! nothing is reordered at all. Inference folds every batch norm into its convolution and
+//! fuses the residual add and ReLU into the convolution's store.
+
+pub mod arena;
+pub mod choose;
+
+pub use choose::{Algo, ConvChoice};
+
+use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};
+use crate::kernels::blocked::{BlockedEpilogue, Residual};
+use crate::kernels::gemm::{gemm, MatMut, MatRef};
+use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::pool::PoolGeometry;
+use crate::layout::Blocked;
+use crate::model::{Arch, ConvBn, ResNetConfig, ShortcutKind};
+use crate::simd::{F32xBlock, BLOCK};
+use crate::{Error, Params, Result};
+use std::ops::Range;
+
+/// Batch norm's epsilon, as PyTorch's default.
+const BN_EPS: f64 = 1e-5;
+
+/// How a plan is built.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// How each convolution's algorithm is picked.
+    pub conv: ConvChoice,
+}
+
+/// One convolution of a plan, as `resnet bench --layers` shows it.
+#[derive(Clone, Debug)]
+pub struct PlannedConv {
+    /// The convolution's torchvision name (`layer1.0.conv2`).
+    pub name: String,
+    /// Its batch norm's name.
+    pub bn: String,
+    /// The geometry at the plan's full batch.
+    pub geometry: ConvGeometry,
+    pub algo: Algo,
+    /// Channels per block of its input: 1 for the stem, which reads NCHW.
+    pub in_block: usize,
+    weights: Range<usize>,
+    bias: Range<usize>,
+}
+
+/// Where a step reads its input.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    /// The caller's NCHW input.
+    Input,
+    /// An arena buffer.
+    Buf(usize),
+}
+
+/// Where a convolution's residual comes from.
+#[derive(Clone, Copy, Debug)]
+enum Add {
+    None,
+    /// The output buffer's own contents (an identity or precomputed shortcut).
+    InPlace,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Conv {
+        conv: usize,
+        input: Source,
+        out: usize,
+        add: Add,
+        relu: bool,
+    },
+    MaxPool {
+        input: usize,
+        out: usize,
+        pool: PoolGeometry,
+    },
+    ZeroPad {
+        input: usize,
+        out: usize,
+        stride: usize,
+    },
+    Head {
+        input: usize,
+    },
+}
+
+/// Bytes a plan holds, for `resnet bench`'s memory line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlanMemory {
+    /// The activation arena.
+    pub arena: usize,
+    /// The largest single activation (the arena's lower bound is about twice this).
+    pub largest_activation: usize,
+    /// Folded, packed and transformed weights.
+    pub derived_weights: usize,
+}
+
+/// A network prepared for one input shape and batch (see the module documentation).
+pub struct ExecutionPlan {
+    config: ResNetConfig,
+    /// The most images one call takes; fewer run on a prefix of every buffer.
+    batch: usize,
+    height: usize,
+    width: usize,
+    convs: Vec<PlannedConv>,
+    steps: Vec<Step>,
+    /// Shape (at the full batch) and arena offset of each buffer.
+    buffers: Vec<(Blocked, usize)>,
+    arena: Vec<f32>,
+    derived: Vec<f32>,
+    /// The [`Params::version`] `derived` was made from.
+    derived_from: Option<u64>,
+    features: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+/// Collects steps and buffer lifetimes while the plan is laid out.
+struct Builder {
+    steps: Vec<Step>,
+    shapes: Vec<Blocked>,
+    lives: Vec<arena::Lifetime>,
+    convs: Vec<PlannedConv>,
+    derived_len: usize,
+    choice: ConvChoice,
+}
+
+impl Builder {
+    fn buffer(&mut self, shape: Blocked) -> usize {
+        self.shapes.push(shape);
+        let step = self.steps.len();
+        self.lives.push(arena::Lifetime {
+            len: shape.len(),
+            first: step,
+            last: step,
+        });
+        self.shapes.len() - 1
+    }
+
+    /// Marks `buf` as used by the step about to be pushed.
+    fn use_buf(&mut self, buf: usize) {
+        self.lives[buf].last = self.steps.len();
+    }
+
+    fn source_shape(&self, src: Source, input: Blocked) -> Blocked {
+        match src {
+            Source::Input => input,
+            Source::Buf(b) => self.shapes[b],
+        }
+    }
+
+    /// A convolution step from `src` into `out` (a new buffer when `None`); returns the
+    /// output buffer.
+    fn conv(
+        &mut self,
+        spec: &ConvBn,
+        src: Source,
+        input: Blocked,
+        out: Option<usize>,
+        add: Add,
+        relu: bool,
+    ) -> Result<usize> {
+        let x = self.source_shape(src, input);
+        let g = ConvGeometry::new(
+            x.n,
+            x.c,
+            x.h,
+            x.w,
+            spec.out_channels,
+            (spec.kernel, spec.kernel),
+            spec.stride,
+            spec.pad,
+        )
+        .map_err(|e| Error::Shape(format!("{}: {e}", spec.conv)))?;
+        if x.c != spec.in_channels {
+            return Err(Error::Shape(format!(
+                "{}: expects {} input channels, found {}",
+                spec.conv, spec.in_channels, x.c
+            )));
+        }
+        let in_block = x.block;
+        // Winograd reads blocked inputs only; the stem's NCHW input goes direct.
+        let algo = if in_block == BLOCK {
+            choose::choose(self.choice, &g)
+        } else {
+            Algo::Direct
+        };
+        let wlen = choose::derived_len(algo, &g, in_block);
+        let shape = Blocked::new(x.n, g.out_channels, g.out_h, g.out_w, BLOCK);
+        let weights = self.derived_len..self.derived_len + wlen;
+        let bias = weights.end..weights.end + shape.padded_channels();
+        self.derived_len = bias.end;
+        self.convs.push(PlannedConv {
+            name: spec.conv.clone(),
+            bn: spec.bn.clone(),
+            geometry: g,
+            algo,
+            in_block,
+            weights,
+            bias,
+        });
+        let out = match out {
+            Some(o) => {
+                if self.shapes[o] != shape {
+                    return Err(Error::Shape(format!(
+                        "{}: output {shape:?} does not match its shortcut {:?}",
+                        spec.conv, self.shapes[o]
+                    )));
+                }
+                o
+            }
+            None => self.buffer(shape),
+        };
+        if let Source::Buf(b) = src {
+            self.use_buf(b);
+        }
+        self.use_buf(out);
+        self.steps.push(Step::Conv {
+            conv: self.convs.len() - 1,
+            input: src,
+            out,
+            add,
+            relu,
+        });
+        Ok(out)
+    }
+}
+
+impl std::fmt::Debug for ExecutionPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecutionPlan")
+            .field("model", &self.config.name)
+            .field("batch", &self.batch)
+            .field("input", &(self.height, self.width))
+            .field("memory", &self.memory())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ExecutionPlan {
+    /// Plans inference of `config` on up to `batch` NCHW images of `height x width`.
+    pub fn inference(
+        config: &ResNetConfig,
+        batch: usize,
+        height: usize,
+        width: usize,
+        opts: PlanOptions,
+    ) -> Result<Self> {
+        let arch = Arch::of(config)?;
+        if batch == 0 || height == 0 || width == 0 {
+            return Err(Error::Shape(format!(
+                "a plan needs at least one image of at least 1x1, found batch {batch} of {height}x{width}"
+            )));
+        }
+        let input = Blocked::nchw(batch, config.in_channels, height, width);
+        let mut b = Builder {
+            steps: Vec::new(),
+            shapes: Vec::new(),
+            lives: Vec::new(),
+            convs: Vec::new(),
+            derived_len: 0,
+            choice: opts.conv,
+        };
+        let mut cur = b.conv(&arch.stem, Source::Input, input, None, Add::None, true)?;
+        if arch.maxpool {
+            let x = b.shapes[cur];
+            let pool = PoolGeometry::new(x.n, x.c, x.h, x.w, 3, 2, 1)
+                .ok_or_else(|| Error::Shape(format!("max pooling: input of {}x{} is too small", x.h, x.w)))?;
+            let out = b.buffer(x.with_hw(pool.out_h, pool.out_w));
+            b.use_buf(cur);
+            b.steps.push(Step::MaxPool { input: cur, out, pool });
+            cur = out;
+        }
+        for block in &arch.blocks {
+            let x = cur;
+            let last = block.stages.len() - 1;
+            let mut t = Source::Buf(x);
+            for stage in &block.stages[..last] {
+                t = Source::Buf(b.conv(stage, t, input, None, Add::None, true)?);
+            }
+            // The shortcut goes where the block's output will be, and the last stage adds
+            // itself onto it in place.
+            let (out, add) = match &block.shortcut {
+                ShortcutKind::None => (None, Add::None),
+                ShortcutKind::Identity => (Some(x), Add::InPlace),
+                ShortcutKind::ZeroPad { stride } => {
+                    let xs = b.shapes[x];
+                    let h = (xs.h - 1) / stride + 1;
+                    let w = (xs.w - 1) / stride + 1;
+                    let shape = Blocked::new(xs.n, block.out_channels, h, w, BLOCK);
+                    let out = b.buffer(shape);
+                    b.use_buf(x);
+                    b.steps.push(Step::ZeroPad {
+                        input: x,
+                        out,
+                        stride: *stride,
+                    });
+                    (Some(out), Add::InPlace)
+                }
+                ShortcutKind::Projection(p) => {
+                    let out = b.conv(p, Source::Buf(x), input, None, Add::None, false)?;
+                    (Some(out), Add::InPlace)
+                }
+            };
+            cur = b.conv(&block.stages[last], t, input, out, add, true)?;
+        }
+        b.use_buf(cur);
+        b.steps.push(Step::Head { input: cur });
+        let layout = arena::place(&b.lives);
+        let buffers = b.shapes.iter().copied().zip(layout.offsets).collect();
+        Ok(ExecutionPlan {
+            config: config.clone(),
+            batch,
+            height,
+            width,
+            convs: b.convs,
+            steps: b.steps,
+            buffers,
+            arena: vec![0.0; layout.total],
+            derived: vec![0.0; b.derived_len],
+            derived_from: None,
+            features: vec![0.0; batch * arch.features],
+            logits: vec![0.0; batch * arch.classes],
+        })
+    }
+
+    /// The most images one call takes.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// The input size the plan was built for, `(height, width)`.
+    pub fn input_size(&self) -> (usize, usize) {
+        (self.height, self.width)
+    }
+
+    /// Every convolution with its chosen algorithm, in execution order.
+    pub fn convs(&self) -> &[PlannedConv] {
+        &self.convs
+    }
+
+    /// What the plan holds in memory.
+    pub fn memory(&self) -> PlanMemory {
+        let f = std::mem::size_of::<f32>();
+        PlanMemory {
+            arena: self.arena.len() * f,
+            largest_activation: self.buffers.iter().map(|(s, _)| s.len()).max().unwrap_or(0) * f,
+            derived_weights: self.derived.len() * f,
+        }
+    }
+
+    /// Rebuilds the derived weights when `params` is not what they were made from.
+    fn derive(&mut self, params: &Params) -> Result<()> {
+        if params.config() != &self.config {
+            return Err(Error::Config(format!(
+                "the plan was built for {} and cannot run the parameters of {}",
+                self.config.name,
+                params.config().name
+            )));
+        }
+        if self.derived_from == Some(params.version()) {
+            return Ok(());
+        }
+        let derived = &mut self.derived;
+        for c in &self.convs {
+            let gamma = params.tensor(&format!("{}.weight", c.bn));
+            let beta = params.tensor(&format!("{}.bias", c.bn));
+            let mean = params.tensor(&format!("{}.running_mean", c.bn));
+            let var = params.tensor(&format!("{}.running_var", c.bn));
+            let mut scale = vec![0.0; gamma.len()];
+            let bias = &mut derived[c.bias.clone()];
+            bias.fill(0.0);
+            for k in 0..gamma.len() {
+                let s = gamma[k] as f64 / (var[k] as f64 + BN_EPS).sqrt();
+                scale[k] = s as f32;
+                bias[k] = (beta[k] as f64 - mean[k] as f64 * s) as f32;
+            }
+            let weight = params.tensor(&format!("{}.weight", c.name));
+            choose::derive_weights_into(
+                c.algo,
+                &c.geometry,
+                weight,
+                Some(&scale),
+                c.in_block,
+                &mut derived[c.weights.clone()],
+            );
+        }
+        self.derived_from = Some(params.version());
+        Ok(())
+    }
+
+    /// Logits (`n x classes`, row-major) of `n <= batch` NCHW images in `input`, with
+    /// every batch norm in evaluation mode.
+    pub fn forward(&mut self, params: &Params, input: &[f32], n: usize) -> Result<&[f32]> {
+        let want = n * self.config.in_channels * self.height * self.width;
+        if n == 0 || n > self.batch || input.len() != want {
+            return Err(Error::Shape(format!(
+                "the plan takes 1 to {} images of {}x{}x{} ({} values each), found {} values for {n} images",
+                self.batch,
+                self.config.in_channels,
+                self.height,
+                self.width,
+                want / n.max(1),
+                input.len()
+            )));
+        }
+        self.derive(params)?;
+        for step in &self.steps {
+            match *step {
+                Step::Conv {
+                    conv,
+                    input: src,
+                    out,
+                    add,
+                    relu,
+                } => {
+                    let c = &self.convs[conv];
+                    let g = ConvGeometry { batch: n, ..c.geometry };
+                    let (oshape, ooff) = self.buffers[out];
+                    let olen = Blocked { n, ..oshape }.len();
+                    let ep = BlockedEpilogue {
+                        bias: Some(&self.derived[c.bias.clone()]),
+                        residual: match add {
+                            Add::None => Residual::None,
+                            Add::InPlace => Residual::InPlace,
+                        },
+                        relu,
+                    };
+                    let weights = &self.derived[c.weights.clone()];
+                    match src {
+                        Source::Input => {
+                            let y = &mut self.arena[ooff..ooff + olen];
+                            choose::run_conv(c.algo, &g, input, c.in_block, weights, &ep, y);
+                        }
+                        Source::Buf(b) => {
+                            let (ishape, ioff) = self.buffers[b];
+                            let ilen = Blocked { n, ..ishape }.len();
+                            let (x, y) = two_regions(&mut self.arena, ioff..ioff + ilen, ooff..ooff + olen);
+                            choose::run_conv(c.algo, &g, x, c.in_block, weights, &ep, y);
+                        }
+                    }
+                }
+                Step::MaxPool { input: i, out, pool } => {
+                    let (ishape, ioff) = self.buffers[i];
+                    let (oshape, ooff) = self.buffers[out];
+                    let ishape = Blocked { n, ..ishape };
+                    let (x, y) = two_regions(
+                        &mut self.arena,
+                        ioff..ioff + ishape.len(),
+                        ooff..ooff + Blocked { n, ..oshape }.len(),
+                    );
+                    max_pool::<F32xBlock>(&PoolGeometry { batch: n, ..pool }, ishape, x, y);
+                }
+                Step::ZeroPad { input: i, out, stride } => {
+                    let (ishape, ioff) = self.buffers[i];
+                    let (oshape, ooff) = self.buffers[out];
+                    let (ishape, oshape) = (Blocked { n, ..ishape }, Blocked { n, ..oshape });
+                    let (x, y) = two_regions(&mut self.arena, ioff..ioff + ishape.len(), ooff..ooff + oshape.len());
+                    zero_pad_shortcut(ishape, x, oshape, stride, y);
+                }
+                Step::Head { input: i } => {
+                    let (shape, off) = self.buffers[i];
+                    let shape = Blocked { n, ..shape };
+                    let features = &mut self.features[..n * shape.c];
+                    global_avg_pool::<F32xBlock>(shape, &self.arena[off..off + shape.len()], features);
+                    let classes = self.config.num_classes;
+                    let logits = &mut self.logits[..n * classes];
+                    let bias = params.tensor("fc.bias");
+                    for row in logits.chunks_mut(classes) {
+                        row.copy_from_slice(bias);
+                    }
+                    let w = MatRef::row_major(params.tensor("fc.weight"), classes, shape.c);
+                    gemm(
+                        1.0,
+                        MatRef::row_major(features, n, shape.c),
+                        w.t(),
+                        1.0,
+                        MatMut::row_major(logits, n, classes),
+                    );
+                }
+            }
+        }
+        Ok(&self.logits[..n * self.config.num_classes])
+    }
+}
+
+/// Two disjoint regions of the arena, one to read and one to write. The planner never
+/// gives a step's input and output overlapping ranges (both are alive at that step).
+fn two_regions(arena: &mut [f32], read: Range<usize>, write: Range<usize>) -> (&[f32], &mut [f32]) {
+    assert!(
+        read.end <= write.start || write.end <= read.start,
+        "plan: a step's input and output overlap"
+    );
+    if read.start < write.start {
+        let (a, b) = arena.split_at_mut(write.start);
+        (&a[read], &mut b[..write.end - write.start])
+    } else {
+        let (a, b) = arena.split_at_mut(read.start);
+        (&b[..read.end - read.start], &mut a[write])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::TensorFile;
+    use crate::kernels::test_util::max_rel_err;
+    use crate::layers::Mode;
+    use crate::model::{ResNet, ShortcutOption};
+    use crate::rng::Rng;
+    use crate::Tensor;
+
+    /// Parameters with batch norms far from the identity, so that folding is exercised.
+    fn random_params(config: &ResNetConfig, seed: u64) -> Params {
+        let mut p = Params::new(config.clone(), seed).unwrap();
+        let mut rng = Rng::new(seed + 100);
+        let names: Vec<String> = p.entries().iter().map(|e| e.name.clone()).collect();
+        for name in names {
+            let t = p.get_mut(&name).unwrap();
+            if name.ends_with("running_var") {
+                t.iter_mut().for_each(|v| *v = 0.5 + rng.uniform() as f32);
+            } else if name.ends_with("running_mean")
+                || (name.contains("bn") || name.contains("downsample.1")) && name.ends_with("bias")
+            {
+                t.iter_mut().for_each(|v| *v = 0.2 * rng.normal() as f32);
+            } else if name.contains("bn") && name.ends_with("weight") {
+                t.iter_mut().for_each(|v| *v = 0.8 + 0.4 * rng.uniform() as f32);
+            }
+        }
+        p
+    }
+
+    /// The first design's unfused layer-by-layer forward: the reference of this test.
+    fn reference_logits(p: &Params, input: &[f32], n: usize, size: usize) -> Vec<f32> {
+        let mut net = ResNet::new(p.config().clone(), 0).unwrap();
+        let file = TensorFile {
+            tensors: p.to_named_tensors(),
+            metadata: Default::default(),
+        };
+        crate::model::weights::load_tensors(&mut net, &file, &|_| false).unwrap();
+        net.set_fold_bn(false);
+        let t = Tensor::new(vec![n, p.config().in_channels, size, size], input.to_vec()).unwrap();
+        net.forward(&t, Mode::Eval).unwrap().to_vec()
+    }
+
+    #[test]
+    fn inference_matches_the_layer_by_layer_forward_for_every_algorithm_and_shortcut() {
+        let cases = [
+            (ResNetConfig::named("resnet8").unwrap(), 32, 3),
+            (
+                ResNetConfig::named("resnet8").unwrap().with_shortcut(ShortcutOption::B),
+                20,
+                2,
+            ),
+            (
+                ResNetConfig::named("resnet8").unwrap().with_shortcut(ShortcutOption::C),
+                17,
+                1,
+            ),
+            (ResNetConfig::named("plain8").unwrap(), 32, 2),
+            (ResNetConfig::named("resnet18").unwrap().with_classes(10), 64, 2),
+            (ResNetConfig::named("resnet50").unwrap().with_classes(10), 40, 1),
+        ];
+        for (config, size, n) in cases {
+            let p = random_params(&config, 11);
+            let mut rng = Rng::new(3);
+            let x: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect();
+            let want = reference_logits(&p, &x, n, size);
+            for choice in [
+                ConvChoice::Auto,
+                ConvChoice::Force(Algo::Direct),
+                ConvChoice::Force(Algo::Winograd(crate::kernels::winograd::WinogradTile::F2)),
+                ConvChoice::Force(Algo::Winograd(crate::kernels::winograd::WinogradTile::F4)),
+            ] {
+                let mut plan =
+                    ExecutionPlan::inference(&config, n + 1, size, size, PlanOptions { conv: choice }).unwrap();
+                let got = plan.forward(&p, &x, n).unwrap().to_vec();
+                let err = max_rel_err(&got, &want);
+                println!("{} {size}x{size} b{n} {choice:?}: max rel err {err:.2e}", config.name);
+                assert!(err < 2e-4, "{} {choice:?}: {err}", config.name);
+            }
+        }
+    }
+
+    #[test]
+    fn derived_weights_follow_the_params_version() {
+        let config = ResNetConfig::named("resnet8").unwrap();
+        let mut p = random_params(&config, 5);
+        let x = vec![0.5; 2 * 3 * 16 * 16];
+        let mut plan = ExecutionPlan::inference(&config, 2, 16, 16, PlanOptions::default()).unwrap();
+        let before = plan.forward(&p, &x, 2).unwrap().to_vec();
+        // Doubling the last batch norm's scale changes the logits only if the plan
+        // notices the new version and folds again.
+        p.get_mut("layer3.0.bn2.weight")
+            .unwrap()
+            .iter_mut()
+            .for_each(|v| *v *= 2.0);
+        let after = plan.forward(&p, &x, 2).unwrap().to_vec();
+        assert_ne!(before, after);
+        assert_eq!(after, reference_logits_plan(&config, &p, &x));
+        let other = Params::new(ResNetConfig::named("resnet14").unwrap(), 1).unwrap();
+        let err = plan.forward(&other, &x, 2).unwrap_err().to_string();
+        assert!(err.contains("built for resnet8"), "{err}");
+        let err = plan.forward(&p, &x[1..], 2).unwrap_err().to_string();
+        assert!(err.contains("takes 1 to 2 images"), "{err}");
+    }
+
+    fn reference_logits_plan(config: &ResNetConfig, p: &Params, x: &[f32]) -> Vec<f32> {
+        let mut fresh = ExecutionPlan::inference(config, 2, 16, 16, PlanOptions::default()).unwrap();
+        fresh.forward(p, x, 2).unwrap().to_vec()
+    }
+
+    #[test]
+    fn arena_holds_about_two_activations_not_all_of_them() {
+        let config = ResNetConfig::named("resnet50").unwrap();
+        let plan = ExecutionPlan::inference(&config, 1, 224, 224, PlanOptions::default()).unwrap();
+        let m = plan.memory();
+        let all: usize = plan.buffers.iter().map(|(s, _)| s.len() * 4).sum();
+        println!(
+            "resnet50 b1: arena {} MB, largest activation {} MB, all activations {} MB",
+            m.arena >> 20,
+            m.largest_activation >> 20,
+            all >> 20
+        );
+        assert!(m.arena <= 3 * m.largest_activation, "{m:?}");
+        assert!(m.arena * 4 < all);
+    }
+}
