@@ -43,15 +43,17 @@
 //! blocks, and with per-thread scratch only:
 //! 1. transforms the group's inputs, `V[xi][icb][t][lane] = (B^T d B)[xi]`, zero padding
 //!    at the image borders;
-//! 2. for each chunk of [`RB`] output-channel blocks, for each position `xi`, computes
-//!    `M[xi] = U[xi] V[xi]` with a register-blocked micro-kernel ([`RB`] output blocks x
-//!    [`RT`] tiles of vector accumulators, tile values broadcast, `U` loaded as vectors:
-//!    the shape of MLAS's NCHWc direct convolution kernel);
+//! 2. for each chunk of `RB` = 4 output-channel blocks, for each position `xi`, computes
+//!    `M[xi] = U[xi] V[xi]` with a register-blocked micro-kernel (4 output blocks x 6
+//!    tiles of vector accumulators, tile values broadcast, `U` loaded as vectors: the
+//!    shape of MLAS's NCHWc direct convolution kernel; 1 x 16 and 2 x 12 for layers of
+//!    one or two channel blocks);
 //! 3. transforms the chunk's outputs, `A^T M A`, and stores them through the epilogue
 //!    (bias, residual, ReLU), clipped at the right and bottom edges.
 //!
 //! `T` is sized so that `V` and the chunk's `M` stay in the L2 cache; the transformed
-//! tensors never exist whole in memory. Tasks are tile groups x output-channel-block
+//! tensors never exist whole in memory. The positions of `V` and `M` are an odd number
+//! of cache lines apart, so that a tile's `a^2` vectors do not share an L1 set. Tasks are tile groups x output-channel-block
 //! ranges cut by [`crate::kernels::split`], so batch 1 keeps every core busy. Every
 //! output value is computed by one task in a fixed order: results are deterministic.
 
