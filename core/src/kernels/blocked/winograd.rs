@@ -43,15 +43,17 @@
 //! blocks, and with per-thread scratch only:
 //! 1. transforms the group's inputs, `V[xi][icb][t][lane] = (B^T d B)[xi]`, zero padding
 //!    at the image borders;
-//! 2. for each chunk of [`RB`] output-channel blocks, for each position `xi`, computes
-//!    `M[xi] = U[xi] V[xi]` with a register-blocked micro-kernel ([`RB`] output blocks x
-//!    [`RT`] tiles of vector accumulators, tile values broadcast, `U` loaded as vectors:
-//!    the shape of MLAS's NCHWc direct convolution kernel);
+//! 2. for each chunk of `RB` = 4 output-channel blocks, for each position `xi`, computes
+//!    `M[xi] = U[xi] V[xi]` with a register-blocked micro-kernel (4 output blocks x 6
+//!    tiles of vector accumulators, tile values broadcast, `U` loaded as vectors: the
+//!    shape of MLAS's NCHWc direct convolution kernel; 1 x 16 and 2 x 12 for layers of
+//!    one or two channel blocks);
 //! 3. transforms the chunk's outputs, `A^T M A`, and stores them through the epilogue
 //!    (bias, residual, ReLU), clipped at the right and bottom edges.
 //!
 //! `T` is sized so that `V` and the chunk's `M` stay in the L2 cache; the transformed
-//! tensors never exist whole in memory. Tasks are tile groups x output-channel-block
+//! tensors never exist whole in memory. The positions of `V` and `M` are an odd number
+//! of cache lines apart, so that a tile's `a^2` vectors do not share an L1 set. Tasks are tile groups x output-channel-block
 //! ranges cut by [`crate::kernels::split`], so batch 1 keeps every core busy. Every
 //! output value is computed by one task in a fixed order: results are deterministic.
 
@@ -68,15 +70,24 @@ use rayon::prelude::*;
 /// Output-channel blocks per micro-kernel call: with [`RT`] tiles, `RB x RT` vector
 /// accumulators. 4 x 6 = 24 of the 32 AVX-512 registers, leaving room for the 4 `U`
 /// vectors and a broadcast (MLAS's NCHWc kernel uses the same 4 x 6 shape); each step
-/// over an input channel loads 4 vectors and 6 scalars for 24 FMAs.
+/// over an input channel loads 4 vectors and 6 scalars for 24 FMAs. Measured: 4 x 7
+/// (28 accumulators) was about 10 % slower on 128 channels.
 const RB: usize = 4;
 
-/// Tiles per micro-kernel call (see [`RB`]).
+/// Tiles per micro-kernel call with [`RB`] output blocks.
 const RT: usize = 6;
+
+/// Tiles per micro-kernel call by the number of output blocks of the call (1 to [`RB`]:
+/// layers of 16 and 32 channels, or the last chunk): with fewer `U` vectors per input
+/// channel, more tiles keep about 16-24 accumulators busy and fewer loads per FMA.
+/// Measured on ResNet-20's 16- and 32-channel layers: 1 x 16 and 2 x 12 were 5-10 %
+/// faster than 1 x 6 and 2 x 6 (noisy machine; never slower).
+const TILES_PER_CALL: [usize; RB + 1] = [0, 16, 12, 8, RT];
 
 /// Bytes of a group's transformed inputs `V` plus one chunk's products `M` to aim for:
 /// half of Zen 4's 1 MB L2 per core, leaving the other half for the rows of `U`
-/// streaming through and the output being written.
+/// streaming through and the output being written. Measured: 256 KB and 1 MB were
+/// within the machine's noise of 512 KB on every benchmarked shape.
 const GROUP_BYTES: usize = 512 << 10;
 
 /// Fewest tiles per group (unless the problem has fewer): below this, each `U` vector
@@ -489,7 +500,7 @@ fn products<V: Vector, const A: usize>(
         let m_xi = &mut m[xi * m_stride..];
         let mut t = 0;
         while t < tn {
-            let rt = RT.min(tn - t);
+            let rt = rt_for(rb).min(tn - t);
             // SAFETY: `u_xi` holds blocks `cb..cb + rb` of `cp x l` values each (asserted
             // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks of `tn x l` values and
             // reads tiles `t..t + rt <= tn`, `m_xi` holds `rb` blocks of `tn x l` values
@@ -512,7 +523,13 @@ fn products<V: Vector, const A: usize>(
     }
 }
 
-/// Picks the micro-kernel instance for `rb <= RB` output blocks and `rt <= RT` tiles.
+/// Tiles per micro-kernel call for `rb` output blocks (`TILES_PER_CALL[rb]`).
+#[inline(always)]
+fn rt_for(rb: usize) -> usize {
+    TILES_PER_CALL[rb]
+}
+
+/// Picks the micro-kernel instance for `rb <= RB` output blocks and `rt <= 16` tiles.
 ///
 /// # Safety
 /// As [`micro`].
@@ -539,7 +556,17 @@ unsafe fn micro_dispatch<V: Vector>(
                 4 => unsafe { micro::<V, $rb, 4>(u, u_block, v, v_block, icb, m, m_block) },
                 5 => unsafe { micro::<V, $rb, 5>(u, u_block, v, v_block, icb, m, m_block) },
                 6 => unsafe { micro::<V, $rb, 6>(u, u_block, v, v_block, icb, m, m_block) },
-                _ => unreachable!("at most RT tiles"),
+                7 => unsafe { micro::<V, $rb, 7>(u, u_block, v, v_block, icb, m, m_block) },
+                8 => unsafe { micro::<V, $rb, 8>(u, u_block, v, v_block, icb, m, m_block) },
+                9 => unsafe { micro::<V, $rb, 9>(u, u_block, v, v_block, icb, m, m_block) },
+                10 => unsafe { micro::<V, $rb, 10>(u, u_block, v, v_block, icb, m, m_block) },
+                11 => unsafe { micro::<V, $rb, 11>(u, u_block, v, v_block, icb, m, m_block) },
+                12 => unsafe { micro::<V, $rb, 12>(u, u_block, v, v_block, icb, m, m_block) },
+                13 => unsafe { micro::<V, $rb, 13>(u, u_block, v, v_block, icb, m, m_block) },
+                14 => unsafe { micro::<V, $rb, 14>(u, u_block, v, v_block, icb, m, m_block) },
+                15 => unsafe { micro::<V, $rb, 15>(u, u_block, v, v_block, icb, m, m_block) },
+                16 => unsafe { micro::<V, $rb, 16>(u, u_block, v, v_block, icb, m, m_block) },
+                _ => unreachable!("at most 16 tiles"),
             }
         };
     }
