@@ -32,6 +32,13 @@
 //!   [`split`], so batch 1 fills every core; every output vector is computed by one task
 //!   in a fixed order, so results do not depend on the thread count.
 //! - [`direct_conv_naive`]: the scalar twin from the unpacked weights, for the tests.
+//!
+//! # Measured (`examples/direct_bench.rs`, one Zen 5 core, FMA peak about 250 GFLOP/s)
+//! ResNet-50 batch 1: 204-257 GFLOP/s per convolution, 232 over all its convolutions
+//! (about 93 %); ResNet-20's 32- and 64-channel stages 218-243, its 16-channel stage
+//! (one output block, so one broadcast per FMA) 150-170, the 3-channel stems 65-70.
+//! Border tiles cost little: running every tile through the border path measured the
+//! same within noise, except 12 % slower on the one-block tiles.
 
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
@@ -289,6 +296,9 @@ fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
         }
         p0 += NPX;
     }
+    // The ragged end (fewer than NPX pixels) runs on the smallest of a few tile widths
+    // that holds it, its unused pixels reading the zero block: one tile rather than a
+    // run of single-pixel ones, and 4 widths per block count rather than NPX - 1.
     let left = pixels.end - p0;
     match left {
         0 => {}
