@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Native benchmark of the engine next to ONNX Runtime (inference) and PyTorch / TensorFlow
-# (training) in one sitting: ROUNDS rounds, each running every engine once, so that the
+# Native benchmark of the engine next to ONNX Runtime and OpenVINO f32 (inference) and
+# PyTorch / TensorFlow (training) in one sitting: ROUNDS rounds, each running every engine once, so that the
 # host's drift hits all of them alike. Optionally a second build of ours (BASE) for a
 # before/after comparison. Needs the peer harness's venvs in WORK_DIR (its setup.sh):
-# venv (or venv-ort) with onnxruntime, venv-torch, venv-tf (skipped when missing) and the
-# ONNX models of its make_onnx.py in WORK_DIR/onnx.
+# venv (or venv-ort) with onnxruntime and openvino, venv-torch, venv-tf (each skipped when
+# missing) and the ONNX models of its make_onnx.py in WORK_DIR/onnx.
 #
 # usage: scripts/nativebench.sh WORK_DIR
 # env:   ROUNDS (3), RESNET (target/release/resnet), BASE (another resnet binary, optional),
@@ -33,14 +33,17 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
         ours "$tag" "$bin" --model resnet18 --batch 1 --threads 2 --reps 10
         ours "$tag" "$bin" --model resnet50 --batch 1 --threads 2 --reps 8
         ours "$tag" "$bin" --model resnet20 --batch 1 --threads 2 --reps 50
+        ours "$tag" "$bin" --model resnet50 --batch 8 --threads 2 --reps 4
     done
     ours ours "$new" --model resnet20 --batch 128 --threads 1 --reps 6
     ours ours "$new" --model resnet20 --batch 128 --threads 1 --reps 3 --train
     ours ours "$new" --model resnet50 --batch 1 --threads 1 --reps 4
     if [ -x "$ort_py" ]; then
-        "$ort_py" "$bench/bench_ort.py" "$W/onnx" --engine ort --threads 2 \
-            --cases resnet20:128,resnet20:1,resnet18:1,resnet50:1 --runs 10 --warmup 2 2>&1 \
-            | grep -v "^#" | sed 's/^/ORT /' >> "$out"
+        for engine in ort openvino; do
+            "$ort_py" "$bench/bench_ort.py" "$W/onnx" --engine "$engine" --threads 2 \
+                --cases resnet20:128,resnet20:1,resnet18:1,resnet50:1,resnet50:8 --runs 10 --warmup 2 2>&1 \
+                | grep -v "^#" | sed "s/^/PEER-$engine /" >> "$out"
+        done
     fi
     if [ -x "$W/venv-torch/bin/python" ]; then
         for layout in --channels-last ""; do

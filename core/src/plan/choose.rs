@@ -93,8 +93,8 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 /// ran at 2-3x the direct kernel's effective GFLOP/s from 16 to 256 channels), with
 /// F(2x2) where the output has fewer than [`MIN_F4_TILES`] 4x4 tiles: F(4x4)'s 36
 /// transformed filter matrices are then read for too few tiles (ResNet-50's 512-channel
-/// 7x7 layers at batch 1: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct convolution
-/// everywhere else (strided, 1x1, the stem).
+/// 7x7 layers at batch 1, alone: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct
+/// convolution everywhere else (strided, 1x1, the stem).
 pub fn auto(g: &ConvGeometry) -> Algo {
     if !Algo::Winograd(WinogradTile::F4).applies(g) {
         return Algo::Direct;
@@ -107,9 +107,12 @@ pub fn auto(g: &ConvGeometry) -> Algo {
     }
 }
 
-/// Fewest 4x4 output tiles for which [`auto`] picks F(4x4): batch 1 at 14x14 has 16 and
-/// F(4x4) wins there by 1.3x; batch 1 at 7x7 has 4 and loses by 1.5x.
-pub const MIN_F4_TILES: usize = 16;
+/// Fewest 4x4 output tiles for which [`auto`] picks F(4x4). Inside a whole network at
+/// batch 1 the transformed filters come from memory, not cache, so their size counts:
+/// timed in place (`examples/plan_profile.rs`, ResNet-50 b1), F(4x4) wins at 28x28 (49
+/// tiles: 0.29 against F(2x2)'s 0.31-0.35 ms) and loses at 14x14 (16 tiles: 0.52-0.58
+/// against 0.44-0.49 ms), although alone in a loop it wins there by 1.3x.
+pub const MIN_F4_TILES: usize = 32;
 
 static MEASURED: Mutex<Option<HashMap<ConvGeometry, Algo>>> = Mutex::new(None);
 

@@ -121,6 +121,8 @@ pub struct ExecutionPlan {
     derived_from: Option<u64>,
     features: Vec<f32>,
     logits: Vec<f32>,
+    /// Seconds of each step in the last call, when profiling is on.
+    step_seconds: Option<Vec<f64>>,
 }
 
 /// Collects steps and buffer lifetimes while the plan is laid out.
@@ -329,6 +331,7 @@ impl ExecutionPlan {
             derived_from: None,
             features: vec![0.0; batch * arch.features],
             logits: vec![0.0; batch * arch.classes],
+            step_seconds: None,
         })
     }
 
@@ -345,6 +348,33 @@ impl ExecutionPlan {
     /// Every convolution with its chosen algorithm, in execution order.
     pub fn convs(&self) -> &[PlannedConv] {
         &self.convs
+    }
+
+    /// Times every step of the following calls (a clock read per step) or stops.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.step_seconds = on.then(|| vec![0.0; self.steps.len()]);
+    }
+
+    /// Each step of the last call with its seconds, named by the layer it runs
+    /// (`layer1.0.conv2`, `maxpool`, `layer2.0.shortcut`, `avgpool+fc`); empty unless
+    /// profiling is on.
+    pub fn step_profile(&self) -> Vec<(String, f64)> {
+        let Some(times) = &self.step_seconds else {
+            return Vec::new();
+        };
+        self.steps
+            .iter()
+            .zip(times)
+            .map(|(step, &t)| {
+                let name = match step {
+                    Step::Conv { conv, .. } => self.convs[*conv].name.clone(),
+                    Step::MaxPool { .. } => "maxpool".to_string(),
+                    Step::ZeroPad { out, .. } => format!("shortcut to buffer {out}"),
+                    Step::Head { .. } => "avgpool+fc".to_string(),
+                };
+                (name, t)
+            })
+            .collect()
     }
 
     /// What the plan holds in memory.
@@ -413,7 +443,9 @@ impl ExecutionPlan {
             )));
         }
         self.derive(params)?;
-        for step in &self.steps {
+        let profiling = self.step_seconds.is_some();
+        for (index, step) in self.steps.iter().enumerate() {
+            let started = profiling.then(std::time::Instant::now);
             match *step {
                 Step::Conv {
                     conv,
@@ -486,6 +518,9 @@ impl ExecutionPlan {
                         MatMut::row_major(logits, n, classes),
                     );
                 }
+            }
+            if let (Some(t), Some(times)) = (started, self.step_seconds.as_mut()) {
+                times[index] = t.elapsed().as_secs_f64();
             }
         }
         Ok(&self.logits[..n * self.config.num_classes])
