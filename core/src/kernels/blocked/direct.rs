@@ -171,7 +171,51 @@ struct Ctx<'a, 'e> {
     out: &'a SharedOut<'a>,
     /// Packed floats per output-channel block.
     per_block: usize,
+    /// Weight bytes of one group above which its input channels are cut into chunks
+    /// ([`SLAB_BYTES`] outside the tests).
+    slab_bytes: usize,
 }
+
+/// What a pass over a range of input-channel blocks does with the output (see
+/// [`SLAB_BYTES`]): `Full` is the whole reduction in one pass; a chunked reduction runs
+/// `First` (bias and residual added to its partial sums, stored unfinished), any number
+/// of `Mid` (partial sums loaded from the output and stored back), then `Last` (loaded,
+/// ReLU, stored). The in-place residual is thus read once, by `First`, before anything
+/// overwrites it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Full,
+    First,
+    Mid,
+    Last,
+}
+
+impl Phase {
+    /// The phase of chunk `i` of `n`.
+    fn of(i: usize, n: usize) -> Phase {
+        match (i == 0, i + 1 == n) {
+            (true, true) => Phase::Full,
+            (true, false) => Phase::First,
+            (false, false) => Phase::Mid,
+            (false, true) => Phase::Last,
+        }
+    }
+
+    /// Whether the pass starts from the partial sums in the output.
+    fn resumes(self) -> bool {
+        matches!(self, Phase::Mid | Phase::Last)
+    }
+}
+
+/// Packed weight bytes of one output-channel group (its slab: every input channel and
+/// tap) above which [`direct_conv`] cuts the reduction over input channels into chunks
+/// of at most this size, as MLAS and oneDNN block their NCHWc kernels over input
+/// channels: each chunk's weights are read from memory once, then from L2 by every pixel
+/// tile of the task's segment, instead of the whole slab streaming through (and out of)
+/// the 1 MB L2 once per tile. Partial sums go to the output (see [`Phase`]), a few KB per
+/// segment at the sizes that chunk. Small slabs (ResNet's 16- to 128-channel 3x3 layers,
+/// most 1x1 layers) keep the single pass.
+pub const SLAB_BYTES: usize = 256 << 10;
 
 /// `y = epilogue(conv(x, w))` for NCHWc `input` (`Blocked { g.batch, g.in_channels, g.in_h,
 /// g.in_w, in_block }`, `in_block` = `V::LANES`, or 1 for plain NCHW) and weights `packed`
@@ -185,6 +229,20 @@ pub fn direct_conv<V: Vector>(
     packed: &[f32],
     ep: &BlockedEpilogue,
     out: &mut [f32],
+) {
+    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES);
+}
+
+/// [`direct_conv`] with the weight-slab budget `slab_bytes` in place of [`SLAB_BYTES`]
+/// (the tests pass tiny budgets to run the input-channel chunks on small shapes).
+fn direct_conv_budget<V: Vector>(
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    packed: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    slab_bytes: usize,
 ) {
     let ob = V::LANES;
     assert!(
@@ -223,6 +281,7 @@ pub fn direct_conv<V: Vector>(
         ep,
         out: &shared,
         per_block: per_block(g, in_block, ob),
+        slab_bytes,
     };
     let groups = group_count(out_l.blocks(), ob);
     let units = g.batch * groups * g.out_h;
@@ -252,27 +311,46 @@ pub fn direct_conv<V: Vector>(
 
 /// Runs the output pixels `pixels` (flattened `oy * out_w + ox`) of image `n` for the
 /// output-channel blocks `blocks` on the tile of `blocks.len()` blocks.
+///
+/// When the group's weight slab exceeds `c.slab_bytes`, the input-channel blocks are cut
+/// into chunks whose slabs fit it, and every tile of the segment runs one chunk before
+/// any tile runs the next (see [`SLAB_BYTES`]).
 fn segment_any<V: Vector, const BLOCKED: bool>(c: &Ctx, n: usize, blocks: Range<usize>, pixels: Range<usize>) {
-    let wide = V::LANES >= 16;
-    match blocks.len() {
-        4 if wide => segment::<V, BLOCKED, 4, 6>(c, n, blocks.start, pixels),
-        3 if wide => segment::<V, BLOCKED, 3, 8>(c, n, blocks.start, pixels),
-        2 if wide => segment::<V, BLOCKED, 2, 12>(c, n, blocks.start, pixels),
-        2 => segment::<V, BLOCKED, 2, 6>(c, n, blocks.start, pixels),
-        1 if wide => segment::<V, BLOCKED, 1, 8>(c, n, blocks.start, pixels),
-        1 => segment::<V, BLOCKED, 1, 12>(c, n, blocks.start, pixels),
-        b => unreachable!("a group of {b} blocks"),
+    let icbs = c.in_l.blocks();
+    let slab = blocks.len() * c.per_block * std::mem::size_of::<f32>();
+    let chunks = if BLOCKED {
+        slab.div_ceil(c.slab_bytes.max(1)).clamp(1, icbs.max(1))
+    } else {
+        1
+    };
+    for (i, chunk) in split::ranges(icbs, chunks).enumerate() {
+        let phase = Phase::of(i, chunks);
+        let wide = V::LANES >= 16;
+        let (b0, px) = (blocks.start, pixels.clone());
+        match blocks.len() {
+            4 if wide => segment::<V, BLOCKED, 4, 6>(c, n, b0, px, chunk, phase),
+            3 if wide => segment::<V, BLOCKED, 3, 8>(c, n, b0, px, chunk, phase),
+            2 if wide => segment::<V, BLOCKED, 2, 12>(c, n, b0, px, chunk, phase),
+            2 => segment::<V, BLOCKED, 2, 6>(c, n, b0, px, chunk, phase),
+            1 if wide => segment::<V, BLOCKED, 1, 8>(c, n, b0, px, chunk, phase),
+            1 => segment::<V, BLOCKED, 1, 12>(c, n, b0, px, chunk, phase),
+            b => unreachable!("a group of {b} blocks"),
+        }
     }
 }
 
 /// Tiles the pixels `pixels` of image `n` for the `NOC` blocks from `ocb0` with tiles of
-/// `NPX` pixels; the ragged end runs on a narrower tile.
+/// `NPX` pixels, summing over the input-channel blocks `icbs` as `phase` says; the ragged
+/// end runs on a narrower tile.
 fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
     c: &Ctx,
     n: usize,
     ocb0: usize,
     pixels: Range<usize>,
+    icbs: Range<usize>,
+    phase: Phase,
 ) {
+    let k = (icbs, phase);
     debug_assert_eq!(NPX, tile_pixels(NOC, V::LANES));
     let g = &c.g;
     let (s, pad) = (g.stride, g.pad as isize);
@@ -285,16 +363,16 @@ fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
         let ix0 = (ox * s) as isize - pad;
         let last = ((ox + NPX - 1) * s + g.kernel_w - 1) as isize - pad;
         if pointwise {
-            tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, 0, p0);
+            tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, 0, p0, k.clone());
         } else if ox + NPX <= g.out_w && ix0 >= 0 && last < g.in_w as isize && s <= 2 {
             let iy0 = (oy * s) as isize - pad;
             if s == 1 {
-                tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, iy0, ix0 as usize);
+                tile_fast::<V, BLOCKED, NOC, NPX, 1>(c, n, ocb0, p0, iy0, ix0 as usize, k.clone());
             } else {
-                tile_fast::<V, BLOCKED, NOC, NPX, 2>(c, n, ocb0, p0, iy0, ix0 as usize);
+                tile_fast::<V, BLOCKED, NOC, NPX, 2>(c, n, ocb0, p0, iy0, ix0 as usize, k.clone());
             }
         } else {
-            tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, NPX);
+            tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, NPX, k.clone());
         }
         p0 += NPX;
     }
@@ -304,11 +382,11 @@ fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
     let left = pixels.end - p0;
     match left {
         0 => {}
-        1 => tile_border::<V, BLOCKED, NOC, 1>(c, n, ocb0, p0, 1),
-        2 => tile_border::<V, BLOCKED, NOC, 2>(c, n, ocb0, p0, 2),
-        3 | 4 => tile_border::<V, BLOCKED, NOC, 4>(c, n, ocb0, p0, left),
-        5 | 6 => tile_border::<V, BLOCKED, NOC, 6>(c, n, ocb0, p0, left),
-        _ => tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, left),
+        1 => tile_border::<V, BLOCKED, NOC, 1>(c, n, ocb0, p0, 1, k),
+        2 => tile_border::<V, BLOCKED, NOC, 2>(c, n, ocb0, p0, 2, k),
+        3 | 4 => tile_border::<V, BLOCKED, NOC, 4>(c, n, ocb0, p0, left, k),
+        5 | 6 => tile_border::<V, BLOCKED, NOC, 6>(c, n, ocb0, p0, left, k),
+        _ => tile_border::<V, BLOCKED, NOC, NPX>(c, n, ocb0, p0, left, k),
     }
 }
 
@@ -341,6 +419,7 @@ unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
 
 /// Finishes and stores the tile's accumulators: pixels `p0 .. p0 + count` of image `n`,
 /// blocks `ocb0 .. ocb0 + NOC`.
+/// In `phase`, finishing a pass (see [`Phase`]).
 #[inline(always)]
 fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
     c: &Ctx,
@@ -349,14 +428,44 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
     ocb0: usize,
     p0: usize,
     count: usize,
+    phase: Phase,
 ) {
     for (j, row) in acc.iter().enumerate() {
         let bias = c.ep.bias_of::<V>(ocb0 + j);
         let base = c.out_l.at(n, ocb0 + j, 0, 0) + p0 * V::LANES;
         for (p, &v) in row.iter().enumerate().take(count) {
-            c.ep.store(v, bias, base + p * V::LANES, c.out);
+            let at = base + p * V::LANES;
+            match phase {
+                Phase::Full => c.ep.store(v, bias, at, c.out),
+                Phase::First => c.ep.store_partial(v, bias, at, c.out),
+                Phase::Mid => c.out.store(at, v),
+                Phase::Last => c.ep.store_final(v, at, c.out),
+            }
         }
     }
+}
+
+/// The starting accumulators of a pass: the partial sums in the output when `phase`
+/// resumes one, zero otherwise (and for the pixels past `count`).
+#[inline(always)]
+fn load_tile<V: Vector, const NOC: usize, const NPX: usize>(
+    c: &Ctx,
+    n: usize,
+    ocb0: usize,
+    p0: usize,
+    count: usize,
+    phase: Phase,
+) -> [[V; NPX]; NOC] {
+    let mut acc = [[V::ZERO; NPX]; NOC];
+    if phase.resumes() {
+        for (j, row) in acc.iter_mut().enumerate() {
+            let base = c.out_l.at(n, ocb0 + j, 0, 0) + p0 * V::LANES;
+            for (p, v) in row.iter_mut().enumerate().take(count) {
+                *v = c.out.load::<V>(base + p * V::LANES);
+            }
+        }
+    }
+    acc
 }
 
 /// An interior tile: `NPX` output pixels from flattened `p0` whose input pixel at tap
@@ -370,6 +479,7 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
     p0: usize,
     iy0: isize,
     ix0: usize,
+    (icbs, phase): (Range<usize>, Phase),
 ) {
     let g = &c.g;
     let ib = if BLOCKED { V::LANES } else { 1 };
@@ -385,9 +495,9 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
         ky_lo == ky_hi
             || ((iy0 + ky_hi as isize - 1) as usize * w + ix0 + (NPX - 1) * S + kw) * ib <= c.in_l.plane_len()
     );
-    assert!(n < g.batch);
-    let mut acc = [[V::ZERO; NPX]; NOC];
-    for icb in 0..c.in_l.blocks() {
+    assert!(n < g.batch && icbs.end <= c.in_l.blocks());
+    let mut acc = load_tile::<V, NOC, NPX>(c, n, ocb0, p0, NPX, phase);
+    for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
         for ky in ky_lo..ky_hi {
             let row = plane + ((iy0 + ky as isize) as usize * w + ix0) * ib;
@@ -403,7 +513,7 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
             }
         }
     }
-    store_tile(c, &acc, n, ocb0, p0, NPX);
+    store_tile(c, &acc, n, ocb0, p0, NPX, phase);
 }
 
 /// Any tile: `count <= NPX` output pixels from flattened `p0`, each tap's input pointer
@@ -416,6 +526,7 @@ fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usiz
     ocb0: usize,
     p0: usize,
     count: usize,
+    (icbs, phase): (Range<usize>, Phase),
 ) {
     let g = &c.g;
     let ib = if BLOCKED { V::LANES } else { 1 };
@@ -447,10 +558,10 @@ fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usiz
     let tap_len = ib * NOC * V::LANES;
     let wgroup = ocb0 * c.per_block;
     assert!(wgroup + c.in_l.blocks() * kh * kw * tap_len <= c.packed.len());
-    assert!(n < g.batch && ib <= ZEROS.len());
+    assert!(n < g.batch && ib <= ZEROS.len() && icbs.end <= c.in_l.blocks());
     let input = c.input.as_ptr();
-    let mut acc = [[V::ZERO; NPX]; NOC];
-    for icb in 0..c.in_l.blocks() {
+    let mut acc = load_tile::<V, NOC, NPX>(c, n, ocb0, p0, count.min(NPX), phase);
+    for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
         for ky in ky_lo..ky_hi {
             let wrow = wgroup + (icb * kh + ky) * kw * tap_len;
@@ -470,7 +581,7 @@ fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usiz
             }
         }
     }
-    store_tile(c, &acc, n, ocb0, p0, count);
+    store_tile(c, &acc, n, ocb0, p0, count, phase);
 }
 
 /// The scalar twin of [`direct_conv`] from the unpacked OIHW `weight` (times `scale[k]`
@@ -694,11 +805,16 @@ mod tests {
         }
 
         fn fast<V: Vector>(&self, g: &ConvGeometry, in_block: usize, epi: Epi) -> Vec<f32> {
+            self.fast_budget::<V>(g, in_block, epi, SLAB_BYTES)
+        }
+
+        /// The fast kernel with weight slabs over `budget` bytes cut into chunks.
+        fn fast_budget<V: Vector>(&self, g: &ConvGeometry, in_block: usize, epi: Epi, budget: usize) -> Vec<f32> {
             let xb = self.input(g, in_block);
             let mut packed = vec![f32::NAN; packed_len(g, in_block, V::LANES)];
             pack_weights(&self.w, self.scale.as_deref(), g, in_block, V::LANES, &mut packed);
             let mut y = self.initial(epi);
-            direct_conv::<V>(g, &xb, in_block, &packed, &self.epilogue(epi), &mut y);
+            direct_conv_budget::<V>(g, &xb, in_block, &packed, &self.epilogue(epi), &mut y, budget);
             y
         }
 
@@ -898,6 +1014,40 @@ mod tests {
             }
             assert!(clamped > 100, "only {clamped} outputs clamped");
         }
+    }
+
+    /// The input-channel chunks (forced by small slab budgets: one block per chunk, and
+    /// chunks of a few blocks with a ragged split) against the naive twin and the
+    /// reference, every epilogue (in-place residual with ReLU included), at every width.
+    #[test]
+    fn chunked_reductions_match_the_reference() {
+        fn at<V: Vector>() {
+            let shapes = [
+                geometry(2, 40, 7, 9, 19, 3, 1, 1),
+                geometry(1, 70, 6, 13, 70, 3, 2, 1),
+                geometry(1, 53, 5, 5, 33, 1, 1, 0),
+            ];
+            for (i, g) in shapes.iter().enumerate() {
+                let icbs = g.in_channels.div_ceil(V::LANES);
+                let per = per_block(g, V::LANES, V::LANES) * 4;
+                // Every block its own chunk; about two blocks of one output block's slab.
+                for budget in [1, per * 2 / icbs] {
+                    for (e, epi) in EPIS.iter().enumerate() {
+                        let p = Problem::new(g, V::LANES, *epi, 40 + (i * 4 + e) as u64);
+                        let want = p.expected(g, *epi);
+                        let fast = p.fast_budget::<V>(g, V::LANES, *epi, budget);
+                        let naive = p.naive(g, V::LANES, *epi);
+                        let what = format!("{g:?} lanes {} budget {budget} {epi:?}", V::LANES);
+                        let (ef, en) = (max_rel_err(&fast, &want), max_rel_err(&fast, &naive));
+                        assert!(ef < 1e-5 && en < 1e-5, "{what}: reference {ef:e}, naive {en:e}");
+                        assert_padding_zero(&fast, p.out_l, &what);
+                    }
+                }
+            }
+        }
+        at::<f32x4>();
+        at::<f32x8>();
+        at::<f32x16>();
     }
 
     #[test]

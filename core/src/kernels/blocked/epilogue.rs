@@ -57,6 +57,28 @@ impl BlockedEpilogue<'_> {
         out.store(at, v);
     }
 
+    /// The first pass of a reduction cut into chunks: stores the partial sum `acc` plus
+    /// the bias and the residual (for `Residual::InPlace`, the output's value before this
+    /// store: the one read of it), without the ReLU. [`BlockedEpilogue::store_final`]
+    /// finishes it after the later passes add to it.
+    #[inline(always)]
+    pub(crate) fn store_partial<V: Vector>(&self, acc: V, bias: V, at: usize, out: &SharedOut) {
+        let mut v = acc + bias;
+        match self.residual {
+            Residual::None => {}
+            Residual::From(r) => v = v + V::load(&r[at..]),
+            Residual::InPlace => v = v + out.load::<V>(at),
+        }
+        out.store(at, v);
+    }
+
+    /// The last pass of a chunked reduction: `acc` already holds the bias and residual
+    /// (see [`BlockedEpilogue::store_partial`]); applies the ReLU and stores.
+    #[inline(always)]
+    pub(crate) fn store_final<V: Vector>(&self, acc: V, at: usize, out: &SharedOut) {
+        out.store(at, if self.relu { acc.relu() } else { acc });
+    }
+
     /// The scalar twin of [`BlockedEpilogue::store`] for the naive kernels: the finished
     /// value of padded channel `c` at offset `at`, given the output's current value `old`.
     pub fn apply_scalar(&self, acc: f32, c: usize, at: usize, old: f32) -> f32 {
