@@ -200,11 +200,6 @@ impl Phase {
             (false, true) => Phase::Last,
         }
     }
-
-    /// Whether the pass starts from the partial sums in the output.
-    fn resumes(self) -> bool {
-        matches!(self, Phase::Mid | Phase::Last)
-    }
 }
 
 /// Packed weight bytes of one output-channel group (its slab: every input channel and
@@ -419,7 +414,10 @@ unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
 
 /// Finishes and stores the tile's accumulators: pixels `p0 .. p0 + count` of image `n`,
 /// blocks `ocb0 .. ocb0 + NOC`.
-/// In `phase`, finishing a pass (see [`Phase`]).
+/// In `phase`, finishing a pass (see [`Phase`]): a pass that resumes adds the partial
+/// sums in the output here, at the store, rather than starting its accumulators from
+/// them (loaded before the loop, they kept the accumulators out of registers: spilled
+/// to the stack, 2.5x slower).
 #[inline(always)]
 fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
     c: &Ctx,
@@ -438,34 +436,11 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
             match phase {
                 Phase::Full => c.ep.store(v, bias, at, c.out),
                 Phase::First => c.ep.store_partial(v, bias, at, c.out),
-                Phase::Mid => c.out.store(at, v),
-                Phase::Last => c.ep.store_final(v, at, c.out),
+                Phase::Mid => c.out.store(at, v + c.out.load::<V>(at)),
+                Phase::Last => c.ep.store_final(v + c.out.load::<V>(at), at, c.out),
             }
         }
     }
-}
-
-/// The starting accumulators of a pass: the partial sums in the output when `phase`
-/// resumes one, zero otherwise (and for the pixels past `count`).
-#[inline(always)]
-fn load_tile<V: Vector, const NOC: usize, const NPX: usize>(
-    c: &Ctx,
-    n: usize,
-    ocb0: usize,
-    p0: usize,
-    count: usize,
-    phase: Phase,
-) -> [[V; NPX]; NOC] {
-    let mut acc = [[V::ZERO; NPX]; NOC];
-    if phase.resumes() {
-        for (j, row) in acc.iter_mut().enumerate() {
-            let base = c.out_l.at(n, ocb0 + j, 0, 0) + p0 * V::LANES;
-            for (p, v) in row.iter_mut().enumerate().take(count) {
-                *v = c.out.load::<V>(base + p * V::LANES);
-            }
-        }
-    }
-    acc
 }
 
 /// An interior tile: `NPX` output pixels from flattened `p0` whose input pixel at tap
@@ -496,7 +471,7 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
             || ((iy0 + ky_hi as isize - 1) as usize * w + ix0 + (NPX - 1) * S + kw) * ib <= c.in_l.plane_len()
     );
     assert!(n < g.batch && icbs.end <= c.in_l.blocks());
-    let mut acc = load_tile::<V, NOC, NPX>(c, n, ocb0, p0, NPX, phase);
+    let mut acc = [[V::ZERO; NPX]; NOC];
     for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
         for ky in ky_lo..ky_hi {
@@ -560,7 +535,7 @@ fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usiz
     assert!(wgroup + c.in_l.blocks() * kh * kw * tap_len <= c.packed.len());
     assert!(n < g.batch && ib <= ZEROS.len() && icbs.end <= c.in_l.blocks());
     let input = c.input.as_ptr();
-    let mut acc = load_tile::<V, NOC, NPX>(c, n, ocb0, p0, count.min(NPX), phase);
+    let mut acc = [[V::ZERO; NPX]; NOC];
     for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
         for ky in ky_lo..ky_hi {
