@@ -276,7 +276,22 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
             groups = rounded;
         }
     }
-    let groups = groups.clamp(1, tiles.max(1));
+    let mut groups = groups.clamp(1, tiles.max(1));
+    // Transformed filters too big for the caches (a network at batch 1: they come from
+    // memory): every group's tasks stream all of U again, so use as few groups as keep
+    // at most MAX_GROUP_TILES tiles and split the output channels instead (each task then
+    // reads its own part of U once and repeats the cheap input transform).
+    let u_bytes = a * a * icb * ocb * l * l * std::mem::size_of::<f32>();
+    if u_bytes >= U_BIG_BYTES {
+        // ... while a group's transformed inputs stay within the L2 (ResNet-50 b8's
+        // layer4 F(4x4): 32 tiles of 512 channels are 2.4 MB, so it keeps 3 groups).
+        let v_bytes = tiles * a * a * icb * l * std::mem::size_of::<f32>();
+        let fewest = tiles
+            .div_ceil(MAX_GROUP_TILES)
+            .max(v_bytes.div_ceil(V_MAX_BYTES))
+            .max(1);
+        groups = groups.min(fewest);
+    }
     // Too few groups to fill the threads (batch 1, small images): split the output
     // channels too; each such task repeats its group's input transform.
     let kparts = if groups < want {
@@ -286,6 +301,18 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     };
     Plan { groups, kparts }
 }
+
+/// Transformed-filter bytes from which [`plan`] keeps the fewest tile groups: U then no
+/// longer stays in the 1 MB L2s (nor, beside the rest of a network's weights, in L3),
+/// so every extra group costs one more pass over it from memory. Measured in place
+/// (ResNet-50 b1, interleaved, loaded machine, ms): layer4.x.conv2 F(2x2) (U 16.8 MB,
+/// 16 tiles: 2 groups x 2 channel parts before, 1 x 4 now) 1.39-1.46 to 1.04-1.14;
+/// layer3.x.conv2 F(2x2) (4.2 MB, 49 tiles: 4 x 1 before, 1 x 4 now) 0.69-0.74 to
+/// 0.67-0.69. Smaller U (ResNet-20, the 64- and 128-channel stages) keep the L2 plan.
+const U_BIG_BYTES: usize = 2 << 20;
+
+/// The most bytes of one group's transformed inputs when [`U_BIG_BYTES`] cuts groups.
+const V_MAX_BYTES: usize = 1 << 20;
 
 /// Tile `t` of the batch: image, output row and column of its top-left corner.
 #[derive(Clone, Copy)]
