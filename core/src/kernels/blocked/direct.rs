@@ -20,6 +20,14 @@
 //! the padding; that costs a few scalar instructions per tap, which run beside the
 //! `in_block * NOC * NPX` FMAs of the tap.
 //!
+//! # Large weights
+//! A group whose packed weights exceed [`SLAB_BYTES`] (ResNet-50's 256- and 512-channel
+//! 3x3 layers, its 2048-input 1x1 layers) runs its reduction in input-channel chunks:
+//! every tile of a task's segment runs one chunk (its weights in L2) before any runs the
+//! next, partial sums kept in the output; and each pass prefetches the next pass's
+//! weights into L2. Inside a network at batch 1 these weights come from memory, so
+//! without this every pixel tile streamed the whole slab through L2 again.
+//!
 //! # API
 //! - [`packed_len`] / [`pack_weights`]: OIHW weights (optionally times a folded batch
 //!   norm's per-channel scale) reordered once into the layout the tiles read:
@@ -515,6 +523,7 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
 /// An interior tile: `NPX` output pixels from flattened `p0` whose input pixel at tap
 /// `(ky, kx)` is at row `iy0 + ky`, column `ix0 + kx + p * S` (all columns inside the
 /// input; rows outside it are skipped).
+#[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize, const S: usize>(
     c: &Ctx,
