@@ -111,7 +111,11 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 /// batch 1 the transformed filters come from memory, not cache, so their size counts:
 /// timed in place (`examples/plan_profile.rs`, ResNet-50 b1), F(4x4) wins at 28x28 (49
 /// tiles: 0.29 against F(2x2)'s 0.31-0.35 ms) and loses at 14x14 (16 tiles: 0.52-0.58
-/// against 0.44-0.49 ms), although alone in a loop it wins there by 1.3x.
+/// against 0.44-0.49 ms), although alone in a loop it wins there by 1.3x. Re-timed after
+/// the direct kernel's input-channel chunks and the Winograd plan's single pass over
+/// large U (interleaved, loaded machine, ms): layer3.x.conv2 F(2x2) 0.67-0.71, F(4x4)
+/// 0.69-0.77, direct 0.95-0.97; layer4.x.conv2 F(2x2) 1.04-1.05, direct 1.16-1.21,
+/// F(4x4) 1.36-1.41. The rule stands.
 pub const MIN_F4_TILES: usize = 32;
 
 static MEASURED: Mutex<Option<HashMap<ConvGeometry, Algo>>> = Mutex::new(None);
