@@ -96,7 +96,8 @@ impl ResNet {
         Ok(net)
     }
 
-    /// Overwrites every tensor with its namesake in `params` (same architecture).
+    /// Overwrites every tensor and gradient with its namesake in `params` (same
+    /// architecture).
     pub fn copy_from_params(&mut self, params: &crate::Params) {
         self.visit(&mut |name, slot| {
             let src = params.tensor(name);
@@ -105,6 +106,7 @@ impl ResNet {
                 Slot::Buffer(_, b) => b.copy_from_slice(src),
             }
         });
+        self.set_gradients_flat(params.grads()).expect("same architecture");
     }
 
     /// Copies every tensor and gradient into `params` (same architecture).

@@ -91,8 +91,9 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 /// The deterministic rule, drawn from `resnet bench --layers` on this project's machine
 /// (AVX-512, 2 cores): Winograd on every 3x3 stride-1 convolution of blocked input (F(4x4)
 /// ran at 2-3x the direct kernel's effective GFLOP/s from 16 to 256 channels), with
-/// F(2x2) where the output has fewer than [`MIN_F4_TILES`] 4x4 tiles: F(4x4)'s 36
-/// transformed filter matrices are then read for too few tiles (ResNet-50's 512-channel
+/// F(2x2) where the output has fewer than [`MIN_F4_TILES`] 4x4 tiles and F(4x4)'s 36
+/// transformed filter matrices are larger than [`CACHED_FILTER_BYTES`]: they are then
+/// read from memory for too few tiles (ResNet-50's 512-channel
 /// 7x7 layers at batch 1, alone: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct
 /// convolution everywhere else (strided, 1x1, the stem).
 pub fn auto(g: &ConvGeometry) -> Algo {
@@ -100,7 +101,8 @@ pub fn auto(g: &ConvGeometry) -> Algo {
         return Algo::Direct;
     }
     let f4_tiles = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
-    if f4_tiles >= MIN_F4_TILES {
+    let f4_filter_bytes = 36 * g.in_channels * g.out_channels * std::mem::size_of::<f32>();
+    if f4_tiles >= MIN_F4_TILES || f4_filter_bytes <= CACHED_FILTER_BYTES {
         Algo::Winograd(WinogradTile::F4)
     } else {
         Algo::Winograd(WinogradTile::F2)
@@ -117,6 +119,11 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 /// 0.69-0.77, direct 0.95-0.97; layer4.x.conv2 F(2x2) 1.04-1.05, direct 1.16-1.21,
 /// F(4x4) 1.36-1.41. The rule stands.
 pub const MIN_F4_TILES: usize = 32;
+
+/// F(4x4) filters up to this size stay in cache from one call to the next, so few tiles do
+/// not make them costly: ResNet-20's 64-channel layers (590 KB) at batch 1 have 4 tiles
+/// and run fastest on F(4x4) (in Node, 4 lanes: 1.8 ms against 2.0-2.4 with F(2x2)).
+pub const CACHED_FILTER_BYTES: usize = 1 << 20;
 
 static MEASURED: Mutex<Option<HashMap<ConvGeometry, Algo>>> = Mutex::new(None);
 

@@ -590,7 +590,7 @@ fn tile_border<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usiz
     let (h, w) = (g.in_h as isize, g.in_w as isize);
     let (s, pad) = (g.stride as isize, g.pad as isize);
     // Pixels past `count` sit far outside the input, so every tap reads zeros.
-    let far = -(1 << 40);
+    let far = -(isize::MAX / 4);
     let mut iy0 = [far; NPX];
     let mut ix0 = [far; NPX];
     for p in 0..count.min(NPX) {

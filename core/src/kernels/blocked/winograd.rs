@@ -84,6 +84,12 @@ const RT: usize = 6;
 /// faster than 1 x 6 and 2 x 6 (noisy machine; never slower).
 const TILES_PER_CALL: [usize; RB + 1] = [0, 16, 12, 8, RT];
 
+/// [`TILES_PER_CALL`] for vectors of fewer than 16 lanes (AVX2's `f32x8`, wasm's
+/// `f32x4`), whose targets have 16 vector registers, not 32: at most 12 accumulators, so
+/// that the `U` vectors and the broadcast still fit. With 24 the wasm build ran
+/// ResNet-20 at 0.72x the speed of the first design's NCHW kernels at batch 1 in Node.
+const TILES_PER_CALL_NARROW: [usize; RB + 1] = [0, 12, 6, 4, 3];
+
 /// Bytes of a group's transformed inputs `V` plus one chunk's products `M` to aim for:
 /// half of Zen 4's 1 MB L2 per core, leaving the other half for the rows of `U`
 /// streaming through and the output being written. Measured: 256 KB and 1 MB were
@@ -527,7 +533,7 @@ fn products<V: Vector, const A: usize>(
         let m_xi = &mut m[xi * m_stride..];
         let mut t = 0;
         while t < tn {
-            let rt = rt_for(rb).min(tn - t);
+            let rt = rt_for::<V>(rb).min(tn - t);
             // SAFETY: `u_xi` holds blocks `cb..cb + rb` of `cp x l` values each (asserted
             // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks of `tn x l` values and
             // reads tiles `t..t + rt <= tn`, `m_xi` holds `rb` blocks of `tn x l` values
@@ -550,10 +556,15 @@ fn products<V: Vector, const A: usize>(
     }
 }
 
-/// Tiles per micro-kernel call for `rb` output blocks (`TILES_PER_CALL[rb]`).
+/// Tiles per micro-kernel call for `rb` output blocks of `V` (`TILES_PER_CALL[rb]`, or
+/// [`TILES_PER_CALL_NARROW`] for narrow vectors).
 #[inline(always)]
-fn rt_for(rb: usize) -> usize {
-    TILES_PER_CALL[rb]
+fn rt_for<V: Vector>(rb: usize) -> usize {
+    if V::LANES >= 16 {
+        TILES_PER_CALL[rb]
+    } else {
+        TILES_PER_CALL_NARROW[rb]
+    }
 }
 
 /// Picks the micro-kernel instance for `rb <= RB` output blocks and `rt <= 16` tiles.
