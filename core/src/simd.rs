@@ -151,6 +151,21 @@ pub fn store(v: F32x, s: &mut [f32]) {
     v.store(s)
 }
 
+/// Asks the CPU to bring the cache line at `p` into L2 (x86-64 `prefetcht1`; nothing on
+/// other targets). A hint only: it never faults and never reads, whatever the address,
+/// so `p` may point anywhere. The kernels use it to overlap the next weights' trip from
+/// memory with the current arithmetic.
+#[inline(always)]
+pub fn prefetch_l2(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `[0, 1, 2, ...]`: each lane's index.
 #[inline(always)]
 pub fn lane_indices() -> F32x {

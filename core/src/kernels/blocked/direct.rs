@@ -190,11 +190,7 @@ impl Prefetch {
             if self.next >= self.end {
                 return;
             }
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-            unsafe {
-                core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(self.next as *const i8)
-            };
+            crate::simd::prefetch_l2(self.next);
             self.next = self.next.wrapping_add(PF_LINE);
         }
     }
