@@ -79,50 +79,7 @@ impl Params {
 
     /// All tensors zero, laid out in torchvision's state-dict order.
     fn zeros(config: ResNetConfig, arch: &Arch) -> Result<Self> {
-        let mut specs: Vec<(String, Vec<usize>, Kind)> = Vec::new();
-        let conv_bn = |specs: &mut Vec<_>, c: &crate::model::ConvBn| {
-            specs.push((format!("{}.weight", c.conv), c.weight_shape(), Kind::Param));
-            for (field, kind) in [
-                ("weight", Kind::Param),
-                ("bias", Kind::Param),
-                ("running_mean", Kind::Buffer),
-                ("running_var", Kind::Buffer),
-            ] {
-                specs.push((format!("{}.{field}", c.bn), vec![c.out_channels], kind));
-            }
-        };
-        conv_bn(&mut specs, &arch.stem);
-        for b in &arch.blocks {
-            for s in &b.stages {
-                conv_bn(&mut specs, s);
-            }
-            if let crate::model::ShortcutKind::Projection(p) = &b.shortcut {
-                conv_bn(&mut specs, p);
-            }
-        }
-        specs.push(("fc.weight".into(), vec![arch.classes, arch.features], Kind::Param));
-        specs.push(("fc.bias".into(), vec![arch.classes], Kind::Param));
-        let (mut n_values, mut n_buffers) = (0usize, 0usize);
-        let mut entries = Vec::with_capacity(specs.len());
-        for (name, shape, kind) in specs {
-            let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let len = len.ok_or_else(|| Error::Config(format!("{name}: shape {shape:?} overflows")))?;
-            let total = match kind {
-                Kind::Param => &mut n_values,
-                Kind::Buffer => &mut n_buffers,
-            };
-            let offset = *total;
-            *total = total
-                .checked_add(len)
-                .ok_or_else(|| Error::Config("the network has more values than memory can address".into()))?;
-            entries.push(Entry {
-                name,
-                shape,
-                kind,
-                offset,
-                len,
-            });
-        }
+        let (entries, n_values, n_buffers) = layout(arch)?;
         let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
         Ok(Params {
             config,
@@ -133,6 +90,12 @@ impl Params {
             buffers: vec![0.0; n_buffers],
             version: next_version(),
         })
+    }
+
+    /// The entries a `Params` of `config` has, without allocating its tensors (an
+    /// execution plan finds its weights, gradients and statistics by these offsets).
+    pub fn layout_of(config: &ResNetConfig) -> Result<Vec<Entry>> {
+        Ok(layout(&Arch::of(config)?)?.0)
     }
 
     /// The architecture these tensors belong to.
@@ -220,6 +183,19 @@ impl Params {
         (&mut self.values, &mut self.grads)
     }
 
+    /// Values to read and gradients to accumulate into, for a backward pass (no version
+    /// bump: the values are not written).
+    pub fn values_and_grads(&mut self) -> (&[f32], &mut [f32]) {
+        (&self.values, &mut self.grads)
+    }
+
+    /// Values to read and running statistics to update, for a training forward pass
+    /// (bumps the version: the statistics change).
+    pub fn values_and_buffers_mut(&mut self) -> (&[f32], &mut [f32]) {
+        self.version = next_version();
+        (&self.values, &mut self.buffers)
+    }
+
     /// All running statistics, in [`Params::entries`] order.
     pub fn buffers(&self) -> &[f32] {
         &self.buffers
@@ -296,6 +272,56 @@ impl Params {
         }
         Err(Error::Load(msg))
     }
+}
+
+/// The entries of the network `arch` describes, in torchvision's state-dict order, with
+/// the lengths of the value and buffer arrays they index.
+fn layout(arch: &Arch) -> Result<(Vec<Entry>, usize, usize)> {
+    let mut specs: Vec<(String, Vec<usize>, Kind)> = Vec::new();
+    let conv_bn = |specs: &mut Vec<_>, c: &crate::model::ConvBn| {
+        specs.push((format!("{}.weight", c.conv), c.weight_shape(), Kind::Param));
+        for (field, kind) in [
+            ("weight", Kind::Param),
+            ("bias", Kind::Param),
+            ("running_mean", Kind::Buffer),
+            ("running_var", Kind::Buffer),
+        ] {
+            specs.push((format!("{}.{field}", c.bn), vec![c.out_channels], kind));
+        }
+    };
+    conv_bn(&mut specs, &arch.stem);
+    for b in &arch.blocks {
+        for s in &b.stages {
+            conv_bn(&mut specs, s);
+        }
+        if let crate::model::ShortcutKind::Projection(p) = &b.shortcut {
+            conv_bn(&mut specs, p);
+        }
+    }
+    specs.push(("fc.weight".into(), vec![arch.classes, arch.features], Kind::Param));
+    specs.push(("fc.bias".into(), vec![arch.classes], Kind::Param));
+    let (mut n_values, mut n_buffers) = (0usize, 0usize);
+    let mut entries = Vec::with_capacity(specs.len());
+    for (name, shape, kind) in specs {
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let len = len.ok_or_else(|| Error::Config(format!("{name}: shape {shape:?} overflows")))?;
+        let total = match kind {
+            Kind::Param => &mut n_values,
+            Kind::Buffer => &mut n_buffers,
+        };
+        let offset = *total;
+        *total = total
+            .checked_add(len)
+            .ok_or_else(|| Error::Config("the network has more values than memory can address".into()))?;
+        entries.push(Entry {
+            name,
+            shape,
+            kind,
+            offset,
+            len,
+        });
+    }
+    Ok((entries, n_values, n_buffers))
 }
 
 fn check_flat(what: &str, want: usize, found: usize) -> Result<()> {

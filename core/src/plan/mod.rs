@@ -12,8 +12,10 @@
 
 pub mod arena;
 pub mod choose;
+pub mod train;
 
 pub use choose::{Algo, ConvChoice};
+pub use train::TrainingPlan;
 
 use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
