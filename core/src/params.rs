@@ -334,17 +334,42 @@ fn check_flat(what: &str, want: usize, found: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ResNet;
 
     #[test]
-    fn layout_and_initialisation_match_torchvision_order_and_the_layer_init() {
-        for name in ["resnet8", "resnet18", "resnet50", "plain8"] {
+    fn layout_follows_torchvision_order_and_initialisation_the_layers() {
+        for (name, count) in [
+            ("resnet20", 269_722),
+            ("resnet18", 11_689_512),
+            ("resnet50", 25_557_032),
+        ] {
             let config = ResNetConfig::named(name).unwrap();
             let p = Params::new(config.clone(), 3).unwrap();
-            let mut net = ResNet::new(config, 3).unwrap();
-            let want = crate::model::weights::model_tensors(&mut net);
-            assert_eq!(p.to_named_tensors(), want, "{name}");
-            assert_eq!(p.param_count(), net.param_count());
+            assert_eq!(p.param_count(), count, "{name}");
+            assert_eq!(Params::layout_of(&config).unwrap(), p.entries());
+            let names: Vec<&str> = p.entries().iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(
+                names[..5],
+                [
+                    "conv1.weight",
+                    "bn1.weight",
+                    "bn1.bias",
+                    "bn1.running_mean",
+                    "bn1.running_var"
+                ]
+            );
+            assert_eq!(names[names.len() - 2..], ["fc.weight", "fc.bias"]);
+            assert!(p.tensor("bn1.weight").iter().all(|&v| v == 1.0));
+            assert!(p.tensor("layer1.0.bn2.running_var").iter().all(|&v| v == 1.0));
+            assert!(p.tensor("layer1.0.bn2.bias").iter().all(|&v| v == 0.0));
+            // He normal, fan-out: the sample standard deviation is close to
+            // sqrt(2 / (K kh kw)).
+            let w = p.tensor("layer1.0.conv1.weight");
+            let shape = &p.entry("layer1.0.conv1.weight").unwrap().shape;
+            let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
+            let sd = (w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+            assert!((sd / (2.0 / fan_out).sqrt() - 1.0).abs() < 0.1, "{name}: {sd}");
+            let bound = 1.0 / (p.entry("fc.weight").unwrap().shape[1] as f32).sqrt();
+            assert!(p.tensor("fc.weight").iter().all(|v| v.abs() <= bound));
         }
     }
 

@@ -343,6 +343,25 @@ impl TrainingPlan {
     /// needs and returns the logits, `n x classes`.
     pub fn forward_train(&mut self, params: &mut Params, input: &[f32], n: usize) -> Result<&[f32]> {
         self.check(params)?;
+        self.last_n = 0;
+        let (values, buffers) = params.values_and_buffers_mut();
+        self.run_forward(values, Stats::Train(buffers), input, n)?;
+        self.last_n = n;
+        Ok(&self.work.arena[self.logit_slot.at(n)])
+    }
+
+    /// The evaluation-mode forward pass (running statistics, `params` untouched), layer
+    /// by layer without folding: the unfused twin that the inference plan's folded and
+    /// fused convolutions are tested against. Leaves nothing for backward.
+    pub fn forward_eval(&mut self, params: &Params, input: &[f32], n: usize) -> Result<&[f32]> {
+        self.check(params)?;
+        self.last_n = 0;
+        self.run_forward(params.values(), Stats::Eval(params.buffers()), input, n)?;
+        Ok(&self.work.arena[self.logit_slot.at(n)])
+    }
+
+    fn run_forward(&mut self, values: &[f32], mut buffers: Stats, input: &[f32], n: usize) -> Result<()> {
+        let buffers = &mut buffers;
         let per_image = self.input.per_image;
         if n == 0 || n > self.batch || input.len() != n * per_image {
             return Err(Error::Shape(format!(
@@ -354,8 +373,6 @@ impl TrainingPlan {
                 input.len()
             )));
         }
-        self.last_n = 0;
-        let (values, buffers) = params.values_and_buffers_mut();
         let w = &mut self.work;
         w.arena[self.input.at(n)].copy_from_slice(input);
         stage_forward(&self.convs[0], n, self.input.at(n), self.scratch, w, values, buffers);
@@ -413,8 +430,7 @@ impl TrainingPlan {
             self.classes,
             logits,
         );
-        self.last_n = n;
-        Ok(&self.work.arena[self.logit_slot.at(n)])
+        Ok(())
     }
 
     /// Back-propagates `dlogits` (the gradient of the loss with respect to the logits of
@@ -576,6 +592,13 @@ fn add_conv(
     Ok(out)
 }
 
+/// The running statistics a forward pass uses: updated from the batch's in training,
+/// read in evaluation.
+enum Stats<'a> {
+    Train(&'a mut [f32]),
+    Eval(&'a [f32]),
+}
+
 /// Disjoint mutable views of the arena (slots never overlap; a panic here is a bug in
 /// the plan's layout).
 fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
@@ -598,7 +621,7 @@ fn stage_forward(
     scratch: Slot,
     w: &mut Work,
     values: &[f32],
-    buffers: &mut [f32],
+    stats: &mut Stats,
 ) {
     let g = c.geometry_at(n);
     let algos = c.algos_at(&g);
@@ -609,20 +632,19 @@ fn stage_forward(
         &mut w.arena,
         [out, c.xhat.at(n), c.y.at(n), c.mean.clone(), c.inv_std.clone()],
     );
-    let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
-    batchnorm::forward_train(
-        &c.norm_at(n),
-        conv_out,
-        &values[c.gamma.clone()],
-        &values[c.beta.clone()],
-        rm,
-        rv,
-        c.relu,
-        &mut w.moments,
-        batchnorm::Saved { mean, inv_std },
-        xhat,
-        y,
-    );
+    let (g, gamma, beta) = (c.norm_at(n), &values[c.gamma.clone()], &values[c.beta.clone()]);
+    let saved = batchnorm::Saved { mean, inv_std };
+    match stats {
+        Stats::Train(buffers) => {
+            let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
+            let m = &mut w.moments;
+            batchnorm::forward_train(&g, conv_out, gamma, beta, rm, rv, c.relu, m, saved, xhat, y);
+        }
+        Stats::Eval(buffers) => {
+            let (rm, rv) = (&buffers[c.running_mean.clone()], &buffers[c.running_var.clone()]);
+            batchnorm::forward_eval(&g, conv_out, gamma, beta, rm, rv, c.relu, saved, xhat, y);
+        }
+    }
 }
 
 /// Backward through a stage: `dy` (the gradient of its batch norm's output, before the
