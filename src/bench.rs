@@ -5,7 +5,7 @@ use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
 use resnet_core::kernels::plan::{choose_filter, fastest, fastest_filter, Pass};
-use resnet_core::model::{Arch, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
 use resnet_core::plan::{choose::time_candidates, ConvChoice, ExecutionPlan, PlanOptions};
 use resnet_core::rng::Rng;
 use resnet_core::simd::{F32x, F32xWide, BLOCK, LANES, WIDE_LANES};
@@ -94,18 +94,14 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let mut rng = Rng::new(1);
     let n = args.batch.max(1);
     let x: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect();
-    let params = Params::new(config.clone(), 0)?;
+    let mut params = Params::new(config.clone(), 0)?;
     let mut plan_memory = None;
     let (median, min, max, reps) = if args.train {
         let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
         let x = Tensor::new(vec![n, 3, size, size], x)?;
-        let mut trainer = Trainer::new(
-            ResNet::from_params(&params)?,
-            Sgd::new(0.9, 1e-4),
-            Schedule::Constant { base_lr: 0.01 },
-        );
+        let mut trainer = Trainer::new(Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
         time_reps(args.reps, || {
-            trainer.step(&x, &labels)?;
+            trainer.step(&mut params, &x, &labels)?;
             Ok(())
         })?
     } else {

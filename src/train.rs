@@ -9,10 +9,10 @@ use resnet_core::classifier::Classifier;
 use resnet_core::data::augment::{Augment, Batcher, Normalization};
 use resnet_core::data::cifar::Split;
 use resnet_core::data::Dataset;
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::ResNetConfig;
 use resnet_core::train::checkpoint::TrainingState;
 use resnet_core::train::{Schedule, Sgd, Trainer, Warmup};
-use resnet_core::{Error, Tensor};
+use resnet_core::{Error, Params, Tensor};
 use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -200,7 +200,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     if args.resume.is_none() {
         let json = serde_json::to_string_pretty(
-            &serde_json::json!({ "run": run, "threads": threads, "model": state.trainer.model.config }),
+            &serde_json::json!({ "run": run, "threads": threads, "model": state.classifier.config() }),
         )?;
         crate::fsutil::write_atomic(&out.join("config.json"), json.as_bytes())?;
         std::fs::write(out.join("metrics.jsonl"), b"")?;
@@ -220,7 +220,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
         });
     }
 
-    let normalization = state.normalization.clone();
+    let normalization = state.classifier.normalization.clone();
     let batcher = Batcher::train(
         &train_set,
         &normalization,
@@ -244,7 +244,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     if !args.quiet {
         eprintln!(
             "training {} on {} images ({} test{}), {} iterations = {epochs} epochs of {bpe}, batch {}, {threads} thread(s) -> {}",
-            state.trainer.model.config.name,
+            state.classifier.config().name,
             train_set.len(),
             test_set.len(),
             val_set.as_ref().map_or(String::new(), |v| format!(", {} validation", v.len())),
@@ -269,7 +269,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                 break;
             };
             let x = Tensor::new(vec![n, 3, side_h, side_w], images[..n * per_image].to_vec())?;
-            let stats = match state.trainer.step(&x, &labels[..n]) {
+            let stats = match state.step(&x, &labels[..n]) {
                 Ok(s) => s,
                 Err(e @ Error::Diverged { .. }) => {
                     bar.abandon();
@@ -324,7 +324,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
         }
         bar.finish_and_clear();
         let train_rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
-        let mut view = state.classifier_view();
+        let view = &mut state.classifier;
         let test = view.evaluate(&test_set, args.eval_batch, &mut |_, _| {})?;
         let test_error = 1.0 - test.top1 as f64 / test.total.max(1) as f64;
         let val_error = match &val_set {
@@ -353,10 +353,14 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                     "seed": run.seed, "total_iterations": run.total_iterations,
                 },
             });
+            // The metadata goes into best.safetensors only, not into later checkpoints.
+            let view = &mut state.classifier;
             view.metadata.insert("training".into(), training.to_string());
-            write_best(&mut view, &out.join("best.safetensors"))?;
+            let written = write_best(view, &out.join("best.safetensors"));
+            view.metadata.remove("training");
+            written?;
         }
-        write_run_curves(&out, &state.trainer.model.config.name)?;
+        write_run_curves(&out, &state.classifier.config().name)?;
         let msg = format!(
             "epoch {}/{epochs}: iteration {}, test error {:.2}%{}, {train_rate:.0} train images/s, {:.0} s",
             epoch + 1,
@@ -399,18 +403,18 @@ fn new_run(args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<(Trainin
     }
     let schedule = schedule_for(args, &config, total);
     let config = config.with_classes(train.classes.len());
+    let normalization = match args.normalize {
+        NormalizeKind::PerPixel => Normalization::per_pixel_mean(train),
+        NormalizeKind::PerChannel => Normalization::per_channel(train),
+    };
     let state = TrainingState {
-        trainer: Trainer::new(
-            ResNet::new(config, args.seed)?,
-            Sgd::new(args.momentum, args.weight_decay),
-            schedule.clone(),
+        classifier: Classifier::new(
+            Params::new(config, args.seed)?,
+            train.classes.clone(),
+            normalization,
+            Default::default(),
         ),
-        classes: train.classes.clone(),
-        normalization: match args.normalize {
-            NormalizeKind::PerPixel => Normalization::per_pixel_mean(train),
-            NormalizeKind::PerChannel => Normalization::per_channel(train),
-        },
-        metadata: Default::default(),
+        trainer: Trainer::new(Sgd::new(args.momentum, args.weight_decay), schedule.clone()),
     };
     let run = RunConfig {
         model: args.model.clone(),
@@ -436,6 +440,7 @@ fn resume_run(args: &TrainArgs, ckpt: &Path) -> Result<(TrainingState, RunConfig
     let mut state =
         TrainingState::from_bytes(&bytes).with_context(|| format!("cannot resume from {}", ckpt.display()))?;
     let run_json = state
+        .classifier
         .metadata
         .remove(RUN_KEY)
         .context("the checkpoint has no run settings")?;
@@ -448,9 +453,10 @@ fn resume_run(args: &TrainArgs, ckpt: &Path) -> Result<(TrainingState, RunConfig
 }
 
 fn save(state: &mut TrainingState, run_json: &str, path: &Path) -> Result<()> {
-    state.metadata.insert(RUN_KEY.into(), run_json.to_string());
-    let bytes = state.to_bytes()?;
-    state.metadata.remove(RUN_KEY);
+    state.classifier.metadata.insert(RUN_KEY.into(), run_json.to_string());
+    let bytes = state.to_bytes();
+    state.classifier.metadata.remove(RUN_KEY);
+    let bytes = bytes?;
     crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 

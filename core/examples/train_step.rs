@@ -5,7 +5,7 @@
 //! median images/s of STEPS (default 7) steps after two warm-up steps (the first step
 //! sizes every buffer). `RESNET_CONV` and `RESNET_FILTER_GRAD` pick the kernels.
 
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::ResNetConfig;
 use resnet_core::rng::Rng;
 use resnet_core::train::{Schedule, Sgd, Trainer};
 use resnet_core::Tensor;
@@ -26,16 +26,16 @@ fn main() {
     let labels: Vec<u32> = (0..batch).map(|_| rng.below(10) as u32).collect();
     for t in threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
-        let model = ResNet::new(ResNetConfig::named(&name).unwrap(), 0).unwrap();
-        let mut trainer = Trainer::new(model, Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
+        let mut params = resnet_core::Params::new(ResNetConfig::named(&name).unwrap(), 0).unwrap();
+        let mut trainer = Trainer::new(Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
         let mut times: Vec<f64> = pool.install(|| {
             for _ in 0..2 {
-                trainer.step(&images, &labels).unwrap();
+                trainer.step(&mut params, &images, &labels).unwrap();
             }
             (0..steps)
                 .map(|_| {
                     let s = Instant::now();
-                    trainer.step(&images, &labels).unwrap();
+                    trainer.step(&mut params, &images, &labels).unwrap();
                     s.elapsed().as_secs_f64()
                 })
                 .collect()

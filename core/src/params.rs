@@ -79,50 +79,7 @@ impl Params {
 
     /// All tensors zero, laid out in torchvision's state-dict order.
     fn zeros(config: ResNetConfig, arch: &Arch) -> Result<Self> {
-        let mut specs: Vec<(String, Vec<usize>, Kind)> = Vec::new();
-        let conv_bn = |specs: &mut Vec<_>, c: &crate::model::ConvBn| {
-            specs.push((format!("{}.weight", c.conv), c.weight_shape(), Kind::Param));
-            for (field, kind) in [
-                ("weight", Kind::Param),
-                ("bias", Kind::Param),
-                ("running_mean", Kind::Buffer),
-                ("running_var", Kind::Buffer),
-            ] {
-                specs.push((format!("{}.{field}", c.bn), vec![c.out_channels], kind));
-            }
-        };
-        conv_bn(&mut specs, &arch.stem);
-        for b in &arch.blocks {
-            for s in &b.stages {
-                conv_bn(&mut specs, s);
-            }
-            if let crate::model::ShortcutKind::Projection(p) = &b.shortcut {
-                conv_bn(&mut specs, p);
-            }
-        }
-        specs.push(("fc.weight".into(), vec![arch.classes, arch.features], Kind::Param));
-        specs.push(("fc.bias".into(), vec![arch.classes], Kind::Param));
-        let (mut n_values, mut n_buffers) = (0usize, 0usize);
-        let mut entries = Vec::with_capacity(specs.len());
-        for (name, shape, kind) in specs {
-            let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-            let len = len.ok_or_else(|| Error::Config(format!("{name}: shape {shape:?} overflows")))?;
-            let total = match kind {
-                Kind::Param => &mut n_values,
-                Kind::Buffer => &mut n_buffers,
-            };
-            let offset = *total;
-            *total = total
-                .checked_add(len)
-                .ok_or_else(|| Error::Config("the network has more values than memory can address".into()))?;
-            entries.push(Entry {
-                name,
-                shape,
-                kind,
-                offset,
-                len,
-            });
-        }
+        let (entries, n_values, n_buffers) = layout(arch)?;
         let by_name = entries.iter().enumerate().map(|(i, e)| (e.name.clone(), i)).collect();
         Ok(Params {
             config,
@@ -133,6 +90,12 @@ impl Params {
             buffers: vec![0.0; n_buffers],
             version: next_version(),
         })
+    }
+
+    /// The entries a `Params` of `config` has, without allocating its tensors (an
+    /// execution plan finds its weights, gradients and statistics by these offsets).
+    pub fn layout_of(config: &ResNetConfig) -> Result<Vec<Entry>> {
+        Ok(layout(&Arch::of(config)?)?.0)
     }
 
     /// The architecture these tensors belong to.
@@ -220,6 +183,19 @@ impl Params {
         (&mut self.values, &mut self.grads)
     }
 
+    /// Values to read and gradients to accumulate into, for a backward pass (no version
+    /// bump: the values are not written).
+    pub fn values_and_grads(&mut self) -> (&[f32], &mut [f32]) {
+        (&self.values, &mut self.grads)
+    }
+
+    /// Values to read and running statistics to update, for a training forward pass
+    /// (bumps the version: the statistics change).
+    pub fn values_and_buffers_mut(&mut self) -> (&[f32], &mut [f32]) {
+        self.version = next_version();
+        (&self.values, &mut self.buffers)
+    }
+
     /// All running statistics, in [`Params::entries`] order.
     pub fn buffers(&self) -> &[f32] {
         &self.buffers
@@ -298,6 +274,56 @@ impl Params {
     }
 }
 
+/// The entries of the network `arch` describes, in torchvision's state-dict order, with
+/// the lengths of the value and buffer arrays they index.
+fn layout(arch: &Arch) -> Result<(Vec<Entry>, usize, usize)> {
+    let mut specs: Vec<(String, Vec<usize>, Kind)> = Vec::new();
+    let conv_bn = |specs: &mut Vec<_>, c: &crate::model::ConvBn| {
+        specs.push((format!("{}.weight", c.conv), c.weight_shape(), Kind::Param));
+        for (field, kind) in [
+            ("weight", Kind::Param),
+            ("bias", Kind::Param),
+            ("running_mean", Kind::Buffer),
+            ("running_var", Kind::Buffer),
+        ] {
+            specs.push((format!("{}.{field}", c.bn), vec![c.out_channels], kind));
+        }
+    };
+    conv_bn(&mut specs, &arch.stem);
+    for b in &arch.blocks {
+        for s in &b.stages {
+            conv_bn(&mut specs, s);
+        }
+        if let crate::model::ShortcutKind::Projection(p) = &b.shortcut {
+            conv_bn(&mut specs, p);
+        }
+    }
+    specs.push(("fc.weight".into(), vec![arch.classes, arch.features], Kind::Param));
+    specs.push(("fc.bias".into(), vec![arch.classes], Kind::Param));
+    let (mut n_values, mut n_buffers) = (0usize, 0usize);
+    let mut entries = Vec::with_capacity(specs.len());
+    for (name, shape, kind) in specs {
+        let len = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        let len = len.ok_or_else(|| Error::Config(format!("{name}: shape {shape:?} overflows")))?;
+        let total = match kind {
+            Kind::Param => &mut n_values,
+            Kind::Buffer => &mut n_buffers,
+        };
+        let offset = *total;
+        *total = total
+            .checked_add(len)
+            .ok_or_else(|| Error::Config("the network has more values than memory can address".into()))?;
+        entries.push(Entry {
+            name,
+            shape,
+            kind,
+            offset,
+            len,
+        });
+    }
+    Ok((entries, n_values, n_buffers))
+}
+
 fn check_flat(what: &str, want: usize, found: usize) -> Result<()> {
     if want != found {
         return Err(Error::Shape(format!("expected {want} {what} values, found {found}")));
@@ -308,17 +334,42 @@ fn check_flat(what: &str, want: usize, found: usize) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::ResNet;
 
     #[test]
-    fn layout_and_initialisation_match_torchvision_order_and_the_layer_init() {
-        for name in ["resnet8", "resnet18", "resnet50", "plain8"] {
+    fn layout_follows_torchvision_order_and_initialisation_the_layers() {
+        for (name, count) in [
+            ("resnet20", 269_722),
+            ("resnet18", 11_689_512),
+            ("resnet50", 25_557_032),
+        ] {
             let config = ResNetConfig::named(name).unwrap();
             let p = Params::new(config.clone(), 3).unwrap();
-            let mut net = ResNet::new(config, 3).unwrap();
-            let want = crate::model::weights::model_tensors(&mut net);
-            assert_eq!(p.to_named_tensors(), want, "{name}");
-            assert_eq!(p.param_count(), net.param_count());
+            assert_eq!(p.param_count(), count, "{name}");
+            assert_eq!(Params::layout_of(&config).unwrap(), p.entries());
+            let names: Vec<&str> = p.entries().iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(
+                names[..5],
+                [
+                    "conv1.weight",
+                    "bn1.weight",
+                    "bn1.bias",
+                    "bn1.running_mean",
+                    "bn1.running_var"
+                ]
+            );
+            assert_eq!(names[names.len() - 2..], ["fc.weight", "fc.bias"]);
+            assert!(p.tensor("bn1.weight").iter().all(|&v| v == 1.0));
+            assert!(p.tensor("layer1.0.bn2.running_var").iter().all(|&v| v == 1.0));
+            assert!(p.tensor("layer1.0.bn2.bias").iter().all(|&v| v == 0.0));
+            // He normal, fan-out: the sample standard deviation is close to
+            // sqrt(2 / (K kh kw)).
+            let w = p.tensor("layer1.0.conv1.weight");
+            let shape = &p.entry("layer1.0.conv1.weight").unwrap().shape;
+            let fan_out = (shape[0] * shape[2] * shape[3]) as f64;
+            let sd = (w.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+            assert!((sd / (2.0 / fan_out).sqrt() - 1.0).abs() < 0.1, "{name}: {sd}");
+            let bound = 1.0 / (p.entry("fc.weight").unwrap().shape[1] as f32).sqrt();
+            assert!(p.tensor("fc.weight").iter().all(|v| v.abs() <= bound));
         }
     }
 

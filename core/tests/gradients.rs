@@ -6,30 +6,35 @@ mod common;
 use common::reference;
 
 use common::{check_gradient, dot, randn, small_bottleneck};
-use resnet_core::layers::batchnorm::BatchNorm2d;
-use resnet_core::layers::conv::Conv2d;
-use resnet_core::layers::linear::Linear;
+use resnet_core::kernels::im2col::ConvGeometry;
+use resnet_core::kernels::norm::NormGeometry;
+use resnet_core::layers::conv::{ConvAlgos, ConvWorkspace};
 use resnet_core::layers::loss::softmax_cross_entropy;
-use resnet_core::layers::pool::{GlobalAvgPool, MaxPool2d};
 use resnet_core::layers::relu::{relu_backward_inplace, relu_forward};
 use resnet_core::layers::shortcut::{option_a_backward_add, option_a_forward};
-use resnet_core::layers::{Dims, Mode, Param};
-use resnet_core::model::{BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::layers::{batchnorm, conv, linear, pool, Dims};
+use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
+use resnet_core::params::Kind;
+use resnet_core::plan::TrainingPlan;
 use resnet_core::rng::Rng;
-use resnet_core::Tensor;
+use resnet_core::{Params, Tensor};
 
 const EPS: f32 = 1e-2;
 
 struct ConvCase {
-    conv: Conv2d,
+    g: ConvGeometry,
+    algos: ConvAlgos,
+    w: Vec<f32>,
+    b: Option<Vec<f32>>,
     x: Vec<f32>,
     r: Vec<f32>,
-    dims: Dims,
+    ws: ConvWorkspace,
 }
 
 fn conv_loss(c: &mut ConvCase) -> f64 {
-    c.conv.forward(&c.x, c.dims, Mode::Train).unwrap();
-    dot(&c.r, &c.conv.out)
+    let mut y = vec![0.0; c.r.len()];
+    conv::forward(&c.g, c.algos.forward, &c.x, &c.w, c.b.as_deref(), &mut c.ws, &mut y);
+    dot(&c.r, &y)
 }
 
 #[test]
@@ -42,28 +47,40 @@ fn conv2d_gradients() {
         (1, 2, 0, false, 6, 7),
         (7, 2, 3, false, 11, 11),
     ] {
-        let dims = Dims::new(2, 3, h, w);
-        let mut conv = Conv2d::new(3, 4, kernel, stride, pad, bias, &mut rng);
-        if let Some(b) = &mut conv.bias {
-            b.value = randn(&mut rng, 4);
-        }
-        let out = conv.out_dims(dims).unwrap();
+        let g = ConvGeometry::new(2, 3, h, w, 4, (kernel, kernel), stride, pad).unwrap();
+        let std = (2.0 / (4 * kernel * kernel) as f64).sqrt() as f32;
         let mut case = ConvCase {
-            conv,
-            x: randn(&mut rng, dims.len()),
-            r: randn(&mut rng, out.len()),
-            dims,
+            g,
+            algos: ConvAlgos::choose(&g),
+            w: randn(&mut rng, 4 * 3 * kernel * kernel)
+                .iter()
+                .map(|v| v * std)
+                .collect(),
+            b: bias.then(|| randn(&mut rng, 4)),
+            x: randn(&mut rng, 2 * g.in_image()),
+            r: randn(&mut rng, 2 * g.out_image()),
+            ws: ConvWorkspace::default(),
         };
-        conv_loss(&mut case);
-        let mut dx = Vec::new();
-        let r = case.r.clone();
-        case.conv.backward(&case.x.clone(), &r, Some(&mut dx));
+        let mut dx = vec![0.0; case.x.len()];
+        let mut dw = vec![0.0; case.w.len()];
+        let mut db = vec![0.0; 4];
+        let (x, w, r) = (case.x.clone(), case.w.clone(), case.r.clone());
+        conv::backward(
+            &g,
+            case.algos,
+            &x,
+            &w,
+            &r,
+            &mut dw,
+            bias.then_some(&mut db[..]),
+            Some(&mut dx),
+            &mut case.ws,
+        );
         let what = format!("conv {kernel}x{kernel}/{stride} pad {pad}");
-        let dw = case.conv.weight.grad.clone();
         check_gradient(
             &format!("{what} dW"),
             &mut case,
-            |c| &mut c.conv.weight.value,
+            |c| &mut c.w,
             &dw,
             conv_loss,
             EPS,
@@ -83,11 +100,10 @@ fn conv2d_gradients() {
             &mut rng,
         );
         if bias {
-            let db = case.conv.bias.as_ref().unwrap().grad.clone();
             check_gradient(
                 &format!("{what} db"),
                 &mut case,
-                |c| &mut c.conv.bias.as_mut().unwrap().value,
+                |c| c.b.as_mut().unwrap(),
                 &db,
                 conv_loss,
                 EPS,
@@ -100,43 +116,103 @@ fn conv2d_gradients() {
 }
 
 struct BnCase {
-    bn: BatchNorm2d,
+    g: NormGeometry,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
     x: Vec<f32>,
     r: Vec<f32>,
-    dims: Dims,
-    mode: Mode,
+    train: bool,
+}
+
+/// The batch norm's output, `xhat` and `1/std` (running statistics are updated on
+/// copies, so that repeated calls see the same state).
+fn bn_run(c: &BnCase) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let ch = c.g.channels;
+    let (mut y, mut xhat) = (vec![0.0; c.x.len()], vec![0.0; c.x.len()]);
+    let (mut mean, mut inv_std) = (vec![0.0; ch], vec![0.0; ch]);
+    let saved = batchnorm::Saved {
+        mean: &mut mean,
+        inv_std: &mut inv_std,
+    };
+    if c.train {
+        let (mut rm, mut rv) = (c.running_mean.clone(), c.running_var.clone());
+        let mut moments = vec![0.0; 2 * ch];
+        batchnorm::forward_train(
+            &c.g,
+            &c.x,
+            &c.gamma,
+            &c.beta,
+            &mut rm,
+            &mut rv,
+            false,
+            &mut moments,
+            saved,
+            &mut xhat,
+            &mut y,
+        );
+    } else {
+        batchnorm::forward_eval(
+            &c.g,
+            &c.x,
+            &c.gamma,
+            &c.beta,
+            &c.running_mean,
+            &c.running_var,
+            false,
+            saved,
+            &mut xhat,
+            &mut y,
+        );
+    }
+    (y, xhat, inv_std)
 }
 
 fn bn_loss(c: &mut BnCase) -> f64 {
-    c.bn.forward(&c.x, c.dims, c.mode);
-    dot(&c.r, &c.bn.out)
+    dot(&c.r, &bn_run(c).0)
 }
 
 #[test]
 fn batchnorm_gradients_in_train_and_eval_mode() {
     let mut rng = Rng::new(2);
-    for mode in [Mode::Train, Mode::Eval] {
-        let dims = Dims::new(3, 4, 3, 5);
-        let mut bn = BatchNorm2d::new(4);
-        bn.weight.value = randn(&mut rng, 4);
-        bn.bias.value = randn(&mut rng, 4);
-        bn.running_mean = randn(&mut rng, 4);
-        bn.running_var = (0..4).map(|i| 0.5 + i as f32).collect();
-        let x = randn(&mut rng, dims.len()).iter().map(|v| v * 2.0 + 1.0).collect();
-        let mut case = BnCase {
-            bn,
-            x,
-            r: randn(&mut rng, dims.len()),
-            dims,
-            mode,
+    for train in [true, false] {
+        let mode = if train { "train" } else { "eval" };
+        let g = NormGeometry {
+            batch: 3,
+            channels: 4,
+            plane: 15,
         };
-        bn_loss(&mut case);
-        let mut dx = Vec::new();
-        let r = case.r.clone();
-        case.bn.backward(&r, &mut dx);
-        let (dg, db) = (case.bn.weight.grad.clone(), case.bn.bias.grad.clone());
+        let len = 3 * 4 * 15;
+        let x = randn(&mut rng, len).iter().map(|v| v * 2.0 + 1.0).collect();
+        let mut case = BnCase {
+            g,
+            gamma: randn(&mut rng, 4),
+            beta: randn(&mut rng, 4),
+            running_mean: randn(&mut rng, 4),
+            running_var: (0..4).map(|i| 0.5 + i as f32).collect(),
+            x,
+            r: randn(&mut rng, len),
+            train,
+        };
+        let (_, xhat, inv_std) = bn_run(&case);
+        let mut dx = vec![0.0; len];
+        let (mut dg, mut db) = (vec![0.0; 4], vec![0.0; 4]);
+        let mut sums = vec![0.0; 8];
+        batchnorm::backward(
+            &g,
+            &case.r,
+            &xhat,
+            &inv_std,
+            &case.gamma,
+            train,
+            &mut dg,
+            &mut db,
+            &mut sums,
+            &mut dx,
+        );
         check_gradient(
-            &format!("bn {mode:?} dX"),
+            &format!("bn {mode} dX"),
             &mut case,
             |c| &mut c.x,
             &dx,
@@ -147,9 +223,9 @@ fn batchnorm_gradients_in_train_and_eval_mode() {
             &mut rng,
         );
         check_gradient(
-            &format!("bn {mode:?} dgamma"),
+            &format!("bn {mode} dgamma"),
             &mut case,
-            |c| &mut c.bn.weight.value,
+            |c| &mut c.gamma,
             &dg,
             bn_loss,
             EPS,
@@ -158,9 +234,9 @@ fn batchnorm_gradients_in_train_and_eval_mode() {
             &mut rng,
         );
         check_gradient(
-            &format!("bn {mode:?} dbeta"),
+            &format!("bn {mode} dbeta"),
             &mut case,
-            |c| &mut c.bn.bias.value,
+            |c| &mut c.beta,
             &db,
             bn_loss,
             EPS,
@@ -168,6 +244,33 @@ fn batchnorm_gradients_in_train_and_eval_mode() {
             1e-3,
             &mut rng,
         );
+        // The fused ReLU gives the same output as a separate one.
+        let mut fused = case.x.clone();
+        let (mut xh, mut m, mut s) = (vec![0.0; len], vec![0.0; 4], vec![0.0; 4]);
+        let saved = batchnorm::Saved {
+            mean: &mut m,
+            inv_std: &mut s,
+        };
+        let (rm, rv) = (&case.running_mean, &case.running_var);
+        batchnorm::forward_eval(
+            &g,
+            &case.x,
+            &case.gamma,
+            &case.beta,
+            rm,
+            rv,
+            true,
+            saved,
+            &mut xh,
+            &mut fused,
+        );
+        let train_was = case.train;
+        case.train = false;
+        let plain = bn_run(&case).0;
+        case.train = train_was;
+        let mut relu = vec![0.0; len];
+        relu_forward(&plain, &mut relu);
+        assert_eq!(fused, relu);
     }
 }
 
@@ -205,21 +308,23 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
 
     // Max pooling 3x3/2 pad 1.
     let dims = Dims::new(2, 3, 7, 6);
-    let mut mp = MaxPool2d::new(3, 2, 1);
-    let out = mp.out_dims(dims).unwrap();
+    let g = pool::stem_max_pool(dims).unwrap();
+    let out = Dims::new(2, 3, g.out_h, g.out_w);
     let r = randn(&mut rng, out.len());
-    let mut case = (randn(&mut rng, dims.len()), mp.clone());
-    let mp_loss = |c: &mut (Vec<f32>, MaxPool2d)| {
-        c.1.forward(&c.0, dims).unwrap();
-        dot(&r, &c.1.out)
+    let mp_loss = |x: &mut Vec<f32>| {
+        let (mut y, mut arg) = (vec![0.0; out.len()], vec![0u32; out.len()]);
+        pool::max_forward(&g, x, &mut y, &mut arg);
+        dot(&r, &y)
     };
-    mp_loss(&mut case);
-    let mut dx = Vec::new();
-    case.1.backward(&r, &mut dx);
+    let mut x = randn(&mut rng, dims.len());
+    let (mut y, mut arg) = (vec![0.0; out.len()], vec![0u32; out.len()]);
+    pool::max_forward(&g, &x, &mut y, &mut arg);
+    let mut dx = vec![0.0; dims.len()];
+    pool::max_backward(&g, &r, &arg, &mut dx);
     check_gradient(
         "maxpool dX",
-        &mut case,
-        |c| &mut c.0,
+        &mut x,
+        |x| &mut x[..],
         &dx,
         mp_loss,
         1e-3,
@@ -227,24 +332,23 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
         1e-3,
         &mut rng,
     );
-    mp.forward(&case.0, dims).unwrap();
     assert_eq!(out, Dims::new(2, 3, 4, 3));
 
     // Global average pooling.
     let dims = Dims::new(2, 3, 4, 5);
     let r = randn(&mut rng, 6);
-    let mut case = (randn(&mut rng, dims.len()), GlobalAvgPool::default());
-    let ap_loss = |c: &mut (Vec<f32>, GlobalAvgPool)| {
-        c.1.forward(&c.0, dims);
-        dot(&r, &c.1.out)
+    let ap_loss = |x: &mut Vec<f32>| {
+        let mut y = vec![0.0; 6];
+        pool::avg_forward(dims.plane(), x, &mut y);
+        dot(&r, &y)
     };
-    ap_loss(&mut case);
-    let mut dx = Vec::new();
-    case.1.backward(&r, &mut dx);
+    let mut x = randn(&mut rng, dims.len());
+    let mut dx = vec![0.0; dims.len()];
+    pool::avg_backward(dims.plane(), &r, &mut dx);
     check_gradient(
         "avgpool dX",
-        &mut case,
-        |c| &mut c.0,
+        &mut x,
+        |x| &mut x[..],
         &dx,
         ap_loss,
         EPS,
@@ -253,20 +357,17 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
         &mut rng,
     );
 
-    // Linear.
-    let mut lin = Linear::new(7, 5, &mut rng);
-    lin.bias.value = randn(&mut rng, 5);
+    // Linear: 3 rows of 7 features into 5 outputs.
     let r = randn(&mut rng, 15);
-    let mut case = (randn(&mut rng, 21), lin);
-    let lin_loss = |c: &mut (Vec<f32>, Linear)| {
-        c.1.forward(&c.0, 3);
-        dot(&r, &c.1.out)
+    // (input, weight, bias)
+    let mut case = (randn(&mut rng, 21), randn(&mut rng, 35), randn(&mut rng, 5));
+    let lin_loss = |c: &mut (Vec<f32>, Vec<f32>, Vec<f32>)| {
+        let mut y = vec![0.0; 15];
+        linear::forward(&c.0, &c.1, &c.2, 3, 7, 5, &mut y);
+        dot(&r, &y)
     };
-    lin_loss(&mut case);
-    let mut dx = Vec::new();
-    let x = case.0.clone();
-    case.1.backward(&x, &r, &mut dx);
-    let (dw, db) = (case.1.weight.grad.clone(), case.1.bias.grad.clone());
+    let (mut dx, mut dw, mut db) = (vec![0.0; 21], vec![0.0; 35], vec![0.0; 5]);
+    linear::backward(&case.0, &case.1, &r, 3, 7, 5, &mut dw, &mut db, &mut dx);
     check_gradient(
         "linear dX",
         &mut case,
@@ -281,7 +382,7 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
     check_gradient(
         "linear dW",
         &mut case,
-        |c| &mut c.1.weight.value,
+        |c| &mut c.1,
         &dw,
         lin_loss,
         EPS,
@@ -292,7 +393,7 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
     check_gradient(
         "linear db",
         &mut case,
-        |c| &mut c.1.bias.value,
+        |c| &mut c.2,
         &db,
         lin_loss,
         EPS,
@@ -346,71 +447,41 @@ fn relu_pool_linear_shortcut_and_loss_gradients() {
     );
 }
 
-/// Adds `delta` to element `elem` of the `index`-th parameter of `model`.
-fn nudge(model: &mut ResNet, index: usize, elem: usize, delta: f32) {
-    let mut i = 0;
-    model.for_each_param(&mut |p: &mut Param| {
-        if i == index {
-            p.value[elem] += delta;
-        }
-        i += 1;
-    });
-}
-
-/// The f64 reference loss of `model` with element `elem` of parameter `index` moved by
+/// The f64 reference loss of `p` with value `index` (into the flat values) moved by
 /// about `delta`, and the exact move (the difference of two f32 values is exact in f64).
-fn reference_loss_at(
-    model: &mut ResNet,
-    index: usize,
-    elem: usize,
-    delta: f64,
-    x: &Tensor,
-    labels: &[u32],
-) -> (f64, f64) {
+fn reference_loss_at(p: &mut Params, index: usize, delta: f64, x: &Tensor, labels: &[u32]) -> (f64, f64) {
     let [n, _, h, w] = x.shape() else { unreachable!() };
-    let mut original = 0f32;
-    let mut i = 0;
-    model.for_each_param(&mut |p: &mut Param| {
-        if i == index {
-            original = p.value[elem];
-        }
-        i += 1;
-    });
+    let original = p.values()[index];
     let moved = (original as f64 + delta) as f32;
     let actual_delta = moved as f64 - original as f64;
-    nudge(model, index, elem, moved - original);
-    let loss = reference::cross_entropy(&reference::forward(model, x.data(), *n, *h, *w), labels);
+    p.values_mut()[index] = moved;
+    let loss = reference::cross_entropy(&reference::forward(p, x.data(), *n, *h, *w), labels);
     // Restore bit-exactly.
-    let mut i = 0;
-    model.for_each_param(&mut |p: &mut Param| {
-        if i == index {
-            p.value[elem] = original;
-        }
-        i += 1;
-    });
+    p.values_mut()[index] = original;
     (loss, actual_delta)
 }
 
-/// Checks every parameter tensor of `model` at a few coordinates: the f32 backward pass
-/// against central differences of the independent f64 reference forward pass. Also
-/// checks the f32 forward against that reference.
+/// Checks every parameter tensor of a network at a few coordinates: the training plan's
+/// f32 backward pass against central differences of the independent f64 reference
+/// forward pass. Also checks the plan's f32 forward against that reference.
 fn check_model(config: ResNetConfig, batch: usize, size: usize, tol: f64) {
     let mut rng = Rng::new(9);
-    let mut model = ResNet::new(config.clone(), 4).unwrap();
+    let mut p = Params::new(config.clone(), 4).unwrap();
     // Non-trivial BN affine parameters so every gradient path is exercised.
-    model.visit(&mut |name, slot| {
-        if let resnet_core::layers::Slot::Param(p) = slot {
-            if name.contains("bn") || name.contains("downsample.1") {
-                for v in &mut p.value {
-                    *v += 0.3 * rng.normal() as f32;
-                }
+    let names: Vec<String> = p.entries().iter().map(|e| e.name.clone()).collect();
+    for name in &names {
+        let bn = name.contains("bn") || name.contains("downsample.1");
+        if bn && !name.ends_with("running_mean") && !name.ends_with("running_var") {
+            for v in p.get_mut(name).unwrap() {
+                *v += 0.3 * rng.normal() as f32;
             }
         }
-    });
+    }
     let x = Tensor::new(vec![batch, 3, size, size], randn(&mut rng, batch * 3 * size * size)).unwrap();
     let labels: Vec<u32> = (0..batch).map(|i| (i % config.num_classes) as u32).collect();
-    let logits = model.forward(&x, Mode::Train).unwrap().to_vec();
-    let golden = reference::forward(&model, x.data(), batch, size, size);
+    let mut plan = TrainingPlan::new(&config, batch, size, size).unwrap();
+    let logits = plan.forward_train(&mut p, x.data(), batch).unwrap().to_vec();
+    let golden = reference::forward(&p, x.data(), batch, size, size);
     let scale = golden.iter().fold(0f64, |m, v| m.max(v.abs()));
     let fwd_err = logits
         .iter()
@@ -430,34 +501,28 @@ fn check_model(config: ResNetConfig, batch: usize, size: usize, tol: f64) {
 
     let mut dlogits = vec![0.0; logits.len()];
     softmax_cross_entropy(&logits, &labels, config.num_classes, &mut dlogits).unwrap();
-    model.zero_grad();
-    model.backward(&dlogits);
-    let mut grads = Vec::new();
-    model.for_each_param(&mut |p| grads.push(p.grad.clone()));
-    let names: Vec<String> = model
-        .tensor_names()
-        .into_iter()
-        .map(|(n, _)| n)
-        .filter(|n| !n.ends_with("running_mean") && !n.ends_with("running_var"))
-        .collect();
+    p.grads_mut().fill(0.0);
+    plan.backward(&mut p, &dlogits).unwrap();
+    let grads = p.grads().to_vec();
+    let entries: Vec<_> = p.entries().iter().filter(|e| e.kind == Kind::Param).cloned().collect();
     let (mut diff, mut norm) = (0f64, 0f64);
     let mut worst = (0f64, String::new());
-    for (index, g) in grads.iter().enumerate() {
+    for e in &entries {
         let (mut d_t, mut n_t) = (0f64, 0f64);
         for _ in 0..3 {
-            let elem = rng.below(g.len());
+            let index = e.offset + rng.below(e.len);
             // Small steps: the f64 reference has no rounding noise to drown them, and
             // they rarely carry a ReLU across its kink.
-            let (lp, dp) = reference_loss_at(&mut model, index, elem, 1e-5, &x, &labels);
-            let (lm, dm) = reference_loss_at(&mut model, index, elem, -1e-5, &x, &labels);
+            let (lp, dp) = reference_loss_at(&mut p, index, 1e-5, &x, &labels);
+            let (lm, dm) = reference_loss_at(&mut p, index, -1e-5, &x, &labels);
             let fd = (lp - lm) / (dp - dm);
-            d_t += (fd - g[elem] as f64).powi(2);
-            n_t += (g[elem] as f64).powi(2).max(fd * fd);
+            d_t += (fd - grads[index] as f64).powi(2);
+            n_t += (grads[index] as f64).powi(2).max(fd * fd);
         }
         let rel_t = (d_t / n_t.max(1e-24)).sqrt();
-        println!("{:<24} {rel_t:>9.2e} relative error", names[index]);
+        println!("{:<24} {rel_t:>9.2e} relative error", e.name);
         if rel_t > worst.0 {
-            worst = (rel_t, names[index].clone());
+            worst = (rel_t, e.name.clone());
         }
         diff += d_t;
         norm += n_t;
@@ -466,7 +531,7 @@ fn check_model(config: ResNetConfig, batch: usize, size: usize, tol: f64) {
     println!(
         "{}: whole-network relative error {rel:.2e} over {} tensors (worst {} {:.2e})",
         config.name,
-        grads.len(),
+        entries.len(),
         worst.1,
         worst.0
     );

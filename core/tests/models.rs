@@ -4,16 +4,23 @@
 mod common;
 
 use common::small_bottleneck;
-use resnet_core::layers::batchnorm::BatchNorm2d;
-use resnet_core::layers::{Dims, Mode, Slot};
-use resnet_core::model::{Arch, BottleneckStride, ResNet, ResNetConfig, ShortcutOption};
+use resnet_core::kernels::norm::NormGeometry;
+use resnet_core::layers::batchnorm;
+use resnet_core::model::{Arch, BottleneckStride, ResNetConfig, ShortcutOption};
+use resnet_core::params::Kind;
+use resnet_core::plan::{ExecutionPlan, PlanOptions, TrainingPlan};
 use resnet_core::rng::Rng;
-use resnet_core::Tensor;
+use resnet_core::train::{Schedule, Sgd, Trainer};
+use resnet_core::{Params, Tensor};
+
+/// Trainable values of `config`, from the layout alone (nothing allocated).
+fn count_of(config: &ResNetConfig) -> usize {
+    let layout = Params::layout_of(config).unwrap();
+    layout.iter().filter(|e| e.kind == Kind::Param).map(|e| e.len).sum()
+}
 
 fn params(name: &str) -> usize {
-    ResNet::new(ResNetConfig::named(name).unwrap(), 0)
-        .unwrap()
-        .param_count()
+    count_of(&ResNetConfig::named(name).unwrap())
 }
 
 #[test]
@@ -39,25 +46,18 @@ fn parameter_counts_match_the_paper_and_torchvision() {
 
 #[test]
 fn shortcut_options_add_the_projections_table_3_describes() {
-    let count = |s| {
-        ResNet::new(ResNetConfig::named("resnet20").unwrap().with_shortcut(s), 0)
-            .unwrap()
-            .param_count()
-    };
+    let count = |s| count_of(&ResNetConfig::named("resnet20").unwrap().with_shortcut(s));
     // B: projections where 16->32 and 32->64 (1x1 conv + BN each).
     assert_eq!(count(ShortcutOption::B), 269_722 + (16 * 32 + 64) + (32 * 64 + 128));
     // C: a projection on each of the 9 blocks.
     let c_extra = 3 * (16 * 16 + 32) + (16 * 32 + 64) + 2 * (32 * 32 + 64) + (32 * 64 + 128) + 2 * (64 * 64 + 128);
     assert_eq!(count(ShortcutOption::C), 269_722 + c_extra);
     // resnet34 with option A has no projection parameters.
-    let a34 = ResNet::new(
-        ResNetConfig::named("resnet34")
+    let a34 = count_of(
+        &ResNetConfig::named("resnet34")
             .unwrap()
             .with_shortcut(ShortcutOption::A),
-        0,
-    )
-    .unwrap()
-    .param_count();
+    );
     assert_eq!(
         a34,
         21_797_672 - (64 * 128 + 256) - (128 * 256 + 512) - (256 * 512 + 1024)
@@ -121,8 +121,8 @@ fn multiply_adds_and_layer_table() {
 
 #[test]
 fn tensor_names_follow_torchvision() {
-    let mut m = ResNet::new(ResNetConfig::named("resnet18").unwrap(), 0).unwrap();
-    let names: Vec<String> = m.tensor_names().into_iter().map(|(n, _)| n).collect();
+    let layout = Params::layout_of(&ResNetConfig::named("resnet18").unwrap()).unwrap();
+    let names: Vec<String> = layout.into_iter().map(|e| e.name).collect();
     for expected in [
         "conv1.weight",
         "bn1.running_var",
@@ -139,59 +139,83 @@ fn tensor_names_follow_torchvision() {
 #[test]
 fn batchnorm_matches_hand_computed_values() {
     // One channel, two images of 1x2: values 1, 2 | 3, 4.
-    let mut bn = BatchNorm2d::new(1);
-    bn.weight.value = vec![2.0];
-    bn.bias.value = vec![0.5];
+    let g = NormGeometry {
+        batch: 2,
+        channels: 1,
+        plane: 2,
+    };
+    let (gamma, beta) = ([2.0f32], [0.5f32]);
+    let (mut rm, mut rv) = ([0.0f32], [1.0f32]);
     let x = [1.0, 2.0, 3.0, 4.0];
-    bn.forward(&x, Dims::new(2, 1, 1, 2), Mode::Train);
-    let (mean, var) = (2.5f64, 1.25f64);
-    for (y, &xv) in bn.out.iter().zip(&x) {
-        let want = 2.0 * (xv as f64 - mean) / (var + 1e-5).sqrt() + 0.5;
+    let (mut y, mut xhat, mut mean, mut inv_std) = ([0f32; 4], [0f32; 4], [0f32], [0f32]);
+    let mut moments = [0f64; 2];
+    let saved = batchnorm::Saved {
+        mean: &mut mean,
+        inv_std: &mut inv_std,
+    };
+    batchnorm::forward_train(
+        &g,
+        &x,
+        &gamma,
+        &beta,
+        &mut rm,
+        &mut rv,
+        false,
+        &mut moments,
+        saved,
+        &mut xhat,
+        &mut y,
+    );
+    let (m, var) = (2.5f64, 1.25f64);
+    for (y, &xv) in y.iter().zip(&x) {
+        let want = 2.0 * (xv as f64 - m) / (var + 1e-5).sqrt() + 0.5;
         assert!((*y as f64 - want).abs() < 1e-6, "{y} vs {want}");
     }
     // Running averages: momentum 0.1, unbiased variance 5/3.
-    assert!((bn.running_mean[0] - 0.25).abs() < 1e-7);
-    assert!((bn.running_var[0] as f64 - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-7);
-    assert_eq!(bn.num_batches_tracked, 1);
+    assert!((rm[0] - 0.25).abs() < 1e-7);
+    assert!((rv[0] as f64 - (0.9 + 0.1 * 5.0 / 3.0)).abs() < 1e-7);
 
-    // Eval mode uses the running statistics and leaves them alone.
-    bn.forward(&x, Dims::new(2, 1, 1, 2), Mode::Eval);
-    let rv = 0.9 + 0.1 * 5.0 / 3.0;
-    for (y, &xv) in bn.out.iter().zip(&x) {
-        let want = 2.0 * (xv as f64 - 0.25) / (rv + 1e-5f64).sqrt() + 0.5;
+    // Eval mode uses the running statistics (and cannot change them: they are read-only).
+    let saved = batchnorm::Saved {
+        mean: &mut mean,
+        inv_std: &mut inv_std,
+    };
+    batchnorm::forward_eval(&g, &x, &gamma, &beta, &rm, &rv, false, saved, &mut xhat, &mut y);
+    let r = 0.9 + 0.1 * 5.0 / 3.0;
+    for (y, &xv) in y.iter().zip(&x) {
+        let want = 2.0 * (xv as f64 - 0.25) / (r + 1e-5f64).sqrt() + 0.5;
         assert!((*y as f64 - want).abs() < 1e-5, "{y} vs {want}");
     }
-    assert!((bn.running_mean[0] - 0.25).abs() < 1e-7);
-    assert_eq!(bn.num_batches_tracked, 1);
 }
 
 #[test]
 fn bad_inputs_get_clear_errors() {
-    let mut m = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 0).unwrap();
+    let mut p = Params::new(ResNetConfig::named("resnet8").unwrap(), 0).unwrap();
+    let mut t = Trainer::new(Sgd::new(0.9, 0.0), Schedule::Constant { base_lr: 0.1 });
     let wrong_channels = Tensor::zeros(vec![1, 1, 32, 32]).unwrap();
-    let Err(err) = m.forward(&wrong_channels, Mode::Eval) else {
-        panic!("wrong channels must fail");
-    };
-    let err = err.to_string();
-    assert!(err.contains("3") && err.contains("[1, 1, 32, 32]"), "{err}");
+    let err = t.step(&mut p, &wrong_channels, &[0]).unwrap_err().to_string();
+    assert!(err.contains("3 x 32 x 32") && err.contains("1024 values"), "{err}");
     let not_4d = Tensor::zeros(vec![3, 32, 32]).unwrap();
-    assert!(m.forward(&not_4d, Mode::Eval).is_err());
-    let mut big = ResNet::new(ResNetConfig::named("resnet18").unwrap(), 0).unwrap();
+    let err = t.step(&mut p, &not_4d, &[0]).unwrap_err().to_string();
+    assert!(err.contains("[3, 32, 32]"), "{err}");
+    let mut big = Params::new(ResNetConfig::named("resnet18").unwrap(), 0).unwrap();
     // PyTorch's resnet18 accepts even 1x1 images; an empty one is refused.
-    assert!(big
-        .forward(&Tensor::zeros(vec![1, 3, 1, 1]).unwrap(), Mode::Eval)
-        .is_ok());
-    let empty = Tensor::zeros(vec![1, 3, 0, 0]).unwrap();
-    let Err(err) = big.forward(&empty, Mode::Eval) else {
+    let one = Tensor::zeros(vec![2, 3, 1, 1]).unwrap();
+    assert!(t.compute_gradients(&mut big, &one, &[0, 1]).is_ok());
+    let mut plan = TrainingPlan::new(big.config(), 1, 1, 1).unwrap();
+    assert!(plan.forward_eval(&big, &[0.0; 3], 1).is_ok());
+    let Err(err) = TrainingPlan::new(big.config(), 1, 0, 0) else {
         panic!("an empty image must fail");
     };
-    let err = err.to_string();
-    assert!(err.contains("0x0") && err.contains("7x7"), "{err}");
+    assert!(err.to_string().contains("0x0"), "{err}");
+    let err = TrainingPlan::new(big.config(), 1, 4, 0).unwrap_err().to_string();
+    assert!(err.contains("4x0"), "{err}");
 }
 
 /// Inference with batch norms folded into the convolutions and residual adds and ReLUs
-/// fused into their stores gives the layer-by-layer result, for every kind of block,
-/// shortcut and stem, with batch-norm statistics far from the identity.
+/// fused into their stores (the inference plan) gives the layer-by-layer result (the
+/// training plan in evaluation mode), for every kind of block, shortcut and stem, with
+/// batch-norm statistics far from the identity.
 #[test]
 fn folded_inference_matches_layer_by_layer() {
     let bottleneck = small_bottleneck(BottleneckStride::Conv1x1);
@@ -205,24 +229,24 @@ fn folded_inference_matches_layer_by_layer() {
     ];
     for (config, size) in configs {
         let name = format!("{} {:?}", config.name, config.shortcut);
-        let mut net = ResNet::new(config, 3).unwrap();
+        let mut p = Params::new(config.clone(), 3).unwrap();
         let mut rng = Rng::new(9);
-        net.visit(&mut |name, slot| match slot {
-            Slot::Buffer(_, b) if name.ends_with("running_var") => {
-                b.iter_mut().for_each(|v| *v = 0.2 + rng.uniform() as f32 * 2.0)
+        let names: Vec<String> = p.entries().iter().map(|e| e.name.clone()).collect();
+        for n in &names {
+            let t = p.get_mut(n).unwrap();
+            if n.ends_with("running_var") {
+                t.iter_mut().for_each(|v| *v = 0.2 + rng.uniform() as f32 * 2.0)
+            } else if n.ends_with("running_mean") {
+                t.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.5)
+            } else if n.contains("bn") || n.ends_with("downsample.1.weight") {
+                t.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.8)
             }
-            Slot::Buffer(_, b) => b.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.5),
-            Slot::Param(p) if name.contains("bn") || name.ends_with("downsample.1.weight") => {
-                p.value.iter_mut().for_each(|v| *v = rng.normal() as f32 * 0.8)
-            }
-            Slot::Param(_) => {}
-        });
+        }
         let x: Vec<f32> = (0..2 * 3 * size * size).map(|_| rng.normal() as f32).collect();
-        let x = Tensor::new(vec![2, 3, size, size], x).unwrap();
-        net.set_fold_bn(false);
-        let want = net.forward(&x, Mode::Eval).unwrap().to_vec();
-        net.set_fold_bn(true);
-        let got = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        let mut unfused = TrainingPlan::new(&config, 2, size, size).unwrap();
+        let mut folded = ExecutionPlan::inference(&config, 2, size, size, PlanOptions::default()).unwrap();
+        let want = unfused.forward_eval(&p, &x, 2).unwrap().to_vec();
+        let got = folded.forward(&p, &x, 2).unwrap().to_vec();
         let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
         let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(
@@ -230,16 +254,11 @@ fn folded_inference_matches_layer_by_layer() {
             "{name}: max error {err} of {scale}"
         );
         // The folded weights follow changes to the running statistics.
-        net.visit(&mut |name, slot| {
-            if let Slot::Buffer(_, b) = slot {
-                if name.ends_with("running_mean") {
-                    b.iter_mut().for_each(|v| *v += 0.3);
-                }
-            }
-        });
-        let moved = net.forward(&x, Mode::Eval).unwrap().to_vec();
-        net.set_fold_bn(false);
-        let want = net.forward(&x, Mode::Eval).unwrap().to_vec();
+        for n in names.iter().filter(|n| n.ends_with("running_mean")) {
+            p.get_mut(n).unwrap().iter_mut().for_each(|v| *v += 0.3);
+        }
+        let moved = folded.forward(&p, &x, 2).unwrap().to_vec();
+        let want = unfused.forward_eval(&p, &x, 2).unwrap().to_vec();
         let err = moved.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(err <= 1e-4 * scale, "{name} after new statistics: max error {err}");
     }

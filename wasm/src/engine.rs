@@ -5,7 +5,7 @@ use resnet_core::classifier::{default_classes, Classifier, Prediction};
 use resnet_core::data::augment::{Augment, Batcher, Normalization};
 use resnet_core::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use resnet_core::data::Dataset;
-use resnet_core::model::{ResNet, ResNetConfig};
+use resnet_core::model::ResNetConfig;
 use resnet_core::train::{Schedule, Sgd, StepStats, Trainer};
 use resnet_core::{Error, Params, Result, Tensor};
 use serde_json::{json, Value};
@@ -223,9 +223,9 @@ pub struct BatchStats {
     pub count: usize,
 }
 
-/// A core [`Trainer`] working on a classifier's network. The network stays in the
-/// classifier between calls (so the model can be used, saved or inspected while it
-/// trains) and is swapped into the trainer for the duration of each call.
+/// A core [`Trainer`] working on a classifier's parameters, which stay in the classifier
+/// (so the model can be used, saved or inspected while it trains) and are lent to the
+/// trainer by reference for each call.
 #[derive(Debug)]
 pub struct TrainSession {
     trainer: Trainer,
@@ -273,10 +273,8 @@ impl TrainSession {
                 )))
             }
         };
-        // The trainer's own network is a tiny placeholder: the classifier's is swapped in.
-        let placeholder = ResNet::new(ResNetConfig::named("resnet8")?.with_classes(1), 0)?;
         Ok(TrainSession {
-            trainer: Trainer::new(placeholder, Sgd::new(o.momentum, o.weight_decay), schedule),
+            trainer: Trainer::new(Sgd::new(o.momentum, o.weight_decay), schedule),
             batch: o.batch,
             shard,
             seed: o.seed,
@@ -294,19 +292,6 @@ impl TrainSession {
     /// The learning rate the next update will use.
     pub fn lr(&self) -> f32 {
         self.trainer.schedule.lr(self.trainer.iteration)
-    }
-
-    /// Runs `f` on the trainer with the classifier's parameters copied into its network,
-    /// then copies values, running statistics and gradients back.
-    fn with_net<R>(&mut self, c: &mut Classifier, f: impl FnOnce(&mut Trainer) -> R) -> Result<R> {
-        if &self.trainer.model.config == c.config() {
-            self.trainer.model.copy_from_params(&c.params);
-        } else {
-            self.trainer.model = ResNet::from_params(&c.params)?;
-        }
-        let r = f(&mut self.trainer);
-        self.trainer.model.copy_into_params(&mut c.params);
-        Ok(r)
     }
 
     /// Fills the batch of the current iteration: epoch `it / batches_per_epoch`, batch
@@ -351,8 +336,7 @@ impl TrainSession {
         let count = self.fill(&c.normalization, data)?;
         let input = self.input.take().expect("filled");
         let labels = std::mem::take(&mut self.labels);
-        let r = self.with_net(c, |t| t.compute_gradients(&input, &labels));
-        let r = r.and_then(|r| r);
+        let r = self.trainer.compute_gradients(&mut c.params, &input, &labels);
         self.input = Some(input);
         self.labels = labels;
         let (loss, correct) = r?;
@@ -361,7 +345,7 @@ impl TrainSession {
 
     /// One SGD update from the gradients held in the model; returns the rate used.
     pub fn apply_gradients(&mut self, c: &mut Classifier) -> Result<f32> {
-        self.with_net(c, |t| t.apply_gradients())
+        Ok(self.trainer.apply_gradients(&mut c.params))
     }
 
     /// [`TrainSession::compute_gradients`] then [`TrainSession::apply_gradients`].

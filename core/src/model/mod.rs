@@ -1,16 +1,13 @@
-//! The ResNets of He et al. 2015: configuration and the named zoo (`config`), residual
-//! blocks (`block`), the assembled network with forward and backward (`resnet`), and the
-//! per-layer table that `resnet info` prints (`info`).
+//! The ResNets of He et al. 2015: configuration and the named zoo (`config`), the
+//! structure as data (`arch`), the per-layer table that `resnet info` prints (`info`) and
+//! weights by name (`weights`). Parameters live in `Params`; running the network is an
+//! `ExecutionPlan`'s (inference) or a `TrainingPlan`'s (training) job.
 
 pub mod arch;
-pub mod block;
 pub mod config;
 pub mod info;
-pub mod resnet;
 pub mod weights;
 
 pub use arch::{Arch, BlockArch, ConvBn, ShortcutKind};
-pub use block::{Block, Shortcut};
 pub use config::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem, MODEL_NAMES};
 pub use info::LayerInfo;
-pub use resnet::ResNet;

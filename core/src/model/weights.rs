@@ -4,11 +4,8 @@
 //! from the names and shapes alone.
 
 use super::config::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem};
-use super::resnet::ResNet;
-use crate::io::{NamedTensor, TensorFile};
-use crate::layers::Slot;
+use crate::io::TensorFile;
 use crate::{Error, Result};
-use std::collections::BTreeMap;
 
 /// Name of the per-pixel mean image tensor that our files carry beside the weights.
 pub const MEAN_IMAGE: &str = "preprocess.mean_image";
@@ -151,71 +148,15 @@ fn zoo_name(config: &ResNetConfig) -> Option<String> {
     })
 }
 
-/// Copies every tensor of `file` into `model`, checking names and shapes. All problems
-/// are reported together: misshapen tensors, missing keys and unexpected keys.
-/// `ignore` picks out tensors that are not weights (e.g. [`MEAN_IMAGE`], optimizer state).
-pub fn load_tensors(model: &mut ResNet, file: &TensorFile, ignore: &dyn Fn(&str) -> bool) -> Result<()> {
-    let by_name: BTreeMap<&str, &NamedTensor> = file.tensors.iter().map(|t| (t.name.as_str(), t)).collect();
-    let mut used = std::collections::BTreeSet::new();
-    let mut missing = Vec::new();
-    let mut misshapen = Vec::new();
-    model.visit(&mut |name, slot| {
-        let (shape, dest): (&[usize], &mut [f32]) = match slot {
-            Slot::Param(p) => (&p.shape, &mut p.value),
-            Slot::Buffer(s, v) => (s, v),
-        };
-        match by_name.get(name) {
-            None => missing.push(name.to_string()),
-            Some(t) if t.shape != shape => misshapen.push(format!("{name}: expected {shape:?}, found {:?}", t.shape)),
-            Some(t) => {
-                dest.copy_from_slice(&t.data);
-                used.insert(name.to_string());
-            }
-        }
-    });
-    let unexpected: Vec<&str> = file
-        .tensors
-        .iter()
-        .map(|t| t.name.as_str())
-        .filter(|n| !used.contains(*n) && !ignore(n))
-        .filter(|n| !misshapen.iter().any(|m| m.starts_with(&format!("{n}:"))))
-        .collect();
-    if missing.is_empty() && misshapen.is_empty() && unexpected.is_empty() {
-        return Ok(());
-    }
-    let mut msg = format!("weights do not fit {}:", model.config.name);
-    if !misshapen.is_empty() {
-        msg += &format!("\n  wrong shapes: {}", misshapen.join("; "));
-    }
-    if !missing.is_empty() {
-        msg += &format!("\n  missing keys ({}): {}", missing.len(), missing.join(", "));
-    }
-    if !unexpected.is_empty() {
-        msg += &format!("\n  unexpected keys ({}): {}", unexpected.len(), unexpected.join(", "));
-    }
-    Err(Error::Load(msg))
-}
-
-/// Every tensor of `model` (parameters and running statistics) with torchvision's names.
-pub fn model_tensors(model: &mut ResNet) -> Vec<NamedTensor> {
-    let mut out = Vec::new();
-    model.visit(&mut |name, slot| {
-        let (shape, data): (&[usize], &[f32]) = match slot {
-            Slot::Param(p) => (&p.shape, &p.value),
-            Slot::Buffer(s, v) => (s, v),
-        };
-        out.push(NamedTensor::new(name, shape.to_vec(), data.to_vec()));
-    });
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::io::NamedTensor;
+    use std::collections::BTreeMap;
 
-    fn file_of(model: &mut ResNet) -> TensorFile {
+    fn file_of(p: &crate::Params) -> TensorFile {
         TensorFile {
-            tensors: model_tensors(model),
+            tensors: p.to_named_tensors(),
             metadata: BTreeMap::new(),
         }
     }
@@ -232,26 +173,29 @@ mod tests {
             ("resnet101", ShortcutOption::A),
         ] {
             let config = ResNetConfig::named(name).unwrap().with_shortcut(option).with_classes(7);
-            let mut m = ResNet::new(config.clone(), 0).unwrap();
-            let inferred = infer_config(&file_of(&mut m)).unwrap();
+            let m = crate::Params::new(config.clone(), 0).unwrap();
+            let inferred = infer_config(&file_of(&m)).unwrap();
             assert_eq!(inferred, config, "{name} {option:?}");
         }
     }
 
     #[test]
     fn loads_foreign_names_and_reports_every_mismatch() {
-        let mut src = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
-        let mut file = file_of(&mut src);
+        let src = crate::Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        let mut file = file_of(&src);
         for t in &mut file.tensors {
             t.name = format!("module.{}", t.name.replace("fc.", "linear."));
         }
         file.tensors
             .push(NamedTensor::new("module.bn1.num_batches_tracked", vec![], vec![3.0]));
         canonicalize_names(&mut file);
-        let mut dst = ResNet::new(ResNetConfig::named("resnet8").unwrap(), 2).unwrap();
-        load_tensors(&mut dst, &file, &|_| false).unwrap();
-        assert_eq!(dst.fc.weight.value, src.fc.weight.value);
-        assert_eq!(dst.blocks[2].bns[1].running_var, src.blocks[2].bns[1].running_var);
+        let mut dst = crate::Params::new(ResNetConfig::named("resnet8").unwrap(), 2).unwrap();
+        dst.load_tensors(&file, &|_| false).unwrap();
+        assert_eq!(dst.tensor("fc.weight"), src.tensor("fc.weight"));
+        assert_eq!(
+            dst.tensor("layer3.0.bn2.running_var"),
+            src.tensor("layer3.0.bn2.running_var")
+        );
 
         // Wrong shape, a missing and an unexpected key, all in one message.
         file.tensors.retain(|t| t.name != "layer2.0.bn1.bias");
@@ -261,7 +205,7 @@ mod tests {
             .unwrap()
             .shape = vec![64, 16, 3, 3];
         file.tensors.push(NamedTensor::new("extra.weight", vec![1], vec![0.0]));
-        let err = load_tensors(&mut dst, &file, &|_| false).unwrap_err().to_string();
+        let err = dst.load_tensors(&file, &|_| false).unwrap_err().to_string();
         assert!(
             err.contains("layer3.0.conv1.weight: expected [64, 32, 3, 3], found [64, 16, 3, 3]"),
             "{err}"

@@ -12,8 +12,10 @@
 
 pub mod arena;
 pub mod choose;
+pub mod train;
 
 pub use choose::{Algo, ConvChoice};
+pub use train::TrainingPlan;
 
 use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
@@ -546,12 +548,9 @@ fn two_regions(arena: &mut [f32], read: Range<usize>, write: Range<usize>) -> (&
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::TensorFile;
     use crate::kernels::test_util::max_rel_err;
-    use crate::layers::Mode;
-    use crate::model::{ResNet, ShortcutOption};
+    use crate::model::ShortcutOption;
     use crate::rng::Rng;
-    use crate::Tensor;
 
     /// Parameters with batch norms far from the identity, so that folding is exercised.
     fn random_params(config: &ResNetConfig, seed: u64) -> Params {
@@ -573,17 +572,11 @@ mod tests {
         p
     }
 
-    /// The first design's unfused layer-by-layer forward: the reference of this test.
+    /// The unfused layer-by-layer NCHW forward in evaluation mode (the training plan's):
+    /// the reference of this test.
     fn reference_logits(p: &Params, input: &[f32], n: usize, size: usize) -> Vec<f32> {
-        let mut net = ResNet::new(p.config().clone(), 0).unwrap();
-        let file = TensorFile {
-            tensors: p.to_named_tensors(),
-            metadata: Default::default(),
-        };
-        crate::model::weights::load_tensors(&mut net, &file, &|_| false).unwrap();
-        net.set_fold_bn(false);
-        let t = Tensor::new(vec![n, p.config().in_channels, size, size], input.to_vec()).unwrap();
-        net.forward(&t, Mode::Eval).unwrap().to_vec()
+        let mut plan = TrainingPlan::new(p.config(), n, size, size).unwrap();
+        plan.forward_eval(p, input, n).unwrap().to_vec()
     }
 
     #[test]

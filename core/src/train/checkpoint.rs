@@ -8,7 +8,7 @@ use super::trainer::Trainer;
 use crate::classifier::{Classifier, LoadOptions, OPTIMIZER_PREFIX};
 use crate::io::safetensors::write_safetensors;
 use crate::io::{read_weights, NamedTensor};
-use crate::layers::Slot;
+use crate::params::Kind;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -24,44 +24,38 @@ struct TrainerState {
     schedule: Schedule,
 }
 
-fn param_names(trainer: &mut Trainer) -> Vec<String> {
-    let mut names = Vec::new();
-    trainer.model.visit(&mut |name, slot| {
-        if let Slot::Param(_) = slot {
-            names.push(name.to_string());
-        }
-    });
-    names
-}
-
-/// A training run's state: the trainer (model, optimizer, schedule, iteration) and what
-/// makes the model a classifier (classes, preprocessing, metadata).
+/// A training run's state: the classifier being trained (its parameters, classes,
+/// preprocessing and metadata) and the trainer (optimizer, schedule, iteration).
+#[derive(Debug)]
 pub struct TrainingState {
+    pub classifier: Classifier,
     pub trainer: Trainer,
-    /// Class names, normalisation and metadata; its `net` is unused (the trainer's model
-    /// is the live one) and is replaced on save.
-    pub classes: Vec<String>,
-    pub normalization: crate::data::augment::Normalization,
-    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 impl TrainingState {
-    /// Serialises everything as safetensors.
-    pub fn to_bytes(&mut self) -> Result<Vec<u8>> {
-        let classifier = self.classifier_view();
-        let (mut tensors, mut meta) = classifier.tensors_and_metadata()?;
-        let names = param_names(&mut self.trainer);
-        if !self.trainer.sgd.velocity.is_empty() {
-            let mut shapes = Vec::new();
-            self.trainer.model.for_each_param(&mut |p| shapes.push(p.shape.clone()));
-            for ((name, v), shape) in names.iter().zip(&self.trainer.sgd.velocity).zip(shapes) {
-                if !v.is_empty() {
-                    tensors.push(NamedTensor::new(
-                        format!("{OPTIMIZER_PREFIX}momentum.{name}"),
-                        shape,
-                        v.clone(),
-                    ));
-                }
+    /// One SGD step of the classifier's parameters (see [`Trainer::step`]).
+    pub fn step(&mut self, images: &crate::Tensor, labels: &[u32]) -> Result<super::StepStats> {
+        self.trainer.step(&mut self.classifier.params, images, labels)
+    }
+
+    /// Serialises everything as safetensors: the classifier's tensors and metadata, the
+    /// momentum of every parameter (`optimizer.momentum.<name>`) and the trainer state.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let (mut tensors, mut meta) = self.classifier.tensors_and_metadata()?;
+        let velocity = &self.trainer.sgd.velocity;
+        if !velocity.is_empty() {
+            for e in self
+                .classifier
+                .params
+                .entries()
+                .iter()
+                .filter(|e| e.kind == Kind::Param)
+            {
+                tensors.push(NamedTensor::new(
+                    format!("{OPTIMIZER_PREFIX}momentum.{}", e.name),
+                    e.shape.clone(),
+                    velocity[e.offset..e.offset + e.len].to_vec(),
+                ));
             }
         }
         let state = TrainerState {
@@ -77,19 +71,6 @@ impl TrainingState {
         );
         let refs = tensors.iter().map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
         Ok(write_safetensors(refs, &meta)?)
-    }
-
-    /// A classifier holding a copy of the live model (for evaluation or `best` files).
-    pub fn classifier_view(&self) -> Classifier {
-        let mut model = self.trainer.model.clone();
-        let mut params = crate::Params::new(model.config.clone(), 0).expect("the trainer's own architecture");
-        model.copy_into_params(&mut params);
-        Classifier::new(
-            params,
-            self.classes.clone(),
-            self.normalization.clone(),
-            self.metadata.clone(),
-        )
     }
 
     /// Reads a checkpoint written by [`TrainingState::to_bytes`].
@@ -112,37 +93,26 @@ impl TrainingState {
         let classifier = Classifier::from_tensor_file(file, &LoadOptions::default())?;
         let mut sgd = Sgd::new(state.momentum, state.weight_decay);
         sgd.nesterov = state.nesterov;
-        let mut trainer = Trainer::new(
-            crate::model::ResNet::from_params(&classifier.params)?,
-            sgd,
-            state.schedule,
-        );
-        trainer.iteration = state.iteration;
         if !momentum.is_empty() {
-            let names = param_names(&mut trainer);
-            let mut velocity = Vec::new();
-            let mut shapes = Vec::new();
-            trainer.model.for_each_param(&mut |p| shapes.push(p.shape.clone()));
-            for (name, shape) in names.iter().zip(shapes) {
+            let params = &classifier.params;
+            let mut velocity = vec![0.0; params.param_count()];
+            for e in params.entries().iter().filter(|e| e.kind == Kind::Param) {
                 let t = momentum
-                    .get(name)
-                    .ok_or_else(|| Error::Load(format!("checkpoint has no momentum for {name}")))?;
-                if t.shape != shape {
+                    .get(&e.name)
+                    .ok_or_else(|| Error::Load(format!("checkpoint has no momentum for {}", e.name)))?;
+                if t.shape != e.shape {
                     return Err(Error::Load(format!(
-                        "{OPTIMIZER_PREFIX}momentum.{name}: expected {shape:?}, found {:?}",
-                        t.shape
+                        "{OPTIMIZER_PREFIX}momentum.{}: expected {:?}, found {:?}",
+                        e.name, e.shape, t.shape
                     )));
                 }
-                velocity.push(t.data.clone());
+                velocity[e.offset..e.offset + e.len].copy_from_slice(&t.data);
             }
-            trainer.sgd.velocity = velocity;
+            sgd.velocity = velocity;
         }
-        Ok(TrainingState {
-            trainer,
-            classes: classifier.classes,
-            normalization: classifier.normalization,
-            metadata: classifier.metadata,
-        })
+        let mut trainer = Trainer::new(sgd, state.schedule);
+        trainer.iteration = state.iteration;
+        Ok(TrainingState { classifier, trainer })
     }
 }
 
@@ -151,29 +121,28 @@ mod tests {
     use super::*;
     use crate::classifier::default_classes;
     use crate::data::augment::Normalization;
-    use crate::model::{ResNet, ResNetConfig};
+    use crate::model::ResNetConfig;
     use crate::rng::Rng;
-    use crate::Tensor;
+    use crate::{Params, Tensor};
 
     fn step(state: &mut TrainingState, rng: &mut Rng) {
         let x = Tensor::new(vec![4, 3, 8, 8], (0..4 * 192).map(|_| rng.normal() as f32).collect()).unwrap();
-        state.trainer.step(&x, &[0, 1, 2, 3]).unwrap();
+        state.step(&x, &[0, 1, 2, 3]).unwrap();
     }
 
     #[test]
     fn resumed_training_is_bit_identical() {
         let new_state = || TrainingState {
-            trainer: Trainer::new(
-                ResNet::new(ResNetConfig::named("resnet8").unwrap(), 3).unwrap(),
-                Sgd::new(0.9, 1e-4),
-                Schedule::paper(0.1, 6),
+            classifier: Classifier::new(
+                Params::new(ResNetConfig::named("resnet8").unwrap(), 3).unwrap(),
+                default_classes(10),
+                Normalization::PerChannel {
+                    mean: [0.5; 3],
+                    std: [0.25; 3],
+                },
+                Default::default(),
             ),
-            classes: default_classes(10),
-            normalization: Normalization::PerChannel {
-                mean: [0.5; 3],
-                std: [0.25; 3],
-            },
-            metadata: Default::default(),
+            trainer: Trainer::new(Sgd::new(0.9, 1e-4), Schedule::paper(0.1, 6)),
         };
         let mut straight = new_state();
         let mut rng = Rng::new(1);
@@ -189,6 +158,7 @@ mod tests {
         let bytes = first.to_bytes().unwrap();
         let mut resumed = TrainingState::from_bytes(&bytes).unwrap();
         assert_eq!(resumed.trainer.iteration, 2);
+        assert_eq!(resumed.trainer.sgd.velocity, first.trainer.sgd.velocity);
         for _ in 0..2 {
             step(&mut resumed, &mut rng);
         }
@@ -197,6 +167,6 @@ mod tests {
         assert!(a == b, "resumed run differs from the straight one");
         // A checkpoint also loads as a plain classifier.
         assert!(Classifier::load(&a, &LoadOptions::default()).is_ok());
-        assert!(TrainingState::from_bytes(&straight.classifier_view().to_safetensors().unwrap()).is_err());
+        assert!(TrainingState::from_bytes(&straight.classifier.to_safetensors().unwrap()).is_err());
     }
 }

@@ -1,12 +1,14 @@
 //! The `Trainer`: one full training step (forward, loss, backward, update) on a batch,
-//! and evaluation of a data set held in memory.
+//! and evaluation of a data set held in memory. It owns the optimizer, the schedule, the
+//! iteration count and its [`TrainingPlan`] (rebuilt when the batch grows or the input
+//! shape or architecture changes); the parameters stay with the caller and are passed
+//! in by reference, so a classifier, a checkpoint or a data-parallel worker owns them.
 
 use super::schedule::Schedule;
 use super::sgd::Sgd;
 use crate::layers::loss::softmax_cross_entropy;
-use crate::layers::{fit, Mode};
-use crate::model::ResNet;
-use crate::{Error, Result, Tensor};
+use crate::plan::{ExecutionPlan, PlanOptions, TrainingPlan};
+use crate::{Error, Params, Result, Tensor};
 
 /// What one training step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -34,34 +36,56 @@ impl EvalStats {
     }
 }
 
-/// A model, its optimiser and its schedule, stepping through iterations.
-#[derive(Clone, Debug)]
+/// An optimiser and its schedule, stepping through iterations on parameters it is lent.
+#[derive(Debug)]
 pub struct Trainer {
-    pub model: ResNet,
     pub sgd: Sgd,
     pub schedule: Schedule,
     /// Iterations done so far.
     pub iteration: u64,
+    plan: Option<TrainingPlan>,
+    /// The inference plan of evaluations, with the architecture it was built for.
+    eval_plan: Option<(crate::model::ResNetConfig, ExecutionPlan)>,
     dlogits: Vec<f32>,
+}
+
+impl Clone for Trainer {
+    /// The optimizer state, schedule and iteration; plans are rebuilt on first use.
+    fn clone(&self) -> Self {
+        Trainer {
+            sgd: self.sgd.clone(),
+            schedule: self.schedule.clone(),
+            iteration: self.iteration,
+            plan: None,
+            eval_plan: None,
+            dlogits: Vec::new(),
+        }
+    }
 }
 
 impl Trainer {
     /// A trainer at iteration 0.
-    pub fn new(model: ResNet, sgd: Sgd, schedule: Schedule) -> Self {
+    pub fn new(sgd: Sgd, schedule: Schedule) -> Self {
         Trainer {
-            model,
             sgd,
             schedule,
             iteration: 0,
+            plan: None,
+            eval_plan: None,
             dlogits: Vec::new(),
         }
     }
 
-    /// One SGD step on `images` (NCHW, already normalised) with `labels`. A NaN or
-    /// infinite loss returns `Error::Diverged` and leaves the parameters untouched.
-    pub fn step(&mut self, images: &Tensor, labels: &[u32]) -> Result<StepStats> {
-        let (loss, correct) = self.compute_gradients(images, labels)?;
-        let lr = self.apply_gradients();
+    /// The training plan of the last step, if any.
+    pub fn plan(&self) -> Option<&TrainingPlan> {
+        self.plan.as_ref()
+    }
+
+    /// One SGD step of `params` on `images` (NCHW, already normalised) with `labels`. A
+    /// NaN or infinite loss returns `Error::Diverged` and leaves the parameters untouched.
+    pub fn step(&mut self, params: &mut Params, images: &Tensor, labels: &[u32]) -> Result<StepStats> {
+        let (loss, correct) = self.compute_gradients(params, images, labels)?;
+        let lr = self.apply_gradients(params);
         Ok(StepStats {
             iteration: self.iteration - 1,
             loss,
@@ -71,19 +95,31 @@ impl Trainer {
     }
 
     /// Forward and backward on a batch without updating: leaves the batch-mean gradients
-    /// in the parameters and returns (loss, correct predictions). Data-parallel training
-    /// averages these across workers, then calls [`Trainer::apply_gradients`].
-    pub fn compute_gradients(&mut self, images: &Tensor, labels: &[u32]) -> Result<(f64, usize)> {
-        let n = images.shape().first().copied().unwrap_or(0);
+    /// in `params` (replacing what was there) and returns (loss, correct predictions).
+    /// Data-parallel training averages these across workers, then calls
+    /// [`Trainer::apply_gradients`]. The running statistics move as in any training pass.
+    pub fn compute_gradients(&mut self, params: &mut Params, images: &Tensor, labels: &[u32]) -> Result<(f64, usize)> {
+        let [n, _, h, w] = *images.shape() else {
+            return Err(Error::Shape(format!(
+                "input must be N x C x H x W, found shape {:?}",
+                images.shape()
+            )));
+        };
         if n != labels.len() {
             return Err(Error::Shape(format!(
                 "a batch of {n} images needs {n} labels, found {}",
                 labels.len()
             )));
         }
-        let classes = self.model.config.num_classes;
-        let logits = self.model.forward(images, Mode::Train)?;
-        fit(&mut self.dlogits, logits.len());
+        let fits = |p: &TrainingPlan| p.config() == params.config() && p.batch() >= n && p.input_size() == (h, w);
+        if !self.plan.as_ref().is_some_and(fits) {
+            self.plan = None;
+            self.plan = Some(TrainingPlan::new(params.config(), n, h, w)?);
+        }
+        let plan = self.plan.as_mut().expect("planned above");
+        let classes = params.config().num_classes;
+        let logits = plan.forward_train(params, images.data(), n)?;
+        self.dlogits.resize(logits.len(), 0.0);
         let out = softmax_cross_entropy(logits, labels, classes, &mut self.dlogits)?;
         if !out.loss.is_finite() {
             return Err(Error::Diverged {
@@ -91,59 +127,55 @@ impl Trainer {
                 loss: out.loss,
             });
         }
-        self.model.zero_grad();
-        self.model.backward(&self.dlogits);
+        params.grads_mut().fill(0.0);
+        plan.backward(params, &self.dlogits)?;
         Ok((out.loss, out.correct))
     }
 
-    /// One SGD update from the gradients held in the parameters, at the schedule's rate
-    /// for the current iteration; advances the iteration and returns the rate used.
-    pub fn apply_gradients(&mut self) -> f32 {
+    /// One SGD update of `params` from the gradients they hold, at the schedule's rate for
+    /// the current iteration; advances the iteration and returns the rate used.
+    pub fn apply_gradients(&mut self, params: &mut Params) -> f32 {
         let lr = self.schedule.lr(self.iteration);
-        self.sgd.step(&mut self.model, lr);
+        self.sgd.step(params, lr);
         self.iteration += 1;
         lr
     }
 
-    /// Loss and top-1 accuracy in evaluation mode over `images` (N x C x H x W) in
-    /// batches of `batch`.
-    pub fn evaluate(&mut self, images: &Tensor, labels: &[u32], batch: usize) -> Result<EvalStats> {
-        evaluate(&mut self.model, images, labels, batch, &mut self.dlogits)
+    /// Loss and top-1 accuracy in evaluation mode (running statistics, through an
+    /// inference plan) over `images` (N x C x H x W) in batches of `batch`.
+    pub fn evaluate(&mut self, params: &Params, images: &Tensor, labels: &[u32], batch: usize) -> Result<EvalStats> {
+        let shape = images.shape();
+        if shape.len() != 4 || shape[0] != labels.len() {
+            return Err(Error::Shape(format!(
+                "evaluation needs N x C x H x W images and N labels, found shape {shape:?} and {} labels",
+                labels.len()
+            )));
+        }
+        let (h, w) = (shape[2], shape[3]);
+        let per_image: usize = shape[1..].iter().product();
+        let batch = batch.max(1).min(labels.len().max(1));
+        let fits = |(c, p): &(_, ExecutionPlan)| c == params.config() && p.batch() >= batch && p.input_size() == (h, w);
+        if !self.eval_plan.as_ref().is_some_and(fits) {
+            self.eval_plan = None;
+            let plan = ExecutionPlan::inference(params.config(), batch, h, w, PlanOptions::default())?;
+            self.eval_plan = Some((params.config().clone(), plan));
+        }
+        let plan = &mut self.eval_plan.as_mut().expect("planned above").1;
+        let classes = params.config().num_classes;
+        let mut stats = EvalStats {
+            loss: 0.0,
+            correct: 0,
+            total: 0,
+        };
+        for (chunk, lab) in images.data().chunks(batch * per_image).zip(labels.chunks(batch)) {
+            let logits = plan.forward(params, chunk, lab.len())?;
+            self.dlogits.resize(logits.len(), 0.0);
+            let out = softmax_cross_entropy(logits, lab, classes, &mut self.dlogits)?;
+            stats.loss += out.loss * lab.len() as f64;
+            stats.correct += out.correct;
+            stats.total += lab.len();
+        }
+        stats.loss /= stats.total.max(1) as f64;
+        Ok(stats)
     }
-}
-
-/// Evaluation-mode loss and accuracy of `model` over an in-memory data set.
-pub fn evaluate(
-    model: &mut ResNet,
-    images: &Tensor,
-    labels: &[u32],
-    batch: usize,
-    scratch: &mut Vec<f32>,
-) -> Result<EvalStats> {
-    let shape = images.shape();
-    if shape.len() != 4 || shape[0] != labels.len() {
-        return Err(Error::Shape(format!(
-            "evaluation needs N x C x H x W images and N labels, found shape {shape:?} and {} labels",
-            labels.len()
-        )));
-    }
-    let per_image: usize = shape[1..].iter().product();
-    let batch = batch.max(1);
-    let classes = model.config.num_classes;
-    let mut stats = EvalStats {
-        loss: 0.0,
-        correct: 0,
-        total: 0,
-    };
-    for (chunk, lab) in images.data().chunks(batch * per_image).zip(labels.chunks(batch)) {
-        let t = Tensor::new(vec![lab.len(), shape[1], shape[2], shape[3]], chunk.to_vec())?;
-        let logits = model.forward(&t, Mode::Eval)?;
-        fit(scratch, logits.len());
-        let out = softmax_cross_entropy(logits, lab, classes, scratch)?;
-        stats.loss += out.loss * lab.len() as f64;
-        stats.correct += out.correct;
-        stats.total += lab.len();
-    }
-    stats.loss /= stats.total.max(1) as f64;
-    Ok(stats)
 }

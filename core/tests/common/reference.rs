@@ -1,9 +1,9 @@
-//! An independent f64 forward pass of a whole `ResNet` (naive loops, training-mode batch
-//! norm), for golden comparisons and finite-difference gradient checks without f32 noise.
+//! An independent f64 forward pass of a whole network (naive loops, training-mode batch
+//! norm) from its `Params` and structure (`Arch`), for golden comparisons and
+//! finite-difference gradient checks without f32 noise.
 
-use resnet_core::layers::batchnorm::BatchNorm2d;
-use resnet_core::layers::conv::Conv2d;
-use resnet_core::model::{ResNet, Shortcut};
+use resnet_core::model::{Arch, ConvBn, ShortcutKind};
+use resnet_core::Params;
 
 /// An NCHW activation in f64.
 #[derive(Clone)]
@@ -15,18 +15,18 @@ pub struct Act {
     pub v: Vec<f64>,
 }
 
-fn conv(x: &Act, layer: &Conv2d) -> Act {
-    let (k, s, p) = (layer.kernel, layer.stride, layer.padding as isize);
-    let oh = (x.h + 2 * layer.padding - k) / s + 1;
-    let ow = (x.w + 2 * layer.padding - k) / s + 1;
+/// The convolution of `layer` (weights `w`, optional bias `bias`) on `x`, in f64.
+pub fn conv_with(x: &Act, layer: &ConvBn, w: &[f32], bias: Option<&[f32]>) -> Act {
+    let (k, s, p) = (layer.kernel, layer.stride, layer.pad as isize);
+    let oh = (x.h + 2 * layer.pad - k) / s + 1;
+    let ow = (x.w + 2 * layer.pad - k) / s + 1;
     let kout = layer.out_channels;
-    let w = &layer.weight.value;
     let mut v = vec![0f64; x.n * kout * oh * ow];
     for n in 0..x.n {
         for o in 0..kout {
             for i in 0..oh {
                 for j in 0..ow {
-                    let mut acc = layer.bias.as_ref().map_or(0.0, |b| b.value[o] as f64);
+                    let mut acc = bias.map_or(0.0, |b| b[o] as f64);
                     for c in 0..x.c {
                         for a in 0..k {
                             for b in 0..k {
@@ -53,7 +53,8 @@ fn conv(x: &Act, layer: &Conv2d) -> Act {
     }
 }
 
-fn batchnorm_train(x: &Act, bn: &BatchNorm2d) -> Act {
+/// Training-mode batch norm (batch statistics, eps 1e-5) with `gamma` and `beta`, in f64.
+pub fn batchnorm_train(x: &Act, gamma: &[f32], beta: &[f32]) -> Act {
     let plane = x.h * x.w;
     let m = (x.n * plane) as f64;
     let mut out = x.clone();
@@ -61,10 +62,10 @@ fn batchnorm_train(x: &Act, bn: &BatchNorm2d) -> Act {
         let vals = || (0..x.n).flat_map(move |n| ((n * x.c + c) * plane..(n * x.c + c + 1) * plane).map(|i| x.v[i]));
         let mean = vals().sum::<f64>() / m;
         let var = vals().map(|v| (v - mean).powi(2)).sum::<f64>() / m;
-        let inv = 1.0 / (var + bn.eps as f64).sqrt();
+        let inv = 1.0 / (var + 1e-5f32 as f64).sqrt();
         for n in 0..x.n {
             for i in (n * x.c + c) * plane..(n * x.c + c + 1) * plane {
-                out.v[i] = bn.weight.value[c] as f64 * (x.v[i] - mean) * inv + bn.bias.value[c] as f64;
+                out.v[i] = gamma[c] as f64 * (x.v[i] - mean) * inv + beta[c] as f64;
             }
         }
     }
@@ -106,33 +107,44 @@ fn maxpool(x: &Act, k: usize, s: usize, p: usize) -> Act {
     }
 }
 
-/// The logits of `model` on `input` (NCHW, `n` images of `h x w`), in f64, with batch
-/// statistics as in training mode.
-pub fn forward(model: &ResNet, input: &[f32], n: usize, h: usize, w: usize) -> Vec<f64> {
+/// Convolution and training-mode batch norm of `cb` with the tensors of `p`.
+fn conv_bn(x: &Act, cb: &ConvBn, p: &Params) -> Act {
+    let y = conv_with(x, cb, p.tensor(&format!("{}.weight", cb.conv)), None);
+    batchnorm_train(
+        &y,
+        p.tensor(&format!("{}.weight", cb.bn)),
+        p.tensor(&format!("{}.bias", cb.bn)),
+    )
+}
+
+/// The logits of the network of `p` on `input` (NCHW, `n` images of `h x w`), in f64,
+/// with batch statistics as in training mode.
+pub fn forward(p: &Params, input: &[f32], n: usize, h: usize, w: usize) -> Vec<f64> {
+    let arch = Arch::of(p.config()).unwrap();
     let x = Act {
         n,
-        c: model.config.in_channels,
+        c: p.config().in_channels,
         h,
         w,
         v: input.iter().map(|&v| v as f64).collect(),
     };
-    let mut a = relu(batchnorm_train(&conv(&x, &model.conv1), &model.bn1));
-    if let Some(mp) = &model.maxpool {
-        a = maxpool(&a, mp.kernel, mp.stride, mp.padding);
+    let mut a = relu(conv_bn(&x, &arch.stem, p));
+    if arch.maxpool {
+        a = maxpool(&a, 3, 2, 1);
     }
-    for block in &model.blocks {
+    for block in &arch.blocks {
         let input = a.clone();
-        let last = block.convs.len() - 1;
-        for (i, (c, bn)) in block.convs.iter().zip(&block.bns).enumerate() {
-            a = batchnorm_train(&conv(&a, c), bn);
+        let last = block.stages.len() - 1;
+        for (i, stage) in block.stages.iter().enumerate() {
+            a = conv_bn(&a, stage, p);
             if i < last {
                 a = relu(a);
             }
         }
         match &block.shortcut {
-            Shortcut::None => {}
-            Shortcut::Identity => a.v.iter_mut().zip(&input.v).for_each(|(o, i)| *o += i),
-            Shortcut::ZeroPad { stride } => {
+            ShortcutKind::None => {}
+            ShortcutKind::Identity => a.v.iter_mut().zip(&input.v).for_each(|(o, i)| *o += i),
+            ShortcutKind::ZeroPad { stride } => {
                 let pad = (a.c - input.c) / 2;
                 for nn in 0..a.n {
                     for c in 0..input.c {
@@ -145,8 +157,8 @@ pub fn forward(model: &ResNet, input: &[f32], n: usize, h: usize, w: usize) -> V
                     }
                 }
             }
-            Shortcut::Projection { conv: pc, bn } => {
-                let s = batchnorm_train(&conv(&input, pc), bn);
+            ShortcutKind::Projection(pc) => {
+                let s = conv_bn(&input, pc, p);
                 a.v.iter_mut().zip(&s.v).for_each(|(o, i)| *o += i);
             }
         }
@@ -154,13 +166,14 @@ pub fn forward(model: &ResNet, input: &[f32], n: usize, h: usize, w: usize) -> V
     }
     let plane = (a.h * a.w) as f64;
     let pooled: Vec<f64> = a.v.chunks(a.h * a.w).map(|p| p.iter().sum::<f64>() / plane).collect();
-    let (fin, fout) = (model.fc.in_features, model.fc.out_features);
+    let (fin, fout) = (arch.features, arch.classes);
+    let (fw, fb) = (p.tensor("fc.weight"), p.tensor("fc.bias"));
     let mut logits = vec![0f64; n * fout];
     for i in 0..n {
         for o in 0..fout {
-            logits[i * fout + o] = model.fc.bias.value[o] as f64
+            logits[i * fout + o] = fb[o] as f64
                 + (0..fin)
-                    .map(|k| pooled[i * fin + k] * model.fc.weight.value[o * fin + k] as f64)
+                    .map(|k| pooled[i * fin + k] * fw[o * fin + k] as f64)
                     .sum::<f64>();
         }
     }

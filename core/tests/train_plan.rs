@@ -1,0 +1,102 @@
+//! The training plan: a call with fewer images than the plan was built for runs on a
+//! prefix of every slot and gives bit for bit what a plan built for that batch gives;
+//! the forward pass agrees with the independent f64 reference; running statistics move
+//! as PyTorch's do. (Its gradients are checked against finite differences of the f64
+//! reference in `gradients.rs`.)
+
+mod common;
+
+use common::{randn, reference, small_bottleneck};
+use resnet_core::layers::loss::softmax_cross_entropy;
+use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
+use resnet_core::plan::TrainingPlan;
+use resnet_core::rng::Rng;
+use resnet_core::Params;
+
+/// Logits, gradients and running statistics after one training pass of `n` images.
+fn run(plan: &mut TrainingPlan, p: &mut Params, x: &[f32], n: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let classes = p.config().num_classes;
+    let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+    let logits = plan.forward_train(p, x, n).unwrap().to_vec();
+    let mut d = vec![0.0; logits.len()];
+    softmax_cross_entropy(&logits, &labels, classes, &mut d).unwrap();
+    p.grads_mut().fill(0.0);
+    plan.backward(p, &d).unwrap();
+    (logits, p.grads().to_vec(), p.buffers().to_vec())
+}
+
+fn check(config: ResNetConfig, batch: usize, size: usize) {
+    let name = format!("{} {:?}", config.name, config.shortcut);
+    let mut rng = Rng::new(7);
+    let n = batch - 1;
+    let x = randn(&mut rng, n * 3 * size * size);
+    let mut big = TrainingPlan::new(&config, batch, size, size).unwrap();
+    let mut exact = TrainingPlan::new(&config, n, size, size).unwrap();
+    let (mut p, mut q) = (
+        Params::new(config.clone(), 5).unwrap(),
+        Params::new(config.clone(), 5).unwrap(),
+    );
+    // Twice: the second pass reuses every slot and workspace.
+    for _ in 0..2 {
+        let a = run(&mut big, &mut p, &x, n);
+        let b = run(&mut exact, &mut q, &x, n);
+        assert!(
+            a == b,
+            "{name}: a prefix of a larger plan differs from a plan of its size"
+        );
+    }
+    let golden = reference::forward(&p, &x, n, size, size);
+    let logits = big.forward_train(&mut p, &x, n).unwrap();
+    let scale = golden.iter().fold(0f64, |m, v| m.max(v.abs()));
+    let err = logits
+        .iter()
+        .zip(&golden)
+        .map(|(&a, b)| (a as f64 - b).abs())
+        .fold(0f64, f64::max)
+        / scale;
+    println!("{name}: forward max relative difference to the f64 reference {err:.2e}");
+    assert!(err < 1e-4, "{name}: {err:.3e}");
+    assert!(big
+        .backward(
+            &mut Params::new(ResNetConfig::named("resnet14").unwrap(), 0).unwrap(),
+            &[]
+        )
+        .is_err());
+    assert!(big.backward(&mut p, &[0.0; 3]).is_err());
+}
+
+#[test]
+fn a_smaller_batch_runs_on_a_prefix_and_the_forward_matches_the_reference() {
+    let r8 = ResNetConfig::named("resnet8").unwrap();
+    check(r8.clone(), 4, 8);
+    check(r8.clone().with_shortcut(ShortcutOption::B), 3, 8);
+    check(r8.with_shortcut(ShortcutOption::C), 3, 8);
+    check(ResNetConfig::named("plain8").unwrap(), 3, 8);
+    check(small_bottleneck(BottleneckStride::Conv3x3), 3, 16);
+    check(small_bottleneck(BottleneckStride::Conv1x1), 3, 16);
+}
+
+#[test]
+fn running_statistics_move_with_momentum_and_the_unbiased_variance() {
+    let config = ResNetConfig::named("resnet8").unwrap();
+    let mut p = Params::new(config.clone(), 1).unwrap();
+    let mut plan = TrainingPlan::new(&config, 2, 4, 4).unwrap();
+    // The stem sees the input through conv1; make conv1 the identity on channel 0 so
+    // that bn1's batch statistics are those of the input's first channel.
+    let w = p.get_mut("conv1.weight").unwrap();
+    w.fill(0.0);
+    w[4] = 1.0;
+    let x: Vec<f32> = (0..2 * 3 * 16).map(|i| (i % 7) as f32).collect();
+    plan.forward_train(&mut p, &x, 2).unwrap();
+    let vals: Vec<f64> = (0..2)
+        .flat_map(|n| x[n * 48..n * 48 + 16].iter().map(|&v| v as f64))
+        .collect();
+    let mean = vals.iter().sum::<f64>() / 32.0;
+    let unbiased = vals.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 31.0;
+    let (rm, rv) = (p.tensor("bn1.running_mean")[0], p.tensor("bn1.running_var")[0]);
+    assert!((rm as f64 - 0.1 * mean).abs() < 1e-6, "{rm} vs {}", 0.1 * mean);
+    assert!((rv as f64 - (0.9 + 0.1 * unbiased)).abs() < 1e-5, "{rv}");
+    // Channel 1 of conv1 is all zeros: mean 0, variance 0.
+    assert_eq!(p.tensor("bn1.running_mean")[1], 0.0);
+    assert_eq!(p.tensor("bn1.running_var")[1], 0.9);
+}
