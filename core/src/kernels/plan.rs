@@ -71,13 +71,13 @@ static MEASURED_FILTER: Mutex<Option<HashMap<ConvGeometry, FilterAlgo>>> = Mutex
 /// A backward-filter algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FilterAlgo {
-    /// im2col + sgemm, [`conv_backward_filter`](super::conv::conv_backward_filter).
+    /// im2col + sgemm, [`conv_backward_filter`].
     Gemm,
     /// The unpacked register-blocked product of
-    /// [`filter_grad_direct`](super::filter_grad::filter_grad_direct).
+    /// [`filter_grad_direct`].
     Direct,
     /// Winograd with the given tile,
-    /// [`winograd_backward_filter`](super::winograd_filter_grad::winograd_backward_filter).
+    /// [`winograd_backward_filter`].
     Winograd(WinogradTile),
 }
 

@@ -247,7 +247,7 @@ impl Phase {
 /// of at most this size, as MLAS and oneDNN block their NCHWc kernels over input
 /// channels: each chunk's weights are read from memory once, then from L2 by every pixel
 /// tile of the task's segment, instead of the whole slab streaming through (and out of)
-/// the 1 MB L2 once per tile. Partial sums go to the output (see [`Phase`]), a few KB per
+/// the 1 MB L2 once per tile. Partial sums go to the output (see `Phase`), a few KB per
 /// segment at the sizes that chunk. Small slabs (ResNet's 16- to 128-channel 3x3 layers,
 /// most 1x1 layers) keep the single pass.
 pub const SLAB_BYTES: usize = 256 << 10;

@@ -32,7 +32,7 @@ pub struct BlockedEpilogue<'a> {
 
 impl BlockedEpilogue<'_> {
     /// The bias vector of output channel block `cb` (zero without a bias): kernels load it
-    /// once per block and pass it to [`BlockedEpilogue::store`].
+    /// once per block and pass it to `BlockedEpilogue::store`.
     #[inline(always)]
     pub fn bias_of<V: Vector>(&self, cb: usize) -> V {
         match self.bias {
@@ -79,7 +79,7 @@ impl BlockedEpilogue<'_> {
         out.store(at, if self.relu { acc.relu() } else { acc });
     }
 
-    /// The scalar twin of [`BlockedEpilogue::store`] for the naive kernels: the finished
+    /// The scalar twin of `BlockedEpilogue::store` for the naive kernels: the finished
     /// value of padded channel `c` at offset `at`, given the output's current value `old`.
     pub fn apply_scalar(&self, acc: f32, c: usize, at: usize, old: f32) -> f32 {
         let mut v = acc + self.bias.map_or(0.0, |b| b[c]);

@@ -1,6 +1,6 @@
 //! Kernels on the channel-blocked layout (`crate::layout::Blocked`): each vector is one
 //! pixel's block of channels, so every kernel here is generic over the vector type
-//! [`Vector`] and its block is `V::LANES` (16 with AVX-512F, 8 with AVX2, 4 on wasm). The
+//! [`Vector`](crate::simd::Vector) and its block is `V::LANES` (16 with AVX-512F, 8 with AVX2, 4 on wasm). The
 //! plan runs them on [`crate::simd::F32xBlock`]; the tests also run them at 4 and 8 lanes
 //! natively, which covers the wasm block on every build.
 //!
