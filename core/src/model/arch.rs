@@ -3,7 +3,8 @@
 //! execution plan schedules its steps from it, so the architecture is walked in one place.
 
 use super::config::{BlockKind, BottleneckStride, ResNetConfig, ShortcutOption, Stem};
-use crate::Result;
+use crate::kernels::im2col::ConvGeometry;
+use crate::{Error, Result};
 
 /// One convolution (no bias) followed by a batch norm.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +31,28 @@ impl ConvBn {
             stride,
             pad: kernel / 2,
         }
+    }
+
+    /// The geometry of this convolution on `batch` images of `c x h x w`; errors name
+    /// the layer (wrong channel count, an input smaller than the kernel).
+    pub fn geometry(&self, batch: usize, c: usize, h: usize, w: usize) -> Result<ConvGeometry> {
+        if c != self.in_channels {
+            return Err(Error::Shape(format!(
+                "{}: expects {} input channels, found {c}",
+                self.conv, self.in_channels
+            )));
+        }
+        ConvGeometry::new(
+            batch,
+            c,
+            h,
+            w,
+            self.out_channels,
+            (self.kernel, self.kernel),
+            self.stride,
+            self.pad,
+        )
+        .map_err(|e| Error::Shape(format!("{}: {e}", self.conv)))
     }
 
     /// The shape of the convolution's weight, `[out, in, k, k]`.

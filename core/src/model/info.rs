@@ -22,27 +22,6 @@ pub struct LayerInfo {
     pub macs: u64,
 }
 
-/// The geometry of `conv` on `batch` images of `c x h x w`, naming the layer on error.
-fn geometry(conv: &ConvBn, batch: usize, (c, h, w): (usize, usize, usize)) -> Result<ConvGeometry> {
-    if c != conv.in_channels {
-        return Err(Error::Shape(format!(
-            "{}: expects {} input channels, found {c}",
-            conv.conv, conv.in_channels
-        )));
-    }
-    ConvGeometry::new(
-        batch,
-        c,
-        h,
-        w,
-        conv.out_channels,
-        (conv.kernel, conv.kernel),
-        conv.stride,
-        conv.pad,
-    )
-    .map_err(|e| Error::Shape(format!("{}: {e}", conv.conv)))
-}
-
 /// The 3x3 stride-2 max pooling of ImageNet stems.
 pub fn stem_pool(batch: usize, (c, h, w): (usize, usize, usize)) -> Result<PoolGeometry> {
     PoolGeometry::new(batch, c, h, w, 3, 2, 1)
@@ -54,7 +33,7 @@ impl Arch {
     /// its name, in execution order; errors name the first layer the input is too small for.
     pub fn conv_geometries(&self, batch: usize, h: usize, w: usize) -> Result<Vec<(String, ConvGeometry)>> {
         let mut out = Vec::new();
-        let g = geometry(&self.stem, batch, (self.stem.in_channels, h, w))?;
+        let g = self.stem.geometry(batch, self.stem.in_channels, h, w)?;
         out.push((self.stem.conv.clone(), g));
         let mut d = (g.out_channels, g.out_h, g.out_w);
         if self.maxpool {
@@ -64,12 +43,12 @@ impl Arch {
         for block in &self.blocks {
             let block_in = d;
             for conv in &block.stages {
-                let g = geometry(conv, batch, d)?;
+                let g = conv.geometry(batch, d.0, d.1, d.2)?;
                 out.push((conv.conv.clone(), g));
                 d = (g.out_channels, g.out_h, g.out_w);
             }
             if let ShortcutKind::Projection(p) = &block.shortcut {
-                out.push((p.conv.clone(), geometry(p, batch, block_in)?));
+                out.push((p.conv.clone(), p.geometry(batch, block_in.0, block_in.1, block_in.2)?));
             }
         }
         Ok(out)

@@ -180,7 +180,7 @@ mod tests {
     }
 
     #[test]
-    fn loads_foreign_names_and_reports_every_mismatch() {
+    fn loads_foreign_names() {
         let src = crate::Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
         let mut file = file_of(&src);
         for t in &mut file.tensors {
@@ -197,21 +197,7 @@ mod tests {
             src.tensor("layer3.0.bn2.running_var")
         );
 
-        // Wrong shape, a missing and an unexpected key, all in one message.
-        file.tensors.retain(|t| t.name != "layer2.0.bn1.bias");
-        file.tensors
-            .iter_mut()
-            .find(|t| t.name == "layer3.0.conv1.weight")
-            .unwrap()
-            .shape = vec![64, 16, 3, 3];
-        file.tensors.push(NamedTensor::new("extra.weight", vec![1], vec![0.0]));
-        let err = dst.load_tensors(&file, &|_| false).unwrap_err().to_string();
-        assert!(
-            err.contains("layer3.0.conv1.weight: expected [64, 32, 3, 3], found [64, 16, 3, 3]"),
-            "{err}"
-        );
-        assert!(err.contains("missing keys (1): layer2.0.bn1.bias"), "{err}");
-        assert!(err.contains("unexpected keys (1): extra.weight"), "{err}");
+        // Mismatches are reported together: `Params::load_tensors`' own test.
     }
 
     #[test]

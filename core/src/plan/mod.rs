@@ -173,23 +173,7 @@ impl Builder {
         relu: bool,
     ) -> Result<usize> {
         let x = self.source_shape(src, input);
-        let g = ConvGeometry::new(
-            x.n,
-            x.c,
-            x.h,
-            x.w,
-            spec.out_channels,
-            (spec.kernel, spec.kernel),
-            spec.stride,
-            spec.pad,
-        )
-        .map_err(|e| Error::Shape(format!("{}: {e}", spec.conv)))?;
-        if x.c != spec.in_channels {
-            return Err(Error::Shape(format!(
-                "{}: expects {} input channels, found {}",
-                spec.conv, spec.in_channels, x.c
-            )));
-        }
+        let g = spec.geometry(x.n, x.c, x.h, x.w)?;
         let in_block = x.block;
         // Winograd reads blocked inputs only; the stem's NCHW input goes direct.
         let algo = if in_block == BLOCK {

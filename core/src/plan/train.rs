@@ -554,23 +554,7 @@ fn add_conv(
     x: Dims,
     relu: bool,
 ) -> Result<Dims> {
-    if x.c != spec.in_channels {
-        return Err(Error::Shape(format!(
-            "{}: expects {} input channels, found {}",
-            spec.conv, spec.in_channels, x.c
-        )));
-    }
-    let g = ConvGeometry::new(
-        batch,
-        x.c,
-        x.h,
-        x.w,
-        spec.out_channels,
-        (spec.kernel, spec.kernel),
-        spec.stride,
-        spec.pad,
-    )
-    .map_err(|e| Error::Shape(format!("{}: {e}", spec.conv)))?;
+    let g = spec.geometry(batch, x.c, x.h, x.w)?;
     let out = Dims::new(1, g.out_channels, g.out_h, g.out_w);
     let bn = |field: &str| entry(entries, &format!("{}.{field}", spec.bn)).map(range);
     convs.push(TrainConv {
