@@ -752,23 +752,8 @@ pub(super) fn separable_2d<const I: usize, const O: usize>(d: &[F32x], f: impl F
 /// ```
 #[inline(always)]
 fn input_1d<const A: usize>(d: &[F32x], o: &mut [F32x]) {
-    if A == 4 {
-        o[0] = d[0] - d[2];
-        o[1] = d[1] + d[2];
-        o[2] = d[2] - d[1];
-        o[3] = d[1] - d[3];
-    } else {
-        let (d0, d1, d2, d3, d4, d5) = (d[0], d[1], d[2], d[3], d[4], d[5]);
-        let four = F32x::splat(4.0);
-        let five = F32x::splat(5.0);
-        let two = F32x::splat(2.0);
-        o[0] = d0.mul_add(four, d4) - d2 * five;
-        o[1] = (d3 + d4) - (d1 + d2) * four;
-        o[2] = (d4 - d3) + (d1 - d2) * four;
-        o[3] = (d4 - d2) + (d3 - d1) * two;
-        o[4] = (d4 - d2) - (d3 - d1) * two;
-        o[5] = d1.mul_add(four, d5) - d3 * five;
-    }
+    let d: &[F32x; A] = d[..A].try_into().expect("a column of A values");
+    o[..A].copy_from_slice(&super::blocked::winograd::input_1d::<F32x, A>(d));
 }
 
 /// `o = A^T m` for one column of `A` values. F(2x2,3x3):
@@ -785,18 +770,13 @@ fn input_1d<const A: usize>(d: &[F32x], o: &mut [F32x]) {
 /// ```
 #[inline(always)]
 fn output_1d<const A: usize>(m: &[F32x], o: &mut [F32x]) {
+    use super::blocked::winograd::output_1d as one_d;
+    let m: &[F32x; A] = m[..A].try_into().expect("a column of A values");
+    // `A - 2` outputs; a const generic cannot be computed from `A`, so both tiles are named.
     if A == 4 {
-        o[0] = m[0] + m[1] + m[2];
-        o[1] = m[1] - m[2] - m[3];
+        o[..2].copy_from_slice(&one_d::<F32x, A, 2>(m));
     } else {
-        let s12 = m[1] + m[2];
-        let d12 = m[1] - m[2];
-        let s34 = m[3] + m[4];
-        let d34 = m[3] - m[4];
-        o[0] = m[0] + s12 + s34;
-        o[1] = d34.mul_add(F32x::splat(2.0), d12);
-        o[2] = s34.mul_add(F32x::splat(4.0), s12);
-        o[3] = d34.mul_add(F32x::splat(8.0), d12) + m[5];
+        o[..4].copy_from_slice(&one_d::<F32x, A, 4>(m));
     }
 }
 

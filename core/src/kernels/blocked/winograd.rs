@@ -391,7 +391,7 @@ fn position_stride(len: usize) -> usize {
 
 /// `o = B^T d` for one column (or row) of `A` vectors; the matrices are in the module doc.
 #[inline(always)]
-fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
+pub(crate) fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
     let mut o = [V::ZERO; A];
     if A == 4 {
         o[0] = d[0] - d[2];
@@ -416,7 +416,7 @@ fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
 
 /// `o = A^T m` for one column (or row) of `A` vectors, `M` values out.
 #[inline(always)]
-fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -> [V; M] {
+pub(crate) fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -> [V; M] {
     let mut o = [V::ZERO; M];
     if A == 4 {
         o[0] = m[0] + m[1] + m[2];
