@@ -60,7 +60,8 @@ impl WinogradTile {
         self.alpha() * self.alpha()
     }
 
-    pub(super) fn g(self) -> &'static [[f64; 3]] {
+    /// `G`, the filter transform, in f64 (Lavin & Gray eq. (7) and sec. 4.2).
+    pub(crate) fn g(self) -> &'static [[f64; 3]] {
         match self {
             WinogradTile::F2 => &G2,
             WinogradTile::F4 => &G4,
