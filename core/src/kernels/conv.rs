@@ -413,7 +413,12 @@ pub fn conv_backward_filter_naive(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &
 
 /// Calls `f(c, i, j, ih, iw)` for every kernel tap of output pixel (oh, ow) that lands
 /// inside the input.
-fn for_each_tap(g: &ConvGeometry, oh: usize, ow: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+pub(crate) fn for_each_tap(
+    g: &ConvGeometry,
+    oh: usize,
+    ow: usize,
+    mut f: impl FnMut(usize, usize, usize, usize, usize),
+) {
     for c in 0..g.in_channels {
         for i in 0..g.kernel_h {
             let ih = (oh * g.stride + i) as isize - g.pad as isize;

@@ -36,23 +36,11 @@ pub(crate) fn zoo_convs(name: &str, batch: usize, size: usize) -> Vec<(ConvGeome
 /// output channel `k`, output pixel `(oy, ox)`).
 pub(crate) fn conv_value_f64(g: &ConvGeometry, x: &[f32], w: &[f32], n: usize, k: usize, oy: usize, ox: usize) -> f64 {
     let mut acc = 0.0f64;
-    for c in 0..g.in_channels {
-        for ky in 0..g.kernel_h {
-            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-            if iy < 0 || iy >= g.in_h as isize {
-                continue;
-            }
-            for kx in 0..g.kernel_w {
-                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                if ix < 0 || ix >= g.in_w as isize {
-                    continue;
-                }
-                let xv = x[((n * g.in_channels + c) * g.in_h + iy as usize) * g.in_w + ix as usize];
-                let wv = w[((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w + kx];
-                acc += xv as f64 * wv as f64;
-            }
-        }
-    }
+    crate::kernels::conv::for_each_tap(g, oy, ox, |c, ky, kx, iy, ix| {
+        let xv = x[((n * g.in_channels + c) * g.in_h + iy) * g.in_w + ix];
+        let wv = w[((k * g.in_channels + c) * g.kernel_h + ky) * g.kernel_w + kx];
+        acc += xv as f64 * wv as f64;
+    });
     acc
 }
 
