@@ -17,9 +17,9 @@ pub mod train;
 pub use choose::{Algo, ConvChoice};
 pub use train::TrainingPlan;
 
+use crate::kernels::blocked::dense::dense;
 use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
-use crate::kernels::gemm::{gemm, MatMut, MatRef};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
 use crate::layout::Blocked;
@@ -491,18 +491,8 @@ impl ExecutionPlan {
                     global_avg_pool::<F32xBlock>(shape, &self.arena[off..off + shape.len()], features);
                     let classes = self.config.num_classes;
                     let logits = &mut self.logits[..n * classes];
-                    let bias = params.tensor("fc.bias");
-                    for row in logits.chunks_mut(classes) {
-                        row.copy_from_slice(bias);
-                    }
-                    let w = MatRef::row_major(params.tensor("fc.weight"), classes, shape.c);
-                    gemm(
-                        1.0,
-                        MatRef::row_major(features, n, shape.c),
-                        w.t(),
-                        1.0,
-                        MatMut::row_major(logits, n, classes),
-                    );
+                    let (w, b) = (params.tensor("fc.weight"), params.tensor("fc.bias"));
+                    dense::<F32xBlock>(n, shape.c, features, w, b, logits);
                 }
             }
             if let (Some(t), Some(times)) = (started, self.step_seconds.as_mut()) {
