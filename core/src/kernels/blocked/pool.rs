@@ -17,22 +17,42 @@ pub fn max_pool<V: Vector>(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut 
     assert_eq!(x.len(), input.len(), "max_pool: input length");
     assert_eq!(y.len(), out.len(), "max_pool: output length");
     let planes = input.n * input.blocks();
+    let b = V::LANES;
+    if input.plane_len() == 0 {
+        return;
+    }
     let y = SharedOut::new(y);
     let parts: Vec<_> = split::ranges(planes, split::parts(planes)).collect();
     parts.into_par_iter().for_each(|range| {
         for plane in range {
             let (n, cb) = (plane / input.blocks(), plane % input.blocks());
+            let src = &x[input.at(n, cb, 0, 0)..][..input.plane_len()];
+            let row_len = input.w * b;
             for oy in 0..g.out_h {
                 let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
+                let rows = &src[y0 * row_len..y1 * row_len];
+                let dst = out.at(n, cb, oy, 0);
                 for ox in 0..g.out_w {
                     let (x0, x1) = window(ox, g.stride, g.pad, g.kernel, g.in_w);
                     let mut m = V::splat(f32::NEG_INFINITY);
-                    for iy in y0..y1 {
-                        for ix in x0..x1 {
-                            m = m.max_nan(V::load(&x[input.at(n, cb, iy, ix)..]));
+                    if g.kernel == 3 && x1 - x0 == 3 && y1 - y0 == 3 {
+                        let at = x0 * b;
+                        for r in 0..3 {
+                            let row = &rows[r * row_len + at..][..3 * b];
+                            m = m
+                                .max_nan(V::load(row))
+                                .max_nan(V::load(&row[b..]))
+                                .max_nan(V::load(&row[2 * b..]));
+                        }
+                        y.store(dst + ox * b, m);
+                        continue;
+                    }
+                    for row in rows.chunks_exact(row_len) {
+                        for px in row[x0 * b..x1 * b].chunks_exact(b) {
+                            m = m.max_nan(V::load(px));
                         }
                     }
-                    y.store(out.at(n, cb, oy, ox), m);
+                    y.store(dst + ox * b, m);
                 }
             }
         }
