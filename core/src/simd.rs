@@ -79,6 +79,9 @@ pub trait Vector:
     /// The larger of each pair of lanes; NaN in either operand gives NaN, as PyTorch's
     /// max pooling propagates it.
     fn max_nan(self, o: Self) -> Self;
+    /// `self` where `y > 0`, else 0: the gradient through a ReLU whose output was `y`
+    /// (a NaN output passes no gradient, as PyTorch's `threshold_backward`).
+    fn relu_mask(self, y: Self) -> Self;
     /// The lanes as an array.
     fn to_lanes(self) -> Vec<f32>;
 }
@@ -127,6 +130,10 @@ macro_rules! impl_vector {
             #[inline(always)]
             fn max_nan(self, o: Self) -> Self {
                 (self.simd_lt(o) | o.is_nan()).select(o, self)
+            }
+            #[inline(always)]
+            fn relu_mask(self, y: Self) -> Self {
+                y.simd_gt(Self::ZERO).select(self, Self::ZERO)
             }
             fn to_lanes(self) -> Vec<f32> {
                 self.to_array().to_vec()

@@ -1,0 +1,327 @@
+//! Training-mode batch normalisation on the channel-blocked layout. Each vector holds one
+//! pixel's block of channels, so every statistic is a plain vertical sum: no gather, no
+//! per-channel loop. Sums run in f32 vectors along one row and in f64 across rows, in
+//! tasks cut by [`split`] and reduced in task order, so the result depends only on the
+//! thread count.
+//!
+//! The forward pass keeps the convolution's output `z` (not `xhat`): the backward pass
+//! recomputes `xhat = (z - mean) * inv_std` as it reads `z`, which saves writing and
+//! reading a third activation. The ReLU after a batch norm is fused into the forward
+//! pass, and its backward (`dy = 0` where the output is not positive) into the backward
+//! pass.
+
+use crate::kernels::shared_out::SharedOut;
+use crate::kernels::split;
+use crate::layout::Blocked;
+use crate::simd::Vector;
+use rayon::prelude::*;
+
+/// Rows (one image, one channel block, one output row) of `shape`, the unit of work.
+fn rows(shape: Blocked) -> usize {
+    shape.n * shape.blocks() * shape.h
+}
+
+/// The channel block of row `r` of `shape` and the index of its first value.
+fn row_start(shape: Blocked, r: usize) -> (usize, usize) {
+    let (y, rest) = (r % shape.h, r / shape.h);
+    let (cb, n) = (rest % shape.blocks(), rest / shape.blocks());
+    (cb, shape.at(n, cb, y, 0))
+}
+
+/// Per-lane sums over the whole activation of `f(i, row)` (a vector per row), in f64:
+/// `out[c]` for every padded channel `c`. `partials` is scratch, grown once.
+fn channel_sums<V: Vector>(
+    shape: Blocked,
+    partials: &mut Vec<f64>,
+    out: &mut [f64],
+    f: impl Fn(usize, usize, usize) -> V + Sync,
+) {
+    let lanes = V::LANES;
+    let channels = shape.padded_channels();
+    assert_eq!(shape.block, lanes, "batch norm: block");
+    assert!(out.len() >= channels, "batch norm: one sum per padded channel");
+    let units = rows(shape);
+    let parts = split::parts(units);
+    partials.clear();
+    partials.resize(parts * channels, 0.0);
+    partials
+        .par_chunks_mut(channels.max(1))
+        .enumerate()
+        .for_each(|(task, acc)| {
+            let Some(range) = split::ranges(units, parts).nth(task) else {
+                return;
+            };
+            for r in range {
+                let (cb, at) = row_start(shape, r);
+                let s = f(cb, at, shape.w);
+                for (a, v) in acc[cb * lanes..(cb + 1) * lanes].iter_mut().zip(s.to_lanes()) {
+                    *a += v as f64;
+                }
+            }
+        });
+    out[..channels].fill(0.0);
+    for part in partials.chunks(channels.max(1)) {
+        for (o, p) in out.iter_mut().zip(part) {
+            *o += p;
+        }
+    }
+}
+
+/// Per-channel mean and biased variance of `z` (padded channels included), in f64; the
+/// variance is taken around a first estimate of the mean (a second pass), which keeps
+/// it exact for activations far from zero.
+pub fn moments<V: Vector>(shape: Blocked, z: &[f32], partials: &mut Vec<f64>, mean: &mut [f64], var: &mut [f64]) {
+    assert_eq!(z.len(), shape.len(), "batch norm: input length");
+    let b = V::LANES;
+    let count = (shape.n * shape.h * shape.w).max(1) as f64;
+    channel_sums::<V>(shape, partials, mean, |_, at, w| {
+        let mut s = V::ZERO;
+        for px in z[at..at + w * b].chunks_exact(b) {
+            s = s + V::load(px);
+        }
+        s
+    });
+    mean.iter_mut().for_each(|m| *m /= count);
+    let mu: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    channel_sums::<V>(shape, partials, var, |cb, at, w| {
+        let m = V::load(&mu[cb * b..]);
+        let mut s = V::ZERO;
+        for px in z[at..at + w * b].chunks_exact(b) {
+            let d = V::load(px) - m;
+            s = d.mul_add(d, s);
+        }
+        s
+    });
+    var.iter_mut().for_each(|v| *v /= count);
+}
+
+/// `y = scale * z + shift` per channel, then `max(0, y)` with `relu` (NaN stays NaN).
+/// `scale` and `shift` hold one value per padded channel.
+pub fn apply<V: Vector>(shape: Blocked, z: &[f32], scale: &[f32], shift: &[f32], relu: bool, y: &mut [f32]) {
+    assert_eq!(z.len(), shape.len(), "batch norm: input length");
+    assert_eq!(y.len(), shape.len(), "batch norm: output length");
+    let b = V::LANES;
+    let units = rows(shape);
+    let out = SharedOut::new(y);
+    let parts = split::parts(units);
+    (0..parts).into_par_iter().for_each(|task| {
+        let Some(range) = split::ranges(units, parts).nth(task) else {
+            return;
+        };
+        for r in range {
+            let (cb, at) = row_start(shape, r);
+            let (s, t) = (V::load(&scale[cb * b..]), V::load(&shift[cb * b..]));
+            for (i, px) in z[at..at + shape.w * b].chunks_exact(b).enumerate() {
+                let v = V::load(px).mul_add(s, t);
+                out.store(at + i * b, if relu { v.relu() } else { v });
+            }
+        }
+    });
+}
+
+/// The gradient reaching the batch norm's output: `dy`, zeroed where the fused ReLU's
+/// output `y` was not positive (when `y` is given).
+#[inline(always)]
+fn masked<V: Vector>(dy: V, y: Option<V>) -> V {
+    match y {
+        Some(y) => dy.relu_mask(y),
+        None => dy,
+    }
+}
+
+/// Per-channel `sum(dy)` and `sum(dy * (z - mean))` in f64, `dy` masked by the fused
+/// ReLU's output `y` when given: with `inv_std`, the gradients of beta and gamma.
+#[allow(clippy::too_many_arguments)]
+pub fn grad_sums<V: Vector>(
+    shape: Blocked,
+    dy: &[f32],
+    y: Option<&[f32]>,
+    z: &[f32],
+    mean: &[f32],
+    partials: &mut Vec<f64>,
+    sum_dy: &mut [f64],
+    sum_dy_zc: &mut [f64],
+) {
+    assert_eq!(dy.len(), shape.len(), "batch norm backward: gradient length");
+    assert_eq!(z.len(), shape.len(), "batch norm backward: input length");
+    let b = V::LANES;
+    channel_sums::<V>(shape, partials, sum_dy, |_, at, w| {
+        let mut s = V::ZERO;
+        for i in 0..w {
+            let p = at + i * b;
+            s = s + masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
+        }
+        s
+    });
+    channel_sums::<V>(shape, partials, sum_dy_zc, |cb, at, w| {
+        let m = V::load(&mean[cb * b..]);
+        let mut s = V::ZERO;
+        for i in 0..w {
+            let p = at + i * b;
+            let d = masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
+            s = d.mul_add(V::load(&z[p..]) - m, s);
+        }
+        s
+    });
+}
+
+/// Input gradient of training-mode batch norm, per channel
+/// `dz = k * (dy - mean(dy)) - k2 * (z - mean)`, with `dy` masked by the fused ReLU's
+/// output `y` when given; the caller folds the statistics into `k = gamma * inv_std`,
+/// `k2 = gamma * inv_std^3 * mean(dy * (z - mean))` and `mdy = mean(dy)`.
+#[allow(clippy::too_many_arguments)]
+pub fn input_grad<V: Vector>(
+    shape: Blocked,
+    dy: &[f32],
+    y: Option<&[f32]>,
+    z: &[f32],
+    mean: &[f32],
+    k: &[f32],
+    k2: &[f32],
+    mdy: &[f32],
+    dz: &mut [f32],
+) {
+    assert_eq!(dz.len(), shape.len(), "batch norm backward: output length");
+    let b = V::LANES;
+    let units = rows(shape);
+    let out = SharedOut::new(dz);
+    let parts = split::parts(units);
+    (0..parts).into_par_iter().for_each(|task| {
+        let Some(range) = split::ranges(units, parts).nth(task) else {
+            return;
+        };
+        for r in range {
+            let (cb, at) = row_start(shape, r);
+            let c = cb * b;
+            let (m, kk, kk2, md) = (
+                V::load(&mean[c..]),
+                V::load(&k[c..]),
+                V::load(&k2[c..]),
+                V::load(&mdy[c..]),
+            );
+            for i in 0..shape.w {
+                let p = at + i * b;
+                let d = masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
+                let zc = V::load(&z[p..]) - m;
+                out.store(p, kk * (d - md) - kk2 * zc);
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::norm::{self as nchw, NormGeometry};
+    use crate::kernels::test_util::{max_rel_err, random};
+    use crate::layout::{from_blocked, to_blocked};
+    use crate::rng::Rng;
+
+    /// Forward and backward against the NCHW batch norm of `kernels::norm` (f64 sums),
+    /// with a large common offset that a careless f32 variance would lose.
+    fn check<V: Vector>() {
+        let mut rng = Rng::new(11);
+        for (n, c, h, w) in [(2, 19, 3, 5), (3, 16, 4, 4), (1, 40, 7, 2)] {
+            let shape = Blocked::new(n, c, h, w, V::LANES);
+            let g = NormGeometry {
+                batch: n,
+                channels: c,
+                plane: h * w,
+            };
+            let plain: Vec<f32> = random(&mut rng, n * c * h * w).iter().map(|v| v + 50.0).collect();
+            let mut z = vec![0.0; shape.len()];
+            to_blocked(&plain, shape, &mut z);
+            let pc = shape.padded_channels();
+            let (mut mean, mut var, mut partials) = (vec![0.0; pc], vec![0.0; pc], Vec::new());
+            moments::<V>(shape, &z, &mut partials, &mut mean, &mut var);
+            let (mut m_ref, mut v_ref) = (vec![0.0; c], vec![0.0; c]);
+            nchw::channel_moments(&g, &plain, &mut m_ref, &mut v_ref);
+            for ch in 0..c {
+                assert!(
+                    (mean[ch] - m_ref[ch]).abs() < 1e-6 * m_ref[ch].abs().max(1.0),
+                    "mean {ch}"
+                );
+                assert!((var[ch] - v_ref[ch]).abs() < 1e-5 * v_ref[ch].max(1e-3), "var {ch}");
+            }
+            // Apply with ReLU, then the backward with the ReLU mask.
+            let gamma = random(&mut rng, c);
+            let beta = random(&mut rng, c);
+            let inv_std: Vec<f32> = v_ref.iter().map(|v| (1.0 / (v + 1e-5).sqrt()) as f32).collect();
+            let mu: Vec<f32> = m_ref.iter().map(|&m| m as f32).collect();
+            let mut scale = vec![0.0; pc];
+            let mut shift = vec![0.0; pc];
+            for ch in 0..c {
+                scale[ch] = gamma[ch] * inv_std[ch];
+                shift[ch] = beta[ch] - mu[ch] * scale[ch];
+            }
+            let mut y = vec![f32::NAN; shape.len()];
+            apply::<V>(shape, &z, &scale, &shift, true, &mut y);
+            let (mut xhat_ref, mut y_ref) = (vec![0.0; plain.len()], vec![0.0; plain.len()]);
+            nchw::normalize(
+                &g,
+                &plain,
+                &mu,
+                &inv_std,
+                &gamma,
+                &beta,
+                true,
+                &mut xhat_ref,
+                &mut y_ref,
+            );
+            let mut y_plain = vec![0.0; plain.len()];
+            from_blocked(&y, shape, &mut y_plain);
+            assert!(max_rel_err(&y_plain, &y_ref) < 1e-5);
+            // Backward: dy masked by the ReLU against the NCHW kernels on the masked dy.
+            let dy_plain = random(&mut rng, plain.len());
+            let mut dy = vec![0.0; shape.len()];
+            to_blocked(&dy_plain, shape, &mut dy);
+            let masked_plain: Vec<f32> = dy_plain
+                .iter()
+                .zip(&y_ref)
+                .map(|(&d, &y)| if y <= 0.0 { 0.0 } else { d })
+                .collect();
+            let (mut s1, mut s2) = (vec![0.0; pc], vec![0.0; pc]);
+            let mut mean_p = vec![0.0; pc];
+            mean_p[..c].copy_from_slice(&mu);
+            grad_sums::<V>(shape, &dy, Some(&y), &z, &mean_p, &mut partials, &mut s1, &mut s2);
+            let (mut r1, mut r2) = (vec![0.0; c], vec![0.0; c]);
+            nchw::grad_sums(&g, &masked_plain, &xhat_ref, &mut r1, &mut r2);
+            let count = (n * h * w) as f64;
+            let (mut k, mut k2, mut mdy) = (vec![0.0; pc], vec![0.0; pc], vec![0.0; pc]);
+            for ch in 0..c {
+                assert!((s1[ch] - r1[ch]).abs() < 1e-4 * r1[ch].abs().max(1.0), "sum dy {ch}");
+                let dyx = s2[ch] * inv_std[ch] as f64;
+                assert!((dyx - r2[ch]).abs() < 1e-4 * r2[ch].abs().max(1.0), "sum dy xhat {ch}");
+                let is = inv_std[ch] as f64;
+                k[ch] = gamma[ch] * inv_std[ch];
+                k2[ch] = (gamma[ch] as f64 * is * is * is * s2[ch] / count) as f32;
+                mdy[ch] = (s1[ch] / count) as f32;
+            }
+            let mut dz = vec![f32::NAN; shape.len()];
+            input_grad::<V>(shape, &dy, Some(&y), &z, &mean_p, &k, &k2, &mdy, &mut dz);
+            let mut dx_ref = vec![0.0; plain.len()];
+            nchw::input_grad(
+                &g,
+                &masked_plain,
+                &xhat_ref,
+                &inv_std,
+                &gamma,
+                &r1,
+                &r2,
+                true,
+                &mut dx_ref,
+            );
+            let mut dz_plain = vec![0.0; plain.len()];
+            from_blocked(&dz, shape, &mut dz_plain);
+            let err = max_rel_err(&dz_plain, &dx_ref);
+            assert!(err < 1e-4, "input grad {err}");
+        }
+    }
+
+    #[test]
+    fn blocked_batch_norm_matches_the_nchw_kernels_at_every_block() {
+        check::<wide::f32x4>();
+        check::<wide::f32x8>();
+        check::<wide::f32x16>();
+    }
+}
