@@ -161,10 +161,122 @@ pub fn zero_pad_shortcut(input: Blocked, x: &[f32], output: Blocked, stride: usi
     });
 }
 
+/// Training max pooling: [`max_pool`] that also records, per output value, the index
+/// (`iy * in_w + ix`) of the input pixel that won, for [`max_pool_backward`]. The first
+/// maximum wins and NaN propagates, as in PyTorch; one lane at a time (it runs once per
+/// network, on the stem).
+pub fn max_pool_with_argmax(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut [f32], argmax: &mut [u32]) {
+    let out = input.with_hw(g.out_h, g.out_w);
+    assert_eq!(x.len(), input.len(), "max_pool_with_argmax: input length");
+    assert_eq!(y.len(), out.len(), "max_pool_with_argmax: output length");
+    assert_eq!(argmax.len(), out.len(), "max_pool_with_argmax: argmax length");
+    let b = input.block;
+    let (ip, op) = (input.plane_len(), out.plane_len());
+    if op == 0 {
+        return;
+    }
+    y.par_chunks_mut(op)
+        .zip(argmax.par_chunks_mut(op))
+        .zip(x.par_chunks(ip.max(1)))
+        .for_each(|((y, am), x)| {
+            for oy in 0..g.out_h {
+                let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
+                for ox in 0..g.out_w {
+                    let (x0, x1) = window(ox, g.stride, g.pad, g.kernel, g.in_w);
+                    for lane in 0..b {
+                        let (mut best, mut best_i) = (f32::NEG_INFINITY, 0u32);
+                        for iy in y0..y1 {
+                            for ix in x0..x1 {
+                                let v = x[(iy * g.in_w + ix) * b + lane];
+                                if v > best || v.is_nan() {
+                                    best = v;
+                                    best_i = (iy * g.in_w + ix) as u32;
+                                }
+                            }
+                        }
+                        let o = (oy * g.out_w + ox) * b + lane;
+                        y[o] = best;
+                        am[o] = best_i;
+                    }
+                }
+            }
+        });
+}
+
+/// `dx` (overwritten): each output gradient of `dy` added to the input pixel that won
+/// ([`max_pool_with_argmax`]'s `argmax`). Planes are independent tasks.
+pub fn max_pool_backward(input: Blocked, out: Blocked, dy: &[f32], argmax: &[u32], dx: &mut [f32]) {
+    assert_eq!(dy.len(), out.len(), "max_pool_backward: gradient length");
+    assert_eq!(argmax.len(), out.len(), "max_pool_backward: argmax length");
+    assert_eq!(dx.len(), input.len(), "max_pool_backward: input gradient length");
+    let b = input.block;
+    let (ip, op) = (input.plane_len(), out.plane_len());
+    if ip == 0 {
+        return;
+    }
+    dx.par_chunks_mut(ip)
+        .zip(dy.par_chunks(op.max(1)))
+        .zip(argmax.par_chunks(op.max(1)))
+        .for_each(|((dx, dy), am)| {
+            dx.fill(0.0);
+            for (o, (&d, &i)) in dy.iter().zip(am).enumerate() {
+                dx[i as usize * b + o % b] += d;
+            }
+        });
+}
+
+/// The adjoint of [`global_avg_pool`]: `dx[n, c, y, x] = dy[n, c] / (h * w)` (plain
+/// `n x c` gradients in, the blocked layout `input` out, padding channels zero).
+pub fn global_avg_pool_backward(input: Blocked, dy: &[f32], dx: &mut [f32]) {
+    assert_eq!(dy.len(), input.n * input.c, "global_avg_pool_backward: gradient length");
+    assert_eq!(dx.len(), input.len(), "global_avg_pool_backward: output length");
+    let inv = 1.0 / (input.h * input.w).max(1) as f32;
+    let b = input.block;
+    assert!(b <= 16, "global_avg_pool_backward: blocks of at most 16 channels");
+    let image = input.image_len();
+    if image == 0 {
+        return;
+    }
+    dx.par_chunks_mut(image).enumerate().for_each(|(n, img)| {
+        let mut block = [0.0f32; 16];
+        let lanes = &mut block[..b];
+        for cb in 0..input.blocks() {
+            for (lane, v) in lanes.iter_mut().enumerate() {
+                let c = cb * b + lane;
+                *v = if c < input.c { dy[n * input.c + c] * inv } else { 0.0 };
+            }
+            let plane = &mut img[cb * input.plane_len()..][..input.plane_len()];
+            for px in plane.chunks_exact_mut(b) {
+                px.copy_from_slice(lanes);
+            }
+        }
+    });
+}
+
+/// The adjoint of [`zero_pad_shortcut`]: `dx[n, c, y * s, x * s] += dy[n, c + pad, y, x]`.
+pub fn zero_pad_shortcut_backward_add(input: Blocked, dx: &mut [f32], output: Blocked, stride: usize, dy: &[f32]) {
+    assert_eq!(dx.len(), input.len(), "zero_pad_shortcut_backward_add: input length");
+    assert_eq!(dy.len(), output.len(), "zero_pad_shortcut_backward_add: output length");
+    let pad = (output.c - input.c) / 2;
+    let image = input.image_len();
+    if image == 0 {
+        return;
+    }
+    dx.par_chunks_mut(image).enumerate().for_each(|(n, dx_img)| {
+        for c in 0..input.c {
+            for oy in 0..output.h {
+                for ox in 0..output.w {
+                    dx_img[input.index(0, c, oy * stride, ox * stride)] += dy[output.index(n, c + pad, oy, ox)];
+                }
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::random;
+    use crate::kernels::test_util::{max_rel_err, random};
     use crate::layout::{from_blocked, to_blocked};
     use crate::rng::Rng;
 
@@ -252,6 +364,72 @@ mod tests {
             from_blocked(&y, output, &mut got);
             assert_eq!(got, want, "block {block}");
             assert!(y.iter().all(|v| !v.is_nan()));
+        }
+    }
+
+    #[test]
+    fn training_pool_and_shortcut_passes_match_the_nchw_layers() {
+        use crate::layers::Dims;
+        let mut rng = Rng::new(8);
+        for block in [4, 8, 16] {
+            // Max pooling with argmax and its backward, against the NCHW kernels.
+            let (n, c, h, w) = (2, 19, 9, 7);
+            let g = PoolGeometry::new(n, c, h, w, 3, 2, 1).unwrap();
+            let mut plain = random(&mut rng, n * c * h * w);
+            plain[3] = f32::NAN;
+            let input = Blocked::new(n, c, h, w, block);
+            let out = input.with_hw(g.out_h, g.out_w);
+            let mut x = vec![0.0; input.len()];
+            to_blocked(&plain, input, &mut x);
+            let (mut y, mut am) = (vec![0.0; out.len()], vec![0u32; out.len()]);
+            max_pool_with_argmax(&g, input, &x, &mut y, &mut am);
+            let op = n * c * g.out_h * g.out_w;
+            let (mut y_ref, mut am_ref) = (vec![0.0; op], vec![0u32; op]);
+            crate::kernels::pool::max_pool_forward(&g, &plain, &mut y_ref, &mut am_ref);
+            let mut y_plain = vec![0.0; op];
+            from_blocked(&y, out, &mut y_plain);
+            for (a, b) in y_plain.iter().zip(&y_ref) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{a} vs {b}");
+            }
+            let dy_plain = random(&mut rng, op);
+            let mut dy = vec![0.0; out.len()];
+            to_blocked(&dy_plain, out, &mut dy);
+            let mut dx = vec![f32::NAN; input.len()];
+            max_pool_backward(input, out, &dy, &am, &mut dx);
+            let mut dx_ref = vec![0.0; plain.len()];
+            crate::kernels::pool::max_pool_backward(&g, &dy_plain, &am_ref, &mut dx_ref);
+            let mut dx_plain = vec![0.0; plain.len()];
+            from_blocked(&dx, input, &mut dx_plain);
+            assert!(max_rel_err(&dx_plain, &dx_ref) < 1e-6, "block {block}");
+            // Global average pooling's backward.
+            let feats = random(&mut rng, n * c);
+            let mut dx = vec![f32::NAN; input.len()];
+            global_avg_pool_backward(input, &feats, &mut dx);
+            let mut want = vec![0.0; plain.len()];
+            crate::kernels::pool::avg_pool_backward(h * w, &feats, &mut want);
+            from_blocked(&dx, input, &mut dx_plain);
+            assert!(max_rel_err(&dx_plain, &want) < 1e-6);
+            assert!(dx.iter().all(|v| v.is_finite()), "padding channels are zero");
+            // The option-A shortcut's adjoint.
+            let (input, output) = (Blocked::new(n, 16, 8, 6, block), Blocked::new(n, 32, 4, 3, block));
+            let dy_plain = random(&mut rng, n * 32 * 4 * 3);
+            let mut dy = vec![0.0; output.len()];
+            to_blocked(&dy_plain, output, &mut dy);
+            let base = random(&mut rng, n * 16 * 8 * 6);
+            let mut dx = vec![0.0; input.len()];
+            to_blocked(&base, input, &mut dx);
+            zero_pad_shortcut_backward_add(input, &mut dx, output, 2, &dy);
+            let mut want = base.clone();
+            crate::layers::shortcut::option_a_backward_add(
+                &dy_plain,
+                Dims::new(n, 16, 8, 6),
+                Dims::new(n, 32, 4, 3),
+                2,
+                &mut want,
+            );
+            let mut got = vec![0.0; want.len()];
+            from_blocked(&dx, input, &mut got);
+            assert_eq!(got, want, "block {block}");
         }
     }
 }
