@@ -100,3 +100,52 @@ fn running_statistics_move_with_momentum_and_the_unbiased_variance() {
     assert_eq!(p.tensor("bn1.running_mean")[1], 0.0);
     assert_eq!(p.tensor("bn1.running_var")[1], 0.9);
 }
+
+/// The blocked plan against its layer-by-layer NCHW twin: logits, every gradient and
+/// the running statistics after one training pass agree to rounding, for each kind of
+/// block, shortcut and stem.
+#[test]
+fn the_blocked_plan_matches_its_nchw_twin() {
+    use resnet_core::plan::train_nchw::NchwTrainingPlan;
+    let configs = [
+        ResNetConfig::named("resnet8").unwrap(),
+        ResNetConfig::named("resnet8").unwrap().with_shortcut(ShortcutOption::B),
+        ResNetConfig::named("plain8").unwrap(),
+        small_bottleneck(BottleneckStride::Conv1x1),
+    ];
+    for config in configs {
+        let (n, size) = (3, 16);
+        let classes = config.num_classes;
+        let mut rng = Rng::new(9);
+        let x = randn(&mut rng, n * 3 * size * size);
+        let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
+        let (mut p, mut q) = (
+            Params::new(config.clone(), 3).unwrap(),
+            Params::new(config.clone(), 3).unwrap(),
+        );
+        let mut blocked = TrainingPlan::new(&config, n, size, size).unwrap();
+        let mut twin = NchwTrainingPlan::new(&config, n, size, size).unwrap();
+        let a = blocked.forward_train(&mut p, &x, n).unwrap().to_vec();
+        let b = twin.forward_train(&mut q, &x, n).unwrap().to_vec();
+        let mut d = vec![0.0; a.len()];
+        softmax_cross_entropy(&b, &labels, classes, &mut d).unwrap();
+        p.grads_mut().fill(0.0);
+        q.grads_mut().fill(0.0);
+        blocked.backward(&mut p, &d).unwrap();
+        twin.backward(&mut q, &d).unwrap();
+        let close = |what: &str, got: &[f32], want: &[f32], tol: f32| {
+            let scale = want.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+            let err = got.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, |m, e| {
+                if e.is_nan() {
+                    f32::INFINITY
+                } else {
+                    m.max(e)
+                }
+            });
+            assert!(err <= tol * scale, "{}: {what} differ by {err} of {scale}", config.name);
+        };
+        close("logits", &a, &b, 1e-5);
+        close("gradients", p.grads(), q.grads(), 1e-4);
+        close("running statistics", p.buffers(), q.buffers(), 1e-5);
+    }
+}

@@ -13,6 +13,7 @@
 pub mod arena;
 pub mod choose;
 pub mod train;
+pub mod train_nchw;
 
 pub use choose::{Algo, ConvChoice};
 pub use train::TrainingPlan;

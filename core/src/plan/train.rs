@@ -1,47 +1,85 @@
-//! `TrainingPlan`: the training schedule of one network at one input shape and batch,
-//! built once and reused every step. It is the training twin of the inference
-//! [`ExecutionPlan`](super::ExecutionPlan): the weights stay in [`Params`], which the
-//! plan reads and whose gradients and running statistics it writes, found by the entry
-//! offsets of [`Params::layout_of`]; the plan holds everything else.
+//! `TrainingPlan`: the training step of one network at one input shape and batch on the
+//! channel-blocked layout of the inference plan, built once and reused every step. The
+//! weights stay in [`Params`], which the plan reads and whose gradients and running
+//! statistics it writes; the plan holds everything else.
 //!
-//! - One arena (llm.c's single allocation), laid out up front in fixed slots: the input
-//!   copy, every batch norm's `xhat` and output, every block's output (what backward
-//!   reads again), the saved per-channel mean and `1/std`, a scratch slot for the
-//!   convolution output that the batch norm consumes at once, the features and logits,
-//!   and five gradient slots as large as the largest activation, reused by every layer.
-//!   A call with fewer images than the plan's batch runs on a prefix of every slot.
-//! - The algorithm of each pass of each convolution, chosen by `kernels::plan` (the
-//!   NCHW chooser) when the plan is built; workspaces (Winograd filters rebuilt every
-//!   step, backward-filter partials) reused across calls, so a steady-state step
-//!   allocates nothing.
+//! - One arena, laid out up front in fixed slots: a copy of the NCHW input (the stem's
+//!   backward-filter reads it), every convolution's output `z` and its batch norm's
+//!   output `y` (what backward reads again: batch norm recomputes `xhat` from `z`), every
+//!   block's output, the features and logits, and five gradient slots as large as the
+//!   largest activation, reused by every layer. A call with fewer images than the plan's
+//!   batch runs on a prefix of every slot.
+//! - Derived weights for every pass of every convolution (packed or Winograd-transformed
+//!   forward filters; flipped and transposed filters for backward-data), remade once per
+//!   [`Params::version`] of the weights, i.e. once per optimizer step.
+//! - The algorithm of each pass, chosen by the inference plan's rule (`choose::auto`) on
+//!   its geometry: the forward pass and the stride-1 backward-data (a forward convolution
+//!   of the output gradient with the flipped, transposed filters) run the inference
+//!   kernels; strided backward-data and backward-filter run their own blocked kernels.
 //!
-//! Activations are NCHW here (moving training to the blocked layout of inference is a
-//! later step). The step order is the paper's network: stem conv-BN-ReLU (and max
-//! pooling), blocks of conv-BN(-ReLU) stages with the shortcut added before the last
-//! ReLU, global average pooling, the classifier; backward walks it in reverse, each layer
-//! through the forward/backward pair of its file in `layers`.
+//! The step order is the paper's network: stem conv-BN-ReLU (and max pooling), blocks of
+//! conv-BN(-ReLU) stages with the shortcut added before the last ReLU, global average
+//! pooling, the classifier; backward walks it in reverse. Its twin, layer by layer in
+//! NCHW, is [`super::train_nchw::NchwTrainingPlan`].
 
+use super::choose::{self, Algo, ConvChoice};
+use crate::kernels::blocked::norm;
+use crate::kernels::blocked::pool::{
+    global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
+    zero_pad_shortcut_backward_add,
+};
+use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::norm::NormGeometry;
 use crate::kernels::pool::PoolGeometry;
-use crate::layers::conv::{self, ConvAlgos, ConvWorkspace};
-use crate::layers::{batchnorm, linear, pool, relu, shortcut, Dims};
+use crate::layers::batchnorm::{EPS, MOMENTUM};
+use crate::layers::{linear, pool, relu, Dims};
+use crate::layout::Blocked;
 use crate::model::{Arch, ConvBn, ResNetConfig, ShortcutKind};
 use crate::params::Entry;
+use crate::simd::{F32xBlock, BLOCK};
 use crate::{Error, Params, Result};
 use std::ops::Range;
 
-/// A region of the arena with `per_image` values for each of up to `batch` images.
+/// A region of the arena holding up to `batch` images of `shape` (shape at batch 1).
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     offset: usize,
-    per_image: usize,
+    shape: Blocked,
 }
 
 impl Slot {
+    fn per_image(&self) -> usize {
+        self.shape.len()
+    }
+
     /// The values of the first `n` images.
     fn at(self, n: usize) -> Range<usize> {
-        self.offset..self.offset + n * self.per_image
+        self.offset..self.offset + n * self.per_image()
+    }
+
+    /// The shape of the first `n` images.
+    fn shape(self, n: usize) -> Blocked {
+        Blocked { n, ..self.shape }
+    }
+}
+
+/// How backward-data of a convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataGradAlgo {
+    /// Stride 1: a forward convolution of the output gradient with the flipped,
+    /// transposed filters, by the given algorithm.
+    Forward(Algo),
+    /// Any stride: the blocked backward-data kernel.
+    Strided,
+}
+
+impl DataGradAlgo {
+    /// The name `resnet bench --layers --train` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            DataGradAlgo::Forward(a) => a.name(),
+            DataGradAlgo::Strided => "strided",
+        }
     }
 }
 
@@ -54,8 +92,13 @@ pub struct TrainConv {
     pub bn: String,
     /// The geometry at the plan's full batch.
     pub geometry: ConvGeometry,
-    /// The algorithm of each pass at the full batch.
-    pub algos: ConvAlgos,
+    /// Channels per block of its input: 1 for the stem, which reads NCHW.
+    pub in_block: usize,
+    /// The forward pass's algorithm.
+    pub forward: Algo,
+    /// The backward-data pass's algorithm (`None` for the stem, whose input needs no
+    /// gradient).
+    pub data_grad: Option<DataGradAlgo>,
     /// Whether a ReLU follows the batch norm (fused into it).
     pub relu: bool,
     weight: Range<usize>,
@@ -63,8 +106,12 @@ pub struct TrainConv {
     beta: Range<usize>,
     running_mean: Range<usize>,
     running_var: Range<usize>,
-    xhat: Slot,
+    /// Where its forward and backward-data weights lie in the plan's derived weights.
+    fwd_weights: Range<usize>,
+    data_weights: Range<usize>,
+    z: Slot,
     y: Slot,
+    /// Per padded channel: the batch mean and `1 / sqrt(var + eps)` the forward pass used.
     mean: Range<usize>,
     inv_std: Range<usize>,
 }
@@ -77,20 +124,27 @@ impl TrainConv {
         }
     }
 
-    fn algos_at(&self, g: &ConvGeometry) -> ConvAlgos {
-        if g.batch == self.geometry.batch {
-            self.algos
-        } else {
-            ConvAlgos::choose(g)
-        }
+    /// The geometry of its stride-1 backward-data as a forward convolution.
+    fn data_geometry(&self, n: usize) -> ConvGeometry {
+        transposed(&self.geometry_at(n))
     }
+}
 
-    fn norm_at(&self, n: usize) -> NormGeometry {
-        NormGeometry {
-            batch: n,
-            channels: self.geometry.out_channels,
-            plane: self.geometry.out_h * self.geometry.out_w,
-        }
+/// The stride-1 backward-data of `g` as a forward convolution: from the output gradient
+/// (`g.out_channels` at the output size) to the input gradient, padding `k - 1 - p`.
+fn transposed(g: &ConvGeometry) -> ConvGeometry {
+    ConvGeometry {
+        batch: g.batch,
+        in_channels: g.out_channels,
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_channels: g.in_channels,
+        kernel_h: g.kernel_h,
+        kernel_w: g.kernel_w,
+        stride: 1,
+        pad: g.kernel_h - 1 - g.pad,
+        out_h: g.in_h,
+        out_w: g.in_w,
     }
 }
 
@@ -111,19 +165,24 @@ struct Block {
     stages: Range<usize>,
     shortcut: Shortcut,
     input: Slot,
-    /// Per-image dimensions (`n` is 1) of the input and output.
-    in_dims: Dims,
-    out_dims: Dims,
     out: Slot,
 }
 
-/// What the steps write besides the arena: workspaces and small scratch.
+/// What the steps write besides the arena: derived weights and small scratch.
 struct Work {
     arena: Vec<f32>,
     argmax: Vec<u32>,
-    /// f64 scratch for batch-norm sums, two per channel.
-    moments: Vec<f64>,
-    ws: ConvWorkspace,
+    derived: Vec<f32>,
+    /// The weights' [`Params::version`] `derived` was made from.
+    derived_from: Option<u64>,
+    /// Flipped, transposed OIHW filters of one convolution while its backward-data
+    /// weights are made.
+    flipped: Vec<f32>,
+    /// Per padded channel f64 sums and per-task partials of the batch norms.
+    sums: [Vec<f64>; 2],
+    partials: Vec<f64>,
+    /// Per padded channel f32 coefficients of the batch norms.
+    coef: [Vec<f32>; 3],
 }
 
 /// A network's training step laid out for one input shape and batch (see the module
@@ -135,6 +194,7 @@ pub struct TrainingPlan {
     width: usize,
     convs: Vec<TrainConv>,
     blocks: Vec<Block>,
+    /// The NCHW input, as a slot of blocks of one channel.
     input: Slot,
     pool: Option<(PoolGeometry, Slot)>,
     /// The input of the first block (stem output, after pooling).
@@ -143,12 +203,11 @@ pub struct TrainingPlan {
     classes: usize,
     fc_weight: Range<usize>,
     fc_bias: Range<usize>,
-    feature_slot: Slot,
-    logit_slot: Slot,
-    scratch: Slot,
+    feature_slot: Range<usize>,
+    logit_slot: Range<usize>,
     pad: Slot,
-    /// Gradient slots: two that alternate between layers, the gradient at a block's
-    /// sum, and two within a block.
+    /// Gradient slots: two that alternate between blocks, the gradient at a block's
+    /// sum, and two within a block; each holds the largest activation.
     grads: [Slot; 5],
     work: Work,
     /// Images of the last training forward pass (0: none, backward cannot run).
@@ -171,22 +230,28 @@ struct Layout {
     batch: usize,
     len: usize,
     largest: usize,
+    derived: usize,
 }
 
 impl Layout {
-    fn slot(&mut self, per_image: usize) -> Slot {
+    fn slot(&mut self, shape: Blocked) -> Slot {
         let s = Slot {
             offset: self.len,
-            per_image,
+            shape: Blocked { n: 1, ..shape },
         };
-        self.len += per_image * self.batch;
-        self.largest = self.largest.max(per_image);
+        self.len += s.per_image() * self.batch;
+        self.largest = self.largest.max(s.per_image());
         s
     }
 
     fn fixed(&mut self, len: usize) -> Range<usize> {
         self.len += len;
         self.len - len..self.len
+    }
+
+    fn derived(&mut self, len: usize) -> Range<usize> {
+        self.derived += len;
+        self.derived - len..self.derived
     }
 }
 
@@ -199,6 +264,11 @@ fn entry<'a>(entries: &'a [Entry], name: &str) -> Result<&'a Entry> {
 
 fn range(e: &Entry) -> Range<usize> {
     e.offset..e.offset + e.len
+}
+
+/// A gradient slot holding `shape` (at batch 1) instead of its own.
+fn as_shape(s: Slot, shape: Blocked) -> Slot {
+    Slot { shape, ..s }
 }
 
 impl TrainingPlan {
@@ -215,23 +285,20 @@ impl TrainingPlan {
             batch,
             len: 0,
             largest: 0,
+            derived: 0,
         };
         let mut convs = Vec::new();
-        let add_conv = |lay: &mut Layout, convs: &mut Vec<TrainConv>, spec: &ConvBn, x: Dims, relu: bool| {
-            add_conv(convs, &entries, lay, batch, spec, x, relu)
-        };
-        let input_dims = Dims::new(1, config.in_channels, height, width);
-        let input = lay.slot(input_dims.len());
-        let mut d = add_conv(&mut lay, &mut convs, &arch.stem, input_dims, true)?;
+        let input = lay.slot(Blocked::nchw(1, config.in_channels, height, width));
+        let stem_out = add_conv(&mut convs, &entries, &mut lay, batch, &arch.stem, input.shape, true)?;
+        let mut d = stem_out;
         let mut body_input = convs[0].y;
         let mut pool = None;
         if arch.maxpool {
-            let g = pool::stem_max_pool(Dims { n: batch, ..d })?;
-            let out = Dims::new(1, d.c, g.out_h, g.out_w);
-            let slot = lay.slot(out.len());
+            let g = pool::stem_max_pool(Dims::new(batch, d.c, d.h, d.w))?;
+            let slot = lay.slot(d.with_hw(g.out_h, g.out_w));
             pool = Some((g, slot));
             body_input = slot;
-            d = out;
+            d = slot.shape;
         }
         let mut blocks = Vec::new();
         let mut cur = body_input;
@@ -240,7 +307,7 @@ impl TrainingPlan {
             let last = b.stages.len() - 1;
             let mut x = d;
             for (i, s) in b.stages.iter().enumerate() {
-                x = add_conv(&mut lay, &mut convs, s, x, i < last)?;
+                x = add_conv(&mut convs, &entries, &mut lay, batch, s, x, i < last)?;
             }
             let stages = first..convs.len();
             let shortcut = match &b.shortcut {
@@ -248,30 +315,32 @@ impl TrainingPlan {
                 ShortcutKind::Identity => Shortcut::Identity,
                 ShortcutKind::ZeroPad { stride } => Shortcut::ZeroPad { stride: *stride },
                 ShortcutKind::Projection(p) => {
-                    add_conv(&mut lay, &mut convs, p, d, false)?;
+                    add_conv(&mut convs, &entries, &mut lay, batch, p, d, false)?;
                     Shortcut::Projection(convs.len() - 1)
                 }
             };
-            let out = lay.slot(x.len());
+            let out = lay.slot(x);
             blocks.push(Block {
                 stages,
                 shortcut,
                 input: cur,
-                in_dims: d,
-                out_dims: x,
                 out,
             });
             cur = out;
             d = x;
         }
-        let feature_slot = lay.slot(arch.features);
-        let logit_slot = lay.slot(arch.classes);
-        let largest = lay.largest;
-        let scratch = lay.slot(largest);
+        let feature_slot = lay.fixed(batch * arch.features);
+        let logit_slot = lay.fixed(batch * arch.classes);
+        let largest = Blocked::nchw(1, lay.largest, 1, 1);
         let pad = lay.slot(largest);
         let grads = [(); 5].map(|_| lay.slot(largest));
-        let channels = arch.convs().map(|c| c.out_channels).max().unwrap_or(0);
-        let argmax = pool.map_or(0, |(g, _)| g.batch * g.channels * g.out_h * g.out_w);
+        let channels = arch
+            .convs()
+            .map(|c| c.out_channels.div_ceil(BLOCK) * BLOCK)
+            .max()
+            .unwrap_or(0);
+        let argmax = pool.map_or(0, |(_, s): (PoolGeometry, Slot)| batch * s.per_image());
+        let derived = lay.derived;
         Ok(TrainingPlan {
             config: config.clone(),
             batch,
@@ -288,14 +357,17 @@ impl TrainingPlan {
             fc_bias: range(entry(&entries, "fc.bias")?),
             feature_slot,
             logit_slot,
-            scratch,
             pad,
             grads,
             work: Work {
                 arena: vec![0.0; lay.len],
                 argmax: vec![0; argmax],
-                moments: vec![0.0; 2 * channels],
-                ws: ConvWorkspace::default(),
+                derived: vec![0.0; derived],
+                derived_from: None,
+                flipped: Vec::new(),
+                sums: [vec![0.0; channels], vec![0.0; channels]],
+                partials: Vec::new(),
+                coef: [vec![0.0; channels], vec![0.0; channels], vec![0.0; channels]],
             },
             last_n: 0,
         })
@@ -326,6 +398,11 @@ impl TrainingPlan {
         self.work.arena.len() * std::mem::size_of::<f32>()
     }
 
+    /// Bytes of the weights derived for the kernels (remade every optimizer step).
+    pub fn derived_weight_bytes(&self) -> usize {
+        self.work.derived.len() * std::mem::size_of::<f32>()
+    }
+
     fn check(&self, params: &Params) -> Result<()> {
         if params.config() != &self.config {
             return Err(Error::Config(format!(
@@ -337,6 +414,40 @@ impl TrainingPlan {
         Ok(())
     }
 
+    /// Remakes the derived weights when the weights changed since they were made.
+    fn derive(&mut self, params: &Params) {
+        if self.work.derived_from == Some(params.version()) {
+            return;
+        }
+        let w = &mut self.work;
+        let values = params.values();
+        for c in &self.convs {
+            let weight = &values[c.weight.clone()];
+            let g = &c.geometry;
+            choose::derive_weights_into(
+                c.forward,
+                g,
+                weight,
+                None,
+                c.in_block,
+                &mut w.derived[c.fwd_weights.clone()],
+            );
+            match c.data_grad {
+                Some(DataGradAlgo::Forward(algo)) => {
+                    flip_transpose(g, weight, &mut w.flipped);
+                    let t = transposed(g);
+                    let out = &mut w.derived[c.data_weights.clone()];
+                    choose::derive_weights_into(algo, &t, &w.flipped, None, BLOCK, out);
+                }
+                Some(DataGradAlgo::Strided) => {
+                    strided::pack(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]);
+                }
+                None => {}
+            }
+        }
+        w.derived_from = Some(params.version());
+    }
+
     /// The training-mode forward pass on `n` NCHW images (`n` at most the plan's batch):
     /// batch statistics in every batch norm, whose running statistics in `params` move
     /// towards them (momentum 0.1, unbiased variance). Keeps what [`TrainingPlan::backward`]
@@ -344,10 +455,13 @@ impl TrainingPlan {
     pub fn forward_train(&mut self, params: &mut Params, input: &[f32], n: usize) -> Result<&[f32]> {
         self.check(params)?;
         self.last_n = 0;
+        self.derive(params);
         let (values, buffers) = params.values_and_buffers_mut();
         self.run_forward(values, Stats::Train(buffers), input, n)?;
+        // Only the running statistics changed: the derived weights still hold.
+        self.work.derived_from = Some(params.version());
         self.last_n = n;
-        Ok(&self.work.arena[self.logit_slot.at(n)])
+        Ok(&self.work.arena[self.logit_slot.start..][..n * self.classes])
     }
 
     /// The evaluation-mode forward pass (running statistics, `params` untouched), layer
@@ -356,13 +470,14 @@ impl TrainingPlan {
     pub fn forward_eval(&mut self, params: &Params, input: &[f32], n: usize) -> Result<&[f32]> {
         self.check(params)?;
         self.last_n = 0;
+        self.derive(params);
         self.run_forward(params.values(), Stats::Eval(params.buffers()), input, n)?;
-        Ok(&self.work.arena[self.logit_slot.at(n)])
+        Ok(&self.work.arena[self.logit_slot.start..][..n * self.classes])
     }
 
-    fn run_forward(&mut self, values: &[f32], mut buffers: Stats, input: &[f32], n: usize) -> Result<()> {
-        let buffers = &mut buffers;
-        let per_image = self.input.per_image;
+    fn run_forward(&mut self, values: &[f32], mut stats: Stats, input: &[f32], n: usize) -> Result<()> {
+        let stats = &mut stats;
+        let per_image = self.input.per_image();
         if n == 0 || n > self.batch || input.len() != n * per_image {
             return Err(Error::Shape(format!(
                 "the plan takes 1 to {} images of {} x {} x {}, found {} values for {n} images",
@@ -375,17 +490,18 @@ impl TrainingPlan {
         }
         let w = &mut self.work;
         w.arena[self.input.at(n)].copy_from_slice(input);
-        stage_forward(&self.convs[0], n, self.input.at(n), self.scratch, w, values, buffers);
+        stage_forward(&self.convs[0], n, self.input, w, values, stats);
         if let Some((g, out)) = &self.pool {
             let g = PoolGeometry { batch: n, ..*g };
-            let [x, y] = split(&mut w.arena, [self.convs[0].y.at(n), out.at(n)]);
-            pool::max_forward(&g, x, y, &mut w.argmax[..out.at(n).len()]);
+            let y = self.convs[0].y;
+            let [x, o] = split(&mut w.arena, [y.at(n), out.at(n)]);
+            max_pool_with_argmax(&g, y.shape(n), x, o, &mut w.argmax[..out.at(n).len()]);
         }
         for b in &self.blocks {
-            let mut x = b.input.at(n);
+            let mut x = b.input;
             for i in b.stages.clone() {
-                stage_forward(&self.convs[i], n, x, self.scratch, w, values, buffers);
-                x = self.convs[i].y.at(n);
+                stage_forward(&self.convs[i], n, x, w, values, stats);
+                x = self.convs[i].y;
             }
             let last = &self.convs[b.stages.end - 1];
             match b.shortcut {
@@ -398,29 +514,25 @@ impl TrainingPlan {
                     relu::add_relu(y, s, out);
                 }
                 Shortcut::ZeroPad { stride } => {
-                    let len = n * b.out_dims.len();
-                    let pad = self.pad.offset..self.pad.offset + len;
-                    let [x, p] = split(&mut w.arena, [b.input.at(n), pad.clone()]);
-                    let (ind, outd) = (Dims { n, ..b.in_dims }, Dims { n, ..b.out_dims });
-                    shortcut::option_a_forward(x, ind, outd, stride, p);
-                    let [y, p, out] = split(&mut w.arena, [last.y.at(n), pad, b.out.at(n)]);
+                    let pad = as_shape(self.pad, b.out.shape);
+                    let [x, p] = split(&mut w.arena, [b.input.at(n), pad.at(n)]);
+                    zero_pad_shortcut(b.input.shape(n), x, b.out.shape(n), stride, p);
+                    let [y, p, out] = split(&mut w.arena, [last.y.at(n), pad.at(n), b.out.at(n)]);
                     relu::add_relu(y, p, out);
                 }
                 Shortcut::Projection(p) => {
                     let proj = &self.convs[p];
-                    stage_forward(proj, n, b.input.at(n), self.scratch, w, values, buffers);
+                    stage_forward(proj, n, b.input, w, values, stats);
                     let [y, s, out] = split(&mut w.arena, [last.y.at(n), proj.y.at(n), b.out.at(n)]);
                     relu::add_relu(y, s, out);
                 }
             }
         }
         let last = self.blocks.last().map_or(self.body_input, |b| b.out);
-        let plane = last.per_image / self.features;
-        let [x, f, logits] = split(
-            &mut w.arena,
-            [last.at(n), self.feature_slot.at(n), self.logit_slot.at(n)],
-        );
-        pool::avg_forward(plane, x, f);
+        let feats = self.feature_slot.start..self.feature_slot.start + n * self.features;
+        let logits = self.logit_slot.start..self.logit_slot.start + n * self.classes;
+        let [x, f, logits] = split(&mut w.arena, [last.at(n), feats, logits]);
+        global_avg_pool::<F32xBlock>(last.shape(n), x, f);
         linear::forward(
             f,
             &values[self.fc_weight.clone()],
@@ -451,12 +563,13 @@ impl TrainingPlan {
         }
         let (values, grads) = params.values_and_grads();
         let w = &mut self.work;
-        let [mut g0, mut g1, sum, a, b] = self.grads.map(|s| s.at(n));
+        let [mut g0, mut g1, sum, a, b] = self.grads;
         let last = self.blocks.last().map_or(self.body_input, |b| b.out);
         {
             let (dw, db) = split_grads(grads, &self.fc_weight, &self.fc_bias);
-            let dfeat = g0.start..g0.start + n * self.features;
-            let [f, df] = split(&mut w.arena, [self.feature_slot.at(n), dfeat.clone()]);
+            let dfeat = g0.offset..g0.offset + n * self.features;
+            let feats = self.feature_slot.start..self.feature_slot.start + n * self.features;
+            let [f, df] = split(&mut w.arena, [feats, dfeat.clone()]);
             linear::backward(
                 f,
                 &values[self.fc_weight.clone()],
@@ -468,112 +581,155 @@ impl TrainingPlan {
                 db,
                 df,
             );
-            let [df, dx] = split(&mut w.arena, [dfeat, g1.start..g1.start + last.at(n).len()]);
-            pool::avg_backward(last.per_image / self.features, df, dx);
+            let dx = as_shape(g1, last.shape);
+            let [df, dx] = split(&mut w.arena, [dfeat, dx.at(n)]);
+            global_avg_pool_backward(last.shape(n), df, dx);
         }
         // Invariant: g1 holds the gradient of the current block's output.
         for blk in self.blocks.iter().rev() {
-            let len = n * blk.out_dims.len();
-            let (dout, dsum) = (g1.start..g1.start + len, sum.start..sum.start + len);
-            let [y, dout, dsum_s] = split(&mut w.arena, [blk.out.at(n), dout, dsum.clone()]);
-            relu::relu_backward(y, dout, dsum_s);
-            let x_in = blk.input.at(n);
-            let dx = g0.start..g0.start + n * blk.in_dims.len();
+            let (dout, dsum) = (as_shape(g1, blk.out.shape), as_shape(sum, blk.out.shape));
+            let [y, d, s] = split(&mut w.arena, [blk.out.at(n), dout.at(n), dsum.at(n)]);
+            relu::relu_backward(y, d, s);
+            let dx = as_shape(g0, blk.input.shape);
             let stages = blk.stages.clone();
-            let mut dy = dsum.clone();
+            let mut dy = dsum;
             for i in stages.clone().rev() {
                 let c = &self.convs[i];
                 let (x, dxi) = if i == stages.start {
-                    (x_in.clone(), dx.clone())
+                    (blk.input, dx)
                 } else {
-                    let prev = &self.convs[i - 1];
-                    (prev.y.at(n), b.start..b.start + prev.y.at(n).len())
+                    let prev = self.convs[i - 1].y;
+                    (prev, as_shape(b, prev.shape))
                 };
-                stage_backward(c, n, x, dy.clone(), a.clone(), Some(dxi.clone()), w, values, grads);
-                if i != stages.start {
-                    let [y, d] = split(&mut w.arena, [self.convs[i - 1].y.at(n), dxi.clone()]);
-                    relu::relu_backward_inplace(y, d);
-                }
+                stage_backward(c, n, x, dy, as_shape(a, c.z.shape), Some(dxi), w, values, grads);
                 dy = dxi;
             }
             match blk.shortcut {
                 Shortcut::None => {}
                 Shortcut::Identity => {
-                    let [d, s] = split(&mut w.arena, [dx.clone(), dsum]);
+                    let [d, s] = split(&mut w.arena, [dx.at(n), dsum.at(n)]);
                     relu::add_assign(d, s);
                 }
                 Shortcut::ZeroPad { stride } => {
-                    let [d, s] = split(&mut w.arena, [dx.clone(), dsum]);
-                    let (ind, outd) = (Dims { n, ..blk.in_dims }, Dims { n, ..blk.out_dims });
-                    shortcut::option_a_backward_add(s, ind, outd, stride, d);
+                    let [d, s] = split(&mut w.arena, [dx.at(n), dsum.at(n)]);
+                    zero_pad_shortcut_backward_add(dx.shape(n), d, dsum.shape(n), stride, s);
                 }
                 Shortcut::Projection(p) => {
-                    let db = b.start..b.start + dx.len();
+                    let proj = &self.convs[p];
+                    let db = as_shape(b, blk.input.shape);
                     stage_backward(
-                        &self.convs[p],
+                        proj,
                         n,
-                        x_in,
+                        blk.input,
                         dsum,
-                        a.clone(),
-                        Some(db.clone()),
+                        as_shape(a, proj.z.shape),
+                        Some(db),
                         w,
                         values,
                         grads,
                     );
-                    let [d, s] = split(&mut w.arena, [dx.clone(), db]);
+                    let [d, s] = split(&mut w.arena, [dx.at(n), db.at(n)]);
                     relu::add_assign(d, s);
                 }
             }
             std::mem::swap(&mut g0, &mut g1);
         }
         let stem = &self.convs[0];
-        if let Some((g, out)) = &self.pool {
-            let g = PoolGeometry { batch: n, ..*g };
-            let dy = g1.start..g1.start + out.at(n).len();
-            let dx = g0.start..g0.start + stem.y.at(n).len();
-            let [dy, dx] = split(&mut w.arena, [dy, dx]);
-            pool::max_backward(&g, dy, &w.argmax[..out.at(n).len()], dx);
+        if let Some((_, out)) = &self.pool {
+            let dy = as_shape(g1, out.shape);
+            let dx = as_shape(g0, stem.y.shape);
+            let [d, x] = split(&mut w.arena, [dy.at(n), dx.at(n)]);
+            max_pool_backward(stem.y.shape(n), out.shape(n), d, &w.argmax[..out.at(n).len()], x);
             std::mem::swap(&mut g0, &mut g1);
         }
-        let dy = g1.start..g1.start + stem.y.at(n).len();
-        let [y, d] = split(&mut w.arena, [stem.y.at(n), dy.clone()]);
-        relu::relu_backward_inplace(y, d);
-        stage_backward(stem, n, self.input.at(n), dy, g0, None, w, values, grads);
+        let dy = as_shape(g1, stem.y.shape);
+        stage_backward(
+            stem,
+            n,
+            self.input,
+            dy,
+            as_shape(g0, stem.z.shape),
+            None,
+            w,
+            values,
+            grads,
+        );
         Ok(())
     }
 }
 
-/// Plans the convolution `spec` on `x` (per-image dimensions) followed by its batch norm
-/// (and a ReLU); returns the per-image output dimensions.
+/// Plans the convolution `spec` on `x` (per-image shape) followed by its batch norm (and
+/// a ReLU); returns the per-image output shape.
 fn add_conv(
     convs: &mut Vec<TrainConv>,
     entries: &[Entry],
     lay: &mut Layout,
     batch: usize,
     spec: &ConvBn,
-    x: Dims,
+    x: Blocked,
     relu: bool,
-) -> Result<Dims> {
+) -> Result<Blocked> {
     let g = spec.geometry(batch, x.c, x.h, x.w)?;
-    let out = Dims::new(1, g.out_channels, g.out_h, g.out_w);
+    let out = Blocked::new(1, g.out_channels, g.out_h, g.out_w, BLOCK);
+    let in_block = x.block;
+    let forward = if in_block == BLOCK {
+        choose::choose(ConvChoice::Auto, &g)
+    } else {
+        Algo::Direct
+    };
+    let data_grad = if in_block != BLOCK {
+        None
+    } else if g.stride == 1 && g.kernel_h == g.kernel_w && g.pad < g.kernel_h {
+        Some(DataGradAlgo::Forward(choose::choose(ConvChoice::Auto, &transposed(&g))))
+    } else {
+        Some(DataGradAlgo::Strided)
+    };
+    let fwd_weights = lay.derived(choose::derived_len(forward, &g, in_block));
+    let data_weights = lay.derived(match data_grad {
+        Some(DataGradAlgo::Forward(a)) => choose::derived_len(a, &transposed(&g), BLOCK),
+        Some(DataGradAlgo::Strided) => strided::packed_len(&g, BLOCK),
+        None => 0,
+    });
     let bn = |field: &str| entry(entries, &format!("{}.{field}", spec.bn)).map(range);
+    let channels = out.padded_channels();
     convs.push(TrainConv {
         name: spec.conv.clone(),
         bn: spec.bn.clone(),
         geometry: g,
-        algos: ConvAlgos::choose(&g),
+        in_block,
+        forward,
+        data_grad,
         relu,
         weight: range(entry(entries, &format!("{}.weight", spec.conv))?),
         gamma: bn("weight")?,
         beta: bn("bias")?,
         running_mean: bn("running_mean")?,
         running_var: bn("running_var")?,
-        xhat: lay.slot(out.len()),
-        y: lay.slot(out.len()),
-        mean: lay.fixed(out.c),
-        inv_std: lay.fixed(out.c),
+        fwd_weights,
+        data_weights,
+        z: lay.slot(out),
+        y: lay.slot(out),
+        mean: lay.fixed(channels),
+        inv_std: lay.fixed(channels),
     });
     Ok(out)
+}
+
+/// `out[c][k][ky][kx] = w[k][c][kh - 1 - ky][kw - 1 - kx]`: the filters of the stride-1
+/// backward-data as a forward convolution (see [`transposed`]).
+fn flip_transpose(g: &ConvGeometry, w: &[f32], out: &mut Vec<f32>) {
+    let (k, c, kh, kw) = (g.out_channels, g.in_channels, g.kernel_h, g.kernel_w);
+    out.clear();
+    out.resize(w.len(), 0.0);
+    for o in 0..k {
+        for i in 0..c {
+            for y in 0..kh {
+                for x in 0..kw {
+                    out[((i * k + o) * kh + (kh - 1 - y)) * kw + (kw - 1 - x)] = w[((o * c + i) * kh + y) * kw + x];
+                }
+            }
+        }
+    }
 }
 
 /// The running statistics a forward pass uses: updated from the batch's in training,
@@ -596,88 +752,170 @@ fn split_grads<'a>(grads: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> 
     (a, b)
 }
 
-/// Convolution `x -> scratch`, then training-mode batch norm (and ReLU) into the stage's
-/// `xhat` and `y`.
-fn stage_forward(
-    c: &TrainConv,
-    n: usize,
-    x: Range<usize>,
-    scratch: Slot,
-    w: &mut Work,
-    values: &[f32],
-    stats: &mut Stats,
-) {
+/// Convolution `x -> z`, then batch norm (and ReLU) `z -> y`: batch statistics in
+/// training (saved, and moving the running ones), running statistics in evaluation.
+fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32], stats: &mut Stats) {
     let g = c.geometry_at(n);
-    let algos = c.algos_at(&g);
-    let out = scratch.offset..scratch.offset + c.y.at(n).len();
-    let [x, y] = split(&mut w.arena, [x, out.clone()]);
-    conv::forward(&g, algos.forward, x, &values[c.weight.clone()], None, &mut w.ws, y);
-    let [conv_out, xhat, y, mean, inv_std] = split(
-        &mut w.arena,
-        [out, c.xhat.at(n), c.y.at(n), c.mean.clone(), c.inv_std.clone()],
-    );
-    let (g, gamma, beta) = (c.norm_at(n), &values[c.gamma.clone()], &values[c.beta.clone()]);
-    let saved = batchnorm::Saved { mean, inv_std };
+    let ep = BlockedEpilogue {
+        bias: None,
+        residual: Residual::None,
+        relu: false,
+    };
+    {
+        let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
+        choose::run_conv(c.forward, &g, x, c.in_block, &w.derived[c.fwd_weights.clone()], &ep, z);
+    }
+    let shape = c.z.shape(n);
+    let channels = g.out_channels;
+    let [z, y, mean, inv_std] = split(&mut w.arena, [c.z.at(n), c.y.at(n), c.mean.clone(), c.inv_std.clone()]);
+    let (gamma, beta) = (&values[c.gamma.clone()], &values[c.beta.clone()]);
     match stats {
         Stats::Train(buffers) => {
+            let [s_mean, s_var] = &mut w.sums;
+            norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
             let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
-            let m = &mut w.moments;
-            batchnorm::forward_train(&g, conv_out, gamma, beta, rm, rv, c.relu, m, saved, xhat, y);
+            let count = (n * g.out_h * g.out_w) as f64;
+            let m = MOMENTUM as f64;
+            mean.fill(0.0);
+            inv_std.fill(0.0);
+            for ch in 0..channels {
+                mean[ch] = s_mean[ch] as f32;
+                inv_std[ch] = (1.0 / (s_var[ch] + EPS as f64).sqrt()) as f32;
+                let unbiased = if count > 1.0 {
+                    s_var[ch] * count / (count - 1.0)
+                } else {
+                    s_var[ch]
+                };
+                rm[ch] = ((1.0 - m) * rm[ch] as f64 + m * s_mean[ch]) as f32;
+                rv[ch] = ((1.0 - m) * rv[ch] as f64 + m * unbiased) as f32;
+            }
         }
         Stats::Eval(buffers) => {
             let (rm, rv) = (&buffers[c.running_mean.clone()], &buffers[c.running_var.clone()]);
-            batchnorm::forward_eval(&g, conv_out, gamma, beta, rm, rv, c.relu, saved, xhat, y);
+            mean.fill(0.0);
+            inv_std.fill(0.0);
+            for ch in 0..channels {
+                mean[ch] = rm[ch];
+                inv_std[ch] = (1.0 / (rv[ch] as f64 + EPS as f64).sqrt()) as f32;
+            }
         }
     }
+    let [scale, shift, _] = &mut w.coef;
+    scale.fill(0.0);
+    shift.fill(0.0);
+    for ch in 0..channels {
+        scale[ch] = gamma[ch] * inv_std[ch];
+        shift[ch] = beta[ch] - mean[ch] * scale[ch];
+    }
+    norm::apply::<F32xBlock>(shape, z, scale, shift, c.relu, y);
 }
 
-/// Backward through a stage: `dy` (the gradient of its batch norm's output, before the
-/// fused ReLU) through the batch norm into `tmp`, then through the convolution whose
-/// input was `x`, into `dx` when given. `dx` may be `dy`'s slot.
+/// Backward through a stage: `dy` (the gradient of the stage's output `y`, after its
+/// fused ReLU if any) through the ReLU and batch norm into `dz`, then through the
+/// convolution whose input was `x`: the filter gradient, and the input gradient into `dx`
+/// when given.
 #[allow(clippy::too_many_arguments)]
 fn stage_backward(
     c: &TrainConv,
     n: usize,
-    x: Range<usize>,
-    dy: Range<usize>,
-    tmp: Range<usize>,
-    dx: Option<Range<usize>>,
+    x: Slot,
+    dy: Slot,
+    dz: Slot,
+    dx: Option<Slot>,
     w: &mut Work,
     values: &[f32],
     grads: &mut [f32],
 ) {
-    let out_len = c.y.at(n).len();
-    let dy = dy.start..dy.start + out_len;
-    let tmp = tmp.start..tmp.start + out_len;
-    {
-        let [dy, xhat, inv_std, t] = split(&mut w.arena, [dy, c.xhat.at(n), c.inv_std.clone(), tmp.clone()]);
-        let (dgamma, dbeta) = split_grads(grads, &c.gamma, &c.beta);
-        batchnorm::backward(
-            &c.norm_at(n),
-            dy,
-            xhat,
-            inv_std,
-            &values[c.gamma.clone()],
-            true,
-            dgamma,
-            dbeta,
-            &mut w.moments,
-            t,
-        );
-    }
     let g = c.geometry_at(n);
-    let algos = c.algos_at(&g);
-    let weight = &values[c.weight.clone()];
-    let dw = &mut grads[c.weight.clone()];
-    match dx {
-        Some(dx) => {
-            let dx = dx.start..dx.start + n * g.in_image();
-            let [x, t, dx] = split(&mut w.arena, [x, tmp, dx]);
-            conv::backward(&g, algos, x, weight, t, dw, None, Some(dx), &mut w.ws);
+    let shape = c.z.shape(n);
+    let channels = g.out_channels;
+    let dy = as_shape(dy, c.z.shape);
+    {
+        let [d, y, z, mean, inv_std, t] = split(
+            &mut w.arena,
+            [
+                dy.at(n),
+                c.y.at(n),
+                c.z.at(n),
+                c.mean.clone(),
+                c.inv_std.clone(),
+                dz.at(n),
+            ],
+        );
+        let mask = c.relu.then_some(&*y);
+        let [s_dy, s_dyz] = &mut w.sums;
+        norm::grad_sums::<F32xBlock>(shape, d, mask, z, mean, &mut w.partials, s_dy, s_dyz);
+        let (dgamma, dbeta) = split_grads(grads, &c.gamma, &c.beta);
+        let gamma = &values[c.gamma.clone()];
+        let count = (n * g.out_h * g.out_w).max(1) as f64;
+        let [k, k2, mdy] = &mut w.coef;
+        k.fill(0.0);
+        k2.fill(0.0);
+        mdy.fill(0.0);
+        for ch in 0..channels {
+            let is = inv_std[ch] as f64;
+            dbeta[ch] += s_dy[ch] as f32;
+            dgamma[ch] += (s_dyz[ch] * is) as f32;
+            k[ch] = gamma[ch] * inv_std[ch];
+            k2[ch] = (gamma[ch] as f64 * is * is * is * s_dyz[ch] / count) as f32;
+            mdy[ch] = (s_dy[ch] / count) as f32;
         }
-        None => {
-            let [x, t] = split(&mut w.arena, [x, tmp]);
-            conv::backward(&g, algos, x, weight, t, dw, None, None, &mut w.ws);
+        norm::input_grad::<F32xBlock>(shape, d, mask, z, mean, k, k2, mdy, t);
+    }
+    {
+        let [x, t] = split(&mut w.arena, [x.at(n), dz.at(n)]);
+        strided::filter_grad(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
+    }
+    if let (Some(dx), Some(algo)) = (dx, c.data_grad) {
+        let dx = as_shape(dx, Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK));
+        let [t, o] = split(&mut w.arena, [dz.at(n), dx.at(n)]);
+        let weights = &w.derived[c.data_weights.clone()];
+        match algo {
+            DataGradAlgo::Forward(a) => {
+                let ep = BlockedEpilogue {
+                    bias: None,
+                    residual: Residual::None,
+                    relu: false,
+                };
+                choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
+            }
+            DataGradAlgo::Strided => strided::data_grad(&g, t, weights, o),
         }
+    }
+}
+
+/// Placeholder adapters through the NCHW kernels.
+mod strided {
+    use crate::kernels::conv::{conv_backward_data_naive, conv_backward_filter_naive};
+    use crate::kernels::im2col::ConvGeometry;
+    use crate::layout::{from_blocked, to_blocked, Blocked};
+
+    pub fn packed_len(g: &ConvGeometry, _block: usize) -> usize {
+        g.out_channels * g.in_channels * g.kernel_h * g.kernel_w
+    }
+
+    pub fn pack(w: &[f32], _g: &ConvGeometry, _block: usize, out: &mut [f32]) {
+        out.copy_from_slice(w);
+    }
+
+    pub fn filter_grad(g: &ConvGeometry, x: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
+        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, crate::simd::BLOCK);
+        let mut xp = vec![0.0; g.batch * g.in_channels * g.in_h * g.in_w];
+        let mut yp = vec![0.0; g.batch * g.out_channels * g.out_h * g.out_w];
+        from_blocked(x, xs, &mut xp);
+        from_blocked(dy, ys, &mut yp);
+        conv_backward_filter_naive(g, &xp, &yp, dw, None);
+    }
+
+    pub fn data_grad(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
+        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, crate::simd::BLOCK);
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, crate::simd::BLOCK);
+        let mut xp = vec![0.0; g.batch * g.in_channels * g.in_h * g.in_w];
+        let mut yp = vec![0.0; g.batch * g.out_channels * g.out_h * g.out_w];
+        from_blocked(dy, ys, &mut yp);
+        conv_backward_data_naive(g, w, &yp, &mut xp);
+        dx.fill(0.0);
+        to_blocked(&xp, xs, dx);
     }
 }
