@@ -107,6 +107,8 @@ struct Ctx<'a> {
     maxg: usize,
     /// Accumulator floats per unit: `[tap][ci < icw][j < maxg][lane]`.
     unit_len: usize,
+    /// Units ordered input group first (see [`split_plan`]).
+    icg_major: bool,
 }
 
 impl Ctx<'_> {
@@ -114,9 +116,15 @@ impl Ctx<'_> {
         self.groups.len() * self.icgs
     }
 
-    /// The output blocks and input channels of unit `u` (groups outermost).
+    /// The output blocks and input channels of unit `u`: input groups outermost when
+    /// `icg_major`, else output groups.
     fn unit(&self, u: usize) -> (Range<usize>, Range<usize>) {
-        let (gi, ig) = (u / self.icgs, u % self.icgs);
+        let ng = self.groups.len();
+        let (gi, ig) = if self.icg_major {
+            (u % ng, u / ng)
+        } else {
+            (u / self.icgs, u % self.icgs)
+        };
         let c0 = ig * self.icw;
         (self.groups[gi].clone(), c0..(c0 + self.icw).min(self.g.in_channels))
     }
@@ -161,14 +169,15 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         icgs: g.in_channels.div_ceil(icw),
         maxg,
         unit_len: kk * icw * maxg * lanes,
+        icg_major: in_l.len() > dy_l.len(),
     };
     let units = c.units();
     let ul = c.unit_len;
-    let tasks = split::parts(units * rows);
-    let pw = split::parts(units);
+    let major = if c.icg_major { c.icgs } else { c.groups.len() };
+    let (pr, pw) = split_plan(units, major, rows, (in_l.len(), dy_l.len()), ul);
     let out = DwOut::new(dw);
     let per_batch = (BATCH_FLOATS / ul).max(1);
-    if units >= 2 * tasks {
+    if pr == 1 {
         // Each task owns its units over the whole reduction: sums go straight into `dw`.
         (0..pw).into_par_iter().for_each(|t| {
             let Some(us) = split::ranges(units, pw).nth(t) else {
@@ -186,8 +195,7 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         });
         return;
     }
-    // Few units: the rows are cut into `pr` ranges too, each task's sums kept apart.
-    let pr = (2 * tasks).div_ceil(units).min(rows);
+    // The rows are cut into `pr` ranges too, each task's sums kept apart.
     let mut partials = vec![0.0f32; pr * units * ul];
     let mut jobs = Vec::with_capacity(pr * pw);
     for (r, part) in partials.chunks_mut(units * ul).enumerate() {
@@ -220,6 +228,36 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
     });
 }
 
+/// Most floats of partial sums that [`split_plan`] allocates per call (1 MB).
+const MAX_PARTIALS: usize = 1 << 18;
+
+/// How [`filter_grad`] cuts its work: `(pr, pw)`, the output rows into `pr` ranges and
+/// the `units` units (`major` distinct groups along their outer axis) into `pw` ranges,
+/// `pr * pw` tasks, at least [`split::parts`] of them where the work allows. Picks the
+/// split that moves the fewest bytes: every task reads its rows of the operand (input or
+/// `dY`) its units split, and all of the other one, so `pw` multiplies the smaller
+/// operand's traffic (`sizes`, in floats); `pr > 1` costs the partial sums (`pr` x the
+/// gradient, written, read, zeroed), and is allowed only within [`MAX_PARTIALS`] unless
+/// nothing else gives enough tasks. Depends on the shapes and the thread count alone.
+fn split_plan(units: usize, major: usize, rows: usize, sizes: (usize, usize), unit_len: usize) -> (usize, usize) {
+    let tasks = split::parts(units * rows);
+    let (small, big) = (sizes.0.min(sizes.1), sizes.0.max(sizes.1));
+    let most_pr = rows.min(tasks).max(1);
+    let mut best = (usize::MAX, most_pr, tasks.div_ceil(most_pr).min(units));
+    for pr in 1..=most_pr {
+        let pw = tasks.div_ceil(pr).min(units);
+        let partials = if pr > 1 { pr * units * unit_len } else { 0 };
+        if pr * pw < tasks || partials > MAX_PARTIALS {
+            continue;
+        }
+        let cost = small * pw.min(major) + big + 3 * partials;
+        if cost < best.0 {
+            best = (cost, pr, pw);
+        }
+    }
+    (best.1, best.2)
+}
+
 /// `dw` shared by the tasks of one call: each unit's elements (its output channels x its
 /// input channels x every tap) are added to by exactly one task.
 struct DwOut<'a> {
@@ -243,33 +281,38 @@ impl<'a> DwOut<'a> {
         }
     }
 
-    /// `dw[i] += v`. Callers guarantee that no other task reads or writes `i` meanwhile.
+    /// The elements `at .. at + len` of `dw`. Callers guarantee that no other task
+    /// touches them while the returned slice lives (they belong to the caller's unit).
+    #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    fn add(&self, i: usize, v: f32) {
-        assert!(i < self.len, "filter_grad: dw index out of range");
-        // SAFETY: in bounds (checked above); element `i` belongs to one unit, summed by
-        // one task, so this read-modify-write races with nothing.
-        unsafe { *self.ptr.add(i) += v }
+    fn run(&self, at: usize, len: usize) -> &mut [f32] {
+        assert!(at + len <= self.len, "filter_grad: dw range out of bounds");
+        // SAFETY: in bounds (checked above); the range belongs to one unit, summed by one
+        // task, so no other reference to it exists meanwhile.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
 /// Adds unit `u`'s sums `acc` (`[tap][ci][j][lane]`) to the OIHW gradient, dropping
-/// padding channels.
+/// padding channels: for each output channel, one contiguous run of `dw` (its input
+/// channels x taps), read from `acc` at fixed strides.
 fn scatter_add(c: &Ctx, u: usize, acc: &[f32], out: &DwOut) {
     let g = &c.g;
     let (blocks, chans) = c.unit(u);
     let (lanes, kk) = (c.dy_l.block, g.kernel_h * g.kernel_w);
-    let noc = blocks.len();
-    for j in 0..noc {
+    let (ci_step, tap_step) = (c.maxg * lanes, c.icw * c.maxg * lanes);
+    assert!(acc.len() >= c.unit_len);
+    for j in 0..blocks.len() {
         for lane in 0..lanes {
             let k = (blocks.start + j) * lanes + lane;
             if k >= g.out_channels {
                 break;
             }
-            for (ci, ch) in chans.clone().enumerate() {
-                let row = (k * g.in_channels + ch) * kk;
-                for tap in 0..kk {
-                    out.add(row + tap, acc[((tap * c.icw + ci) * c.maxg + j) * lanes + lane]);
+            let row = out.run((k * g.in_channels + chans.start) * kk, chans.len() * kk);
+            let acc = &acc[j * lanes + lane..];
+            for (ci, taps) in row.chunks_exact_mut(kk).enumerate() {
+                for (tap, d) in taps.iter_mut().enumerate() {
+                    *d += acc[tap * tap_step + ci * ci_step];
                 }
             }
         }
@@ -453,31 +496,72 @@ fn tile<V: Vector, const BLOCKED: bool, const NOC: usize, const NCI: usize>(c: &
     );
     let mut a: [[V; NOC]; NCI] =
         core::array::from_fn(|ci| core::array::from_fn(|j| V::load(&acc[ci * stride + j * lanes..])));
-    let ch = |ci: usize| if BLOCKED { ci } else { ci * sw.x_ch };
+    // Tiles of fewer than 8 accumulators (the stem's, a ragged last channel group) would
+    // wait on the FMA latency: they alternate pixels between two sets, added at the end.
+    let dual = NOC * NCI < 8;
+    let mut b = [[V::ZERO; NOC]; NCI];
+    let (x_ch, dy_blk) = (if BLOCKED { 1 } else { sw.x_ch }, sw.dy_blk);
     for i in 0..sw.imgs {
         for r in 0..sw.rows {
             // SAFETY: every pixel, block and channel read below is at most the last one
-            // bounded by the assert above (all offsets grow with i, r, p, j and ci).
+            // bounded by the assert above (all offsets grow with i, r, the column, j and
+            // ci), so the pointers stay inside `dy` and `input`.
             unsafe {
                 let mut d = c.dy.as_ptr().add(sw.dy + i * sw.dy_img + r * sw.dy_row);
                 let mut x = c.input.as_ptr().add(sw.x + i * sw.x_img + r * sw.x_row);
-                for _ in 0..sw.cols {
-                    let dv: [V; NOC] = core::array::from_fn(|j| V::load_at(d, j * sw.dy_blk));
-                    for (ci, row) in a.iter_mut().enumerate() {
-                        let xv = V::splat(*x.add(ch(ci)));
-                        for (acc, &dv) in row.iter_mut().zip(&dv) {
-                            *acc = dv.mul_add(xv, *acc);
-                        }
+                let mut left = sw.cols;
+                if dual {
+                    while left >= 2 {
+                        pixel::<V, NOC, NCI>(&mut a, d, x, dy_blk, x_ch);
+                        pixel::<V, NOC, NCI>(&mut b, d.add(lanes), x.add(sw.x_col), dy_blk, x_ch);
+                        d = d.add(2 * lanes);
+                        x = x.add(2 * sw.x_col);
+                        left -= 2;
                     }
+                }
+                for _ in 0..left {
+                    pixel::<V, NOC, NCI>(&mut a, d, x, dy_blk, x_ch);
                     d = d.add(lanes);
                     x = x.add(sw.x_col);
                 }
             }
         }
     }
+    if dual {
+        for (ra, rb) in a.iter_mut().zip(&b) {
+            for (va, &vb) in ra.iter_mut().zip(rb) {
+                *va = *va + vb;
+            }
+        }
+    }
     for (ci, row) in a.iter().enumerate() {
         for (j, v) in row.iter().enumerate() {
             v.store(&mut acc[ci * stride + j * lanes..]);
+        }
+    }
+}
+
+/// One pixel of a tile: the `NOC` vectors of `dY` at `d`, `dy_blk` apart, times the `NCI`
+/// input scalars at `x`, `x_ch` apart, into `a`.
+///
+/// # Safety
+/// `d + j * dy_blk .. + V::LANES` for `j < NOC` and `x + ci * x_ch` for `ci < NCI` lie
+/// inside live allocations of `f32`s.
+#[inline(always)]
+unsafe fn pixel<V: Vector, const NOC: usize, const NCI: usize>(
+    a: &mut [[V; NOC]; NCI],
+    d: *const f32,
+    x: *const f32,
+    dy_blk: usize,
+    x_ch: usize,
+) {
+    // SAFETY: the caller guarantees these reads are in bounds.
+    let dv: [V; NOC] = core::array::from_fn(|j| unsafe { V::load_at(d, j * dy_blk) });
+    for (ci, row) in a.iter_mut().enumerate() {
+        // SAFETY: as above.
+        let xv = V::splat(unsafe { *x.add(ci * x_ch) });
+        for (acc, &dv) in row.iter_mut().zip(&dv) {
+            *acc = dv.mul_add(xv, *acc);
         }
     }
 }
