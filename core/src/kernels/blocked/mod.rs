@@ -9,6 +9,7 @@
 pub mod dense;
 pub mod direct;
 pub mod epilogue;
+pub mod filter_grad;
 pub mod norm;
 pub mod pool;
 pub mod winograd;
