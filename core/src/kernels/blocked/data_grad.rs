@@ -42,7 +42,7 @@
 //! See the example's header for the command; numbers are in the commit message and the
 //! lead's notes, since they move with the machine's load.
 
-use crate::kernels::blocked::direct::{self, group, group_count, per_block, tap, tile_pixels, ZEROS};
+use crate::kernels::blocked::direct::{self, group, group_count, per_block, tap, tile_pixels, SLAB_BYTES, ZEROS};
 use crate::kernels::blocked::BlockedEpilogue;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
@@ -117,37 +117,33 @@ pub fn pack_data_grad_weights(weight: &[f32], g: &ConvGeometry, block: usize, ou
         data_grad_packed_len(g, block),
         "pack_data_grad_weights: packed length"
     );
-    let (kbs, cbs) = (k.div_ceil(block), c.div_ceil(block));
+    let cbs = c.div_ceil(block);
     let per = per_block(&t, block, block);
-    let groups = group_count(cbs, block);
+    let (groups, taps) = (group_count(cbs, block), kh * kw);
     let sizes: Vec<usize> = (0..groups).map(|gi| group(gi, cbs, block).len() * per).collect();
     split_regions(out, sizes)
         .into_par_iter()
         .enumerate()
         .for_each(|(gi, slab)| {
+            // The group's runs of `blocks.len() * block` channels c, one per (dy block,
+            // tap, k in block) in that order: a strided gather from the OIHW weights
+            // (consecutive c are `kh * kw` apart), then the padding channels' zeros.
             let blocks = group(gi, cbs, block);
-            let mut at = 0;
-            for kb in 0..kbs {
-                for ty in 0..kh {
-                    for tx in 0..kw {
-                        for kl in 0..block {
-                            let kk = kb * block + kl;
-                            for cb in blocks.clone() {
-                                for cl in 0..block {
-                                    let cc = cb * block + cl;
-                                    slab[at] = if kk < k && cc < c {
-                                        weight[((kk * c + cc) * kh + kh - 1 - ty) * kw + kw - 1 - tx]
-                                    } else {
-                                        0.0
-                                    };
-                                    at += 1;
-                                }
-                            }
-                        }
+            let (run, c0) = (blocks.len() * block, blocks.start * block);
+            let real = c.saturating_sub(c0).min(run);
+            for (i, dst) in slab.chunks_exact_mut(run).enumerate() {
+                let (kl, tap, kb) = (i % block, i / block % taps, i / block / taps);
+                let kk = kb * block + kl;
+                let (head, tail) = dst.split_at_mut(if kk < k { real } else { 0 });
+                if !head.is_empty() {
+                    // The flipped tap: (kh - 1 - ty) * kw + kw - 1 - tx = taps - 1 - tap.
+                    let src = &weight[(kk * c + c0) * taps + taps - 1 - tap..];
+                    for (d, &v) in head.iter_mut().zip(src.iter().step_by(taps)) {
+                        *d = v;
                     }
                 }
+                tail.fill(0.0);
             }
-            debug_assert_eq!(at, slab.len());
         });
 }
 
@@ -157,6 +153,12 @@ pub fn pack_data_grad_weights(weight: &[f32], g: &ConvGeometry, block: usize, ou
 /// `Blocked { g.batch, g.in_channels, g.in_h, g.in_w, V::LANES }`. `dx` is overwritten,
 /// its padding channels with zeros; input pixels that no output reads get zero.
 pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32]) {
+    data_grad_budget::<V>(g, dy, packed, dx, SLAB_BYTES);
+}
+
+/// [`data_grad`] with the weight-slab budget `slab_bytes` of the strided kernel in place
+/// of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes).
+fn data_grad_budget<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32], slab_bytes: usize) {
     let l = V::LANES;
     assert!(l <= ZEROS.len(), "data_grad: vectors of at most 16 lanes");
     let dy_l = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
@@ -190,19 +192,36 @@ pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &m
             r => r,
         },
     };
-    let groups = group_count(dx_l.blocks(), l);
+    let (groups, kbs) = (group_count(dx_l.blocks(), l), dy_l.blocks());
     let units = g.batch * groups * g.in_h;
     let parts = split::parts(units);
     (0..parts).into_par_iter().for_each(|task| {
         let Some(range) = split::ranges(units, parts).nth(task) else {
             return;
         };
-        // Units are (image, group, dx row), rows fastest: consecutive rows of one task
-        // read the same weight slab.
-        for u in range {
+        // Units are (image, group, dx row), rows fastest: walk the task's range one
+        // (image, group) segment of consecutive rows at a time, which read the same
+        // weight slab; a slab over the budget runs in chunks of dy blocks, every row of
+        // the segment one chunk before any row the next (see `SLAB_BYTES`).
+        let mut u = range.start;
+        while u < range.end {
             let (iy, rest) = (u % g.in_h, u / g.in_h);
             let (gi, n) = (rest % groups, rest / groups);
-            row_any::<V>(&ctx, n, group(gi, dx_l.blocks(), l), iy);
+            let end = range.end.min(u - iy + g.in_h);
+            let blocks = group(gi, dx_l.blocks(), l);
+            let slab = blocks.len() * ctx.per_block * std::mem::size_of::<f32>();
+            let chunks = slab.div_ceil(slab_bytes.max(1)).clamp(1, kbs.max(1));
+            for i in 0..chunks {
+                let pass = Pass {
+                    kb: i * kbs / chunks..(i + 1) * kbs / chunks,
+                    first: i == 0,
+                    last: i + 1 == chunks,
+                };
+                for y in iy..iy + (end - u) {
+                    row_any::<V>(&ctx, n, blocks.clone(), y, &pass);
+                }
+            }
+            u = end;
         }
     });
 }
@@ -237,6 +256,16 @@ struct Ctx<'a> {
     real_lanes: usize,
 }
 
+/// One pass over the rows of a segment: the `dy` blocks `kb` of the reduction, whether it
+/// is the first (it stores its sums, and the zeros of pixels no output reads) and the
+/// last (it zeroes the padding channels); a pass after the first adds its sums to the
+/// partial sums in `dx`. One pass of all blocks unless the weight slab exceeds the budget.
+struct Pass {
+    kb: std::ops::Range<usize>,
+    first: bool,
+    last: bool,
+}
+
 /// The kernel taps along one axis that reach input position `i`: those `t = i + p (mod s)`
 /// whose output position `(i + p - t) / s` lies in `0..out`, as `lo..hi` stepped by `s`
 /// (empty when `lo >= hi`).
@@ -256,16 +285,16 @@ fn taps(i: usize, p: usize, s: usize, k: usize, out: usize) -> (usize, usize) {
 
 /// Runs `dx` row `iy` of image `n` for the channel blocks `blocks` on the tile of
 /// `blocks.len()` blocks (the forward kernel's shapes, [`tile_pixels`]).
-fn row_any<V: Vector>(c: &Ctx, n: usize, blocks: std::ops::Range<usize>, iy: usize) {
+fn row_any<V: Vector>(c: &Ctx, n: usize, blocks: std::ops::Range<usize>, iy: usize, pass: &Pass) {
     let wide = V::LANES >= 16;
     let b0 = blocks.start;
     match blocks.len() {
-        4 if wide => row::<V, 4, 6>(c, n, b0, iy),
-        3 if wide => row::<V, 3, 8>(c, n, b0, iy),
-        2 if wide => row::<V, 2, 12>(c, n, b0, iy),
-        2 => row::<V, 2, 6>(c, n, b0, iy),
-        1 if wide => row::<V, 1, 8>(c, n, b0, iy),
-        1 => row::<V, 1, 12>(c, n, b0, iy),
+        4 if wide => row::<V, 4, 6>(c, n, b0, iy, pass),
+        3 if wide => row::<V, 3, 8>(c, n, b0, iy, pass),
+        2 if wide => row::<V, 2, 12>(c, n, b0, iy, pass),
+        2 => row::<V, 2, 6>(c, n, b0, iy, pass),
+        1 if wide => row::<V, 1, 8>(c, n, b0, iy, pass),
+        1 => row::<V, 1, 12>(c, n, b0, iy, pass),
         b => unreachable!("a group of {b} blocks"),
     }
 }
@@ -288,7 +317,7 @@ struct Place {
 /// Tiles row `iy` of image `n`, blocks `ocb0 .. ocb0 + NOC`, one parity class at a time,
 /// with tiles of `NPX` pixels and the ragged end of each class on the smallest of a few
 /// narrower widths that holds it.
-fn row<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: usize, iy: usize) {
+fn row<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: usize, iy: usize, pass: &Pass) {
     debug_assert_eq!(NPX, tile_pixels(NOC, V::LANES));
     let g = &c.g;
     let (s, p) = (g.stride, g.pad);
@@ -307,7 +336,9 @@ fn row<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: u
             kx: (kx0, g.kernel_w.max(kx0)),
         };
         if ky.0 >= ky.1 || kx0 >= g.kernel_w {
-            store_zeros::<V, NOC>(c, &at);
+            if pass.first {
+                store_zeros::<V, NOC>(c, &at);
+            }
             continue;
         }
         // The first and last output column pixel 0 of the class reads (smallest kx:
@@ -322,9 +353,9 @@ fn row<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: u
             at.j0 = j0;
             at.count = NPX;
             if interior(j0, NPX) {
-                tile::<V, NOC, NPX, true>(c, &at);
+                tile::<V, NOC, NPX, true>(c, &at, pass);
             } else {
-                tile::<V, NOC, NPX, false>(c, &at);
+                tile::<V, NOC, NPX, false>(c, &at, pass);
             }
             j0 += NPX;
         }
@@ -333,17 +364,17 @@ fn row<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: u
         let full = |w: usize| at.count == w && interior(j0, w);
         match at.count {
             0 => {}
-            1 if full(1) => tile::<V, NOC, 1, true>(c, &at),
-            1 => tile::<V, NOC, 1, false>(c, &at),
-            2 if full(2) => tile::<V, NOC, 2, true>(c, &at),
-            2 => tile::<V, NOC, 2, false>(c, &at),
-            4 if full(4) => tile::<V, NOC, 4, true>(c, &at),
-            3 | 4 => tile::<V, NOC, 4, false>(c, &at),
-            6 if full(6) => tile::<V, NOC, 6, true>(c, &at),
-            5 | 6 => tile::<V, NOC, 6, false>(c, &at),
-            8 if full(8) => tile::<V, NOC, 8, true>(c, &at),
-            7 | 8 => tile::<V, NOC, 8, false>(c, &at),
-            _ => tile::<V, NOC, NPX, false>(c, &at),
+            1 if full(1) => tile::<V, NOC, 1, true>(c, &at, pass),
+            1 => tile::<V, NOC, 1, false>(c, &at, pass),
+            2 if full(2) => tile::<V, NOC, 2, true>(c, &at, pass),
+            2 => tile::<V, NOC, 2, false>(c, &at, pass),
+            4 if full(4) => tile::<V, NOC, 4, true>(c, &at, pass),
+            3 | 4 => tile::<V, NOC, 4, false>(c, &at, pass),
+            6 if full(6) => tile::<V, NOC, 6, true>(c, &at, pass),
+            5 | 6 => tile::<V, NOC, 6, false>(c, &at, pass),
+            8 if full(8) => tile::<V, NOC, 8, true>(c, &at, pass),
+            7 | 8 => tile::<V, NOC, 8, false>(c, &at, pass),
+            _ => tile::<V, NOC, NPX, false>(c, &at, pass),
         }
     }
 }
@@ -369,7 +400,7 @@ fn store_zeros<V: Vector, const NOC: usize>(c: &Ctx, at: &Place) {
 /// otherwise each pixel's pointer is computed per tap, the zero block where it falls
 /// outside `dy` or past `count`.
 #[inline(never)]
-fn tile<V: Vector, const NOC: usize, const NPX: usize, const INTERIOR: bool>(c: &Ctx, at: &Place) {
+fn tile<V: Vector, const NOC: usize, const NPX: usize, const INTERIOR: bool>(c: &Ctx, at: &Place, pass: &Pass) {
     let g = &c.g;
     let l = V::LANES;
     let (s, p, kh, kw) = (g.stride, g.pad, g.kernel_h, g.kernel_w);
@@ -379,6 +410,7 @@ fn tile<V: Vector, const NOC: usize, const NPX: usize, const INTERIOR: bool>(c: 
     let kbs = c.dy_l.blocks();
     // Weights: the group's slab, `kbs * kh * kw` taps of `tap_len`.
     assert!(wgroup + NOC * c.per_block <= c.packed.len() && c.per_block == kbs * kh * kw * l * l);
+    assert!(pass.kb.end <= kbs);
     // Rows: every ky of the range reads output row (iy + p - ky) / s in 0..out_h.
     assert!(at.ky.0 < at.ky.1 && at.ky.1 <= kh && at.ky.1 <= at.iy + p + 1);
     assert!((at.iy + p - at.ky.0) / s < g.out_h && at.n < g.batch);
@@ -391,7 +423,7 @@ fn tile<V: Vector, const NOC: usize, const NPX: usize, const INTERIOR: bool>(c: 
     }
     let dy = c.dy.as_ptr();
     let mut acc = [[V::ZERO; NPX]; NOC];
-    for kb in 0..kbs {
+    for kb in pass.kb.clone() {
         let plane = c.dy_l.at(at.n, kb, 0, 0);
         for ky in (at.ky.0..at.ky.1).step_by(s) {
             let row = plane + (at.iy + p - ky) / s * g.out_w * l;
@@ -429,8 +461,8 @@ fn tile<V: Vector, const NOC: usize, const NPX: usize, const INTERIOR: bool>(c: 
         let cb = at.ocb0 + j;
         for (q, &v) in row.iter().enumerate().take(count) {
             let o = dx_at(c, at, cb, q);
-            c.out.store(o, v);
-            if cb == last {
+            c.out.store(o, if pass.first { v } else { v + c.out.load::<V>(o) });
+            if pass.last && cb == last {
                 // Padding channels: zero even where dy holds NaN (0 * NaN).
                 for lane in c.real_lanes..l {
                     c.out.write(o + lane, 0.0);
@@ -543,10 +575,15 @@ mod tests {
         /// The fast kernel's dx (blocked), written over NaN so that a value never
         /// written fails the comparison.
         fn fast<V: Vector>(&self, g: &ConvGeometry) -> Vec<f32> {
+            self.fast_budget::<V>(g, SLAB_BYTES)
+        }
+
+        /// The fast kernel with weight slabs over `budget` bytes cut into chunks.
+        fn fast_budget<V: Vector>(&self, g: &ConvGeometry, budget: usize) -> Vec<f32> {
             let mut packed = vec![f32::NAN; data_grad_packed_len(g, V::LANES)];
             pack_data_grad_weights(&self.w, g, V::LANES, &mut packed);
             let mut dx = vec![f32::NAN; Self::dx_layout(g, V::LANES).len()];
-            data_grad::<V>(g, &self.blocked_dy(g, V::LANES), &packed, &mut dx);
+            data_grad_budget::<V>(g, &self.blocked_dy(g, V::LANES), &packed, &mut dx, budget);
             dx
         }
 
@@ -704,6 +741,40 @@ mod tests {
                             );
                         }
                     }
+                }
+            }
+        }
+        at::<f32x4>();
+        at::<f32x8>();
+        at::<f32x16>();
+    }
+
+    /// The chunks of dy blocks (forced by small slab budgets: one block per chunk, and
+    /// chunks of about two blocks with a ragged split) against the reference, with a NaN
+    /// in dy kept out of the padding channels, at every width.
+    #[test]
+    fn data_grad_chunked_reductions_match_the_reference() {
+        fn at<V: Vector>() {
+            let shapes = [
+                geometry(2, 19, 7, 9, 40, 3, 2, 1),
+                geometry(1, 70, 6, 13, 70, 3, 2, 1),
+                geometry(1, 53, 5, 5, 53, 1, 2, 0),
+                geometry(1, 5, 4, 5, 37, 3, 1, 3),
+            ];
+            for (i, g) in shapes.iter().enumerate() {
+                let kbs = g.out_channels.div_ceil(V::LANES);
+                let slab = per_block(&transposed(g), V::LANES, V::LANES) * 4 * 4;
+                for budget in [1, slab * 2 / kbs] {
+                    let mut p = Problem::new(g, 40 + i as u64);
+                    let want = p.reference(g);
+                    let l = Problem::dx_layout(g, V::LANES);
+                    let fast = p.fast_budget::<V>(g, budget);
+                    let what = format!("{g:?} lanes {} budget {budget}", V::LANES);
+                    let e = max_rel_err(&nchw(&fast, l), &want);
+                    assert!(e < 1e-5, "{what}: {e:e}");
+                    assert_padding_zero(&fast, l, &what);
+                    p.dy[g.out_plane() + 1] = f32::NAN;
+                    assert_padding_zero(&p.fast_budget::<V>(g, budget), l, &what);
                 }
             }
         }
