@@ -79,7 +79,7 @@ pub const fn max_tile_blocks(out_block: usize) -> usize {
 /// the 16-channel ResNet-20 stage, 24 was 20 % slower (its border tiles spill their 24
 /// pointers) and 8 about 2 % faster than 12 (more tiles fit inside a 32-pixel row); 8
 /// accumulators still cover the latency of two FMA pipes.
-const fn tile_pixels(noc: usize, out_block: usize) -> usize {
+pub(crate) const fn tile_pixels(noc: usize, out_block: usize) -> usize {
     match (out_block >= 16, noc) {
         (true, 4) => 6,
         (true, 3) => 8,
@@ -92,19 +92,19 @@ const fn tile_pixels(noc: usize, out_block: usize) -> usize {
 
 /// Number of output-channel groups: blocks cut into groups of at most
 /// [`max_tile_blocks`], as evenly as [`split::ranges`] cuts them (5 blocks: 2 + 3).
-fn group_count(ocb: usize, out_block: usize) -> usize {
+pub(crate) fn group_count(ocb: usize, out_block: usize) -> usize {
     ocb.div_ceil(max_tile_blocks(out_block)).max(1)
 }
 
 /// The output-channel blocks of group `i` of [`group_count`].
-fn group(i: usize, ocb: usize, out_block: usize) -> Range<usize> {
+pub(crate) fn group(i: usize, ocb: usize, out_block: usize) -> Range<usize> {
     split::ranges(ocb, group_count(ocb, out_block))
         .nth(i)
         .expect("group index below group_count")
 }
 
 /// Packed weight floats of one output-channel block: `icb * kh * kw * in_block * out_block`.
-fn per_block(g: &ConvGeometry, in_block: usize, out_block: usize) -> usize {
+pub(crate) fn per_block(g: &ConvGeometry, in_block: usize, out_block: usize) -> usize {
     g.in_channels.div_ceil(in_block) * g.kernel_h * g.kernel_w * in_block * out_block
 }
 
@@ -198,7 +198,7 @@ impl Prefetch {
 
 /// A block of zeros that border tiles point at for taps in the padding (16 floats: the
 /// widest input block).
-static ZEROS: [f32; 16] = [0.0; 16];
+pub(crate) static ZEROS: [f32; 16] = [0.0; 16];
 
 /// Everything a tile needs, computed once per call.
 struct Ctx<'a, 'e> {
@@ -466,7 +466,7 @@ fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
 /// `w .. w + ib * NOC * V::LANES` and every `src[p] .. src[p] + ib` lie inside live
 /// allocations of `f32`s.
 #[inline(always)]
-unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
+pub(crate) unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
     acc: &mut [[V; NPX]; NOC],
     w: *const f32,
     src: &[*const f32; NPX],
