@@ -23,6 +23,8 @@
 //! NCHW, is [`super::train_nchw::NchwTrainingPlan`].
 
 use super::choose::{self, Algo, ConvChoice};
+use crate::kernels::blocked::data_grad::{data_grad, data_grad_packed_len, pack_data_grad_weights};
+use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
@@ -440,7 +442,7 @@ impl TrainingPlan {
                     choose::derive_weights_into(algo, &t, &w.flipped, None, BLOCK, out);
                 }
                 Some(DataGradAlgo::Strided) => {
-                    strided::pack(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]);
+                    pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]);
                 }
                 None => {}
             }
@@ -687,7 +689,7 @@ fn add_conv(
     let fwd_weights = lay.derived(choose::derived_len(forward, &g, in_block));
     let data_weights = lay.derived(match data_grad {
         Some(DataGradAlgo::Forward(a)) => choose::derived_len(a, &transposed(&g), BLOCK),
-        Some(DataGradAlgo::Strided) => strided::packed_len(&g, BLOCK),
+        Some(DataGradAlgo::Strided) => data_grad_packed_len(&g, BLOCK),
         None => 0,
     });
     let bn = |field: &str| entry(entries, &format!("{}.{field}", spec.bn)).map(range);
@@ -864,7 +866,7 @@ fn stage_backward(
     }
     {
         let [x, t] = split(&mut w.arena, [x.at(n), dz.at(n)]);
-        strided::filter_grad(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
+        filter_grad::<F32xBlock>(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
     }
     if let (Some(dx), Some(algo)) = (dx, c.data_grad) {
         let dx = as_shape(dx, Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK));
@@ -879,43 +881,7 @@ fn stage_backward(
                 };
                 choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
             }
-            DataGradAlgo::Strided => strided::data_grad(&g, t, weights, o),
+            DataGradAlgo::Strided => data_grad::<F32xBlock>(&g, t, weights, o),
         }
-    }
-}
-
-/// Placeholder adapters through the NCHW kernels.
-mod strided {
-    use crate::kernels::conv::{conv_backward_data_naive, conv_backward_filter_naive};
-    use crate::kernels::im2col::ConvGeometry;
-    use crate::layout::{from_blocked, to_blocked, Blocked};
-
-    pub fn packed_len(g: &ConvGeometry, _block: usize) -> usize {
-        g.out_channels * g.in_channels * g.kernel_h * g.kernel_w
-    }
-
-    pub fn pack(w: &[f32], _g: &ConvGeometry, _block: usize, out: &mut [f32]) {
-        out.copy_from_slice(w);
-    }
-
-    pub fn filter_grad(g: &ConvGeometry, x: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
-        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
-        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, crate::simd::BLOCK);
-        let mut xp = vec![0.0; g.batch * g.in_channels * g.in_h * g.in_w];
-        let mut yp = vec![0.0; g.batch * g.out_channels * g.out_h * g.out_w];
-        from_blocked(x, xs, &mut xp);
-        from_blocked(dy, ys, &mut yp);
-        conv_backward_filter_naive(g, &xp, &yp, dw, None);
-    }
-
-    pub fn data_grad(g: &ConvGeometry, dy: &[f32], w: &[f32], dx: &mut [f32]) {
-        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, crate::simd::BLOCK);
-        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, crate::simd::BLOCK);
-        let mut xp = vec![0.0; g.batch * g.in_channels * g.in_h * g.in_w];
-        let mut yp = vec![0.0; g.batch * g.out_channels * g.out_h * g.out_w];
-        from_blocked(dy, ys, &mut yp);
-        conv_backward_data_naive(g, w, &yp, &mut xp);
-        dx.fill(0.0);
-        to_blocked(&xp, xs, dx);
     }
 }
