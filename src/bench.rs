@@ -4,7 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
-use resnet_core::kernels::plan::{choose_filter, fastest, fastest_filter, Pass};
+use resnet_core::plan::train::{time_passes, TrainConv};
+use resnet_core::plan::TrainingPlan;
 use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
 use resnet_core::plan::{choose::time_candidates, ConvChoice, ExecutionPlan, PlanOptions};
 use resnet_core::rng::Rng;
@@ -128,7 +129,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let layers = if args.layers {
         let fma = peak.map_or(f64::NAN, |p| p.0);
         if args.train {
-            train_layer_table(&arch, n, size, fma)?
+            train_layer_table(&config, n, size, fma)?
         } else {
             inference_layer_table(&config, n, size, args.conv, fma)?
         }
@@ -240,27 +241,32 @@ fn inference_layer_table(
     Ok(rows)
 }
 
-/// Times each distinct convolution shape at batch `n` with every applicable training
-/// algorithm: forward, backward-data and backward-filter.
-fn train_layer_table(arch: &Arch, n: usize, size: usize, fma: f64) -> Result<Vec<serde_json::Value>> {
-    let mut rows = Vec::new();
-    for (g, names) in &arch.distinct_conv_geometries(n, size, size)? {
-        for pass in [Pass::Forward, Pass::BackwardData] {
-            let (_, timings) = fastest(g, pass);
-            let timings: Vec<(&str, f64)> = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
-            let chosen = resnet_core::kernels::plan::choose(g, pass).name();
-            rows.push(layer_row(g, names, &format!("{pass:?}"), chosen, &timings, fma));
+/// Every convolution of the training plan, grouped by shape: for each pass (forward,
+/// backward-data, backward-filter) the plan's choice beside every candidate, timed on
+/// the blocked layout the plan runs.
+fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> Result<Vec<serde_json::Value>> {
+    let plan = TrainingPlan::new(config, n, size, size)?;
+    let mut groups: Vec<(&TrainConv, Vec<String>)> = Vec::new();
+    for c in plan.convs() {
+        match groups
+            .iter_mut()
+            .find(|(g, _)| g.geometry == c.geometry && g.in_block == c.in_block)
+        {
+            Some((_, names)) => names.push(c.name.clone()),
+            None => groups.push((c, vec![c.name.clone()])),
         }
-        let (_, timings) = fastest_filter(g);
-        let timings: Vec<(&str, f64)> = timings.iter().map(|(a, t)| (a.name(), *t)).collect();
-        rows.push(layer_row(
-            g,
-            names,
-            "BackwardFilter",
-            choose_filter(g).name(),
-            &timings,
-            fma,
-        ));
+    }
+    let mut rows = Vec::new();
+    for (c, names) in groups {
+        let t = time_passes(&c.geometry, c.in_block, 5);
+        let forward: Vec<(&str, f64)> = t.forward.iter().map(|(a, s)| (a.name(), *s)).collect();
+        rows.push(layer_row(&c.geometry, &names, "Forward", c.forward.name(), &forward, fma));
+        if let Some(chosen) = c.data_grad {
+            let data: Vec<(&str, f64)> = t.data_grad.iter().map(|(a, s)| (a.name(), *s)).collect();
+            rows.push(layer_row(&c.geometry, &names, "BackwardData", chosen.name(), &data, fma));
+        }
+        let filter = [("direct", t.filter_grad)];
+        rows.push(layer_row(&c.geometry, &names, "BackwardFilter", "direct", &filter, fma));
     }
     Ok(rows)
 }

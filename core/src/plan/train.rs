@@ -679,13 +679,7 @@ fn add_conv(
     } else {
         Algo::Direct
     };
-    let data_grad = if in_block != BLOCK {
-        None
-    } else if g.stride == 1 && g.kernel_h == g.kernel_w && g.pad < g.kernel_h {
-        Some(DataGradAlgo::Forward(choose::choose(ConvChoice::Auto, &transposed(&g))))
-    } else {
-        Some(DataGradAlgo::Strided)
-    };
+    let data_grad = if in_block == BLOCK { data_grad_algo(&g) } else { None };
     let fwd_weights = lay.derived(choose::derived_len(forward, &g, in_block));
     let data_weights = lay.derived(match data_grad {
         Some(DataGradAlgo::Forward(a)) => choose::derived_len(a, &transposed(&g), BLOCK),
@@ -883,5 +877,71 @@ fn stage_backward(
             }
             DataGradAlgo::Strided => data_grad::<F32xBlock>(&g, t, weights, o),
         }
+    }
+}
+
+/// Seconds per call (the best of `reps` after one warm-up, random data) of every
+/// candidate for each training pass of `g` with input blocks of `in_block`: forward and
+/// backward-data per algorithm, backward-filter. `resnet bench --layers --train` prints
+/// them beside the plan's choices.
+pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTimings {
+    let forward = choose::time_candidates(g, in_block, reps);
+    let mut rng = crate::rng::Rng::new(3);
+    let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
+    let input = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+    let output = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, BLOCK);
+    let (x, dy) = (random(input.len()), random(output.len()));
+    let weight = random(g.out_channels * g.in_channels * g.kernel_h * g.kernel_w);
+    let best_of = |f: &mut dyn FnMut()| {
+        let mut best = f64::INFINITY;
+        for rep in 0..=reps.max(1) {
+            let t = std::time::Instant::now();
+            f();
+            if rep > 0 {
+                best = best.min(t.elapsed().as_secs_f64());
+            }
+        }
+        best
+    };
+    let mut dw = vec![0.0; weight.len()];
+    let filter_grad_s = best_of(&mut || filter_grad::<F32xBlock>(g, &x, in_block, &dy, &mut dw));
+    let mut data_grad_s = Vec::new();
+    if in_block == BLOCK {
+        if let Some(DataGradAlgo::Forward(_)) = data_grad_algo(g) {
+            for (a, s) in choose::time_candidates(&transposed(g), BLOCK, reps) {
+                data_grad_s.push((DataGradAlgo::Forward(a), s));
+            }
+        }
+        let mut packed = vec![0.0; data_grad_packed_len(g, BLOCK)];
+        pack_data_grad_weights(&weight, g, BLOCK, &mut packed);
+        let mut dx = vec![0.0; Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, BLOCK).len()];
+        let s = best_of(&mut || data_grad::<F32xBlock>(g, &dy, &packed, &mut dx));
+        data_grad_s.push((DataGradAlgo::Strided, s));
+    }
+    PassTimings {
+        forward,
+        data_grad: data_grad_s,
+        filter_grad: filter_grad_s,
+    }
+}
+
+/// What [`time_passes`] measured.
+#[derive(Clone, Debug)]
+pub struct PassTimings {
+    /// Forward, per algorithm.
+    pub forward: Vec<(Algo, f64)>,
+    /// Backward-data, per way of running it (empty for the stem).
+    pub data_grad: Vec<(DataGradAlgo, f64)>,
+    /// Backward-filter (the blocked direct kernel).
+    pub filter_grad: f64,
+}
+
+/// How the plan runs backward-data of `g` (input in blocks of `BLOCK`): stride-1 square
+/// kernels as a forward convolution by the inference rule, the rest by the strided kernel.
+pub fn data_grad_algo(g: &ConvGeometry) -> Option<DataGradAlgo> {
+    if g.stride == 1 && g.kernel_h == g.kernel_w && g.pad < g.kernel_h {
+        Some(DataGradAlgo::Forward(choose::choose(ConvChoice::Auto, &transposed(g))))
+    } else {
+        Some(DataGradAlgo::Strided)
     }
 }
