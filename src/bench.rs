@@ -4,9 +4,9 @@ use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
+use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
 use resnet_core::plan::train::{time_passes, TrainConv};
 use resnet_core::plan::TrainingPlan;
-use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
 use resnet_core::plan::{choose::time_candidates, ConvChoice, ExecutionPlan, PlanOptions};
 use resnet_core::rng::Rng;
 use resnet_core::simd::{F32x, F32xWide, BLOCK, LANES, WIDE_LANES};
@@ -260,10 +260,24 @@ fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> 
     for (c, names) in groups {
         let t = time_passes(&c.geometry, c.in_block, 5);
         let forward: Vec<(&str, f64)> = t.forward.iter().map(|(a, s)| (a.name(), *s)).collect();
-        rows.push(layer_row(&c.geometry, &names, "Forward", c.forward.name(), &forward, fma));
+        rows.push(layer_row(
+            &c.geometry,
+            &names,
+            "Forward",
+            c.forward.name(),
+            &forward,
+            fma,
+        ));
         if let Some(chosen) = c.data_grad {
             let data: Vec<(&str, f64)> = t.data_grad.iter().map(|(a, s)| (a.name(), *s)).collect();
-            rows.push(layer_row(&c.geometry, &names, "BackwardData", chosen.name(), &data, fma));
+            rows.push(layer_row(
+                &c.geometry,
+                &names,
+                "BackwardData",
+                chosen.name(),
+                &data,
+                fma,
+            ));
         }
         let filter = [("direct", t.filter_grad)];
         rows.push(layer_row(&c.geometry, &names, "BackwardFilter", "direct", &filter, fma));

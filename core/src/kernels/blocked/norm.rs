@@ -28,71 +28,96 @@ fn row_start(shape: Blocked, r: usize) -> (usize, usize) {
     (cb, shape.at(n, cb, y, 0))
 }
 
-/// Per-lane sums over the whole activation of `f(i, row)` (a vector per row), in f64:
-/// `out[c]` for every padded channel `c`. `partials` is scratch, grown once.
+/// Two per-lane sums over the whole activation of `f(block, at, w)` (a pair of vectors
+/// per row: the row of channel block `block` starting at `at`, `w` pixels), in f64:
+/// `out.0[c]` and `out.1[c]` for every padded channel `c`, in one pass. `partials` is
+/// scratch, grown once.
 fn channel_sums<V: Vector>(
     shape: Blocked,
     partials: &mut Vec<f64>,
-    out: &mut [f64],
-    f: impl Fn(usize, usize, usize) -> V + Sync,
+    out: (&mut [f64], &mut [f64]),
+    f: impl Fn(usize, usize, usize) -> (V, V) + Sync,
 ) {
     let lanes = V::LANES;
     let channels = shape.padded_channels();
     assert_eq!(shape.block, lanes, "batch norm: block");
-    assert!(out.len() >= channels, "batch norm: one sum per padded channel");
+    assert!(lanes <= 16, "batch norm: blocks of at most 16 channels");
+    assert!(
+        out.0.len() >= channels && out.1.len() >= channels,
+        "batch norm: one sum per padded channel"
+    );
     let units = rows(shape);
     let parts = split::parts(units);
     partials.clear();
-    partials.resize(parts * channels, 0.0);
+    partials.resize(parts * 2 * channels, 0.0);
     partials
-        .par_chunks_mut(channels.max(1))
+        .par_chunks_mut((2 * channels).max(1))
         .enumerate()
         .for_each(|(task, acc)| {
             let Some(range) = split::ranges(units, parts).nth(task) else {
                 return;
             };
+            let (acc0, acc1) = acc.split_at_mut(channels);
+            let mut row = [[0f32; 16]; 2];
             for r in range {
                 let (cb, at) = row_start(shape, r);
-                let s = f(cb, at, shape.w);
-                for (a, v) in acc[cb * lanes..(cb + 1) * lanes].iter_mut().zip(s.to_lanes()) {
-                    *a += v as f64;
+                let (s0, s1) = f(cb, at, shape.w);
+                s0.store(&mut row[0][..lanes]);
+                s1.store(&mut row[1][..lanes]);
+                let lane = cb * lanes..(cb + 1) * lanes;
+                for ((a0, a1), (v0, v1)) in acc0[lane.clone()]
+                    .iter_mut()
+                    .zip(&mut acc1[lane])
+                    .zip(row[0].iter().zip(&row[1]))
+                {
+                    *a0 += *v0 as f64;
+                    *a1 += *v1 as f64;
                 }
             }
         });
-    out[..channels].fill(0.0);
-    for part in partials.chunks(channels.max(1)) {
-        for (o, p) in out.iter_mut().zip(part) {
-            *o += p;
-        }
+    out.0[..channels].fill(0.0);
+    out.1[..channels].fill(0.0);
+    for part in partials.chunks((2 * channels).max(1)) {
+        let (p0, p1) = part.split_at(channels);
+        out.0.iter_mut().zip(p0).for_each(|(o, p)| *o += p);
+        out.1.iter_mut().zip(p1).for_each(|(o, p)| *o += p);
     }
 }
 
-/// Per-channel mean and biased variance of `z` (padded channels included), in f64; the
-/// variance is taken around a first estimate of the mean (a second pass), which keeps
-/// it exact for activations far from zero.
+/// Per-channel mean and biased variance of `z` (padded channels included), in f64, in
+/// one pass: sums of `z - k` and `(z - k)^2` around a shift `k` per channel (the
+/// channel's first value), which keeps the variance exact for activations far from zero
+/// (the shifted sums are about the spread, not the offset).
 pub fn moments<V: Vector>(shape: Blocked, z: &[f32], partials: &mut Vec<f64>, mean: &mut [f64], var: &mut [f64]) {
     assert_eq!(z.len(), shape.len(), "batch norm: input length");
     let b = V::LANES;
     let count = (shape.n * shape.h * shape.w).max(1) as f64;
-    channel_sums::<V>(shape, partials, mean, |_, at, w| {
-        let mut s = V::ZERO;
+    if shape.is_empty() {
+        mean.fill(0.0);
+        var.fill(0.0);
+        return;
+    }
+    let shift = |cb: usize| V::load(&z[shape.at(0, cb, 0, 0)..]);
+    channel_sums::<V>(shape, partials, (&mut *mean, &mut *var), |cb, at, w| {
+        let k = shift(cb);
+        let (mut s, mut q) = (V::ZERO, V::ZERO);
         for px in z[at..at + w * b].chunks_exact(b) {
-            s = s + V::load(px);
+            let d = V::load(px) - k;
+            s = s + d;
+            q = d.mul_add(d, q);
         }
-        s
+        (s, q)
     });
-    mean.iter_mut().for_each(|m| *m /= count);
-    let mu: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
-    channel_sums::<V>(shape, partials, var, |cb, at, w| {
-        let m = V::load(&mu[cb * b..]);
-        let mut s = V::ZERO;
-        for px in z[at..at + w * b].chunks_exact(b) {
-            let d = V::load(px) - m;
-            s = d.mul_add(d, s);
+    for cb in 0..shape.blocks() {
+        let mut k = [0f32; 16];
+        shift(cb).store(&mut k[..b]);
+        for (lane, &kv) in k[..b].iter().enumerate() {
+            let c = cb * b + lane;
+            let d = mean[c] / count;
+            mean[c] = kv as f64 + d;
+            var[c] = (var[c] / count - d * d).max(0.0);
         }
-        s
-    });
-    var.iter_mut().for_each(|v| *v /= count);
+    }
 }
 
 /// `y = scale * z + shift` per channel, then `max(0, y)` with `relu` (NaN stays NaN).
@@ -145,23 +170,16 @@ pub fn grad_sums<V: Vector>(
     assert_eq!(dy.len(), shape.len(), "batch norm backward: gradient length");
     assert_eq!(z.len(), shape.len(), "batch norm backward: input length");
     let b = V::LANES;
-    channel_sums::<V>(shape, partials, sum_dy, |_, at, w| {
-        let mut s = V::ZERO;
-        for i in 0..w {
-            let p = at + i * b;
-            s = s + masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
-        }
-        s
-    });
-    channel_sums::<V>(shape, partials, sum_dy_zc, |cb, at, w| {
+    channel_sums::<V>(shape, partials, (sum_dy, sum_dy_zc), |cb, at, w| {
         let m = V::load(&mean[cb * b..]);
-        let mut s = V::ZERO;
+        let (mut s, mut sz) = (V::ZERO, V::ZERO);
         for i in 0..w {
             let p = at + i * b;
             let d = masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
-            s = d.mul_add(V::load(&z[p..]) - m, s);
+            s = s + d;
+            sz = d.mul_add(V::load(&z[p..]) - m, sz);
         }
-        s
+        (s, sz)
     });
 }
 
