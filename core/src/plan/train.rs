@@ -116,6 +116,9 @@ pub struct TrainConv {
     /// Per padded channel: the batch mean and `1 / sqrt(var + eps)` the forward pass used.
     mean: Range<usize>,
     inv_std: Range<usize>,
+    /// Per padded channel: the batch norm's `gamma * inv_std` and `beta - mean * that`.
+    scale: Range<usize>,
+    shift: Range<usize>,
 }
 
 impl TrainConv {
@@ -707,6 +710,8 @@ fn add_conv(
         y: lay.slot(out),
         mean: lay.fixed(channels),
         inv_std: lay.fixed(channels),
+        scale: lay.fixed(channels),
+        shift: lay.fixed(channels),
     });
     Ok(out)
 }
@@ -763,7 +768,17 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32],
     }
     let shape = c.z.shape(n);
     let channels = g.out_channels;
-    let [z, y, mean, inv_std] = split(&mut w.arena, [c.z.at(n), c.y.at(n), c.mean.clone(), c.inv_std.clone()]);
+    let [z, y, mean, inv_std, scale, shift] = split(
+        &mut w.arena,
+        [
+            c.z.at(n),
+            c.y.at(n),
+            c.mean.clone(),
+            c.inv_std.clone(),
+            c.scale.clone(),
+            c.shift.clone(),
+        ],
+    );
     let (gamma, beta) = (&values[c.gamma.clone()], &values[c.beta.clone()]);
     match stats {
         Stats::Train(buffers) => {
@@ -796,7 +811,6 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32],
             }
         }
     }
-    let [scale, shift, _] = &mut w.coef;
     scale.fill(0.0);
     shift.fill(0.0);
     for ch in 0..channels {
@@ -827,18 +841,20 @@ fn stage_backward(
     let channels = g.out_channels;
     let dy = as_shape(dy, c.z.shape);
     {
-        let [d, y, z, mean, inv_std, t] = split(
+        let [d, z, mean, inv_std, scale, shift, t] = split(
             &mut w.arena,
             [
                 dy.at(n),
-                c.y.at(n),
                 c.z.at(n),
                 c.mean.clone(),
                 c.inv_std.clone(),
+                c.scale.clone(),
+                c.shift.clone(),
                 dz.at(n),
             ],
         );
-        let mask = c.relu.then_some(&*y);
+        let (scale, shift) = (&*scale, &*shift);
+        let mask = c.relu.then_some(norm::FusedRelu { scale, shift });
         let [s_dy, s_dyz] = &mut w.sums;
         norm::grad_sums::<F32xBlock>(shape, d, mask, z, mean, &mut w.partials, s_dy, s_dyz);
         let (dgamma, dbeta) = split_grads(grads, &c.gamma, &c.beta);

@@ -144,23 +144,38 @@ pub fn apply<V: Vector>(shape: Blocked, z: &[f32], scale: &[f32], shift: &[f32],
     });
 }
 
-/// The gradient reaching the batch norm's output: `dy`, zeroed where the fused ReLU's
-/// output `y` was not positive (when `y` is given).
+/// The fused ReLU of a batch norm, as its backward sees it: the `scale` and `shift` the
+/// forward pass applied (one per padded channel), from which the sign of each output is
+/// recomputed bit for bit, so the backward never reads the output itself.
+#[derive(Clone, Copy, Debug)]
+pub struct FusedRelu<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+}
+
+/// The gradient reaching the batch norm's output `dy`, zeroed where the fused ReLU's
+/// output (`z * scale + shift`, as [`apply`] computes it) was not positive.
 #[inline(always)]
-fn masked<V: Vector>(dy: V, y: Option<V>) -> V {
-    match y {
-        Some(y) => dy.relu_mask(y),
+fn masked<V: Vector>(dy: V, z: V, relu: Option<(V, V)>) -> V {
+    match relu {
+        Some((s, t)) => dy.relu_mask(z.mul_add(s, t)),
         None => dy,
     }
 }
 
+/// The fused ReLU's scale and shift vectors of channel block `cb`.
+#[inline(always)]
+fn relu_block<V: Vector>(relu: Option<FusedRelu>, cb: usize) -> Option<(V, V)> {
+    relu.map(|r| (V::load(&r.scale[cb * V::LANES..]), V::load(&r.shift[cb * V::LANES..])))
+}
+
 /// Per-channel `sum(dy)` and `sum(dy * (z - mean))` in f64, `dy` masked by the fused
-/// ReLU's output `y` when given: with `inv_std`, the gradients of beta and gamma.
+/// ReLU when given: with `inv_std`, the gradients of beta and gamma.
 #[allow(clippy::too_many_arguments)]
 pub fn grad_sums<V: Vector>(
     shape: Blocked,
     dy: &[f32],
-    y: Option<&[f32]>,
+    relu: Option<FusedRelu>,
     z: &[f32],
     mean: &[f32],
     partials: &mut Vec<f64>,
@@ -172,26 +187,28 @@ pub fn grad_sums<V: Vector>(
     let b = V::LANES;
     channel_sums::<V>(shape, partials, (sum_dy, sum_dy_zc), |cb, at, w| {
         let m = V::load(&mean[cb * b..]);
+        let r = relu_block::<V>(relu, cb);
         let (mut s, mut sz) = (V::ZERO, V::ZERO);
         for i in 0..w {
             let p = at + i * b;
-            let d = masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
+            let zv = V::load(&z[p..]);
+            let d = masked(V::load(&dy[p..]), zv, r);
             s = s + d;
-            sz = d.mul_add(V::load(&z[p..]) - m, sz);
+            sz = d.mul_add(zv - m, sz);
         }
         (s, sz)
     });
 }
 
 /// Input gradient of training-mode batch norm, per channel
-/// `dz = k * (dy - mean(dy)) - k2 * (z - mean)`, with `dy` masked by the fused ReLU's
-/// output `y` when given; the caller folds the statistics into `k = gamma * inv_std`,
+/// `dz = k * (dy - mean(dy)) - k2 * (z - mean)`, with `dy` masked by the fused ReLU
+/// when given; the caller folds the statistics into `k = gamma * inv_std`,
 /// `k2 = gamma * inv_std^3 * mean(dy * (z - mean))` and `mdy = mean(dy)`.
 #[allow(clippy::too_many_arguments)]
 pub fn input_grad<V: Vector>(
     shape: Blocked,
     dy: &[f32],
-    y: Option<&[f32]>,
+    relu: Option<FusedRelu>,
     z: &[f32],
     mean: &[f32],
     k: &[f32],
@@ -217,10 +234,12 @@ pub fn input_grad<V: Vector>(
                 V::load(&k2[c..]),
                 V::load(&mdy[c..]),
             );
+            let rb = relu_block::<V>(relu, cb);
             for i in 0..shape.w {
                 let p = at + i * b;
-                let d = masked(V::load(&dy[p..]), y.map(|y| V::load(&y[p..])));
-                let zc = V::load(&z[p..]) - m;
+                let zv = V::load(&z[p..]);
+                let d = masked(V::load(&dy[p..]), zv, rb);
+                let zc = zv - m;
                 out.store(p, kk * (d - md) - kk2 * zc);
             }
         }
@@ -301,7 +320,11 @@ mod tests {
             let (mut s1, mut s2) = (vec![0.0; pc], vec![0.0; pc]);
             let mut mean_p = vec![0.0; pc];
             mean_p[..c].copy_from_slice(&mu);
-            grad_sums::<V>(shape, &dy, Some(&y), &z, &mean_p, &mut partials, &mut s1, &mut s2);
+            let relu = Some(FusedRelu {
+                scale: &scale,
+                shift: &shift,
+            });
+            grad_sums::<V>(shape, &dy, relu, &z, &mean_p, &mut partials, &mut s1, &mut s2);
             let (mut r1, mut r2) = (vec![0.0; c], vec![0.0; c]);
             nchw::grad_sums(&g, &masked_plain, &xhat_ref, &mut r1, &mut r2);
             let count = (n * h * w) as f64;
@@ -316,7 +339,7 @@ mod tests {
                 mdy[ch] = (s1[ch] / count) as f32;
             }
             let mut dz = vec![f32::NAN; shape.len()];
-            input_grad::<V>(shape, &dy, Some(&y), &z, &mean_p, &k, &k2, &mdy, &mut dz);
+            input_grad::<V>(shape, &dy, relu, &z, &mean_p, &k, &k2, &mdy, &mut dz);
             let mut dx_ref = vec![0.0; plain.len()];
             nchw::input_grad(
                 &g,
