@@ -7,8 +7,12 @@
 //! it). GFLOP/s count `2 * N * K * C * KH * KW * OH * OW` (the forward convolution's
 //! multiply-adds) over the median time of several runs after a warm-up, and over the
 //! fastest run; the pack of the weights (once per training step) is timed separately.
+//! `fwd` is the forward direct convolution of the same layer (the same FLOPs) timed right
+//! after it, the yardstick that moves with the machine's load as the kernel does.
 
 use resnet_core::kernels::blocked::data_grad::{data_grad, data_grad_packed_len, pack_data_grad_weights};
+use resnet_core::kernels::blocked::direct::{direct_conv, pack_weights, packed_len};
+use resnet_core::kernels::blocked::BlockedEpilogue;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::layout::Blocked;
 use resnet_core::model::{Arch, ResNetConfig};
@@ -56,8 +60,8 @@ fn main() {
         "blocked backward-data convolution, block {BLOCK}, {threads} thread(s); GFLOP/s = 2 * MACs / median time (best: fastest run)"
     );
     println!(
-        "{:<9} {:<34} {:>8} {:>8} {:>8} {:>9}",
-        "model", "conv (layers)", "ms", "GFLOP/s", "best", "pack ms"
+        "{:<9} {:<34} {:>8} {:>8} {:>8} {:>9} {:>8}",
+        "model", "conv (layers)", "ms", "GFLOP/s", "best", "pack ms", "fwd"
     );
     for (model, batch, size) in [("resnet20", 128, 32), ("resnet50", 1, 224), ("resnet50", 8, 224)] {
         let (mut flops_all, mut secs_all) = (0.0, 0.0);
@@ -88,17 +92,24 @@ fn main() {
             let (pack, _) = pool.install(|| median_secs(|| pack_data_grad_weights(&w, &g, BLOCK, &mut packed)));
             let mut dx = vec![0.0; dx_l.len()];
             let (secs, best) = pool.install(|| median_secs(|| data_grad::<F32xBlock>(&g, &dy, &packed, &mut dx)));
+            let x = values(dx_l.len(), 3);
+            let mut fwd_packed = vec![0.0; packed_len(&g, BLOCK, BLOCK)];
+            pack_weights(&w, None, &g, BLOCK, BLOCK, &mut fwd_packed);
+            let (ep, mut y) = (BlockedEpilogue::default(), vec![0.0; dy_l.len()]);
+            let (fwd, _) =
+                pool.install(|| median_secs(|| direct_conv::<F32xBlock>(&g, &x, BLOCK, &fwd_packed, &ep, &mut y)));
             let flops = 2.0 * g.macs() as f64;
             flops_all += flops * names.len() as f64;
             secs_all += secs * names.len() as f64;
             println!(
-                "{:<9} {:<34} {:>8.3} {:>8.1} {:>8.1} {:>9.3}",
+                "{:<9} {:<34} {:>8.3} {:>8.1} {:>8.1} {:>9.3} {:>8.1}",
                 label,
                 what,
                 secs * 1e3,
                 flops / secs / 1e9,
                 flops / best / 1e9,
-                pack * 1e3
+                pack * 1e3,
+                flops / fwd / 1e9
             );
         }
         if secs_all > 0.0 {
