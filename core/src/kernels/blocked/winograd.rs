@@ -179,27 +179,36 @@ pub fn transform_filters(
     let a = tile.alpha();
     let mx = matrices(tile);
     out.fill(0.0);
-    for kk in 0..k {
-        let s = scale.map_or(1.0, |s| s[kk] as f64);
-        let (ocb, lane) = (kk / block, kk % block);
-        for ci in 0..c {
-            let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
-            // gt[i][q] = sum_p G[i][p] g[p][q]; U[i][j] = sum_q gt[i][q] G[j][q].
-            let mut gt = [[0f64; 3]; 8];
-            for (i, gi) in mx.g.iter().enumerate() {
-                for q in 0..3 {
-                    gt[i][q] = (0..3).map(|p| gi[p] * f[p * 3 + q] as f64).sum();
+    // Output channels are independent: split them among tasks (every training step
+    // remakes these filters).
+    let shared = SharedOut::new(out);
+    let parts = split::parts(k);
+    (0..parts).into_par_iter().for_each(|task| {
+        let Some(range) = split::ranges(k, parts).nth(task) else {
+            return;
+        };
+        for kk in range {
+            let s = scale.map_or(1.0, |s| s[kk] as f64);
+            let (ocb, lane) = (kk / block, kk % block);
+            for ci in 0..c {
+                let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
+                // gt[i][q] = sum_p G[i][p] g[p][q]; U[i][j] = sum_q gt[i][q] G[j][q].
+                let mut gt = [[0f64; 3]; 8];
+                for (i, gi) in mx.g.iter().enumerate() {
+                    for q in 0..3 {
+                        gt[i][q] = (0..3).map(|p| gi[p] * f[p * 3 + q] as f64).sum();
+                    }
                 }
-            }
-            for (i, gti) in gt.iter().enumerate().take(a) {
-                for (j, gj) in mx.g.iter().enumerate() {
-                    let u: f64 = (0..3).map(|q| gti[q] * gj[q]).sum();
-                    let xi = i * a + j;
-                    out[((xi * (kp / block) + ocb) * cp + ci) * block + lane] = (u * s) as f32;
+                for (i, gti) in gt.iter().enumerate().take(a) {
+                    for (j, gj) in mx.g.iter().enumerate() {
+                        let u: f64 = (0..3).map(|q| gti[q] * gj[q]).sum();
+                        let xi = i * a + j;
+                        shared.write(((xi * (kp / block) + ocb) * cp + ci) * block + lane, (u * s) as f32);
+                    }
                 }
             }
         }
-    }
+    });
 }
 
 fn check_geometry(g: &ConvGeometry) {
