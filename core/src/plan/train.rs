@@ -495,7 +495,7 @@ impl TrainingPlan {
         }
         let w = &mut self.work;
         w.arena[self.input.at(n)].copy_from_slice(input);
-        stage_forward(&self.convs[0], n, self.input, w, values, stats);
+        stage_forward(&self.convs[0], n, self.input, Out::Own, w, values, stats);
         if let Some((g, out)) = &self.pool {
             let g = PoolGeometry { batch: n, ..*g };
             let y = self.convs[0].y;
@@ -503,34 +503,32 @@ impl TrainingPlan {
             max_pool_with_argmax(&g, y.shape(n), x, o, &mut w.argmax[..out.at(n).len()]);
         }
         for b in &self.blocks {
-            let mut x = b.input;
-            for i in b.stages.clone() {
-                stage_forward(&self.convs[i], n, x, w, values, stats);
-                x = self.convs[i].y;
-            }
-            let last = &self.convs[b.stages.end - 1];
-            match b.shortcut {
-                Shortcut::None => {
-                    let [y, out] = split(&mut w.arena, [last.y.at(n), b.out.at(n)]);
-                    relu::relu_forward(y, out);
-                }
-                Shortcut::Identity => {
-                    let [y, s, out] = split(&mut w.arena, [last.y.at(n), b.input.at(n), b.out.at(n)]);
-                    relu::add_relu(y, s, out);
-                }
+            // The shortcut first, so that the last stage's batch norm adds it and applies
+            // the block's ReLU in the same pass, straight into the block's output.
+            let residual = match b.shortcut {
+                Shortcut::None => None,
+                Shortcut::Identity => Some(b.input),
                 Shortcut::ZeroPad { stride } => {
                     let pad = as_shape(self.pad, b.out.shape);
                     let [x, p] = split(&mut w.arena, [b.input.at(n), pad.at(n)]);
                     zero_pad_shortcut(b.input.shape(n), x, b.out.shape(n), stride, p);
-                    let [y, p, out] = split(&mut w.arena, [last.y.at(n), pad.at(n), b.out.at(n)]);
-                    relu::add_relu(y, p, out);
+                    Some(pad)
                 }
                 Shortcut::Projection(p) => {
                     let proj = &self.convs[p];
-                    stage_forward(proj, n, b.input, w, values, stats);
-                    let [y, s, out] = split(&mut w.arena, [last.y.at(n), proj.y.at(n), b.out.at(n)]);
-                    relu::add_relu(y, s, out);
+                    stage_forward(proj, n, b.input, Out::Own, w, values, stats);
+                    Some(proj.y)
                 }
+            };
+            let mut x = b.input;
+            for i in b.stages.clone() {
+                let out = if i + 1 == b.stages.end {
+                    Out::Block { residual, out: b.out }
+                } else {
+                    Out::Own
+                };
+                stage_forward(&self.convs[i], n, x, out, w, values, stats);
+                x = self.convs[i].y;
             }
         }
         let last = self.blocks.last().map_or(self.body_input, |b| b.out);
@@ -753,9 +751,19 @@ fn split_grads<'a>(grads: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> 
     (a, b)
 }
 
-/// Convolution `x -> z`, then batch norm (and ReLU) `z -> y`: batch statistics in
-/// training (saved, and moving the running ones), running statistics in evaluation.
-fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32], stats: &mut Stats) {
+/// Where a stage's batch norm writes.
+#[derive(Clone, Copy)]
+enum Out {
+    /// Its own output slot `y`, with its own ReLU if it has one.
+    Own,
+    /// A block's output: plus the shortcut `residual` if any, then the block's ReLU.
+    Block { residual: Option<Slot>, out: Slot },
+}
+
+/// Convolution `x -> z`, then batch norm (and ReLU) `z -> y` (or into a block's output,
+/// see [`Out`]): batch statistics in training (saved, and moving the running ones),
+/// running statistics in evaluation.
+fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, values: &[f32], stats: &mut Stats) {
     let g = c.geometry_at(n);
     let ep = BlockedEpilogue {
         bias: None,
@@ -768,15 +776,21 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32],
     }
     let shape = c.z.shape(n);
     let channels = g.out_channels;
-    let [z, y, mean, inv_std, scale, shift] = split(
+    let (dest, residual) = match out {
+        Out::Own => (c.y, None),
+        Out::Block { residual, out } => (out, residual),
+    };
+    let res_range = residual.map_or(0..0, |r| as_shape(r, c.z.shape).at(n));
+    let [z, y, mean, inv_std, scale, shift, res] = split(
         &mut w.arena,
         [
             c.z.at(n),
-            c.y.at(n),
+            as_shape(dest, c.z.shape).at(n),
             c.mean.clone(),
             c.inv_std.clone(),
             c.scale.clone(),
             c.shift.clone(),
+            res_range,
         ],
     );
     let (gamma, beta) = (&values[c.gamma.clone()], &values[c.beta.clone()]);
@@ -817,7 +831,9 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, w: &mut Work, values: &[f32],
         scale[ch] = gamma[ch] * inv_std[ch];
         shift[ch] = beta[ch] - mean[ch] * scale[ch];
     }
-    norm::apply::<F32xBlock>(shape, z, scale, shift, c.relu, y);
+    let relu = c.relu || matches!(out, Out::Block { .. });
+    let res = residual.map(|_| &*res);
+    norm::apply::<F32xBlock>(shape, z, scale, shift, res, relu, y);
 }
 
 /// Backward through a stage: `dy` (the gradient of the stage's output `y`, after its

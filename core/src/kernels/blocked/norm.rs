@@ -120,11 +120,23 @@ pub fn moments<V: Vector>(shape: Blocked, z: &[f32], partials: &mut Vec<f64>, me
     }
 }
 
-/// `y = scale * z + shift` per channel, then `max(0, y)` with `relu` (NaN stays NaN).
-/// `scale` and `shift` hold one value per padded channel.
-pub fn apply<V: Vector>(shape: Blocked, z: &[f32], scale: &[f32], shift: &[f32], relu: bool, y: &mut [f32]) {
+/// `y = scale * z + shift` per channel, plus `residual` when given (a block's shortcut,
+/// added before its last ReLU), then `max(0, y)` with `relu` (NaN stays NaN). `scale` and
+/// `shift` hold one value per padded channel.
+pub fn apply<V: Vector>(
+    shape: Blocked,
+    z: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    residual: Option<&[f32]>,
+    relu: bool,
+    y: &mut [f32],
+) {
     assert_eq!(z.len(), shape.len(), "batch norm: input length");
     assert_eq!(y.len(), shape.len(), "batch norm: output length");
+    if let Some(r) = residual {
+        assert_eq!(r.len(), shape.len(), "batch norm: residual length");
+    }
     let b = V::LANES;
     let units = rows(shape);
     let out = SharedOut::new(y);
@@ -137,8 +149,12 @@ pub fn apply<V: Vector>(shape: Blocked, z: &[f32], scale: &[f32], shift: &[f32],
             let (cb, at) = row_start(shape, r);
             let (s, t) = (V::load(&scale[cb * b..]), V::load(&shift[cb * b..]));
             for (i, px) in z[at..at + shape.w * b].chunks_exact(b).enumerate() {
-                let v = V::load(px).mul_add(s, t);
-                out.store(at + i * b, if relu { v.relu() } else { v });
+                let p = at + i * b;
+                let mut v = V::load(px).mul_add(s, t);
+                if let Some(res) = residual {
+                    v = v + V::load(&res[p..]);
+                }
+                out.store(p, if relu { v.relu() } else { v });
             }
         }
     });
@@ -292,7 +308,7 @@ mod tests {
                 shift[ch] = beta[ch] - mu[ch] * scale[ch];
             }
             let mut y = vec![f32::NAN; shape.len()];
-            apply::<V>(shape, &z, &scale, &shift, true, &mut y);
+            apply::<V>(shape, &z, &scale, &shift, None, true, &mut y);
             let (mut xhat_ref, mut y_ref) = (vec![0.0; plain.len()], vec![0.0; plain.len()]);
             nchw::normalize(
                 &g,
