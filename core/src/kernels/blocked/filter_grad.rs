@@ -28,14 +28,18 @@
 //! chunk's `dY` and input are read from memory once per batch and from cache by every
 //! tap (9 reuses for 3x3) and every unit of the batch.
 //!
-//! Tasks ([`split`]): with at least `2 x` as many units as [`split::parts`] allows tasks,
-//! each task owns a contiguous range of units over the whole reduction and adds its
-//! finished sums straight into `dw` (every `dw` element is summed by one task in a fixed
-//! order: results do not even depend on the thread count). With fewer units (ResNet-20's
-//! 16-channel layers are one unit; batch 1 is the same), the output rows are also cut
-//! into `P` contiguous ranges, each `(range, units)` task sums into its own partial
-//! buffer (allocated per call: fewer than `2 x tasks` units, so at most a few hundred KB),
-//! and the partials are added in range order: deterministic for a given thread count.
+//! Tasks ([`split`], chosen by [`split_plan`] from the shapes and the thread count): the
+//! units are cut into `pw` contiguous ranges and the output rows into `pr`, so that
+//! there are at least [`split::parts`] tasks (both threads busy at batch 1 and 128) and
+//! the fewest bytes move. With `pr = 1` (many units: ResNet-50's wide layers) each task
+//! owns its units over the whole reduction and adds its finished sums straight into
+//! `dw`: each element is summed by one task in a fixed order, whatever the thread count.
+//! With `pr > 1` (few units: ResNet-20's layers are 1 to 8 units; the 1x1 layers of
+//! ResNet-50 at batch 8, where splitting units would make every task read all of `dY`),
+//! each task sums into its own partial buffer, allocated per call and at most
+//! [`MAX_PARTIALS`] floats, and the partials are added in range order: deterministic for
+//! a given thread count. The units are ordered with the larger operand's groups outermost
+//! so that a unit range reads only its share of that operand.
 //!
 //! # API
 //! - [`filter_grad`]: `dw += dL/dW` for `input` in blocks of `in_block` (`V::LANES`, or 1
@@ -228,8 +232,10 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
     });
 }
 
-/// Most floats of partial sums that [`split_plan`] allocates per call (1 MB).
-const MAX_PARTIALS: usize = 1 << 18;
+/// Most floats of partial sums that [`split_plan`] allocates per call (1 MB), so that the
+/// call stays free of large allocations; the gradients that would need more have enough
+/// units to split without partials.
+pub const MAX_PARTIALS: usize = 1 << 18;
 
 /// How [`filter_grad`] cuts its work: `(pr, pw)`, the output rows into `pr` ranges and
 /// the `units` units (`major` distinct groups along their outer axis) into `pw` ranges,
@@ -310,9 +316,10 @@ fn scatter_add(c: &Ctx, u: usize, acc: &[f32], out: &DwOut) {
             }
             let row = out.run((k * g.in_channels + chans.start) * kk, chans.len() * kk);
             let acc = &acc[j * lanes + lane..];
-            for (ci, taps) in row.chunks_exact_mut(kk).enumerate() {
-                for (tap, d) in taps.iter_mut().enumerate() {
-                    *d += acc[tap * tap_step + ci * ci_step];
+            for tap in 0..kk {
+                let (dst, src) = (&mut row[tap..], &acc[tap * tap_step..]);
+                for (d, s) in dst.iter_mut().step_by(kk).zip(src.iter().step_by(ci_step)) {
+                    *d += s;
                 }
             }
         }
@@ -340,12 +347,6 @@ fn run_units<V: Vector>(c: &Ctx, units: Range<usize>, rows: Range<usize>, buf: &
     let (oh, ow) = (g.out_h, g.out_w);
     let chunk_rows = (CHUNK_PIXELS / ow).clamp(1, oh);
     let chunk_imgs = (CHUNK_PIXELS / (oh * ow)).max(1);
-    let ky_valid: Vec<Range<usize>> = (0..g.kernel_h)
-        .map(|ky| valid(oh, g.in_h, ky, g.stride, g.pad))
-        .collect();
-    let kx_valid: Vec<Range<usize>> = (0..g.kernel_w)
-        .map(|kx| valid(ow, g.in_w, kx, g.stride, g.pad))
-        .collect();
     let mut r = rows.start;
     while r < rows.end {
         let (n, oy) = (r / oh, r % oh);
@@ -361,12 +362,13 @@ fn run_units<V: Vector>(c: &Ctx, units: Range<usize>, rows: Range<usize>, buf: &
         for (i, u) in units.clone().enumerate() {
             let acc = &mut buf[i * ul..(i + 1) * ul];
             for ky in 0..g.kernel_h {
-                let y = ky_valid[ky].start.max(ys.start)..ky_valid[ky].end.min(ys.end);
+                let yv = valid(oh, g.in_h, ky, g.stride, g.pad);
+                let y = yv.start.max(ys.start)..yv.end.min(ys.end);
                 if y.is_empty() {
                     continue;
                 }
                 for kx in 0..g.kernel_w {
-                    let x = kx_valid[kx].clone();
+                    let x = valid(ow, g.in_w, kx, g.stride, g.pad);
                     if x.is_empty() {
                         continue;
                     }
@@ -865,6 +867,37 @@ mod tests {
         at::<f32x4>(&g, &p);
         at::<f32x8>(&g, &p);
         at::<f32x16>(&g, &p);
+    }
+
+    #[test]
+    fn filter_grad_split_plan_fills_the_threads_within_the_partials_budget() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+        pool.install(|| {
+            let tasks = split::parts(usize::MAX);
+            // (units, major, rows, (input, dy) floats, unit floats)
+            let cases = [
+                // ResNet-20 16-channel 3x3 at batch 128 and 1: one unit, rows split.
+                (1, 1, 128 * 32, (1 << 21, 1 << 21), 4608),
+                (1, 1, 32, (1 << 14, 1 << 14), 4608),
+                // ResNet-50 3x3 512 at batch 1: many units, no partials.
+                (512, 16, 7, (25088, 25088), 4608),
+                // ResNet-50 1x1 64 -> 256 at batch 8: dY 4x the input, rows split.
+                (32, 8, 8 * 56, (1 << 21, 1 << 23), 512),
+                // One image row: cannot reach the task count; takes what there is.
+                (1, 1, 1, (64, 64), 4608),
+            ];
+            for (units, major, rows, sizes, ul) in cases {
+                let (pr, pw) = split_plan(units, major, rows, sizes, ul);
+                assert!(pr >= 1 && pr <= rows && pw >= 1 && pw <= units, "{pr} x {pw}");
+                assert!(
+                    pr * pw >= tasks.min(units * rows),
+                    "{units} units x {rows} rows: {pr} x {pw}"
+                );
+                assert!(pr == 1 || pr * units * ul <= MAX_PARTIALS);
+            }
+            assert_eq!(split_plan(512, 16, 7, (25088, 25088), 4608).0, 1);
+            assert!(split_plan(32, 8, 8 * 56, (1 << 21, 1 << 23), 512).0 > 1);
+        });
     }
 
     #[test]
