@@ -199,37 +199,61 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         });
         return;
     }
-    // The rows are cut into `pr` ranges too, each task's sums kept apart.
-    let mut partials = vec![0.0f32; pr * units * ul];
-    let mut jobs = Vec::with_capacity(pr * pw);
-    for (r, part) in partials.chunks_mut(units * ul).enumerate() {
-        let mut rest = part;
-        for us in split::ranges(units, pw) {
-            let (mine, tail) = rest.split_at_mut(us.len() * ul);
-            rest = tail;
-            jobs.push((r, us, mine));
-        }
-    }
-    jobs.into_par_iter().for_each(|(r, us, buf)| {
-        let rows = split::ranges(rows, pr).nth(r).expect("pr <= rows: no empty range");
-        for (bi, b) in us.clone().step_by(per_batch).enumerate() {
-            let batch = b..(b + per_batch).min(us.end);
-            let at = bi * per_batch * ul;
-            run_units::<V>(&c, batch.clone(), rows.clone(), &mut buf[at..at + batch.len() * ul]);
-        }
-    });
-    // The partials of each unit added in range order, then into `dw`.
-    let partials = &partials;
-    (0..units).into_par_iter().for_each(|u| {
-        with_scratch(ul, |sum| {
-            sum.copy_from_slice(&partials[u * ul..(u + 1) * ul]);
-            for r in 1..pr {
-                let p = &partials[(r * units + u) * ul..(r * units + u + 1) * ul];
-                sum.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+    // The rows are cut into `pr` ranges too, each task's sums kept apart: task `r * pw +
+    // w` (row range `r`, unit range `w`) owns `per_task` floats of the partials.
+    let per_task = units.div_ceil(pw) * ul;
+    with_partials(pr * pw * per_task, |partials| {
+        partials.par_chunks_mut(per_task).enumerate().for_each(|(t, buf)| {
+            let (r, w) = (t / pw, t % pw);
+            let rows = split::ranges(rows, pr).nth(r).expect("pr <= rows: no empty range");
+            let Some(us) = split::ranges(units, pw).nth(w) else {
+                return;
+            };
+            for (bi, b) in us.clone().step_by(per_batch).enumerate() {
+                let batch = b..(b + per_batch).min(us.end);
+                let at = bi * per_batch * ul;
+                run_units::<V>(&c, batch.clone(), rows.clone(), &mut buf[at..at + batch.len() * ul]);
             }
-            scatter_add(&c, u, sum, &out);
+        });
+        // The partials of each unit added in range order, then into `dw`.
+        let partials = &*partials;
+        (0..units).into_par_iter().for_each(|u| {
+            // `pw <= units`: no range is empty, so the w-th range is task w's.
+            let (w, us) = split::ranges(units, pw)
+                .enumerate()
+                .find(|(_, r)| r.contains(&u))
+                .expect("every unit in a range");
+            let at = |r: usize| (r * pw + w) * per_task + (u - us.start) * ul;
+            with_scratch(ul, |sum| {
+                sum.copy_from_slice(&partials[at(0)..at(0) + ul]);
+                for r in 1..pr {
+                    let p = &partials[at(r)..at(r) + ul];
+                    sum.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+                }
+                scatter_add(&c, u, sum, &out);
+            });
         });
     });
+}
+
+thread_local! {
+    /// The partial sums of [`filter_grad`] calls made from this thread, kept between calls.
+    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats for partial sums (contents unspecified): this thread's
+/// buffer, grown once, so that training steps do not allocate; a fresh one when a call
+/// on this thread already holds it (a call made from inside another's rayon wait).
+fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
 }
 
 /// Most floats of partial sums that [`split_plan`] allocates per call (1 MB), so that the
