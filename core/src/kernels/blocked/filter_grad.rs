@@ -144,6 +144,7 @@ impl Ctx<'_> {
 /// units.
 pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
     let lanes = V::LANES;
+    assert!(matches!(lanes, 4 | 8 | 16), "filter_grad: vectors of 4, 8 or 16 lanes");
     assert!(
         in_block == 1 || in_block == lanes,
         "filter_grad: in_block must be 1 or V::LANES"
@@ -522,7 +523,7 @@ fn tile<V: Vector, const BLOCKED: bool, const NOC: usize, const NCI: usize>(c: &
     );
     let mut a: [[V; NOC]; NCI] =
         core::array::from_fn(|ci| core::array::from_fn(|j| V::load(&acc[ci * stride + j * lanes..])));
-    // Tiles of fewer than 8 accumulators (the stem's, a ragged last channel group) would
+    // Tiles of fewer than 8 accumulators (the stem's: 3 planes x 1 or 2 blocks) would
     // wait on the FMA latency: they alternate pixels between two sets, added at the end.
     let dual = NOC * NCI < 8;
     let mut b = [[V::ZERO; NOC]; NCI];
