@@ -76,7 +76,7 @@ fn main() {
         ("R50b8 3x3 512@7", 8, 512, 7, 512, 3, 1, 1),
         ("R50b8 1x1/2 256->512", 8, 256, 56, 512, 1, 2, 0),
     ];
-    println!("{BLOCK} lanes; GFLOP/s (ms) on 1 thread, per CPU-second of 1 thread, on 2 threads");
+    println!("{BLOCK} lanes; GFLOP/s (ms) on 1 thread, per CPU-second of 1 thread, on 2 threads (cores it got)");
     // Built once, so that no thread (and its CPU time) leaves the process meanwhile.
     let pools: Vec<rayon::ThreadPool> = [1, 2]
         .iter()
@@ -94,9 +94,12 @@ fn main() {
             let c0 = cpu_secs();
             let t = pool.install(|| median_secs(reps, || filter_grad::<F32xBlock>(&g, &x, in_block, &dy, &mut dw)));
             cells.push(format!("{:>6.1} ({:>7.3})", flops / t / 1e9, t * 1e3));
+            let cpu = (cpu_secs() - c0) / (reps + 1) as f64;
             if *threads == 1 {
-                let cpu = (cpu_secs() - c0) / (reps + 1) as f64;
                 cells.push(format!("cpu {:>6.1}", flops / cpu / 1e9));
+            } else {
+                // Cores the call had on average: under 2 when another job held one.
+                cells.push(format!("on {:.1} cores", cpu / t));
             }
         }
         println!("{label:<24} {}", cells.join("  "));
