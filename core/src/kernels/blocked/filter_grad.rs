@@ -65,6 +65,11 @@ pub const STEM_GROUP: usize = 4;
 /// (`NCI * NOC` vectors each) about 1 % of its work.
 pub const CHUNK_PIXELS: usize = 256;
 
+/// Output pixels (whole rows of one image, at least one) that the channel chunks of one
+/// input block sweep in turn: 2 blocks of `dY` over 128 pixels are 16 KB, which stay in
+/// L1 from one chunk's tile to the next instead of coming from L2 again.
+pub const SUB_PIXELS: usize = 128;
+
 /// Accumulator floats of one batch of units (128 KB): the partial sums every chunk
 /// loads and stores once per tile, kept in L2 beside the chunk's data.
 pub const BATCH_FLOATS: usize = 32 << 10;
@@ -470,20 +475,37 @@ fn unit_tap<V: Vector>(
         return;
     }
     let nci = tile_channels(lanes, noc);
-    for ci0 in (0..ib).step_by(nci) {
-        if chans.start + ci0 >= g.in_channels {
-            break;
-        }
-        sw.x = c.in_l.index(imgs.start, chans.start + ci0, iy, ix);
-        let acc = &mut acc[tile_at(ci0)..];
-        match (lanes, noc) {
-            (16, 1) => tile::<V, true, 1, { tile_channels(16, 1) }>(c, &sw, acc),
-            (16, 2) => tile::<V, true, 2, { tile_channels(16, 2) }>(c, &sw, acc),
-            (8, 1) => tile::<V, true, 1, { tile_channels(8, 1) }>(c, &sw, acc),
-            (8, 2) => tile::<V, true, 2, { tile_channels(8, 2) }>(c, &sw, acc),
-            (4, 1) => tile::<V, true, 1, { tile_channels(4, 1) }>(c, &sw, acc),
-            (4, 2) => tile::<V, true, 2, { tile_channels(4, 2) }>(c, &sw, acc),
-            (l, b) => unreachable!("{l} lanes, a group of {b} blocks"),
+    // The tiles of the block's channel chunks take turns on blocks of rows, so that the
+    // rows' `dY` (read by every chunk) is still in L1 for the next chunk.
+    let sub_rows = if sw.imgs == 1 {
+        (SUB_PIXELS / sw.cols.max(1)).max(1)
+    } else {
+        sw.rows
+    };
+    let x0 = c.in_l.index(imgs.start, chans.start, iy, ix);
+    let full = sw;
+    for r0 in (0..full.rows).step_by(sub_rows.max(1)) {
+        let rows = sub_rows.min(full.rows - r0);
+        for ci0 in (0..ib).step_by(nci) {
+            if chans.start + ci0 >= g.in_channels {
+                break;
+            }
+            let sw = Sweep {
+                rows,
+                dy: full.dy + r0 * full.dy_row,
+                x: x0 + r0 * full.x_row + ci0,
+                ..full
+            };
+            let acc = &mut acc[tile_at(ci0)..];
+            match (lanes, noc) {
+                (16, 1) => tile::<V, true, 1, { tile_channels(16, 1) }>(c, &sw, acc),
+                (16, 2) => tile::<V, true, 2, { tile_channels(16, 2) }>(c, &sw, acc),
+                (8, 1) => tile::<V, true, 1, { tile_channels(8, 1) }>(c, &sw, acc),
+                (8, 2) => tile::<V, true, 2, { tile_channels(8, 2) }>(c, &sw, acc),
+                (4, 1) => tile::<V, true, 1, { tile_channels(4, 1) }>(c, &sw, acc),
+                (4, 2) => tile::<V, true, 2, { tile_channels(4, 2) }>(c, &sw, acc),
+                (l, b) => unreachable!("{l} lanes, a group of {b} blocks"),
+            }
         }
     }
 }
