@@ -30,7 +30,7 @@
 //! input block's channel chunks take turns on blocks of [`SUB_PIXELS`], so that `dY`
 //! stays in L1 from one chunk to the next.
 //!
-//! Tasks ([`split`], chosen by [`split_plan`] from the shapes and the thread count): the
+//! Tasks ([`split`], chosen by `split_plan` from the shapes and the thread count): the
 //! units are cut into `pw` contiguous ranges and the output rows into `pr`, so that
 //! there are at least [`split::parts`] tasks (both threads busy at batch 1 and 128) and
 //! the fewest bytes move. With `pr = 1` (many units: ResNet-50's wide layers) each task
@@ -280,7 +280,7 @@ fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
-/// Most floats of partial sums that [`split_plan`] allocates per call (1 MB), so that the
+/// Most floats of partial sums that `split_plan` allocates per call (1 MB), so that the
 /// call stays free of large allocations; the gradients that would need more have enough
 /// units to split without partials.
 pub const MAX_PARTIALS: usize = 1 << 18;
