@@ -123,9 +123,10 @@ struct Ctx<'a> {
     dy: &'a [f32],
     in_l: Blocked,
     dy_l: Blocked,
-    /// Output-channel groups ([`max_group`] blocks at most, cut as evenly as
-    /// [`split::ranges`] cuts them).
-    groups: Vec<Range<usize>>,
+    /// Output-channel blocks, cut into `ngroups` groups of at most [`max_group`] blocks
+    /// as evenly as [`split::ranges`] cuts them.
+    ocbs: usize,
+    ngroups: usize,
     /// Input channels per unit: `in_block`, or [`STEM_GROUP`] planes.
     icw: usize,
     /// Input-channel groups.
@@ -140,20 +141,26 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn units(&self) -> usize {
-        self.groups.len() * self.icgs
+        self.ngroups * self.icgs
+    }
+
+    /// The output blocks of group `gi`: [`split::ranges`]`(ocbs, ngroups)`, whose ranges
+    /// are all non-empty (`ngroups <= ocbs`), so the `gi`-th is this one.
+    fn group(&self, gi: usize) -> Range<usize> {
+        gi * self.ocbs / self.ngroups..(gi + 1) * self.ocbs / self.ngroups
     }
 
     /// The output blocks and input channels of unit `u`: input groups outermost when
     /// `icg_major`, else output groups.
     fn unit(&self, u: usize) -> (Range<usize>, Range<usize>) {
-        let ng = self.groups.len();
+        let ng = self.ngroups;
         let (gi, ig) = if self.icg_major {
             (u % ng, u / ng)
         } else {
             (u / self.icgs, u % self.icgs)
         };
         let c0 = ig * self.icw;
-        (self.groups[gi].clone(), c0..(c0 + self.icw).min(self.g.in_channels))
+        (self.group(gi), c0..(c0 + self.icw).min(self.g.in_channels))
     }
 }
 
@@ -163,8 +170,8 @@ impl Ctx<'_> {
 /// g.out_w, V::LANES)` (its padding channels are ignored); `dw` is OIHW
 /// (`out_channels x in_channels x kernel_h x kernel_w`) and is accumulated into. Any
 /// kernel, stride and padding. Deterministic for a given thread count (see the module
-/// docs); allocates only a small partial-sum buffer, and only when the gradient has few
-/// units.
+/// docs). No allocation in steady state: the accumulators and partial sums live in
+/// per-thread buffers grown on the first calls.
 pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
     let lanes = V::LANES;
     assert!(matches!(lanes, 4 | 8 | 16), "filter_grad: vectors of 4, 8 or 16 lanes");
@@ -192,7 +199,8 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         dy,
         in_l,
         dy_l,
-        groups: split::ranges(ocbs, ngroups).collect(),
+        ocbs,
+        ngroups,
         icw,
         icgs: g.in_channels.div_ceil(icw),
         maxg,
@@ -201,7 +209,7 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
     };
     let units = c.units();
     let ul = c.unit_len;
-    let major = if c.icg_major { c.icgs } else { c.groups.len() };
+    let major = if c.icg_major { c.icgs } else { c.ngroups };
     let (pr, pw) = split_plan(units, major, rows, (in_l.len(), dy_l.len()), ul);
     let out = DwOut::new(dw);
     let per_batch = (BATCH_FLOATS / ul).max(1);
@@ -963,6 +971,31 @@ mod tests {
             assert_eq!(split_plan(512, 16, 7, (25088, 25088), 4608).0, 1);
             assert!(split_plan(32, 8, 8 * 56, (1 << 21, 1 << 23), 512).0 > 1);
         });
+    }
+
+    #[test]
+    fn filter_grad_groups_are_the_split_ranges() {
+        for ocbs in 1usize..40 {
+            let ngroups = ocbs.div_ceil(2);
+            let c = Ctx {
+                g: geometry(1, 1, 1, 1, 1, 1, 1, 0),
+                input: &[],
+                dy: &[],
+                in_l: Blocked::nchw(1, 1, 1, 1),
+                dy_l: Blocked::nchw(1, 1, 1, 1),
+                ocbs,
+                ngroups,
+                icw: 1,
+                icgs: 1,
+                maxg: 2,
+                unit_len: 1,
+                icg_major: false,
+            };
+            let want: Vec<_> = split::ranges(ocbs, ngroups).collect();
+            let got: Vec<_> = (0..ngroups).map(|gi| c.group(gi)).collect();
+            assert_eq!(got, want);
+            assert!(got.iter().all(|r| r.len() <= 2));
+        }
     }
 
     #[test]
