@@ -166,12 +166,15 @@ impl Ctx<'_> {
 
 /// `dw += dL/dW` for `y = conv(x, w)` of geometry `g`: `input` is `Blocked::new(g.batch,
 /// g.in_channels, g.in_h, g.in_w, in_block)` with `in_block` = `V::LANES`, or 1 for plain
-/// NCHW (padding channels zero); `dy` is `Blocked::new(g.batch, g.out_channels, g.out_h,
-/// g.out_w, V::LANES)` (its padding channels are ignored); `dw` is OIHW
+/// NCHW; `dy` is `Blocked::new(g.batch, g.out_channels, g.out_h,
+/// g.out_w, V::LANES)`; `dw` is OIHW
 /// (`out_channels x in_channels x kernel_h x kernel_w`) and is accumulated into. Any
 /// kernel, stride and padding. Deterministic for a given thread count (see the module
 /// docs). No allocation in steady state: the accumulators and partial sums live in
-/// per-thread buffers grown on the first calls.
+/// per-thread buffers grown on the first calls (the tasks use
+/// [`with_scratch`](crate::kernels::scratch::with_scratch), so do not call this from
+/// inside it). Padding channels of `input` and `dy` may hold anything: their products are
+/// never added to `dw`.
 pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
     let lanes = V::LANES;
     assert!(matches!(lanes, 4 | 8 | 16), "filter_grad: vectors of 4, 8 or 16 lanes");
@@ -731,11 +734,21 @@ mod tests {
             }
         }
 
-        /// The input in blocks of `in_block`.
+        /// The input in blocks of `in_block`, its padding channels holding garbage
+        /// (finite) that the kernels must ignore.
         fn input(&self, g: &ConvGeometry, in_block: usize) -> Vec<f32> {
             let l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
             let mut xb = vec![0.0; l.len()];
             to_blocked(&self.x, l, &mut xb);
+            for n in 0..g.batch {
+                for c in g.in_channels..l.padded_channels() {
+                    for y in 0..g.in_h {
+                        for x in 0..g.in_w {
+                            xb[l.index(n, c, y, x)] = -1e3 - (c + y + x) as f32;
+                        }
+                    }
+                }
+            }
             xb
         }
 
