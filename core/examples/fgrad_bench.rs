@@ -58,6 +58,8 @@ fn main() {
         ("R20b128 32->64/2", 128, 32, 16, 64, 3, 2, 1),
         ("R20b128 64@8", 128, 64, 8, 64, 3, 1, 1),
         ("R20b1 16@32", 1, 16, 32, 16, 3, 1, 1),
+        ("R20b4 16@32", 4, 16, 32, 16, 3, 1, 1),
+        ("R20b4 32@16", 4, 32, 16, 32, 3, 1, 1),
         ("R50b1 stem 7x7/2", 1, 3, 224, 64, 7, 2, 3),
         ("R50b1 1x1 64->256@56", 1, 64, 56, 256, 1, 1, 0),
         ("R50b1 3x3 64@56", 1, 64, 56, 64, 3, 1, 1),
@@ -74,7 +76,7 @@ fn main() {
         ("R50b8 3x3 512@7", 8, 512, 7, 512, 3, 1, 1),
         ("R50b8 1x1/2 256->512", 8, 256, 56, 512, 1, 2, 0),
     ];
-    println!("{BLOCK} lanes; GFLOP/s (ms) on 1 thread, per CPU-second of 1 thread, on 2 threads");
+    println!("{BLOCK} lanes; GFLOP/s (ms) on 1 thread, per CPU-second of 1 thread, on 2 threads (cores it got)");
     // Built once, so that no thread (and its CPU time) leaves the process meanwhile.
     let pools: Vec<rayon::ThreadPool> = [1, 2]
         .iter()
@@ -92,9 +94,12 @@ fn main() {
             let c0 = cpu_secs();
             let t = pool.install(|| median_secs(reps, || filter_grad::<F32xBlock>(&g, &x, in_block, &dy, &mut dw)));
             cells.push(format!("{:>6.1} ({:>7.3})", flops / t / 1e9, t * 1e3));
+            let cpu = (cpu_secs() - c0) / (reps + 1) as f64;
             if *threads == 1 {
-                let cpu = (cpu_secs() - c0) / (reps + 1) as f64;
                 cells.push(format!("cpu {:>6.1}", flops / cpu / 1e9));
+            } else {
+                // Cores the call had on average: under 2 when another job held one.
+                cells.push(format!("on {:.1} cores", cpu / t));
             }
         }
         println!("{label:<24} {}", cells.join("  "));

@@ -26,21 +26,43 @@
 //! about [`CHUNK_PIXELS`] pixels; for each chunk every unit of a batch of units (their
 //! accumulators at most [`BATCH_FLOATS`], in L2) runs every tap and every tile, so the
 //! chunk's `dY` and input are read from memory once per batch and from cache by every
-//! tap (9 reuses for 3x3) and every unit of the batch.
+//! tap (9 reuses for 3x3) and every unit of the batch. Within a tap, the tiles of an
+//! input block's channel chunks take turns on blocks of [`SUB_PIXELS`], so that `dY`
+//! stays in L1 from one chunk to the next.
 //!
-//! Tasks ([`split`]): with at least `2 x` as many units as [`split::parts`] allows tasks,
-//! each task owns a contiguous range of units over the whole reduction and adds its
-//! finished sums straight into `dw` (every `dw` element is summed by one task in a fixed
-//! order: results do not even depend on the thread count). With fewer units (ResNet-20's
-//! 16-channel layers are one unit; batch 1 is the same), the output rows are also cut
-//! into `P` contiguous ranges, each `(range, units)` task sums into its own partial
-//! buffer (allocated per call: fewer than `2 x tasks` units, so at most a few hundred KB),
-//! and the partials are added in range order: deterministic for a given thread count.
+//! Tasks ([`split`], chosen by `split_plan` from the shapes and the thread count): the
+//! units are cut into `pw` contiguous ranges and the output rows into `pr`, so that
+//! there are at least [`split::parts`] tasks (both threads busy at batch 1 and 128) and
+//! the fewest bytes move. With `pr = 1` (many units: ResNet-50's wide layers) each task
+//! owns its units over the whole reduction and adds its finished sums straight into
+//! `dw`: each element is summed by one task in a fixed order, whatever the thread count.
+//! With `pr > 1` (few units: ResNet-20's layers are 1 to 8 units; the 1x1 layers of
+//! ResNet-50 at batch 8, where splitting units would make every task read all of `dY`),
+//! each task sums into its own partial buffer, allocated per call and at most
+//! [`MAX_PARTIALS`] floats, and the partials are added in range order: deterministic for
+//! a given thread count. The units are ordered with the larger operand's groups outermost
+//! so that a unit range reads only its share of that operand.
+//!
+//! # Measured (`examples/fgrad_bench.rs`, 16 lanes, a 2-core Zen machine shared with
+//! other jobs: FMA peak about 250 GFLOP/s per core)
+//! Two threads, in moments when the call got both cores: ResNet-20 batch 128 at
+//! 370-410 GFLOP/s on its 16-channel 3x3 layers (one output block: one broadcast per
+//! FMA, and 37 FLOPs per byte of `dY` and input streamed from memory), 450-560 on the
+//! 32- and 64-channel ones, 210 on the 3-channel stem; ResNet-50 batch 8 at 430-510 on
+//! its 3x3 layers, 320-380 on the 1x1 ones, 350-370 on the stem; batch 1 at 370-490 on
+//! the 3x3 layers down to 14x14, 390-460 on the 1x1 ones at 28x28 and more. The old
+//! NCHW kernels ran 250-340 on the ResNet-20 shapes. Per core (1 thread, per CPU second)
+//! the 3x3 tiles run at 240-290 when their data come from cache.
+//! Weak spots: batch 1 at 7x7 (512 channels 3x3: 110-190; 2048 -> 512 1x1: 90-160),
+//! where the gradient (up to 9.4 MB, added to `dw` once) is as large as the reduction is
+//! short (49 pixels), so reading and writing `dw` costs as much as the products.
 //!
 //! # API
 //! - [`filter_grad`]: `dw += dL/dW` for `input` in blocks of `in_block` (`V::LANES`, or 1
 //!   for the NCHW stem) and `dy` in blocks of `V::LANES`; `dw` is OIHW.
-//! - [`filter_grad_naive`]: the scalar twin, f64 sums, same contract.
+//! - [`filter_grad_naive`]: the scalar twin, f64 sums, same contract, `dy` in blocks of
+//!   [`crate::simd::BLOCK`] (the plan's vector); [`filter_grad_naive_with_block`] for
+//!   other `dy` blocks (the tests' 4 and 8 lanes).
 
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::with_scratch;
@@ -60,6 +82,11 @@ pub const STEM_GROUP: usize = 4;
 /// a batch sweeps them; 256 accumulations per tile make its accumulator load and store
 /// (`NCI * NOC` vectors each) about 1 % of its work.
 pub const CHUNK_PIXELS: usize = 256;
+
+/// Output pixels (whole rows of one image, at least one) that the channel chunks of one
+/// input block sweep in turn: 2 blocks of `dY` over 128 pixels are 16 KB, which stay in
+/// L1 from one chunk's tile to the next instead of coming from L2 again.
+pub const SUB_PIXELS: usize = 128;
 
 /// Accumulator floats of one batch of units (128 KB): the partial sums every chunk
 /// loads and stores once per tile, kept in L2 beside the chunk's data.
@@ -96,9 +123,10 @@ struct Ctx<'a> {
     dy: &'a [f32],
     in_l: Blocked,
     dy_l: Blocked,
-    /// Output-channel groups ([`max_group`] blocks at most, cut as evenly as
-    /// [`split::ranges`] cuts them).
-    groups: Vec<Range<usize>>,
+    /// Output-channel blocks, cut into `ngroups` groups of at most [`max_group`] blocks
+    /// as evenly as [`split::ranges`] cuts them.
+    ocbs: usize,
+    ngroups: usize,
     /// Input channels per unit: `in_block`, or [`STEM_GROUP`] planes.
     icw: usize,
     /// Input-channel groups.
@@ -113,33 +141,43 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn units(&self) -> usize {
-        self.groups.len() * self.icgs
+        self.ngroups * self.icgs
+    }
+
+    /// The output blocks of group `gi`: [`split::ranges`]`(ocbs, ngroups)`, whose ranges
+    /// are all non-empty (`ngroups <= ocbs`), so the `gi`-th is this one.
+    fn group(&self, gi: usize) -> Range<usize> {
+        gi * self.ocbs / self.ngroups..(gi + 1) * self.ocbs / self.ngroups
     }
 
     /// The output blocks and input channels of unit `u`: input groups outermost when
     /// `icg_major`, else output groups.
     fn unit(&self, u: usize) -> (Range<usize>, Range<usize>) {
-        let ng = self.groups.len();
+        let ng = self.ngroups;
         let (gi, ig) = if self.icg_major {
             (u % ng, u / ng)
         } else {
             (u / self.icgs, u % self.icgs)
         };
         let c0 = ig * self.icw;
-        (self.groups[gi].clone(), c0..(c0 + self.icw).min(self.g.in_channels))
+        (self.group(gi), c0..(c0 + self.icw).min(self.g.in_channels))
     }
 }
 
 /// `dw += dL/dW` for `y = conv(x, w)` of geometry `g`: `input` is `Blocked::new(g.batch,
 /// g.in_channels, g.in_h, g.in_w, in_block)` with `in_block` = `V::LANES`, or 1 for plain
-/// NCHW (padding channels zero); `dy` is `Blocked::new(g.batch, g.out_channels, g.out_h,
-/// g.out_w, V::LANES)` (its padding channels are ignored); `dw` is OIHW
+/// NCHW; `dy` is `Blocked::new(g.batch, g.out_channels, g.out_h,
+/// g.out_w, V::LANES)`; `dw` is OIHW
 /// (`out_channels x in_channels x kernel_h x kernel_w`) and is accumulated into. Any
 /// kernel, stride and padding. Deterministic for a given thread count (see the module
-/// docs); allocates only a small partial-sum buffer, and only when the gradient has few
-/// units.
+/// docs). No allocation in steady state: the accumulators and partial sums live in
+/// per-thread buffers grown on the first calls (the tasks use
+/// [`with_scratch`](crate::kernels::scratch::with_scratch), so do not call this from
+/// inside it). Padding channels of `input` and `dy` may hold anything: their products are
+/// never added to `dw`.
 pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
     let lanes = V::LANES;
+    assert!(matches!(lanes, 4 | 8 | 16), "filter_grad: vectors of 4, 8 or 16 lanes");
     assert!(
         in_block == 1 || in_block == lanes,
         "filter_grad: in_block must be 1 or V::LANES"
@@ -164,7 +202,8 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         dy,
         in_l,
         dy_l,
-        groups: split::ranges(ocbs, ngroups).collect(),
+        ocbs,
+        ngroups,
         icw,
         icgs: g.in_channels.div_ceil(icw),
         maxg,
@@ -173,7 +212,7 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
     };
     let units = c.units();
     let ul = c.unit_len;
-    let major = if c.icg_major { c.icgs } else { c.groups.len() };
+    let major = if c.icg_major { c.icgs } else { c.ngroups };
     let (pr, pw) = split_plan(units, major, rows, (in_l.len(), dy_l.len()), ul);
     let out = DwOut::new(dw);
     let per_batch = (BATCH_FLOATS / ul).max(1);
@@ -195,41 +234,67 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
         });
         return;
     }
-    // The rows are cut into `pr` ranges too, each task's sums kept apart.
-    let mut partials = vec![0.0f32; pr * units * ul];
-    let mut jobs = Vec::with_capacity(pr * pw);
-    for (r, part) in partials.chunks_mut(units * ul).enumerate() {
-        let mut rest = part;
-        for us in split::ranges(units, pw) {
-            let (mine, tail) = rest.split_at_mut(us.len() * ul);
-            rest = tail;
-            jobs.push((r, us, mine));
-        }
-    }
-    jobs.into_par_iter().for_each(|(r, us, buf)| {
-        let rows = split::ranges(rows, pr).nth(r).expect("pr <= rows: no empty range");
-        for (bi, b) in us.clone().step_by(per_batch).enumerate() {
-            let batch = b..(b + per_batch).min(us.end);
-            let at = bi * per_batch * ul;
-            run_units::<V>(&c, batch.clone(), rows.clone(), &mut buf[at..at + batch.len() * ul]);
-        }
-    });
-    // The partials of each unit added in range order, then into `dw`.
-    let partials = &partials;
-    (0..units).into_par_iter().for_each(|u| {
-        with_scratch(ul, |sum| {
-            sum.copy_from_slice(&partials[u * ul..(u + 1) * ul]);
-            for r in 1..pr {
-                let p = &partials[(r * units + u) * ul..(r * units + u + 1) * ul];
-                sum.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+    // The rows are cut into `pr` ranges too, each task's sums kept apart: task `r * pw +
+    // w` (row range `r`, unit range `w`) owns `per_task` floats of the partials.
+    let per_task = units.div_ceil(pw) * ul;
+    with_partials(pr * pw * per_task, |partials| {
+        partials.par_chunks_mut(per_task).enumerate().for_each(|(t, buf)| {
+            let (r, w) = (t / pw, t % pw);
+            let rows = split::ranges(rows, pr).nth(r).expect("pr <= rows: no empty range");
+            let Some(us) = split::ranges(units, pw).nth(w) else {
+                return;
+            };
+            for (bi, b) in us.clone().step_by(per_batch).enumerate() {
+                let batch = b..(b + per_batch).min(us.end);
+                let at = bi * per_batch * ul;
+                run_units::<V>(&c, batch.clone(), rows.clone(), &mut buf[at..at + batch.len() * ul]);
             }
-            scatter_add(&c, u, sum, &out);
+        });
+        // The partials of each unit added in range order, then into `dw`.
+        let partials = &*partials;
+        (0..units).into_par_iter().for_each(|u| {
+            // `pw <= units`: no range is empty, so the w-th range is task w's.
+            let (w, us) = split::ranges(units, pw)
+                .enumerate()
+                .find(|(_, r)| r.contains(&u))
+                .expect("every unit in a range");
+            let at = |r: usize| (r * pw + w) * per_task + (u - us.start) * ul;
+            with_scratch(ul, |sum| {
+                sum.copy_from_slice(&partials[at(0)..at(0) + ul]);
+                for r in 1..pr {
+                    let p = &partials[at(r)..at(r) + ul];
+                    sum.iter_mut().zip(p).for_each(|(s, &v)| *s += v);
+                }
+                scatter_add(&c, u, sum, &out);
+            });
         });
     });
 }
 
-/// Most floats of partial sums that [`split_plan`] allocates per call (1 MB).
-const MAX_PARTIALS: usize = 1 << 18;
+thread_local! {
+    /// The partial sums of [`filter_grad`] calls made from this thread, kept between calls.
+    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on `len` floats for partial sums (contents unspecified): this thread's
+/// buffer, grown once, so that training steps do not allocate; a fresh one when a call
+/// on this thread already holds it (a call made from inside another's rayon wait).
+fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
+    })
+}
+
+/// Most floats of partial sums that `split_plan` allocates per call (1 MB), so that the
+/// call stays free of large allocations; the gradients that would need more have enough
+/// units to split without partials.
+pub const MAX_PARTIALS: usize = 1 << 18;
 
 /// How [`filter_grad`] cuts its work: `(pr, pw)`, the output rows into `pr` ranges and
 /// the `units` units (`major` distinct groups along their outer axis) into `pw` ranges,
@@ -310,9 +375,10 @@ fn scatter_add(c: &Ctx, u: usize, acc: &[f32], out: &DwOut) {
             }
             let row = out.run((k * g.in_channels + chans.start) * kk, chans.len() * kk);
             let acc = &acc[j * lanes + lane..];
-            for (ci, taps) in row.chunks_exact_mut(kk).enumerate() {
-                for (tap, d) in taps.iter_mut().enumerate() {
-                    *d += acc[tap * tap_step + ci * ci_step];
+            for tap in 0..kk {
+                let (dst, src) = (&mut row[tap..], &acc[tap * tap_step..]);
+                for (d, s) in dst.iter_mut().step_by(kk).zip(src.iter().step_by(ci_step)) {
+                    *d += s;
                 }
             }
         }
@@ -340,12 +406,6 @@ fn run_units<V: Vector>(c: &Ctx, units: Range<usize>, rows: Range<usize>, buf: &
     let (oh, ow) = (g.out_h, g.out_w);
     let chunk_rows = (CHUNK_PIXELS / ow).clamp(1, oh);
     let chunk_imgs = (CHUNK_PIXELS / (oh * ow)).max(1);
-    let ky_valid: Vec<Range<usize>> = (0..g.kernel_h)
-        .map(|ky| valid(oh, g.in_h, ky, g.stride, g.pad))
-        .collect();
-    let kx_valid: Vec<Range<usize>> = (0..g.kernel_w)
-        .map(|kx| valid(ow, g.in_w, kx, g.stride, g.pad))
-        .collect();
     let mut r = rows.start;
     while r < rows.end {
         let (n, oy) = (r / oh, r % oh);
@@ -361,12 +421,13 @@ fn run_units<V: Vector>(c: &Ctx, units: Range<usize>, rows: Range<usize>, buf: &
         for (i, u) in units.clone().enumerate() {
             let acc = &mut buf[i * ul..(i + 1) * ul];
             for ky in 0..g.kernel_h {
-                let y = ky_valid[ky].start.max(ys.start)..ky_valid[ky].end.min(ys.end);
+                let yv = valid(oh, g.in_h, ky, g.stride, g.pad);
+                let y = yv.start.max(ys.start)..yv.end.min(ys.end);
                 if y.is_empty() {
                     continue;
                 }
                 for kx in 0..g.kernel_w {
-                    let x = kx_valid[kx].clone();
+                    let x = valid(ow, g.in_w, kx, g.stride, g.pad);
                     if x.is_empty() {
                         continue;
                     }
@@ -443,20 +504,37 @@ fn unit_tap<V: Vector>(
         return;
     }
     let nci = tile_channels(lanes, noc);
-    for ci0 in (0..ib).step_by(nci) {
-        if chans.start + ci0 >= g.in_channels {
-            break;
-        }
-        sw.x = c.in_l.index(imgs.start, chans.start + ci0, iy, ix);
-        let acc = &mut acc[tile_at(ci0)..];
-        match (lanes, noc) {
-            (16, 1) => tile::<V, true, 1, { tile_channels(16, 1) }>(c, &sw, acc),
-            (16, 2) => tile::<V, true, 2, { tile_channels(16, 2) }>(c, &sw, acc),
-            (8, 1) => tile::<V, true, 1, { tile_channels(8, 1) }>(c, &sw, acc),
-            (8, 2) => tile::<V, true, 2, { tile_channels(8, 2) }>(c, &sw, acc),
-            (4, 1) => tile::<V, true, 1, { tile_channels(4, 1) }>(c, &sw, acc),
-            (4, 2) => tile::<V, true, 2, { tile_channels(4, 2) }>(c, &sw, acc),
-            (l, b) => unreachable!("{l} lanes, a group of {b} blocks"),
+    // The tiles of the block's channel chunks take turns on blocks of rows, so that the
+    // rows' `dY` (read by every chunk) is still in L1 for the next chunk.
+    let sub_rows = if sw.imgs == 1 {
+        (SUB_PIXELS / sw.cols.max(1)).max(1)
+    } else {
+        sw.rows
+    };
+    let x0 = c.in_l.index(imgs.start, chans.start, iy, ix);
+    let full = sw;
+    for r0 in (0..full.rows).step_by(sub_rows.max(1)) {
+        let rows = sub_rows.min(full.rows - r0);
+        for ci0 in (0..ib).step_by(nci) {
+            if chans.start + ci0 >= g.in_channels {
+                break;
+            }
+            let sw = Sweep {
+                rows,
+                dy: full.dy + r0 * full.dy_row,
+                x: x0 + r0 * full.x_row + ci0,
+                ..full
+            };
+            let acc = &mut acc[tile_at(ci0)..];
+            match (lanes, noc) {
+                (16, 1) => tile::<V, true, 1, { tile_channels(16, 1) }>(c, &sw, acc),
+                (16, 2) => tile::<V, true, 2, { tile_channels(16, 2) }>(c, &sw, acc),
+                (8, 1) => tile::<V, true, 1, { tile_channels(8, 1) }>(c, &sw, acc),
+                (8, 2) => tile::<V, true, 2, { tile_channels(8, 2) }>(c, &sw, acc),
+                (4, 1) => tile::<V, true, 1, { tile_channels(4, 1) }>(c, &sw, acc),
+                (4, 2) => tile::<V, true, 2, { tile_channels(4, 2) }>(c, &sw, acc),
+                (l, b) => unreachable!("{l} lanes, a group of {b} blocks"),
+            }
         }
     }
 }
@@ -496,7 +574,7 @@ fn tile<V: Vector, const BLOCKED: bool, const NOC: usize, const NCI: usize>(c: &
     );
     let mut a: [[V; NOC]; NCI] =
         core::array::from_fn(|ci| core::array::from_fn(|j| V::load(&acc[ci * stride + j * lanes..])));
-    // Tiles of fewer than 8 accumulators (the stem's, a ragged last channel group) would
+    // Tiles of fewer than 8 accumulators (the stem's: 3 planes x 1 or 2 blocks) would
     // wait on the FMA latency: they alternate pixels between two sets, added at the end.
     let dual = NOC * NCI < 8;
     let mut b = [[V::ZERO; NOC]; NCI];
@@ -656,11 +734,21 @@ mod tests {
             }
         }
 
-        /// The input in blocks of `in_block`.
+        /// The input in blocks of `in_block`, its padding channels holding garbage
+        /// (finite) that the kernels must ignore.
         fn input(&self, g: &ConvGeometry, in_block: usize) -> Vec<f32> {
             let l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
             let mut xb = vec![0.0; l.len()];
             to_blocked(&self.x, l, &mut xb);
+            for n in 0..g.batch {
+                for c in g.in_channels..l.padded_channels() {
+                    for y in 0..g.in_h {
+                        for x in 0..g.in_w {
+                            xb[l.index(n, c, y, x)] = -1e3 - (c + y + x) as f32;
+                        }
+                    }
+                }
+            }
             xb
         }
 
@@ -865,6 +953,62 @@ mod tests {
         at::<f32x4>(&g, &p);
         at::<f32x8>(&g, &p);
         at::<f32x16>(&g, &p);
+    }
+
+    #[test]
+    fn filter_grad_split_plan_fills_the_threads_within_the_partials_budget() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("a pool");
+        pool.install(|| {
+            let tasks = split::parts(usize::MAX);
+            // (units, major, rows, (input, dy) floats, unit floats)
+            let cases = [
+                // ResNet-20 16-channel 3x3 at batch 128 and 1: one unit, rows split.
+                (1, 1, 128 * 32, (1 << 21, 1 << 21), 4608),
+                (1, 1, 32, (1 << 14, 1 << 14), 4608),
+                // ResNet-50 3x3 512 at batch 1: many units, no partials.
+                (512, 16, 7, (25088, 25088), 4608),
+                // ResNet-50 1x1 64 -> 256 at batch 8: dY 4x the input, rows split.
+                (32, 8, 8 * 56, (1 << 21, 1 << 23), 512),
+                // One image row: cannot reach the task count; takes what there is.
+                (1, 1, 1, (64, 64), 4608),
+            ];
+            for (units, major, rows, sizes, ul) in cases {
+                let (pr, pw) = split_plan(units, major, rows, sizes, ul);
+                assert!(pr >= 1 && pr <= rows && pw >= 1 && pw <= units, "{pr} x {pw}");
+                assert!(
+                    pr * pw >= tasks.min(units * rows),
+                    "{units} units x {rows} rows: {pr} x {pw}"
+                );
+                assert!(pr == 1 || pr * units * ul <= MAX_PARTIALS);
+            }
+            assert_eq!(split_plan(512, 16, 7, (25088, 25088), 4608).0, 1);
+            assert!(split_plan(32, 8, 8 * 56, (1 << 21, 1 << 23), 512).0 > 1);
+        });
+    }
+
+    #[test]
+    fn filter_grad_groups_are_the_split_ranges() {
+        for ocbs in 1usize..40 {
+            let ngroups = ocbs.div_ceil(2);
+            let c = Ctx {
+                g: geometry(1, 1, 1, 1, 1, 1, 1, 0),
+                input: &[],
+                dy: &[],
+                in_l: Blocked::nchw(1, 1, 1, 1),
+                dy_l: Blocked::nchw(1, 1, 1, 1),
+                ocbs,
+                ngroups,
+                icw: 1,
+                icgs: 1,
+                maxg: 2,
+                unit_len: 1,
+                icg_major: false,
+            };
+            let want: Vec<_> = split::ranges(ocbs, ngroups).collect();
+            let got: Vec<_> = (0..ngroups).map(|gi| c.group(gi)).collect();
+            assert_eq!(got, want);
+            assert!(got.iter().all(|r| r.len() <= 2));
+        }
     }
 
     #[test]
