@@ -369,7 +369,7 @@ fn walk(v: &Value, name: &str, ctx: &mut Ctx, out: &mut Vec<NamedTensor>) -> Res
     }
     match v {
         Value::Dict(pairs) => {
-            for (k, x) in pairs {
+            for (k, x) in pairs.iter() {
                 walk(x, &join(name, &key_name(k)), ctx, out)?;
             }
         }
@@ -407,7 +407,7 @@ fn flatten(obj: &Value, ctx: &mut Ctx) -> Result<TensorFile> {
                 break;
             }
         }
-        for (k, v) in pairs {
+        for (k, v) in pairs.iter() {
             if let (Some(k), Some(s)) = (k.as_str(), scalar_string(v)) {
                 metadata.insert(k.to_string(), s);
             }
@@ -472,18 +472,18 @@ fn collect_pids(v: &Value, out: &mut HashMap<String, DType>) -> Result<()> {
             }
         }
         Value::Dict(pairs) => {
-            for (k, x) in pairs {
+            for (k, x) in pairs.iter() {
                 collect_pids(k, out)?;
                 collect_pids(x, out)?;
             }
         }
         Value::List(xs) | Value::Tuple(xs) => {
-            for x in xs {
+            for x in xs.iter() {
                 collect_pids(x, out)?;
             }
         }
         Value::Call { args, state, .. } => {
-            for x in args {
+            for x in args.iter() {
                 collect_pids(x, out)?;
             }
             if let Some(s) = state {
