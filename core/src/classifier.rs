@@ -10,7 +10,7 @@
 
 use crate::data::augment::Normalization;
 use crate::data::cifar::DEFAULT_CLASSES;
-use crate::data::image::{center_crop, resize_bilinear_antialias, resize_shorter_side, to_chw_u8, RgbImage};
+use crate::data::image::{resize_bilinear_antialias, resize_shorter_side_and_crop, to_chw_u8, RgbImage};
 use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::Dataset;
 use crate::io::safetensors::write_safetensors;
@@ -188,14 +188,16 @@ impl Classifier {
             }
             c
         } else if let Some(json) = meta.get("config") {
-            serde_json::from_str(json).map_err(|e| json_err("config", e))?
+            let config = serde_json::from_str(json).map_err(|e| json_err("config", e))?;
+            // The one size source not derived from the tensors themselves or the zoo.
+            check_sizes(&config, &file)?;
+            config
         } else {
             infer_config(&file)?
         };
         if let Some(s) = opts.shortcut {
             config = config.with_shortcut(s);
         }
-        check_sizes(&config, &file)?;
         let mut params = Params::new(config, 0)?;
         params.load_tensors(&file, &|name| name == MEAN_IMAGE || name.starts_with(OPTIMIZER_PREFIX))?;
         let n = params.config().num_classes;
@@ -296,10 +298,7 @@ impl Classifier {
     pub fn fit_image(&self, img: RgbImage) -> RgbImage {
         let size = self.input_size();
         match self.params.config().stem {
-            Stem::ImageNet => {
-                let resized = resize_shorter_side(&img, size * 256 / 224);
-                center_crop(&resized, size, size)
-            }
+            Stem::ImageNet => resize_shorter_side_and_crop(&img, size * 256 / 224, size, size),
             Stem::Cifar if img.width == size && img.height == size => img,
             Stem::Cifar => resize_bilinear_antialias(&img, size, size),
         }

@@ -508,7 +508,9 @@ fn read_legacy(bytes: &[u8]) -> Result<TensorFile> {
     let magic = next("magic number")?;
     if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
         return Err(err(format!(
-            "not a PyTorch checkpoint: magic number is {magic:?}, expected 0x1950a86a20f9469cfc6c"
+            "a pickle stream but not a PyTorch checkpoint: it starts with {}, not torch.save's magic \
+             number 0x1950a86a20f9469cfc6c (save the weights with torch.save(model.state_dict(), path))",
+            magic.kind()
         )));
     }
     let version = next("protocol version")?;
