@@ -55,11 +55,15 @@ fn image_err(source: &str, detail: String) -> DataError {
     }
 }
 
-/// Decodes a JPEG or PNG (grey, grey+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB, dropping
-/// any alpha like PIL's `.convert('RGB')`; images above [`MAX_SIDE`] or [`MAX_PIXELS`]
-/// are refused before their pixels are decoded.
-pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
-    use ::image::{ImageFormat, ImageReader, Limits};
+/// The format and the size `(width, height)` an image's header declares, checked against
+/// [`MAX_SIDE`] and [`MAX_PIXELS`], without decoding its pixels.
+pub fn image_dimensions(bytes: &[u8], source: &str) -> Result<(usize, usize)> {
+    let (_, (w, h)) = header(bytes, source)?;
+    Ok((w as usize, h as usize))
+}
+
+fn header(bytes: &[u8], source: &str) -> Result<(::image::ImageFormat, (u32, u32))> {
+    use ::image::{ImageFormat, ImageReader};
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(source, format!("cannot read image: {e}")))?;
@@ -98,6 +102,15 @@ pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
     if w == 0 || h == 0 {
         return Err(image_err(source, format!("image is empty ({w}x{h})")));
     }
+    Ok((format, (w, h)))
+}
+
+/// Decodes a JPEG or PNG (grey, grey+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB, dropping
+/// any alpha like PIL's `.convert('RGB')`; images above [`MAX_SIDE`] or [`MAX_PIXELS`]
+/// are refused before their pixels are decoded.
+pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
+    use ::image::{ImageReader, Limits};
+    let (format, (w, h)) = header(bytes, source)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
