@@ -240,6 +240,8 @@ struct RunFolder {
     checkpoint: PathBuf,
     /// `config.json` and the metrics so far, written beside the first checkpoint.
     pending: Option<(String, Vec<u8>)>,
+    /// Whether the folder holds another run, whose other files the first checkpoint removes.
+    replaces: bool,
     metrics: Option<std::fs::File>,
     /// The newest checkpoint that holds this run's state (a resumed run starts with the
     /// checkpoint it resumed from).
@@ -249,11 +251,18 @@ struct RunFolder {
 impl RunFolder {
     /// A folder whose files are written with the first checkpoint; `metrics` are the
     /// lines the log starts with.
-    fn deferred(dir: PathBuf, config_json: String, metrics: Vec<u8>, last_good: Option<PathBuf>) -> Self {
+    fn deferred(
+        dir: PathBuf,
+        config_json: String,
+        metrics: Vec<u8>,
+        last_good: Option<PathBuf>,
+        replaces: bool,
+    ) -> Self {
         RunFolder {
             checkpoint: dir.join("checkpoint.safetensors"),
             dir,
             pending: Some((config_json, metrics)),
+            replaces,
             metrics: None,
             last_good,
         }
@@ -271,6 +280,7 @@ impl RunFolder {
             checkpoint: dir.join("checkpoint.safetensors"),
             dir,
             pending: None,
+            replaces: false,
             metrics: Some(metrics),
             last_good: Some(resumed_from),
         })
@@ -300,7 +310,7 @@ impl RunFolder {
     }
 
     /// Saves the checkpoint atomically; the first one also writes `config.json` and the
-    /// log, and removes what an earlier run left (`best.safetensors`, `curves.svg`).
+    /// log, and removes what a replaced run left (`best.safetensors`, `curves.svg`).
     fn save(&mut self, state: &mut TrainingState, run_json: &str) -> Result<()> {
         if self.pending.is_some() {
             std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
@@ -313,7 +323,7 @@ impl RunFolder {
             crate::fsutil::write_atomic(&log, &lines)?;
             for stale in ["best.safetensors", "curves.svg"] {
                 let path = self.dir.join(stale);
-                if path.exists() {
+                if self.replaces && path.exists() {
                     std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
                 }
             }
@@ -632,7 +642,12 @@ fn new_run(
         batches_per_epoch: bpe as usize,
     };
     let config_json = config_json(&run, threads, &state)?;
-    Ok((state, run, RunFolder::deferred(out, config_json, Vec::new(), None)))
+    let replaces = run_in(&out).is_some();
+    Ok((
+        state,
+        run,
+        RunFolder::deferred(out, config_json, Vec::new(), None, replaces),
+    ))
 }
 
 fn config_json(run: &RunConfig, threads: usize, state: &TrainingState) -> Result<String> {
@@ -670,24 +685,39 @@ fn resume_run(args: &TrainArgs, ckpt: &Path, threads: usize) -> Result<(Training
         (Ok(a), Ok(b)) => a == b,
         _ => false,
     };
-    let folder = match run_in(&out) {
-        Some(found) if same_run(&found, &run_value) && same_folder => {
-            RunFolder::continued(out, iteration, ckpt.to_path_buf())?
-        }
-        Some(_) if !args.force => return Err(refuse_other_run(&out).unwrap_err()),
-        _ => {
-            // A new folder for this run: its log starts with the lines of the run's own
-            // folder up to the checkpoint.
-            let lines = match run_in(&own) {
-                Some(found) if same_run(&found, &run_value) => kept_metrics(
-                    &std::fs::read_to_string(own.join("metrics.jsonl")).unwrap_or_default(),
-                    iteration,
-                ),
-                _ => String::new(),
-            };
-            let config = config_json(&run, threads, &state)?;
-            RunFolder::deferred(out, config, lines.into_bytes(), Some(ckpt.to_path_buf()))
-        }
+    let found = run_in(&out);
+    // The checkpoint's own folder holds its run, also when a kill left it without its
+    // config.json (the checkpoint is written first).
+    let ours = same_folder && found.as_ref().is_none_or(|f| f.is_null() || same_run(f, &run_value));
+    let folder = if ours && out.join("config.json").is_file() && out.join("metrics.jsonl").is_file() {
+        RunFolder::continued(out, iteration, ckpt.to_path_buf())?
+    } else if ours {
+        let lines = kept_metrics(
+            &std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default(),
+            iteration,
+        );
+        let config = config_json(&run, threads, &state)?;
+        RunFolder::deferred(out, config, lines.into_bytes(), Some(ckpt.to_path_buf()), false)
+    } else if found.is_some() && !args.force {
+        return Err(refuse_other_run(&out).unwrap_err());
+    } else {
+        // A new folder for this run: its log starts with the lines of the run's own
+        // folder up to the checkpoint.
+        let lines = match run_in(&own) {
+            Some(f) if same_run(&f, &run_value) => kept_metrics(
+                &std::fs::read_to_string(own.join("metrics.jsonl")).unwrap_or_default(),
+                iteration,
+            ),
+            _ => String::new(),
+        };
+        let config = config_json(&run, threads, &state)?;
+        RunFolder::deferred(
+            out,
+            config,
+            lines.into_bytes(),
+            Some(ckpt.to_path_buf()),
+            found.is_some(),
+        )
     };
     Ok((state, run, folder))
 }

@@ -390,3 +390,79 @@ fn absurd_arguments_get_clear_errors() {
         assert!(!run.exists(), "{extra:?} created the run folder");
     }
 }
+
+#[test]
+fn sigkill_at_any_moment_leaves_a_checkpoint_that_loads_and_resumes() {
+    use resnet_core::train::checkpoint::TrainingState;
+    let dir = tmp("kill");
+    // 100 images in batches of 10: 6 epochs of 10 iterations, a checkpoint after each.
+    let data = tiny_cifar(&dir, 20);
+    let run = dir.join("run");
+    let ckpt = run.join("checkpoint.safetensors");
+    let fresh = [
+        "train",
+        "--model",
+        "resnet8",
+        "--data",
+        s(&data),
+        "--epochs",
+        "6",
+        "--batch",
+        "10",
+        "--threads",
+        "1",
+        "--seed",
+        "3",
+        "--quiet",
+        "--out",
+        s(&run),
+    ];
+    let resume = ["train", "--resume", s(&ckpt), "--threads", "1", "--quiet"];
+    // Kills at moments spread over start-up, the first epoch, checkpoint writes and later
+    // epochs (the exact moment each lands on does not matter: every one must be safe).
+    let mut last = 0u64;
+    for delay_ms in [5u64, 60, 150, 250, 350, 450, 600, 800] {
+        let args: &[&str] = if ckpt.exists() { &resume } else { &fresh };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+            .args(args)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill(); // SIGKILL
+        child.wait().unwrap();
+        if ckpt.exists() {
+            let bytes = std::fs::read(&ckpt).unwrap();
+            let state = TrainingState::from_bytes(&bytes)
+                .unwrap_or_else(|e| panic!("checkpoint after a kill at {delay_ms} ms does not load: {e}"));
+            assert!(state.trainer.iteration >= last, "the checkpoint went back in time");
+            last = state.trainer.iteration;
+        } else {
+            assert!(
+                !run.exists()
+                    || std::fs::read_dir(&run).unwrap().all(|e| {
+                        let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                        n.starts_with('.') && n.contains(".tmp-")
+                    }),
+                "a run killed before its first checkpoint left files"
+            );
+        }
+    }
+    // Whatever was left resumes to the end of the run.
+    let args: &[&str] = if ckpt.exists() { &resume } else { &fresh };
+    let out = resnet(args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let state = TrainingState::from_bytes(&std::fs::read(&ckpt).unwrap()).unwrap();
+    assert_eq!(state.trainer.iteration, 60);
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let epochs: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"epoch\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["epoch"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6], "{log}");
+}
