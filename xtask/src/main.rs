@@ -7,6 +7,7 @@
 //!   the CLI at the crate's exact version when missing) and `wasm-opt` when present
 //!   (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under `<target>/tools`), writes
 //!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//! - `fuzz-smoke`: only the few seconds of each fuzz target that `test` runs.
 //! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
 //!   127.0.0.1 (port 8000 by default, 0 for any free one), printing the address.
 
@@ -18,9 +19,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("wasm") => wasm().map(|_| ()),
+        Some("fuzz-smoke") => fuzz_smoke(),
         Some("web") => web(args.get(1).map(String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask test | wasm | web [PORT]");
+            eprintln!("usage: cargo xtask test | wasm | web [PORT] | fuzz-smoke");
             return ExitCode::from(2);
         }
     };
