@@ -54,10 +54,7 @@ pub struct BenchArgs {
 
 /// Runs the benchmark in a pool of the requested size.
 pub fn run(args: BenchArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    let (pool, threads) = crate::train::thread_pool(args.threads)?;
     pool.install(|| bench(&args, threads))
 }
 
@@ -93,7 +90,14 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let arch = Arch::of(&config)?;
     let macs: u64 = arch.layer_table(size, size)?.iter().map(|r| r.macs).sum();
     let mut rng = Rng::new(1);
-    let n = args.batch.max(1);
+    if args.batch == 0 || args.batch > crate::train::MAX_BATCH {
+        anyhow::bail!(
+            "--batch must be between 1 and {}, found {}",
+            crate::train::MAX_BATCH,
+            args.batch
+        );
+    }
+    let n = args.batch;
     let x: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect();
     let mut params = Params::new(config.clone(), 0)?;
     let mut plan_memory = None;

@@ -26,43 +26,48 @@ pub struct ClassifyArgs {
     images: Vec<PathBuf>,
 }
 
-/// Classifies every image.
+/// Classifies the images one at a time (each decoded, classified and dropped before
+/// the next is read, so memory holds one image whatever their number), printing each
+/// result as it comes; `--json` prints them together at the end.
 pub fn run(args: ClassifyArgs) -> Result<()> {
     let mut model = load_classifier(&args.weights, &args.load)?;
-    let mut images = Vec::new();
+    let start = Instant::now();
+    let mut doc = Vec::new();
     for path in &args.images {
         let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-        images.push(decode_image(&bytes, &path.display().to_string())?);
+        let image = decode_image(&bytes, &path.display().to_string())?;
+        drop(bytes);
+        let preds = model
+            .classify(std::slice::from_ref(&image), args.top)
+            .with_context(|| format!("cannot classify {}", path.display()))?
+            .pop()
+            .unwrap_or_default();
+        if args.json {
+            doc.push(serde_json::json!({
+                "image": path.display().to_string(),
+                "predictions": preds.iter().map(|p| serde_json::json!({
+                    "index": p.index, "label": p.label, "probability": p.probability
+                })).collect::<Vec<_>>(),
+            }));
+        } else {
+            println!("{}", path.display());
+            for p in &preds {
+                println!("  {:>7.3} %  {} ({})", 100.0 * p.probability, p.label, p.index);
+            }
+        }
     }
-    let start = Instant::now();
-    let results = model.classify(&images, args.top)?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
     if args.json {
-        let doc: Vec<_> = args
-            .images
-            .iter()
-            .zip(&results)
-            .map(|(path, preds)| {
-                serde_json::json!({
-                    "image": path.display().to_string(),
-                    "predictions": preds.iter().map(|p| serde_json::json!({
-                        "index": p.index, "label": p.label, "probability": p.probability
-                    })).collect::<Vec<_>>(),
-                })
-            })
-            .collect();
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({"results": doc, "milliseconds": ms}))?
         );
-        return Ok(());
+    } else {
+        println!(
+            "{} image(s) with {} in {ms:.1} ms",
+            args.images.len(),
+            model.config().name
+        );
     }
-    for (path, preds) in args.images.iter().zip(&results) {
-        println!("{}", path.display());
-        for p in preds {
-            println!("  {:>7.3} %  {} ({})", 100.0 * p.probability, p.label, p.index);
-        }
-    }
-    println!("{} image(s) with {} in {ms:.1} ms", images.len(), model.config().name);
     Ok(())
 }

@@ -1,8 +1,8 @@
 //! Downloading and unpacking the CIFAR-10 data set (binary version).
 //!
 //! [`fetch_cifar10`] downloads the official `cifar-10-binary.tar.gz` into a folder, resuming a partial
-//! download (`.part` file) with an HTTP `Range` request, verifies its MD5 checksum and extracts it with a
-//! small built-in tar reader, so that `<dir>/cifar-10-batches-bin/` holds the batch files.
+//! download (`.part` file) with an HTTP `Range` request, verifies its MD5 checksum and extracts it with the
+//! project's one tar reader (`resnet_core::data::tar::TarStream`), so that `<dir>/cifar-10-batches-bin/` holds the batch files.
 //!
 //! Every step is skipped when its result is already there: complete extracted batches need no archive,
 //! and an archive with the right checksum needs no network.
@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use md5::{Digest, Md5};
+use resnet_core::data::tar::{EntryKind, TarStream};
 
 /// Where the official binary CIFAR-10 archive is published.
 pub const CIFAR10_URL: &str = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz";
@@ -32,9 +33,6 @@ pub const CIFAR10_BATCH_BYTES: u64 = 10_000 * (1 + 3 * 32 * 32);
 
 /// Size of the chunks the download is streamed to disk in.
 const CHUNK: usize = 64 * 1024;
-
-/// Largest GNU long-name or pax header the tar reader accepts (these are held in memory).
-const MAX_META_ENTRY: u64 = 1 << 20;
 
 /// What to download, where to, and how to tell that the result is complete.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -341,131 +339,36 @@ fn parse_content_range(value: &str) -> Option<(u64, Option<u64>)> {
     Some((start, total))
 }
 
-// ---------------------------------------------------------------------------------------------------------------
-// A small streaming tar reader: ustar (with its prefix field), GNU (with long names) and pax (path and size
-// records). Regular files and folders are extracted; links and special files are skipped.
-// ---------------------------------------------------------------------------------------------------------------
-
-/// Extracts a tar stream into `dir`. Returns the number of files written.
-fn extract_tar(mut tar: impl Read, dir: &Path) -> Result<usize> {
-    let mut block = [0u8; 512];
-    let mut position: u64 = 0;
-    let mut long_name: Option<String> = None;
-    let mut pax_path: Option<String> = None;
-    let mut pax_size: Option<u64> = None;
+/// Extracts a tar stream into `dir` with the project's one tar reader
+/// ([`resnet_core::data::tar::TarStream`]): regular files and folders; links and special
+/// files are skipped. Returns the number of files written.
+fn extract_tar(tar: impl Read, dir: &Path) -> Result<usize> {
+    let mut stream = TarStream::new(tar, "the tar archive");
     let mut written = 0;
-    loop {
-        if !read_block(&mut tar, &mut block)
-            .with_context(|| format!("cannot read the tar header at byte {position}"))?
-        {
-            if long_name.is_some() || pax_path.is_some() || pax_size.is_some() {
-                bail!("the tar archive ends after an extended header, without its member");
-            }
-            break; // end of stream at a header boundary, without the end-of-archive blocks
-        }
-        if block.iter().all(|&b| b == 0) {
-            break; // end-of-archive marker
-        }
-        verify_checksum(&block).with_context(|| format!("bad tar header at byte {position}"))?;
-        let size = match pax_size.take() {
-            Some(size) => size,
-            None => {
-                parse_number(&block[124..136]).with_context(|| format!("bad size in tar header at byte {position}"))?
-            }
-        };
-        let header_name = header_path(&block).with_context(|| format!("bad name in tar header at byte {position}"))?;
-        let name = pax_path.take().or(long_name.take()).unwrap_or(header_name);
-        let data_start = position + 512;
-        let padded = size
-            .checked_add(511)
-            .map(|s| s / 512 * 512)
-            .ok_or_else(|| anyhow!("tar member too large"))?;
-        match block[156] {
-            b'0' | 0 | b'7' => {
-                let rel = safe_relative_path(&name)?;
+    while let Some(h) = stream.next_header()? {
+        match h.kind {
+            EntryKind::File => {
+                let rel = safe_relative_path(&h.name)?;
                 if rel.as_os_str().is_empty() {
-                    bail!("tar member {name:?} has an empty path");
+                    bail!("tar member {:?} has an empty path", h.name);
                 }
-                write_member(&mut tar, &dir.join(&rel), size)
-                    .with_context(|| format!("cannot extract tar member {name:?}"))?;
-                skip(&mut tar, padded - size).with_context(|| format!("truncated tar member {name:?}"))?;
+                write_member(&mut stream, &dir.join(&rel))
+                    .with_context(|| format!("cannot extract tar member {:?}", h.name))?;
                 written += 1;
             }
-            b'5' => {
-                let rel = safe_relative_path(&name)?;
-                let path = dir.join(rel);
+            EntryKind::Dir => {
+                let path = dir.join(safe_relative_path(&h.name)?);
                 fs::create_dir_all(&path).with_context(|| format!("cannot create folder {}", path.display()))?;
-                skip(&mut tar, padded).with_context(|| format!("truncated tar member {name:?}"))?;
             }
-            b'L' => {
-                let data = read_meta(&mut tar, size, padded).context("bad GNU long name in tar archive")?;
-                let end = data.iter().position(|&b| b == 0).unwrap_or(data.len());
-                let name = String::from_utf8(data[..end].to_vec()).context("tar member name is not UTF-8")?;
-                long_name = Some(name);
-            }
-            b'x' => {
-                let data = read_meta(&mut tar, size, padded).context("bad pax header in tar archive")?;
-                for (key, value) in parse_pax(&data).context("bad pax header in tar archive")? {
-                    match key {
-                        "path" => pax_path = Some(value.to_string()),
-                        "size" => {
-                            pax_size = Some(value.parse().with_context(|| format!("bad pax size {value:?}"))?);
-                        }
-                        _ => {}
-                    }
-                }
-            }
-            // Global pax headers, links, devices, FIFOs, GNU extensions: not extracted.
-            _ => skip(&mut tar, padded).with_context(|| format!("truncated tar member {name:?}"))?,
+            EntryKind::Other(_) => {}
         }
-        position = data_start + padded;
     }
     Ok(written)
 }
 
-/// Reads one 512-byte block. `Ok(false)` at a clean end of stream; an error if the stream ends inside it.
-fn read_block(r: &mut impl Read, block: &mut [u8; 512]) -> Result<bool> {
-    let mut filled = 0;
-    while filled < block.len() {
-        match r.read(&mut block[filled..]) {
-            Ok(0) if filled == 0 => return Ok(false),
-            Ok(0) => bail!("the tar archive is truncated inside a header"),
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(true)
-}
-
-/// Discards exactly `n` bytes, failing if the stream ends first.
-fn skip(r: &mut impl Read, n: u64) -> Result<()> {
-    let copied = io::copy(&mut r.take(n), &mut io::sink())?;
-    if copied != n {
-        bail!("the tar archive is truncated: {n} bytes expected, {copied} left");
-    }
-    Ok(())
-}
-
-/// Reads the data of a small metadata entry (GNU long name, pax header) and its padding.
-fn read_meta(r: &mut impl Read, size: u64, padded: u64) -> Result<Vec<u8>> {
-    if size > MAX_META_ENTRY {
-        bail!("entry of {size} bytes is larger than the {MAX_META_ENTRY} allowed");
-    }
-    let mut data = Vec::with_capacity(size as usize);
-    r.take(size).read_to_end(&mut data)?;
-    if data.len() as u64 != size {
-        bail!(
-            "the tar archive is truncated: {size} bytes expected, {} left",
-            data.len()
-        );
-    }
-    skip(r, padded - size)?;
-    Ok(data)
-}
-
-/// Writes `size` bytes from `r` to `target` through a temporary file renamed into place once complete.
-fn write_member(r: &mut impl Read, target: &Path, size: u64) -> Result<()> {
+/// Writes the current member of `tar` to `target` through a temporary file renamed into
+/// place once complete.
+fn write_member(tar: &mut TarStream<impl Read>, target: &Path) -> Result<()> {
     let parent = target
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent folder", target.display()))?;
@@ -479,11 +382,8 @@ fn write_member(r: &mut impl Read, target: &Path, size: u64) -> Result<()> {
     let result = (|| -> Result<()> {
         let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         let mut out = BufWriter::with_capacity(CHUNK, file);
-        let copied =
-            io::copy(&mut r.take(size), &mut out).with_context(|| format!("cannot unpack into {}", tmp.display()))?;
-        if copied != size {
-            bail!("the tar archive is truncated: {size} bytes expected, {copied} left");
-        }
+        tar.copy_data(&mut out)
+            .with_context(|| format!("cannot unpack into {}", tmp.display()))?;
         let file = out
             .into_inner()
             .map_err(|e| e.into_error())
@@ -497,106 +397,6 @@ fn write_member(r: &mut impl Read, target: &Path, size: u64) -> Result<()> {
         let _ = fs::remove_file(&tmp);
     }
     result
-}
-
-/// Checks the header checksum (unsigned sum with the checksum field read as spaces; signed accepted too).
-fn verify_checksum(block: &[u8; 512]) -> Result<()> {
-    let stored = parse_number(&block[148..156]).context("bad header checksum field; not a tar archive or corrupt")?;
-    let (mut unsigned, mut signed) = (0u64, 0i64);
-    for (i, &b) in block.iter().enumerate() {
-        let b = if (148..156).contains(&i) { b' ' } else { b };
-        unsigned += u64::from(b);
-        signed += i64::from(b as i8);
-    }
-    if stored != unsigned && i64::try_from(stored).ok() != Some(signed) {
-        bail!("header checksum mismatch (stored {stored}, computed {unsigned}); not a tar archive or corrupt");
-    }
-    Ok(())
-}
-
-/// Parses a numeric header field: octal digits (space or NUL padded), or GNU base-256 when the high bit is set.
-fn parse_number(field: &[u8]) -> Result<u64> {
-    if let Some(&first) = field.first() {
-        if first & 0x80 != 0 {
-            if first == 0xff {
-                bail!("negative number in tar header");
-            }
-            let mut value: u64 = u64::from(first & 0x7f);
-            for &b in &field[1..] {
-                value = value
-                    .checked_mul(256)
-                    .and_then(|v| v.checked_add(u64::from(b)))
-                    .ok_or_else(|| anyhow!("number in tar header too large"))?;
-            }
-            return Ok(value);
-        }
-    }
-    let text = field
-        .iter()
-        .position(|&b| b != b' ')
-        .map_or(&field[..0], |start| &field[start..]);
-    let end = text.iter().position(|&b| b == 0 || b == b' ').unwrap_or(text.len());
-    let (digits, rest) = text.split_at(end);
-    if !rest.iter().all(|&b| b == 0 || b == b' ') {
-        bail!("bad number \"{}\" in tar header", field.escape_ascii());
-    }
-    let mut value: u64 = 0;
-    for &d in digits {
-        if !(b'0'..=b'7').contains(&d) {
-            bail!("bad octal number \"{}\" in tar header", field.escape_ascii());
-        }
-        value = value
-            .checked_mul(8)
-            .and_then(|v| v.checked_add(u64::from(d - b'0')))
-            .ok_or_else(|| anyhow!("number in tar header too large"))?;
-    }
-    Ok(value)
-}
-
-/// A NUL-terminated string field.
-fn c_str(field: &[u8]) -> Result<&str> {
-    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
-    std::str::from_utf8(&field[..end]).context("tar member name is not UTF-8")
-}
-
-/// The member name of a header: `prefix/name` for POSIX ustar, `name` for GNU and old formats.
-fn header_path(block: &[u8; 512]) -> Result<String> {
-    let name = c_str(&block[0..100])?;
-    let posix_ustar = &block[257..263] == b"ustar\0";
-    let prefix = if posix_ustar { c_str(&block[345..500])? } else { "" };
-    Ok(if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}/{name}")
-    })
-}
-
-/// Parses pax records `LEN key=value\n`.
-fn parse_pax(data: &[u8]) -> Result<Vec<(&str, &str)>> {
-    let mut records = Vec::new();
-    let mut rest = data;
-    while !rest.is_empty() {
-        if rest.iter().all(|&b| b == 0) {
-            break;
-        }
-        let space = rest
-            .iter()
-            .position(|&b| b == b' ')
-            .ok_or_else(|| anyhow!("pax record without length"))?;
-        let len: usize = std::str::from_utf8(&rest[..space])?
-            .parse()
-            .context("bad pax record length")?;
-        if len <= space + 1 || len > rest.len() || rest[len - 1] != b'\n' {
-            bail!("bad pax record length {len}");
-        }
-        let record = std::str::from_utf8(&rest[space + 1..len - 1]).context("pax record is not UTF-8")?;
-        let (key, value) = record
-            .split_once('=')
-            .ok_or_else(|| anyhow!("pax record without '='"))?;
-        records.push((key, value));
-        rest = &rest[len..];
-    }
-    Ok(records)
 }
 
 /// Turns a member name into a relative path that stays inside the target folder, or fails.
@@ -626,18 +426,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn numbers() {
-        assert_eq!(parse_number(b"0000644\0").unwrap(), 0o644);
-        assert_eq!(parse_number(b"   17 \0\0").unwrap(), 0o17);
-        assert_eq!(parse_number(b"\0\0\0\0").unwrap(), 0);
-        assert_eq!(parse_number(&[0x80, 0, 0, 0, 0, 0, 1, 0]).unwrap(), 256);
-        assert!(parse_number(b"0000899\0").is_err());
-        assert!(parse_number(b"12 34\0").is_err());
-        assert!(parse_number(&[0xff; 12]).is_err());
-        assert!(parse_number(b"77777777777777777777777").is_err());
-    }
-
-    #[test]
     fn content_range() {
         assert_eq!(parse_content_range("bytes 100-199/200"), Some((100, Some(200))));
         assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, None)));
@@ -654,14 +442,6 @@ mod tests {
         for bad in ["/etc/passwd", "../x", "a/../../x", "a/..", "a\\..\\b", "C:/x"] {
             assert!(safe_relative_path(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn pax_records() {
-        let data = b"20 path=a/long/name\n11 size=42\n";
-        assert_eq!(parse_pax(data).unwrap(), vec![("path", "a/long/name"), ("size", "42")]);
-        assert!(parse_pax(b"99 path=x\n").is_err());
-        assert!(parse_pax(b"5 p=x").is_err());
     }
 
     #[test]

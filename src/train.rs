@@ -48,59 +48,65 @@ pub enum NormalizeKind {
 /// Arguments of `resnet train`.
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Model name (resnet20, resnet32, ..., plain20, ...).
-    #[arg(long, default_value = "resnet20")]
-    model: String,
-    /// CIFAR-10 binary folder or tarball, or an image folder with train/ and test/.
-    #[arg(long, default_value = "data/cifar-10-batches-bin")]
-    data: PathBuf,
+    /// Model name (resnet20, resnet32, ..., plain20, ...; default resnet20).
+    #[arg(long, conflicts_with = "resume")]
+    model: Option<String>,
+    /// CIFAR-10 binary folder or tarball, or an image folder with train/ and test/
+    /// (default data/cifar-10-batches-bin). With --resume: where the run's data is now.
+    #[arg(long)]
+    data: Option<PathBuf>,
     /// Epochs; the schedule's milestones scale to the same fractions of the run.
-    #[arg(long, conflicts_with = "iters")]
+    #[arg(long, conflicts_with_all = ["iters", "resume"])]
     epochs: Option<u64>,
     /// Iterations (default 64,000 as in the paper).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     iters: Option<u64>,
-    /// Mini-batch size.
-    #[arg(long, default_value_t = 128)]
+    /// Mini-batch size (at most the training set's size and 4096).
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
     batch: usize,
-    /// Initial learning rate.
-    #[arg(long, default_value_t = 0.1)]
+    /// Initial learning rate (positive).
+    #[arg(long, default_value_t = 0.1, conflicts_with = "resume")]
     lr: f32,
-    /// SGD momentum.
-    #[arg(long, default_value_t = 0.9)]
+    /// SGD momentum, in [0, 1).
+    #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
     momentum: f32,
-    /// Weight decay.
-    #[arg(long, default_value_t = 1e-4)]
+    /// Weight decay (0 or more).
+    #[arg(long, default_value_t = 1e-4, conflicts_with = "resume")]
     weight_decay: f32,
     /// Learning-rate schedule.
-    #[arg(long, value_enum, default_value_t = ScheduleKind::Paper)]
+    #[arg(long, value_enum, default_value_t = ScheduleKind::Paper, conflicts_with = "resume")]
     schedule: ScheduleKind,
     /// Linear warm-up over this many iterations (default: the paper's lr 0.01 for 400
     /// iterations for 110 layers and deeper, none otherwise).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "resume")]
     warmup_iters: Option<u64>,
     /// Hold out this many training images for validation (the paper's 45k/5k split: 5000).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     val: usize,
     /// Input preprocessing.
-    #[arg(long, value_enum, default_value_t = NormalizeKind::PerPixel)]
+    #[arg(long, value_enum, default_value_t = NormalizeKind::PerPixel, conflicts_with = "resume")]
     normalize: NormalizeKind,
-    /// Worker threads (default: all cores).
+    /// Worker threads (default: all cores; at most 1024).
     #[arg(long)]
     threads: Option<usize>,
     /// Seed for initialisation, shuffling and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
-    /// Run folder (default runs/<model>).
+    /// Run folder (default runs/<model>; with --resume, the checkpoint's folder).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// Continue the run saved in this checkpoint (its own settings apply).
+    /// Write into a folder that holds another run (its files are replaced once this run
+    /// has written its first checkpoint).
+    #[arg(long)]
+    force: bool,
+    /// Continue the run saved in this checkpoint (its own settings apply; the options
+    /// that define a run cannot be given with it).
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this epoch (the schedule still targets the whole run; resume later).
     #[arg(long)]
     until_epoch: Option<u64>,
-    /// Images per evaluation batch.
+    /// Images per evaluation batch (at most 4096).
     #[arg(long, default_value_t = 500)]
     eval_batch: usize,
     /// Plain log lines instead of progress bars.
@@ -128,13 +134,62 @@ struct RunConfig {
 
 const RUN_KEY: &str = "run";
 
+/// The largest `--batch` and `--eval-batch`: a training batch of 4096 CIFAR images
+/// already needs gigabytes of activations; larger ones would abort on allocation.
+pub const MAX_BATCH: usize = 4096;
+/// The largest `--threads`: more threads than this only cost time to start.
+pub const MAX_THREADS: usize = 1024;
+/// The files that make a folder a run folder.
+const RUN_FILES: [&str; 5] = [
+    "config.json",
+    "metrics.jsonl",
+    "checkpoint.safetensors",
+    "best.safetensors",
+    "curves.svg",
+];
+
+/// A rayon pool of `threads` (default: all cores), refusing absurd counts before any
+/// thread is started.
+pub fn thread_pool(threads: Option<usize>) -> Result<(rayon::ThreadPool, usize)> {
+    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if threads == 0 || threads > MAX_THREADS {
+        bail!("--threads must be between 1 and {MAX_THREADS}, found {threads}");
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    Ok((pool, threads))
+}
+
 /// Runs training in a pool of the requested size.
 pub fn run(args: TrainArgs) -> Result<()> {
-    let threads = args
-        .threads
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    check_args(&args)?;
+    let (pool, threads) = thread_pool(args.threads)?;
     pool.install(|| train(args, threads))
+}
+
+/// Refuses settings that cannot make a run, before any data is read.
+fn check_args(args: &TrainArgs) -> Result<()> {
+    if args.batch == 0 || args.batch > MAX_BATCH {
+        bail!("--batch must be between 1 and {MAX_BATCH}, found {}", args.batch);
+    }
+    if args.eval_batch == 0 || args.eval_batch > MAX_BATCH {
+        bail!(
+            "--eval-batch must be between 1 and {MAX_BATCH}, found {}",
+            args.eval_batch
+        );
+    }
+    if !(args.lr.is_finite() && args.lr > 0.0) {
+        bail!("--lr must be a positive number, found {}", args.lr);
+    }
+    if !(0.0..1.0).contains(&args.momentum) {
+        bail!("--momentum must be in [0, 1), found {}", args.momentum);
+    }
+    if !(args.weight_decay.is_finite() && args.weight_decay >= 0.0) {
+        bail!("--weight-decay must be 0 or more, found {}", args.weight_decay);
+    }
+    if args.epochs == Some(0) || args.iters == Some(0) {
+        bail!("the run needs at least one iteration");
+    }
+    Ok(())
 }
 
 fn schedule_for(args: &TrainArgs, config: &ResNetConfig, total: u64) -> Schedule {
@@ -177,17 +232,168 @@ fn split_data(args_data: &Path, val: usize, seed: u64, quiet: bool) -> Result<(D
     Ok((train, None, test))
 }
 
+/// A run folder and what this run has written into it. Until the run has saved its
+/// first checkpoint, `pending` holds the files it will write (nothing of a run that was
+/// in the folder before is touched until then); afterwards the metrics are appended.
+struct RunFolder {
+    dir: PathBuf,
+    checkpoint: PathBuf,
+    /// `config.json` and the metrics so far, written beside the first checkpoint.
+    pending: Option<(String, Vec<u8>)>,
+    /// Whether the folder holds another run, whose other files the first checkpoint removes.
+    replaces: bool,
+    metrics: Option<std::fs::File>,
+    /// The newest checkpoint that holds this run's state (a resumed run starts with the
+    /// checkpoint it resumed from).
+    last_good: Option<PathBuf>,
+}
+
+impl RunFolder {
+    /// A folder whose files are written with the first checkpoint; `metrics` are the
+    /// lines the log starts with.
+    fn deferred(
+        dir: PathBuf,
+        config_json: String,
+        metrics: Vec<u8>,
+        last_good: Option<PathBuf>,
+        replaces: bool,
+    ) -> Self {
+        RunFolder {
+            checkpoint: dir.join("checkpoint.safetensors"),
+            dir,
+            pending: Some((config_json, metrics)),
+            replaces,
+            metrics: None,
+            last_good,
+        }
+    }
+
+    /// The run's own folder, continued in place: its log is cut back to `iteration`.
+    fn continued(dir: PathBuf, iteration: u64, resumed_from: PathBuf) -> Result<Self> {
+        let path = dir.join("metrics.jsonl");
+        truncate_metrics(&path, iteration)?;
+        let metrics = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(RunFolder {
+            checkpoint: dir.join("checkpoint.safetensors"),
+            dir,
+            pending: None,
+            replaces: false,
+            metrics: Some(metrics),
+            last_good: Some(resumed_from),
+        })
+    }
+
+    /// The metrics written so far.
+    fn metrics_text(&self) -> String {
+        match &self.pending {
+            Some((_, lines)) => String::from_utf8_lossy(lines).into_owned(),
+            None => std::fs::read_to_string(self.dir.join("metrics.jsonl")).unwrap_or_default(),
+        }
+    }
+
+    /// Appends one line to the log (kept in memory until the first checkpoint).
+    fn log(&mut self, line: &serde_json::Value) -> Result<()> {
+        match (&mut self.pending, &mut self.metrics) {
+            (Some((_, lines)), _) => {
+                lines.extend_from_slice(line.to_string().as_bytes());
+                lines.push(b'\n');
+                Ok(())
+            }
+            (None, Some(f)) => writeln!(f, "{line}")
+                .and_then(|()| f.flush())
+                .with_context(|| format!("cannot write {}", self.dir.join("metrics.jsonl").display())),
+            (None, None) => unreachable!("a run folder has a log or pending lines"),
+        }
+    }
+
+    /// Saves the checkpoint atomically; the first one also writes `config.json` and the
+    /// log, and removes what a replaced run left (`best.safetensors`, `curves.svg`).
+    fn save(&mut self, state: &mut TrainingState, run_json: &str) -> Result<()> {
+        if self.pending.is_some() {
+            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+        }
+        save(state, run_json, &self.checkpoint)?;
+        self.last_good = Some(self.checkpoint.clone());
+        if let Some((config, lines)) = self.pending.take() {
+            crate::fsutil::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
+            let log = self.dir.join("metrics.jsonl");
+            crate::fsutil::write_atomic(&log, &lines)?;
+            for stale in ["best.safetensors", "curves.svg"] {
+                let path = self.dir.join(stale);
+                if self.replaces && path.exists() {
+                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                }
+            }
+            let f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&log)
+                .with_context(|| format!("cannot open {}", log.display()))?;
+            self.metrics = Some(f);
+        }
+        Ok(())
+    }
+
+    /// What a stopped run says about its last good state.
+    fn last_good_note(&self) -> String {
+        match &self.last_good {
+            Some(p) => format!("the last good checkpoint is {}", p.display()),
+            None => "no checkpoint was written (the run stopped before its first epoch ended)".into(),
+        }
+    }
+}
+
+/// The run found in `dir`: the `run` settings of its `config.json` (`Null` when it has
+/// none but holds other run files), or `None` when the folder holds no run.
+fn run_in(dir: &Path) -> Option<serde_json::Value> {
+    if !RUN_FILES.iter().any(|f| dir.join(f).exists()) {
+        return None;
+    }
+    let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
+    Some(
+        serde_json::from_str::<serde_json::Value>(&text)
+            .map(|v| v[RUN_KEY].clone())
+            .unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Whether two runs' settings are the same run (the data may have moved since).
+fn same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    let without_data = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("data");
+        }
+        v
+    };
+    a.is_object() && without_data(a) == without_data(b)
+}
+
+fn refuse_other_run(dir: &Path) -> Result<()> {
+    bail!(
+        "{} holds another run; choose another --out, or give --force to replace it (its files are \
+         replaced once the new run has written its first checkpoint)",
+        dir.display()
+    )
+}
+
 fn train(args: TrainArgs, threads: usize) -> Result<()> {
     let started = Instant::now();
-    let resumed = args.resume.as_ref().map(|ckpt| resume_run(&args, ckpt)).transpose()?;
+    let resumed = args
+        .resume
+        .as_ref()
+        .map(|ckpt| resume_run(&args, ckpt, threads))
+        .transpose()?;
     let (data, val, seed) = match &resumed {
         Some((_, run, _)) => (run.data.clone(), run.val, run.seed),
-        None => (args.data.clone(), args.val, args.seed),
+        None => (absolute(&data_arg(&args))?, args.val, args.seed),
     };
     let (train_set, val_set, test_set) = split_data(&data, val, seed, args.quiet)?;
-    let (mut state, run, out) = match resumed {
+    let (mut state, run, mut folder) = match resumed {
         Some(r) => r,
-        None => new_run(&args, &train_set, &test_set)?,
+        None => new_run(&args, &train_set, &test_set, threads)?,
     };
     if train_set.len() != run.train_images {
         bail!(
@@ -196,16 +402,6 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             train_set.len(),
             run.train_images
         );
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    if args.resume.is_none() {
-        let json = serde_json::to_string_pretty(
-            &serde_json::json!({ "run": run, "threads": threads, "model": state.classifier.config() }),
-        )?;
-        crate::fsutil::write_atomic(&out.join("config.json"), json.as_bytes())?;
-        std::fs::write(out.join("metrics.jsonl"), b"")?;
-    } else {
-        truncate_metrics(&out.join("metrics.jsonl"), state.trainer.iteration)?;
     }
     let run_json = serde_json::to_string(&run)?;
 
@@ -234,11 +430,8 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     let per_image = train_set.image_len();
     let mut images = vec![0f32; run.batch * per_image];
     let mut labels = vec![0u32; run.batch];
-    let mut metrics = std::fs::OpenOptions::new()
-        .append(true)
-        .open(out.join("metrics.jsonl"))?;
-    let mut best_error = best_so_far(&out.join("metrics.jsonl"));
-    let checkpoint_path = out.join("checkpoint.safetensors");
+    let mut best_error = best_so_far(&folder.metrics_text());
+    let checkpoint_path = folder.checkpoint.clone();
     let (side_h, side_w) = (train_set.height, train_set.width);
     let mut window = (0f64, 0usize, 0usize); // loss sum, errors, images since the last log line
     if !args.quiet {
@@ -250,7 +443,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             val_set.as_ref().map_or(String::new(), |v| format!(", {} validation", v.len())),
             run.total_iterations,
             run.batch,
-            out.display()
+            folder.dir.display()
         );
     }
     let start_epoch = state.trainer.iteration / bpe;
@@ -273,10 +466,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                 Ok(s) => s,
                 Err(e @ Error::Diverged { .. }) => {
                     bar.abandon();
-                    bail!(
-                        "{e}; stopping. The last good checkpoint is {}",
-                        checkpoint_path.display()
-                    );
+                    bail!("{e}; stopping: {}", folder.last_good_note());
                 }
                 Err(e) => return Err(e.into()),
             };
@@ -290,7 +480,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                     "kind": "train", "iteration": it, "epoch": it as f64 / bpe as f64, "lr": stats.lr,
                     "loss": window.0 / window.2 as f64, "error": window.1 as f64 / window.2 as f64,
                 });
-                writeln!(metrics, "{line}")?;
+                folder.log(&line)?;
                 let rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
                 bar.set_message(format!(
                     "epoch {}/{epochs} loss {:.3} err {:.1}% {rate:.0} img/s",
@@ -312,7 +502,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             bar.inc(1);
             if stop.load(Ordering::SeqCst) {
                 bar.abandon();
-                save(&mut state, &run_json, &checkpoint_path)?;
+                folder.save(&mut state, &run_json)?;
                 eprintln!(
                     "interrupted at iteration {}: saved {}; continue with --resume {}",
                     state.trainer.iteration,
@@ -339,9 +529,8 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             "test_error": test_error, "test_loss": test.loss, "val_error": val_error,
             "images_per_s": train_rate, "seconds": started.elapsed().as_secs_f64(),
         });
-        writeln!(metrics, "{line}")?;
-        metrics.flush()?;
-        save(&mut state, &run_json, &checkpoint_path)?;
+        folder.log(&line)?;
+        folder.save(&mut state, &run_json)?;
         let selection_error = val_error.unwrap_or(test_error);
         if selection_error < best_error {
             best_error = selection_error;
@@ -356,11 +545,11 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             // The metadata goes into best.safetensors only, not into later checkpoints.
             let view = &mut state.classifier;
             view.metadata.insert("training".into(), training.to_string());
-            let written = write_best(view, &out.join("best.safetensors"));
+            let written = write_best(view, &folder.dir.join("best.safetensors"));
             view.metadata.remove("training");
             written?;
         }
-        write_run_curves(&out, &state.classifier.config().name)?;
+        write_run_curves(&folder.dir, &state.classifier.config().name)?;
         let msg = format!(
             "epoch {}/{epochs}: iteration {}, test error {:.2}%{}, {train_rate:.0} train images/s, {:.0} s",
             epoch + 1,
@@ -382,25 +571,46 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-/// A fresh run from the command line's settings.
-fn new_run(args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<(TrainingState, RunConfig, PathBuf)> {
-    let config = ResNetConfig::named(&args.model)?;
-    let out = args
-        .out
+/// The `--data` path, or the default.
+fn data_arg(args: &TrainArgs) -> PathBuf {
+    args.data
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&args.model));
-    if args.batch == 0 {
-        bail!("the batch size must be positive");
+        .unwrap_or_else(|| PathBuf::from("data/cifar-10-batches-bin"))
+}
+
+/// `path` made absolute (stored in the run, so that a resume from another folder finds it).
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).with_context(|| format!("cannot resolve {}", path.display()))
+}
+
+/// A fresh run from the command line's settings.
+fn new_run(
+    args: &TrainArgs,
+    train: &Dataset,
+    test: &Dataset,
+    threads: usize,
+) -> Result<(TrainingState, RunConfig, RunFolder)> {
+    let model = args.model.clone().unwrap_or_else(|| "resnet20".into());
+    let config = ResNetConfig::named(&model)?;
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model));
+    if run_in(&out).is_some() && !args.force {
+        refuse_other_run(&out)?;
+    }
+    if args.batch > train.len() {
+        bail!(
+            "--batch {} is larger than the training set ({} images)",
+            args.batch,
+            train.len()
+        );
     }
     let bpe = train.len().div_ceil(args.batch) as u64;
     let total = match (args.epochs, args.iters) {
-        (Some(e), _) => e * bpe,
+        (Some(e), _) => e
+            .checked_mul(bpe)
+            .with_context(|| format!("--epochs {e} of {bpe} iterations is more iterations than can be counted"))?,
         (None, Some(i)) => i,
         (None, None) => PAPER_ITERATIONS,
     };
-    if total == 0 {
-        bail!("the run needs at least one iteration");
-    }
     let schedule = schedule_for(args, &config, total);
     let config = config.with_classes(train.classes.len());
     let normalization = match args.normalize {
@@ -417,8 +627,8 @@ fn new_run(args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<(Trainin
         trainer: Trainer::new(Sgd::new(args.momentum, args.weight_decay), schedule.clone()),
     };
     let run = RunConfig {
-        model: args.model.clone(),
-        data: args.data.clone(),
+        model,
+        data: absolute(&data_arg(args))?,
         batch: args.batch,
         total_iterations: total,
         seed: args.seed,
@@ -431,11 +641,25 @@ fn new_run(args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<(Trainin
         test_images: test.len(),
         batches_per_epoch: bpe as usize,
     };
-    Ok((state, run, out))
+    let config_json = config_json(&run, threads, &state)?;
+    let replaces = run_in(&out).is_some();
+    Ok((
+        state,
+        run,
+        RunFolder::deferred(out, config_json, Vec::new(), None, replaces),
+    ))
 }
 
-/// A run continued from a checkpoint, with the settings stored in it.
-fn resume_run(args: &TrainArgs, ckpt: &Path) -> Result<(TrainingState, RunConfig, PathBuf)> {
+fn config_json(run: &RunConfig, threads: usize, state: &TrainingState) -> Result<String> {
+    Ok(serde_json::to_string_pretty(
+        &serde_json::json!({ "run": run, "threads": threads, "model": state.classifier.config() }),
+    )?)
+}
+
+/// A run continued from a checkpoint, with the settings stored in it. In the
+/// checkpoint's own run folder the run continues in place; a folder given with `--out`
+/// that holds another run is refused without `--force`.
+fn resume_run(args: &TrainArgs, ckpt: &Path, threads: usize) -> Result<(TrainingState, RunConfig, RunFolder)> {
     let bytes = std::fs::read(ckpt).with_context(|| format!("cannot read {}", ckpt.display()))?;
     let mut state =
         TrainingState::from_bytes(&bytes).with_context(|| format!("cannot resume from {}", ckpt.display()))?;
@@ -444,12 +668,58 @@ fn resume_run(args: &TrainArgs, ckpt: &Path) -> Result<(TrainingState, RunConfig
         .metadata
         .remove(RUN_KEY)
         .context("the checkpoint has no run settings")?;
-    let run: RunConfig = serde_json::from_str(&run_json).context("the checkpoint's run settings are invalid")?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| ckpt.parent().unwrap_or(Path::new(".")).to_path_buf());
-    Ok((state, run, out))
+    let mut run: RunConfig = serde_json::from_str(&run_json).context("the checkpoint's run settings are invalid")?;
+    let own = ckpt
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let out = args.out.clone().unwrap_or_else(|| own.clone());
+    let run_value = serde_json::to_value(&run)?;
+    let iteration = state.trainer.iteration;
+    // The data may have moved since the run started; --data says where it is now.
+    if let Some(data) = &args.data {
+        run.data = absolute(data)?;
+    }
+    let same_folder = match (std::fs::canonicalize(&out), std::fs::canonicalize(&own)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    let found = run_in(&out);
+    // The checkpoint's own folder holds its run, also when a kill left it without its
+    // config.json (the checkpoint is written first).
+    let ours = same_folder && found.as_ref().is_none_or(|f| f.is_null() || same_run(f, &run_value));
+    let folder = if ours && out.join("config.json").is_file() && out.join("metrics.jsonl").is_file() {
+        RunFolder::continued(out, iteration, ckpt.to_path_buf())?
+    } else if ours {
+        let lines = kept_metrics(
+            &std::fs::read_to_string(out.join("metrics.jsonl")).unwrap_or_default(),
+            iteration,
+        );
+        let config = config_json(&run, threads, &state)?;
+        RunFolder::deferred(out, config, lines.into_bytes(), Some(ckpt.to_path_buf()), false)
+    } else if found.is_some() && !args.force {
+        return Err(refuse_other_run(&out).unwrap_err());
+    } else {
+        // A new folder for this run: its log starts with the lines of the run's own
+        // folder up to the checkpoint.
+        let lines = match run_in(&own) {
+            Some(f) if same_run(&f, &run_value) => kept_metrics(
+                &std::fs::read_to_string(own.join("metrics.jsonl")).unwrap_or_default(),
+                iteration,
+            ),
+            _ => String::new(),
+        };
+        let config = config_json(&run, threads, &state)?;
+        RunFolder::deferred(
+            out,
+            config,
+            lines.into_bytes(),
+            Some(ckpt.to_path_buf()),
+            found.is_some(),
+        )
+    };
+    Ok((state, run, folder))
 }
 
 fn save(state: &mut TrainingState, run_json: &str, path: &Path) -> Result<()> {
@@ -457,18 +727,19 @@ fn save(state: &mut TrainingState, run_json: &str, path: &Path) -> Result<()> {
     let bytes = state.to_bytes();
     state.classifier.metadata.remove(RUN_KEY);
     let bytes = bytes?;
-    crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    crate::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
 fn write_best(view: &mut Classifier, path: &Path) -> Result<()> {
     let bytes = view.to_safetensors()?;
-    crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("cannot write {}", path.display()))
+    crate::fsutil::write_atomic(path, &bytes)?;
+    Ok(())
 }
 
-/// The lowest selection error (validation, else test) of the epochs already in `path`,
+/// The lowest selection error (validation, else test) of the epochs in the log `text`,
 /// so that a resumed run only replaces `best.safetensors` with something better.
-fn best_so_far(path: &Path) -> f64 {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+fn best_so_far(text: &str) -> f64 {
     text.lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["kind"] == "epoch")
@@ -476,9 +747,9 @@ fn best_so_far(path: &Path) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Drops metric lines past `iteration` (written after the checkpoint a run resumes from).
-fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// The lines of a log up to `iteration` (those after it were written after the
+/// checkpoint a run resumes from).
+fn kept_metrics(text: &str, iteration: u64) -> String {
     let kept: Vec<&str> = text
         .lines()
         .filter(|l| {
@@ -492,6 +763,12 @@ fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
     if !out.is_empty() {
         out.push('\n');
     }
-    crate::fsutil::write_atomic(path, out.as_bytes())?;
+    out
+}
+
+/// Drops metric lines past `iteration` from the log at `path`.
+fn truncate_metrics(path: &Path, iteration: u64) -> Result<()> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    crate::fsutil::write_atomic(path, kept_metrics(&text, iteration).as_bytes())?;
     Ok(())
 }

@@ -214,4 +214,76 @@ mod pretrained_commands {
         ]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
+
+    #[test]
+    fn classify_reports_each_image_before_reading_the_next() {
+        let dir = tmp("one-at-a-time");
+        let weights = model_file(&dir);
+        let good = dir.join("good.png");
+        let pixels: Vec<u8> = (0..40 * 30 * 3).map(|i| ((i * 13) % 251) as u8).collect();
+        image::save_buffer(&good, &pixels, 40, 30, image::ExtendedColorType::Rgb8).unwrap();
+        let bad = dir.join("bad.png");
+        std::fs::write(&bad, b"not an image").unwrap();
+        let out = resnet(&[
+            "classify",
+            "--weights",
+            weights.to_str().unwrap(),
+            good.to_str().unwrap(),
+            bad.to_str().unwrap(),
+        ]);
+        let (stdout, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(stdout.contains("good.png") && stdout.contains(" %  "), "{stdout}");
+        assert!(err.contains("bad.png"), "{err}");
+    }
+
+    #[test]
+    fn hostile_metadata_and_a_full_disk_give_clear_errors() {
+        let dir = tmp("hostile");
+        let weights = model_file(&dir);
+        // stage_blocks of 10^9 in the metadata: refused before anything is allocated.
+        let mut file = resnet_core::io::read_weights(&std::fs::read(&weights).unwrap()).unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(&file.metadata["config"]).unwrap();
+        config["stage_blocks"] = serde_json::json!([1_000_000_000u64, 3, 3]);
+        file.metadata.insert("config".into(), config.to_string());
+        let refs = file
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
+        let hostile = dir.join("hostile.safetensors");
+        std::fs::write(
+            &hostile,
+            resnet_core::io::safetensors::write_safetensors(refs, &file.metadata).unwrap(),
+        )
+        .unwrap();
+        let out_path = dir.join("out.safetensors");
+        let out = resnet(&["convert", hostile.to_str().unwrap(), out_path.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("blocks per stage must be between 1 and 1024"), "{err}");
+        assert!(!out_path.exists());
+
+        // A disk that fills up (a file-size limit of 16 blocks): the error names the file
+        // and no temporary file is left behind.
+        let script = format!(
+            "trap '' XFSZ; ulimit -f 16; exec '{}' convert '{}' '{}'",
+            env!("CARGO_BIN_EXE_resnet"),
+            weights.display(),
+            out_path.display()
+        );
+        let out = std::process::Command::new("sh").args(["-c", &script]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains(&out_path.display().to_string()), "{err}");
+        let left: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("tmp"))
+            .collect();
+        assert!(left.is_empty(), "temporary files left: {left:?}");
+        assert!(!out_path.exists());
+    }
 }

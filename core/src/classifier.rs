@@ -10,7 +10,7 @@
 
 use crate::data::augment::Normalization;
 use crate::data::cifar::DEFAULT_CLASSES;
-use crate::data::image::{center_crop, resize_bilinear_antialias, resize_shorter_side, to_chw_u8, RgbImage};
+use crate::data::image::{resize_bilinear_antialias, resize_shorter_side_and_crop, to_chw_u8, RgbImage};
 use crate::data::image::{IMAGENET_MEAN, IMAGENET_STD};
 use crate::data::Dataset;
 use crate::io::safetensors::write_safetensors;
@@ -188,7 +188,10 @@ impl Classifier {
             }
             c
         } else if let Some(json) = meta.get("config") {
-            serde_json::from_str(json).map_err(|e| json_err("config", e))?
+            let config = serde_json::from_str(json).map_err(|e| json_err("config", e))?;
+            // The one size source not derived from the tensors themselves or the zoo.
+            check_sizes(&config, &file)?;
+            config
         } else {
             infer_config(&file)?
         };
@@ -219,6 +222,9 @@ impl Classifier {
                 std: IMAGENET_STD,
             },
         };
+        normalization
+            .check_values()
+            .map_err(|e| Error::Load(format!("preprocessing: {e}")))?;
         let metadata = meta
             .into_iter()
             .filter(|(k, _)| !OWN_KEYS.contains(&k.as_str()))
@@ -235,7 +241,13 @@ impl Classifier {
     }
 
     /// What [`Classifier::to_safetensors`] writes, for writers that add tensors of their own.
+    /// Refuses what no reader would accept: an architecture beyond the documented limits
+    /// or preprocessing with non-finite values or a std of 0.
     pub fn tensors_and_metadata(&self) -> Result<(Vec<NamedTensor>, BTreeMap<String, String>)> {
+        self.params.config().validate()?;
+        self.normalization
+            .check_values()
+            .map_err(|e| Error::Config(format!("cannot write preprocessing: {e}")))?;
         let mut tensors = self.params.to_named_tensors();
         let norm = match &self.normalization {
             Normalization::PerChannel { mean, std } => {
@@ -286,10 +298,7 @@ impl Classifier {
     pub fn fit_image(&self, img: RgbImage) -> RgbImage {
         let size = self.input_size();
         match self.params.config().stem {
-            Stem::ImageNet => {
-                let resized = resize_shorter_side(&img, size * 256 / 224);
-                center_crop(&resized, size, size)
-            }
+            Stem::ImageNet => resize_shorter_side_and_crop(&img, size * 256 / 224, size, size),
             Stem::Cifar if img.width == size && img.height == size => img,
             Stem::Cifar => resize_bilinear_antialias(&img, size, size),
         }
@@ -386,6 +395,26 @@ impl Classifier {
     }
 }
 
+/// Compares the number of values the architecture `config` declares (checked against
+/// the documented limits first, see [`ResNetConfig::validate`]) with the number the file
+/// holds, before anything of that size is allocated: every one of them must be in it.
+fn check_sizes(config: &ResNetConfig, file: &TensorFile) -> Result<()> {
+    config.validate()?;
+    let entries = Params::layout_of(config)?;
+    let declared = entries
+        .iter()
+        .try_fold(0usize, |acc, e| acc.checked_add(e.len))
+        .ok_or_else(|| Error::Load(format!("model {}: its size overflows", config.name)))?;
+    let held = file.total_elements();
+    if declared > held {
+        return Err(Error::Load(format!(
+            "model {} ({:?} blocks of widths {:?}, {} classes) needs {declared} values, the file holds {held}",
+            config.name, config.stage_blocks, config.stage_widths, config.num_classes
+        )));
+    }
+    Ok(())
+}
+
 /// A CHW u8 image as an HWC [`RgbImage`].
 fn chw_to_image(chw: &[u8], width: usize, height: usize) -> RgbImage {
     let plane = width * height;
@@ -451,6 +480,84 @@ mod tests {
         assert_eq!(back.config(), c.config());
         assert_eq!(back.params.to_named_tensors(), c.params.to_named_tensors());
         assert_eq!(back.input_size(), 32);
+    }
+
+    /// A resnet8 file whose metadata `key` is replaced by `value`.
+    fn with_metadata(key: &str, value: &str) -> Vec<u8> {
+        let c = Classifier::new(
+            Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap(),
+            default_classes(10),
+            Normalization::PerChannel {
+                mean: IMAGENET_MEAN,
+                std: IMAGENET_STD,
+            },
+            BTreeMap::new(),
+        );
+        let mut file = read_weights(&c.to_safetensors().unwrap()).unwrap();
+        file.metadata.insert(key.into(), value.into());
+        let refs = file
+            .tensors
+            .iter()
+            .map(|t| (t.name.as_str(), &t.shape[..], &t.data[..]));
+        write_safetensors(refs, &file.metadata).unwrap()
+    }
+
+    #[test]
+    fn sizes_in_the_metadata_are_checked_before_allocating() {
+        let config = |change: &dyn Fn(&mut serde_json::Value)| {
+            let mut v = serde_json::to_value(ResNetConfig::named("resnet8").unwrap()).unwrap();
+            change(&mut v);
+            with_metadata("config", &v.to_string())
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (
+                config(&|v| v["stage_blocks"] = serde_json::json!([1_000_000_000u64, 3, 3])),
+                "blocks per stage must be between 1 and 1024",
+            ),
+            (
+                config(&|v| v["stage_widths"] = serde_json::json!([16, 32, 1u64 << 20])),
+                "a stage width must be between 1 and 16384",
+            ),
+            (
+                config(&|v| v["stage_widths"] = serde_json::json!([16, 32, 8192])),
+                "the file holds 75770",
+            ),
+            (
+                config(&|v| v["num_classes"] = serde_json::json!(1u64 << 40)),
+                "classes must be between 1 and 1048576",
+            ),
+            (config(&|v| v["num_classes"] = serde_json::json!(100_000)), "needs 6"),
+            (
+                config(&|v| v["input_size"] = serde_json::json!(1u64 << 31)),
+                "the input size must be between 1 and 4096",
+            ),
+            (
+                with_metadata(
+                    "normalization",
+                    r#"{"kind":"per_channel","mean":[0.5,0.5,0.5],"std":[0.2,0.0,0.2]}"#,
+                ),
+                "standard deviations must be positive and finite",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = Classifier::load(&bytes, &LoadOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "expected \"{want}\" in: {err}");
+        }
+        // A std of 0 from the command line is refused too, and never written.
+        let opts = LoadOptions {
+            mean_std: Some(([0.5; 3], [0.0; 3])),
+            ..Default::default()
+        };
+        assert!(Classifier::load(&with_metadata("x", "y"), &opts).is_err());
+        let mut c = Classifier::load(&with_metadata("x", "y"), &LoadOptions::default()).unwrap();
+        c.normalization = Normalization::PerChannel {
+            mean: [0.5; 3],
+            std: [1.0, 0.0, 1.0],
+        };
+        let err = c.to_safetensors().unwrap_err().to_string();
+        assert!(err.contains("cannot write preprocessing"), "{err}");
     }
 
     #[test]

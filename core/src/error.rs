@@ -21,9 +21,11 @@ pub enum Error {
     /// A data set or image that cannot be read.
     #[error(transparent)]
     Data(#[from] crate::data::DataError),
-    /// The loss became NaN or infinite; parameters were left as they were before the step.
-    #[error("training diverged at iteration {iteration}: loss is {loss}")]
-    Diverged { iteration: u64, loss: f64 },
+    /// Training diverged: the loss, a weight or a batch-norm statistic became
+    /// non-finite or exploded (see [`crate::train::trainer::MAX_LOSS`] and
+    /// [`crate::train::trainer::MAX_MAGNITUDE`]); `what` says which and its value.
+    #[error("training diverged at iteration {iteration}: {what}")]
+    Diverged { iteration: u64, what: String },
 }
 
 /// Result with the engine's error.

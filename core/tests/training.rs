@@ -159,3 +159,50 @@ fn averaged_gradients_of_two_halves_equal_one_full_batch_step_without_batch_norm
     pb.set_buffers(&stats).unwrap();
     assert_eq!(pb.buffers(), &stats[..]);
 }
+
+#[test]
+fn divergence_is_caught_in_the_loss_the_weights_and_the_running_statistics() {
+    use resnet_core::train::trainer::check_params;
+    use resnet_core::Error;
+    let mut rng = Rng::new(4);
+    let (x, labels) = batch(&mut rng, 4, 8);
+    let trainer = || Trainer::new(Sgd::new(0.9, 0.0), Schedule::Constant { base_lr: 0.1 });
+
+    // An exploding but finite loss: logits of 1e6 from a huge classifier.
+    let mut p = resnet8(1);
+    let fc = p.entry("fc.weight").unwrap().clone();
+    p.values_mut()[fc.offset..fc.offset + fc.len]
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, v)| *v = if i % 3 == 0 { 1e6 } else { -1e6 });
+    match trainer().step(&mut p, &x, &labels) {
+        Err(Error::Diverged { iteration: 0, what }) => assert!(what.contains("the loss is"), "{what}"),
+        other => panic!("expected divergence, found {other:?}"),
+    }
+
+    // An infinite running variance: the loss stays finite, the state does not.
+    let mut p = resnet8(1);
+    p.get_mut("layer1.0.bn2.running_var").unwrap()[3] = f32::INFINITY;
+    let mut t = trainer();
+    t.iteration = 7;
+    match t.step(&mut p, &x, &labels) {
+        Err(Error::Diverged { iteration: 7, what }) => {
+            assert!(what.contains("layer1.0.bn2.running_var holds inf"), "{what}")
+        }
+        other => panic!("expected divergence, found {other:?}"),
+    }
+
+    // A NaN weight and an exploding one are both named.
+    let mut p = resnet8(1);
+    p.get_mut("layer2.0.conv1.weight").unwrap()[0] = f32::NAN;
+    let err = check_params(&p, 3).unwrap_err().to_string();
+    assert!(
+        err.contains("iteration 3") && err.contains("layer2.0.conv1.weight holds NaN"),
+        "{err}"
+    );
+    let mut p = resnet8(1);
+    p.get_mut("conv1.weight").unwrap()[5] = 1e20;
+    let err = check_params(&p, 3).unwrap_err().to_string();
+    assert!(err.contains("conv1.weight holds 1e20"), "{err}");
+    check_params(&resnet8(1), 0).unwrap();
+}

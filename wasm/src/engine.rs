@@ -343,9 +343,12 @@ impl TrainSession {
         Ok(BatchStats { loss, correct, count })
     }
 
-    /// One SGD update from the gradients held in the model; returns the rate used.
+    /// One SGD update from the gradients held in the model; returns the rate used, or
+    /// `Error::Diverged` when a weight or statistic became non-finite or exploded.
     pub fn apply_gradients(&mut self, c: &mut Classifier) -> Result<f32> {
-        Ok(self.trainer.apply_gradients(&mut c.params))
+        let lr = self.trainer.apply_gradients(&mut c.params);
+        resnet_core::train::trainer::check_params(&c.params, self.trainer.iteration - 1)?;
+        Ok(lr)
     }
 
     /// [`TrainSession::compute_gradients`] then [`TrainSession::apply_gradients`].

@@ -1,11 +1,13 @@
 //! `cargo xtask <task>`: project chores that need more than one cargo command.
 //!
-//! - `test`: every check CI runs: formatting, clippy, all Rust tests, the wasm32 build,
-//!   then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
+//! - `test`: every check CI runs: formatting, clippy, all Rust tests, a few seconds of
+//!   each fuzz target (`fuzz/`, nightly only: skipped with a message without it), the
+//!   wasm32 build, then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
 //! - `wasm`: builds `resnet-wasm` for wasm32 with SIMD128, runs `wasm-bindgen` (installing
 //!   the CLI at the crate's exact version when missing) and `wasm-opt` when present
 //!   (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under `<target>/tools`), writes
 //!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//! - `fuzz-smoke`: only the few seconds of each fuzz target that `test` runs.
 //! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
 //!   127.0.0.1 (port 8000 by default, 0 for any free one), printing the address.
 
@@ -17,9 +19,10 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("test") => test(),
         Some("wasm") => wasm().map(|_| ()),
+        Some("fuzz-smoke") => fuzz_smoke(),
         Some("web") => web(args.get(1).map(String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask test | wasm | web [PORT]");
+            eprintln!("usage: cargo xtask test | wasm | web [PORT] | fuzz-smoke");
             return ExitCode::from(2);
         }
     };
@@ -76,6 +79,7 @@ fn test() -> Result<(), String> {
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
     run("cargo", &["test", "--workspace"])?;
+    fuzz_smoke()?;
     ensure_wasm_target()?;
     run(
         "cargo",
@@ -93,6 +97,88 @@ fn test() -> Result<(), String> {
     web_package()?;
     browser_tests()?;
     eprintln!("xtask: all checks passed");
+    Ok(())
+}
+
+/// The fuzz targets of `fuzz/Cargo.toml`, each run for [`FUZZ_SMOKE_SECONDS`].
+const FUZZ_TARGETS: [&str; 8] = [
+    "safetensors",
+    "torch_zip",
+    "torch_legacy",
+    "pickle",
+    "cifar_binary",
+    "cifar_tar",
+    "image",
+    "weight_metadata",
+];
+
+/// Seconds each fuzz target runs in `cargo xtask test`: a smoke test that the targets
+/// build and survive their seeds and a few thousand mutations (long runs: fuzz/README.md).
+const FUZZ_SMOKE_SECONDS: u32 = 5;
+
+/// Runs every fuzz target briefly with cargo-fuzz on the nightly toolchain (installing
+/// cargo-fuzz when missing), its corpus a copy of the committed seeds under the target
+/// directory; skipped with a message where nightly is absent.
+fn fuzz_smoke() -> Result<(), String> {
+    let nightly = Command::new("rustup")
+        .args(["run", "nightly", "rustc", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !nightly {
+        eprintln!(
+            "xtask: skipping the fuzz smoke runs: no nightly toolchain (`rustup toolchain install nightly` enables them)"
+        );
+        return Ok(());
+    }
+    if version_of("cargo-fuzz").is_none() {
+        run("cargo", &["install", "cargo-fuzz", "--locked"])?;
+    }
+    let root = workspace_root();
+    let target = target_dir().join("fuzz");
+    let target = target.to_str().ok_or("the target directory is not UTF-8")?;
+    let fuzz = |args: &[&str]| -> Result<(), String> {
+        eprintln!("xtask: running cargo +nightly fuzz {}", args.join(" "));
+        let status = Command::new("cargo")
+            .arg("+nightly")
+            .arg("fuzz")
+            .args(args)
+            .current_dir(root.join("fuzz"))
+            .status()
+            .map_err(|e| format!("cannot start cargo fuzz: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("`cargo +nightly fuzz {}` failed with {status}", args.join(" ")))
+        }
+    };
+    fuzz(&["build", "-O", "--target-dir", target])?;
+    for t in FUZZ_TARGETS {
+        let corpus = target_dir().join("fuzz-smoke").join(t);
+        std::fs::create_dir_all(&corpus).map_err(|e| format!("cannot create {}: {e}", corpus.display()))?;
+        let seeds = root.join("fuzz/seeds").join(t);
+        for entry in std::fs::read_dir(&seeds).map_err(|e| format!("cannot read {}: {e}", seeds.display()))? {
+            let path = entry
+                .map_err(|e| format!("cannot read {}: {e}", seeds.display()))?
+                .path();
+            copy(
+                &path,
+                &corpus.join(path.file_name().expect("a file in the seed folder")),
+            )?;
+        }
+        let corpus = corpus.to_str().ok_or("the target directory is not UTF-8")?;
+        let time = format!("-max_total_time={FUZZ_SMOKE_SECONDS}");
+        fuzz(&[
+            "run",
+            "-O",
+            "--target-dir",
+            target,
+            t,
+            corpus,
+            "--",
+            &time,
+            "-rss_limit_mb=2048",
+        ])?;
+    }
     Ok(())
 }
 

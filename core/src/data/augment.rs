@@ -73,6 +73,34 @@ impl Normalization {
         Normalization::PerChannel { mean, std }
     }
 
+    /// Checks that the values make sense: finite means, and standard deviations that are
+    /// finite and positive (a std of 0 turns every input into NaN or infinity).
+    pub fn check_values(&self) -> Result<()> {
+        match self {
+            Normalization::PerChannel { mean, std } => {
+                if !mean.iter().all(|m| m.is_finite()) {
+                    return Err(DataError::Invalid(format!(
+                        "channel means must be finite, found {mean:?}"
+                    )));
+                }
+                // NaN-aware: NaN fails `> 0.0`.
+                if !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+                    return Err(DataError::Invalid(format!(
+                        "channel standard deviations must be positive and finite, found {std:?}"
+                    )));
+                }
+                Ok(())
+            }
+            Normalization::PerPixelMean { mean } => match mean.iter().position(|m| !m.is_finite()) {
+                Some(i) => Err(DataError::Invalid(format!(
+                    "the per-pixel mean image must be finite, found {} at index {i}",
+                    mean[i]
+                ))),
+                None => Ok(()),
+            },
+        }
+    }
+
     /// Checks that this normalisation fits images of `image_len` bytes (3 x H x W).
     pub fn check(&self, image_len: usize) -> Result<()> {
         match self {

@@ -1,7 +1,7 @@
 //! torchvision `ImageFolder`-style directories, `root/<class>/<image>.{png,jpg,jpeg}`,
 //! decoded in parallel into an in-memory [`Dataset`] (native only).
 
-use super::image::{decode_image, to_chw_u8, RgbImage};
+use super::image::{decode_image, image_dimensions, to_chw_u8, RgbImage};
 use super::{DataError, Dataset, Result};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
@@ -94,12 +94,40 @@ pub fn load_image_folder_with(root: &Path, fit: Option<ImageFit>, progress: &dyn
     let mut images: Vec<u8> = Vec::new();
     let mut labels = Vec::with_capacity(total);
     let mut size: Option<(usize, usize)> = None;
+    // Without a fit every image must have the first one's size: read from its header,
+    // checked in every other header before anything is decoded, and the whole data set
+    // reserved (fallibly) before the first chunk.
+    let expected = match fit {
+        Some(_) => None,
+        None => {
+            let first = &files[0].0;
+            let bytes = std::fs::read(first).map_err(|e| io_err(first, e))?;
+            let (w, h) = image_dimensions(&bytes, &first.display().to_string())?;
+            reserve(&mut images, total, w, h, root)?;
+            Some((w, h))
+        }
+    };
+    let mismatch = |path: &Path, (w, h): (usize, usize), (found_w, found_h): (usize, usize)| DataError::SizeMismatch {
+        file: path.display().to_string(),
+        first: files[0].0.display().to_string(),
+        expected_w: w,
+        expected_h: h,
+        found_w,
+        found_h,
+    };
     for chunk in files.chunks(CHUNK) {
         let decoded: Vec<Result<RgbImage>> = chunk
             .par_iter()
             .map(|(path, _)| {
                 let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-                let img = decode_image(&bytes, &path.display().to_string())?;
+                let source = path.display().to_string();
+                if let Some(want) = expected {
+                    let found = image_dimensions(&bytes, &source)?;
+                    if found != want {
+                        return Err(mismatch(path, want, found));
+                    }
+                }
+                let img = decode_image(&bytes, &source)?;
                 Ok(match fit {
                     Some(f) => f(img),
                     None => img,
@@ -110,27 +138,10 @@ pub fn load_image_folder_with(root: &Path, fit: Option<ImageFit>, progress: &dyn
             let img = img?;
             let (w, h) = *size.get_or_insert((img.width, img.height));
             if (img.width, img.height) != (w, h) {
-                return Err(DataError::SizeMismatch {
-                    file: path.display().to_string(),
-                    first: files[0].0.display().to_string(),
-                    expected_w: w,
-                    expected_h: h,
-                    found_w: img.width,
-                    found_h: img.height,
-                });
+                return Err(mismatch(path, (w, h), (img.width, img.height)));
             }
-            if images.is_empty() {
-                // Sized from the decoded image and the file count, and fallible: a data set
-                // too large for memory is an error, not an abort.
-                let bytes = total
-                    .checked_mul(3 * w * h)
-                    .filter(|&b| images.try_reserve_exact(b).is_ok());
-                if bytes.is_none() {
-                    return Err(DataError::Invalid(format!(
-                        "{}: {total} images of {w}x{h} do not fit in memory",
-                        root.display()
-                    )));
-                }
+            if images.capacity() == 0 {
+                reserve(&mut images, total, w, h, root)?;
             }
             images.extend_from_slice(&to_chw_u8(&img));
             labels.push(*label);
@@ -139,6 +150,21 @@ pub fn load_image_folder_with(root: &Path, fit: Option<ImageFit>, progress: &dyn
     }
     let (w, h) = size.unwrap_or((0, 0));
     Dataset::new(images, labels, classes.into_iter().map(|(n, _)| n).collect(), h, w)
+}
+
+/// Reserves room for `total` CHW images of `w x h`: a data set too large for memory is
+/// an error, not an abort.
+fn reserve(images: &mut Vec<u8>, total: usize, w: usize, h: usize, root: &Path) -> Result<()> {
+    let fits = total
+        .checked_mul(3 * w * h)
+        .is_some_and(|b| images.try_reserve_exact(b).is_ok());
+    if !fits {
+        return Err(DataError::Invalid(format!(
+            "{}: {total} images of {w}x{h} do not fit in memory",
+            root.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Finds the folder of split `name` ("train", "test"...) under `root`: `root/name`,
@@ -222,6 +248,15 @@ mod tests {
         std::fs::write(train.join("b").join("3.png"), png(4, 2, 0)).unwrap();
         let e = load_image_folder(&train, &|_, _| {}).unwrap_err().to_string();
         assert!(e.contains("3.png") && e.contains("4x2") && e.contains("3x2"), "{e}");
+        // the size comes from the header, checked before any pixel is decoded: a 4x2
+        // PNG cut after its header is a size mismatch, not a decoding error
+        let mut broken = png(4, 2, 0);
+        let idat = broken.windows(4).position(|w| w == b"IDAT").unwrap();
+        broken[idat + 4..idat + 12].fill(0xff);
+        assert!(decode_image(&broken, "broken").is_err());
+        std::fs::write(train.join("b").join("3.png"), broken).unwrap();
+        let e = load_image_folder(&train, &|_, _| {}).unwrap_err().to_string();
+        assert!(e.contains("3.png") && e.contains("4x2") && !e.contains("decode"), "{e}");
         // a corrupt image is an error naming it
         std::fs::write(train.join("b").join("3.png"), b"\x89PNG\r\n\x1a\nbroken").unwrap();
         let e = load_image_folder(&train, &|_, _| {}).unwrap_err().to_string();

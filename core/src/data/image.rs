@@ -55,11 +55,15 @@ fn image_err(source: &str, detail: String) -> DataError {
     }
 }
 
-/// Decodes a JPEG or PNG (grey, grey+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB, dropping
-/// any alpha like PIL's `.convert('RGB')`; images above [`MAX_SIDE`] or [`MAX_PIXELS`]
-/// are refused before their pixels are decoded.
-pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
-    use ::image::{ImageFormat, ImageReader, Limits};
+/// The format and the size `(width, height)` an image's header declares, checked against
+/// [`MAX_SIDE`] and [`MAX_PIXELS`], without decoding its pixels.
+pub fn image_dimensions(bytes: &[u8], source: &str) -> Result<(usize, usize)> {
+    let (_, (w, h)) = header(bytes, source)?;
+    Ok((w as usize, h as usize))
+}
+
+fn header(bytes: &[u8], source: &str) -> Result<(::image::ImageFormat, (u32, u32))> {
+    use ::image::{ImageFormat, ImageReader};
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| image_err(source, format!("cannot read image: {e}")))?;
@@ -98,6 +102,15 @@ pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
     if w == 0 || h == 0 {
         return Err(image_err(source, format!("image is empty ({w}x{h})")));
     }
+    Ok((format, (w, h)))
+}
+
+/// Decodes a JPEG or PNG (grey, grey+alpha, RGB, RGBA, 8 or 16 bits) to 8-bit RGB, dropping
+/// any alpha like PIL's `.convert('RGB')`; images above [`MAX_SIDE`] or [`MAX_PIXELS`]
+/// are refused before their pixels are decoded.
+pub fn decode_image(bytes: &[u8], source: &str) -> Result<RgbImage> {
+    use ::image::{ImageReader, Limits};
+    let (format, (w, h)) = header(bytes, source)?;
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut limits = Limits::default();
     limits.max_image_width = Some(MAX_SIDE);
@@ -146,14 +159,15 @@ struct Taps {
 
 /// PIL's `precompute_coeffs` for the bilinear (triangle) filter, followed by
 /// `normalize_coeffs_8bpc`: support scales with the downscale factor (antialiasing).
-fn bilinear_taps(in_size: usize, out_size: usize) -> Taps {
+/// Only the outputs in `range` are computed (entry `i` is output `range.start + i`).
+fn bilinear_taps(in_size: usize, out_size: usize, range: std::ops::Range<usize>) -> Taps {
     let scale = in_size as f64 / out_size as f64;
     let filterscale = scale.max(1.0);
     let support = filterscale; // the triangle filter's support is 1
     let ss = 1.0 / filterscale;
-    let mut first = Vec::with_capacity(out_size);
-    let mut weights = Vec::with_capacity(out_size);
-    for xx in 0..out_size {
+    let mut first = Vec::with_capacity(range.len());
+    let mut weights = Vec::with_capacity(range.len());
+    for xx in range {
         let center = (xx as f64 + 0.5) * scale;
         // C's (int) casts truncate toward zero, as `as i64` does.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
@@ -197,21 +211,32 @@ fn clip8(v: i64) -> u8 {
 /// (antialiased), horizontal pass then vertical, each rounded to u8 with PIL's fixed-point
 /// arithmetic. A same-size resize is the identity; an empty source gives black.
 pub fn resize_bilinear_antialias(img: &RgbImage, new_w: usize, new_h: usize) -> RgbImage {
+    resize_window(img, new_w, new_h, (0, 0), (new_w, new_h))
+}
+
+/// The window of `size` (width, height) at `origin` (left, top) of
+/// [`resize_bilinear_antialias`]`(img, new_w, new_h)`, computed without the rest of the
+/// resized image: the same bytes as resizing then cropping, at a cost bounded by the
+/// source and the window (not the resized image, which a 16384x1 source resized to a
+/// shorter side of 256 would make a gigapixel). The window must lie inside the resize.
+fn resize_window(img: &RgbImage, new_w: usize, new_h: usize, origin: (usize, usize), size: (usize, usize)) -> RgbImage {
+    let ((left, top), (out_w, out_h)) = (origin, size);
+    debug_assert!(left + out_w <= new_w && top + out_h <= new_h);
     if img.width == 0 || img.height == 0 || new_w == 0 || new_h == 0 {
         return RgbImage {
-            width: new_w,
-            height: new_h,
-            data: vec![0; new_w * new_h * 3],
+            width: out_w,
+            height: out_h,
+            data: vec![0; out_w * out_h * 3],
         };
     }
     let half = 1i64 << (PRECISION_BITS - 1);
-    let mut cur = std::borrow::Cow::Borrowed(img);
+    // Horizontal pass over every source row, for the window's columns only.
+    let w = out_w;
+    let mut cur = vec![0u8; w * img.height * 3];
     if new_w != img.width {
-        let taps = bilinear_taps(img.width, new_w);
-        let src = &cur.data;
-        let mut out = vec![0u8; new_w * img.height * 3];
-        for (y, row) in out.chunks_exact_mut(new_w * 3).enumerate() {
-            let srow = &src[y * img.width * 3..(y + 1) * img.width * 3];
+        let taps = bilinear_taps(img.width, new_w, left..left + out_w);
+        for (y, row) in cur.chunks_exact_mut(w * 3).enumerate() {
+            let srow = &img.data[y * img.width * 3..(y + 1) * img.width * 3];
             for (xx, px) in row.chunks_exact_mut(3).enumerate() {
                 let x0 = taps.first[xx];
                 for (c, v) in px.iter_mut().enumerate() {
@@ -223,34 +248,48 @@ pub fn resize_bilinear_antialias(img: &RgbImage, new_w: usize, new_h: usize) -> 
                 }
             }
         }
-        cur = std::borrow::Cow::Owned(RgbImage {
-            width: new_w,
-            height: img.height,
-            data: out,
-        });
+    } else {
+        for (y, row) in cur.chunks_exact_mut(w * 3).enumerate() {
+            let s = (y * img.width + left) * 3;
+            row.copy_from_slice(&img.data[s..s + w * 3]);
+        }
     }
+    // Vertical pass for the window's rows.
+    let mut out = vec![0u8; w * out_h * 3];
     if new_h != img.height {
-        let taps = bilinear_taps(img.height, new_h);
-        let w = cur.width;
-        let src = &cur.data;
-        let mut out = vec![0u8; w * new_h * 3];
+        let taps = bilinear_taps(img.height, new_h, top..top + out_h);
         for (yy, row) in out.chunks_exact_mut(w * 3).enumerate() {
             let y0 = taps.first[yy];
             for (i, v) in row.iter_mut().enumerate() {
                 let mut acc = half;
                 for (j, &k) in taps.weights[yy].iter().enumerate() {
-                    acc += src[(y0 + j) * w * 3 + i] as i64 * k as i64;
+                    acc += cur[(y0 + j) * w * 3 + i] as i64 * k as i64;
                 }
                 *v = clip8(acc);
             }
         }
-        cur = std::borrow::Cow::Owned(RgbImage {
-            width: w,
-            height: new_h,
-            data: out,
-        });
+    } else {
+        out.copy_from_slice(&cur[top * w * 3..(top + out_h) * w * 3]);
     }
-    cur.into_owned()
+    RgbImage {
+        width: out_w,
+        height: out_h,
+        data: out,
+    }
+}
+
+/// torchvision's `Resize(size)` then `CenterCrop((out_h, out_w))`, computing only the
+/// pixels the crop keeps (see [`resize_window`]): the same bytes as
+/// [`resize_shorter_side`] then [`center_crop`], at a cost bounded by the source and the
+/// crop, whatever the aspect ratio.
+pub fn resize_shorter_side_and_crop(img: &RgbImage, size: usize, out_w: usize, out_h: usize) -> RgbImage {
+    let (w, h) = shorter_side_size(img.width, img.height, size);
+    if out_w > w || out_h > h {
+        // The crop pads: the resize is no larger than the crop.
+        return center_crop(&resize_bilinear_antialias(img, w, h), out_w, out_h);
+    }
+    let (left, top) = (half_round_even(w - out_w), half_round_even(h - out_h));
+    resize_window(img, w, h, (left, top), (out_w, out_h))
 }
 
 /// The output size of torchvision's `Resize(size)` for an int `size`: the shorter side
@@ -375,6 +414,35 @@ mod tests {
     fn gradient(w: usize, h: usize) -> RgbImage {
         let data = (0..w * h * 3).map(|i| ((i * 37 + (i / 3) * 11) % 256) as u8).collect();
         RgbImage::new(w, h, data).unwrap()
+    }
+
+    #[test]
+    fn resizing_only_the_crop_gives_the_same_bytes_at_a_bounded_cost() {
+        let mut seed = 7u32;
+        let mut byte = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 8) as u8
+        };
+        for (w, h, size, crop) in [
+            (300, 200, 256, 224),
+            (200, 300, 256, 224),
+            (37, 500, 40, 32),
+            (256, 256, 256, 224),
+            (257, 256, 256, 224),
+            (100, 80, 256, 224),
+            (5, 3, 4, 4),
+            (224, 1000, 256, 224),
+        ] {
+            let img = RgbImage::new(w, h, (0..w * h * 3).map(|_| byte()).collect()).unwrap();
+            let whole = center_crop(&resize_shorter_side(&img, size), crop, crop);
+            assert_eq!(resize_shorter_side_and_crop(&img, size, crop, crop), whole, "{w}x{h}");
+        }
+        // A 16384x1 strip: its whole resize would be 4194304x256 pixels (3.2 GB).
+        let strip = RgbImage::new(16384, 1, (0..16384 * 3).map(|i| (i % 251) as u8).collect()).unwrap();
+        let out = resize_shorter_side_and_crop(&strip, 256, 224, 224);
+        assert_eq!((out.width, out.height), (224, 224));
     }
 
     #[test]

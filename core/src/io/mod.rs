@@ -21,7 +21,10 @@ pub enum IoError {
     #[error("pickle: {0}")]
     Pickle(String),
     /// A pickle that names a global outside the tensor-rebuilding allow-list.
-    #[error("pickle: global \"{0}\" is not allowed (only tensor-rebuilding globals are)")]
+    #[error(
+        "pickle: global \"{0}\" is not allowed (only tensor-rebuilding globals are; a file written by \
+         torch.save(model) holds the model's class and code: save model.state_dict() instead)"
+    )]
     DisallowedGlobal(String),
     /// A malformed or unsupported zip archive.
     #[error("zip: {0}")]
@@ -109,11 +112,13 @@ pub enum Format {
     TorchLegacy,
 }
 
-/// Guesses the format from the first bytes: zip magic, torch legacy magic, else safetensors.
+/// Guesses the format from the first bytes: zip magic, torch legacy magic or any pickle
+/// stream (PROTO opcode; read as a legacy checkpoint, whose reader names what it found),
+/// else safetensors.
 pub fn detect_format(bytes: &[u8]) -> Format {
     if zip::looks_like_zip(bytes) {
         Format::TorchZip
-    } else if torch::looks_like_legacy(bytes) {
+    } else if torch::looks_like_legacy(bytes) || (bytes.len() >= 2 && bytes[0] == 0x80 && bytes[1] <= 5) {
         Format::TorchLegacy
     } else {
         Format::Safetensors
@@ -230,6 +235,23 @@ mod tests {
         assert!(f16_to_f32(0x7e00).is_nan());
         assert_eq!(bf16_to_f32(0x3f80), 1.0);
         assert_eq!(bf16_to_f32(0xc040), -3.0);
+    }
+
+    #[test]
+    fn a_bare_pickle_and_a_whole_model_get_their_own_errors() {
+        let err = read_weights(&[0x80, 2, b'N', b'.']).unwrap_err().to_string();
+        assert!(
+            err.contains("a pickle stream but not a PyTorch checkpoint") && !err.contains("safetensors"),
+            "{err}"
+        );
+        // What torch.save(model) writes: the model's class as a global.
+        let mut b = vec![0x80, 2, b'c'];
+        b.extend_from_slice(b"torchvision.models.resnet\nResNet\n)\x81.");
+        let err = read_weights(&b).unwrap_err().to_string();
+        assert!(
+            err.contains("torchvision.models.resnet.ResNet") && err.contains("save model.state_dict() instead"),
+            "{err}"
+        );
     }
 
     #[test]

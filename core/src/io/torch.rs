@@ -369,7 +369,7 @@ fn walk(v: &Value, name: &str, ctx: &mut Ctx, out: &mut Vec<NamedTensor>) -> Res
     }
     match v {
         Value::Dict(pairs) => {
-            for (k, x) in pairs {
+            for (k, x) in pairs.iter() {
                 walk(x, &join(name, &key_name(k)), ctx, out)?;
             }
         }
@@ -407,7 +407,7 @@ fn flatten(obj: &Value, ctx: &mut Ctx) -> Result<TensorFile> {
                 break;
             }
         }
-        for (k, v) in pairs {
+        for (k, v) in pairs.iter() {
             if let (Some(k), Some(s)) = (k.as_str(), scalar_string(v)) {
                 metadata.insert(k.to_string(), s);
             }
@@ -472,18 +472,18 @@ fn collect_pids(v: &Value, out: &mut HashMap<String, DType>) -> Result<()> {
             }
         }
         Value::Dict(pairs) => {
-            for (k, x) in pairs {
+            for (k, x) in pairs.iter() {
                 collect_pids(k, out)?;
                 collect_pids(x, out)?;
             }
         }
         Value::List(xs) | Value::Tuple(xs) => {
-            for x in xs {
+            for x in xs.iter() {
                 collect_pids(x, out)?;
             }
         }
         Value::Call { args, state, .. } => {
-            for x in args {
+            for x in args.iter() {
                 collect_pids(x, out)?;
             }
             if let Some(s) = state {
@@ -508,7 +508,9 @@ fn read_legacy(bytes: &[u8]) -> Result<TensorFile> {
     let magic = next("magic number")?;
     if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
         return Err(err(format!(
-            "not a PyTorch checkpoint: magic number is {magic:?}, expected 0x1950a86a20f9469cfc6c"
+            "a pickle stream but not a PyTorch checkpoint: it starts with {}, not torch.save's magic \
+             number 0x1950a86a20f9469cfc6c (save the weights with torch.save(model.state_dict(), path))",
+            magic.kind()
         )));
     }
     let version = next("protocol version")?;
@@ -794,6 +796,95 @@ mod tests {
             assert_eq!(f.metadata.get("epoch").map(String::as_str), Some("7"));
             assert_eq!(f.metadata.get("best_prec1").map(String::as_str), Some("91.5"));
             assert_eq!(f.metadata.get("arch").map(String::as_str), Some("resnet20"));
+        }
+    }
+
+    /// Writes the committed seed corpus of the fuzz targets (`fuzz/seeds/<target>/`):
+    /// small files made here, none taken from elsewhere. Run by hand after a format
+    /// change: `FUZZ_SEEDS=fuzz/seeds cargo test -p resnet-core --lib write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        use crate::classifier::{default_classes, Classifier};
+        use crate::data::augment::Normalization;
+        use crate::data::tar::tests::{gzip, write_tar};
+        use crate::model::ResNetConfig;
+        let root = std::path::PathBuf::from(std::env::var("FUZZ_SEEDS").expect("FUZZ_SEEDS: the seed folder"));
+        let put = |target: &str, name: &str, bytes: &[u8]| {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(name), bytes).unwrap();
+        };
+        // A tiny network: its safetensors file is a few kilobytes.
+        let mut config = ResNetConfig::named("resnet8").unwrap().with_classes(2);
+        config.stem_width = 2;
+        config.stage_blocks = vec![1, 1];
+        config.stage_widths = vec![2, 4];
+        config.input_size = 8;
+        let tiny = |norm| {
+            Classifier::new(
+                crate::Params::new(config.clone(), 1).unwrap(),
+                default_classes(2),
+                norm,
+                Default::default(),
+            )
+            .to_safetensors()
+            .unwrap()
+        };
+        let per_channel = Normalization::PerChannel {
+            mean: [0.5; 3],
+            std: [0.25; 3],
+        };
+        let st = tiny(per_channel);
+        put("safetensors", "tiny-model.safetensors", &st);
+        let pixel = tiny(Normalization::PerPixelMean {
+            mean: vec![0.5; 3 * 8 * 8],
+        });
+        put("weight_metadata", "per-channel.safetensors", &st);
+        put("weight_metadata", "per-pixel.safetensors", &pixel);
+        for wrap in [false, true] {
+            put(
+                "torch_zip",
+                &format!("checkpoint-{wrap}.pt"),
+                &zip_checkpoint(&tensors(), wrap, &storages()),
+            );
+            put(
+                "torch_legacy",
+                &format!("checkpoint-{wrap}.th"),
+                &legacy_checkpoint(&tensors(), wrap, &storages()),
+            );
+        }
+        let mut p = Pickler::new(2);
+        write_checkpoint(&mut p, &tensors(), true, false);
+        put("pickle", "state-dict.pkl", &p.stop());
+        // CIFAR: two records, a meta file, and archives of them.
+        let record = |label: u8| -> Vec<u8> {
+            let mut r = vec![label];
+            r.extend((0..3072).map(|i| (i * 7 % 256) as u8));
+            r
+        };
+        let batch: Vec<u8> = [record(1), record(9)].concat();
+        put("cifar_binary", "two-records.bin", &batch);
+        let meta = b"airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n";
+        let mut files: Vec<(String, Vec<u8>)> = (1..=5)
+            .map(|k| (format!("cifar-10-batches-bin/data_batch_{k}.bin"), record(k as u8)))
+            .collect();
+        files.push(("cifar-10-batches-bin/test_batch.bin".into(), batch.clone()));
+        files.push(("cifar-10-batches-bin/batches.meta.txt".into(), meta.to_vec()));
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
+        let tar = write_tar(&refs);
+        put("cifar_tar", "cifar.tar", &tar);
+        put("cifar_tar", "cifar.tar.gz", &gzip(&tar));
+        // Images: a PNG and a JPEG of a few pixels.
+        let rgb: Vec<u8> = (0..5 * 3 * 3).map(|i| (i * 17 % 256) as u8).collect();
+        let img = ::image::RgbImage::from_raw(5, 3, rgb).unwrap();
+        for (name, format) in [
+            ("tiny.png", ::image::ImageFormat::Png),
+            ("tiny.jpg", ::image::ImageFormat::Jpeg),
+        ] {
+            let mut out = std::io::Cursor::new(Vec::new());
+            img.write_to(&mut out, format).unwrap();
+            put("image", name, &out.into_inner());
         }
     }
 

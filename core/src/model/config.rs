@@ -86,6 +86,22 @@ pub struct ResNetConfig {
     pub input_size: usize,
 }
 
+/// The largest structure [`ResNetConfig::validate`] accepts, so that sizes read from a
+/// file's metadata cannot ask for absurd allocations before the file's tensors are
+/// compared with them: stages (the zoo has 3 or 4).
+pub const MAX_STAGES: usize = 16;
+/// Blocks in one stage (resnet1202 has 200).
+pub const MAX_BLOCKS_PER_STAGE: usize = 1024;
+/// Channels of the stem and inner width of a stage (the zoo's widest is 512).
+pub const MAX_WIDTH: usize = 16384;
+/// Input channels (images have 3).
+pub const MAX_IN_CHANNELS: usize = 64;
+/// Output classes (ImageNet-21k has 21,841).
+pub const MAX_CLASSES: usize = 1 << 20;
+/// Side of the input image the network is meant for (the zoo uses 32 and 224): an RGB
+/// image of this side is 48 MB of u8.
+pub const MAX_INPUT_SIZE: usize = 4096;
+
 /// Every name that [`ResNetConfig::named`] knows.
 pub const MODEL_NAMES: &[&str] = &[
     "resnet8",
@@ -200,9 +216,27 @@ impl ResNetConfig {
         self
     }
 
-    /// Checks that the structure can be built.
+    /// Checks that the structure can be built and stays within the documented limits
+    /// ([`MAX_STAGES`], [`MAX_BLOCKS_PER_STAGE`], [`MAX_WIDTH`], [`MAX_IN_CHANNELS`],
+    /// [`MAX_CLASSES`], [`MAX_INPUT_SIZE`]).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("model {}: {m}", self.name)));
+        let limit = |what: &str, found: usize, max: usize| {
+            if found == 0 || found > max {
+                bad(format!("{what} must be between 1 and {max}, found {found}"))
+            } else {
+                Ok(())
+            }
+        };
+        limit("the number of stages", self.stage_blocks.len(), MAX_STAGES)?;
+        for (&b, &w) in self.stage_blocks.iter().zip(&self.stage_widths) {
+            limit("blocks per stage", b, MAX_BLOCKS_PER_STAGE)?;
+            limit("a stage width", w, MAX_WIDTH)?;
+        }
+        limit("the stem width", self.stem_width, MAX_WIDTH)?;
+        limit("input channels", self.in_channels, MAX_IN_CHANNELS)?;
+        limit("classes", self.num_classes, MAX_CLASSES)?;
+        limit("the input size", self.input_size, MAX_INPUT_SIZE)?;
         if self.stage_blocks.is_empty() || self.stage_blocks.len() != self.stage_widths.len() {
             return bad(format!(
                 "needs one width per stage, found {} stages and {} widths",
@@ -248,5 +282,28 @@ mod tests {
         assert!(err.contains("resnet21") && err.contains("resnet20"), "{err}");
         assert!(ResNetConfig::named("vgg16").is_err());
         assert!("D".parse::<ShortcutOption>().is_err());
+    }
+
+    #[test]
+    fn sizes_beyond_the_documented_limits_are_refused() {
+        let base = ResNetConfig::named("resnet20").unwrap();
+        type Change = fn(&mut ResNetConfig);
+        let cases: [(&str, Change); 6] = [
+            ("blocks per stage", |c| c.stage_blocks[0] = 1_000_000_000),
+            ("a stage width", |c| c.stage_widths[2] = 1 << 20),
+            ("classes", |c| c.num_classes = 1 << 40),
+            ("the input size", |c| c.input_size = 1 << 31),
+            ("the number of stages", |c| {
+                c.stage_blocks = vec![1; 100];
+                c.stage_widths = vec![16; 100];
+            }),
+            ("input channels", |c| c.in_channels = 1 << 30),
+        ];
+        for (what, change) in cases {
+            let mut c = base.clone();
+            change(&mut c);
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(what) && err.contains("must be between 1 and"), "{err}");
+        }
     }
 }

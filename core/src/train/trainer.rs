@@ -7,8 +7,44 @@
 use super::schedule::Schedule;
 use super::sgd::Sgd;
 use crate::layers::loss::softmax_cross_entropy;
+use crate::params::Kind;
 use crate::plan::{ExecutionPlan, PlanOptions, TrainingPlan};
 use crate::{Error, Params, Result, Tensor};
+
+/// A training loss above this is divergence, not learning: the mean cross-entropy of a
+/// network that gives the right class a probability of e^-10000. (A fresh network
+/// starts near ln(classes), about 2.3 for CIFAR-10 and 6.9 for ImageNet.)
+pub const MAX_LOSS: f64 = 1e4;
+
+/// A weight or batch-norm statistic larger than this in magnitude is divergence: trained
+/// ResNets hold values below 1e3, and a running variance of 1e12 means activations of
+/// 1e6 before normalisation.
+pub const MAX_MAGNITUDE: f32 = 1e12;
+
+/// Checks that every weight and running statistic of `params` is finite and below
+/// [`MAX_MAGNITUDE`]; the error names the first tensor that is not, and `iteration`.
+pub fn check_params(params: &Params, iteration: u64) -> Result<()> {
+    // NaN-aware: NaN is neither finite nor below the limit.
+    let bad = |v: &[f32]| v.iter().position(|x| !x.is_finite() || x.abs() > MAX_MAGNITUDE);
+    let (values, buffers) = (params.values(), params.buffers());
+    if bad(values).is_none() && bad(buffers).is_none() {
+        return Ok(());
+    }
+    for e in params.entries() {
+        let flat = match e.kind {
+            Kind::Param => values,
+            Kind::Buffer => buffers,
+        };
+        let t = &flat[e.offset..e.offset + e.len];
+        if let Some(i) = bad(t) {
+            return Err(Error::Diverged {
+                iteration,
+                what: format!("{} holds {:e} (at index {i})", e.name, t[i]),
+            });
+        }
+    }
+    Ok(())
+}
 
 /// What one training step measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,10 +118,13 @@ impl Trainer {
     }
 
     /// One SGD step of `params` on `images` (NCHW, already normalised) with `labels`. A
-    /// NaN or infinite loss returns `Error::Diverged` and leaves the parameters untouched.
+    /// non-finite loss or one above [`MAX_LOSS`] returns `Error::Diverged` before the
+    /// weights are updated; weights or running statistics that become non-finite or
+    /// exceed [`MAX_MAGNITUDE`] return it after (see [`check_params`]).
     pub fn step(&mut self, params: &mut Params, images: &Tensor, labels: &[u32]) -> Result<StepStats> {
         let (loss, correct) = self.compute_gradients(params, images, labels)?;
         let lr = self.apply_gradients(params);
+        check_params(params, self.iteration - 1)?;
         Ok(StepStats {
             iteration: self.iteration - 1,
             loss,
@@ -121,10 +160,11 @@ impl Trainer {
         let logits = plan.forward_train(params, images.data(), n)?;
         self.dlogits.resize(logits.len(), 0.0);
         let out = softmax_cross_entropy(logits, labels, classes, &mut self.dlogits)?;
-        if !out.loss.is_finite() {
+        // NaN-aware: NaN is not finite.
+        if !out.loss.is_finite() || out.loss > MAX_LOSS {
             return Err(Error::Diverged {
                 iteration: self.iteration,
-                loss: out.loss,
+                what: format!("the loss is {} (the limit is {MAX_LOSS})", out.loss),
             });
         }
         params.grads_mut().fill(0.0);
