@@ -45,6 +45,15 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // Rust ignores SIGPIPE, so printing into a closed pipe (`resnet info ... | head -1`)
+    // would panic; restore the default, which ends the process quietly as other
+    // command-line tools do.
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any thread exists; `signal` with
+    // `SIG_DFL` installs no handler code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -287,3 +287,24 @@ mod pretrained_commands {
         assert!(!out_path.exists());
     }
 }
+
+/// Output into a pipe that closes early (`resnet ... | head -1`) ends the process
+/// quietly, as other command-line tools do, instead of a panic about a broken pipe.
+#[cfg(unix)]
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnet"))
+        .args(["bench", "--model", "resnet8", "--batch", "2", "--reps", "400"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!status.success() || err.is_empty(), "{status:?}: {err}");
+}
