@@ -23,7 +23,7 @@
 //! NCHW, is [`super::train_nchw::NchwTrainingPlan`].
 
 use super::choose::{self, Algo, ConvChoice};
-use crate::kernels::blocked::data_grad::{data_grad, data_grad_packed_len, pack_data_grad_weights};
+use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
 use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
@@ -131,25 +131,7 @@ impl TrainConv {
 
     /// The geometry of its stride-1 backward-data as a forward convolution.
     fn data_geometry(&self, n: usize) -> ConvGeometry {
-        transposed(&self.geometry_at(n))
-    }
-}
-
-/// The stride-1 backward-data of `g` as a forward convolution: from the output gradient
-/// (`g.out_channels` at the output size) to the input gradient, padding `k - 1 - p`.
-fn transposed(g: &ConvGeometry) -> ConvGeometry {
-    ConvGeometry {
-        batch: g.batch,
-        in_channels: g.out_channels,
-        in_h: g.out_h,
-        in_w: g.out_w,
-        out_channels: g.in_channels,
-        kernel_h: g.kernel_h,
-        kernel_w: g.kernel_w,
-        stride: 1,
-        pad: g.kernel_h - 1 - g.pad,
-        out_h: g.in_h,
-        out_w: g.in_w,
+        as_forward(&self.geometry_at(n)).expect("a forward-form backward-data has a stride-1 geometry")
     }
 }
 
@@ -438,15 +420,13 @@ impl TrainingPlan {
                 &mut w.derived[c.fwd_weights.clone()],
             );
             match c.data_grad {
-                Some(DataGradAlgo::Forward(algo)) => {
+                Some(DataGradAlgo::Forward(algo @ Algo::Winograd(_))) => {
                     flip_transpose(g, weight, &mut w.flipped);
-                    let t = transposed(g);
                     let out = &mut w.derived[c.data_weights.clone()];
-                    choose::derive_weights_into(algo, &t, &w.flipped, None, BLOCK, out);
+                    choose::derive_weights_into(algo, &c.data_geometry(c.geometry.batch), &w.flipped, None, BLOCK, out);
                 }
-                Some(DataGradAlgo::Strided) => {
-                    pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]);
-                }
+                // The direct form is the backward-data kernel's own stride-1 path.
+                Some(_) => pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]),
                 None => {}
             }
         }
@@ -683,8 +663,10 @@ fn add_conv(
     let data_grad = if in_block == BLOCK { data_grad_algo(&g) } else { None };
     let fwd_weights = lay.derived(choose::derived_len(forward, &g, in_block));
     let data_weights = lay.derived(match data_grad {
-        Some(DataGradAlgo::Forward(a)) => choose::derived_len(a, &transposed(&g), BLOCK),
-        Some(DataGradAlgo::Strided) => data_grad_packed_len(&g, BLOCK),
+        Some(DataGradAlgo::Forward(a @ Algo::Winograd(_))) => {
+            choose::derived_len(a, &as_forward(&g).expect("stride 1"), BLOCK)
+        }
+        Some(_) => data_grad_packed_len(&g, BLOCK),
         None => 0,
     });
     let bn = |field: &str| entry(entries, &format!("{}.{field}", spec.bn)).map(range);
@@ -715,7 +697,7 @@ fn add_conv(
 }
 
 /// `out[c][k][ky][kx] = w[k][c][kh - 1 - ky][kw - 1 - kx]`: the filters of the stride-1
-/// backward-data as a forward convolution (see [`transposed`]).
+/// backward-data as a forward convolution (see [`as_forward`]).
 fn flip_transpose(g: &ConvGeometry, w: &[f32], out: &mut Vec<f32>) {
     let (k, c, kh, kw) = (g.out_channels, g.in_channels, g.kernel_h, g.kernel_w);
     out.clear();
@@ -899,7 +881,7 @@ fn stage_backward(
         let [t, o] = split(&mut w.arena, [dz.at(n), dx.at(n)]);
         let weights = &w.derived[c.data_weights.clone()];
         match algo {
-            DataGradAlgo::Forward(a) => {
+            DataGradAlgo::Forward(a @ Algo::Winograd(_)) => {
                 let ep = BlockedEpilogue {
                     bias: None,
                     residual: Residual::None,
@@ -907,7 +889,7 @@ fn stage_backward(
                 };
                 choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
             }
-            DataGradAlgo::Strided => data_grad::<F32xBlock>(&g, t, weights, o),
+            _ => data_grad::<F32xBlock>(&g, t, weights, o),
         }
     }
 }
@@ -939,8 +921,8 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTiming
     let filter_grad_s = best_of(&mut || filter_grad::<F32xBlock>(g, &x, in_block, &dy, &mut dw));
     let mut data_grad_s = Vec::new();
     if in_block == BLOCK {
-        if let Some(DataGradAlgo::Forward(_)) = data_grad_algo(g) {
-            for (a, s) in choose::time_candidates(&transposed(g), BLOCK, reps) {
+        if let Some(t) = as_forward(g) {
+            for (a, s) in choose::time_candidates(&t, BLOCK, reps) {
                 data_grad_s.push((DataGradAlgo::Forward(a), s));
             }
         }
@@ -971,9 +953,7 @@ pub struct PassTimings {
 /// How the plan runs backward-data of `g` (input in blocks of `BLOCK`): stride-1 square
 /// kernels as a forward convolution by the inference rule, the rest by the strided kernel.
 pub fn data_grad_algo(g: &ConvGeometry) -> Option<DataGradAlgo> {
-    if g.stride == 1 && g.kernel_h == g.kernel_w && g.pad < g.kernel_h {
-        Some(DataGradAlgo::Forward(choose::choose(ConvChoice::Auto, &transposed(g))))
-    } else {
-        Some(DataGradAlgo::Strided)
-    }
+    Some(as_forward(g).map_or(DataGradAlgo::Strided, |t| {
+        DataGradAlgo::Forward(choose::choose(ConvChoice::Auto, &t))
+    }))
 }

@@ -87,7 +87,7 @@ fn transposed(g: &ConvGeometry) -> ConvGeometry {
 
 /// The forward geometry whose convolution of `dy` with the packed weights is `dx`, when
 /// there is one: stride 1, a square kernel (one padding for both axes), `p <= k - 1`.
-fn as_forward(g: &ConvGeometry) -> Option<ConvGeometry> {
+pub fn as_forward(g: &ConvGeometry) -> Option<ConvGeometry> {
     if g.stride != 1 || g.kernel_h != g.kernel_w || g.pad >= g.kernel_h {
         return None;
     }
