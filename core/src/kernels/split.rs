@@ -3,6 +3,7 @@
 //! alone. Fixed chunks (never work-stealing order) keep reductions over parts
 //! deterministic for a given thread count.
 
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// Tasks per thread: a little slack, so that a thread slowed by another tenant of the
@@ -22,6 +23,17 @@ pub fn ranges(total: usize, parts: usize) -> impl Iterator<Item = Range<usize>> 
     (0..parts)
         .map(move |p| (p * total / parts)..((p + 1) * total / parts))
         .filter(|r| !r.is_empty())
+}
+
+/// Runs `f` on each of the [`parts`] ranges of `0..units` (as [`ranges`] cuts them), as
+/// parallel rayon tasks.
+pub fn for_each_range(units: usize, f: impl Fn(Range<usize>) + Send + Sync) {
+    let parts = parts(units);
+    (0..parts).into_par_iter().for_each(|task| {
+        if let Some(range) = ranges(units, parts).nth(task) {
+            f(range);
+        }
+    });
 }
 
 #[cfg(test)]

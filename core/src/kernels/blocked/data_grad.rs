@@ -207,11 +207,7 @@ fn data_grad_budget<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx:
     };
     let (groups, kbs) = (group_count(dx_l.blocks(), l), dy_l.blocks());
     let units = g.batch * groups * g.in_h;
-    let parts = split::parts(units);
-    (0..parts).into_par_iter().for_each(|task| {
-        let Some(range) = split::ranges(units, parts).nth(task) else {
-            return;
-        };
+    split::for_each_range(units, |range| {
         // Units are (image, group, dx row), rows fastest: walk the task's range one
         // (image, group) segment of consecutive rows at a time, which read the same
         // weight slab; a slab over the budget runs in chunks of dy blocks, every row of

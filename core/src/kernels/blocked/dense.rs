@@ -7,7 +7,6 @@
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::simd::Vector;
-use rayon::prelude::*;
 
 /// Feature rows dotted with one weight row in a pass: one accumulator each.
 const ROWS_PER_PASS: usize = 4;
@@ -23,8 +22,7 @@ pub fn dense<V: Vector>(rows: usize, c: usize, x: &[f32], w: &[f32], b: &[f32], 
     let lanes = V::LANES;
     let body = c - c % lanes;
     let y = SharedOut::new(y);
-    let parts: Vec<_> = split::ranges(classes, split::parts(classes)).collect();
-    parts.into_par_iter().for_each(|range| {
+    split::for_each_range(classes, |range| {
         for k in range {
             let wk = &w[k * c..][..c];
             for r0 in (0..rows).step_by(ROWS_PER_PASS) {

@@ -56,7 +56,6 @@ use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
-use rayon::prelude::*;
 use std::ops::Range;
 
 /// The most output-channel blocks of one register tile for an output block of
@@ -320,11 +319,7 @@ fn direct_conv_budget<V: Vector>(
     };
     let groups = group_count(out_l.blocks(), ob);
     let units = g.batch * groups * g.out_h;
-    let parts = split::parts(units);
-    (0..parts).into_par_iter().for_each(|task| {
-        let Some(range) = split::ranges(units, parts).nth(task) else {
-            return;
-        };
+    split::for_each_range(units, |range| {
         // Units are (image, group, output row), rows fastest: walk the task's range one
         // (image, group) segment of consecutive rows at a time.
         let mut u = range.start;

@@ -140,11 +140,7 @@ pub fn apply<V: Vector>(
     let b = V::LANES;
     let units = rows(shape);
     let out = SharedOut::new(y);
-    let parts = split::parts(units);
-    (0..parts).into_par_iter().for_each(|task| {
-        let Some(range) = split::ranges(units, parts).nth(task) else {
-            return;
-        };
+    split::for_each_range(units, |range| {
         for r in range {
             let (cb, at) = row_start(shape, r);
             let (s, t) = (V::load(&scale[cb * b..]), V::load(&shift[cb * b..]));
@@ -236,11 +232,7 @@ pub fn input_grad<V: Vector>(
     let b = V::LANES;
     let units = rows(shape);
     let out = SharedOut::new(dz);
-    let parts = split::parts(units);
-    (0..parts).into_par_iter().for_each(|task| {
-        let Some(range) = split::ranges(units, parts).nth(task) else {
-            return;
-        };
+    split::for_each_range(units, |range| {
         for r in range {
             let (cb, at) = row_start(shape, r);
             let c = cb * b;

@@ -22,8 +22,7 @@ pub fn max_pool<V: Vector>(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut 
         return;
     }
     let y = SharedOut::new(y);
-    let parts: Vec<_> = split::ranges(planes, split::parts(planes)).collect();
-    parts.into_par_iter().for_each(|range| {
+    split::for_each_range(planes, |range| {
         for plane in range {
             let (n, cb) = (plane / input.blocks(), plane % input.blocks());
             let src = &x[input.at(n, cb, 0, 0)..][..input.plane_len()];

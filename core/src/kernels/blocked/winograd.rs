@@ -182,11 +182,7 @@ pub fn transform_filters(
     // Output channels are independent: split them among tasks (every training step
     // remakes these filters).
     let shared = SharedOut::new(out);
-    let parts = split::parts(k);
-    (0..parts).into_par_iter().for_each(|task| {
-        let Some(range) = split::ranges(k, parts).nth(task) else {
-            return;
-        };
+    split::for_each_range(k, |range| {
         for kk in range {
             let s = scale.map_or(1.0, |s| s[kk] as f64);
             let (ocb, lane) = (kk / block, kk % block);
