@@ -58,3 +58,18 @@ pub(crate) fn conv_f64(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
     }
     y
 }
+
+/// A test convolution with a square `ks x ks` kernel (panics on an impossible one).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn square_conv(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: usize,
+    ks: usize,
+    stride: usize,
+    pad: usize,
+) -> ConvGeometry {
+    ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
+}

@@ -528,25 +528,11 @@ pub fn data_grad_naive(g: &ConvGeometry, dy: &[f32], weight: &[f32], block: usiz
 mod tests {
     use super::*;
     use crate::kernels::conv::conv_backward_data_naive;
-    use crate::kernels::test_util::{max_rel_err, random, zoo_convs};
+    use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::{from_blocked, to_blocked};
     use crate::rng::Rng;
     use crate::simd::F32xBlock;
     use wide::{f32x16, f32x4, f32x8};
-
-    #[allow(clippy::too_many_arguments)]
-    fn geometry(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        ks: usize,
-        stride: usize,
-        pad: usize,
-    ) -> ConvGeometry {
-        ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
-    }
 
     /// A random problem: NCHW `dy` and OIHW weights scaled by the fan-in.
     struct Problem {
@@ -652,23 +638,23 @@ mod tests {
     /// no output reads, pads past the kernel, tall and wide kernels, tiny and wide rows.
     fn odd_shapes() -> Vec<ConvGeometry> {
         vec![
-            geometry(1, 3, 7, 9, 5, 3, 1, 1),
-            geometry(2, 19, 7, 9, 33, 3, 2, 1),
-            geometry(3, 33, 7, 7, 19, 3, 2, 1),
-            geometry(2, 19, 9, 7, 5, 1, 2, 0),
-            geometry(1, 33, 5, 11, 3, 1, 2, 0),
-            geometry(1, 33, 6, 41, 20, 3, 2, 1),
-            geometry(1, 16, 4, 30, 64, 1, 2, 0),
-            geometry(2, 7, 6, 29, 70, 3, 3, 2),
-            geometry(1, 5, 13, 11, 19, 7, 2, 3),
-            geometry(1, 19, 5, 40, 33, 3, 1, 1),
-            geometry(1, 19, 5, 5, 5, 3, 1, 0),
-            geometry(1, 5, 4, 5, 7, 3, 1, 3),
-            geometry(2, 33, 7, 9, 19, 1, 1, 0),
-            geometry(1, 40, 3, 50, 36, 5, 2, 2),
-            geometry(1, 3, 2, 3, 4, 3, 2, 1),
-            geometry(1, 6, 9, 10, 5, 2, 4, 0),
-            geometry(3, 19, 1, 1, 33, 1, 2, 0),
+            square_conv(1, 3, 7, 9, 5, 3, 1, 1),
+            square_conv(2, 19, 7, 9, 33, 3, 2, 1),
+            square_conv(3, 33, 7, 7, 19, 3, 2, 1),
+            square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+            square_conv(1, 33, 5, 11, 3, 1, 2, 0),
+            square_conv(1, 33, 6, 41, 20, 3, 2, 1),
+            square_conv(1, 16, 4, 30, 64, 1, 2, 0),
+            square_conv(2, 7, 6, 29, 70, 3, 3, 2),
+            square_conv(1, 5, 13, 11, 19, 7, 2, 3),
+            square_conv(1, 19, 5, 40, 33, 3, 1, 1),
+            square_conv(1, 19, 5, 5, 5, 3, 1, 0),
+            square_conv(1, 5, 4, 5, 7, 3, 1, 3),
+            square_conv(2, 33, 7, 9, 19, 1, 1, 0),
+            square_conv(1, 40, 3, 50, 36, 5, 2, 2),
+            square_conv(1, 3, 2, 3, 4, 3, 2, 1),
+            square_conv(1, 6, 9, 10, 5, 2, 4, 0),
+            square_conv(3, 19, 1, 1, 33, 1, 2, 0),
             ConvGeometry::new(1, 9, 6, 8, 17, (1, 3), 1, 1).expect("a valid geometry"),
             ConvGeometry::new(2, 9, 7, 8, 17, (3, 1), 2, 1).expect("a valid geometry"),
             ConvGeometry::new(1, 20, 5, 27, 40, (3, 5), 2, 2).expect("a valid geometry"),
@@ -728,9 +714,9 @@ mod tests {
     fn data_grad_nan_in_dy_propagates() {
         fn at<V: Vector>() {
             for g in [
-                geometry(1, 19, 9, 11, 21, 3, 2, 1),
-                geometry(1, 19, 6, 9, 21, 3, 1, 1),
-                geometry(1, 19, 9, 11, 21, 1, 2, 0),
+                square_conv(1, 19, 9, 11, 21, 3, 2, 1),
+                square_conv(1, 19, 6, 9, 21, 3, 1, 1),
+                square_conv(1, 19, 9, 11, 21, 1, 2, 0),
             ] {
                 let mut p = Problem::new(&g, 5);
                 p.dy[(3 * g.out_h + 2) * g.out_w + 1] = f32::NAN;
@@ -765,10 +751,10 @@ mod tests {
     fn data_grad_chunked_reductions_match_the_reference() {
         fn at<V: Vector>() {
             let shapes = [
-                geometry(2, 19, 7, 9, 40, 3, 2, 1),
-                geometry(1, 70, 6, 13, 70, 3, 2, 1),
-                geometry(1, 53, 5, 5, 53, 1, 2, 0),
-                geometry(1, 5, 4, 5, 37, 3, 1, 3),
+                square_conv(2, 19, 7, 9, 40, 3, 2, 1),
+                square_conv(1, 70, 6, 13, 70, 3, 2, 1),
+                square_conv(1, 53, 5, 5, 53, 1, 2, 0),
+                square_conv(1, 5, 4, 5, 37, 3, 1, 3),
             ];
             for (i, g) in shapes.iter().enumerate() {
                 let kbs = g.out_channels.div_ceil(V::LANES);
@@ -794,7 +780,10 @@ mod tests {
 
     #[test]
     fn data_grad_is_deterministic_for_any_thread_count() {
-        for g in [geometry(1, 48, 9, 23, 80, 3, 2, 1), geometry(1, 80, 9, 23, 48, 3, 1, 1)] {
+        for g in [
+            square_conv(1, 48, 9, 23, 80, 3, 2, 1),
+            square_conv(1, 80, 9, 23, 48, 3, 1, 1),
+        ] {
             let p = Problem::new(&g, 11);
             let runs: Vec<Vec<f32>> = [1, 2, 2, 3]
                 .iter()
@@ -812,8 +801,8 @@ mod tests {
     #[test]
     fn data_grad_packing_is_the_forward_packing_of_the_flipped_weights() {
         for (g, block) in [
-            (geometry(1, 19, 5, 5, 37, 3, 2, 1), 8),
-            (geometry(1, 70, 4, 4, 9, 1, 1, 0), 16),
+            (square_conv(1, 19, 5, 5, 37, 3, 2, 1), 8),
+            (square_conv(1, 70, 4, 4, 9, 1, 1, 0), 16),
         ] {
             let p = Problem::new(&g, 3);
             let (c, k, kh, kw) = (g.in_channels, g.out_channels, g.kernel_h, g.kernel_w);

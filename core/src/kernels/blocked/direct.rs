@@ -703,7 +703,7 @@ pub fn direct_conv_naive(
 mod tests {
     use super::*;
     use crate::kernels::blocked::Residual;
-    use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, zoo_convs};
+    use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::to_blocked;
     use crate::rng::Rng;
     use crate::simd::F32xBlock;
@@ -913,38 +913,24 @@ mod tests {
         ef.max(en)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn geometry(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        ks: usize,
-        stride: usize,
-        pad: usize,
-    ) -> ConvGeometry {
-        ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
-    }
-
     /// Odd shapes: channels off the block, tiny and ragged images, every border case.
     fn odd_shapes() -> Vec<ConvGeometry> {
         vec![
-            geometry(1, 3, 7, 9, 5, 3, 1, 1),
-            geometry(2, 5, 7, 9, 19, 3, 2, 1),
-            geometry(3, 19, 2, 3, 33, 3, 1, 1),
-            geometry(1, 33, 1, 1, 3, 1, 1, 0),
-            geometry(2, 19, 9, 7, 5, 1, 2, 0),
-            geometry(1, 3, 13, 11, 19, 7, 2, 3),
-            geometry(1, 5, 9, 9, 33, 7, 1, 3),
-            geometry(2, 33, 7, 9, 19, 1, 1, 0),
-            geometry(1, 19, 5, 5, 5, 3, 1, 0),
-            geometry(1, 5, 4, 5, 7, 3, 1, 3),
-            geometry(1, 19, 5, 40, 33, 3, 1, 1),
-            geometry(1, 17, 6, 41, 20, 3, 2, 1),
-            geometry(1, 16, 4, 30, 64, 1, 2, 0),
-            geometry(2, 7, 6, 29, 70, 3, 3, 2),
-            geometry(1, 33, 3, 50, 5, 5, 1, 2),
+            square_conv(1, 3, 7, 9, 5, 3, 1, 1),
+            square_conv(2, 5, 7, 9, 19, 3, 2, 1),
+            square_conv(3, 19, 2, 3, 33, 3, 1, 1),
+            square_conv(1, 33, 1, 1, 3, 1, 1, 0),
+            square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+            square_conv(1, 3, 13, 11, 19, 7, 2, 3),
+            square_conv(1, 5, 9, 9, 33, 7, 1, 3),
+            square_conv(2, 33, 7, 9, 19, 1, 1, 0),
+            square_conv(1, 19, 5, 5, 5, 3, 1, 0),
+            square_conv(1, 5, 4, 5, 7, 3, 1, 3),
+            square_conv(1, 19, 5, 40, 33, 3, 1, 1),
+            square_conv(1, 17, 6, 41, 20, 3, 2, 1),
+            square_conv(1, 16, 4, 30, 64, 1, 2, 0),
+            square_conv(2, 7, 6, 29, 70, 3, 3, 2),
+            square_conv(1, 33, 3, 50, 5, 5, 1, 2),
         ]
     }
 
@@ -977,7 +963,7 @@ mod tests {
 
     #[test]
     fn every_epilogue_matches_the_reference() {
-        let g = geometry(2, 19, 6, 11, 33, 3, 1, 1);
+        let g = square_conv(2, 19, 6, 11, 33, 3, 1, 1);
         let mut worst = 0f32;
         for epi in EPIS {
             for relu in [false, true] {
@@ -1033,7 +1019,7 @@ mod tests {
 
     #[test]
     fn relu_clamps_negatives_and_keeps_nan() {
-        let g = geometry(1, 20, 6, 30, 17, 3, 1, 1);
+        let g = square_conv(1, 20, 6, 30, 17, 3, 1, 1);
         let epi = Epi {
             bias: true,
             residual: 0,
@@ -1071,9 +1057,9 @@ mod tests {
     fn chunked_reductions_match_the_reference() {
         fn at<V: Vector>() {
             let shapes = [
-                geometry(2, 40, 7, 9, 19, 3, 1, 1),
-                geometry(1, 70, 6, 13, 70, 3, 2, 1),
-                geometry(1, 53, 5, 5, 33, 1, 1, 0),
+                square_conv(2, 40, 7, 9, 19, 3, 1, 1),
+                square_conv(1, 70, 6, 13, 70, 3, 2, 1),
+                square_conv(1, 53, 5, 5, 33, 1, 1, 0),
             ];
             for (i, g) in shapes.iter().enumerate() {
                 let icbs = g.in_channels.div_ceil(V::LANES);
@@ -1101,7 +1087,7 @@ mod tests {
     #[test]
     fn padding_channels_come_out_zero() {
         // 19 output channels: 13 padding channels in the second block of 16 (5 of 8, 1 of 4).
-        let g = geometry(2, 19, 5, 13, 19, 3, 2, 1);
+        let g = square_conv(2, 19, 5, 13, 19, 3, 2, 1);
         fn at<V: Vector>(g: &ConvGeometry) {
             for epi in EPIS {
                 let p = Problem::new(g, V::LANES, epi, 3);
@@ -1118,7 +1104,7 @@ mod tests {
 
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let g = geometry(1, 32, 9, 23, 80, 3, 1, 1);
+        let g = square_conv(1, 32, 9, 23, 80, 3, 1, 1);
         let p = Problem::new(&g, F32xBlock::LANES, EPIS[1], 11);
         let runs: Vec<Vec<f32>> = [1, 2, 3]
             .iter()

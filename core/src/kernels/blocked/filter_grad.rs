@@ -697,24 +697,10 @@ pub fn filter_grad_naive_with_block(
 mod tests {
     use super::*;
     use crate::kernels::conv::conv_backward_filter_naive;
-    use crate::kernels::test_util::{max_rel_err, random, zoo_convs};
+    use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::to_blocked;
     use crate::rng::Rng;
     use wide::{f32x16, f32x4, f32x8};
-
-    #[allow(clippy::too_many_arguments)]
-    fn geometry(
-        n: usize,
-        c: usize,
-        h: usize,
-        w: usize,
-        k: usize,
-        ks: usize,
-        stride: usize,
-        pad: usize,
-    ) -> ConvGeometry {
-        ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
-    }
 
     /// A random problem: NCHW input and output gradient, and the gradient already in
     /// `dw` (so that every check also checks that the kernels add to it).
@@ -816,23 +802,23 @@ mod tests {
     /// on NCHW input, images larger than a chunk and smaller than one row of it.
     fn odd_shapes() -> Vec<ConvGeometry> {
         vec![
-            geometry(1, 3, 7, 9, 5, 3, 1, 1),
-            geometry(2, 5, 7, 9, 19, 3, 2, 1),
-            geometry(3, 19, 2, 3, 33, 3, 1, 1),
-            geometry(1, 33, 1, 1, 3, 1, 1, 0),
-            geometry(2, 19, 9, 7, 5, 1, 2, 0),
-            geometry(1, 3, 13, 11, 19, 7, 2, 3),
-            geometry(2, 3, 21, 18, 64, 7, 2, 3),
-            geometry(1, 5, 9, 9, 33, 7, 1, 3),
-            geometry(2, 33, 7, 9, 19, 1, 1, 0),
-            geometry(1, 19, 5, 5, 5, 3, 1, 0),
-            geometry(1, 5, 4, 5, 7, 3, 1, 3),
-            geometry(3, 19, 20, 37, 21, 3, 1, 1),
-            geometry(1, 17, 6, 41, 20, 3, 2, 1),
-            geometry(3, 16, 4, 30, 64, 1, 2, 0),
-            geometry(2, 7, 6, 29, 70, 3, 3, 2),
-            geometry(1, 33, 3, 50, 5, 5, 1, 2),
-            geometry(3, 40, 5, 6, 70, 3, 1, 1),
+            square_conv(1, 3, 7, 9, 5, 3, 1, 1),
+            square_conv(2, 5, 7, 9, 19, 3, 2, 1),
+            square_conv(3, 19, 2, 3, 33, 3, 1, 1),
+            square_conv(1, 33, 1, 1, 3, 1, 1, 0),
+            square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+            square_conv(1, 3, 13, 11, 19, 7, 2, 3),
+            square_conv(2, 3, 21, 18, 64, 7, 2, 3),
+            square_conv(1, 5, 9, 9, 33, 7, 1, 3),
+            square_conv(2, 33, 7, 9, 19, 1, 1, 0),
+            square_conv(1, 19, 5, 5, 5, 3, 1, 0),
+            square_conv(1, 5, 4, 5, 7, 3, 1, 3),
+            square_conv(3, 19, 20, 37, 21, 3, 1, 1),
+            square_conv(1, 17, 6, 41, 20, 3, 2, 1),
+            square_conv(3, 16, 4, 30, 64, 1, 2, 0),
+            square_conv(2, 7, 6, 29, 70, 3, 3, 2),
+            square_conv(1, 33, 3, 50, 5, 5, 1, 2),
+            square_conv(3, 40, 5, 6, 70, 3, 1, 1),
         ]
     }
 
@@ -892,9 +878,9 @@ mod tests {
     #[test]
     fn filter_grad_is_deterministic_on_every_thread_count() {
         let shapes = [
-            geometry(3, 16, 9, 11, 16, 3, 1, 1),
-            geometry(2, 64, 6, 7, 96, 3, 1, 1),
-            geometry(2, 3, 15, 17, 64, 7, 2, 3),
+            square_conv(3, 16, 9, 11, 16, 3, 1, 1),
+            square_conv(2, 64, 6, 7, 96, 3, 1, 1),
+            square_conv(2, 3, 15, 17, 64, 7, 2, 3),
         ];
         for (i, g) in shapes.iter().enumerate() {
             let p = Problem::new(g, 70 + i as u64);
@@ -917,7 +903,7 @@ mod tests {
 
     #[test]
     fn filter_grad_adds_to_the_gradient() {
-        let g = geometry(2, 19, 6, 7, 21, 3, 1, 1);
+        let g = square_conv(2, 19, 6, 7, 21, 3, 1, 1);
         let p = Problem::new(&g, 5);
         let (xb, dyb) = (p.input(&g, 8), p.dy(&g, 8));
         let mut once = vec![0.0; p.dw0.len()];
@@ -936,7 +922,7 @@ mod tests {
         // A NaN in dY for channel 5 at output (2, 3): every tap of every input channel of
         // output channel 5 reads an input pixel there (padding 1 never clips it), so that
         // whole filter is NaN and every other stays finite.
-        let g = geometry(2, 19, 6, 7, 21, 3, 1, 1);
+        let g = square_conv(2, 19, 6, 7, 21, 3, 1, 1);
         let mut p = Problem::new(&g, 6);
         p.dy[((21 + 5) * g.out_h + 2) * g.out_w + 3] = f32::NAN;
         fn at<V: Vector>(g: &ConvGeometry, p: &Problem) {
@@ -991,7 +977,7 @@ mod tests {
         for ocbs in 1usize..40 {
             let ngroups = ocbs.div_ceil(2);
             let c = Ctx {
-                g: geometry(1, 1, 1, 1, 1, 1, 1, 0),
+                g: square_conv(1, 1, 1, 1, 1, 1, 1, 0),
                 input: &[],
                 dy: &[],
                 in_l: Blocked::nchw(1, 1, 1, 1),
@@ -1013,7 +999,7 @@ mod tests {
 
     #[test]
     fn filter_grad_naive_reads_the_plan_block() {
-        let g = geometry(1, 5, 4, 5, 7, 3, 1, 1);
+        let g = square_conv(1, 5, 4, 5, 7, 3, 1, 1);
         let p = Problem::new(&g, 8);
         let lanes = crate::simd::BLOCK;
         let (xb, dyb) = (p.input(&g, lanes), p.dy(&g, lanes));
