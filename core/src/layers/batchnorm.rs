@@ -43,19 +43,21 @@ pub fn forward_train(
     let (mean, var) = moments[..2 * channels].split_at_mut(channels);
     channel_moments(g, x, mean, var);
     let count = g.count() as f64;
-    let m = MOMENTUM as f64;
     for c in 0..channels {
         saved.mean[c] = mean[c] as f32;
         saved.inv_std[c] = (1.0 / (var[c] + EPS as f64).sqrt()) as f32;
-        let unbiased = if count > 1.0 {
-            var[c] * count / (count - 1.0)
-        } else {
-            var[c]
-        };
-        running_mean[c] = ((1.0 - m) * running_mean[c] as f64 + m * mean[c]) as f32;
-        running_var[c] = ((1.0 - m) * running_var[c] as f64 + m * unbiased) as f32;
+        update_running(mean[c], var[c], count, &mut running_mean[c], &mut running_var[c]);
     }
     normalize(g, x, saved.mean, saved.inv_std, gamma, beta, relu, xhat, y);
+}
+
+/// Moves one channel's running statistics towards a batch's `mean` and biased `var`
+/// over `count` values, as PyTorch does: momentum 0.1, the variance made unbiased.
+pub fn update_running(mean: f64, var: f64, count: f64, running_mean: &mut f32, running_var: &mut f32) {
+    let m = MOMENTUM as f64;
+    let unbiased = if count > 1.0 { var * count / (count - 1.0) } else { var };
+    *running_mean = ((1.0 - m) * *running_mean as f64 + m * mean) as f32;
+    *running_var = ((1.0 - m) * *running_var as f64 + m * unbiased) as f32;
 }
 
 /// Evaluation-mode batch norm (running statistics), layer by layer: the unfolded twin of

@@ -33,7 +33,7 @@ use crate::kernels::blocked::pool::{
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
-use crate::layers::batchnorm::{EPS, MOMENTUM};
+use crate::layers::batchnorm::{update_running, EPS};
 use crate::layers::{linear, pool, relu, Dims};
 use crate::layout::Blocked;
 use crate::model::{Arch, ConvBn, ResNetConfig, ShortcutKind};
@@ -242,14 +242,14 @@ impl Layout {
     }
 }
 
-fn entry<'a>(entries: &'a [Entry], name: &str) -> Result<&'a Entry> {
+pub(super) fn entry<'a>(entries: &'a [Entry], name: &str) -> Result<&'a Entry> {
     entries
         .iter()
         .find(|e| e.name == name)
         .ok_or_else(|| Error::Config(format!("no tensor {name}")))
 }
 
-fn range(e: &Entry) -> Range<usize> {
+pub(super) fn range(e: &Entry) -> Range<usize> {
     e.offset..e.offset + e.len
 }
 
@@ -715,18 +715,22 @@ fn flip_transpose(g: &ConvGeometry, w: &[f32], out: &mut Vec<f32>) {
 
 /// The running statistics a forward pass uses: updated from the batch's in training,
 /// read in evaluation.
-enum Stats<'a> {
+pub(super) enum Stats<'a> {
     Train(&'a mut [f32]),
     Eval(&'a [f32]),
 }
 
 /// Disjoint mutable views of the arena (slots never overlap; a panic here is a bug in
 /// the plan's layout).
-fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
+pub(super) fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
     arena.get_disjoint_mut(ranges).expect("the plan's slots are disjoint")
 }
 
-fn split_grads<'a>(grads: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [f32], &'a mut [f32]) {
+pub(super) fn split_grads<'a>(
+    grads: &'a mut [f32],
+    a: &Range<usize>,
+    b: &Range<usize>,
+) -> (&'a mut [f32], &'a mut [f32]) {
     let [a, b] = grads
         .get_disjoint_mut([a.clone(), b.clone()])
         .expect("distinct tensors");
@@ -782,19 +786,12 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, value
             norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
             let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
             let count = (n * g.out_h * g.out_w) as f64;
-            let m = MOMENTUM as f64;
             mean.fill(0.0);
             inv_std.fill(0.0);
             for ch in 0..channels {
                 mean[ch] = s_mean[ch] as f32;
                 inv_std[ch] = (1.0 / (s_var[ch] + EPS as f64).sqrt()) as f32;
-                let unbiased = if count > 1.0 {
-                    s_var[ch] * count / (count - 1.0)
-                } else {
-                    s_var[ch]
-                };
-                rm[ch] = ((1.0 - m) * rm[ch] as f64 + m * s_mean[ch]) as f32;
-                rv[ch] = ((1.0 - m) * rv[ch] as f64 + m * unbiased) as f32;
+                update_running(s_mean[ch], s_var[ch], count, &mut rm[ch], &mut rv[ch]);
             }
         }
         Stats::Eval(buffers) => {

@@ -20,6 +20,7 @@
 //! ReLU, global average pooling, the classifier; backward walks it in reverse, each layer
 //! through the forward/backward pair of its file in `layers`.
 
+use super::train::{entry, range, split, split_grads, Stats};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::norm::NormGeometry;
 use crate::kernels::pool::PoolGeometry;
@@ -187,17 +188,6 @@ impl Layout {
         self.len += len;
         self.len - len..self.len
     }
-}
-
-fn entry<'a>(entries: &'a [Entry], name: &str) -> Result<&'a Entry> {
-    entries
-        .iter()
-        .find(|e| e.name == name)
-        .ok_or_else(|| Error::Config(format!("no tensor {name}")))
-}
-
-fn range(e: &Entry) -> Range<usize> {
-    e.offset..e.offset + e.len
 }
 
 impl NchwTrainingPlan {
@@ -573,26 +563,6 @@ fn add_conv(
         inv_std: lay.fixed(out.c),
     });
     Ok(out)
-}
-
-/// The running statistics a forward pass uses: updated from the batch's in training,
-/// read in evaluation.
-enum Stats<'a> {
-    Train(&'a mut [f32]),
-    Eval(&'a [f32]),
-}
-
-/// Disjoint mutable views of the arena (slots never overlap; a panic here is a bug in
-/// the plan's layout).
-fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
-    arena.get_disjoint_mut(ranges).expect("the plan's slots are disjoint")
-}
-
-fn split_grads<'a>(grads: &'a mut [f32], a: &Range<usize>, b: &Range<usize>) -> (&'a mut [f32], &'a mut [f32]) {
-    let [a, b] = grads
-        .get_disjoint_mut([a.clone(), b.clone()])
-        .expect("distinct tensors");
-    (a, b)
 }
 
 /// Convolution `x -> scratch`, then training-mode batch norm (and ReLU) into the stage's
