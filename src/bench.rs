@@ -283,8 +283,15 @@ fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> 
                 fma,
             ));
         }
-        let filter = [("direct", t.filter_grad)];
-        rows.push(layer_row(&c.geometry, &names, "BackwardFilter", "direct", &filter, fma));
+        let filter: Vec<(&str, f64)> = t.filter_grad.iter().map(|(a, s)| (a.name(), *s)).collect();
+        rows.push(layer_row(
+            &c.geometry,
+            &names,
+            "BackwardFilter",
+            c.filter_grad.name(),
+            &filter,
+            fma,
+        ));
     }
     Ok(rows)
 }

@@ -1,13 +1,17 @@
 //! Times the blocked backward-filter kernel (`kernels::blocked::filter_grad`) on the
 //! convolutions of ResNet-20 (batch 128) and ResNet-50 (batches 1 and 8), at the plan's
-//! vector (`F32xBlock`), on 1 and 2 threads.
+//! vector (`F32xBlock`), on 1 and 2 threads, and the Winograd backward-filter kernel
+//! (`kernels::blocked::winograd_filter_grad`, F(2x2) and F(4x4)) on 2 threads where it
+//! applies (GFLOP/s counted as the direct convolution's).
 //!
 //! `cargo run --release --example fgrad_bench [-- REPS [LABEL]]`: GFLOP/s of
 //! `2 K C kh kw N OH OW` over the median of REPS (default 5) runs after one warm-up, for
 //! the shapes whose label contains LABEL (all by default).
 
 use resnet_core::kernels::blocked::filter_grad::filter_grad;
+use resnet_core::kernels::blocked::winograd_filter_grad::winograd_filter_grad;
 use resnet_core::kernels::im2col::ConvGeometry;
+use resnet_core::kernels::winograd::WinogradTile;
 use resnet_core::simd::{F32xBlock, BLOCK};
 use std::time::Instant;
 
@@ -100,6 +104,14 @@ fn main() {
             } else {
                 // Cores the call had on average: under 2 when another job held one.
                 cells.push(format!("on {:.1} cores", cpu / t));
+            }
+        }
+        if ks == 3 && s == 1 && in_block == BLOCK {
+            for tile in [WinogradTile::F2, WinogradTile::F4] {
+                let t = pools[1].install(|| {
+                    median_secs(reps, || winograd_filter_grad::<F32xBlock>(&g, tile, &x, &dy, &mut dw))
+                });
+                cells.push(format!("{tile:?} {:>6.1} ({:>7.3})", flops / t / 1e9, t * 1e3));
             }
         }
         println!("{label:<24} {}", cells.join("  "));

@@ -9,6 +9,8 @@ mod common;
 use common::{randn, reference, small_bottleneck};
 use resnet_core::layers::loss::softmax_cross_entropy;
 use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
+use resnet_core::kernels::winograd::WinogradTile;
+use resnet_core::plan::train::FilterGradAlgo;
 use resnet_core::plan::TrainingPlan;
 use resnet_core::rng::Rng;
 use resnet_core::Params;
@@ -103,9 +105,19 @@ fn running_statistics_move_with_momentum_and_the_unbiased_variance() {
 
 /// The blocked plan against its layer-by-layer NCHW twin: logits, every gradient and
 /// the running statistics after one training pass agree to rounding, for each kind of
-/// block, shortcut and stem.
+/// block, shortcut and stem, and each backward-filter algorithm.
 #[test]
 fn the_blocked_plan_matches_its_nchw_twin() {
+    for algo in [
+        FilterGradAlgo::Direct,
+        FilterGradAlgo::Winograd(WinogradTile::F2),
+        FilterGradAlgo::Winograd(WinogradTile::F4),
+    ] {
+        matches_the_nchw_twin(algo);
+    }
+}
+
+fn matches_the_nchw_twin(filter_grad: FilterGradAlgo) {
     use resnet_core::plan::train_nchw::NchwTrainingPlan;
     let configs = [
         ResNetConfig::named("resnet8").unwrap(),
@@ -125,6 +137,7 @@ fn the_blocked_plan_matches_its_nchw_twin() {
         );
         let mut blocked = TrainingPlan::new(&config, n, size, size).unwrap();
         let mut twin = NchwTrainingPlan::new(&config, n, size, size).unwrap();
+        blocked.force_filter_grad(filter_grad);
         let a = blocked.forward_train(&mut p, &x, n).unwrap().to_vec();
         let b = twin.forward_train(&mut q, &x, n).unwrap().to_vec();
         let mut d = vec![0.0; a.len()];
@@ -142,7 +155,11 @@ fn the_blocked_plan_matches_its_nchw_twin() {
                     m.max(e)
                 }
             });
-            assert!(err <= tol * scale, "{}: {what} differ by {err} of {scale}", config.name);
+            assert!(
+                err <= tol * scale,
+                "{} ({filter_grad:?}): {what} differ by {err} of {scale}",
+                config.name
+            );
         };
         close("logits", &a, &b, 1e-5);
         close("gradients", p.grads(), q.grads(), 1e-4);

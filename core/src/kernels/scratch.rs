@@ -5,6 +5,8 @@ use std::cell::RefCell;
 
 thread_local! {
     static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The partial sums of gradient kernels called from this thread, kept between calls.
+    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` with a scratch slice of `len` floats owned by this
@@ -17,5 +19,21 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
             buf.resize(len, 0.0);
         }
         f(&mut buf[..len])
+    })
+}
+
+/// Runs `f` on `len` floats for a call's partial sums (contents unspecified): this
+/// thread's buffer, grown once, so that training steps do not allocate; a fresh one when
+/// a call on this thread already holds it (a call made from inside another's rayon
+/// wait). Unlike [`with_scratch`], `f` may hand the buffer to rayon tasks.
+pub fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            if buf.len() < len {
+                buf.resize(len, 0.0);
+            }
+            f(&mut buf[..len])
+        }
+        Err(_) => f(&mut vec![0.0; len]),
     })
 }

@@ -25,6 +25,7 @@
 use super::choose::{self, Algo, ConvChoice};
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
 use crate::kernels::blocked::filter_grad::filter_grad;
+use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
@@ -33,6 +34,7 @@ use crate::kernels::blocked::pool::{
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
+use crate::kernels::winograd::WinogradTile;
 use crate::layers::batchnorm::{update_running, EPS};
 use crate::layers::{linear, pool, relu, Dims};
 use crate::layout::Blocked;
@@ -85,6 +87,75 @@ impl DataGradAlgo {
     }
 }
 
+/// How backward-filter of a convolution runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterGradAlgo {
+    /// The blocked direct kernel (any shape).
+    Direct,
+    /// The Winograd adjoint (3x3 stride 1 pad 1, input in blocks of `BLOCK`).
+    Winograd(WinogradTile),
+}
+
+impl FilterGradAlgo {
+    /// The name `resnet bench --layers --train` shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            FilterGradAlgo::Direct => "direct",
+            FilterGradAlgo::Winograd(WinogradTile::F2) => "wino2",
+            FilterGradAlgo::Winograd(WinogradTile::F4) => "wino4",
+        }
+    }
+
+    /// Every way that applies to `g` with input blocks of `in_block`.
+    pub fn candidates(g: &ConvGeometry, in_block: usize) -> Vec<FilterGradAlgo> {
+        let mut all = vec![FilterGradAlgo::Direct];
+        if in_block == BLOCK && Algo::Winograd(WinogradTile::F4).applies(g) {
+            all.extend([WinogradTile::F2, WinogradTile::F4].map(FilterGradAlgo::Winograd));
+        }
+        all
+    }
+
+    /// `dw += dL/dW` of `g` from `input` (blocks of `in_block`) and `dy` by this way.
+    pub fn run(self, g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
+        match self {
+            FilterGradAlgo::Direct => filter_grad::<F32xBlock>(g, input, in_block, dy, dw),
+            FilterGradAlgo::Winograd(tile) => winograd_filter_grad::<F32xBlock>(g, tile, input, dy, dw),
+        }
+    }
+}
+
+/// Fewest tiles per task (of the Winograd kernel's split) for which
+/// [`filter_grad_algo`] picks Winograd: with fewer, summing the tasks' partial products
+/// (`a^2 x K x C` each) costs as much as it saves. Measured (`examples/fgrad_bench.rs`,
+/// 2 threads, ms, direct / F(2x2) / F(4x4)): ResNet-20 b128 1.40/1.03/0.64 (16
+/// channels, 2048 F(4x4) tiles a task), 1.13/0.73/0.51 (32, 512), 1.13/0.71/0.54 (64,
+/// 128); ResNet-50 b8 3.72/2.16/1.45 (64 at 56x56, 392), 3.61/2.27/1.74 (128 at 28x28,
+/// 98), 3.54/2.93/4.51 (256 at 14x14: F(2x2) 98 tiles a task, F(4x4) 32),
+/// 3.72/6.62/9.74 (512 at 7x7: 32 and 8).
+pub const MIN_WINOGRAD_GRAD_TILES: usize = 64;
+
+/// Most floats of partial sums (16 MB) a Winograd backward-filter call may use.
+pub const MAX_WINOGRAD_GRAD_PARTIALS: usize = 1 << 22;
+
+/// How the plan runs backward-filter of `g` with input blocks of `in_block`: the
+/// largest Winograd tile that leaves each task at least [`MIN_WINOGRAD_GRAD_TILES`]
+/// tiles within [`MAX_WINOGRAD_GRAD_PARTIALS`], else the direct kernel.
+pub fn filter_grad_algo(g: &ConvGeometry, in_block: usize) -> FilterGradAlgo {
+    FilterGradAlgo::candidates(g, in_block)
+        .into_iter()
+        .rev()
+        .find(|a| match a {
+            FilterGradAlgo::Direct => true,
+            FilterGradAlgo::Winograd(tile) => {
+                let tiles = g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m());
+                let tasks = winograd_filter_grad::tasks(tiles);
+                tiles / tasks >= MIN_WINOGRAD_GRAD_TILES
+                    && winograd_filter_grad::partial_floats(g, *tile, BLOCK) <= MAX_WINOGRAD_GRAD_PARTIALS
+            }
+        })
+        .unwrap_or(FilterGradAlgo::Direct)
+}
+
 /// One convolution and its batch norm, as the plan runs them.
 #[derive(Clone, Debug)]
 pub struct TrainConv {
@@ -101,6 +172,8 @@ pub struct TrainConv {
     /// The backward-data pass's algorithm (`None` for the stem, whose input needs no
     /// gradient).
     pub data_grad: Option<DataGradAlgo>,
+    /// The backward-filter pass's algorithm.
+    pub filter_grad: FilterGradAlgo,
     /// Whether a ReLU follows the batch norm (fused into it).
     pub relu: bool,
     weight: Range<usize>,
@@ -378,6 +451,16 @@ impl TrainingPlan {
     /// Every convolution in the order the forward pass runs them.
     pub fn convs(&self) -> &[TrainConv] {
         &self.convs
+    }
+
+    /// Runs backward-filter of every convolution `algo` applies to by `algo` instead of
+    /// the plan's choice (the tests compare each way with the NCHW twin).
+    pub fn force_filter_grad(&mut self, algo: FilterGradAlgo) {
+        for c in &mut self.convs {
+            if FilterGradAlgo::candidates(&c.geometry, c.in_block).contains(&algo) {
+                c.filter_grad = algo;
+            }
+        }
     }
 
     /// Bytes of the arena (activations, saved statistics and gradients).
@@ -678,6 +761,7 @@ fn add_conv(
         in_block,
         forward,
         data_grad,
+        filter_grad: filter_grad_algo(&g, in_block),
         relu,
         weight: range(entry(entries, &format!("{}.weight", spec.conv))?),
         gamma: bn("weight")?,
@@ -871,7 +955,7 @@ fn stage_backward(
     }
     {
         let [x, t] = split(&mut w.arena, [x.at(n), dz.at(n)]);
-        filter_grad::<F32xBlock>(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
+        c.filter_grad.run(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
     }
     if let (Some(dx), Some(algo)) = (dx, c.data_grad) {
         let dx = as_shape(dx, Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK));
@@ -915,7 +999,10 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTiming
         best
     };
     let mut dw = vec![0.0; weight.len()];
-    let filter_grad_s = best_of(&mut || filter_grad::<F32xBlock>(g, &x, in_block, &dy, &mut dw));
+    let filter_grad_s = FilterGradAlgo::candidates(g, in_block)
+        .into_iter()
+        .map(|a| (a, best_of(&mut || a.run(g, &x, in_block, &dy, &mut dw))))
+        .collect();
     let mut data_grad_s = Vec::new();
     if in_block == BLOCK {
         if let Some(t) = as_forward(g) {
@@ -943,8 +1030,8 @@ pub struct PassTimings {
     pub forward: Vec<(Algo, f64)>,
     /// Backward-data, per way of running it (empty for the stem).
     pub data_grad: Vec<(DataGradAlgo, f64)>,
-    /// Backward-filter (the blocked direct kernel).
-    pub filter_grad: f64,
+    /// Backward-filter, per algorithm.
+    pub filter_grad: Vec<(FilterGradAlgo, f64)>,
 }
 
 /// How the plan runs backward-data of `g` (input in blocks of `BLOCK`): stride-1 square

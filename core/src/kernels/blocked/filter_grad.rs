@@ -65,7 +65,7 @@
 //!   other `dy` blocks (the tests' 4 and 8 lanes).
 
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::with_scratch;
+use crate::kernels::scratch::{with_partials, with_scratch};
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
@@ -269,26 +269,6 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
             });
         });
     });
-}
-
-thread_local! {
-    /// The partial sums of [`filter_grad`] calls made from this thread, kept between calls.
-    static PARTIALS: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on `len` floats for partial sums (contents unspecified): this thread's
-/// buffer, grown once, so that training steps do not allocate; a fresh one when a call
-/// on this thread already holds it (a call made from inside another's rayon wait).
-fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PARTIALS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize(len, 0.0);
-            }
-            f(&mut buf[..len])
-        }
-        Err(_) => f(&mut vec![0.0; len]),
-    })
 }
 
 /// Most floats of partial sums that `split_plan` allocates per call (1 MB), so that the

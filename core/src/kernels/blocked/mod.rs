@@ -14,5 +14,6 @@ pub mod filter_grad;
 pub mod norm;
 pub mod pool;
 pub mod winograd;
+pub mod winograd_filter_grad;
 
 pub use epilogue::{BlockedEpilogue, Residual};

@@ -318,14 +318,14 @@ const V_MAX_BYTES: usize = 1 << 20;
 
 /// Tile `t` of the batch: image, output row and column of its top-left corner.
 #[derive(Clone, Copy)]
-struct Tiling {
-    cols: usize,
-    per_image: usize,
+pub(crate) struct Tiling {
+    pub(crate) cols: usize,
+    pub(crate) per_image: usize,
 }
 
 impl Tiling {
     #[inline(always)]
-    fn tile<const M: usize>(&self, t: usize) -> (usize, usize, usize) {
+    pub(crate) fn tile<const M: usize>(&self, t: usize) -> (usize, usize, usize) {
         let (n, r) = (t / self.per_image, t % self.per_image);
         (n, (r / self.cols) * M, (r % self.cols) * M)
     }
@@ -379,7 +379,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
 /// vectors a tile's transform stores or loads, one per position, all map to one set of
 /// the 8-way L1 and evict each other; an odd number of lines spreads them over 64 sets.
 #[inline(always)]
-fn position_stride(len: usize) -> usize {
+pub(crate) fn position_stride(len: usize) -> usize {
     const LINE: usize = 64 / std::mem::size_of::<f32>();
     let lines = len.div_ceil(LINE);
     (lines | 1) * LINE
@@ -435,7 +435,7 @@ pub(crate) fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -
 /// outside the image.
 // Out of line (called once a task): profiles then show the transforms apart.
 #[inline(never)]
-fn input_transform<V: Vector, const M: usize, const A: usize>(
+pub(crate) fn input_transform<V: Vector, const M: usize, const A: usize>(
     xs: Blocked,
     tl: &Tiling,
     x: &[f32],
