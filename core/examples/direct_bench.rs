@@ -125,6 +125,7 @@ fn main() {
                 let ep = BlockedEpilogue {
                     bias: Some(&bias),
                     relu: true,
+                    relu_output: None,
                     ..Default::default()
                 };
                 let secs =

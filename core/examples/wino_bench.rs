@@ -137,6 +137,7 @@ fn main() {
                 transform_filters(&w, None, g.in_channels, g.out_channels, tile, BLOCK, &mut u);
                 let ep = BlockedEpilogue {
                     relu: true,
+                    relu_output: None,
                     ..Default::default()
                 };
                 let secs =

@@ -162,6 +162,7 @@ pub fn time_candidates(g: &ConvGeometry, in_block: usize, reps: usize) -> Vec<(A
     let ep = BlockedEpilogue {
         bias: Some(&bias),
         relu: true,
+        relu_output: None,
         ..Default::default()
     };
     let mut out = Vec::new();

@@ -452,6 +452,7 @@ impl ExecutionPlan {
                             Add::InPlace => Residual::InPlace,
                         },
                         relu,
+                        relu_output: None,
                     };
                     let weights = &self.derived[c.weights.clone()];
                     match src {

@@ -839,6 +839,7 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, value
         bias: None,
         residual: Residual::None,
         relu: false,
+        relu_output: None,
     };
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
@@ -967,6 +968,7 @@ fn stage_backward(
                     bias: None,
                     residual: Residual::None,
                     relu: false,
+                    relu_output: None,
                 };
                 choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
             }

@@ -805,6 +805,7 @@ mod tests {
                     _ => Residual::InPlace,
                 },
                 relu: epi.relu,
+                relu_output: None,
             }
         }
 

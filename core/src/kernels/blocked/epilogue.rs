@@ -1,6 +1,7 @@
 //! What a blocked convolution does to each output vector as it stores it, while the value
-//! is still in a register: add the folded batch norm's bias, add the residual, ReLU. This
-//! replaces separate bias, residual-add and ReLU passes over memory.
+//! is still in a register: add the folded batch norm's bias, add the residual, ReLU, or
+//! in a backward pass zero it where a ReLU's output was not positive. This replaces
+//! separate bias, residual-add and ReLU passes over memory.
 
 use crate::kernels::shared_out::SharedOut;
 use crate::simd::Vector;
@@ -19,15 +20,20 @@ pub enum Residual<'a> {
     InPlace,
 }
 
-/// The per-vector work after a blocked convolution: `relu?(y + bias + residual)`.
+/// The per-vector work after a blocked convolution: `relu?(y + bias + residual)`, then
+/// zero where `relu_output` is not positive.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct BlockedEpilogue<'a> {
     /// One value per padded output channel (`Blocked::padded_channels`), added to every
     /// pixel of that channel.
     pub bias: Option<&'a [f32]>,
     pub residual: Residual<'a>,
-    /// Clamp negatives to zero last; NaN stays NaN.
+    /// Clamp negatives to zero; NaN stays NaN.
     pub relu: bool,
+    /// The output of a ReLU, in the output's layout: the stored value becomes zero where
+    /// it is not positive (or NaN) (that ReLU's backward, fused into the backward-data convolution
+    /// whose result flows into it). Applied last.
+    pub relu_output: Option<&'a [f32]>,
 }
 
 impl BlockedEpilogue<'_> {
@@ -54,7 +60,17 @@ impl BlockedEpilogue<'_> {
         if self.relu {
             v = v.relu();
         }
-        out.store(at, v);
+        out.store(at, self.mask(v, at));
+    }
+
+    /// `v`, zero in the lanes where [`BlockedEpilogue::relu_output`] is not positive
+    /// (NaN included, as PyTorch's `threshold_backward`).
+    #[inline(always)]
+    fn mask<V: Vector>(&self, v: V, at: usize) -> V {
+        match self.relu_output {
+            Some(y) => v.relu_mask(V::load(&y[at..])),
+            None => v,
+        }
     }
 
     /// The first pass of a reduction cut into chunks: stores the partial sum `acc` plus
@@ -76,7 +92,7 @@ impl BlockedEpilogue<'_> {
     /// (see [`BlockedEpilogue::store_partial`]); applies the ReLU and stores.
     #[inline(always)]
     pub(crate) fn store_final<V: Vector>(&self, acc: V, at: usize, out: &SharedOut) {
-        out.store(at, if self.relu { acc.relu() } else { acc });
+        out.store(at, self.mask(if self.relu { acc.relu() } else { acc }, at));
     }
 
     /// The scalar twin of `BlockedEpilogue::store` for the naive kernels: the finished
@@ -91,6 +107,9 @@ impl BlockedEpilogue<'_> {
         if self.relu && v < 0.0 {
             v = 0.0;
         }
-        v
+        match self.relu_output {
+            Some(y) if !(y[at] > 0.0) => 0.0,
+            _ => v,
+        }
     }
 }

@@ -156,10 +156,13 @@ pub fn filters_len(tile: WinogradTile, in_channels: usize, out_channels: usize, 
 }
 
 /// `U = G g G^T` of the OIHW 3x3 `weight`, output channel `k` scaled by `scale[k]` if
-/// given (a folded batch norm), computed in f64 and stored into `out` (of
-/// [`filters_len`]) as `[xi][ocb][ci][co_lane]`: for position `xi` and output-channel
-/// block `ocb`, a `Cp x block` matrix whose row `ci` holds the block's output channels
-/// for input channel `ci`. Padding channels are zero.
+/// given (a folded batch norm), stored into `out` (of [`filters_len`]) as
+/// `[xi][ocb][ci][co_lane]`: for position `xi` and output-channel block `ocb`, a
+/// `Cp x block` matrix whose row `ci` holds the block's output channels for input
+/// channel `ci`. Padding channels are zero. Computed in f32, vertically over the
+/// block's output channels (each training step remakes these filters, so this runs per
+/// step: 16 lanes at a time it is about 10x the scalar f64 form it replaced; the f32
+/// rounding, a few units in the last place, is far below F(4x4)'s own error).
 pub fn transform_filters(
     weight: &[f32],
     scale: Option<&[f32]>,
@@ -169,38 +172,59 @@ pub fn transform_filters(
     block: usize,
     out: &mut [f32],
 ) {
+    const MOST_LANES: usize = 16;
     let (c, k) = (in_channels, out_channels);
     assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
     if let Some(s) = scale {
         assert!(s.len() >= k, "winograd: one scale per output channel");
     }
+    assert!((1..=MOST_LANES).contains(&block), "winograd: blocks of 1 to 16 channels");
     assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
     let (cp, kp) = (c.next_multiple_of(block), k.next_multiple_of(block));
+    let ocbs = kp / block;
     let a = tile.alpha();
-    let mx = matrices(tile);
-    out.fill(0.0);
-    // Output channels are independent: split them among tasks (every training step
-    // remakes these filters).
+    let g: [[f32; 3]; 6] = core::array::from_fn(|i| {
+        let row = tile.g().get(i).copied().unwrap_or_default();
+        row.map(|v| v as f32)
+    });
+    // One unit per (output block, input channel): every element of `out` is written by
+    // exactly one unit (padding channels as zero).
     let shared = SharedOut::new(out);
-    split::for_each_range(k, |range| {
-        for kk in range {
-            let s = scale.map_or(1.0, |s| s[kk] as f64);
-            let (ocb, lane) = (kk / block, kk % block);
-            for ci in 0..c {
-                let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
-                // gt[i][q] = sum_p G[i][p] g[p][q]; U[i][j] = sum_q gt[i][q] G[j][q].
-                let mut gt = [[0f64; 3]; 8];
-                for (i, gi) in mx.g.iter().enumerate() {
-                    for q in 0..3 {
-                        gt[i][q] = (0..3).map(|p| gi[p] * f[p * 3 + q] as f64).sum();
+    split::for_each_range(ocbs * cp, |units| {
+        for unit in units {
+            let (ocb, ci) = (unit / cp, unit % cp);
+            // f[p][q][lane]: tap (p, q) of output channel `ocb * block + lane`.
+            let mut f = [[[0f32; MOST_LANES]; 3]; 3];
+            if ci < c {
+                for lane in 0..block {
+                    let kk = ocb * block + lane;
+                    if kk < k {
+                        let s = scale.map_or(1.0, |s| s[kk]);
+                        let taps = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
+                        for (p, fp) in f.iter_mut().enumerate() {
+                            for (q, fpq) in fp.iter_mut().enumerate() {
+                                fpq[lane] = taps[p * 3 + q] * s;
+                            }
+                        }
                     }
                 }
-                for (i, gti) in gt.iter().enumerate().take(a) {
-                    for (j, gj) in mx.g.iter().enumerate() {
-                        let u: f64 = (0..3).map(|q| gti[q] * gj[q]).sum();
-                        let xi = i * a + j;
-                        shared.write(((xi * (kp / block) + ocb) * cp + ci) * block + lane, (u * s) as f32);
+            }
+            // gf[i][q] = sum_p G[i][p] f[p][q]; U[i][j] = sum_q gf[i][q] G[j][q].
+            let mut gf = [[[0f32; MOST_LANES]; 3]; 6];
+            for (gfi, gi) in gf.iter_mut().zip(&g).take(a) {
+                for (q, gfiq) in gfi.iter_mut().enumerate() {
+                    for (lane, v) in gfiq.iter_mut().enumerate() {
+                        *v = gi[0] * f[0][q][lane] + gi[1] * f[1][q][lane] + gi[2] * f[2][q][lane];
                     }
+                }
+            }
+            for (i, gfi) in gf.iter().enumerate().take(a) {
+                for (j, gj) in g.iter().enumerate().take(a) {
+                    let mut u = [0f32; MOST_LANES];
+                    for (lane, v) in u.iter_mut().enumerate() {
+                        *v = gfi[0][lane] * gj[0] + gfi[1][lane] * gj[1] + gfi[2][lane] * gj[2];
+                    }
+                    shared.write_slice((((i * a + j) * ocbs + ocb) * cp + ci) * block, &u[..block]);
                 }
             }
         }
@@ -1016,6 +1040,16 @@ mod tests {
             to_blocked(&random(rng, g.batch * g.out_image()), ys, &mut res);
             let nan_at = ys.index(1, 3, 4, 5);
             res[nan_at] = f32::NAN;
+            // A ReLU's output for the fused ReLU backward: zero, positive or NaN (which
+            // passes no gradient); never zero at the residual's NaN, so that it shows.
+            let relu_out: Vec<f32> = (0..ys.len())
+                .map(|i| match i % 3 {
+                    _ if i == nan_at => 1.0,
+                    0 => 0.0,
+                    1 => 0.5 + (i % 7) as f32,
+                    _ => f32::NAN,
+                })
+                .collect();
             // The reference: the scaled weights' f64 convolution, blocked, then the epilogue.
             let ws: Vec<f32> = w
                 .iter()
@@ -1028,9 +1062,13 @@ mod tests {
             for tile in TILES {
                 let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
                 transform_filters(&w, Some(&scale), g.in_channels, g.out_channels, tile, l, &mut u);
-                for (with_bias, residual, relu) in
-                    [(true, 0, false), (false, 1, false), (true, 2, true), (false, 0, true)]
-                {
+                for (with_bias, residual, relu, masked) in [
+                    (true, 0, false, false),
+                    (false, 1, false, false),
+                    (true, 2, true, false),
+                    (false, 0, true, false),
+                    (false, 1, false, true),
+                ] {
                     let ep = BlockedEpilogue {
                         bias: with_bias.then_some(&bias[..]),
                         residual: match residual {
@@ -1039,6 +1077,7 @@ mod tests {
                             _ => Residual::InPlace,
                         },
                         relu,
+                        relu_output: masked.then_some(&relu_out[..]),
                     };
                     let start = if residual == 2 {
                         res.clone()
@@ -1063,7 +1102,14 @@ mod tests {
                             assert!(y.iter().all(|&v| v >= 0.0), "{name} {tile:?}: relu clamps");
                         }
                         let e = max_rel_err(&y, &want);
-                        println!("epilogue {name} {tile:?} bias {with_bias} residual {residual} relu {relu} at {l} lanes: {e:.2e}");
+                        println!("epilogue {name} {tile:?} bias {with_bias} residual {residual} relu {relu} masked {masked} at {l} lanes: {e:.2e}");
+                        if masked {
+                            for (i, &v) in y.iter().enumerate() {
+                                if !(relu_out[i] > 0.0) {
+                                    assert_eq!(v, 0.0, "{name} {tile:?}: masked at {i}");
+                                }
+                            }
+                        }
                         assert!(e < tolerance(tile), "{name} {tile:?}: {e:e}");
                         for n in 0..g.batch {
                             for c in g.out_channels..kp {
