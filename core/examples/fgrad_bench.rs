@@ -108,9 +108,8 @@ fn main() {
         }
         if ks == 3 && s == 1 && in_block == BLOCK {
             for tile in [WinogradTile::F2, WinogradTile::F4] {
-                let t = pools[1].install(|| {
-                    median_secs(reps, || winograd_filter_grad::<F32xBlock>(&g, tile, &x, &dy, &mut dw))
-                });
+                let t = pools[1]
+                    .install(|| median_secs(reps, || winograd_filter_grad::<F32xBlock>(&g, tile, &x, &dy, &mut dw)));
                 cells.push(format!("{tile:?} {:>6.1} ({:>7.3})", flops / t / 1e9, t * 1e3));
             }
         }

@@ -7,9 +7,9 @@
 mod common;
 
 use common::{randn, reference, small_bottleneck};
+use resnet_core::kernels::winograd::WinogradTile;
 use resnet_core::layers::loss::softmax_cross_entropy;
 use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
-use resnet_core::kernels::winograd::WinogradTile;
 use resnet_core::plan::train::FilterGradAlgo;
 use resnet_core::plan::TrainingPlan;
 use resnet_core::rng::Rng;
@@ -121,6 +121,9 @@ fn matches_the_nchw_twin(filter_grad: FilterGradAlgo) {
     use resnet_core::plan::train_nchw::NchwTrainingPlan;
     let configs = [
         ResNetConfig::named("resnet8").unwrap(),
+        // Two blocks a stage: identity blocks after blocks, whose backward-data passes
+        // also apply the previous block's ReLU.
+        ResNetConfig::named("resnet14").unwrap(),
         ResNetConfig::named("resnet8").unwrap().with_shortcut(ShortcutOption::B),
         ResNetConfig::named("plain8").unwrap(),
         small_bottleneck(BottleneckStride::Conv1x1),

@@ -25,12 +25,12 @@
 use super::choose::{self, Algo, ConvChoice};
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
 use crate::kernels::blocked::filter_grad::filter_grad;
-use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
     zero_pad_shortcut_backward_add,
 };
+use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
@@ -194,7 +194,21 @@ pub struct TrainConv {
     shift: Range<usize>,
 }
 
+/// What a convolution's backward-data adds as it stores the input's gradient (only a
+/// Winograd backward-data, see [`TrainConv::fuses_data_grad`]): an identity shortcut's
+/// gradient, and the backward of the ReLU that produced the convolution's input.
+#[derive(Clone, Copy, Debug, Default)]
+struct DataGradEpilogue {
+    residual: Option<Slot>,
+    relu_output: Option<Slot>,
+}
+
 impl TrainConv {
+    /// Whether its backward-data can apply a [`DataGradEpilogue`].
+    fn fuses_data_grad(&self) -> bool {
+        matches!(self.data_grad, Some(DataGradAlgo::Forward(Algo::Winograd(_))))
+    }
+
     fn geometry_at(&self, n: usize) -> ConvGeometry {
         ConvGeometry {
             batch: n,
@@ -651,27 +665,44 @@ impl TrainingPlan {
             let [df, dx] = split(&mut w.arena, [dfeat, dx.at(n)]);
             global_avg_pool_backward(last.shape(n), df, dx);
         }
-        // Invariant: g1 holds the gradient of the current block's output.
-        for blk in self.blocks.iter().rev() {
-            let (dout, dsum) = (as_shape(g1, blk.out.shape), as_shape(sum, blk.out.shape));
-            let [y, d, s] = split(&mut w.arena, [blk.out.at(n), dout.at(n), dsum.at(n)]);
-            relu::relu_backward(y, d, s);
+        // Invariant: g1 holds the gradient of the current block's output, or, when
+        // `through_relu`, already its gradient through the block's final ReLU.
+        let mut through_relu = false;
+        for (bi, blk) in self.blocks.iter().enumerate().rev() {
+            let dout = as_shape(g1, blk.out.shape);
+            let dsum = if through_relu {
+                dout
+            } else {
+                let dsum = as_shape(sum, blk.out.shape);
+                let [y, d, s] = split(&mut w.arena, [blk.out.at(n), dout.at(n), dsum.at(n)]);
+                relu::relu_backward(y, d, s);
+                dsum
+            };
             let dx = as_shape(g0, blk.input.shape);
             let stages = blk.stages.clone();
+            // An identity shortcut's gradient is added, and the previous block's final
+            // ReLU applied, as the first convolution's backward-data stores its result.
+            let fused = matches!(blk.shortcut, Shortcut::Identity) && self.convs[stages.start].fuses_data_grad();
             let mut dy = dsum;
             for i in stages.clone().rev() {
                 let c = &self.convs[i];
-                let (x, dxi) = if i == stages.start {
-                    (blk.input, dx)
+                let (x, dxi, ep) = if i == stages.start {
+                    let ep = DataGradEpilogue {
+                        residual: fused.then_some(dsum),
+                        relu_output: (fused && bi > 0).then_some(blk.input),
+                    };
+                    (blk.input, dx, ep)
                 } else {
                     let prev = self.convs[i - 1].y;
-                    (prev, as_shape(b, prev.shape))
+                    (prev, as_shape(b, prev.shape), DataGradEpilogue::default())
                 };
-                stage_backward(c, n, x, dy, as_shape(a, c.z.shape), Some(dxi), w, values, grads);
+                stage_backward(c, n, x, dy, as_shape(a, c.z.shape), Some((dxi, ep)), w, values, grads);
                 dy = dxi;
             }
+            through_relu = fused && bi > 0;
             match blk.shortcut {
                 Shortcut::None => {}
+                Shortcut::Identity if fused => {}
                 Shortcut::Identity => {
                     let [d, s] = split(&mut w.arena, [dx.at(n), dsum.at(n)]);
                     relu::add_assign(d, s);
@@ -689,7 +720,7 @@ impl TrainingPlan {
                         blk.input,
                         dsum,
                         as_shape(a, proj.z.shape),
-                        Some(db),
+                        Some((db, DataGradEpilogue::default())),
                         w,
                         values,
                         grads,
@@ -911,7 +942,7 @@ fn stage_backward(
     x: Slot,
     dy: Slot,
     dz: Slot,
-    dx: Option<Slot>,
+    dx: Option<(Slot, DataGradEpilogue)>,
     w: &mut Work,
     values: &[f32],
     grads: &mut [f32],
@@ -958,21 +989,36 @@ fn stage_backward(
         let [x, t] = split(&mut w.arena, [x.at(n), dz.at(n)]);
         c.filter_grad.run(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
     }
-    if let (Some(dx), Some(algo)) = (dx, c.data_grad) {
-        let dx = as_shape(dx, Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK));
-        let [t, o] = split(&mut w.arena, [dz.at(n), dx.at(n)]);
+    if let (Some((dx, fused)), Some(algo)) = (dx, c.data_grad) {
+        let shape = Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK);
+        let dx = as_shape(dx, shape);
+        // The fused slots (or empty ranges, which overlap nothing).
+        let at = |s: Option<Slot>| s.map_or(0..0, |s| as_shape(s, shape).at(n));
+        let [t, o, residual, relu_output] = split(
+            &mut w.arena,
+            [dz.at(n), dx.at(n), at(fused.residual), at(fused.relu_output)],
+        );
         let weights = &w.derived[c.data_weights.clone()];
         match algo {
             DataGradAlgo::Forward(a @ Algo::Winograd(_)) => {
                 let ep = BlockedEpilogue {
                     bias: None,
-                    residual: Residual::None,
+                    residual: match fused.residual {
+                        Some(_) => Residual::From(residual),
+                        None => Residual::None,
+                    },
                     relu: false,
-                    relu_output: None,
+                    relu_output: fused.relu_output.map(|_| &*relu_output),
                 };
                 choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
             }
-            _ => data_grad::<F32xBlock>(&g, t, weights, o),
+            _ => {
+                assert!(
+                    fused.residual.is_none() && fused.relu_output.is_none(),
+                    "only a Winograd backward-data fuses its epilogue"
+                );
+                data_grad::<F32xBlock>(&g, t, weights, o);
+            }
         }
     }
 }

@@ -178,7 +178,10 @@ pub fn transform_filters(
     if let Some(s) = scale {
         assert!(s.len() >= k, "winograd: one scale per output channel");
     }
-    assert!((1..=MOST_LANES).contains(&block), "winograd: blocks of 1 to 16 channels");
+    assert!(
+        (1..=MOST_LANES).contains(&block),
+        "winograd: blocks of 1 to 16 channels"
+    );
     assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
     let (cp, kp) = (c.next_multiple_of(block), k.next_multiple_of(block));
     let ocbs = kp / block;

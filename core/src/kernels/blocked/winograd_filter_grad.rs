@@ -73,13 +73,23 @@ fn check_geometry(g: &ConvGeometry) {
         g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
         "winograd filter gradient: only 3x3 stride-1 pad-1 convolutions, found {g:?}"
     );
-    assert_eq!((g.out_h, g.out_w), (g.in_h, g.in_w), "winograd filter gradient: output size");
+    assert_eq!(
+        (g.out_h, g.out_w),
+        (g.in_h, g.in_w),
+        "winograd filter gradient: output size"
+    );
 }
 
 /// `dw += dL/dW` of a 3x3 stride-1 pad-1 convolution `g` by Winograd `tile`: `input` is
 /// `Blocked { g.batch, g.in_channels, g.in_h, g.in_w, V::LANES }`, `dy` the same with
 /// `g.out_channels`, `dw` OIHW. Padding channels of `input` and `dy` are ignored.
-pub fn winograd_filter_grad<V: Vector>(g: &ConvGeometry, tile: WinogradTile, input: &[f32], dy: &[f32], dw: &mut [f32]) {
+pub fn winograd_filter_grad<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
     check_geometry(g);
     let l = V::LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
@@ -376,7 +386,10 @@ fn filter_transform<V: Vector, const A: usize>(
         }
         for r in 0..3 {
             for s in 0..3 {
-                let o = t.iter().zip(&gv).fold(V::ZERO, |acc, (ti, gi)| ti[s].mul_add(gi[r], acc));
+                let o = t
+                    .iter()
+                    .zip(&gv)
+                    .fold(V::ZERO, |acc, (ti, gi)| ti[s].mul_add(gi[r], acc));
                 o.store(&mut lanes[..l]);
                 for (lane, &value) in lanes[..l].iter().enumerate() {
                     let c = cb * l + lane;
@@ -513,7 +526,10 @@ mod tests {
         let mut want = vec![0.0; 32 * 16 * 9];
         filter_grad_naive_with_block(&g, &xb, l, &dyb, l, &mut want);
         for threads in [1, 2, 3] {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a pool");
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .expect("a pool");
             let run = || {
                 let mut dw = vec![0.0; want.len()];
                 pool.install(|| winograd_filter_grad::<f32x16>(&g, WinogradTile::F4, &xb, &dyb, &mut dw));
