@@ -108,7 +108,7 @@ impl BlockedEpilogue<'_> {
             v = 0.0;
         }
         match self.relu_output {
-            Some(y) if !(y[at] > 0.0) => 0.0,
+            Some(y) if y[at].is_nan() || y[at] <= 0.0 => 0.0,
             _ => v,
         }
     }

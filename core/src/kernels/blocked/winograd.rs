@@ -1108,7 +1108,7 @@ mod tests {
                         println!("epilogue {name} {tile:?} bias {with_bias} residual {residual} relu {relu} masked {masked} at {l} lanes: {e:.2e}");
                         if masked {
                             for (i, &v) in y.iter().enumerate() {
-                                if !(relu_out[i] > 0.0) {
+                                if relu_out[i].is_nan() || relu_out[i] <= 0.0 {
                                     assert_eq!(v, 0.0, "{name} {tile:?}: masked at {i}");
                                 }
                             }
