@@ -27,6 +27,13 @@ impl<'a> SharedOut<'a> {
         }
     }
 
+    /// The slice again, once the parallel loop that wrote it has ended.
+    pub(crate) fn into_slice(self) -> &'a mut [f32] {
+        // SAFETY: `ptr` and `len` come from the unique borrow taken in `new`, which this
+        // value held until now; consuming it ends every shared write.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
     /// Writes `v` at `i`. Callers guarantee that no other task writes `i` during the
     /// parallel loop (each kernel partitions its output among its tasks).
     #[inline(always)]

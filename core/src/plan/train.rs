@@ -30,6 +30,7 @@ use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
     zero_pad_shortcut_backward_add,
 };
+use crate::kernels::blocked::winograd::winograd_conv_moments;
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
@@ -872,9 +873,21 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, value
         relu: false,
         relu_output: None,
     };
+    // In training, a Winograd forward gathers the batch norm's statistics as it stores.
+    let fused_moments = match (c.forward, &*stats) {
+        (Algo::Winograd(tile), Stats::Train(_)) => Some(tile),
+        _ => None,
+    };
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
-        choose::run_conv(c.forward, &g, x, c.in_block, &w.derived[c.fwd_weights.clone()], &ep, z);
+        let weights = &w.derived[c.fwd_weights.clone()];
+        match fused_moments {
+            Some(tile) => {
+                let [s_mean, s_var] = &mut w.sums;
+                winograd_conv_moments::<F32xBlock>(&g, tile, x, weights, &ep, z, s_mean, s_var);
+            }
+            None => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
+        }
     }
     let shape = c.z.shape(n);
     let channels = g.out_channels;
@@ -899,7 +912,9 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, value
     match stats {
         Stats::Train(buffers) => {
             let [s_mean, s_var] = &mut w.sums;
-            norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
+            if fused_moments.is_none() {
+                norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
+            }
             let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
             let count = (n * g.out_h * g.out_w) as f64;
             mean.fill(0.0);

@@ -502,7 +502,9 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
         for (p, &v) in row.iter().enumerate().take(count) {
             let at = base + p * V::LANES;
             match phase {
-                Phase::Full => c.ep.store(v, bias, at, c.out),
+                Phase::Full => {
+                    c.ep.store(v, bias, at, c.out);
+                }
                 Phase::First => c.ep.store_partial(v, bias, at, c.out),
                 Phase::Mid => c.out.store(at, v + c.out.load::<V>(at)),
                 Phase::Last => c.ep.store_final(v + c.out.load::<V>(at), at, c.out),

@@ -48,9 +48,9 @@ impl BlockedEpilogue<'_> {
     }
 
     /// Finishes the accumulator `acc` of the output vector at offset `at` (whose channel
-    /// block's bias is `bias`) and stores it.
+    /// block's bias is `bias`), stores it and returns what it stored.
     #[inline(always)]
-    pub(crate) fn store<V: Vector>(&self, acc: V, bias: V, at: usize, out: &SharedOut) {
+    pub(crate) fn store<V: Vector>(&self, acc: V, bias: V, at: usize, out: &SharedOut) -> V {
         let mut v = acc + bias;
         match self.residual {
             Residual::None => {}
@@ -60,7 +60,9 @@ impl BlockedEpilogue<'_> {
         if self.relu {
             v = v.relu();
         }
-        out.store(at, self.mask(v, at));
+        let v = self.mask(v, at);
+        out.store(at, v);
+        v
     }
 
     /// `v`, zero in the lanes where [`BlockedEpilogue::relu_output`] is not positive

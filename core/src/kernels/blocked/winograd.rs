@@ -36,6 +36,9 @@
 //!   channels), zero-padded to whole blocks. Done once per model.
 //! - [`winograd_conv`]`::<V>(g, tile, input, filters, ep, out)`: `out = ep(conv(input))`
 //!   for a 3x3 stride-1 pad-1 `g`, input and output in `Blocked { .., block: V::LANES }`.
+//! - [`winograd_conv_moments`]`::<V>(..)`: the same, and the per-channel mean and variance
+//!   of what it stored, gathered by the output transform as it stores (the training
+//!   forward's batch-norm statistics, without a pass over the output).
 //! - [`winograd_conv_naive`]: the scalar twin from the textbook formula, for the tests.
 //!
 //! # Schedule
@@ -59,7 +62,7 @@
 
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::with_scratch;
+use crate::kernels::scratch::{with_partials, with_scratch};
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::kernels::winograd::WinogradTile;
@@ -276,10 +279,84 @@ pub fn winograd_conv<V: Vector>(
         assert_eq!(r.len(), ys.len(), "winograd: residual length");
     }
     match tile {
-        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out),
-        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out),
+        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, None),
+        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, None),
     }
 }
+
+/// [`winograd_conv`], and `mean[c]` and `var[c]` (biased) of every padded output channel
+/// of what it stored, in f64: each task's output transform sums, per channel block, the
+/// values it stores around the first of them (`k`, `sum (y - k)`, `sum (y - k)^2`, the
+/// count: shifted sums keep the variance exact for outputs far from zero), and the
+/// tasks' sums are combined in task order (Chan et al.'s pairwise update), so the
+/// result depends only on the thread count.
+#[allow(clippy::too_many_arguments)]
+pub fn winograd_conv_moments<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    mean: &mut [f64],
+    var: &mut [f64],
+) {
+    let l = V::LANES;
+    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+    let channels = ys.padded_channels();
+    assert!(
+        mean.len() >= channels && var.len() >= channels,
+        "winograd: one moment per padded output channel"
+    );
+    mean[..channels].fill(0.0);
+    var[..channels].fill(0.0);
+    let (m, a) = (tile.m(), tile.alpha());
+    let tiles = g.batch * g.out_h.div_ceil(m) * g.out_w.div_ceil(m);
+    if tiles == 0 || channels == 0 {
+        winograd_conv::<V>(g, tile, input, filters, ep, out);
+        return;
+    }
+    let groups = plan(tiles, a, g.in_channels.div_ceil(l), ys.blocks(), l).groups;
+    with_partials(groups * channels * MOMENT_FIELDS, |records| {
+        let records = SharedOut::new(records);
+        check_geometry(g);
+        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
+        match tile {
+            WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, Some(&records)),
+            WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, Some(&records)),
+        }
+        let records = records.into_slice();
+        // Chan, Golub & LeVeque's pairwise update, group by group in order.
+        for c in 0..channels {
+            let (mut n, mut mu, mut m2) = (0f64, 0f64, 0f64);
+            for gi in 0..groups {
+                let r = &records[(gi * channels + (c / l) * l) * MOMENT_FIELDS..];
+                let lane = c % l;
+                let (k, s, q, cnt) = (
+                    r[lane] as f64,
+                    r[l + lane] as f64,
+                    r[2 * l + lane] as f64,
+                    r[3 * l + lane] as f64,
+                );
+                if cnt == 0.0 {
+                    continue;
+                }
+                let (mu_b, m2_b) = (k + s / cnt, (q - s * s / cnt).max(0.0));
+                let total = n + cnt;
+                let delta = mu_b - mu;
+                mu += delta * cnt / total;
+                m2 += m2_b + delta * delta * n * cnt / total;
+                n = total;
+            }
+            mean[c] = mu;
+            var[c] = if n > 0.0 { m2 / n } else { 0.0 };
+        }
+    });
+}
+
+/// Floats per lane of one task's moment record for one channel block: the shift `k`,
+/// `sum (y - k)`, `sum (y - k)^2` and the count.
+const MOMENT_FIELDS: usize = 4;
 
 /// How one call is cut into tasks.
 #[derive(Clone, Copy, Debug)]
@@ -365,6 +442,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     filters: &[f32],
     ep: &BlockedEpilogue,
     out: &mut [f32],
+    moments: Option<&SharedOut>,
 ) {
     let l = V::LANES;
     let (icb, ocb) = (xs.blocks(), ys.blocks());
@@ -393,7 +471,8 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             while cb < kr.end {
                 let rb = RB.min(kr.end - cb);
                 products::<V, A>(filters, xs.padded_channels(), ocb, cb, rb, icb, t, v, m);
-                output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out);
+                let record = moments.map(|r| (r, gi * ys.padded_channels()));
+                output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
                 cb += rb;
             }
         });
@@ -702,6 +781,7 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
     m: &[f32],
     ep: &BlockedEpilogue,
     out: &SharedOut,
+    moments: Option<(&SharedOut, usize)>,
 ) {
     let l = V::LANES;
     let (h, w) = (ys.h, ys.w);
@@ -710,6 +790,8 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
     let mp = m.as_ptr();
     for r in 0..rb {
         let bias = ep.bias_of::<V>(cb + r);
+        // Moments of the stored values around the first one (see `winograd_conv_moments`).
+        let (mut shift, mut sum, mut squares, mut count) = (None, V::ZERO, V::ZERO, 0usize);
         for t in 0..tn {
             let (n, oy, ox) = tl.tile::<M>(t0 + t);
             let mut mv = [[V::ZERO; A]; A];
@@ -738,11 +820,24 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
                     let at = ys.at(n, cb + r, oy + i, ox);
                     for (j, yj) in y.iter().enumerate() {
                         if whole || j < cols {
-                            ep.store(*yj, bias, at + j * l, out);
+                            let v = ep.store(*yj, bias, at + j * l, out);
+                            if moments.is_some() {
+                                let d = v - *shift.get_or_insert(v);
+                                sum = sum + d;
+                                squares = d.mul_add(d, squares);
+                                count += 1;
+                            }
                         }
                     }
                 }
             }
+        }
+        if let Some((records, base)) = moments {
+            let at = (base + (cb + r) * l) * MOMENT_FIELDS;
+            records.store(at, shift.unwrap_or(V::ZERO));
+            records.store(at + l, sum);
+            records.store(at + 2 * l, squares);
+            records.store(at + 3 * l, V::splat(count as f32));
         }
     }
 }
@@ -1024,6 +1119,61 @@ mod tests {
                 worst[ti][0], worst[ti][1]
             );
         }
+    }
+
+    /// The fused moments against the f64 moments of the stored output (which is bit for
+    /// bit what `winograd_conv` stores), with a bias far from zero so that an unshifted
+    /// sum of squares would lose the variance; several tile groups and channel blocks.
+    #[test]
+    fn moments_match_the_stored_output() {
+        fn run<V: Vector>(rng: &mut Rng) {
+            let l = V::LANES;
+            for (n, c, k, h, w) in [(3, 19, 21, 7, 10), (8, 16, 33, 12, 12), (1, 5, 3, 2, 3)] {
+                let g = geometry(n, c, k, h, w);
+                let (_, wt, xb) = case(rng, &g, l);
+                let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+                let kp = ys.padded_channels();
+                let bias: Vec<f32> = (0..kp).map(|i| if i < k { 1000.0 + i as f32 } else { 0.0 }).collect();
+                let ep = BlockedEpilogue {
+                    bias: Some(&bias),
+                    ..BlockedEpilogue::default()
+                };
+                for tile in TILES {
+                    let mut u = vec![0.0; filters_len(tile, c, k, l)];
+                    transform_filters(&wt, None, c, k, tile, l, &mut u);
+                    let mut plain = vec![f32::NAN; ys.len()];
+                    winograd_conv::<V>(&g, tile, &xb, &u, &ep, &mut plain);
+                    let mut y = vec![f32::NAN; ys.len()];
+                    let (mut mean, mut var) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+                    winograd_conv_moments::<V>(&g, tile, &xb, &u, &ep, &mut y, &mut mean, &mut var);
+                    assert!(y == plain, "{tile:?} {g:?}: the output is winograd_conv's");
+                    let count = (n * h * w) as f64;
+                    for ch in 0..kp {
+                        let values: Vec<f64> = (0..n)
+                            .flat_map(|i| (0..h).flat_map(move |yy| (0..w).map(move |xx| (i, yy, xx))))
+                            .map(|(i, yy, xx)| y[ys.index(i, ch, yy, xx)] as f64)
+                            .collect();
+                        let mu = values.iter().sum::<f64>() / count;
+                        let v = values.iter().map(|x| (x - mu) * (x - mu)).sum::<f64>() / count;
+                        let what = format!("{tile:?} {g:?} at {l} lanes, channel {ch}");
+                        assert!(
+                            (mean[ch] - mu).abs() <= 1e-6 * v.sqrt().max(1e-3),
+                            "{what}: mean {} vs {mu}",
+                            mean[ch]
+                        );
+                        assert!(
+                            (var[ch] - v).abs() <= 1e-4 * v.max(1e-3),
+                            "{what}: var {} vs {v}",
+                            var[ch]
+                        );
+                    }
+                }
+            }
+        }
+        let mut rng = Rng::new(11);
+        run::<wide::f32x4>(&mut rng);
+        run::<wide::f32x8>(&mut rng);
+        run::<wide::f32x16>(&mut rng);
     }
 
     /// Bias, residual (separate and in place) and ReLU, with a folded scale, against the
