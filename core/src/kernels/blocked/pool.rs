@@ -136,12 +136,12 @@ pub fn global_avg_pool_naive(input: Blocked, x: &[f32], y: &mut [f32]) {
 
 /// The option-A shortcut (He et al. 2015, section 4.2, as the CIFAR re-implementations
 /// do it): `y[n, c + pad] = x[n, c, ::stride, ::stride]` with `pad = (out - in) / 2`
-/// channels of zeros before and after. The channel offset need not be a whole block, so
-/// this moves values one at a time; it touches a block's output once, far cheaper than
-/// the convolution beside it.
+/// channels of zeros before and after. The channel offset need not be a whole block:
+/// each input block moves as at most two runs of lanes (see [`shortcut_runs`]).
 pub fn zero_pad_shortcut(input: Blocked, x: &[f32], output: Blocked, stride: usize, y: &mut [f32]) {
     assert_eq!(x.len(), input.len(), "zero_pad_shortcut: input length");
     assert_eq!(y.len(), output.len(), "zero_pad_shortcut: output length");
+    assert_eq!(input.block, output.block, "zero_pad_shortcut: block");
     let pad = (output.c - input.c) / 2;
     let image = output.image_len();
     if image == 0 {
@@ -149,15 +149,53 @@ pub fn zero_pad_shortcut(input: Blocked, x: &[f32], output: Blocked, stride: usi
     }
     y.par_chunks_mut(image).enumerate().for_each(|(n, y_img)| {
         y_img.fill(0.0);
-        for c in 0..input.c {
+        shortcut_runs(input, pad, |cb, src, ob, dst, len| {
             for oy in 0..output.h {
                 for ox in 0..output.w {
-                    let to = output.index(0, c + pad, oy, ox);
-                    y_img[to] = x[input.index(n, c, oy * stride, ox * stride)];
+                    let from = input.at(n, cb, oy * stride, ox * stride) + src;
+                    let to = output.at(0, ob, oy, ox) + dst;
+                    move_lanes(&mut y_img[to..to + len], &x[from..from + len], false);
                 }
             }
-        }
+        });
     });
+}
+
+/// The runs of consecutive lanes that the option-A shortcut moves, in order: `f(cb,
+/// src, ob, dst, len)` for input channels `cb * L + src ..+ len`, which are output
+/// channels `ob * L + dst ..+ len` (`L` the block).
+fn shortcut_runs(input: Blocked, pad: usize, mut f: impl FnMut(usize, usize, usize, usize, usize)) {
+    let l = input.block;
+    let mut c = 0;
+    while c < input.c {
+        let (src, dst) = (c % l, (c + pad) % l);
+        let len = (l - src).min(l - dst).min(input.c - c);
+        f(c / l, src, (c + pad) / l, dst, len);
+        c += len;
+    }
+}
+
+/// `d = s` (or `d += s` with `add`), with fixed-length loops for the usual runs so that
+/// they compile to a few vector moves rather than a `memcpy` call per pixel.
+#[inline(always)]
+fn move_lanes(d: &mut [f32], s: &[f32], add: bool) {
+    #[inline(always)]
+    fn fixed<const N: usize>(d: &mut [f32], s: &[f32], add: bool) {
+        let (d, s) = (&mut d[..N], &s[..N]);
+        for i in 0..N {
+            d[i] = if add { d[i] + s[i] } else { s[i] };
+        }
+    }
+    match d.len() {
+        16 => fixed::<16>(d, s, add),
+        8 => fixed::<8>(d, s, add),
+        4 => fixed::<4>(d, s, add),
+        _ => {
+            for (d, s) in d.iter_mut().zip(s) {
+                *d = if add { *d + s } else { *s };
+            }
+        }
+    }
 }
 
 /// Training max pooling: [`max_pool`] that also records, per output value, the index
@@ -256,19 +294,22 @@ pub fn global_avg_pool_backward(input: Blocked, dy: &[f32], dx: &mut [f32]) {
 pub fn zero_pad_shortcut_backward_add(input: Blocked, dx: &mut [f32], output: Blocked, stride: usize, dy: &[f32]) {
     assert_eq!(dx.len(), input.len(), "zero_pad_shortcut_backward_add: input length");
     assert_eq!(dy.len(), output.len(), "zero_pad_shortcut_backward_add: output length");
+    assert_eq!(input.block, output.block, "zero_pad_shortcut_backward_add: block");
     let pad = (output.c - input.c) / 2;
     let image = input.image_len();
     if image == 0 {
         return;
     }
     dx.par_chunks_mut(image).enumerate().for_each(|(n, dx_img)| {
-        for c in 0..input.c {
+        shortcut_runs(input, pad, |cb, src, ob, dst, len| {
             for oy in 0..output.h {
                 for ox in 0..output.w {
-                    dx_img[input.index(0, c, oy * stride, ox * stride)] += dy[output.index(n, c + pad, oy, ox)];
+                    let to = input.at(0, cb, oy * stride, ox * stride) + src;
+                    let from = output.at(n, ob, oy, ox) + dst;
+                    move_lanes(&mut dx_img[to..to + len], &dy[from..from + len], true);
                 }
             }
-        }
+        });
     });
 }
 
@@ -342,20 +383,27 @@ mod tests {
     fn zero_pad_shortcut_matches_the_nchw_option_a() {
         use crate::layers::Dims;
         let mut rng = Rng::new(6);
-        for block in [4, 8, 16] {
-            let (n, c, h, w) = (2, 16, 8, 6);
+        for (block, c, k) in [
+            (4, 16, 32),
+            (8, 16, 32),
+            (16, 16, 32),
+            (16, 19, 40),
+            (8, 5, 16),
+            (4, 7, 9),
+        ] {
+            let (n, h, w) = (2, 8, 6);
             let plain = random(&mut rng, n * c * h * w);
             let input = Blocked::new(n, c, h, w, block);
-            let output = Blocked::new(n, 32, 4, 3, block);
+            let output = Blocked::new(n, k, 4, 3, block);
             let mut x = vec![0.0; input.len()];
             to_blocked(&plain, input, &mut x);
             let mut y = vec![f32::NAN; output.len()];
             zero_pad_shortcut(input, &x, output, 2, &mut y);
-            let mut want = vec![0.0; n * 32 * 4 * 3];
+            let mut want = vec![0.0; n * k * 4 * 3];
             crate::layers::shortcut::option_a_forward(
                 &plain,
                 Dims::new(n, c, h, w),
-                Dims::new(n, 32, 4, 3),
+                Dims::new(n, k, 4, 3),
                 2,
                 &mut want,
             );
@@ -409,26 +457,28 @@ mod tests {
             from_blocked(&dx, input, &mut dx_plain);
             assert!(max_rel_err(&dx_plain, &want) < 1e-6);
             assert!(dx.iter().all(|v| v.is_finite()), "padding channels are zero");
-            // The option-A shortcut's adjoint.
-            let (input, output) = (Blocked::new(n, 16, 8, 6, block), Blocked::new(n, 32, 4, 3, block));
-            let dy_plain = random(&mut rng, n * 32 * 4 * 3);
-            let mut dy = vec![0.0; output.len()];
-            to_blocked(&dy_plain, output, &mut dy);
-            let base = random(&mut rng, n * 16 * 8 * 6);
-            let mut dx = vec![0.0; input.len()];
-            to_blocked(&base, input, &mut dx);
-            zero_pad_shortcut_backward_add(input, &mut dx, output, 2, &dy);
-            let mut want = base.clone();
-            crate::layers::shortcut::option_a_backward_add(
-                &dy_plain,
-                Dims::new(n, 16, 8, 6),
-                Dims::new(n, 32, 4, 3),
-                2,
-                &mut want,
-            );
-            let mut got = vec![0.0; want.len()];
-            from_blocked(&dx, input, &mut got);
-            assert_eq!(got, want, "block {block}");
+            // The option-A shortcut's adjoint, channel offsets on and off the block.
+            for (c, k) in [(16, 32), (19, 40), (5, 16)] {
+                let (input, output) = (Blocked::new(n, c, 8, 6, block), Blocked::new(n, k, 4, 3, block));
+                let dy_plain = random(&mut rng, n * k * 4 * 3);
+                let mut dy = vec![0.0; output.len()];
+                to_blocked(&dy_plain, output, &mut dy);
+                let base = random(&mut rng, n * c * 8 * 6);
+                let mut dx = vec![0.0; input.len()];
+                to_blocked(&base, input, &mut dx);
+                zero_pad_shortcut_backward_add(input, &mut dx, output, 2, &dy);
+                let mut want = base.clone();
+                crate::layers::shortcut::option_a_backward_add(
+                    &dy_plain,
+                    Dims::new(n, c, 8, 6),
+                    Dims::new(n, k, 4, 3),
+                    2,
+                    &mut want,
+                );
+                let mut got = vec![0.0; want.len()];
+                from_blocked(&dx, input, &mut got);
+                assert_eq!(got, want, "block {block}, {c} -> {k}");
+            }
         }
     }
 }
