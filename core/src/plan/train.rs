@@ -30,7 +30,7 @@ use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
     zero_pad_shortcut_backward_add,
 };
-use crate::kernels::blocked::winograd::winograd_conv_moments;
+use crate::kernels::blocked::winograd::{transform_flipped_filters, winograd_conv_moments};
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
@@ -252,7 +252,6 @@ struct Work {
     derived_from: Option<u64>,
     /// Flipped, transposed OIHW filters of one convolution while its backward-data
     /// weights are made.
-    flipped: Vec<f32>,
     /// Per padded channel f64 sums and per-task partials of the batch norms.
     sums: [Vec<f64>; 2],
     partials: Vec<f64>,
@@ -439,7 +438,6 @@ impl TrainingPlan {
                 argmax: vec![0; argmax],
                 derived: vec![0.0; derived],
                 derived_from: None,
-                flipped: Vec::new(),
                 sums: [vec![0.0; channels], vec![0.0; channels]],
                 partials: Vec::new(),
                 coef: [vec![0.0; channels], vec![0.0; channels], vec![0.0; channels]],
@@ -518,10 +516,9 @@ impl TrainingPlan {
                 &mut w.derived[c.fwd_weights.clone()],
             );
             match c.data_grad {
-                Some(DataGradAlgo::Forward(algo @ Algo::Winograd(_))) => {
-                    flip_transpose(g, weight, &mut w.flipped);
+                Some(DataGradAlgo::Forward(Algo::Winograd(tile))) => {
                     let out = &mut w.derived[c.data_weights.clone()];
-                    choose::derive_weights_into(algo, &c.data_geometry(c.geometry.batch), &w.flipped, None, BLOCK, out);
+                    transform_flipped_filters(weight, g.in_channels, g.out_channels, tile, BLOCK, out);
                 }
                 // The direct form is the backward-data kernel's own stride-1 path.
                 Some(_) => pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]),
@@ -810,23 +807,6 @@ fn add_conv(
         shift: lay.fixed(channels),
     });
     Ok(out)
-}
-
-/// `out[c][k][ky][kx] = w[k][c][kh - 1 - ky][kw - 1 - kx]`: the filters of the stride-1
-/// backward-data as a forward convolution (see [`as_forward`]).
-fn flip_transpose(g: &ConvGeometry, w: &[f32], out: &mut Vec<f32>) {
-    let (k, c, kh, kw) = (g.out_channels, g.in_channels, g.kernel_h, g.kernel_w);
-    out.clear();
-    out.resize(w.len(), 0.0);
-    for o in 0..k {
-        for i in 0..c {
-            for y in 0..kh {
-                for x in 0..kw {
-                    out[((i * k + o) * kh + (kh - 1 - y)) * kw + (kw - 1 - x)] = w[((o * c + i) * kh + y) * kw + x];
-                }
-            }
-        }
-    }
 }
 
 /// The running statistics a forward pass uses: updated from the batch's in training,

@@ -33,7 +33,9 @@
 //!   [`transform_filters`]`(weight, scale, in_channels, out_channels, tile, block, out)`:
 //!   `U = G g G^T` of OIHW weights (times an optional folded batch-norm scale per output
 //!   channel), in f64, packed `[xi][ocb][ci][co_lane]` (`ci` over the padded input
-//!   channels), zero-padded to whole blocks. Done once per model.
+//!   channels), zero-padded to whole blocks. Done once per model for inference, once per
+//!   step in training; [`transform_flipped_filters`] makes the backward-data's from the
+//!   same weights.
 //! - [`winograd_conv`]`::<V>(g, tile, input, filters, ep, out)`: `out = ep(conv(input))`
 //!   for a 3x3 stride-1 pad-1 `g`, input and output in `Blocked { .., block: V::LANES }`.
 //! - [`winograd_conv_moments`]`::<V>(..)`: the same, and the per-channel mean and variance
@@ -175,66 +177,141 @@ pub fn transform_filters(
     block: usize,
     out: &mut [f32],
 ) {
-    const MOST_LANES: usize = 16;
-    let (c, k) = (in_channels, out_channels);
-    assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
     if let Some(s) = scale {
-        assert!(s.len() >= k, "winograd: one scale per output channel");
+        assert!(s.len() >= out_channels, "winograd: one scale per output channel");
     }
-    assert!(
-        (1..=MOST_LANES).contains(&block),
-        "winograd: blocks of 1 to 16 channels"
-    );
+    transform_any(weight, scale, in_channels, out_channels, false, tile, block, out);
+}
+
+/// [`transform_filters`] of the filters that run the stride-1 backward-data of a 3x3
+/// convolution as a forward one: the flipped, transposed `w'[c][k][y][x] = w[k][c][2 -
+/// y][2 - x]` of the forward's OIHW `weight` (`out_channels x in_channels x 3 x 3`),
+/// read in place rather than made first. `out` is [`filters_len`]`(tile, out_channels,
+/// in_channels, block)`: the backward-data reads the forward's output channels and
+/// writes its input channels.
+pub fn transform_flipped_filters(
+    weight: &[f32],
+    in_channels: usize,
+    out_channels: usize,
+    tile: WinogradTile,
+    block: usize,
+    out: &mut [f32],
+) {
+    transform_any(weight, None, out_channels, in_channels, true, tile, block, out);
+}
+
+/// [`transform_filters`] of a convolution of `c` input and `k` output channels whose
+/// taps are `weight[kk][ci]` (OIHW), or with `flipped`, `weight[ci][kk]` reversed.
+#[allow(clippy::too_many_arguments)]
+fn transform_any(
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    c: usize,
+    k: usize,
+    flipped: bool,
+    tile: WinogradTile,
+    block: usize,
+    out: &mut [f32],
+) {
+    assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
+    assert!((1..=16).contains(&block), "winograd: blocks of 1 to 16 channels");
     assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
-    let (cp, kp) = (c.next_multiple_of(block), k.next_multiple_of(block));
-    let ocbs = kp / block;
-    let a = tile.alpha();
+    let cp = c.next_multiple_of(block);
+    let ocbs = k.next_multiple_of(block) / block;
     let g: [[f32; 3]; 6] = core::array::from_fn(|i| {
         let row = tile.g().get(i).copied().unwrap_or_default();
         row.map(|v| v as f32)
     });
+    let f = Filters {
+        weight,
+        scale,
+        c,
+        k,
+        flipped,
+        a: tile.alpha(),
+        g,
+        block,
+        ocbs,
+        cp,
+    };
     // One unit per (output block, input channel): every element of `out` is written by
     // exactly one unit (padding channels as zero).
     let shared = SharedOut::new(out);
     split::for_each_range(ocbs * cp, |units| {
         for unit in units {
-            let (ocb, ci) = (unit / cp, unit % cp);
-            // f[p][q][lane]: tap (p, q) of output channel `ocb * block + lane`.
-            let mut f = [[[0f32; MOST_LANES]; 3]; 3];
-            if ci < c {
-                for lane in 0..block {
-                    let kk = ocb * block + lane;
-                    if kk < k {
-                        let s = scale.map_or(1.0, |s| s[kk]);
-                        let taps = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
-                        for (p, fp) in f.iter_mut().enumerate() {
-                            for (q, fpq) in fp.iter_mut().enumerate() {
-                                fpq[lane] = taps[p * 3 + q] * s;
-                            }
-                        }
-                    }
-                }
-            }
-            // gf[i][q] = sum_p G[i][p] f[p][q]; U[i][j] = sum_q gf[i][q] G[j][q].
-            let mut gf = [[[0f32; MOST_LANES]; 3]; 6];
-            for (gfi, gi) in gf.iter_mut().zip(&g).take(a) {
-                for (q, gfiq) in gfi.iter_mut().enumerate() {
-                    for (lane, v) in gfiq.iter_mut().enumerate() {
-                        *v = gi[0] * f[0][q][lane] + gi[1] * f[1][q][lane] + gi[2] * f[2][q][lane];
-                    }
-                }
-            }
-            for (i, gfi) in gf.iter().enumerate().take(a) {
-                for (j, gj) in g.iter().enumerate().take(a) {
-                    let mut u = [0f32; MOST_LANES];
-                    for (lane, v) in u.iter_mut().enumerate() {
-                        *v = gfi[0][lane] * gj[0] + gfi[1][lane] * gj[1] + gfi[2][lane] * gj[2];
-                    }
-                    shared.write_slice((((i * a + j) * ocbs + ocb) * cp + ci) * block, &u[..block]);
-                }
+            match block {
+                4 => f.unit::<4>(unit, &shared),
+                8 => f.unit::<8>(unit, &shared),
+                _ => f.unit::<16>(unit, &shared),
             }
         }
     });
+}
+
+/// What [`transform_any`] transforms, shared by its tasks.
+struct Filters<'a> {
+    weight: &'a [f32],
+    scale: Option<&'a [f32]>,
+    c: usize,
+    k: usize,
+    flipped: bool,
+    a: usize,
+    g: [[f32; 3]; 6],
+    block: usize,
+    ocbs: usize,
+    cp: usize,
+}
+
+impl Filters<'_> {
+    /// The `U` rows of one (output block, input channel) unit, `L >= block` lanes wide
+    /// (the lanes past the block stay zero and are not stored).
+    #[inline(always)]
+    fn unit<const L: usize>(&self, unit: usize, out: &SharedOut) {
+        let (ocb, ci) = (unit / self.cp, unit % self.cp);
+        // f[p][q][lane]: tap (p, q) of output channel `ocb * block + lane`.
+        let mut f = [[[0f32; L]; 3]; 3];
+        if ci < self.c {
+            for lane in 0..self.block.min(L) {
+                let kk = ocb * self.block + lane;
+                if kk >= self.k {
+                    break;
+                }
+                let s = self.scale.map_or(1.0, |s| s[kk]);
+                let filter = if self.flipped {
+                    ci * self.k + kk
+                } else {
+                    kk * self.c + ci
+                };
+                let taps = &self.weight[filter * 9..(filter + 1) * 9];
+                for (p, fp) in f.iter_mut().enumerate() {
+                    for (q, fpq) in fp.iter_mut().enumerate() {
+                        let tap = if self.flipped { 8 - (p * 3 + q) } else { p * 3 + q };
+                        fpq[lane] = taps[tap] * s;
+                    }
+                }
+            }
+        }
+        // gf[i][q] = sum_p G[i][p] f[p][q]; U[i][j] = sum_q gf[i][q] G[j][q].
+        let a = self.a;
+        let mut gf = [[[0f32; L]; 3]; 6];
+        for (gfi, gi) in gf.iter_mut().zip(&self.g).take(a) {
+            for (q, gfiq) in gfi.iter_mut().enumerate() {
+                for (lane, v) in gfiq.iter_mut().enumerate() {
+                    *v = gi[0] * f[0][q][lane] + gi[1] * f[1][q][lane] + gi[2] * f[2][q][lane];
+                }
+            }
+        }
+        for (i, gfi) in gf.iter().enumerate().take(a) {
+            for (j, gj) in self.g.iter().enumerate().take(a) {
+                let mut u = [0f32; L];
+                for (lane, v) in u.iter_mut().enumerate() {
+                    *v = gfi[0][lane] * gj[0] + gfi[1][lane] * gj[1] + gfi[2][lane] * gj[2];
+                }
+                let at = (((i * a + j) * self.ocbs + ocb) * self.cp + ci) * self.block;
+                out.write_slice(at, &u[..self.block.min(L)]);
+            }
+        }
+    }
 }
 
 fn check_geometry(g: &ConvGeometry) {
@@ -1118,6 +1195,33 @@ mod tests {
                 "odd shapes {tile:?}: naive {:.2e}, fast {:.2e}",
                 worst[ti][0], worst[ti][1]
             );
+        }
+    }
+
+    /// The backward-data filters made from the forward's weights in place are bit for bit
+    /// those of the explicitly flipped and transposed weights.
+    #[test]
+    fn flipped_filters_are_the_filters_of_the_flipped_weights() {
+        let mut rng = Rng::new(12);
+        for (c, k) in [(16, 16), (19, 5), (3, 33)] {
+            let w = random(&mut rng, k * c * 9);
+            let mut flipped = vec![0.0; w.len()];
+            for o in 0..k {
+                for i in 0..c {
+                    for t in 0..9 {
+                        flipped[(i * k + o) * 9 + 8 - t] = w[(o * c + i) * 9 + t];
+                    }
+                }
+            }
+            for block in [4, 8, 16, 5] {
+                for tile in TILES {
+                    let mut want = vec![f32::NAN; filters_len(tile, k, c, block)];
+                    transform_filters(&flipped, None, k, c, tile, block, &mut want);
+                    let mut got = vec![f32::NAN; want.len()];
+                    transform_flipped_filters(&w, c, k, tile, block, &mut got);
+                    assert!(got == want, "{c} -> {k}, block {block}, {tile:?}");
+                }
+            }
         }
     }
 
