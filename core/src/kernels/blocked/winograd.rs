@@ -217,7 +217,7 @@ fn transform_any(
     assert!((1..=16).contains(&block), "winograd: blocks of 1 to 16 channels");
     assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
     let cp = c.next_multiple_of(block);
-    let ocbs = k.next_multiple_of(block) / block;
+    let ocbs = k.div_ceil(block);
     let g: [[f32; 3]; 6] = core::array::from_fn(|i| {
         let row = tile.g().get(i).copied().unwrap_or_default();
         row.map(|v| v as f32)
