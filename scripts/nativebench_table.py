@@ -21,7 +21,7 @@ for path in sys.argv[1:]:
             rows[key].append(r["median_ms"])
         elif line.startswith(("ORT ", "PEER-")):
             engine = "ort" if line.startswith("ORT ") else line.split(" ", 1)[0][len("PEER-"):]
-            m = re.search(r"(resnet\d+)\s+b=(\d+)\s+t=(\d+) median\s+([\d.]+) ms", line)
+            m = re.search(r"((?:resnet|plain)\d+)\s+b=(\d+)\s+t=(\d+) median\s+([\d.]+) ms", line)
             if m:
                 key = (engine, m.group(1), int(m.group(2)), int(m.group(3)), "infer")
                 rows[key].append(float(m.group(4)))
