@@ -1,7 +1,8 @@
-// The friendly API of resnet-wasm over the raw wasm-bindgen classes of `resnet_wasm.js`.
+// The synchronous API of resnet-wasm over the raw wasm-bindgen classes of `resnet_wasm.js`.
 // Errors from the engine arrive as JS `Error`s with the engine's message. A Rust panic
-// is reported (console.error and an Error naming the panic) and the instance is then
-// refused: its memory may be inconsistent, so load the module afresh (e.g. a new Worker).
+// or a WebAssembly trap (e.g. running out of memory) is reported (an Error naming it) and
+// the instance is then refused: its memory may be inconsistent, so load the module afresh
+// (e.g. a new Worker).
 
 import wasmInit, * as raw from './resnet_wasm.js';
 
@@ -44,6 +45,12 @@ function guard(f) {
     if (p !== undefined && p !== null) {
       poisoned = p;
       const err = new Error(`resnet-wasm panicked: ${p}`);
+      err.cause = e;
+      throw err;
+    }
+    if (e instanceof WebAssembly.RuntimeError) {
+      poisoned = `a WebAssembly trap: ${e.message}`;
+      const err = new Error(`resnet-wasm stopped on a WebAssembly trap (${e.message}); load the module again`);
       err.cause = e;
       throw err;
     }
@@ -311,9 +318,4 @@ export class Trainer {
   free() {
     this._t.free();
   }
-}
-
-/** Panics inside the engine on purpose (tests use it to check that a panic is reported). */
-export function panicForTests() {
-  return guard(() => raw.panicForTests());
 }

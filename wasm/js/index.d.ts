@@ -191,6 +191,3 @@ export class Trainer {
   readonly lr: number;
   free(): void;
 }
-
-/** Panics inside the engine on purpose; afterwards every call throws. For tests. */
-export function panicForTests(): void;

@@ -46,12 +46,6 @@ pub fn take_panic() -> Option<String> {
     PANIC.lock().ok().and_then(|mut p| p.take())
 }
 
-/// Panics on purpose, so that tests can check what a panic does to an instance.
-#[wasm_bindgen(js_name = panicForTests)]
-pub fn panic_for_tests() {
-    panic!("deliberate panic requested by panicForTests()");
-}
-
 /// Version, SIMD and threading of this build.
 #[wasm_bindgen(js_name = engineInfo)]
 pub fn engine_info() -> Result<JsValue, JsError> {
@@ -127,6 +121,12 @@ impl WasmModel {
 
     /// A fresh network of the zoo (`resnet20`, `resnet8`, `plain20`, `resnet50`, ...).
     pub fn create(arch: &str, classes: f64, seed: f64) -> Result<WasmModel, JsError> {
+        // Only in the tests' own build (feature `test-hooks`, never in the npm package):
+        // a way to make the engine panic, to check what the JS wrapper does after a panic.
+        #[cfg(feature = "test-hooks")]
+        if arch == "panic-for-tests" {
+            panic!("deliberate panic of the test-hooks build");
+        }
         let classes = engine::whole_number(classes, "classes").map_err(err)? as usize;
         let seed = engine::whole_number(seed, "seed").map_err(err)?;
         let c = engine::create(arch, classes, seed).map_err(err)?;
