@@ -10,12 +10,36 @@ let ready = false;
 let pending = null;
 let poisoned = null;
 
+/** A module of one function of one `f32x4.relaxed_madd`: it validates exactly where the
+ * engine runs relaxed SIMD. */
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+  0x01, 0x08, 0x01, 0x60, 0x03, 0x7b, 0x7b, 0x7b, 0x01, 0x7b, // type: (v128, v128, v128) -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of that type
+  0x0a, 0x0d, 0x01, 0x0b, 0x00, 0x20, 0x00, 0x20, 0x01, 0x20, 0x02, 0xfd, 0x85, 0x02, 0x0b, // local.get 0 1 2, f32x4.relaxed_madd
+]);
+
+/** Whether this JavaScript engine runs WebAssembly relaxed SIMD (Chrome 114+, Firefox 145+, Node 22+). */
+export function supportsRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** The file `init()` loads by default: `resnet_wasm_relaxed_bg.wasm` (relaxed SIMD: fused
+ * multiply-adds) where the engine runs relaxed SIMD, else `resnet_wasm_bg.wasm` (SIMD128). */
+export function wasmFile() {
+  return supportsRelaxedSimd() ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm';
+}
+
 /** Initialises the module from `input` (URL, Response, bytes or WebAssembly.Module);
- * by default fetches `resnet_wasm_bg.wasm` next to this file. Idempotent. */
+ * by default fetches `wasmFile()` next to this file. Idempotent. */
 export function init(input) {
   if (ready) return Promise.resolve();
   if (!pending) {
-    const module_or_path = input ?? new URL('./resnet_wasm_bg.wasm', import.meta.url);
+    const module_or_path = input ?? new URL(`./${wasmFile()}`, import.meta.url);
     pending = wasmInit({ module_or_path }).then(() => {
       ready = true;
     }, (e) => {

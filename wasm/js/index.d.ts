@@ -14,10 +14,19 @@ export default init;
 /** Initialises synchronously from the .wasm bytes or a compiled module. */
 export function initSync(module: BufferSource | WebAssembly.Module): void;
 
+/** Whether this JavaScript engine runs WebAssembly relaxed SIMD (validates a one-instruction probe). */
+export function supportsRelaxedSimd(): boolean;
+
+/** The .wasm `init()` loads by default: `'resnet_wasm_relaxed_bg.wasm'` (relaxed SIMD, fused
+ * multiply-adds) where `supportsRelaxedSimd()`, else `'resnet_wasm_bg.wasm'` (SIMD128). */
+export function wasmFile(): 'resnet_wasm_relaxed_bg.wasm' | 'resnet_wasm_bg.wasm';
+
 export interface EngineInfo {
   version: string;
   /** Whether the build uses WebAssembly SIMD128. */
   simd128: boolean;
+  /** Whether the build uses relaxed SIMD (the `resnet_wasm_relaxed_bg.wasm` build). */
+  relaxedSimd: boolean;
   /** Threads of the engine's pool: 1 in wasm (use several Workers for parallelism). */
   threads: number;
   /** Architectures `Model.create` knows. */

@@ -46,12 +46,13 @@ pub fn take_panic() -> Option<String> {
     PANIC.lock().ok().and_then(|mut p| p.take())
 }
 
-/// Version, SIMD and threading of this build.
+/// Version, SIMD (SIMD128, relaxed SIMD) and threading of this build.
 #[wasm_bindgen(js_name = engineInfo)]
 pub fn engine_info() -> Result<JsValue, JsError> {
     to_js(&serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "simd128": cfg!(target_feature = "simd128"),
+        "relaxedSimd": cfg!(target_feature = "relaxed-simd"),
         "threads": rayon::current_num_threads(),
         "models": resnet_core::model::MODEL_NAMES,
     }))

@@ -51,10 +51,11 @@ describe('package', () => {
     assert.equal(pkg.version, lib.engineInfo().version, 'package version is the crate version');
     assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'browser', 'node', 'default']);
     assert.deepEqual(Object.keys(pkg.exports['./async']), ['types', 'browser', 'node', 'default']);
-    assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync'],
+    assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync',
+      'supportsRelaxedSimd', 'wasmFile'],
       'the public API, and nothing else');
     for (const f of ['index.js', 'node.js', 'api.js', 'index.d.ts', 'async.js', 'async-node.js', 'async-worker.js', 'host.js', 'async.d.ts',
-      'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'README.md', 'LICENSE']) {
+      'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm', 'README.md', 'LICENSE']) {
       assert.ok(existsSync(join(dir, f)), `${f} is in the package`);
     }
     assert.equal(pkg.version, cargoVersion, 'package version is the Cargo version');
@@ -62,6 +63,23 @@ describe('package', () => {
     for (const name of ['class Model', 'class Dataset', 'class Trainer', 'classifyImageBytes', 'computeGradients', 'applyGradients']) {
       assert.ok(dts.includes(name), `index.d.ts declares ${name}`);
     }
+  });
+
+  test('two builds: SIMD128 and relaxed SIMD (fused multiply-adds), chosen by a probe', () => {
+    const dir = join(project, 'node_modules', 'resnet-wasm');
+    const plain = scanWasm(readFileSync(join(dir, 'resnet_wasm_bg.wasm')));
+    const relaxedBytes = readFileSync(join(dir, 'resnet_wasm_relaxed_bg.wasm'));
+    const relaxed = scanWasm(relaxedBytes);
+    const MADD = 0x105; // f32x4.relaxed_madd
+    assert.equal(plain.bySimdOp.get(MADD) ?? 0, 0, 'the SIMD128 build has no relaxed instruction');
+    assert.ok((relaxed.bySimdOp.get(MADD) ?? 0) > 1000, `only ${relaxed.bySimdOp.get(MADD)} f32x4.relaxed_madd in the relaxed build`);
+    assert.ok((relaxed.bySimdOp.get(0xe6) ?? 0) < plain.bySimdOp.get(0xe6) / 4, 'most f32x4.mul became relaxed_madd');
+    // The probe agrees with what this Node validates, and the entry loaded that build.
+    const supported = lib.supportsRelaxedSimd();
+    assert.equal(supported, WebAssembly.validate(relaxedBytes), 'the probe and the relaxed build validate alike');
+    assert.equal(lib.wasmFile(), supported ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm');
+    assert.equal(lib.engineInfo().relaxedSimd, supported);
+    console.log(`# ${relaxed.bySimdOp.get(MADD)} f32x4.relaxed_madd in the relaxed build; Node ${process.versions.node} runs ${lib.wasmFile()}`);
   });
 
   test('the module uses SIMD128 instructions', () => {
@@ -424,8 +442,9 @@ describe('errors', () => {
     assert.throws(() => lib.Model.create('panic-for-tests'), /panic-for-tests/, 'an unknown architecture, not a panic');
     assert.equal(lib.Model.create('resnet8').info().numClasses, 10, 'the instance is fine afterwards');
     const dir = join(project, 'node_modules', 'resnet-wasm');
-    const wasm = readFileSync(join(dir, 'resnet_wasm_bg.wasm'));
-    assert.equal(wasm.indexOf('panic-for-tests'), -1, 'the .wasm has the test hook');
+    for (const f of ['resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm']) {
+      assert.equal(readFileSync(join(dir, f)).indexOf('panic-for-tests'), -1, `${f} has the test hook`);
+    }
     for (const f of readdirSync(dir).filter((f) => /\.(js|ts)$/.test(f))) {
       assert.doesNotMatch(readFileSync(join(dir, f), 'utf8'), /ForTests|test-hooks|panic-for-tests/, `${f} mentions a test hook`);
     }

@@ -150,6 +150,37 @@ test('the asynchronous API classifies every kind of image alike, in a Worker', a
   assert.deepEqual(problems, []);
 });
 
+test('Chromium runs the relaxed-SIMD build, and it computes what the SIMD128 build computes', async () => {
+  assert.equal(await page.evaluate(() => window.resnetPage.engine.relaxedSimd), true, 'the page\'s engine is the relaxed build');
+  const out = await page.evaluate(async () => {
+    const run = async (file, tag) => {
+      // A module instance (and engine Worker) of its own for each build.
+      const api = await import(`./pkg/async.js?${tag}`);
+      api.configure({ worker: true, wasm: new URL(`pkg/${file}`, location.href).href });
+      const info = await api.engineInfo();
+      const model = await api.Model.load('models/resnet20-cifar10.safetensors');
+      const x = Float32Array.from({ length: 4 * 3 * 32 * 32 }, (_, i) => Math.sin(i * 0.731) * 1.7);
+      const logits = Array.from(await model.forward(x, [4, 3, 32, 32]));
+      const px = new Uint8Array(16 * 32 * 32 * 4).map((_, i) => (i * 29 + (i >> 10) * 7) % 251);
+      const data = await api.Dataset.fromPixels(px, Array.from({ length: 16 }, (_, i) => i % 4), { width: 32, height: 32 });
+      const net = await api.Model.create('resnet8', { classes: 4, seed: 3 });
+      const t = new api.Trainer(net, { batch: 8, steps: 6, lr: 0.05, seed: 1 });
+      const losses = [];
+      for (let i = 0; i < 6; i++) losses.push((await t.step(data)).loss);
+      return { relaxed: info.relaxedSimd, logits, losses };
+    };
+    return { plain: await run('resnet_wasm_bg.wasm', 'simd128'), relaxed: await run('resnet_wasm_relaxed_bg.wasm', 'relaxed') };
+  });
+  assert.equal(out.plain.relaxed, false);
+  assert.equal(out.relaxed.relaxed, true);
+  let worst = 0;
+  out.plain.logits.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - out.relaxed.logits[i]) / (1 + Math.abs(p)))));
+  assert.ok(worst < 1e-4, `resnet20 logits differ by ${worst} (relative)`);
+  out.plain.losses.forEach((p, i) => assert.ok(Math.abs(p - out.relaxed.losses[i]) < 1e-3 * (1 + p), `step ${i}: loss ${p} vs ${out.relaxed.losses[i]}`));
+  console.log(`relaxed SIMD vs SIMD128: resnet20 logits within ${worst.toExponential(2)}; resnet8 losses ${out.relaxed.losses.map((l) => l.toFixed(4))} vs ${out.plain.losses.map((l) => l.toFixed(4))}`);
+  assert.deepEqual(problems, []);
+});
+
 test('an error goes away after a later success; the camera stops after a picture', async () => {
   const bad = join(work, 'bad.safetensors');
   writeFileSync(bad, Buffer.from('this is not a weight file, whatever its name says'));

@@ -332,6 +332,46 @@ fn bindgen(built: &Path, dir: &Path) -> Result<(), String> {
     )
 }
 
+/// Runs wasm-opt -O3 on `wasm_file` in place when one is found (`WASM_OPT=path`, or
+/// `WASM_OPT=npm` for npm's binaryen), with the features rustc uses for wasm32 plus SIMD
+/// and `extra` (so that wasm-opt accepts the module and adds nothing beyond them);
+/// keeps the module as it is when wasm-opt is absent or fails.
+fn optimize(wasm_file: &Path, extra: &[&str]) -> Result<(), String> {
+    let wasm_opt = match std::env::var("WASM_OPT") {
+        // The npm registry's binaryen (wasm-opt compiled to JS/wasm), kept under the target dir.
+        Ok(v) if v == "npm" => npm_wasm_opt()?,
+        Ok(v) => v,
+        Err(_) => "wasm-opt".to_string(),
+    };
+    let Some(v) = version_of(&wasm_opt) else {
+        eprintln!("xtask: wasm-opt not found (set WASM_OPT or install binaryen); skipping it");
+        return Ok(());
+    };
+    let tmp = wasm_file.with_extension("opt.wasm");
+    let w = wasm_file.display().to_string();
+    let t = tmp.display().to_string();
+    let mut args = vec![
+        "-O3",
+        "--enable-simd",
+        "--enable-bulk-memory",
+        "--enable-sign-ext",
+        "--enable-mutable-globals",
+        "--enable-nontrapping-float-to-int",
+        "--enable-multivalue",
+        "--enable-reference-types",
+    ];
+    args.extend(extra);
+    args.extend([w.as_str(), "-o", t.as_str()]);
+    match run(&wasm_opt, &args) {
+        Ok(()) => std::fs::rename(&tmp, wasm_file).map_err(|e| e.to_string()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("xtask: {v} failed ({e}); keeping the module unoptimised");
+            Ok(())
+        }
+    }
+}
+
 /// Builds the npm package and returns the path of its `npm pack` tarball.
 fn wasm() -> Result<PathBuf, String> {
     let root = workspace_root();
@@ -347,41 +387,21 @@ fn wasm() -> Result<PathBuf, String> {
     bindgen(&built, &pkg)?;
     let wasm_file = pkg.join("resnet_wasm_bg.wasm");
     let before = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
-    let wasm_opt = match std::env::var("WASM_OPT") {
-        // The npm registry's binaryen (wasm-opt compiled to JS/wasm), kept under the target dir.
-        Ok(v) if v == "npm" => npm_wasm_opt()?,
-        Ok(v) => v,
-        Err(_) => "wasm-opt".to_string(),
-    };
-    match version_of(&wasm_opt) {
-        Some(v) => {
-            let tmp = pkg.join("opt.wasm");
-            let w = wasm_file.display().to_string();
-            let t = tmp.display().to_string();
-            // The features rustc uses by default for wasm32 (plus SIMD), so that wasm-opt
-            // accepts the module and adds nothing beyond them.
-            let features = [
-                "--enable-simd",
-                "--enable-bulk-memory",
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-nontrapping-float-to-int",
-                "--enable-multivalue",
-                "--enable-reference-types",
-            ];
-            let mut args = vec!["-O3"];
-            args.extend(features);
-            args.extend([w.as_str(), "-o", t.as_str()]);
-            match run(&wasm_opt, &args) {
-                Ok(()) => std::fs::rename(&tmp, &wasm_file).map_err(|e| e.to_string())?,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    eprintln!("xtask: {v} failed ({e}); keeping the module unoptimised");
-                }
-            }
-        }
-        None => eprintln!("xtask: wasm-opt not found (set WASM_OPT or install binaryen); skipping it"),
+    optimize(&wasm_file, &[])?;
+    // The relaxed-SIMD build: the same crate with `+relaxed-simd` (fused multiply-adds),
+    // in its own target folder; its glue must be the SIMD128 build's, so that one
+    // `resnet_wasm.js` serves both and `init` picks the module.
+    let relaxed = cargo_build_wasm("+simd128,+relaxed-simd", &[], Some("relaxed"))?;
+    let relaxed_dir = out.join("relaxed");
+    bindgen(&relaxed, &relaxed_dir)?;
+    let glue = |d: &Path| std::fs::read(d.join("resnet_wasm.js")).map_err(|e| e.to_string());
+    if glue(&relaxed_dir)? != glue(&pkg)? {
+        return Err("the relaxed-SIMD build's resnet_wasm.js differs from the SIMD128 build's".into());
     }
+    let relaxed_file = pkg.join("resnet_wasm_relaxed_bg.wasm");
+    std::fs::rename(relaxed_dir.join("resnet_wasm_bg.wasm"), &relaxed_file).map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(&relaxed_dir).map_err(|e| e.to_string())?;
+    optimize(&relaxed_file, &["--enable-relaxed-simd"])?;
     let js = root.join("wasm/js");
     for f in [
         "api.js",
@@ -432,6 +452,7 @@ fn wasm() -> Result<PathBuf, String> {
       "default": "./async.js"
     }},
     "./resnet_wasm_bg.wasm": "./resnet_wasm_bg.wasm",
+    "./resnet_wasm_relaxed_bg.wasm": "./resnet_wasm_relaxed_bg.wasm",
     "./package.json": "./package.json"
   }},
   "files": [
@@ -447,6 +468,7 @@ fn wasm() -> Result<PathBuf, String> {
     "resnet_wasm.js",
     "resnet_wasm.d.ts",
     "resnet_wasm_bg.wasm",
+    "resnet_wasm_relaxed_bg.wasm",
     "resnet_wasm_bg.wasm.d.ts",
     "README.md",
     "LICENSE"
@@ -502,6 +524,8 @@ fn wasm_test_package() -> Result<PathBuf, String> {
         }
     }
     bindgen(&built, &pkg)?;
+    // One module under both names, whichever `init` picks.
+    copy(&pkg.join("resnet_wasm_bg.wasm"), &pkg.join("resnet_wasm_relaxed_bg.wasm"))?;
     let out_s = out.display().to_string();
     let status = Command::new("npm")
         .args(["pack", "--silent", "--pack-destination", &out_s])
