@@ -134,6 +134,13 @@ export class Model {
     return guard(() => new Model(raw.WasmModel.create(String(arch), classes, seed)));
   }
 
+  /** This network with a new classifier for the classes `names` (initialised from `seed`),
+   * every other weight and the preprocessing kept: where fine-tuning on other classes starts. */
+  withClasses(names, { seed = 0 } = {}) {
+    if (!Array.isArray(names)) throw new TypeError('withClasses takes an array of class names');
+    return guard(() => new Model(this._m.withClasses(names.map(String), seed)));
+  }
+
   info() {
     return guard(() => this._m.info());
   }
@@ -276,11 +283,11 @@ const SCHEDULES = ['paper', 'cosine', 'constant'];
 /** SGD on a model with the paper's augmentation. The model stays usable (classify, save,
  * evaluate) between steps and sees every update. */
 export class Trainer {
-  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true, globalBatch = 0, batchOffset = 0 } = {}) {
+  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true, globalBatch = 0, batchOffset = 0, headOnly = false } = {}) {
     if (!(model instanceof Model)) throw new TypeError('new Trainer(model, options) needs a Model');
     if (!SCHEDULES.includes(schedule)) throw new TypeError(`schedule must be one of ${SCHEDULES.join(', ')}, found ${schedule}`);
     this.model = model;
-    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment, globalBatch, batchOffset));
+    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment, globalBatch, batchOffset, !!headOnly));
   }
 
   /** One SGD step on the next batch of `dataset`: `{ iteration, loss, accuracy, lr }`. */

@@ -42,6 +42,8 @@ export class Model {
   static create(arch: string, options?: { classes?: number; seed?: number }): Promise<Model>;
   /** The model's description as loaded (no engine call). */
   info(): ModelInfo;
+  /** This network with a new classifier for `names`, all else kept. */
+  withClasses(names: string[], options?: { seed?: number }): Promise<Model>;
   classify(image: ImageInput, options?: ClassifyOptions): Promise<Prediction[]>;
   classifyBatch(images: ImageInput[], options?: ClassifyOptions): Promise<Prediction[][]>;
   forward(input: Float32Array | ArrayLike<number>, shape: [number, number, number, number]): Promise<Float32Array>;

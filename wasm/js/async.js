@@ -198,6 +198,12 @@ export class Model extends Remote {
     return this._info;
   }
 
+  /** This network with a new classifier for `names`, all else kept (see the sync API). */
+  async withClasses(names, options) {
+    const r = await this._call('withClasses', [names, options]);
+    return new Model(Model, r.handle, r.info);
+  }
+
   /** Top-k classes of one image: an `<img>`, canvas, `ImageData`, `ImageBitmap`, `Blob`,
    * encoded JPEG/PNG bytes, or `{ data | rgba, width, height }` RGBA. */
   async classify(image, options) {

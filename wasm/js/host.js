@@ -7,7 +7,7 @@ import { Model, Dataset, Trainer, engineInfo, decodeImage } from './api.js';
 
 /** What the asynchronous API may call on each kind of object. */
 const METHODS = {
-  Model: ['info', 'save', 'classify', 'classifyBatch', 'classifyImageBytes', 'classifyImageBytesBatch', 'forward', 'evaluate', 'normalizeFrom', 'buffers', 'setBuffers'],
+  Model: ['info', 'withClasses', 'save', 'classify', 'classifyBatch', 'classifyImageBytes', 'classifyImageBytesBatch', 'forward', 'evaluate', 'normalizeFrom', 'buffers', 'setBuffers'],
   Dataset: ['labels', 'imageRgba', 'slice', 'split'],
   Trainer: ['step', 'computeGradients', 'gradients', 'applyGradients', 'buffers', 'setBuffers', 'evaluate', 'state'],
 };
@@ -85,6 +85,7 @@ export class Host {
     const target = this.get(handle, kind);
     if (kind === 'Trainer' && method === 'state') return { result: { iteration: target.iteration, lr: target.lr } };
     const out = target[method](...args.map((a) => this.resolve(a)));
+    if (out instanceof Model) return this.model(out);
     if (out instanceof Dataset) return { result: this.dataset(out) };
     if (Array.isArray(out) && out[0] instanceof Dataset) return { result: out.map((d) => this.dataset(d)) };
     if (ArrayBuffer.isView(out)) return { result: out, transfer: [out.buffer] };

@@ -95,6 +95,9 @@ export class Model {
   static load(bytes: Bytes): Model;
   /** A freshly initialised network of the zoo (`resnet8` ... `resnet1202`, `plain20`, `resnet18` ... `resnet152`). */
   static create(arch: string, options?: { classes?: number; seed?: number }): Model;
+  /** This network with a new classifier for `names` (initialised from `seed`), every other
+   * weight and the preprocessing kept: where fine-tuning on other classes starts. */
+  withClasses(names: string[], options?: { seed?: number }): Model;
   info(): ModelInfo;
   /** Self-describing safetensors. */
   save(): Uint8Array;
@@ -164,6 +167,8 @@ export interface TrainerOptions {
   globalBatch?: number;
   /** Data parallel: where this worker's `batch` images start in the global batch (0). */
   batchOffset?: number;
+  /** Fine-tune the classifier only: every other weight keeps its value (false). */
+  headOnly?: boolean;
 }
 
 export interface StepStats {

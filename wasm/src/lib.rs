@@ -136,6 +136,18 @@ impl WasmModel {
         })
     }
 
+    /// This network with a new classifier for the classes `names` (from `seed`), all else
+    /// kept: the start of fine-tuning on other classes.
+    #[wasm_bindgen(js_name = withClasses)]
+    pub fn with_classes(&self, names: Array, seed: f64) -> Result<WasmModel, JsError> {
+        let classes = strings(&names, "classes")?;
+        let seed = engine::whole_number(seed, "seed").map_err(err)?;
+        let c = engine::with_classes(&self.inner.borrow(), classes, seed).map_err(err)?;
+        Ok(WasmModel {
+            inner: Rc::new(RefCell::new(c)),
+        })
+    }
+
     pub fn info(&self) -> Result<JsValue, JsError> {
         to_js(&engine::info(&mut self.inner.borrow_mut()))
     }
@@ -407,6 +419,7 @@ impl WasmTrainer {
         augment: bool,
         global_batch: f64,
         batch_offset: f64,
+        head_only: bool,
     ) -> Result<WasmTrainer, JsError> {
         let opts = TrainOptions {
             lr,
@@ -419,6 +432,7 @@ impl WasmTrainer {
             augment,
             global_batch: engine::whole_number(global_batch, "globalBatch").map_err(err)? as usize,
             batch_offset: engine::whole_number(batch_offset, "batchOffset").map_err(err)? as usize,
+            head_only,
         };
         Ok(WasmTrainer {
             model: model.inner.clone(),
