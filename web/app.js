@@ -30,7 +30,7 @@ function selectTab(tab, focus = false) {
     $(t.dataset.tab).hidden = !on;
   }
   if (focus) tab.focus();
-  if (tab.id !== 'tab-classify') stopCamera();
+  stopCamera();
 }
 for (const tab of tabs) {
   tab.addEventListener('click', () => selectTab(tab));
@@ -117,7 +117,7 @@ document.addEventListener('paste', (e) => {
   const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
   if (item) handleImageFile(item.getAsFile());
 });
-/** Stops the camera (its light goes off): after a picture, on another tab, when hidden. */
+/** Stops the cameras (their light goes off): after a picture, on another tab, when hidden. */
 function stopCamera() {
   const video = $('video');
   if (video.srcObject) for (const t of video.srcObject.getTracks()) t.stop();
@@ -125,6 +125,7 @@ function stopCamera() {
   video.hidden = true;
   $('snap').hidden = true;
   $('camera').textContent = 'Use the camera';
+  stopTrainCamera();
   window.resnetPage && (window.resnetPage.cameraOn = false);
 }
 $('camera').addEventListener('click', async () => {
@@ -163,6 +164,127 @@ $('weights-file').addEventListener('change', async (e) => {
     showError(`cannot load ${f.name}: ${err.message || err}`);
   }
 });
+
+// ---------- the visitor's own images ----------
+/** Side of the images the networks train on (CIFAR's). */
+const SIDE = 32;
+/** Class name -> list of SIDE x SIDE RGBA images. */
+const own = new Map();
+
+function showOwn() {
+  const list = $('own-classes');
+  const items = [...own].map(([name, imgs]) => {
+    const li = document.createElement('li');
+    li.textContent = `${name}: ${imgs.length} image${imgs.length === 1 ? '' : 's'}`;
+    return li;
+  });
+  if (!items.length) items.push(Object.assign(document.createElement('li'), { textContent: 'no images yet' }));
+  list.replaceChildren(...items);
+  window.resnetPage.ownClasses = Object.fromEntries([...own].map(([k, v]) => [k, v.length]));
+}
+
+/** The centre square of anything drawable, reduced to SIDE x SIDE RGBA. */
+function square(source, width, height) {
+  const c = new OffscreenCanvas(SIDE, SIDE);
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  const s = Math.min(width, height);
+  ctx.drawImage(source, (width - s) / 2, (height - s) / 2, s, s, 0, 0, SIDE, SIDE);
+  return new Uint8Array(ctx.getImageData(0, 0, SIDE, SIDE).data.buffer);
+}
+
+function addOwn(name, rgba) {
+  if (!own.has(name)) own.set(name, []);
+  own.get(name).push(rgba);
+}
+
+$('folder').addEventListener('change', async (e) => {
+  const files = [...e.target.files].filter((f) => f.type.startsWith('image/'));
+  let skipped = 0;
+  for (const f of files) {
+    // "chosen folder/class/picture.jpg": the class is the picture's folder.
+    const parts = (f.webkitRelativePath || f.name).split('/');
+    if (parts.length < 3) {
+      skipped++;
+      continue;
+    }
+    try {
+      const bitmap = await createImageBitmap(f);
+      addOwn(parts[parts.length - 2], square(bitmap, bitmap.width, bitmap.height));
+      bitmap.close();
+    } catch {
+      skipped++;
+    }
+  }
+  showOwn();
+  status(`${files.length - skipped} images in ${own.size} classes` + (skipped ? `; ${skipped} skipped (not in a class folder, or unreadable)` : ''));
+  clearError();
+});
+function stopTrainCamera() {
+  const video = $('cam-video');
+  if (video.srcObject) for (const t of video.srcObject.getTracks()) t.stop();
+  video.srcObject = null;
+  video.hidden = true;
+  $('cam-add').hidden = true;
+  $('cam-start').textContent = 'Use the camera';
+}
+$('cam-start').addEventListener('click', async () => {
+  if ($('cam-video').srcObject) {
+    stopTrainCamera();
+    return;
+  }
+  try {
+    const video = $('cam-video');
+    video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+    video.hidden = false;
+    $('cam-add').hidden = false;
+    $('cam-start').textContent = 'Stop the camera';
+    clearError();
+  } catch (e) {
+    showError(`the camera is not available: ${e.message || e}`);
+  }
+});
+$('cam-add').addEventListener('click', () => {
+  const video = $('cam-video');
+  const name = $('cam-class').value.trim();
+  if (!name) {
+    showError('give the class of the picture a name');
+    return;
+  }
+  if (!video.videoWidth) return;
+  addOwn(name, square(video, video.videoWidth, video.videoHeight));
+  showOwn();
+  clearError();
+});
+$('own-clear').addEventListener('click', () => {
+  own.clear();
+  showOwn();
+});
+for (const r of document.querySelectorAll('input[name="source"]')) {
+  r.addEventListener('change', () => {
+    const mine = $('source-own').checked;
+    $('own-source').hidden = !mine;
+    $('cifar-source').hidden = mine;
+    if (!mine) stopTrainCamera();
+  });
+}
+
+/** The visitor's images as one RGBA buffer with labels and class names. */
+function ownData() {
+  const classes = [...own.keys()].filter((k) => own.get(k).length);
+  if (classes.length < 2) throw new Error('training needs images of at least 2 classes');
+  const n = classes.reduce((s, k) => s + own.get(k).length, 0);
+  const pixels = new Uint8Array(n * SIDE * SIDE * 4);
+  const labels = [];
+  let at = 0;
+  classes.forEach((k, label) => {
+    for (const img of own.get(k)) {
+      pixels.set(img, at);
+      at += img.length;
+      labels.push(label);
+    }
+  });
+  return { pixels, labels, classes };
+}
 
 // ---------- train ----------
 const lossChart = new LineChart($('loss-chart'), { title: 'training loss' });
@@ -266,6 +388,7 @@ function options() {
     arch: $('arch').value,
     lr: num('lr'), momentum: num('momentum'), weightDecay: num('wd'), batch: Math.max(1, num('batch')),
     iters: Math.max(1, num('iters')), schedule: $('schedule').value, workers: Math.max(1, num('workers')),
+    source: $('source-own').checked ? 'own' : 'cifar', start: $('start-from').value,
     evalEvery: Math.max(1, num('eval-every')), evalLimit: Math.max(1, num('eval-limit')),
   };
 }
@@ -324,8 +447,20 @@ $('start').addEventListener('click', async () => {
   clearError();
   try {
     status('reading the data...');
-    const data = await dataBytes();
+    const mine = opts.source === 'own' ? ownData() : null;
+    const data = mine ? mine.pixels.buffer : await dataBytes();
     $('download-progress').hidden = true;
+    // Fine-tuning starts from the default model's bytes (the browser's cache has them).
+    const base = opts.start === 'scratch' ? null : await defaultModelBytes();
+    if (mine) {
+      // Every image of a small set is held out for testing beyond a fifth (as the worker splits).
+      const held = mine.labels.length >= 10 ? Math.max(2, Math.round(mine.labels.length / 5)) : 0;
+      const trainCount = mine.labels.length - held;
+      if (opts.batch > trainCount) {
+        opts.batch = trainCount;
+        $('batch').value = String(trainCount);
+      }
+    }
     for (const w of run.workers) w.terminate();
     run.workers = Array.from({ length: opts.workers }, () => new Worker('worker.js', { type: 'module' }));
     run.iteration = 0;
@@ -339,15 +474,20 @@ $('start').addEventListener('click', async () => {
     // Every worker needs its own copy of the data; the last gets the original. Each copy
     // is transferred (moved), not cloned again by postMessage.
     const ready = await Promise.all(run.workers.map((w, index) => {
-      const bytes = index === run.workers.length - 1 ? data : data.slice(0);
+      const last = index === run.workers.length - 1;
+      const bytes = last ? data : data.slice(0);
+      const baseBytes = base && (last ? base : base.slice(0));
       return call(w, {
-        type: 'init', arch: opts.arch, data: bytes, seed,
+        type: 'init', arch: opts.arch, data: bytes, seed, start: opts.start, base: baseBytes,
+        own: mine && { labels: mine.labels, classes: mine.classes, side: SIDE },
         options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
           globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
           schedule: opts.schedule, steps: opts.iters },
-      }, [bytes]);
+      }, baseBytes ? [bytes, baseBytes] : [bytes]);
     }));
-    status(`training ${opts.arch} (${ready[0].parameters.toLocaleString()} parameters) on ${ready[0].train} images...`);
+    const what = opts.start === 'scratch' ? `a fresh ${opts.arch}` : `the default model (${opts.start === 'head' ? 'its classifier only' : 'the whole network'})`;
+    status(`training ${what}, ${ready[0].parameters.toLocaleString()} parameters, on ${ready[0].train} images of ${ready[0].classes.length} classes...`);
+    run.name = opts.start === 'scratch' ? opts.arch : ready[0].architecture;
     run.state = 'running';
     run.opts = opts;
     setButtons();
@@ -377,7 +517,7 @@ $('download').addEventListener('click', async () => {
     const bytes = await trainedWeights();
     const a = document.createElement('a');
     a.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
-    a.download = `${run.opts.arch}-cifar10-${run.iteration}.safetensors`;
+    a.download = `${run.name}-${run.opts.source === 'own' ? 'own-images' : 'cifar10'}-${run.iteration}.safetensors`;
     a.click();
   } catch (e) {
     showError(`cannot save the weights: ${e.message || e}`);
@@ -393,12 +533,23 @@ $('use-model').addEventListener('click', async () => {
 });
 
 // ---------- start-up ----------
+let defaultModelName = null;
+
+/** The default model's file (fine-tuning starts from it). */
+async function defaultModelBytes() {
+  if (!defaultModelName) throw new Error('fine-tuning needs a default model (models/models.json names none)');
+  const res = await fetch(`models/${defaultModelName}`);
+  if (!res.ok) throw new Error(`cannot fetch models/${defaultModelName}: HTTP ${res.status}`);
+  return res.arrayBuffer();
+}
+
 window.resnetPage = { ready: false, charts: { loss: lossChart, error: errorChart } };
 (async () => {
   try {
     window.resnetPage.engine = await engineInfo();
     // models/models.json names the default model, so a page without one makes no failing request.
     const manifest = await (await fetch('models/models.json')).json();
+    defaultModelName = manifest.default;
     if (manifest.default) {
       await setModel(await Model.load(`models/${manifest.default}`), `default model (${manifest.default})`);
     } else {

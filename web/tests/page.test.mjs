@@ -290,3 +290,64 @@ test('training runs 50 steps on 2 workers from a downloaded archive with the los
   await page.waitForFunction(() => /trained here/.test(document.getElementById('model-info').textContent), null, { timeout: 30_000 });
   assert.deepEqual(problems, []);
 });
+
+test('the page trains on the visitor\'s own images (a folder of class folders and the camera), then classifies with them', async () => {
+  // red and blue pictures of assorted sizes, one folder per class, and a stray file at the top
+  const root = join(work, 'my-pictures');
+  const noise = (x, y, k) => ((x * 7 + y * 13 + k * 31) % 40);
+  for (const [cls, colour] of [['red', [220, 30, 30]], ['blue', [30, 40, 220]]]) {
+    mkdirSync(join(root, cls), { recursive: true });
+    for (let k = 0; k < 12; k++) {
+      writeFileSync(join(root, cls, `${k}.png`), png(30 + k, 24 + 2 * k, (x, y) => colour.map((c) => Math.min(255, c + noise(x, y, k)))));
+    }
+  }
+  writeFileSync(join(root, 'stray.png'), png(8, 8, () => [0, 0, 0]));
+  await page.click('#tab-train');
+  await page.check('#source-own');
+  assert.equal(await page.isVisible('#own-source'), true);
+  assert.equal(await page.isHidden('#cifar-source'), true);
+  await page.setInputFiles('#folder', root);
+  await page.waitForFunction(() => window.resnetPage.ownClasses && window.resnetPage.ownClasses.blue === 12, null, { timeout: 30_000 });
+  assert.deepEqual(await page.evaluate(() => window.resnetPage.ownClasses), { red: 12, blue: 12 });
+  assert.match(await page.textContent('#train-status'), /24 images in 2 classes; 1 skipped/);
+  // two pictures from the (fake) camera into a third class
+  await page.click('#cam-start');
+  await page.waitForFunction(() => document.getElementById('cam-video').videoWidth > 0, null, { timeout: 30_000 });
+  await page.fill('#cam-class', 'camera');
+  await page.click('#cam-add');
+  await page.click('#cam-add');
+  assert.deepEqual(await page.evaluate(() => window.resnetPage.ownClasses), { red: 12, blue: 12, camera: 2 });
+  assert.match(await page.textContent('#own-classes'), /camera: 2 images/);
+  // fine-tune the default model's classifier on one worker
+  await page.selectOption('#start-from', 'head');
+  await page.fill('#batch', '8');
+  await page.fill('#iters', '60');
+  await page.fill('#workers', '1');
+  await page.fill('#lr', '0.2');
+  await page.fill('#eval-every', '20');
+  await page.selectOption('#schedule', 'constant');
+  await page.click('#start');
+  await page.waitForFunction(() => ['done', 'failed'].includes(window.resnetPage.trainState) && window.resnetPage.iteration === 60, null, { timeout: 240_000 })
+    .catch(() => {});
+  assert.equal(await page.evaluate(() => window.resnetPage.trainState), 'done', await page.textContent('#error'));
+  assert.match(await page.textContent('#train-status'), /finished 60 iterations/);
+  const acc = await page.evaluate(() => window.resnetPage.lastTestAccuracy);
+  assert.ok(acc >= 0.8, `held-out accuracy ${acc}`);
+  await page.screenshot({ path: join(shots, 'train-own-images.png'), fullPage: true });
+  // the fine-tuned model classifies a new red picture as red
+  await page.click('#use-model');
+  await page.waitForFunction(() => /trained here \(60 iterations\)/.test(document.getElementById('model-info').textContent), null, { timeout: 30_000 });
+  assert.deepEqual((await page.evaluate(() => window.resnetPage.modelInfo.classes)).sort(), ['blue', 'camera', 'red']);
+  await page.waitForFunction(() => document.getElementById('tab-classify').getAttribute('aria-selected') === 'true');
+  assert.equal(await page.evaluate(() => document.getElementById('cam-video').srcObject), null, 'leaving the tab stopped the camera');
+  const red = join(work, 'new-red.png');
+  // a picture of the same kind as the red folder's, not among them
+  writeFileSync(red, png(50, 50, (x, y) => [220, 30, 30].map((c) => Math.min(255, c + noise(x, y, 12)))));
+  await page.setInputFiles('#image-file', red);
+  await page.waitForFunction(() => /^50x50 image/.test(document.getElementById('timing').textContent), null, { timeout: 30_000 });
+  const top = await page.evaluate(() => window.resnetPage.lastPredictions);
+  assert.equal(top[0].label, 'red', JSON.stringify(top));
+  assert.equal(await page.locator('#bars li').count(), 3, 'three classes, three bars');
+  await page.screenshot({ path: join(shots, 'classify-own-model.png'), fullPage: true });
+  assert.deepEqual(problems, []);
+});
