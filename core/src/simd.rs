@@ -307,8 +307,17 @@ mod tests {
                 // Fused or not, the result is within one rounding of the product (half an
                 // ulp of a*b) plus the final rounding of the sum.
                 let tol = (a[l] * b[l]).abs() as f64 * f32::EPSILON as f64 + exact.abs() * f32::EPSILON as f64 + 1e-30;
-                assert!((fast[l] as f64 - exact).abs() <= tol, "lane {l}: {} vs {exact}", fast[l]);
-                assert!((fast[l] - plain[l]).abs() as f64 <= tol, "lane {l}: {} vs twin {}", fast[l], plain[l]);
+                assert!(
+                    (fast[l] as f64 - exact).abs() <= tol,
+                    "lane {l}: {} vs {exact}",
+                    fast[l]
+                );
+                assert!(
+                    (fast[l] - plain[l]).abs() as f64 <= tol,
+                    "lane {l}: {} vs twin {}",
+                    fast[l],
+                    plain[l]
+                );
             }
         }
     }

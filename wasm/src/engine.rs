@@ -49,7 +49,12 @@ pub fn with_classes(c: &Classifier, classes: Vec<String>, seed: u64) -> Result<C
             .ok_or_else(|| Error::Config(format!("{name} is missing from the new model")))?;
         to.copy_from_slice(from);
     }
-    Ok(Classifier::new(params, classes, c.normalization.clone(), BTreeMap::new()))
+    Ok(Classifier::new(
+        params,
+        classes,
+        c.normalization.clone(),
+        BTreeMap::new(),
+    ))
 }
 
 /// Whether the tensor `name` is the classifier's (`fc.weight`, `fc.bias`).
@@ -453,7 +458,10 @@ mod tests {
         for e in c.params.entries().iter().filter(|e| !is_head(&e.name)) {
             assert_eq!(c.params.get(&e.name), base.params.get(&e.name), "{}", e.name);
         }
-        assert!(with_classes(&base, vec![], 0).unwrap_err().to_string().contains("at least 1 class"));
+        assert!(with_classes(&base, vec![], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1 class"));
 
         let data = toy(16);
         for head_only in [true, false] {

@@ -288,7 +288,9 @@ fn cargo_build_wasm(target_features: &str, features: &[&str], subdir: Option<&st
     // `.cargo/config.toml` adds +simd128 for wasm32; RUSTFLAGS (which replaces the
     // config's flags) is always set here, so that an environment cannot drop it.
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    flags = format!("{flags} -C target-feature={target_features}").trim().to_string();
+    flags = format!("{flags} -C target-feature={target_features}")
+        .trim()
+        .to_string();
     let target = match subdir {
         Some(d) => target_dir().join(d),
         None => target_dir(),
@@ -328,7 +330,15 @@ fn bindgen(built: &Path, dir: &Path) -> Result<(), String> {
     let (built_s, dir_s) = (built.display().to_string(), dir.display().to_string());
     run(
         "wasm-bindgen",
-        &["--target", "web", "--out-name", "resnet_wasm", "--out-dir", &dir_s, &built_s],
+        &[
+            "--target",
+            "web",
+            "--out-name",
+            "resnet_wasm",
+            "--out-dir",
+            &dir_s,
+            &built_s,
+        ],
     )
 }
 
@@ -525,7 +535,10 @@ fn wasm_test_package() -> Result<PathBuf, String> {
     }
     bindgen(&built, &pkg)?;
     // One module under both names, whichever `init` picks.
-    copy(&pkg.join("resnet_wasm_bg.wasm"), &pkg.join("resnet_wasm_relaxed_bg.wasm"))?;
+    copy(
+        &pkg.join("resnet_wasm_bg.wasm"),
+        &pkg.join("resnet_wasm_relaxed_bg.wasm"),
+    )?;
     let out_s = out.display().to_string();
     let status = Command::new("npm")
         .args(["pack", "--silent", "--pack-destination", &out_s])
