@@ -9,6 +9,7 @@
 import { Host } from './host.js';
 
 let useWorker = null;
+let wasmInput;
 let backend = null;
 
 /** Chooses where the engine runs, before the first call: `{ worker: true }` (a module
@@ -18,7 +19,7 @@ let backend = null;
 export function configure({ worker, wasm } = {}) {
   if (backend) throw new Error('resnet-wasm/async: configure() must come before the first call');
   if (worker !== undefined) useWorker = !!worker;
-  configure.wasm = wasm;
+  wasmInput = wasm;
 }
 
 function inPage() {
@@ -50,7 +51,7 @@ function workerBackend() {
       const id = next++;
       return new Promise((resolve, reject) => {
         waiting.set(id, { resolve, reject });
-        worker.postMessage({ id, wasm: configure.wasm, ...req }, transfer);
+        worker.postMessage({ id, wasm: wasmInput, ...req }, transfer);
       });
     },
   };
@@ -63,7 +64,7 @@ function localBackend() {
     async request(req) {
       if (!host) {
         const api = await import('./api.js');
-        await api.init(configure.wasm);
+        await api.init(wasmInput);
         host = new Host();
       }
       return host.handle(req).result;
