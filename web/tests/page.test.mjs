@@ -334,6 +334,13 @@ test('the page trains on the visitor\'s own images (a folder of class folders an
   const acc = await page.evaluate(() => window.resnetPage.lastTestAccuracy);
   assert.ok(acc >= 0.8, `held-out accuracy ${acc}`);
   await page.screenshot({ path: join(shots, 'train-own-images.png'), fullPage: true });
+  // the download is a model file the native CLI reads, with the visitor's classes
+  const [download] = await Promise.all([page.waitForEvent('download'), page.click('#download')]);
+  assert.match(download.suggestedFilename(), /^resnet20-own-images-60\.safetensors$/);
+  const saved = join(work, download.suggestedFilename());
+  await download.saveAs(saved);
+  const info = JSON.parse(execFileSync(resnetBin, ['classify', '--weights', saved, '--top', '3', '--json', join(root, 'red', '3.png')]).toString());
+  assert.deepEqual(info.results[0].predictions.map((p) => p.label).sort(), ['blue', 'camera', 'red']);
   // the fine-tuned model classifies a new red picture as red
   await page.click('#use-model');
   await page.waitForFunction(() => /trained here \(60 iterations\)/.test(document.getElementById('model-info').textContent), null, { timeout: 30_000 });
