@@ -56,6 +56,7 @@ describe('async API', () => {
     assert.deepEqual(await model.save(), weights);
     const info = await lib.engineInfo();
     assert.equal(info.simd128, true);
+    assert.throws(() => lib.configure({ worker: false }), /before the first call/);
   });
 
   test('errors reject with the engine message; freed objects refuse calls', async () => {

@@ -2,11 +2,15 @@
 //!
 //! - `test`: every check CI runs: formatting, clippy, all Rust tests, a few seconds of
 //!   each fuzz target (`fuzz/`, nightly only: skipped with a message without it), the
-//!   wasm32 build, then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
-//! - `wasm`: builds `resnet-wasm` for wasm32 with SIMD128, runs `wasm-bindgen` (installing
-//!   the CLI at the crate's exact version when missing) and `wasm-opt` when present
-//!   (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under `<target>/tools`), writes
-//!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//!   wasm32 build, then the npm package (`wasm`), the tests' own build of it (feature
+//!   `test-hooks`), their Node tests (`wasm/tests-node/`) and the page's tests in
+//!   Chromium (`web/tests/`, which run the relaxed-SIMD build).
+//! - `wasm`: builds `resnet-wasm` for wasm32 twice, with SIMD128 and with SIMD128 plus
+//!   relaxed SIMD (in `<target>/relaxed`), runs `wasm-bindgen` on both (installing the CLI
+//!   at the crate's exact version when missing; their glue must be identical) and
+//!   `wasm-opt` when present (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under
+//!   `<target>/tools`), writes the npm package (`resnet_wasm_bg.wasm` and
+//!   `resnet_wasm_relaxed_bg.wasm`) to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
 //! - `fuzz-smoke`: only the few seconds of each fuzz target that `test` runs.
 //! - `node-test`: the package, the tests' own build of it and the Node tests only.
 //! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
