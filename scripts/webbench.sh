@@ -11,7 +11,9 @@
 #             "resnet/bench/resnet-wasm.html?model=resnet50&batch=1" (prefix "coi:" for the
 #             cross-origin-isolated server); runs=/warmup= are used as given
 #   GROUP     ours | ort | tfjs | tftrain (the default: all four), imagenet (resnet18/50 b1,
-#             all three engines), coi (ORT with 2 threads, COOP/COEP)
+#             all three engines), coi (ORT with 2 threads, COOP/COEP), relaxed (our SIMD128
+#             and relaxed-SIMD builds alternating, resnet20 b1, b32 and training, ROUNDS
+#             times (3); the table ends with each build's median and the ratio)
 # env: RESNET_SHARED (default ../shared beside the repo), CHROMIUM (/usr/bin/chromium),
 #      PORT (8811; PORT+1 serves with COOP/COEP), TIMEOUT (s per job, 1500),
 #      RUNS / WARMUP (override every default count below, e.g. RUNS=2 WARMUP=1 for a smoke
@@ -52,6 +54,11 @@ for a in "$@"; do
   imagenet) jobs+=("$ours?model=resnet18&batch=1&$big" "$ours?model=resnet50&batch=1&$big"
                    "ort.html?model=resnet18&batch=1&threads=1&$big" "ort.html?model=resnet50&batch=1&threads=1&$big"
                    "tfjs.html?backend=wasm&model=resnet50&batch=1&$big") ;;
+  relaxed) for _ in $(seq "${ROUNDS:-3}"); do
+             for j in "model=resnet20&batch=1&$b1" "model=resnet20&batch=32&$b32" "mode=train&model=resnet20&batch=32&$tr"; do
+               jobs+=("$ours?build=simd128&$j" "$ours?build=relaxed&$j")
+             done
+           done ;;
   coi) jobs+=("coi:ort.html?model=resnet20&batch=1&threads=2&$b1" "coi:ort.html?model=resnet20&batch=32&threads=2&$b32") ;;
   *) echo "unknown job or group: $a" >&2; exit 2 ;;
   esac

@@ -1,5 +1,6 @@
-// The page: classification on the main thread, training in data-parallel Web Workers.
-import init, { Model } from './pkg/index.js';
+// The page: classification through the asynchronous API (the engine in its own Worker),
+// training in data-parallel Web Workers.
+import { Model, engineInfo } from './pkg/async.js';
 import { LineChart } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -12,11 +13,33 @@ function showError(message) {
   console.warn(message);
 }
 
-// ---------- tabs ----------
-for (const tab of document.querySelectorAll('.tab')) {
-  tab.addEventListener('click', () => {
-    document.querySelectorAll('.tab').forEach((t) => t.classList.toggle('active', t === tab));
-    document.querySelectorAll('.panel').forEach((p) => p.classList.toggle('active', p.id === tab.dataset.tab));
+/** A later success takes an earlier error off the screen. */
+function clearError() {
+  $('error').hidden = true;
+  $('error').textContent = '';
+}
+
+// ---------- tabs (WAI-ARIA tabs: arrows, Home and End move between them) ----------
+const tabs = [...document.querySelectorAll('[role="tab"]')];
+function selectTab(tab, focus = false) {
+  for (const t of tabs) {
+    const on = t === tab;
+    t.classList.toggle('active', on);
+    t.setAttribute('aria-selected', String(on));
+    t.tabIndex = on ? 0 : -1;
+    $(t.dataset.tab).hidden = !on;
+  }
+  if (focus) tab.focus();
+  stopCamera();
+}
+for (const tab of tabs) {
+  tab.addEventListener('click', () => selectTab(tab));
+  tab.addEventListener('keydown', (e) => {
+    const i = tabs.indexOf(tab);
+    const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+    if (to === undefined) return;
+    e.preventDefault();
+    selectTab(tabs[(to + tabs.length) % tabs.length], true);
   });
 }
 
@@ -28,17 +51,17 @@ function describe(m, source) {
     `(${i.classes.slice(0, 4).join(', ')}${i.numClasses > 4 ? ', ...' : ''}), input ${i.inputSize}x${i.inputSize}, ${pre}`;
 }
 
-function setModel(m, source) {
+async function setModel(m, source) {
   if (model) model.free();
   model = m;
   $('model-info').textContent = describe(m, source);
   window.resnetPage.modelInfo = m.info();
-  if (lastImage) classifyImage(lastImage);
+  if (lastImage) await classifyImage(lastImage);
 }
 
 let lastImage = null;
 
-function classifyImage(img) {
+async function classifyImage(img) {
   lastImage = img;
   const canvas = $('preview');
   const scale = Math.min(canvas.width / img.width, canvas.height / img.height, 8);
@@ -46,9 +69,10 @@ function classifyImage(img) {
   ctx.clearRect(0, 0, canvas.width, canvas.height);
   ctx.imageSmoothingEnabled = scale < 1;
   ctx.drawImage(img.source, 0, 0, img.width * scale, img.height * scale);
+  canvas.setAttribute('aria-label', `the image being classified, ${img.width}x${img.height} pixels`);
   if (!model) return;
   const t0 = performance.now();
-  const top = model.classify(img.rgba, img.width, img.height, 5);
+  const top = await model.classify({ data: img.rgba, width: img.width, height: img.height }, { topk: 5 });
   const ms = performance.now() - t0;
   $('bars').replaceChildren(...top.map((p) => {
     const li = document.createElement('li');
@@ -57,8 +81,9 @@ function classifyImage(img) {
     li.querySelector('span').textContent = p.label;
     return li;
   }));
-  $('timing').textContent = `${img.width}x${img.height} image classified in ${ms.toFixed(1)} ms`;
+  $('timing').textContent = `${img.width}x${img.height} image classified in ${ms.toFixed(1)} ms (in the engine's worker)`;
   window.resnetPage.lastPredictions = top;
+  clearError();
 }
 
 async function fromBlob(blob) {
@@ -72,7 +97,7 @@ async function fromBlob(blob) {
 
 async function handleImageFile(file) {
   try {
-    classifyImage(await fromBlob(file));
+    await classifyImage(await fromBlob(file));
   } catch (e) {
     showError(`cannot read that image: ${e.message || e}`);
   }
@@ -92,13 +117,31 @@ document.addEventListener('paste', (e) => {
   const item = [...e.clipboardData.items].find((i) => i.type.startsWith('image/'));
   if (item) handleImageFile(item.getAsFile());
 });
+/** Stops the cameras (their light goes off): after a picture, on another tab, when hidden. */
+function stopCamera() {
+  const video = $('video');
+  if (video.srcObject) for (const t of video.srcObject.getTracks()) t.stop();
+  video.srcObject = null;
+  video.hidden = true;
+  $('snap').hidden = true;
+  $('camera').textContent = 'Use the camera';
+  stopTrainCamera();
+  window.resnetPage && (window.resnetPage.cameraOn = false);
+}
 $('camera').addEventListener('click', async () => {
+  if ($('video').srcObject) {
+    stopCamera();
+    return;
+  }
   try {
     const stream = await navigator.mediaDevices.getUserMedia({ video: true });
     const video = $('video');
     video.srcObject = stream;
     video.hidden = false;
     $('snap').hidden = false;
+    $('camera').textContent = 'Stop the camera';
+    window.resnetPage.cameraOn = true;
+    clearError();
   } catch (e) {
     showError(`the camera is not available: ${e.message || e}`);
   }
@@ -107,25 +150,149 @@ $('snap').addEventListener('click', async () => {
   const video = $('video');
   const c = new OffscreenCanvas(video.videoWidth, video.videoHeight);
   c.getContext('2d').drawImage(video, 0, 0);
-  classifyImage(await fromBlob(await c.convertToBlob()));
+  stopCamera();
+  await handleImageFile(await c.convertToBlob());
 });
+document.addEventListener('visibilitychange', () => document.hidden && stopCamera());
 $('weights-file').addEventListener('change', async (e) => {
   const f = e.target.files[0];
   if (!f) return;
   try {
-    setModel(Model.load(new Uint8Array(await f.arrayBuffer())), f.name);
+    await setModel(await Model.load(f), f.name);
+    clearError();
   } catch (err) {
     showError(`cannot load ${f.name}: ${err.message || err}`);
   }
 });
 
+// ---------- the visitor's own images ----------
+/** Side of the images the networks train on (CIFAR's). */
+const SIDE = 32;
+/** Class name -> list of SIDE x SIDE RGBA images. */
+const own = new Map();
+
+function showOwn() {
+  const list = $('own-classes');
+  const items = [...own].map(([name, imgs]) => {
+    const li = document.createElement('li');
+    li.textContent = `${name}: ${imgs.length} image${imgs.length === 1 ? '' : 's'}`;
+    return li;
+  });
+  if (!items.length) items.push(Object.assign(document.createElement('li'), { textContent: 'no images yet' }));
+  list.replaceChildren(...items);
+  window.resnetPage.ownClasses = Object.fromEntries([...own].map(([k, v]) => [k, v.length]));
+}
+
+/** The centre square of anything drawable, reduced to SIDE x SIDE RGBA. */
+function square(source, width, height) {
+  const c = new OffscreenCanvas(SIDE, SIDE);
+  const ctx = c.getContext('2d', { willReadFrequently: true });
+  const s = Math.min(width, height);
+  ctx.drawImage(source, (width - s) / 2, (height - s) / 2, s, s, 0, 0, SIDE, SIDE);
+  return new Uint8Array(ctx.getImageData(0, 0, SIDE, SIDE).data.buffer);
+}
+
+function addOwn(name, rgba) {
+  if (!own.has(name)) own.set(name, []);
+  own.get(name).push(rgba);
+}
+
+$('folder').addEventListener('change', async (e) => {
+  const files = [...e.target.files].filter((f) => f.type.startsWith('image/'));
+  let skipped = 0;
+  for (const f of files) {
+    // "chosen folder/class/picture.jpg": the class is the picture's folder.
+    const parts = (f.webkitRelativePath || f.name).split('/');
+    if (parts.length < 3) {
+      skipped++;
+      continue;
+    }
+    try {
+      const bitmap = await createImageBitmap(f);
+      addOwn(parts[parts.length - 2], square(bitmap, bitmap.width, bitmap.height));
+      bitmap.close();
+    } catch {
+      skipped++;
+    }
+  }
+  showOwn();
+  status(`${files.length - skipped} images in ${own.size} classes` + (skipped ? `; ${skipped} skipped (not in a class folder, or unreadable)` : ''));
+  clearError();
+});
+function stopTrainCamera() {
+  const video = $('cam-video');
+  if (video.srcObject) for (const t of video.srcObject.getTracks()) t.stop();
+  video.srcObject = null;
+  video.hidden = true;
+  $('cam-add').hidden = true;
+  $('cam-start').textContent = 'Use the camera';
+}
+$('cam-start').addEventListener('click', async () => {
+  if ($('cam-video').srcObject) {
+    stopTrainCamera();
+    return;
+  }
+  try {
+    const video = $('cam-video');
+    video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true });
+    video.hidden = false;
+    $('cam-add').hidden = false;
+    $('cam-start').textContent = 'Stop the camera';
+    clearError();
+  } catch (e) {
+    showError(`the camera is not available: ${e.message || e}`);
+  }
+});
+$('cam-add').addEventListener('click', () => {
+  const video = $('cam-video');
+  const name = $('cam-class').value.trim();
+  if (!name) {
+    showError('give the class of the picture a name');
+    return;
+  }
+  if (!video.videoWidth) return;
+  addOwn(name, square(video, video.videoWidth, video.videoHeight));
+  showOwn();
+  clearError();
+});
+$('own-clear').addEventListener('click', () => {
+  own.clear();
+  showOwn();
+});
+for (const r of document.querySelectorAll('input[name="source"]')) {
+  r.addEventListener('change', () => {
+    const mine = $('source-own').checked;
+    $('own-source').hidden = !mine;
+    $('cifar-source').hidden = mine;
+    if (!mine) stopTrainCamera();
+  });
+}
+
+/** The visitor's images as one RGBA buffer with labels and class names. */
+function ownData() {
+  const classes = [...own.keys()].filter((k) => own.get(k).length);
+  if (classes.length < 2) throw new Error('training needs images of at least 2 classes');
+  const n = classes.reduce((s, k) => s + own.get(k).length, 0);
+  const pixels = new Uint8Array(n * SIDE * SIDE * 4);
+  const labels = [];
+  let at = 0;
+  classes.forEach((k, label) => {
+    for (const img of own.get(k)) {
+      pixels.set(img, at);
+      at += img.length;
+      labels.push(label);
+    }
+  });
+  return { pixels, labels, classes };
+}
+
 // ---------- train ----------
-const lossChart = new LineChart($('loss-chart'));
+const lossChart = new LineChart($('loss-chart'), { title: 'training loss' });
 lossChart.set('loss', { color: '#d62728' });
-const errorChart = new LineChart($('error-chart'), { yMax: 100 });
+const errorChart = new LineChart($('error-chart'), { title: 'error in %', yMax: 100 });
 errorChart.set('train', { color: '#1f77b4', dashed: true });
 errorChart.set('test', { color: '#1f77b4' });
-$('workers').value = Math.max(1, Math.min(navigator.hardwareConcurrency || 1, 8));
+$('workers').value = Math.max(1, navigator.hardwareConcurrency || 1);
 
 const run = { workers: [], state: 'idle', iteration: 0, weights: null };
 
@@ -221,28 +388,79 @@ function options() {
     arch: $('arch').value,
     lr: num('lr'), momentum: num('momentum'), weightDecay: num('wd'), batch: Math.max(1, num('batch')),
     iters: Math.max(1, num('iters')), schedule: $('schedule').value, workers: Math.max(1, num('workers')),
+    source: $('source-own').checked ? 'own' : 'cifar', start: $('start-from').value,
     evalEvery: Math.max(1, num('eval-every')), evalLimit: Math.max(1, num('eval-limit')),
   };
 }
 
-async function dataBytes() {
+function megabytes(n) {
+  return (n / 1e6).toFixed(1);
+}
+
+/** The chosen file or the URL's body as a stream, with its size when known; a download
+ * shows its progress. */
+async function dataStream() {
   const file = $('data-file').files[0];
-  if (file) return file.arrayBuffer();
+  if (file) return { stream: file.stream(), size: file.size, name: file.name };
   const url = $('data-url').value.trim();
   if (!url) throw new Error('choose the CIFAR-10 binary .tar.gz or give its URL');
   const res = await fetch(url);
   if (!res.ok) throw new Error(`cannot fetch ${url}: HTTP ${res.status}`);
-  return res.arrayBuffer();
+  const size = Number(res.headers.get('content-length')) || 0;
+  const bar = $('download-progress');
+  bar.hidden = false;
+  bar.value = 0;
+  let got = 0;
+  const progress = new TransformStream({
+    transform(chunk, controller) {
+      got += chunk.byteLength;
+      if (size) bar.value = got / size;
+      status(size ? `downloading ${megabytes(got)} of ${megabytes(size)} MB (${Math.floor((100 * got) / size)} %)` : `downloading: ${megabytes(got)} MB`);
+      controller.enqueue(chunk);
+    },
+    flush() {
+      bar.value = 1;
+      window.resnetPage.downloaded = got;
+    },
+  });
+  return { stream: res.body.pipeThrough(progress), size, name: url };
+}
+
+/** The data as bytes the engine reads without decompressing: a gzip stream is inflated
+ * here, once, by the browser's DecompressionStream (the workers get the plain tar). */
+async function dataBytes() {
+  const { stream } = await dataStream();
+  const [probe, rest] = stream.tee();
+  const reader = probe.getReader();
+  const first = (await reader.read()).value ?? new Uint8Array(0);
+  reader.cancel();
+  const gzip = first[0] === 0x1f && first[1] === 0x8b;
+  const body = gzip ? rest.pipeThrough(new DecompressionStream('gzip')) : rest;
+  if (gzip) status('decompressing the data...');
+  return new Response(body).arrayBuffer();
 }
 
 $('start').addEventListener('click', async () => {
   const opts = options();
   run.state = 'starting';
   setButtons();
-  $('error').hidden = true;
+  clearError();
   try {
     status('reading the data...');
-    const data = await dataBytes();
+    const mine = opts.source === 'own' ? ownData() : null;
+    const data = mine ? mine.pixels.buffer : await dataBytes();
+    $('download-progress').hidden = true;
+    // Fine-tuning starts from the default model's bytes (the browser's cache has them).
+    const base = opts.start === 'scratch' ? null : await defaultModelBytes();
+    if (mine) {
+      // Every image of a small set is held out for testing beyond a fifth (as the worker splits).
+      const held = mine.labels.length >= 10 ? Math.max(2, Math.round(mine.labels.length / 5)) : 0;
+      const trainCount = mine.labels.length - held;
+      if (opts.batch > trainCount) {
+        opts.batch = trainCount;
+        $('batch').value = String(trainCount);
+      }
+    }
     for (const w of run.workers) w.terminate();
     run.workers = Array.from({ length: opts.workers }, () => new Worker('worker.js', { type: 'module' }));
     run.iteration = 0;
@@ -253,13 +471,23 @@ $('start').addEventListener('click', async () => {
     const shares = run.workers.map((_, i) => Math.floor(opts.batch / opts.workers) + (i < opts.batch % opts.workers ? 1 : 0));
     if (shares.some((s) => s === 0)) throw new Error(`a batch of ${opts.batch} cannot feed ${opts.workers} workers`);
     const seed = 1;
-    const ready = await Promise.all(run.workers.map((w, index) => call(w, {
-      type: 'init', arch: opts.arch, data, seed,
-      options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
-        globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
-        schedule: opts.schedule, steps: opts.iters },
-    })));
-    status(`training ${opts.arch} (${ready[0].parameters.toLocaleString()} parameters) on ${ready[0].train} images...`);
+    // Every worker needs its own copy of the data; the last gets the original. Each copy
+    // is transferred (moved), not cloned again by postMessage.
+    const ready = await Promise.all(run.workers.map((w, index) => {
+      const last = index === run.workers.length - 1;
+      const bytes = last ? data : data.slice(0);
+      const baseBytes = base && (last ? base : base.slice(0));
+      return call(w, {
+        type: 'init', arch: opts.arch, data: bytes, seed, start: opts.start, base: baseBytes,
+        own: mine && { labels: mine.labels, classes: mine.classes, side: SIDE },
+        options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
+          globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
+          schedule: opts.schedule, steps: opts.iters },
+      }, baseBytes ? [bytes, baseBytes] : [bytes]);
+    }));
+    const what = opts.start === 'scratch' ? `a fresh ${opts.arch}` : `the default model (${opts.start === 'head' ? 'its classifier only' : 'the whole network'})`;
+    status(`training ${what}, ${ready[0].parameters.toLocaleString()} parameters, on ${ready[0].train} images of ${ready[0].classes.length} classes...`);
+    run.name = opts.start === 'scratch' ? opts.arch : ready[0].architecture;
     run.state = 'running';
     run.opts = opts;
     setButtons();
@@ -267,6 +495,7 @@ $('start').addEventListener('click', async () => {
   } catch (e) {
     run.state = 'failed';
     setButtons();
+    $('download-progress').hidden = true;
     showError(`training stopped: ${e.message || e}${run.workers.length ? '\nThe last weights can still be downloaded.' : ''}`);
   }
 });
@@ -288,7 +517,7 @@ $('download').addEventListener('click', async () => {
     const bytes = await trainedWeights();
     const a = document.createElement('a');
     a.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
-    a.download = `${run.opts.arch}-cifar10-${run.iteration}.safetensors`;
+    a.download = `${run.name}-${run.opts.source === 'own' ? 'own-images' : 'cifar10'}-${run.iteration}.safetensors`;
     a.click();
   } catch (e) {
     showError(`cannot save the weights: ${e.message || e}`);
@@ -296,24 +525,33 @@ $('download').addEventListener('click', async () => {
 });
 $('use-model').addEventListener('click', async () => {
   try {
-    setModel(Model.load(await trainedWeights()), `trained here (${run.iteration} iterations)`);
-    $('tab-classify').click();
+    await setModel(await Model.load(await trainedWeights()), `trained here (${run.iteration} iterations)`);
+    selectTab($('tab-classify'), true);
   } catch (e) {
     showError(`cannot use the trained model: ${e.message || e}`);
   }
 });
 
 // ---------- start-up ----------
+let defaultModelName = null;
+
+/** The default model's file (fine-tuning starts from it). */
+async function defaultModelBytes() {
+  if (!defaultModelName) throw new Error('fine-tuning needs a default model (models/models.json names none)');
+  const res = await fetch(`models/${defaultModelName}`);
+  if (!res.ok) throw new Error(`cannot fetch models/${defaultModelName}: HTTP ${res.status}`);
+  return res.arrayBuffer();
+}
+
 window.resnetPage = { ready: false, charts: { loss: lossChart, error: errorChart } };
 (async () => {
   try {
-    await init();
+    window.resnetPage.engine = await engineInfo();
     // models/models.json names the default model, so a page without one makes no failing request.
     const manifest = await (await fetch('models/models.json')).json();
+    defaultModelName = manifest.default;
     if (manifest.default) {
-      const res = await fetch(`models/${manifest.default}`);
-      if (!res.ok) throw new Error(`cannot fetch models/${manifest.default}: HTTP ${res.status}`);
-      setModel(Model.load(new Uint8Array(await res.arrayBuffer())), `default model (${manifest.default})`);
+      await setModel(await Model.load(`models/${manifest.default}`), `default model (${manifest.default})`);
     } else {
       $('model-info').textContent = 'No default model in models/models.json; load weights to classify.';
     }

@@ -1,7 +1,8 @@
 // A small line chart on a canvas: series of (x, y) points, dashed or solid.
 
 export class LineChart {
-  constructor(canvas, { yLabel = '', yMin = 0, yMax = null } = {}) {
+  constructor(canvas, { title = 'chart', yLabel = '', yMin = 0, yMax = null } = {}) {
+    this.title = title;
     this.canvas = canvas;
     this.ctx = canvas.getContext('2d');
     this.series = new Map();
@@ -29,8 +30,20 @@ export class LineChart {
     return Object.fromEntries([...this.series].map(([k, s]) => [k, s.points.length]));
   }
 
+  /** The chart in words, for screen readers (the canvas's aria-label). */
+  describe() {
+    const parts = [...this.series].map(([name, s]) => {
+      if (!s.points.length) return `${name}: no points yet`;
+      const [x, y] = s.points[s.points.length - 1];
+      const lowest = Math.min(...s.points.map((p) => p[1]));
+      return `${name}: ${s.points.length} points, ${y.toPrecision(3)} at iteration ${x}, lowest ${lowest.toPrecision(3)}`;
+    });
+    return `${this.title}. ${parts.join('; ')}`;
+  }
+
   draw() {
     const { ctx, canvas } = this;
+    canvas.setAttribute('aria-label', this.describe());
     const w = canvas.width, h = canvas.height, l = 48, r = 10, t = 10, b = 28;
     ctx.clearRect(0, 0, w, h);
     const all = [...this.series.values()].flatMap((s) => s.points);

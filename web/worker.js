@@ -1,5 +1,5 @@
-// One data-parallel training worker: its own wasm instance, its own copy of the data, its
-// part of every batch.
+// One data-parallel training worker: its own wasm instance, its own copy of the data (the
+// CIFAR-10 archive, or the visitor's images as 32x32 RGBA), its part of every batch.
 // Protocol (messages from the page): init -> ready; grad -> gradients; apply -> applied;
 // buffers / setBuffers (batch-norm statistics); evaluate -> evaluation; save -> weights.
 import init, { Model, Dataset, Trainer } from './pkg/index.js';
@@ -11,21 +11,36 @@ function reply(type, body = {}, transfer = []) {
 }
 
 const handlers = {
-  async init({ data, arch, seed, options }) {
+  async init({ data, arch, seed, options, start = 'scratch', base, own }) {
     await init();
-    train = Dataset.fromCifar(new Uint8Array(data), { split: 'train' });
-    try {
-      test = Dataset.fromCifar(new Uint8Array(data), { split: 'test' });
-    } catch {
-      test = train.slice(0, Math.min(train.length, 1000));
+    if (own) {
+      // The visitor's images: a fifth held out for testing (the same split in every worker).
+      const all = Dataset.fromPixels(new Uint8Array(data), own.labels, { width: own.side, height: own.side, classes: own.classes });
+      if (all.length >= 10) [train, test] = all.split(Math.max(2, Math.round(all.length / 5)), seed);
+      else train = test = all;
+    } else {
+      train = Dataset.fromCifar(new Uint8Array(data), { split: 'train' });
+      try {
+        test = Dataset.fromCifar(new Uint8Array(data), { split: 'test' });
+      } catch {
+        test = train.slice(0, Math.min(train.length, 1000));
+      }
     }
-    // Every worker builds the same model from the same seed and the same statistics, so
-    // all start identical and stay so: they apply the same averaged gradients.
-    model = Model.create(arch, { classes: train.classes.length, seed });
-    model.normalizeFrom(train, 'per-pixel');
+    // Every worker builds the same model from the same seed and the same statistics (or
+    // the same file), so all start identical and stay so: they apply the same averaged
+    // gradients.
+    if (start === 'scratch') {
+      model = Model.create(arch, { classes: train.classes.length, seed });
+      model.normalizeFrom(train, 'per-pixel');
+    } else {
+      const loaded = Model.load(new Uint8Array(base));
+      model = loaded.withClasses(train.classes, { seed });
+      loaded.free();
+    }
     // One seed for all: each worker takes its part (options.batchOffset) of the same batches.
-    trainer = new Trainer(model, { ...options, seed: seed + 7919 });
-    reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount });
+    trainer = new Trainer(model, { ...options, seed: seed + 7919, headOnly: start === 'head' });
+    const info = model.info();
+    reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount, classes: info.classes, architecture: info.architecture });
   },
   grad() {
     const s = trainer.computeGradients(train);

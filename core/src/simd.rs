@@ -86,8 +86,44 @@ pub trait Vector:
     fn to_lanes(self) -> Vec<f32>;
 }
 
+/// `a * b + c` on four lanes: one `f32x4.relaxed_madd` in a wasm build with relaxed SIMD
+/// (`-C target-feature=+relaxed-simd`), which the engine runs as a fused multiply-add where
+/// the CPU has one (rounded once) or as a multiply and an add (rounded twice); elsewhere
+/// [`madd_f32x4_plain`], its twin. The two differ at most by the rounding of the product.
+#[inline(always)]
+pub fn madd_f32x4(a: wide::f32x4, b: wide::f32x4, c: wide::f32x4) -> wide::f32x4 {
+    #[cfg(all(target_arch = "wasm32", target_feature = "relaxed-simd"))]
+    {
+        use core::arch::wasm32::{f32x4_relaxed_madd, v128};
+        // SAFETY: on wasm32 `wide::f32x4` is a 16-byte `repr(C, align(16))` wrapper of one
+        // `v128`, and every bit pattern is valid for both types.
+        unsafe {
+            let (a, b, c) = (
+                core::mem::transmute::<wide::f32x4, v128>(a),
+                core::mem::transmute::<wide::f32x4, v128>(b),
+                core::mem::transmute::<wide::f32x4, v128>(c),
+            );
+            core::mem::transmute::<v128, wide::f32x4>(f32x4_relaxed_madd(a, b, c))
+        }
+    }
+    #[cfg(not(all(target_arch = "wasm32", target_feature = "relaxed-simd")))]
+    {
+        madd_f32x4_plain(a, b, c)
+    }
+}
+
+/// `a * b + c` on four lanes as `wide` computes it: fused with FMA (native builds), a
+/// multiply then an add elsewhere (wasm SIMD128). The twin of [`madd_f32x4`].
+#[inline(always)]
+pub fn madd_f32x4_plain(a: wide::f32x4, b: wide::f32x4, c: wide::f32x4) -> wide::f32x4 {
+    a.mul_add(b, c)
+}
+
 macro_rules! impl_vector {
     ($t:ty, $n:expr) => {
+        impl_vector!($t, $n, |a: $t, b: $t, c: $t| <$t>::mul_add(a, b, c));
+    };
+    ($t:ty, $n:expr, $madd:expr) => {
         impl Vector for $t {
             const LANES: usize = $n;
             const ZERO: Self = <$t>::ZERO;
@@ -97,7 +133,7 @@ macro_rules! impl_vector {
             }
             #[inline(always)]
             fn mul_add(self, b: Self, c: Self) -> Self {
-                <$t>::mul_add(self, b, c)
+                ($madd)(self, b, c)
             }
             #[inline(always)]
             fn load(s: &[f32]) -> Self {
@@ -142,7 +178,7 @@ macro_rules! impl_vector {
     };
 }
 
-impl_vector!(wide::f32x4, 4);
+impl_vector!(wide::f32x4, 4, madd_f32x4);
 impl_vector!(wide::f32x8, 8);
 impl_vector!(wide::f32x16, 16);
 
@@ -248,6 +284,42 @@ mod tests {
         check::<wide::f32x16>();
         check::<F32xWide>();
         assert!(WIDE_LANES >= LANES && WIDE_LANES.is_multiple_of(LANES));
+    }
+
+    #[test]
+    fn madd_f32x4_matches_its_twin_and_the_scalar_product() {
+        let mut s = 0x2545_f491_u32;
+        let mut r = || {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            (s as f32 / u32::MAX as f32 - 0.5) * 64.0
+        };
+        for _ in 0..1000 {
+            let (a, b, c) = ([r(), r(), r(), r()], [r(), r(), r(), r()], [r(), r(), r(), r()]);
+            let (va, vb, vc) = (wide::f32x4::new(a), wide::f32x4::new(b), wide::f32x4::new(c));
+            let fast = madd_f32x4(va, vb, vc).to_array();
+            let plain = madd_f32x4_plain(va, vb, vc).to_array();
+            let trait_form = <wide::f32x4 as Vector>::mul_add(va, vb, vc).to_array();
+            assert_eq!(fast, trait_form, "the Vector impl of f32x4 is madd_f32x4");
+            for l in 0..4 {
+                let exact = a[l] as f64 * b[l] as f64 + c[l] as f64;
+                // Fused or not, the result is within one rounding of the product (half an
+                // ulp of a*b) plus the final rounding of the sum.
+                let tol = (a[l] * b[l]).abs() as f64 * f32::EPSILON as f64 + exact.abs() * f32::EPSILON as f64 + 1e-30;
+                assert!(
+                    (fast[l] as f64 - exact).abs() <= tol,
+                    "lane {l}: {} vs {exact}",
+                    fast[l]
+                );
+                assert!(
+                    (fast[l] - plain[l]).abs() as f64 <= tol,
+                    "lane {l}: {} vs twin {}",
+                    fast[l],
+                    plain[l]
+                );
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
-// The friendly API of resnet-wasm over the raw wasm-bindgen classes of `resnet_wasm.js`.
+// The synchronous API of resnet-wasm over the raw wasm-bindgen classes of `resnet_wasm.js`.
 // Errors from the engine arrive as JS `Error`s with the engine's message. A Rust panic
-// is reported (console.error and an Error naming the panic) and the instance is then
-// refused: its memory may be inconsistent, so load the module afresh (e.g. a new Worker).
+// or a WebAssembly trap (e.g. running out of memory) is reported (an Error naming it) and
+// the instance is then refused: its memory may be inconsistent, so load the module afresh
+// (e.g. a new Worker).
 
 import wasmInit, * as raw from './resnet_wasm.js';
 
@@ -9,12 +10,36 @@ let ready = false;
 let pending = null;
 let poisoned = null;
 
+/** A module of one function of one `f32x4.relaxed_madd`: it validates exactly where the
+ * engine runs relaxed SIMD. */
+const RELAXED_SIMD_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+  0x01, 0x08, 0x01, 0x60, 0x03, 0x7b, 0x7b, 0x7b, 0x01, 0x7b, // type: (v128, v128, v128) -> v128
+  0x03, 0x02, 0x01, 0x00, // one function of that type
+  0x0a, 0x0d, 0x01, 0x0b, 0x00, 0x20, 0x00, 0x20, 0x01, 0x20, 0x02, 0xfd, 0x85, 0x02, 0x0b, // local.get 0 1 2, f32x4.relaxed_madd
+]);
+
+/** Whether this JavaScript engine runs WebAssembly relaxed SIMD (Chrome 114+, Firefox 145+, Node 22+). */
+export function supportsRelaxedSimd() {
+  try {
+    return WebAssembly.validate(RELAXED_SIMD_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** The file `init()` loads by default: `resnet_wasm_relaxed_bg.wasm` (relaxed SIMD: fused
+ * multiply-adds) where the engine runs relaxed SIMD, else `resnet_wasm_bg.wasm` (SIMD128). */
+export function wasmFile() {
+  return supportsRelaxedSimd() ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm';
+}
+
 /** Initialises the module from `input` (URL, Response, bytes or WebAssembly.Module);
- * by default fetches `resnet_wasm_bg.wasm` next to this file. Idempotent. */
+ * by default fetches `wasmFile()` next to this file. Idempotent. */
 export function init(input) {
   if (ready) return Promise.resolve();
   if (!pending) {
-    const module_or_path = input ?? new URL('./resnet_wasm_bg.wasm', import.meta.url);
+    const module_or_path = input ?? new URL(`./${wasmFile()}`, import.meta.url);
     pending = wasmInit({ module_or_path }).then(() => {
       ready = true;
     }, (e) => {
@@ -44,6 +69,12 @@ function guard(f) {
     if (p !== undefined && p !== null) {
       poisoned = p;
       const err = new Error(`resnet-wasm panicked: ${p}`);
+      err.cause = e;
+      throw err;
+    }
+    if (e instanceof WebAssembly.RuntimeError) {
+      poisoned = `a WebAssembly trap: ${e.message}`;
+      const err = new Error(`resnet-wasm stopped on a WebAssembly trap (${e.message}); load the module again`);
       err.cause = e;
       throw err;
     }
@@ -101,6 +132,13 @@ export class Model {
   /** A fresh network of the zoo, e.g. `Model.create('resnet20', { classes: 10, seed: 0 })`. */
   static create(arch, { classes = 10, seed = 0 } = {}) {
     return guard(() => new Model(raw.WasmModel.create(String(arch), classes, seed)));
+  }
+
+  /** This network with a new classifier for the classes `names` (initialised from `seed`),
+   * every other weight and the preprocessing kept: where fine-tuning on other classes starts. */
+  withClasses(names, { seed = 0 } = {}) {
+    if (!Array.isArray(names)) throw new TypeError('withClasses takes an array of class names');
+    return guard(() => new Model(this._m.withClasses(names.map(String), seed)));
   }
 
   info() {
@@ -245,11 +283,11 @@ const SCHEDULES = ['paper', 'cosine', 'constant'];
 /** SGD on a model with the paper's augmentation. The model stays usable (classify, save,
  * evaluate) between steps and sees every update. */
 export class Trainer {
-  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true, globalBatch = 0, batchOffset = 0 } = {}) {
+  constructor(model, { lr = 0.1, momentum = 0.9, weightDecay = 1e-4, batch = 128, schedule = 'paper', steps = 64000, seed = 0, augment = true, globalBatch = 0, batchOffset = 0, headOnly = false } = {}) {
     if (!(model instanceof Model)) throw new TypeError('new Trainer(model, options) needs a Model');
     if (!SCHEDULES.includes(schedule)) throw new TypeError(`schedule must be one of ${SCHEDULES.join(', ')}, found ${schedule}`);
     this.model = model;
-    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment, globalBatch, batchOffset));
+    this._t = guard(() => new raw.WasmTrainer(model._m, lr, momentum, weightDecay, batch, schedule, steps, seed, !!augment, globalBatch, batchOffset, !!headOnly));
   }
 
   /** One SGD step on the next batch of `dataset`: `{ iteration, loss, accuracy, lr }`. */
@@ -311,9 +349,4 @@ export class Trainer {
   free() {
     this._t.free();
   }
-}
-
-/** Panics inside the engine on purpose (tests use it to check that a panic is reported). */
-export function panicForTests() {
-  return guard(() => raw.panicForTests());
 }

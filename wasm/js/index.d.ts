@@ -14,10 +14,19 @@ export default init;
 /** Initialises synchronously from the .wasm bytes or a compiled module. */
 export function initSync(module: BufferSource | WebAssembly.Module): void;
 
+/** Whether this JavaScript engine runs WebAssembly relaxed SIMD (validates a one-instruction probe). */
+export function supportsRelaxedSimd(): boolean;
+
+/** The .wasm `init()` loads by default: `'resnet_wasm_relaxed_bg.wasm'` (relaxed SIMD, fused
+ * multiply-adds) where `supportsRelaxedSimd()`, else `'resnet_wasm_bg.wasm'` (SIMD128). */
+export function wasmFile(): 'resnet_wasm_relaxed_bg.wasm' | 'resnet_wasm_bg.wasm';
+
 export interface EngineInfo {
   version: string;
   /** Whether the build uses WebAssembly SIMD128. */
   simd128: boolean;
+  /** Whether the build uses relaxed SIMD (the `resnet_wasm_relaxed_bg.wasm` build). */
+  relaxedSimd: boolean;
   /** Threads of the engine's pool: 1 in wasm (use several Workers for parallelism). */
   threads: number;
   /** Architectures `Model.create` knows. */
@@ -86,6 +95,9 @@ export class Model {
   static load(bytes: Bytes): Model;
   /** A freshly initialised network of the zoo (`resnet8` ... `resnet1202`, `plain20`, `resnet18` ... `resnet152`). */
   static create(arch: string, options?: { classes?: number; seed?: number }): Model;
+  /** This network with a new classifier for `names` (initialised from `seed`), every other
+   * weight and the preprocessing kept: where fine-tuning on other classes starts. */
+  withClasses(names: string[], options?: { seed?: number }): Model;
   info(): ModelInfo;
   /** Self-describing safetensors. */
   save(): Uint8Array;
@@ -155,6 +167,8 @@ export interface TrainerOptions {
   globalBatch?: number;
   /** Data parallel: where this worker's `batch` images start in the global batch (0). */
   batchOffset?: number;
+  /** Fine-tune the classifier only: every other weight keeps its value (false). */
+  headOnly?: boolean;
 }
 
 export interface StepStats {
@@ -191,6 +205,3 @@ export class Trainer {
   readonly lr: number;
   free(): void;
 }
-
-/** Panics inside the engine on purpose; afterwards every call throws. For tests. */
-export function panicForTests(): void;

@@ -1,8 +1,9 @@
-// resnet-wasm for Node: the module is instantiated synchronously on import (`init()`
-// resolves at once and may still be awaited, as in browsers).
+// resnet-wasm for Node: the module (the relaxed-SIMD build on Node >= 22, else SIMD128) is
+// instantiated synchronously on import (`init()` resolves at once and may still be
+// awaited, as in browsers).
 import { readFileSync } from 'node:fs';
-import { initSync } from './api.js';
+import { initSync, wasmFile } from './api.js';
 
-initSync(readFileSync(new URL('./resnet_wasm_bg.wasm', import.meta.url)));
+initSync(readFileSync(new URL(`./${wasmFile()}`, import.meta.url)));
 
-export { init as default, init, initSync, engineInfo, decodeImage, Model, Dataset, Trainer, panicForTests } from './api.js';
+export { init as default, init, initSync, engineInfo, decodeImage, supportsRelaxedSimd, wasmFile, Model, Dataset, Trainer } from './api.js';

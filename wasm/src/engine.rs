@@ -30,6 +30,38 @@ pub fn create(arch: &str, classes: usize, seed: u64) -> Result<Classifier> {
     ))
 }
 
+/// The network of `c` with a new classifier for `classes` (initialised from `seed` as a
+/// fresh network's classifier), every other tensor, the batch-norm statistics and the
+/// preprocessing kept: where fine-tuning on other classes starts.
+pub fn with_classes(c: &Classifier, classes: Vec<String>, seed: u64) -> Result<Classifier> {
+    if classes.is_empty() {
+        return Err(Error::Config("a classifier needs at least 1 class, found 0".into()));
+    }
+    let mut params = Params::new(c.config().clone().with_classes(classes.len()), seed)?;
+    let names: Vec<String> = params.entries().iter().map(|e| e.name.clone()).collect();
+    for name in names.iter().filter(|n| !is_head(n)) {
+        let from = c
+            .params
+            .get(name)
+            .ok_or_else(|| Error::Config(format!("{name} is missing from the model")))?;
+        let to = params
+            .get_mut(name)
+            .ok_or_else(|| Error::Config(format!("{name} is missing from the new model")))?;
+        to.copy_from_slice(from);
+    }
+    Ok(Classifier::new(
+        params,
+        classes,
+        c.normalization.clone(),
+        BTreeMap::new(),
+    ))
+}
+
+/// Whether the tensor `name` is the classifier's (`fc.weight`, `fc.bias`).
+fn is_head(name: &str) -> bool {
+    name.starts_with("fc.")
+}
+
 /// Preprocessing as JSON: `{kind: "per_channel", mean, std}` or
 /// `{kind: "per_pixel_mean", height, width}`.
 pub fn normalization_json(n: &Normalization) -> Value {
@@ -194,6 +226,9 @@ pub struct TrainOptions {
     /// worker would.
     pub global_batch: usize,
     pub batch_offset: usize,
+    /// Only the classifier (`fc`) learns: every other parameter keeps its value (the
+    /// forward and backward passes run as usual; batch-norm statistics follow the data).
+    pub head_only: bool,
 }
 
 impl Default for TrainOptions {
@@ -211,6 +246,7 @@ impl Default for TrainOptions {
             augment: true,
             global_batch: 0,
             batch_offset: 0,
+            head_only: false,
         }
     }
 }
@@ -236,6 +272,7 @@ pub struct TrainSession {
     augment: bool,
     input: Option<Tensor>,
     labels: Vec<u32>,
+    head_only: bool,
 }
 
 impl TrainSession {
@@ -281,6 +318,7 @@ impl TrainSession {
             augment: o.augment,
             input: None,
             labels: Vec::new(),
+            head_only: o.head_only,
         })
     }
 
@@ -346,7 +384,22 @@ impl TrainSession {
     /// One SGD update from the gradients held in the model; returns the rate used, or
     /// `Error::Diverged` when a weight or statistic became non-finite or exploded.
     pub fn apply_gradients(&mut self, c: &mut Classifier) -> Result<f32> {
+        let kept = self.head_only.then(|| c.params.values().to_vec());
         let lr = self.trainer.apply_gradients(&mut c.params);
+        if let Some(kept) = kept {
+            // Head only: every parameter but the classifier's gets its value back.
+            let body: Vec<(usize, usize)> = c
+                .params
+                .entries()
+                .iter()
+                .filter(|e| e.kind == resnet_core::params::Kind::Param && !is_head(&e.name))
+                .map(|e| (e.offset, e.len))
+                .collect();
+            let values = c.params.values_mut();
+            for (at, len) in body {
+                values[at..at + len].copy_from_slice(&kept[at..at + len]);
+            }
+        }
         resnet_core::train::trainer::check_params(&c.params, self.trainer.iteration - 1)?;
         Ok(lr)
     }
@@ -393,6 +446,51 @@ mod tests {
             labels.push(l);
         }
         dataset_from_pixels(&px, &labels, 8, 8, vec![], "rgba").unwrap()
+    }
+
+    #[test]
+    fn with_classes_keeps_the_body_and_head_only_training_moves_only_the_head() {
+        let base = create("resnet8", 10, 4).unwrap();
+        let c = with_classes(&base, vec!["a".into(), "b".into()], 9).unwrap();
+        assert_eq!(c.config().num_classes, 2);
+        assert_eq!(c.classes, ["a", "b"]);
+        assert_eq!(c.params.get("fc.weight").unwrap().len(), 2 * 64);
+        for e in c.params.entries().iter().filter(|e| !is_head(&e.name)) {
+            assert_eq!(c.params.get(&e.name), base.params.get(&e.name), "{}", e.name);
+        }
+        assert!(with_classes(&base, vec![], 0)
+            .unwrap_err()
+            .to_string()
+            .contains("at least 1 class"));
+
+        let data = toy(16);
+        for head_only in [true, false] {
+            let mut m = c.clone();
+            let mut s = TrainSession::new(&TrainOptions {
+                batch: 8,
+                head_only,
+                augment: false,
+                lr: 0.05,
+                ..TrainOptions::default()
+            })
+            .unwrap();
+            for _ in 0..3 {
+                s.step(&mut m, &data).unwrap();
+            }
+            let moved: Vec<&str> = m
+                .params
+                .entries()
+                .iter()
+                .filter(|e| e.kind == resnet_core::params::Kind::Param)
+                .filter(|e| m.params.get(&e.name) != c.params.get(&e.name))
+                .map(|e| e.name.as_str())
+                .collect();
+            if head_only {
+                assert_eq!(moved, ["fc.weight", "fc.bias"]);
+            } else {
+                assert!(moved.len() > 10 && moved.contains(&"conv1.weight"), "{moved:?}");
+            }
+        }
     }
 
     #[test]

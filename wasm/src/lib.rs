@@ -46,18 +46,13 @@ pub fn take_panic() -> Option<String> {
     PANIC.lock().ok().and_then(|mut p| p.take())
 }
 
-/// Panics on purpose, so that tests can check what a panic does to an instance.
-#[wasm_bindgen(js_name = panicForTests)]
-pub fn panic_for_tests() {
-    panic!("deliberate panic requested by panicForTests()");
-}
-
-/// Version, SIMD and threading of this build.
+/// Version, SIMD (SIMD128, relaxed SIMD) and threading of this build.
 #[wasm_bindgen(js_name = engineInfo)]
 pub fn engine_info() -> Result<JsValue, JsError> {
     to_js(&serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "simd128": cfg!(target_feature = "simd128"),
+        "relaxedSimd": cfg!(target_feature = "relaxed-simd"),
         "threads": rayon::current_num_threads(),
         "models": resnet_core::model::MODEL_NAMES,
     }))
@@ -127,9 +122,27 @@ impl WasmModel {
 
     /// A fresh network of the zoo (`resnet20`, `resnet8`, `plain20`, `resnet50`, ...).
     pub fn create(arch: &str, classes: f64, seed: f64) -> Result<WasmModel, JsError> {
+        // Only in the tests' own build (feature `test-hooks`, never in the npm package):
+        // a way to make the engine panic, to check what the JS wrapper does after a panic.
+        #[cfg(feature = "test-hooks")]
+        if arch == "panic-for-tests" {
+            panic!("deliberate panic of the test-hooks build");
+        }
         let classes = engine::whole_number(classes, "classes").map_err(err)? as usize;
         let seed = engine::whole_number(seed, "seed").map_err(err)?;
         let c = engine::create(arch, classes, seed).map_err(err)?;
+        Ok(WasmModel {
+            inner: Rc::new(RefCell::new(c)),
+        })
+    }
+
+    /// This network with a new classifier for the classes `names` (from `seed`), all else
+    /// kept: the start of fine-tuning on other classes.
+    #[wasm_bindgen(js_name = withClasses)]
+    pub fn with_classes(&self, names: Array, seed: f64) -> Result<WasmModel, JsError> {
+        let classes = strings(&names, "classes")?;
+        let seed = engine::whole_number(seed, "seed").map_err(err)?;
+        let c = engine::with_classes(&self.inner.borrow(), classes, seed).map_err(err)?;
         Ok(WasmModel {
             inner: Rc::new(RefCell::new(c)),
         })
@@ -406,6 +419,7 @@ impl WasmTrainer {
         augment: bool,
         global_batch: f64,
         batch_offset: f64,
+        head_only: bool,
     ) -> Result<WasmTrainer, JsError> {
         let opts = TrainOptions {
             lr,
@@ -418,6 +432,7 @@ impl WasmTrainer {
             augment,
             global_batch: engine::whole_number(global_batch, "globalBatch").map_err(err)? as usize,
             batch_offset: engine::whole_number(batch_offset, "batchOffset").map_err(err)? as usize,
+            head_only,
         };
         Ok(WasmTrainer {
             model: model.inner.clone(),

@@ -50,7 +50,12 @@ describe('package', () => {
     assert.equal(pkg.type, 'module');
     assert.equal(pkg.version, lib.engineInfo().version, 'package version is the crate version');
     assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'browser', 'node', 'default']);
-    for (const f of ['index.js', 'node.js', 'api.js', 'index.d.ts', 'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'README.md', 'LICENSE']) {
+    assert.deepEqual(Object.keys(pkg.exports['./async']), ['types', 'browser', 'node', 'default']);
+    assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync',
+      'supportsRelaxedSimd', 'wasmFile'],
+      'the public API, and nothing else');
+    for (const f of ['index.js', 'node.js', 'api.js', 'index.d.ts', 'async.js', 'async-node.js', 'async-worker.js', 'host.js', 'async.d.ts',
+      'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm', 'README.md', 'LICENSE']) {
       assert.ok(existsSync(join(dir, f)), `${f} is in the package`);
     }
     assert.equal(pkg.version, cargoVersion, 'package version is the Cargo version');
@@ -58,6 +63,23 @@ describe('package', () => {
     for (const name of ['class Model', 'class Dataset', 'class Trainer', 'classifyImageBytes', 'computeGradients', 'applyGradients']) {
       assert.ok(dts.includes(name), `index.d.ts declares ${name}`);
     }
+  });
+
+  test('two builds: SIMD128 and relaxed SIMD (fused multiply-adds), chosen by a probe', () => {
+    const dir = join(project, 'node_modules', 'resnet-wasm');
+    const plain = scanWasm(readFileSync(join(dir, 'resnet_wasm_bg.wasm')));
+    const relaxedBytes = readFileSync(join(dir, 'resnet_wasm_relaxed_bg.wasm'));
+    const relaxed = scanWasm(relaxedBytes);
+    const MADD = 0x105; // f32x4.relaxed_madd
+    assert.equal(plain.bySimdOp.get(MADD) ?? 0, 0, 'the SIMD128 build has no relaxed instruction');
+    assert.ok((relaxed.bySimdOp.get(MADD) ?? 0) > 1000, `only ${relaxed.bySimdOp.get(MADD)} f32x4.relaxed_madd in the relaxed build`);
+    assert.ok((relaxed.bySimdOp.get(0xe6) ?? 0) < plain.bySimdOp.get(0xe6) / 4, 'most f32x4.mul became relaxed_madd');
+    // The probe agrees with what this Node validates, and the entry loaded that build.
+    const supported = lib.supportsRelaxedSimd();
+    assert.equal(supported, WebAssembly.validate(relaxedBytes), 'the probe and the relaxed build validate alike');
+    assert.equal(lib.wasmFile(), supported ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm');
+    assert.equal(lib.engineInfo().relaxedSimd, supported);
+    console.log(`# ${relaxed.bySimdOp.get(MADD)} f32x4.relaxed_madd in the relaxed build; Node ${process.versions.node} runs ${lib.wasmFile()}`);
   });
 
   test('the module uses SIMD128 instructions', () => {
@@ -89,6 +111,57 @@ describe('package', () => {
     const out = JSON.parse(execFileSync('node', ['--conditions=browser', 'browser.mjs'], { cwd: project }).toString());
     assert.match(out.before, /not initialised: await init\(\) first/);
     assert.equal(out.info, 3);
+  });
+});
+
+describe('module systems', () => {
+  test('a fresh ES module project imports the package and its async entry', () => {
+    const dir = installInFreshProject(findTarball());
+    try {
+      writeFileSync(join(dir, 'main.mjs'), `
+        import init, { Model, engineInfo } from 'resnet-wasm';
+        import * as asyncApi from 'resnet-wasm/async';
+        await init();
+        const m = Model.create('resnet8', { classes: 3, seed: 1 });
+        const a = await asyncApi.Model.load(m.save());
+        const rgba = new Uint8Array(8 * 8 * 4).fill(200);
+        const top = await a.classify({ data: rgba, width: 8, height: 8 }, { topk: 2 });
+        console.log(JSON.stringify({ simd: engineInfo().simd128, classes: m.info().numClasses, top: top.length,
+          same: top[0].index === m.classify(rgba, 8, 8, 1)[0].index, backend: asyncApi.backendKind() }));`);
+      const out = JSON.parse(execFileSync('node', ['main.mjs'], { cwd: dir }).toString());
+      assert.deepEqual(out, { simd: true, classes: 3, top: 2, same: true, backend: 'local' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('CommonJS require() loads the package (Node >= 20.19 resolves it to the ES module)', (t) => {
+    const [major, minor] = process.versions.node.split('.').map(Number);
+    if (major === 20 && minor < 19) {
+      t.skip(`Node ${process.versions.node} cannot require() ES modules`);
+      return;
+    }
+    const dir = mkdtempSync(join(tmpdir(), 'resnet-wasm-cjs-'));
+    try {
+      writeFileSync(join(dir, 'package.json'), JSON.stringify({ name: 'cjs-probe', private: true, type: 'commonjs' }));
+      execFileSync('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', findTarball()], { cwd: dir, stdio: 'pipe' });
+      writeFileSync(join(dir, 'main.js'), `
+        const { Model, Dataset, Trainer, engineInfo } = require('resnet-wasm');
+        const asyncApi = require('resnet-wasm/async');
+        const m = Model.create('resnet8', { classes: 4, seed: 2 });
+        const px = new Uint8Array(8 * 32 * 32 * 4).map((_, i) => (i * 37) % 251);
+        const d = Dataset.fromPixels(px, [0, 1, 2, 3, 0, 1, 2, 3], { width: 32, height: 32 });
+        const s = new Trainer(m, { batch: 4, steps: 2 }).step(d);
+        asyncApi.Model.create('resnet8', { classes: 2 }).then((a) => {
+          console.log(JSON.stringify({ version: engineInfo().version, iteration: s.iteration, finite: Number.isFinite(s.loss),
+            asyncClasses: a.info().numClasses, classes: typeof Model }));
+        });`);
+      const out = JSON.parse(execFileSync('node', ['main.js'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] }).toString());
+      assert.equal(out.version, lib.engineInfo().version);
+      assert.deepEqual({ ...out, version: undefined }, { version: undefined, iteration: 0, finite: true, asyncClasses: 2, classes: 'function' });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
@@ -339,17 +412,41 @@ describe('errors', () => {
     assert.equal(m.classify(new Uint8Array(16), 2, 2, 1).length, 1);
   });
 
-  test('a panic is reported and the instance refuses further calls', () => {
-    const script = `
-      const m = await import('resnet-wasm');
-      const out = {};
-      try { m.panicForTests(); out.panic = 'no error'; } catch (e) { out.panic = e.message; }
-      try { m.Model.create('resnet8'); out.after = 'no error'; } catch (e) { out.after = e.message; }
-      console.log(JSON.stringify(out));`;
-    writeFileSync(join(project, 'panic.mjs'), script);
-    const res = execFileSync('node', ['panic.mjs'], { cwd: project, stdio: ['ignore', 'pipe', 'pipe'] });
-    const out = JSON.parse(res.toString());
-    assert.match(out.panic, /resnet-wasm panicked: [\s\S]*deliberate panic requested by panicForTests/);
-    assert.match(out.after, /panicked earlier [\s\S]* cannot be used any more/);
+  test('a panic is reported and the instance refuses further calls (the tests\' own build)', () => {
+    // The npm package has no way to make the engine panic; the tests' build (feature
+    // test-hooks) panics in Model.create('panic-for-tests').
+    const tarball = process.env.RESNET_WASM_TEST_TARBALL;
+    if (!tarball) {
+      assert.ok(!process.env.CI, 'CI runs this test: RESNET_WASM_TEST_TARBALL is unset');
+      return;
+    }
+    const dir = installInFreshProject(tarball);
+    try {
+      const script = `
+        const m = await import('resnet-wasm');
+        const out = {};
+        try { m.Model.create('panic-for-tests'); out.panic = 'no error'; } catch (e) { out.panic = e.message; }
+        try { m.Model.create('resnet8'); out.after = 'no error'; } catch (e) { out.after = e.message; }
+        console.log(JSON.stringify(out));`;
+      writeFileSync(join(dir, 'panic.mjs'), script);
+      const res = execFileSync('node', ['panic.mjs'], { cwd: dir, stdio: ['ignore', 'pipe', 'pipe'] });
+      const out = JSON.parse(res.toString());
+      assert.match(out.panic, /resnet-wasm panicked: [\s\S]*deliberate panic of the test-hooks build/);
+      assert.match(out.after, /panicked earlier [\s\S]* cannot be used any more/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  test('the npm package holds no test hook', () => {
+    assert.throws(() => lib.Model.create('panic-for-tests'), /panic-for-tests/, 'an unknown architecture, not a panic');
+    assert.equal(lib.Model.create('resnet8').info().numClasses, 10, 'the instance is fine afterwards');
+    const dir = join(project, 'node_modules', 'resnet-wasm');
+    for (const f of ['resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm']) {
+      assert.equal(readFileSync(join(dir, f)).indexOf('panic-for-tests'), -1, `${f} has the test hook`);
+    }
+    for (const f of readdirSync(dir).filter((f) => /\.(js|ts)$/.test(f))) {
+      assert.doesNotMatch(readFileSync(join(dir, f), 'utf8'), /ForTests|test-hooks|panic-for-tests/, `${f} mentions a test hook`);
+    }
   });
 });

@@ -87,10 +87,17 @@ export function cifarTarGz(perBatch, testImages) {
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
   '.wasm': 'application/wasm', '.json': 'application/json', '.safetensors': 'application/octet-stream' };
 
-/** Serves `root` on 127.0.0.1 (no COOP/COEP headers: the page must not need them). */
-export async function serve(root) {
+/** Serves `root` on 127.0.0.1 (no COOP/COEP headers: the page must not need them), and
+ * the buffers of `extra` (`{ '/path': Buffer }`) at their paths, with their length. */
+export async function serve(root, extra = {}) {
   const server = createServer(async (req, res) => {
-    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const url = new URL(req.url, 'http://x').pathname;
+    if (extra[url]) {
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': extra[url].length });
+      res.end(extra[url]);
+      return;
+    }
+    const path = normalize(decodeURIComponent(url)).replace(/^(\.\.[/\\])+/, '');
     const file = join(root, path.endsWith('/') ? path + 'index.html' : path);
     try {
       const body = await readFile(file);

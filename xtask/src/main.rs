@@ -2,12 +2,17 @@
 //!
 //! - `test`: every check CI runs: formatting, clippy, all Rust tests, a few seconds of
 //!   each fuzz target (`fuzz/`, nightly only: skipped with a message without it), the
-//!   wasm32 build, then the npm package (`wasm`) and its Node tests (`wasm/tests-node/`).
-//! - `wasm`: builds `resnet-wasm` for wasm32 with SIMD128, runs `wasm-bindgen` (installing
-//!   the CLI at the crate's exact version when missing) and `wasm-opt` when present
-//!   (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under `<target>/tools`), writes
-//!   the npm package to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//!   wasm32 build, then the npm package (`wasm`), the tests' own build of it (feature
+//!   `test-hooks`), their Node tests (`wasm/tests-node/`) and the page's tests in
+//!   Chromium (`web/tests/`, which run the relaxed-SIMD build).
+//! - `wasm`: builds `resnet-wasm` for wasm32 twice, with SIMD128 and with SIMD128 plus
+//!   relaxed SIMD (in `<target>/relaxed`), runs `wasm-bindgen` on both (installing the CLI
+//!   at the crate's exact version when missing; their glue must be identical) and
+//!   `wasm-opt` when present (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under
+//!   `<target>/tools`), writes the npm package (`resnet_wasm_bg.wasm` and
+//!   `resnet_wasm_relaxed_bg.wasm`) to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
 //! - `fuzz-smoke`: only the few seconds of each fuzz target that `test` runs.
+//! - `node-test`: the package, the tests' own build of it and the Node tests only.
 //! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
 //!   127.0.0.1 (port 8000 by default, 0 for any free one), printing the address.
 
@@ -20,9 +25,10 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("wasm") => wasm().map(|_| ()),
         Some("fuzz-smoke") => fuzz_smoke(),
+        Some("node-test") => wasm().and_then(|t| node_tests(&t, &wasm_test_package()?)),
         Some("web") => web(args.get(1).map(String::as_str)),
         _ => {
-            eprintln!("usage: cargo xtask test | wasm | web [PORT] | fuzz-smoke");
+            eprintln!("usage: cargo xtask test | wasm | node-test | web [PORT] | fuzz-smoke");
             return ExitCode::from(2);
         }
     };
@@ -93,7 +99,8 @@ fn test() -> Result<(), String> {
         ],
     )?;
     let tarball = wasm()?;
-    node_tests(&tarball)?;
+    let test_tarball = wasm_test_package()?;
+    node_tests(&tarball, &test_tarball)?;
     web_package()?;
     browser_tests()?;
     eprintln!("xtask: all checks passed");
@@ -278,45 +285,53 @@ fn npm_wasm_opt() -> Result<String, String> {
 /// The npm `binaryen` that `WASM_OPT=npm` installs.
 const BINARYEN_NPM_VERSION: &str = "132.0.0";
 
-/// Builds the npm package and returns the path of its `npm pack` tarball.
-fn wasm() -> Result<PathBuf, String> {
-    let root = workspace_root();
-    ensure_wasm_target()?;
-    let bindgen_version = locked_version("wasm-bindgen")?;
-    ensure_wasm_bindgen(&bindgen_version)?;
-    // `.cargo/config.toml` adds +simd128 for wasm32; repeat it here so that a RUSTFLAGS
-    // set in the environment (which replaces the config's flags) cannot drop it.
+/// Builds `resnet-wasm` for wasm32 with `target_features` (e.g. `+simd128`) and the crate
+/// `features`, under `<target>/<subdir>` when given (a build with other target features
+/// must not overwrite the main build's artifacts), and returns the path of the `.wasm`.
+fn cargo_build_wasm(target_features: &str, features: &[&str], subdir: Option<&str>) -> Result<PathBuf, String> {
+    // `.cargo/config.toml` adds +simd128 for wasm32; RUSTFLAGS (which replaces the
+    // config's flags) is always set here, so that an environment cannot drop it.
     let mut flags = std::env::var("RUSTFLAGS").unwrap_or_default();
-    if !flags.contains("simd128") {
-        flags = format!("{flags} -C target-feature=+simd128").trim().to_string();
+    flags = format!("{flags} -C target-feature={target_features}")
+        .trim()
+        .to_string();
+    let target = match subdir {
+        Some(d) => target_dir().join(d),
+        None => target_dir(),
+    };
+    let mut args = vec![
+        "build".to_string(),
+        "-p".into(),
+        "resnet-wasm".into(),
+        "--lib".into(),
+        "--target".into(),
+        "wasm32-unknown-unknown".into(),
+        "--release".into(),
+        "--target-dir".into(),
+        target.display().to_string(),
+    ];
+    if !features.is_empty() {
+        args.push("--features".into());
+        args.push(features.join(","));
     }
-    let mut cmd = Command::new("cargo");
-    cmd.args([
-        "build",
-        "-p",
-        "resnet-wasm",
-        "--lib",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--release",
-    ])
-    .current_dir(&root);
-    if std::env::var_os("RUSTFLAGS").is_some() {
-        cmd.env("RUSTFLAGS", &flags);
-    }
-    eprintln!("xtask: running cargo build -p resnet-wasm --target wasm32-unknown-unknown --release");
-    let status = cmd.status().map_err(|e| format!("cannot start cargo: {e}"))?;
+    eprintln!("xtask: running RUSTFLAGS='{flags}' cargo {}", args.join(" "));
+    let status = Command::new("cargo")
+        .args(&args)
+        .env("RUSTFLAGS", &flags)
+        .current_dir(workspace_root())
+        .status()
+        .map_err(|e| format!("cannot start cargo: {e}"))?;
     if !status.success() {
         return Err(format!("building resnet-wasm failed with {status}"));
     }
-    let built = target_dir().join("wasm32-unknown-unknown/release/resnet_wasm.wasm");
-    let out = target_dir().join("wasm-pkg");
-    let pkg = out.join("package");
-    if out.exists() {
-        std::fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
-    }
-    std::fs::create_dir_all(&pkg).map_err(|e| format!("cannot create {}: {e}", pkg.display()))?;
-    let (built_s, pkg_s) = (built.display().to_string(), pkg.display().to_string());
+    Ok(target.join("wasm32-unknown-unknown/release/resnet_wasm.wasm"))
+}
+
+/// Runs `wasm-bindgen --target web` on `built`, writing `resnet_wasm.js` and
+/// `resnet_wasm_bg.wasm` (with their `.d.ts`) into `dir`.
+fn bindgen(built: &Path, dir: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let (built_s, dir_s) = (built.display().to_string(), dir.display().to_string());
     run(
         "wasm-bindgen",
         &[
@@ -325,49 +340,94 @@ fn wasm() -> Result<PathBuf, String> {
             "--out-name",
             "resnet_wasm",
             "--out-dir",
-            &pkg_s,
+            &dir_s,
             &built_s,
         ],
-    )?;
-    let wasm_file = pkg.join("resnet_wasm_bg.wasm");
-    let before = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
+    )
+}
+
+/// Runs wasm-opt -O3 on `wasm_file` in place when one is found (`WASM_OPT=path`, or
+/// `WASM_OPT=npm` for npm's binaryen), with the features rustc uses for wasm32 plus SIMD
+/// and `extra` (so that wasm-opt accepts the module and adds nothing beyond them);
+/// keeps the module as it is when wasm-opt is absent or fails.
+fn optimize(wasm_file: &Path, extra: &[&str]) -> Result<(), String> {
     let wasm_opt = match std::env::var("WASM_OPT") {
         // The npm registry's binaryen (wasm-opt compiled to JS/wasm), kept under the target dir.
         Ok(v) if v == "npm" => npm_wasm_opt()?,
         Ok(v) => v,
         Err(_) => "wasm-opt".to_string(),
     };
-    match version_of(&wasm_opt) {
-        Some(v) => {
-            let tmp = pkg.join("opt.wasm");
-            let w = wasm_file.display().to_string();
-            let t = tmp.display().to_string();
-            // The features rustc uses by default for wasm32 (plus SIMD), so that wasm-opt
-            // accepts the module and adds nothing beyond them.
-            let features = [
-                "--enable-simd",
-                "--enable-bulk-memory",
-                "--enable-sign-ext",
-                "--enable-mutable-globals",
-                "--enable-nontrapping-float-to-int",
-                "--enable-multivalue",
-                "--enable-reference-types",
-            ];
-            let mut args = vec!["-O3"];
-            args.extend(features);
-            args.extend([w.as_str(), "-o", t.as_str()]);
-            match run(&wasm_opt, &args) {
-                Ok(()) => std::fs::rename(&tmp, &wasm_file).map_err(|e| e.to_string())?,
-                Err(e) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    eprintln!("xtask: {v} failed ({e}); keeping the module unoptimised");
-                }
-            }
+    let Some(v) = version_of(&wasm_opt) else {
+        eprintln!("xtask: wasm-opt not found (set WASM_OPT or install binaryen); skipping it");
+        return Ok(());
+    };
+    let tmp = wasm_file.with_extension("opt.wasm");
+    let w = wasm_file.display().to_string();
+    let t = tmp.display().to_string();
+    let mut args = vec![
+        "-O3",
+        "--enable-simd",
+        "--enable-bulk-memory",
+        "--enable-sign-ext",
+        "--enable-mutable-globals",
+        "--enable-nontrapping-float-to-int",
+        "--enable-multivalue",
+        "--enable-reference-types",
+    ];
+    args.extend(extra);
+    args.extend([w.as_str(), "-o", t.as_str()]);
+    match run(&wasm_opt, &args) {
+        Ok(()) => std::fs::rename(&tmp, wasm_file).map_err(|e| e.to_string()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            eprintln!("xtask: {v} failed ({e}); keeping the module unoptimised");
+            Ok(())
         }
-        None => eprintln!("xtask: wasm-opt not found (set WASM_OPT or install binaryen); skipping it"),
     }
+}
+
+/// Builds the npm package and returns the path of its `npm pack` tarball.
+fn wasm() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    ensure_wasm_target()?;
+    let bindgen_version = locked_version("wasm-bindgen")?;
+    ensure_wasm_bindgen(&bindgen_version)?;
+    let built = cargo_build_wasm("+simd128", &[], None)?;
+    let out = target_dir().join("wasm-pkg");
+    let pkg = out.join("package");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
+    }
+    bindgen(&built, &pkg)?;
+    let wasm_file = pkg.join("resnet_wasm_bg.wasm");
+    let before = std::fs::metadata(&wasm_file).map_err(|e| e.to_string())?.len();
+    optimize(&wasm_file, &[])?;
+    // The relaxed-SIMD build: the same crate with `+relaxed-simd` (fused multiply-adds),
+    // in its own target folder; its glue must be the SIMD128 build's, so that one
+    // `resnet_wasm.js` serves both and `init` picks the module.
+    let relaxed = cargo_build_wasm("+simd128,+relaxed-simd", &[], Some("relaxed"))?;
+    let relaxed_dir = out.join("relaxed");
+    bindgen(&relaxed, &relaxed_dir)?;
+    let glue = |d: &Path| std::fs::read(d.join("resnet_wasm.js")).map_err(|e| e.to_string());
+    if glue(&relaxed_dir)? != glue(&pkg)? {
+        return Err("the relaxed-SIMD build's resnet_wasm.js differs from the SIMD128 build's".into());
+    }
+    let relaxed_file = pkg.join("resnet_wasm_relaxed_bg.wasm");
+    std::fs::rename(relaxed_dir.join("resnet_wasm_bg.wasm"), &relaxed_file).map_err(|e| e.to_string())?;
+    std::fs::remove_dir_all(&relaxed_dir).map_err(|e| e.to_string())?;
+    optimize(&relaxed_file, &["--enable-relaxed-simd"])?;
     let js = root.join("wasm/js");
-    for f in ["api.js", "index.js", "node.js", "index.d.ts"] {
+    for f in [
+        "api.js",
+        "index.js",
+        "node.js",
+        "index.d.ts",
+        "async.js",
+        "async-node.js",
+        "async-worker.js",
+        "host.js",
+        "async.d.ts",
+    ] {
         copy(&js.join(f), &pkg.join(f))?;
     }
     copy(&root.join("wasm/README.md"), &pkg.join("README.md"))?;
@@ -399,7 +459,14 @@ fn wasm() -> Result<PathBuf, String> {
       "node": "./node.js",
       "default": "./index.js"
     }},
+    "./async": {{
+      "types": "./async.d.ts",
+      "browser": "./async.js",
+      "node": "./async-node.js",
+      "default": "./async.js"
+    }},
     "./resnet_wasm_bg.wasm": "./resnet_wasm_bg.wasm",
+    "./resnet_wasm_relaxed_bg.wasm": "./resnet_wasm_relaxed_bg.wasm",
     "./package.json": "./package.json"
   }},
   "files": [
@@ -407,14 +474,20 @@ fn wasm() -> Result<PathBuf, String> {
     "node.js",
     "api.js",
     "index.d.ts",
+    "async.js",
+    "async-node.js",
+    "async-worker.js",
+    "host.js",
+    "async.d.ts",
     "resnet_wasm.js",
     "resnet_wasm.d.ts",
     "resnet_wasm_bg.wasm",
+    "resnet_wasm_relaxed_bg.wasm",
     "resnet_wasm_bg.wasm.d.ts",
     "README.md",
     "LICENSE"
   ],
-  "sideEffects": ["./node.js"],
+  "sideEffects": ["./node.js", "./async-node.js"],
   "engines": {{ "node": ">=20" }},
   "keywords": ["resnet", "webassembly", "wasm", "simd", "image-classification", "deep-learning"]
 }}
@@ -445,9 +518,47 @@ fn wasm() -> Result<PathBuf, String> {
     Ok(tarball)
 }
 
+/// The tests' own package: the npm package of `wasm()` with the module built with the
+/// feature `test-hooks` (`Model.create('panic-for-tests')` panics), so that the Node tests
+/// can check what a panic does to an instance. Written to `<target>/wasm-pkg-test/` and
+/// packed there; returns the tarball. Never published.
+fn wasm_test_package() -> Result<PathBuf, String> {
+    let built = cargo_build_wasm("+simd128", &["test-hooks"], None)?;
+    let shipped = target_dir().join("wasm-pkg").join("package");
+    let out = target_dir().join("wasm-pkg-test");
+    let pkg = out.join("package");
+    if out.exists() {
+        std::fs::remove_dir_all(&out).map_err(|e| format!("cannot clear {}: {e}", out.display()))?;
+    }
+    std::fs::create_dir_all(&pkg).map_err(|e| format!("cannot create {}: {e}", pkg.display()))?;
+    for entry in std::fs::read_dir(&shipped).map_err(|e| format!("cannot read {}: {e}", shipped.display()))? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        if entry.path().is_file() {
+            copy(&entry.path(), &pkg.join(entry.file_name()))?;
+        }
+    }
+    bindgen(&built, &pkg)?;
+    // One module under both names, whichever `init` picks.
+    copy(
+        &pkg.join("resnet_wasm_bg.wasm"),
+        &pkg.join("resnet_wasm_relaxed_bg.wasm"),
+    )?;
+    let out_s = out.display().to_string();
+    let status = Command::new("npm")
+        .args(["pack", "--silent", "--pack-destination", &out_s])
+        .current_dir(&pkg)
+        .status()
+        .map_err(|e| format!("cannot start npm: {e}"))?;
+    if !status.success() {
+        return Err(format!("npm pack of the test package failed with {status}"));
+    }
+    Ok(out.join(format!("resnet-wasm-{}.tgz", env!("CARGO_PKG_VERSION"))))
+}
+
 /// The Node tests of the package: they install `tarball` in a fresh project and compare
-/// with the native CLI, built here in release mode.
-fn node_tests(tarball: &Path) -> Result<(), String> {
+/// with the native CLI, built here in release mode; `test_tarball` is the tests' own build
+/// (`wasm_test_package`).
+fn node_tests(tarball: &Path, test_tarball: &Path) -> Result<(), String> {
     match version_of("node") {
         Some(v)
             if v.trim_start_matches('v')
@@ -461,7 +572,11 @@ fn node_tests(tarball: &Path) -> Result<(), String> {
     let bin = target_dir().join("release").join("resnet");
     node_test(
         "wasm/tests-node/",
-        &[("RESNET_WASM_TARBALL", tarball), ("RESNET_BIN", &bin)],
+        &[
+            ("RESNET_WASM_TARBALL", tarball),
+            ("RESNET_WASM_TEST_TARBALL", test_tarball),
+            ("RESNET_BIN", &bin),
+        ],
     )
 }
 
