@@ -2,6 +2,8 @@
 
 mod bench;
 mod classify;
+#[cfg(feature = "mpi")]
+mod cluster;
 mod convert;
 mod data_cmd;
 mod eval;
