@@ -1,5 +1,5 @@
 // The page: classification on the main thread, training in data-parallel Web Workers.
-import init, { Model } from './pkg/index.js';
+import init, { Model, batchShare } from './pkg/index.js';
 import { LineChart } from './chart.js';
 
 const $ = (id) => document.getElementById(id);
@@ -249,14 +249,14 @@ $('start').addEventListener('click', async () => {
     lossChart.clear();
     errorChart.clear();
     status(`decoding the data in ${opts.workers} worker(s)...`);
-    // Each worker's share of the batch; the shares add up to the batch.
-    const shares = run.workers.map((_, i) => Math.floor(opts.batch / opts.workers) + (i < opts.batch % opts.workers ? 1 : 0));
-    if (shares.some((s) => s === 0)) throw new Error(`a batch of ${opts.batch} cannot feed ${opts.workers} workers`);
+    // Each worker's share of the batch (the engine's rule); the shares add up to the batch.
+    const shares = run.workers.map((_, i) => batchShare(opts.batch, opts.workers, i));
+    if (shares.some((s) => s.size === 0)) throw new Error(`a batch of ${opts.batch} cannot feed ${opts.workers} workers`);
     const seed = 1;
     const ready = await Promise.all(run.workers.map((w, index) => call(w, {
       type: 'init', arch: opts.arch, data, seed,
-      options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
-        globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
+      options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index].size,
+        globalBatch: opts.batch, batchOffset: shares[index].offset,
         schedule: opts.schedule, steps: opts.iters },
     })));
     status(`training ${opts.arch} (${ready[0].parameters.toLocaleString()} parameters) on ${ready[0].train} images...`);

@@ -5,4 +5,4 @@ import { initSync } from './api.js';
 
 initSync(readFileSync(new URL('./resnet_wasm_bg.wasm', import.meta.url)));
 
-export { init as default, init, initSync, engineInfo, decodeImage, Model, Dataset, Trainer, panicForTests } from './api.js';
+export { init as default, init, initSync, engineInfo, batchShare, decodeImage, Model, Dataset, Trainer, panicForTests } from './api.js';

@@ -244,6 +244,13 @@ describe('training', () => {
     assert.deepEqual(back.evaluate(data, 128), ev);
   });
 
+  test('batchShare splits a batch among workers, the first ones larger', () => {
+    const shares = [0, 1, 2].map((i) => lib.batchShare(7, 3, i));
+    assert.deepEqual(shares, [{ offset: 0, size: 3 }, { offset: 3, size: 2 }, { offset: 5, size: 2 }]);
+    assert.throws(() => lib.batchShare(7, 3, 3), /worker 3 of 3 does not exist/);
+    assert.throws(() => lib.batchShare(7, 0, 0), /worker 0 of 0 does not exist/);
+  });
+
   test('data-parallel steps: gradients out, averaged gradients and BN statistics in', () => {
     const { px, labels } = toyPixels(64, 9);
     const data = lib.Dataset.fromPixels(px, labels, { width: 32, height: 32 });
