@@ -491,3 +491,104 @@ impl Drop for DataParallel<'_> {
         }
     }
 }
+
+/// Arguments of `resnet mpi-bench`.
+#[derive(clap::Args)]
+pub struct MpiBenchArgs {
+    /// Smallest message in bytes (rounded down to whole f32 values).
+    #[arg(long, default_value_t = 4 << 10)]
+    min_bytes: usize,
+    /// Largest message in bytes; sizes go up by factors of 4.
+    #[arg(long, default_value_t = 64 << 20)]
+    max_bytes: usize,
+    /// Seconds to spend on each size (at least 3 allreduces after one warm-up).
+    #[arg(long, default_value_t = 0.5)]
+    seconds: f64,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `resnet mpi-bench` under `mpirun`: the time of one allreduce (sum of f32) of each
+/// size across all ranks, made and waited for as training makes them (non-blocking, then
+/// polled), the slowest rank's mean; rank 0 prints it with the algorithm bandwidth
+/// (bytes / time) and the bus bandwidth (2 (N-1) / N bytes / time, what each link of a
+/// ring carries).
+pub fn bench(args: MpiBenchArgs) -> Result<()> {
+    if !launched() {
+        bail!("resnet mpi-bench runs under mpirun (mpirun -np 2 resnet mpi-bench)");
+    }
+    if args.min_bytes < 4 || args.min_bytes > args.max_bytes || args.max_bytes > 1 << 31 {
+        bail!(
+            "need 4 <= --min-bytes <= --max-bytes <= 2^31, found {} and {}",
+            args.min_bytes,
+            args.max_bytes
+        );
+    }
+    if !(args.seconds.is_finite() && args.seconds > 0.0) {
+        bail!("--seconds must be positive, found {}", args.seconds);
+    }
+    let cluster = Cluster::init(Duration::from_secs(120))?;
+    let n = cluster.size();
+    let send = vec![1.0f32; args.max_bytes / 4];
+    let mut recv = vec![0.0f32; send.len()];
+    let mut bytes = args.min_bytes / 4 * 4;
+    if cluster.is_root() && !args.json {
+        println!("{n} ranks; allreduce (sum of f32), the slowest rank's mean");
+        println!("{:>12} {:>12} {:>6} {:>12} {:>12}", "bytes", "us", "reps", "algbw GB/s", "busbw GB/s");
+    }
+    while bytes <= args.max_bytes {
+        let len = bytes / 4;
+        // Agree on a repetition count from one timed call (rank 0's).
+        let mut once = [0.0f64];
+        let start = Instant::now();
+        allreduce_once(&cluster, &send[..len], &mut recv[..len]);
+        once[0] = start.elapsed().as_secs_f64();
+        let mut gathered = Vec::new();
+        cluster.all_gather(&once, &mut gathered, "timing an allreduce");
+        let slowest = gathered.iter().cloned().fold(0.0, f64::max).max(1e-7);
+        let reps = ((args.seconds / slowest) as usize).clamp(3, 100_000);
+        let start = Instant::now();
+        for _ in 0..reps {
+            allreduce_once(&cluster, &send[..len], &mut recv[..len]);
+        }
+        let mean = [start.elapsed().as_secs_f64() / reps as f64];
+        cluster.all_gather(&mean, &mut gathered, "timing an allreduce");
+        let t = gathered.iter().cloned().fold(0.0, f64::max);
+        if cluster.is_root() {
+            let alg = bytes as f64 / t / 1e9;
+            let bus = alg * 2.0 * (n as f64 - 1.0) / n as f64;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ranks": n, "bytes": bytes, "seconds": t, "reps": reps,
+                        "algbw_gb_s": alg, "busbw_gb_s": bus})
+                );
+            } else {
+                println!("{bytes:>12} {:>12.1} {reps:>6} {alg:>12.3} {bus:>12.3}", t * 1e6);
+            }
+        }
+        bytes *= 4;
+    }
+    drop(cluster);
+    Ok(())
+}
+
+/// One allreduce of `send` into `recv`, as training makes them.
+fn allreduce_once(cluster: &Cluster, send: &[f32], recv: &mut [f32]) {
+    let mut r = null_request();
+    // SAFETY: `send` and `recv` stay borrowed, unmoved, until `wait` returns; both hold
+    // `send.len()` (< 2^31) values.
+    unsafe {
+        ffi::MPI_Iallreduce(
+            send.as_ptr() as *const c_void,
+            recv.as_mut_ptr() as *mut c_void,
+            send.len() as c_int,
+            ffi::RSMPI_FLOAT,
+            ffi::RSMPI_SUM,
+            Cluster::world(),
+            &mut r,
+        );
+    }
+    cluster.wait(&mut vec![r], "an allreduce");
+}
