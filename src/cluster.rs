@@ -535,7 +535,10 @@ pub fn bench(args: MpiBenchArgs) -> Result<()> {
     let mut bytes = args.min_bytes / 4 * 4;
     if cluster.is_root() && !args.json {
         println!("{n} ranks; allreduce (sum of f32), the slowest rank's mean");
-        println!("{:>12} {:>12} {:>6} {:>12} {:>12}", "bytes", "us", "reps", "algbw GB/s", "busbw GB/s");
+        println!(
+            "{:>12} {:>12} {:>6} {:>12} {:>12}",
+            "bytes", "us", "reps", "algbw GB/s", "busbw GB/s"
+        );
     }
     while bytes <= args.max_bytes {
         let len = bytes / 4;
