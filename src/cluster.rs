@@ -125,7 +125,7 @@ impl Cluster {
 
     /// Waits for `requests` to complete, polling (so that MPI progresses them) until
     /// they have or the timeout has passed; then the job ends with an error naming `what`.
-    fn wait(&self, requests: &mut Vec<ffi::MPI_Request>, what: &str) {
+    fn wait(&self, requests: &mut [ffi::MPI_Request], what: &str) {
         let start = Instant::now();
         loop {
             let mut done: c_int = 0;
@@ -141,7 +141,6 @@ impl Cluster {
                 );
             }
             if done != 0 {
-                requests.clear();
                 return;
             }
             let waited = start.elapsed();
@@ -230,7 +229,7 @@ impl Cluster {
                 &mut r,
             );
         }
-        self.wait(&mut vec![r], what);
+        self.wait(&mut [r], what);
     }
 }
 
@@ -400,6 +399,7 @@ impl<'a> DataParallel<'a> {
     fn finish_gradients(&mut self, params: &mut Params) -> resnet_core::Result<()> {
         self.launch();
         self.cluster.wait(&mut self.requests, "summing the gradients");
+        self.requests.clear();
         let grads = params.grads_mut();
         if self.filled != grads.len() {
             return Err(Error::Config(format!(
@@ -488,6 +488,7 @@ impl Drop for DataParallel<'_> {
         // outlive them.
         if !self.requests.is_empty() {
             self.cluster.wait(&mut self.requests, "finishing the last gradients");
+            self.requests.clear();
         }
     }
 }
@@ -593,5 +594,5 @@ fn allreduce_once(cluster: &Cluster, send: &[f32], recv: &mut [f32]) {
             &mut r,
         );
     }
-    cluster.wait(&mut vec![r], "an allreduce");
+    cluster.wait(&mut [r], "an allreduce");
 }

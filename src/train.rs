@@ -506,7 +506,6 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
     #[cfg(feature = "mpi")]
     let mut parallel = match cluster {
         Some(c) => {
-            #[allow(unused_mut)]
             let p = DataParallel::new(c, &state.classifier.params, !args.local_bn)?;
             p.share_state(&mut state)?;
             Some(p)
