@@ -2,6 +2,8 @@
 
 mod bench;
 mod classify;
+#[cfg(feature = "mpi")]
+mod cluster;
 mod convert;
 mod data_cmd;
 mod eval;
@@ -42,6 +44,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Convert weights (PyTorch checkpoints, safetensors) to our self-describing safetensors.
     Convert(convert::ConvertArgs),
+    /// Under mpirun: the time of an allreduce across the ranks, against message size.
+    #[cfg(feature = "mpi")]
+    MpiBench(cluster::MpiBenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -74,5 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(args),
         Command::Convert(args) => convert::run(args),
         Command::Bench(args) => bench::run(args),
+        #[cfg(feature = "mpi")]
+        Command::MpiBench(args) => cluster::bench(args),
     }
 }

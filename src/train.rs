@@ -1,12 +1,14 @@
 //! `resnet train`: the paper's CIFAR-10 recipe (section 4.2) from the command line, with
 //! checkpoints every epoch, exact resume, metrics, curves, Ctrl-C and divergence handling.
 
+#[cfg(feature = "mpi")]
+use crate::cluster::{Cluster, DataParallel};
 use crate::load::{open_data, progress_bar};
 use crate::plot::write_run_curves;
 use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use resnet_core::classifier::Classifier;
-use resnet_core::data::augment::{Augment, Batcher, Normalization};
+use resnet_core::data::augment::{batch_share, Augment, Batcher, Normalization};
 use resnet_core::data::cifar::Split;
 use resnet_core::data::Dataset;
 use resnet_core::model::ResNetConfig;
@@ -112,7 +114,53 @@ pub struct TrainArgs {
     /// Plain log lines instead of progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Under MPI: batch-norm statistics of each rank's own share of the batch, as
+    /// PyTorch DDP by default (instead of the global batch's, as one process computes).
+    #[cfg(feature = "mpi")]
+    #[arg(long)]
+    local_bn: bool,
+    /// Under MPI: seconds to wait for the other ranks at any point before ending the
+    /// job with an error (rank 0 evaluates and saves at the end of each epoch while the
+    /// others wait).
+    #[cfg(feature = "mpi")]
+    #[arg(long, default_value_t = 300.0)]
+    mpi_timeout: f64,
 }
+
+/// Without the `mpi` feature there is no MPI job to be a rank of.
+#[cfg(not(feature = "mpi"))]
+enum Cluster {}
+
+#[cfg(not(feature = "mpi"))]
+impl Cluster {
+    fn rank(&self) -> usize {
+        match *self {}
+    }
+
+    fn size(&self) -> usize {
+        match *self {}
+    }
+}
+
+/// An end that every rank of a data-parallel run meets at the same step (a divergence,
+/// an interruption): all ranks stop together, rank 0 alone prints `message` (when not
+/// empty), and each exits with `code`.
+#[derive(Debug)]
+#[cfg_attr(not(feature = "mpi"), allow(dead_code))] // only made with a cluster
+pub struct AllRanks {
+    /// The exit code of every rank.
+    pub code: u8,
+    /// What rank 0 prints.
+    pub message: String,
+}
+
+impl std::fmt::Display for AllRanks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for AllRanks {}
 
 /// Settings that define a run; stored in `config.json` and in every checkpoint.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -159,11 +207,24 @@ pub fn thread_pool(threads: Option<usize>) -> Result<(rayon::ThreadPool, usize)>
     Ok((pool, threads))
 }
 
-/// Runs training in a pool of the requested size.
+/// Runs training in a pool of the requested size; started by `mpirun` (with the `mpi`
+/// feature), as one rank of a data-parallel run.
 pub fn run(args: TrainArgs) -> Result<()> {
     check_args(&args)?;
     let (pool, threads) = thread_pool(args.threads)?;
-    pool.install(|| train(args, threads))
+    #[cfg(feature = "mpi")]
+    if crate::cluster::launched() {
+        if !(args.mpi_timeout.is_finite() && args.mpi_timeout > 0.0) {
+            bail!(
+                "--mpi-timeout must be a positive number of seconds, found {}",
+                args.mpi_timeout
+            );
+        }
+        let cluster = Cluster::init(std::time::Duration::from_secs_f64(args.mpi_timeout))?;
+        let result = pool.install(|| train(args, threads, Some(&cluster)));
+        return cluster.finish(result);
+    }
+    pool.install(|| train(args, threads, None))
 }
 
 /// Refuses settings that cannot make a run, before any data is read.
@@ -246,6 +307,8 @@ struct RunFolder {
     /// The newest checkpoint that holds this run's state (a resumed run starts with the
     /// checkpoint it resumed from).
     last_good: Option<PathBuf>,
+    /// False in the ranks of a data-parallel run other than rank 0: they write nothing.
+    enabled: bool,
 }
 
 impl RunFolder {
@@ -265,6 +328,20 @@ impl RunFolder {
             replaces,
             metrics: None,
             last_good,
+            enabled: true,
+        }
+    }
+
+    /// The folder as a rank other than 0 sees it: nothing is read or written.
+    fn disabled(dir: PathBuf) -> Self {
+        RunFolder {
+            checkpoint: dir.join("checkpoint.safetensors"),
+            dir,
+            pending: None,
+            replaces: false,
+            metrics: None,
+            last_good: None,
+            enabled: false,
         }
     }
 
@@ -283,11 +360,15 @@ impl RunFolder {
             replaces: false,
             metrics: Some(metrics),
             last_good: Some(resumed_from),
+            enabled: true,
         })
     }
 
     /// The metrics written so far.
     fn metrics_text(&self) -> String {
+        if !self.enabled {
+            return String::new();
+        }
         match &self.pending {
             Some((_, lines)) => String::from_utf8_lossy(lines).into_owned(),
             None => std::fs::read_to_string(self.dir.join("metrics.jsonl")).unwrap_or_default(),
@@ -296,6 +377,9 @@ impl RunFolder {
 
     /// Appends one line to the log (kept in memory until the first checkpoint).
     fn log(&mut self, line: &serde_json::Value) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         match (&mut self.pending, &mut self.metrics) {
             (Some((_, lines)), _) => {
                 lines.extend_from_slice(line.to_string().as_bytes());
@@ -312,6 +396,9 @@ impl RunFolder {
     /// Saves the checkpoint atomically; the first one also writes `config.json` and the
     /// log, and removes what a replaced run left (`best.safetensors`, `curves.svg`).
     fn save(&mut self, state: &mut TrainingState, run_json: &str) -> Result<()> {
+        if !self.enabled {
+            return Ok(());
+        }
         if self.pending.is_some() {
             std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
         }
@@ -379,12 +466,15 @@ fn refuse_other_run(dir: &Path) -> Result<()> {
     )
 }
 
-fn train(args: TrainArgs, threads: usize) -> Result<()> {
+/// The training run; in a data-parallel run (`cluster`), this rank's part of it.
+fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<()> {
     let started = Instant::now();
+    let (rank, ranks) = cluster.map_or((0, 1), |c| (c.rank(), c.size()));
+    let root = rank == 0;
     let resumed = args
         .resume
         .as_ref()
-        .map(|ckpt| resume_run(&args, ckpt, threads))
+        .map(|ckpt| resume_run(&args, ckpt, threads, root))
         .transpose()?;
     let (data, val, seed) = match &resumed {
         Some((_, run, _)) => (run.data.clone(), run.val, run.seed),
@@ -393,7 +483,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     let (train_set, val_set, test_set) = split_data(&data, val, seed, args.quiet)?;
     let (mut state, run, mut folder) = match resumed {
         Some(r) => r,
-        None => new_run(&args, &train_set, &test_set, threads)?,
+        None => new_run(&args, &train_set, &test_set, threads, root)?,
     };
     if train_set.len() != run.train_images {
         bail!(
@@ -404,6 +494,24 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
         );
     }
     let run_json = serde_json::to_string(&run)?;
+    let last = run.train_images % run.batch;
+    if ranks > run.batch || (last != 0 && last < ranks) {
+        bail!(
+            "{ranks} ranks cannot share batches of {} images ({} training images leave a last batch of {last}): \
+             every rank needs at least one image of every batch",
+            run.batch,
+            run.train_images
+        );
+    }
+    #[cfg(feature = "mpi")]
+    let mut parallel = match cluster {
+        Some(c) => {
+            let p = DataParallel::new(c, &state.classifier.params, !args.local_bn)?;
+            p.share_state(&mut state)?;
+            Some(p)
+        }
+        None => None,
+    };
 
     let stop = Arc::new(AtomicBool::new(false));
     {
@@ -428,15 +536,23 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
     let bpe = batcher.batches_per_epoch() as u64;
     let epochs = run.total_iterations.div_ceil(bpe);
     let per_image = train_set.image_len();
-    let mut images = vec![0f32; run.batch * per_image];
-    let mut labels = vec![0u32; run.batch];
+    // This rank's largest share of a batch.
+    let most = batch_share(run.batch, ranks, 0).len();
+    let mut images = vec![0f32; most * per_image];
+    let mut labels = vec![0u32; most];
     let mut best_error = best_so_far(&folder.metrics_text());
     let checkpoint_path = folder.checkpoint.clone();
     let (side_h, side_w) = (train_set.height, train_set.width);
     let mut window = (0f64, 0usize, 0usize); // loss sum, errors, images since the last log line
-    if !args.quiet {
+    let quiet = args.quiet || !root;
+    let ranks_note = if ranks > 1 {
+        format!(" x {ranks} ranks")
+    } else {
+        String::new()
+    };
+    if !quiet {
         eprintln!(
-            "training {} on {} images ({} test{}), {} iterations = {epochs} epochs of {bpe}, batch {}, {threads} thread(s) -> {}",
+            "training {} on {} images ({} test{}), {} iterations = {epochs} epochs of {bpe}, batch {}, {threads} thread(s){ranks_note} -> {}",
             state.classifier.config().name,
             train_set.len(),
             test_set.len(),
@@ -453,27 +569,39 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
             ep.seek((state.trainer.iteration % bpe) as usize);
         }
         let in_epoch = (bpe.min(run.total_iterations - epoch * bpe)) as usize;
-        let bar = progress_bar(in_epoch, &format!("epoch {}/{epochs}", epoch + 1), args.quiet);
+        let bar = progress_bar(in_epoch, &format!("epoch {}/{epochs}", epoch + 1), quiet);
         bar.set_position(state.trainer.iteration % bpe);
         let epoch_start = Instant::now();
         let mut epoch_images = 0usize;
         while state.trainer.iteration < run.total_iterations {
-            let Some(n) = ep.next_into(&mut images, &mut labels)? else {
+            let Some((n, whole)) = ep.next_share_into(ranks, rank, &mut images, &mut labels)? else {
                 break;
             };
             let x = Tensor::new(vec![n, 3, side_h, side_w], images[..n * per_image].to_vec())?;
-            let stats = match state.step(&x, &labels[..n]) {
+            let asked = stop.load(Ordering::SeqCst);
+            #[cfg(feature = "mpi")]
+            let result = match parallel.as_mut() {
+                Some(p) => p.step(&mut state, &x, &labels[..n], whole, asked),
+                None => state.step(&x, &labels[..n]).map(|s| (s, asked)),
+            };
+            #[cfg(not(feature = "mpi"))]
+            let result = state.step(&x, &labels[..n]).map(|s| (s, asked));
+            let (stats, stop_now) = match result {
                 Ok(s) => s,
                 Err(e @ Error::Diverged { .. }) => {
                     bar.abandon();
-                    bail!("{e}; stopping: {}", folder.last_good_note());
+                    let message = format!("{e}; stopping: {}", folder.last_good_note());
+                    if cluster.is_some() {
+                        return Err(AllRanks { code: 1, message }.into());
+                    }
+                    bail!(message);
                 }
                 Err(e) => return Err(e.into()),
             };
-            epoch_images += n;
-            window.0 += stats.loss * n as f64;
-            window.1 += ((1.0 - stats.accuracy) * n as f64).round() as usize;
-            window.2 += n;
+            epoch_images += whole;
+            window.0 += stats.loss * whole as f64;
+            window.1 += ((1.0 - stats.accuracy) * whole as f64).round() as usize;
+            window.2 += whole;
             let it = state.trainer.iteration;
             if it % LOG_EVERY == 0 {
                 let line = serde_json::json!({
@@ -488,7 +616,7 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                     window.0 / window.2 as f64,
                     100.0 * window.1 as f64 / window.2 as f64
                 ));
-                if args.quiet {
+                if args.quiet && root {
                     eprintln!(
                         "iteration {it} epoch {:.2} lr {:.4} loss {:.4} error {:.2}% {rate:.0} img/s",
                         it as f64 / bpe as f64,
@@ -500,74 +628,136 @@ fn train(args: TrainArgs, threads: usize) -> Result<()> {
                 window = (0.0, 0, 0);
             }
             bar.inc(1);
-            if stop.load(Ordering::SeqCst) {
+            if stop_now {
                 bar.abandon();
                 folder.save(&mut state, &run_json)?;
-                eprintln!(
-                    "interrupted at iteration {}: saved {}; continue with --resume {}",
-                    state.trainer.iteration,
-                    checkpoint_path.display(),
-                    checkpoint_path.display()
-                );
+                if root {
+                    eprintln!(
+                        "interrupted at iteration {}: saved {}; continue with --resume {}",
+                        state.trainer.iteration,
+                        checkpoint_path.display(),
+                        checkpoint_path.display()
+                    );
+                }
+                if cluster.is_some() {
+                    return Err(AllRanks {
+                        code: 130,
+                        message: String::new(),
+                    }
+                    .into());
+                }
                 std::process::exit(130);
             }
         }
         bar.finish_and_clear();
         let train_rate = epoch_images as f64 / epoch_start.elapsed().as_secs_f64();
-        let view = &mut state.classifier;
-        let test = view.evaluate(&test_set, args.eval_batch, &mut |_, _| {})?;
-        let test_error = 1.0 - test.top1 as f64 / test.total.max(1) as f64;
-        let val_error = match &val_set {
-            Some(v) => {
-                let e = view.evaluate(v, args.eval_batch, &mut |_, _| {})?;
-                Some(1.0 - e.top1 as f64 / e.total.max(1) as f64)
-            }
-            None => None,
-        };
-        let line = serde_json::json!({
-            "kind": "epoch", "iteration": state.trainer.iteration, "epoch": epoch + 1,
-            "test_error": test_error, "test_loss": test.loss, "val_error": val_error,
-            "images_per_s": train_rate, "seconds": started.elapsed().as_secs_f64(),
-        });
-        folder.log(&line)?;
-        folder.save(&mut state, &run_json)?;
-        let selection_error = val_error.unwrap_or(test_error);
-        if selection_error < best_error {
-            best_error = selection_error;
-            let training = serde_json::json!({
-                "epoch": epoch + 1, "iteration": state.trainer.iteration, "test_accuracy": 1.0 - test_error,
-                "val_accuracy": val_error.map(|e| 1.0 - e), "data": run.data, "recipe": {
-                    "batch": run.batch, "schedule": run.schedule, "momentum": run.momentum,
-                    "weight_decay": run.weight_decay, "augmentation": "pad 4, random 32x32 crop, horizontal flip",
-                    "seed": run.seed, "total_iterations": run.total_iterations,
-                },
-            });
-            // The metadata goes into best.safetensors only, not into later checkpoints.
-            let view = &mut state.classifier;
-            view.metadata.insert("training".into(), training.to_string());
-            let written = write_best(view, &folder.dir.join("best.safetensors"));
-            view.metadata.remove("training");
-            written?;
+        if root {
+            end_epoch(EpochEnd {
+                args: &args,
+                state: &mut state,
+                folder: &mut folder,
+                run: &run,
+                run_json: &run_json,
+                test_set: &test_set,
+                val_set: val_set.as_ref(),
+                best_error: &mut best_error,
+                epoch,
+                epochs,
+                train_rate,
+                started,
+            })?;
         }
-        write_run_curves(&folder.dir, &state.classifier.config().name)?;
-        let msg = format!(
-            "epoch {}/{epochs}: iteration {}, test error {:.2}%{}, {train_rate:.0} train images/s, {:.0} s",
-            epoch + 1,
-            state.trainer.iteration,
-            100.0 * test_error,
-            val_error.map_or(String::new(), |e| format!(", validation error {:.2}%", 100.0 * e)),
-            started.elapsed().as_secs_f64()
-        );
-        eprintln!("{msg}");
         if args.until_epoch == Some(epoch + 1) && state.trainer.iteration < run.total_iterations {
-            eprintln!(
-                "stopping after epoch {} as asked; continue with --resume {}",
-                epoch + 1,
-                checkpoint_path.display()
-            );
+            if root {
+                eprintln!(
+                    "stopping after epoch {} as asked; continue with --resume {}",
+                    epoch + 1,
+                    checkpoint_path.display()
+                );
+            }
             return Ok(());
         }
     }
+    Ok(())
+}
+
+/// What the end of an epoch reads and writes.
+struct EpochEnd<'a> {
+    args: &'a TrainArgs,
+    state: &'a mut TrainingState,
+    folder: &'a mut RunFolder,
+    run: &'a RunConfig,
+    run_json: &'a str,
+    test_set: &'a Dataset,
+    val_set: Option<&'a Dataset>,
+    best_error: &'a mut f64,
+    epoch: u64,
+    epochs: u64,
+    train_rate: f64,
+    started: Instant,
+}
+
+/// The end of an epoch: evaluation, the epoch's log line, the checkpoint, the best
+/// weights and the curves.
+fn end_epoch(e: EpochEnd) -> Result<()> {
+    let EpochEnd {
+        args,
+        state,
+        folder,
+        run,
+        run_json,
+        test_set,
+        val_set,
+        best_error,
+        epoch,
+        epochs,
+        train_rate,
+        started,
+    } = e;
+    let view = &mut state.classifier;
+    let test = view.evaluate(test_set, args.eval_batch, &mut |_, _| {})?;
+    let test_error = 1.0 - test.top1 as f64 / test.total.max(1) as f64;
+    let val_error = match val_set {
+        Some(v) => {
+            let e = view.evaluate(v, args.eval_batch, &mut |_, _| {})?;
+            Some(1.0 - e.top1 as f64 / e.total.max(1) as f64)
+        }
+        None => None,
+    };
+    let line = serde_json::json!({
+        "kind": "epoch", "iteration": state.trainer.iteration, "epoch": epoch + 1,
+        "test_error": test_error, "test_loss": test.loss, "val_error": val_error,
+        "images_per_s": train_rate, "seconds": started.elapsed().as_secs_f64(),
+    });
+    folder.log(&line)?;
+    folder.save(state, run_json)?;
+    let selection_error = val_error.unwrap_or(test_error);
+    if selection_error < *best_error {
+        *best_error = selection_error;
+        let training = serde_json::json!({
+            "epoch": epoch + 1, "iteration": state.trainer.iteration, "test_accuracy": 1.0 - test_error,
+            "val_accuracy": val_error.map(|e| 1.0 - e), "data": run.data, "recipe": {
+                "batch": run.batch, "schedule": run.schedule, "momentum": run.momentum,
+                "weight_decay": run.weight_decay, "augmentation": "pad 4, random 32x32 crop, horizontal flip",
+                "seed": run.seed, "total_iterations": run.total_iterations,
+            },
+        });
+        // The metadata goes into best.safetensors only, not into later checkpoints.
+        let view = &mut state.classifier;
+        view.metadata.insert("training".into(), training.to_string());
+        let written = write_best(view, &folder.dir.join("best.safetensors"));
+        view.metadata.remove("training");
+        written?;
+    }
+    write_run_curves(&folder.dir, &state.classifier.config().name)?;
+    eprintln!(
+        "epoch {}/{epochs}: iteration {}, test error {:.2}%{}, {train_rate:.0} train images/s, {:.0} s",
+        epoch + 1,
+        state.trainer.iteration,
+        100.0 * test_error,
+        val_error.map_or(String::new(), |e| format!(", validation error {:.2}%", 100.0 * e)),
+        started.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
@@ -589,11 +779,12 @@ fn new_run(
     train: &Dataset,
     test: &Dataset,
     threads: usize,
+    writer: bool,
 ) -> Result<(TrainingState, RunConfig, RunFolder)> {
     let model = args.model.clone().unwrap_or_else(|| "resnet20".into());
     let config = ResNetConfig::named(&model)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model));
-    if run_in(&out).is_some() && !args.force {
+    if writer && run_in(&out).is_some() && !args.force {
         refuse_other_run(&out)?;
     }
     if args.batch > train.len() {
@@ -641,6 +832,9 @@ fn new_run(
         test_images: test.len(),
         batches_per_epoch: bpe as usize,
     };
+    if !writer {
+        return Ok((state, run, RunFolder::disabled(out)));
+    }
     let config_json = config_json(&run, threads, &state)?;
     let replaces = run_in(&out).is_some();
     Ok((
@@ -659,7 +853,12 @@ fn config_json(run: &RunConfig, threads: usize, state: &TrainingState) -> Result
 /// A run continued from a checkpoint, with the settings stored in it. In the
 /// checkpoint's own run folder the run continues in place; a folder given with `--out`
 /// that holds another run is refused without `--force`.
-fn resume_run(args: &TrainArgs, ckpt: &Path, threads: usize) -> Result<(TrainingState, RunConfig, RunFolder)> {
+fn resume_run(
+    args: &TrainArgs,
+    ckpt: &Path,
+    threads: usize,
+    writer: bool,
+) -> Result<(TrainingState, RunConfig, RunFolder)> {
     let bytes = std::fs::read(ckpt).with_context(|| format!("cannot read {}", ckpt.display()))?;
     let mut state =
         TrainingState::from_bytes(&bytes).with_context(|| format!("cannot resume from {}", ckpt.display()))?;
@@ -680,6 +879,9 @@ fn resume_run(args: &TrainArgs, ckpt: &Path, threads: usize) -> Result<(Training
     // The data may have moved since the run started; --data says where it is now.
     if let Some(data) = &args.data {
         run.data = absolute(data)?;
+    }
+    if !writer {
+        return Ok((state, run, RunFolder::disabled(out)));
     }
     let same_folder = match (std::fs::canonicalize(&out), std::fs::canonicalize(&own)) {
         (Ok(a), Ok(b)) => a == b,

@@ -467,9 +467,6 @@ $('start').addEventListener('click', async () => {
     lossChart.clear();
     errorChart.clear();
     status(`decoding the data in ${opts.workers} worker(s)...`);
-    // Each worker's share of the batch; the shares add up to the batch.
-    const shares = run.workers.map((_, i) => Math.floor(opts.batch / opts.workers) + (i < opts.batch % opts.workers ? 1 : 0));
-    if (shares.some((s) => s === 0)) throw new Error(`a batch of ${opts.batch} cannot feed ${opts.workers} workers`);
     const seed = 1;
     // Every worker needs its own copy of the data; the last gets the original. Each copy
     // is transferred (moved), not cloned again by postMessage.
@@ -480,9 +477,10 @@ $('start').addEventListener('click', async () => {
       return call(w, {
         type: 'init', arch: opts.arch, data: bytes, seed, start: opts.start, base: baseBytes,
         own: mine && { labels: mine.labels, classes: mine.classes, side: SIDE },
-        options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay, batch: shares[index],
-          globalBatch: opts.batch, batchOffset: shares.slice(0, index).reduce((a, b) => a + b, 0),
-          schedule: opts.schedule, steps: opts.iters },
+        // Each worker takes its share of every batch by the engine's rule (batchShare).
+        workers: run.workers.length, index,
+        options: { lr: opts.lr, momentum: opts.momentum, weightDecay: opts.weightDecay,
+          globalBatch: opts.batch, schedule: opts.schedule, steps: opts.iters },
       }, baseBytes ? [bytes, baseBytes] : [bytes]);
     }));
     const what = opts.start === 'scratch' ? `a fresh ${opts.arch}` : `the default model (${opts.start === 'head' ? 'its classifier only' : 'the whole network'})`;

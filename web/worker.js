@@ -2,7 +2,7 @@
 // CIFAR-10 archive, or the visitor's images as 32x32 RGBA), its part of every batch.
 // Protocol (messages from the page): init -> ready; grad -> gradients; apply -> applied;
 // buffers / setBuffers (batch-norm statistics); evaluate -> evaluation; save -> weights.
-import init, { Model, Dataset, Trainer } from './pkg/index.js';
+import init, { Model, Dataset, Trainer, batchShare } from './pkg/index.js';
 
 let model, trainer, train, test;
 
@@ -11,7 +11,7 @@ function reply(type, body = {}, transfer = []) {
 }
 
 const handlers = {
-  async init({ data, arch, seed, options, start = 'scratch', base, own }) {
+  async init({ data, arch, seed, options, workers, index, start = 'scratch', base, own }) {
     await init();
     if (own) {
       // The visitor's images: a fifth held out for testing (the same split in every worker).
@@ -37,8 +37,13 @@ const handlers = {
       model = loaded.withClasses(train.classes, { seed });
       loaded.free();
     }
-    // One seed for all: each worker takes its part (options.batchOffset) of the same batches.
-    trainer = new Trainer(model, { ...options, seed: seed + 7919, headOnly: start === 'head' });
+    // One seed for all: each worker takes its share of the same batches, by the engine's
+    // rule (the one `resnet train` uses across MPI ranks).
+    const share = batchShare(options.globalBatch, workers, index);
+    if (share.size === 0) throw new Error(`a batch of ${options.globalBatch} cannot feed ${workers} workers`);
+    trainer = new Trainer(model, {
+      ...options, batch: share.size, batchOffset: share.offset, seed: seed + 7919, headOnly: start === 'head',
+    });
     const info = model.info();
     reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount, classes: info.classes, architecture: info.architecture });
   },

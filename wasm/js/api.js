@@ -112,6 +112,12 @@ export function engineInfo() {
   return guard(() => raw.engineInfo());
 }
 
+/** Worker `index` of `workers`' share of a batch of `batch` images: `{ offset, size }`
+ * (sizes differ by at most one, the first workers' larger). */
+export function batchShare(batch, workers, index) {
+  return guard(() => raw.batchShare(batch, workers, index));
+}
+
 /** Decodes a JPEG or PNG with the engine's decoder (the native CLI's): `{ width, height, rgba }`. */
 export function decodeImage(data) {
   return guard(() => raw.decodeImage(bytes(data, 'image')));

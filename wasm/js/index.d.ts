@@ -34,6 +34,11 @@ export interface EngineInfo {
 }
 export function engineInfo(): EngineInfo;
 
+/** Data parallel: the images `offset .. offset + size` of a batch of `batch` that worker
+ * `index` of `workers` computes (sizes differ by at most one, the first workers' larger;
+ * the native `resnet train` over MPI splits batches by the same rule). */
+export function batchShare(batch: number, workers: number, index: number): { offset: number; size: number };
+
 export interface DecodedImage {
   width: number;
   height: number;

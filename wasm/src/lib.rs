@@ -58,6 +58,21 @@ pub fn engine_info() -> Result<JsValue, JsError> {
     }))
 }
 
+/// The share `{ offset, size }` of a batch of `batch` images that worker `index` of
+/// `workers` data-parallel workers computes: the engine's one rule
+/// ([`resnet_core::data::augment::batch_share`]), also `resnet train`'s over MPI.
+#[wasm_bindgen(js_name = batchShare)]
+pub fn batch_share(batch: f64, workers: f64, index: f64) -> Result<JsValue, JsError> {
+    let batch = engine::whole_number(batch, "batch").map_err(err)? as usize;
+    let workers = engine::whole_number(workers, "workers").map_err(err)? as usize;
+    let index = engine::whole_number(index, "index").map_err(err)? as usize;
+    if workers == 0 || index >= workers {
+        return Err(JsError::new(&format!("worker {index} of {workers} does not exist")));
+    }
+    let share = resnet_core::data::augment::batch_share(batch, workers, index);
+    to_js(&serde_json::json!({ "offset": share.start, "size": share.len() }))
+}
+
 /// A learning rate as the decimal it was given as (0.1, not 0.10000000149011612).
 fn lr_js(lr: f32) -> f64 {
     lr.to_string().parse().unwrap_or(lr as f64)

@@ -51,7 +51,7 @@ describe('package', () => {
     assert.equal(pkg.version, lib.engineInfo().version, 'package version is the crate version');
     assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'browser', 'node', 'default']);
     assert.deepEqual(Object.keys(pkg.exports['./async']), ['types', 'browser', 'node', 'default']);
-    assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync',
+    assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'batchShare', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync',
       'supportsRelaxedSimd', 'wasmFile'],
       'the public API, and nothing else');
     for (const f of ['index.js', 'node.js', 'api.js', 'index.d.ts', 'async.js', 'async-node.js', 'async-worker.js', 'host.js', 'async.d.ts',
@@ -315,6 +315,13 @@ describe('training', () => {
     // the model sees the updates: it is saved trained, and classifies as trained
     const back = lib.Model.load(model.save());
     assert.deepEqual(back.evaluate(data, 128), ev);
+  });
+
+  test('batchShare splits a batch among workers, the first ones larger', () => {
+    const shares = [0, 1, 2].map((i) => lib.batchShare(7, 3, i));
+    assert.deepEqual(shares, [{ offset: 0, size: 3 }, { offset: 3, size: 2 }, { offset: 5, size: 2 }]);
+    assert.throws(() => lib.batchShare(7, 3, 3), /worker 3 of 3 does not exist/);
+    assert.throws(() => lib.batchShare(7, 0, 0), /worker 0 of 0 does not exist/);
   });
 
   test('data-parallel steps: gradients out, averaged gradients and BN statistics in', () => {

@@ -85,6 +85,7 @@ fn test() -> Result<(), String> {
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
     run("cargo", &["test", "--workspace"])?;
+    mpi_tests()?;
     fuzz_smoke()?;
     ensure_wasm_target()?;
     run(
@@ -105,6 +106,71 @@ fn test() -> Result<(), String> {
     browser_tests()?;
     eprintln!("xtask: all checks passed");
     Ok(())
+}
+
+/// Debian packages the `mpi` feature builds and runs with: Open MPI (library, headers,
+/// `mpirun`) and libclang for the bindings' generator.
+const MPI_PACKAGES: [&str; 3] = ["libopenmpi-dev", "openmpi-bin", "libclang-dev"];
+
+/// Seconds the MPI tests may run once built: each of their runs is bounded by `timeout`
+/// too; this bounds the whole.
+const MPI_TEST_SECONDS: &str = "900";
+
+/// Installs [`MPI_PACKAGES`] with apt when one is missing (the tests run as root).
+fn ensure_mpi() -> Result<(), String> {
+    let missing: Vec<&str> = MPI_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            Command::new("dpkg-query")
+                .args(["-W", "-f=${Status}", p])
+                .output()
+                .map_or(true, |o| {
+                    !String::from_utf8_lossy(&o.stdout).contains("install ok installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    run("apt-get", &["update", "-qq"])?;
+    let status = Command::new("apt-get")
+        .args(["install", "-y", "-qq"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status()
+        .map_err(|e| format!("cannot start apt-get: {e}"))?;
+    if !status.success() {
+        return Err(format!(
+            "installing {} failed ({status}); the MPI build and tests need them",
+            missing.join(" ")
+        ));
+    }
+    Ok(())
+}
+
+/// The `mpi` feature: clippy on it, then `tests/mpi.rs` (2 ranks under `mpirun`), bounded
+/// in time.
+fn mpi_tests() -> Result<(), String> {
+    ensure_mpi()?;
+    let features = ["-p", "resnet", "--features", "mpi"];
+    run(
+        "cargo",
+        &[&["clippy"][..], &features, &["--all-targets", "--", "-D", "warnings"]].concat(),
+    )?;
+    run(
+        "cargo",
+        &[&["test"][..], &features, &["--test", "mpi", "--no-run"]].concat(),
+    )?;
+    run(
+        "timeout",
+        &[
+            &["-k", "10", MPI_TEST_SECONDS, "cargo", "test"][..],
+            &features,
+            &["--test", "mpi"],
+        ]
+        .concat(),
+    )
 }
 
 /// The fuzz targets of `fuzz/Cargo.toml`, each run for [`FUZZ_SMOKE_SECONDS`].

@@ -270,6 +270,21 @@ fn mix(a: u64, b: u64) -> u64 {
 const SHUFFLE_STREAM: u64 = 0x5348_5546_4c45; // "SHUFLE"
 const AUGMENT_STREAM: u64 = 0x4155_474d_4e54; // "AUGMNT"
 
+/// The images `offset..offset + size` of a batch of `total` that worker `index` of
+/// `workers` data-parallel workers computes: contiguous shares whose sizes differ by at
+/// most one, the first `total % workers` one image larger. The one rule by which the
+/// page's Web Workers and `resnet train` over MPI split every batch (empty for an index
+/// past the last worker).
+pub fn batch_share(total: usize, workers: usize, index: usize) -> std::ops::Range<usize> {
+    let workers = workers.max(1);
+    if index >= workers {
+        return total..total;
+    }
+    let (base, extra) = (total / workers, total % workers);
+    let start = index * base + index.min(extra);
+    start..start + base + usize::from(index < extra)
+}
+
 /// Yields the batches of an epoch: a permutation seeded by `(seed, epoch)` (or the data
 /// order for evaluation), normalised and optionally augmented into caller buffers.
 #[derive(Clone, Debug)]
@@ -452,6 +467,25 @@ impl Epoch<'_> {
         Ok(Some(n))
     }
 
+    /// [`Epoch::next_into`] for worker `index` of `workers` that split every batch (see
+    /// [`batch_share`]): fills this worker's share of the next batch and returns its
+    /// size and the whole batch's, or `None` at the end of the epoch.
+    pub fn next_share_into(
+        &mut self,
+        workers: usize,
+        index: usize,
+        images: &mut [f32],
+        labels: &mut [u32],
+    ) -> Result<Option<(usize, usize)>> {
+        if self.next >= self.len() {
+            return Ok(None);
+        }
+        let whole = self.indices(self.next).len();
+        let n = self.fill_part(self.next, batch_share(whole, workers, index), images, labels)?;
+        self.next += 1;
+        Ok(Some((n, whole)))
+    }
+
     /// Makes [`Epoch::next_into`] continue at batch `b` (to resume mid-epoch).
     pub fn seek(&mut self, b: usize) {
         self.next = b;
@@ -461,6 +495,24 @@ impl Epoch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batch_shares_tile_the_batch_the_first_ones_larger() {
+        assert_eq!(batch_share(7, 3, 0), 0..3);
+        assert_eq!(batch_share(7, 3, 1), 3..5);
+        assert_eq!(batch_share(7, 3, 2), 5..7);
+        assert_eq!(batch_share(7, 3, 3), 7..7);
+        for total in [0, 1, 2, 5, 128, 129] {
+            for workers in 1..6 {
+                let shares: Vec<_> = (0..workers).map(|i| batch_share(total, workers, i)).collect();
+                assert_eq!(shares[0].start, 0);
+                assert_eq!(shares[workers - 1].end, total);
+                assert!(shares.windows(2).all(|w| w[0].end == w[1].start));
+                let (min, max) = (total / workers, total.div_ceil(workers));
+                assert!(shares.iter().all(|r| (min..=max).contains(&r.len())), "{shares:?}");
+            }
+        }
+    }
 
     /// A 1-channel-looking 3 x 2 x 3 image: value = 10 * c + 3 * y + x + 1.
     fn tiny() -> Dataset {

@@ -16,7 +16,7 @@ pub mod train;
 pub mod train_nchw;
 
 pub use choose::{Algo, ConvChoice};
-pub use train::TrainingPlan;
+pub use train::{LocalStep, StepHooks, TrainingPlan};
 
 use crate::kernels::blocked::dense::dense;
 use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};

@@ -533,11 +533,23 @@ impl TrainingPlan {
     /// towards them (momentum 0.1, unbiased variance). Keeps what [`TrainingPlan::backward`]
     /// needs and returns the logits, `n x classes`.
     pub fn forward_train(&mut self, params: &mut Params, input: &[f32], n: usize) -> Result<&[f32]> {
+        self.forward_train_with(params, input, n, &mut LocalStep)
+    }
+
+    /// [`TrainingPlan::forward_train`] on this process's part of a global batch: every
+    /// batch norm's moments go through `hooks` (see [`StepHooks::batch_moments`]).
+    pub fn forward_train_with(
+        &mut self,
+        params: &mut Params,
+        input: &[f32],
+        n: usize,
+        hooks: &mut dyn StepHooks,
+    ) -> Result<&[f32]> {
         self.check(params)?;
         self.last_n = 0;
         self.derive(params);
         let (values, buffers) = params.values_and_buffers_mut();
-        self.run_forward(values, Stats::Train(buffers), input, n)?;
+        self.run_forward(values, Stats::Train(buffers), input, n, hooks)?;
         // Only the running statistics changed: the derived weights still hold.
         self.work.derived_from = Some(params.version());
         self.last_n = n;
@@ -551,11 +563,18 @@ impl TrainingPlan {
         self.check(params)?;
         self.last_n = 0;
         self.derive(params);
-        self.run_forward(params.values(), Stats::Eval(params.buffers()), input, n)?;
+        self.run_forward(params.values(), Stats::Eval(params.buffers()), input, n, &mut LocalStep)?;
         Ok(&self.work.arena[self.logit_slot.start..][..n * self.classes])
     }
 
-    fn run_forward(&mut self, values: &[f32], mut stats: Stats, input: &[f32], n: usize) -> Result<()> {
+    fn run_forward(
+        &mut self,
+        values: &[f32],
+        mut stats: Stats,
+        input: &[f32],
+        n: usize,
+        hooks: &mut dyn StepHooks,
+    ) -> Result<()> {
         let stats = &mut stats;
         let per_image = self.input.per_image();
         if n == 0 || n > self.batch || input.len() != n * per_image {
@@ -570,7 +589,7 @@ impl TrainingPlan {
         }
         let w = &mut self.work;
         w.arena[self.input.at(n)].copy_from_slice(input);
-        stage_forward(&self.convs[0], n, self.input, Out::Own, w, values, stats);
+        stage_forward(&self.convs[0], n, self.input, Out::Own, w, values, stats, hooks);
         if let Some((g, out)) = &self.pool {
             let g = PoolGeometry { batch: n, ..*g };
             let y = self.convs[0].y;
@@ -591,7 +610,7 @@ impl TrainingPlan {
                 }
                 Shortcut::Projection(p) => {
                     let proj = &self.convs[p];
-                    stage_forward(proj, n, b.input, Out::Own, w, values, stats);
+                    stage_forward(proj, n, b.input, Out::Own, w, values, stats, hooks);
                     Some(proj.y)
                 }
             };
@@ -602,7 +621,7 @@ impl TrainingPlan {
                 } else {
                     Out::Own
                 };
-                stage_forward(&self.convs[i], n, x, out, w, values, stats);
+                stage_forward(&self.convs[i], n, x, out, w, values, stats, hooks);
                 x = self.convs[i].y;
             }
         }
@@ -627,6 +646,13 @@ impl TrainingPlan {
     /// the last [`TrainingPlan::forward_train`]) and accumulates every parameter's
     /// gradient into `params.grads_mut()`.
     pub fn backward(&mut self, params: &mut Params, dlogits: &[f32]) -> Result<()> {
+        self.backward_with(params, dlogits, &mut LocalStep)
+    }
+
+    /// [`TrainingPlan::backward`] on this process's part of a global batch: every batch
+    /// norm's sums go through `hooks` (see [`StepHooks::grad_sums`]), and each tensor's
+    /// gradient is handed to [`StepHooks::grads_final`] as soon as it is complete.
+    pub fn backward_with(&mut self, params: &mut Params, dlogits: &[f32], hooks: &mut dyn StepHooks) -> Result<()> {
         self.check(params)?;
         let n = self.last_n;
         if n == 0 {
@@ -659,6 +685,8 @@ impl TrainingPlan {
                 db,
                 df,
             );
+            hooks.grads_final(grads, self.fc_weight.clone());
+            hooks.grads_final(grads, self.fc_bias.clone());
             let dx = as_shape(g1, last.shape);
             let [df, dx] = split(&mut w.arena, [dfeat, dx.at(n)]);
             global_avg_pool_backward(last.shape(n), df, dx);
@@ -694,7 +722,18 @@ impl TrainingPlan {
                     let prev = self.convs[i - 1].y;
                     (prev, as_shape(b, prev.shape), DataGradEpilogue::default())
                 };
-                stage_backward(c, n, x, dy, as_shape(a, c.z.shape), Some((dxi, ep)), w, values, grads);
+                stage_backward(
+                    c,
+                    n,
+                    x,
+                    dy,
+                    as_shape(a, c.z.shape),
+                    Some((dxi, ep)),
+                    w,
+                    values,
+                    grads,
+                    hooks,
+                );
                 dy = dxi;
             }
             through_relu = fused && bi > 0;
@@ -722,6 +761,7 @@ impl TrainingPlan {
                         w,
                         values,
                         grads,
+                        hooks,
                     );
                     let [d, s] = split(&mut w.arena, [dx.at(n), db.at(n)]);
                     relu::add_assign(d, s);
@@ -748,6 +788,7 @@ impl TrainingPlan {
             w,
             values,
             grads,
+            hooks,
         );
         Ok(())
     }
@@ -816,6 +857,42 @@ pub(super) enum Stats<'a> {
     Eval(&'a [f32]),
 }
 
+/// What a data-parallel training step shares with the other processes while it runs
+/// (`resnet train` over MPI). The plan calls these hooks with this process's part of the
+/// global batch; for synchronised batch norm they turn per-process statistics into the
+/// global batch's, so that every process normalises as one process would on the whole
+/// batch. [`LocalStep`] keeps everything local (one process).
+pub trait StepHooks {
+    /// A training batch norm's moments: per channel, `mean` and biased `var` over `count`
+    /// local values, replaced by those over the global batch; returns the global count
+    /// (which also moves the running statistics).
+    fn batch_moments(&mut self, count: f64, mean: &mut [f64], var: &mut [f64]) -> f64;
+    /// A batch norm's backward sums: per channel, `sum(dy)` and `sum(dy * (z - mean))`
+    /// over `count` local values, replaced by the global batch's sums; returns the global
+    /// count. (The gradients of gamma and beta take the local sums before this call: the
+    /// gradient reduction adds them up.)
+    fn grad_sums(&mut self, count: f64, sum_dy: &mut [f64], sum_dy_zc: &mut [f64]) -> f64;
+    /// `grads[range]` of the flat gradients is final for this backward pass: nothing
+    /// adds to it again, so it can be sent while the pass goes on.
+    fn grads_final(&mut self, grads: &[f32], range: Range<usize>);
+}
+
+/// The hooks of a step in one process: statistics stay local, gradients stay put.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LocalStep;
+
+impl StepHooks for LocalStep {
+    fn batch_moments(&mut self, count: f64, _mean: &mut [f64], _var: &mut [f64]) -> f64 {
+        count
+    }
+
+    fn grad_sums(&mut self, count: f64, _sum_dy: &mut [f64], _sum_dy_zc: &mut [f64]) -> f64 {
+        count
+    }
+
+    fn grads_final(&mut self, _grads: &[f32], _range: Range<usize>) {}
+}
+
 /// Disjoint mutable views of the arena (slots never overlap; a panic here is a bug in
 /// the plan's layout).
 pub(super) fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
@@ -845,7 +922,17 @@ enum Out {
 /// Convolution `x -> z`, then batch norm (and ReLU) `z -> y` (or into a block's output,
 /// see [`Out`]): batch statistics in training (saved, and moving the running ones),
 /// running statistics in evaluation.
-fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, values: &[f32], stats: &mut Stats) {
+#[allow(clippy::too_many_arguments)]
+fn stage_forward(
+    c: &TrainConv,
+    n: usize,
+    x: Slot,
+    out: Out,
+    w: &mut Work,
+    values: &[f32],
+    stats: &mut Stats,
+    hooks: &mut dyn StepHooks,
+) {
     let g = c.geometry_at(n);
     let ep = BlockedEpilogue {
         bias: None,
@@ -896,7 +983,8 @@ fn stage_forward(c: &TrainConv, n: usize, x: Slot, out: Out, w: &mut Work, value
                 norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
             }
             let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);
-            let count = (n * g.out_h * g.out_w) as f64;
+            let local = (n * g.out_h * g.out_w) as f64;
+            let count = hooks.batch_moments(local, &mut s_mean[..channels], &mut s_var[..channels]);
             mean.fill(0.0);
             inv_std.fill(0.0);
             for ch in 0..channels {
@@ -941,6 +1029,7 @@ fn stage_backward(
     w: &mut Work,
     values: &[f32],
     grads: &mut [f32],
+    hooks: &mut dyn StepHooks,
 ) {
     let g = c.geometry_at(n);
     let shape = c.z.shape(n);
@@ -965,15 +1054,21 @@ fn stage_backward(
         norm::grad_sums::<F32xBlock>(shape, d, mask, z, mean, &mut w.partials, s_dy, s_dyz);
         let (dgamma, dbeta) = split_grads(grads, &c.gamma, &c.beta);
         let gamma = &values[c.gamma.clone()];
-        let count = (n * g.out_h * g.out_w).max(1) as f64;
+        // gamma and beta take this process's sums; the input gradient needs the batch's.
+        for ch in 0..channels {
+            dbeta[ch] += s_dy[ch] as f32;
+            dgamma[ch] += (s_dyz[ch] * inv_std[ch] as f64) as f32;
+        }
+        let local = (n * g.out_h * g.out_w) as f64;
+        let count = hooks
+            .grad_sums(local, &mut s_dy[..channels], &mut s_dyz[..channels])
+            .max(1.0);
         let [k, k2, mdy] = &mut w.coef;
         k.fill(0.0);
         k2.fill(0.0);
         mdy.fill(0.0);
         for ch in 0..channels {
             let is = inv_std[ch] as f64;
-            dbeta[ch] += s_dy[ch] as f32;
-            dgamma[ch] += (s_dyz[ch] * is) as f32;
             k[ch] = gamma[ch] * inv_std[ch];
             k2[ch] = (gamma[ch] as f64 * is * is * is * s_dyz[ch] / count) as f32;
             mdy[ch] = (s_dy[ch] / count) as f32;
@@ -983,6 +1078,9 @@ fn stage_backward(
     {
         let [x, t] = split(&mut w.arena, [x.at(n), dz.at(n)]);
         c.filter_grad.run(&g, x, c.in_block, t, &mut grads[c.weight.clone()]);
+    }
+    for tensor in [&c.gamma, &c.beta, &c.weight] {
+        hooks.grads_final(grads, tensor.clone());
     }
     if let (Some((dx, fused)), Some(algo)) = (dx, c.data_grad) {
         let shape = Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK);

@@ -8,7 +8,7 @@ use super::schedule::Schedule;
 use super::sgd::Sgd;
 use crate::layers::loss::softmax_cross_entropy;
 use crate::params::Kind;
-use crate::plan::{ExecutionPlan, PlanOptions, TrainingPlan};
+use crate::plan::{ExecutionPlan, LocalStep, PlanOptions, StepHooks, TrainingPlan};
 use crate::{Error, Params, Result, Tensor};
 
 /// A training loss above this is divergence, not learning: the mean cross-entropy of a
@@ -138,6 +138,46 @@ impl Trainer {
     /// Data-parallel training averages these across workers, then calls
     /// [`Trainer::apply_gradients`]. The running statistics move as in any training pass.
     pub fn compute_gradients(&mut self, params: &mut Params, images: &Tensor, labels: &[u32]) -> Result<(f64, usize)> {
+        let n = labels.len();
+        self.forward_backward(params, images, labels, n, &mut LocalStep, true)
+    }
+
+    /// Forward and backward on this process's part (`images`, `labels`) of a global batch
+    /// of `global` images that data-parallel processes split among themselves. The
+    /// gradients left in `params` (replacing what was there) are this part's share of the
+    /// global batch's mean gradient, i.e. the part's mean times `n / global`, so that the
+    /// processes' gradients add up to the global mean; `hooks` see every batch norm's
+    /// statistics and each gradient as soon as it is final (see [`StepHooks`]). The loss
+    /// is not checked here (the processes decide together whether it diverged): returns
+    /// the part's mean loss and its correct predictions.
+    pub fn compute_share_gradients(
+        &mut self,
+        params: &mut Params,
+        images: &Tensor,
+        labels: &[u32],
+        global: usize,
+        hooks: &mut dyn StepHooks,
+    ) -> Result<(f64, usize)> {
+        if global < labels.len() {
+            return Err(Error::Shape(format!(
+                "a part of {} images cannot belong to a global batch of {global}",
+                labels.len()
+            )));
+        }
+        self.forward_backward(params, images, labels, global, hooks, false)
+    }
+
+    /// Forward, loss and backward, the logit gradients scaled to a global batch of
+    /// `global`; with `check_loss`, a diverged loss is an error before backward runs.
+    fn forward_backward(
+        &mut self,
+        params: &mut Params,
+        images: &Tensor,
+        labels: &[u32],
+        global: usize,
+        hooks: &mut dyn StepHooks,
+        check_loss: bool,
+    ) -> Result<(f64, usize)> {
         let [n, _, h, w] = *images.shape() else {
             return Err(Error::Shape(format!(
                 "input must be N x C x H x W, found shape {:?}",
@@ -157,18 +197,24 @@ impl Trainer {
         }
         let plan = self.plan.as_mut().expect("planned above");
         let classes = params.config().num_classes;
-        let logits = plan.forward_train(params, images.data(), n)?;
+        let logits = plan.forward_train_with(params, images.data(), n, hooks)?;
         self.dlogits.resize(logits.len(), 0.0);
         let out = softmax_cross_entropy(logits, labels, classes, &mut self.dlogits)?;
         // NaN-aware: NaN is not finite.
-        if !out.loss.is_finite() || out.loss > MAX_LOSS {
+        if check_loss && (!out.loss.is_finite() || out.loss > MAX_LOSS) {
             return Err(Error::Diverged {
                 iteration: self.iteration,
                 what: format!("the loss is {} (the limit is {MAX_LOSS})", out.loss),
             });
         }
+        if global != n {
+            // The loss's gradient is a mean over the part's n images; the global batch's
+            // is over `global`.
+            let share = (n as f64 / global as f64) as f32;
+            self.dlogits.iter_mut().for_each(|d| *d *= share);
+        }
         params.grads_mut().fill(0.0);
-        plan.backward(params, &self.dlogits)?;
+        plan.backward_with(params, &self.dlogits, hooks)?;
         Ok((out.loss, out.correct))
     }
 
