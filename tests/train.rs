@@ -195,14 +195,19 @@ fn an_exploding_loss_stops_the_run_and_keeps_the_last_good_checkpoint() {
     let dir = tmp("explode");
     let data = tiny_cifar(&dir, 20);
     let run = dir.join("run");
-    // lr 4 held constant: finite but exploding (loss above 1e4) in the second epoch.
+    // lr 4 held constant: finite but exploding (loss above 1e4) in the second epoch (its
+    // exact iteration moves with the kernels' rounding: 11 to 20 are that epoch's).
     let out = tiny_run(&data, &run, &["--epochs", "10", "--lr", "4", "--schedule", "constant"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     let ckpt = run.join("checkpoint.safetensors");
+    let at: Option<u64> = err
+        .split("diverged at iteration ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok());
     assert!(
-        err.contains("diverged at iteration 11")
-            && err.contains(&format!("last good checkpoint is {}", ckpt.display())),
+        matches!(at, Some(11..=20)) && err.contains(&format!("last good checkpoint is {}", ckpt.display())),
         "{err}"
     );
     let state = resnet_core::train::checkpoint::TrainingState::from_bytes(&std::fs::read(&ckpt).unwrap()).unwrap();
