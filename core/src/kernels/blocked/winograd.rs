@@ -335,6 +335,20 @@ pub fn winograd_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
+    checked_conv::<V>(g, tile, input, filters, ep, out, None);
+}
+
+/// [`winograd_conv`]'s checks of every length, then the convolution, with the moment
+/// records of [`winograd_conv_moments`] when given.
+fn checked_conv<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    moments: Option<&SharedOut>,
+) {
     check_geometry(g);
     let l = V::LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
@@ -356,8 +370,8 @@ pub fn winograd_conv<V: Vector>(
         assert_eq!(r.len(), ys.len(), "winograd: residual length");
     }
     match tile {
-        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, None),
-        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, None),
+        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, moments),
+        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, moments),
     }
 }
 
@@ -396,12 +410,7 @@ pub fn winograd_conv_moments<V: Vector>(
     let groups = plan(tiles, a, g.in_channels.div_ceil(l), ys.blocks(), l).groups;
     with_partials(groups * channels * MOMENT_FIELDS, |records| {
         let records = SharedOut::new(records);
-        check_geometry(g);
-        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
-        match tile {
-            WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, Some(&records)),
-            WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, Some(&records)),
-        }
+        checked_conv::<V>(g, tile, input, filters, ep, out, Some(&records));
         let records = records.into_slice();
         // Chan, Golub & LeVeque's pairwise update, group by group in order.
         for c in 0..channels {

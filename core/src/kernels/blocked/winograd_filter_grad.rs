@@ -406,7 +406,7 @@ fn filter_transform<V: Vector, const A: usize>(
 mod tests {
     use super::*;
     use crate::kernels::blocked::filter_grad::filter_grad_naive_with_block;
-    use crate::kernels::test_util::{max_rel_err, random, zoo_convs};
+    use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::to_blocked;
     use crate::rng::Rng;
     use wide::{f32x16, f32x4, f32x8};
@@ -420,10 +420,6 @@ mod tests {
             WinogradTile::F2 => 2e-5,
             WinogradTile::F4 => 2e-4,
         }
-    }
-
-    fn geometry(n: usize, c: usize, k: usize, h: usize, w: usize) -> ConvGeometry {
-        ConvGeometry::new(n, c, h, w, k, (3, 3), 1, 1).expect("a geometry")
     }
 
     /// `t` in blocks of `lanes`, its padding channels holding finite garbage that the
@@ -475,7 +471,7 @@ mod tests {
             (2, 16, 16, 17, 9),
         ];
         for (i, &(n, c, k, h, w)) in shapes.iter().enumerate() {
-            let g = geometry(n, c, k, h, w);
+            let g = square_conv(n, c, h, w, k, 3, 1, 1);
             for tile in TILES {
                 let seed = 10 + i as u64;
                 let e = check::<f32x4>(&g, tile, seed)
@@ -518,7 +514,7 @@ mod tests {
     /// thread count.
     #[test]
     fn winograd_filter_grad_is_deterministic_on_every_thread_count() {
-        let g = geometry(6, 16, 32, 10, 9);
+        let g = square_conv(6, 16, 10, 9, 32, 3, 1, 1);
         let l = 16;
         let mut rng = Rng::new(7);
         let xb = random(&mut rng, Blocked::new(g.batch, 16, 10, 9, l).len());
@@ -545,7 +541,7 @@ mod tests {
     fn winograd_filter_grad_propagates_nan_in_dy() {
         // A NaN in dY of output channel 2 reaches every filter of that channel (every
         // tile position is summed into every tap) and no other.
-        let g = geometry(1, 5, 4, 6, 7);
+        let g = square_conv(1, 5, 6, 7, 4, 3, 1, 1);
         let l = 8;
         let mut rng = Rng::new(9);
         let xb = random(&mut rng, Blocked::new(1, 5, 6, 7, l).len());
