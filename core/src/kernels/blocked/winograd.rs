@@ -79,6 +79,25 @@ use rayon::prelude::*;
 /// (28 accumulators) was about 10 % slower on 128 channels.
 const RB: usize = 4;
 
+/// Output-channel blocks per micro-kernel call for vectors of fewer than 16 lanes (wasm's
+/// `f32x4`, AVX2's `f32x8`: 16 vector registers). With 2 blocks x 6 tiles the 12
+/// accumulators, 2 `U` vectors and the broadcast fit in 16 registers; 4 x 3 needs 17.
+/// Measured in Chromium (`scripts/webbench.sh WORK_DIR ours`, 3 rounds each, builds
+/// alternating, ResNet-20 one thread): b32 inference 24.4-25.8 ms against 24.8-28.6 with
+/// up to 4 blocks, a training step 86.0-91.9 against 90.0-98.0 ms; up to 3 blocks was no
+/// better than 4.
+const RB_NARROW: usize = 2;
+
+/// Output-channel blocks per micro-kernel call for vectors `V`.
+#[inline(always)]
+fn blocks_per_call<V: Vector>() -> usize {
+    if V::LANES >= 16 {
+        RB
+    } else {
+        RB_NARROW
+    }
+}
+
 /// Tiles per micro-kernel call with [`RB`] output blocks.
 const RT: usize = 6;
 
@@ -93,7 +112,8 @@ const TILES_PER_CALL: [usize; RB + 1] = [0, 16, 12, 8, RT];
 /// `f32x4`), whose targets have 16 vector registers, not 32: at most 12 accumulators, so
 /// that the `U` vectors and the broadcast still fit. With 24 the wasm build ran
 /// ResNet-20 at 0.72x the speed of the first design's NCHW kernels at batch 1 in Node.
-const TILES_PER_CALL_NARROW: [usize; RB + 1] = [0, 12, 6, 4, 3];
+/// Calls take at most [`RB_NARROW`] blocks, so only the first entries are used.
+const TILES_PER_CALL_NARROW: [usize; RB_NARROW + 1] = [0, 12, 6];
 
 /// Bytes of a group's transformed inputs `V` plus one chunk's products `M` to aim for:
 /// half of Zen 4's 1 MB L2 per core, leaving the other half for the rows of `U`
@@ -555,7 +575,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
             let mut cb = kr.start;
             while cb < kr.end {
-                let rb = RB.min(kr.end - cb);
+                let rb = blocks_per_call::<V>().min(kr.end - cb);
                 products::<V, A>(filters, xs.padded_channels(), ocb, cb, rb, icb, t, v, m);
                 let record = moments.map(|r| (r, gi * ys.padded_channels()));
                 output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
