@@ -421,13 +421,13 @@ pub fn winograd_conv_moments<V: Vector>(
     );
     mean[..channels].fill(0.0);
     var[..channels].fill(0.0);
-    let (m, a) = (tile.m(), tile.alpha());
-    let tiles = g.batch * g.out_h.div_ceil(m) * g.out_w.div_ceil(m);
+    let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
+    let (tiles, p) = call_plan(xs, ys, tile.m(), tile.alpha());
     if tiles == 0 || channels == 0 {
         winograd_conv::<V>(g, tile, input, filters, ep, out);
         return;
     }
-    let groups = plan(tiles, a, g.in_channels.div_ceil(l), ys.blocks(), l).groups;
+    let groups = p.groups;
     with_partials(groups * channels * MOMENT_FIELDS, |records| {
         let records = SharedOut::new(records);
         checked_conv::<V>(g, tile, input, filters, ep, out, Some(&records));
@@ -541,6 +541,13 @@ impl Tiling {
     }
 }
 
+/// The tiles of a call (`m x m` outputs each) and how it is cut into tasks: the one
+/// source for the convolution and for the moment records it fills.
+fn call_plan(xs: Blocked, ys: Blocked, m: usize, a: usize) -> (usize, Plan) {
+    let tiles = xs.n * xs.h.div_ceil(m) * xs.w.div_ceil(m);
+    (tiles, plan(tiles, a, xs.blocks(), ys.blocks(), xs.block))
+}
+
 fn conv_impl<V: Vector, const M: usize, const A: usize>(
     xs: Blocked,
     ys: Blocked,
@@ -556,11 +563,10 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
         cols: xs.w.div_ceil(M),
         per_image: xs.h.div_ceil(M) * xs.w.div_ceil(M),
     };
-    let tiles = xs.n * tiling.per_image;
+    let (tiles, p) = call_plan(xs, ys, M, A);
     if tiles == 0 || ocb == 0 {
         return;
     }
-    let p = plan(tiles, A, icb, ocb, l);
     let shared = SharedOut::new(out);
     let out = &shared;
     (0..p.groups * p.kparts).into_par_iter().for_each(|task| {
