@@ -10,7 +10,9 @@ mod eval;
 mod fsutil;
 mod info;
 mod load;
+mod metrics;
 mod plot;
+mod reproduce;
 mod train;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +34,9 @@ enum Command {
     Train(train::TrainArgs),
     /// Download data sets.
     Data(data_cmd::DataArgs),
+    /// Reproduce the paper's CIFAR-10 Figure 6 or Table 6: train the set of nets (resumable),
+    /// then draw the figure and write the table beside the paper's numbers.
+    Reproduce(reproduce::ReproduceArgs),
     /// Overlay the training curves of several runs in one SVG.
     Plot(plot::PlotArgs),
     /// Print a model's layer table: output shapes, parameters, multiply-adds.
@@ -73,6 +78,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Train(args) => train::run(args),
         Command::Plot(args) => plot::run(args),
+        Command::Reproduce(args) => reproduce::run(args),
         Command::Data(args) => data_cmd::run(args),
         Command::Info(args) => info::run(args),
         Command::Classify(args) => classify::run(args),

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Instant;
 
 /// The paper's run: 64k iterations at batch 128.
@@ -207,6 +206,119 @@ pub fn thread_pool(threads: Option<usize>) -> Result<(rayon::ThreadPool, usize)>
     Ok((pool, threads))
 }
 
+impl TrainArgs {
+    /// A run of the paper's recipe (lr 0.1 divided by 10 at 50 % and 75 %, momentum 0.9,
+    /// weight decay 1e-4, per-pixel mean, no validation split) of `epochs`, or of the
+    /// paper's 64k iterations when `None`, for commands that run several trainings.
+    pub(crate) fn paper(model: &str, data: &Path, epochs: Option<u64>, batch: usize, seed: u64, out: PathBuf) -> Self {
+        TrainArgs {
+            model: Some(model.into()),
+            data: Some(data.to_path_buf()),
+            epochs,
+            iters: None,
+            batch,
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            schedule: ScheduleKind::Paper,
+            warmup_iters: None,
+            val: 0,
+            normalize: NormalizeKind::PerPixel,
+            threads: None,
+            seed,
+            out: Some(out),
+            force: false,
+            resume: None,
+            until_epoch: None,
+            eval_batch: 500,
+            quiet: true,
+            #[cfg(feature = "mpi")]
+            local_bn: false,
+            #[cfg(feature = "mpi")]
+            mpi_timeout: 300.0,
+        }
+    }
+
+    /// The same run continued from the checkpoint at `checkpoint`.
+    pub(crate) fn resuming(mut self, checkpoint: PathBuf) -> Self {
+        self.resume = Some(checkpoint);
+        self.out = None;
+        self
+    }
+
+    /// Progress bars instead of plain log lines.
+    pub(crate) fn with_progress_bars(mut self, bars: bool) -> Self {
+        self.quiet = !bars;
+        self
+    }
+}
+
+/// Where a run stands at the end of one of its epochs, for a command that runs several
+/// trainings and says how long the whole set has left (`resnet reproduce`).
+pub(crate) struct EpochReport {
+    pub iteration: u64,
+    pub total_iterations: u64,
+    /// Seconds per training iteration over the epoch just ended.
+    pub seconds_per_iteration: f64,
+}
+
+/// Called at the end of every epoch; the line it returns is printed after the epoch's.
+pub(crate) type EpochNote<'a> = &'a dyn Fn(&EpochReport) -> Option<String>;
+
+/// The training and test sets, already read, for a command that trains several nets on
+/// the same data without a validation split.
+pub(crate) struct Loaded<'a> {
+    pub train: &'a Dataset,
+    pub test: &'a Dataset,
+}
+
+/// Runs one training in the current thread pool, on `data` when given (it must be what
+/// the run's `--data` holds); `note` is asked for a line at each epoch's end.
+pub(crate) fn train_in_pool(
+    args: TrainArgs,
+    threads: usize,
+    data: Option<Loaded>,
+    note: Option<EpochNote>,
+) -> Result<()> {
+    check_args(&args)?;
+    train(args, threads, None, data, note)
+}
+
+/// The settings a new run of `args` on `train` and `test` would store, as the
+/// `run` value of its `config.json`.
+pub(crate) fn planned_run(args: &TrainArgs, train: &Dataset, test: &Dataset) -> Result<serde_json::Value> {
+    let model = args.model.clone().unwrap_or_else(|| "resnet20".into());
+    let config = ResNetConfig::named(&model)?;
+    Ok(serde_json::to_value(run_config(args, model, &config, train, test)?)?)
+}
+
+/// The `run` settings of the run in `dir` (`Null` when its `config.json` cannot be read
+/// but it holds run files), or `None` when `dir` holds no run.
+pub(crate) fn existing_run(dir: &Path) -> Option<serde_json::Value> {
+    run_in(dir)
+}
+
+/// Whether two runs' `run` settings describe the same run (the data may have moved).
+pub(crate) fn is_same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    same_run(a, b)
+}
+
+/// The flag a Ctrl-C sets. The handler is installed once per process, so that every
+/// training a command runs in turn sees it; a second Ctrl-C while the first is being
+/// honoured ends the process at once.
+fn stop_flag() -> &'static AtomicBool {
+    static STOP: AtomicBool = AtomicBool::new(false);
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            if STOP.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+    });
+    &STOP
+}
+
 /// Runs training in a pool of the requested size; started by `mpirun` (with the `mpi`
 /// feature), as one rank of a data-parallel run.
 pub fn run(args: TrainArgs) -> Result<()> {
@@ -221,10 +333,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
             );
         }
         let cluster = Cluster::init(std::time::Duration::from_secs_f64(args.mpi_timeout))?;
-        let result = pool.install(|| train(args, threads, Some(&cluster)));
+        let result = pool.install(|| train(args, threads, Some(&cluster), None, None));
         return cluster.finish(result);
     }
-    pool.install(|| train(args, threads, None))
+    pool.install(|| train(args, threads, None, None, None))
 }
 
 /// Refuses settings that cannot make a run, before any data is read.
@@ -466,8 +578,16 @@ fn refuse_other_run(dir: &Path) -> Result<()> {
     )
 }
 
-/// The training run; in a data-parallel run (`cluster`), this rank's part of it.
-fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<()> {
+/// The training run; in a data-parallel run (`cluster`), this rank's part of it. `data`
+/// is the run's data when the caller has read it already (runs without a validation
+/// split only); `note` adds a line to each epoch's.
+fn train(
+    args: TrainArgs,
+    threads: usize,
+    cluster: Option<&Cluster>,
+    data: Option<Loaded>,
+    note: Option<EpochNote>,
+) -> Result<()> {
     let started = Instant::now();
     let (rank, ranks) = cluster.map_or((0, 1), |c| (c.rank(), c.size()));
     let root = rank == 0;
@@ -476,14 +596,21 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
         .as_ref()
         .map(|ckpt| resume_run(&args, ckpt, threads, root))
         .transpose()?;
-    let (data, val, seed) = match &resumed {
+    let (data_path, val, seed) = match &resumed {
         Some((_, run, _)) => (run.data.clone(), run.val, run.seed),
         None => (absolute(&data_arg(&args))?, args.val, args.seed),
     };
-    let (train_set, val_set, test_set) = split_data(&data, val, seed, args.quiet)?;
+    let read;
+    let (train_set, val_set, test_set) = match data {
+        Some(d) if val == 0 => (d.train, None, d.test),
+        _ => {
+            read = split_data(&data_path, val, seed, args.quiet)?;
+            (&read.0, read.1.as_ref(), &read.2)
+        }
+    };
     let (mut state, run, mut folder) = match resumed {
         Some(r) => r,
-        None => new_run(&args, &train_set, &test_set, threads, root)?,
+        None => new_run(&args, train_set, test_set, threads, root)?,
     };
     if train_set.len() != run.train_images {
         bail!(
@@ -513,20 +640,11 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
         None => None,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    {
-        let stop = stop.clone();
-        // A second Ctrl-C while the first is being honoured ends the process at once.
-        let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::SeqCst) {
-                std::process::exit(130);
-            }
-        });
-    }
+    let stop = stop_flag();
 
     let normalization = state.classifier.normalization.clone();
     let batcher = Batcher::train(
-        &train_set,
+        train_set,
         &normalization,
         run.batch,
         run.seed,
@@ -545,6 +663,16 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
     let (side_h, side_w) = (train_set.height, train_set.width);
     let mut window = (0f64, 0usize, 0usize); // loss sum, errors, images since the last log line
     let quiet = args.quiet || !root;
+    if state.trainer.iteration >= run.total_iterations {
+        if root {
+            eprintln!(
+                "the run in {} is complete ({} iterations); nothing to train",
+                folder.dir.display(),
+                run.total_iterations
+            );
+        }
+        return Ok(());
+    }
     let ranks_note = if ranks > 1 {
         format!(" x {ranks} ranks")
     } else {
@@ -556,7 +684,7 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
             state.classifier.config().name,
             train_set.len(),
             test_set.len(),
-            val_set.as_ref().map_or(String::new(), |v| format!(", {} validation", v.len())),
+            val_set.map_or(String::new(), |v| format!(", {} validation", v.len())),
             run.total_iterations,
             run.batch,
             folder.dir.display()
@@ -658,8 +786,9 @@ fn train(args: TrainArgs, threads: usize, cluster: Option<&Cluster>) -> Result<(
                 folder: &mut folder,
                 run: &run,
                 run_json: &run_json,
-                test_set: &test_set,
-                val_set: val_set.as_ref(),
+                test_set,
+                val_set,
+                note,
                 best_error: &mut best_error,
                 epoch,
                 epochs,
@@ -690,6 +819,7 @@ struct EpochEnd<'a> {
     run_json: &'a str,
     test_set: &'a Dataset,
     val_set: Option<&'a Dataset>,
+    note: Option<EpochNote<'a>>,
     best_error: &'a mut f64,
     epoch: u64,
     epochs: u64,
@@ -708,6 +838,7 @@ fn end_epoch(e: EpochEnd) -> Result<()> {
         run_json,
         test_set,
         val_set,
+        note,
         best_error,
         epoch,
         epochs,
@@ -758,6 +889,14 @@ fn end_epoch(e: EpochEnd) -> Result<()> {
         val_error.map_or(String::new(), |e| format!(", validation error {:.2}%", 100.0 * e)),
         started.elapsed().as_secs_f64()
     );
+    let report = EpochReport {
+        iteration: state.trainer.iteration,
+        total_iterations: run.total_iterations,
+        seconds_per_iteration: run.batch as f64 / train_rate,
+    };
+    if let Some(line) = note.and_then(|n| n(&report)) {
+        eprintln!("{line}");
+    }
     Ok(())
 }
 
@@ -787,6 +926,41 @@ fn new_run(
     if writer && run_in(&out).is_some() && !args.force {
         refuse_other_run(&out)?;
     }
+    let run = run_config(args, model, &config, train, test)?;
+    let config = config.with_classes(train.classes.len());
+    let normalization = match args.normalize {
+        NormalizeKind::PerPixel => Normalization::per_pixel_mean(train),
+        NormalizeKind::PerChannel => Normalization::per_channel(train),
+    };
+    let state = TrainingState {
+        classifier: Classifier::new(
+            Params::new(config, args.seed)?,
+            train.classes.clone(),
+            normalization,
+            Default::default(),
+        ),
+        trainer: Trainer::new(Sgd::new(args.momentum, args.weight_decay), run.schedule.clone()),
+    };
+    if !writer {
+        return Ok((state, run, RunFolder::disabled(out)));
+    }
+    let config_json = config_json(&run, threads, &state)?;
+    let replaces = run_in(&out).is_some();
+    Ok((
+        state,
+        run,
+        RunFolder::deferred(out, config_json, Vec::new(), None, replaces),
+    ))
+}
+
+/// The settings of a new run of `model` from the command line's arguments.
+fn run_config(
+    args: &TrainArgs,
+    model: String,
+    config: &ResNetConfig,
+    train: &Dataset,
+    test: &Dataset,
+) -> Result<RunConfig> {
     if args.batch > train.len() {
         bail!(
             "--batch {} is larger than the training set ({} images)",
@@ -802,22 +976,7 @@ fn new_run(
         (None, Some(i)) => i,
         (None, None) => PAPER_ITERATIONS,
     };
-    let schedule = schedule_for(args, &config, total);
-    let config = config.with_classes(train.classes.len());
-    let normalization = match args.normalize {
-        NormalizeKind::PerPixel => Normalization::per_pixel_mean(train),
-        NormalizeKind::PerChannel => Normalization::per_channel(train),
-    };
-    let state = TrainingState {
-        classifier: Classifier::new(
-            Params::new(config, args.seed)?,
-            train.classes.clone(),
-            normalization,
-            Default::default(),
-        ),
-        trainer: Trainer::new(Sgd::new(args.momentum, args.weight_decay), schedule.clone()),
-    };
-    let run = RunConfig {
+    Ok(RunConfig {
         model,
         data: absolute(&data_arg(args))?,
         batch: args.batch,
@@ -825,23 +984,13 @@ fn new_run(
         seed: args.seed,
         val: args.val,
         normalize: args.normalize,
-        schedule,
+        schedule: schedule_for(args, config, total),
         momentum: args.momentum,
         weight_decay: args.weight_decay,
         train_images: train.len(),
         test_images: test.len(),
         batches_per_epoch: bpe as usize,
-    };
-    if !writer {
-        return Ok((state, run, RunFolder::disabled(out)));
-    }
-    let config_json = config_json(&run, threads, &state)?;
-    let replaces = run_in(&out).is_some();
-    Ok((
-        state,
-        run,
-        RunFolder::deferred(out, config_json, Vec::new(), None, replaces),
-    ))
+    })
 }
 
 fn config_json(run: &RunConfig, threads: usize, state: &TrainingState) -> Result<String> {
