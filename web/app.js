@@ -332,9 +332,14 @@ async function trainLoop(opts) {
   const n = run.workers.length;
   const started = performance.now();
   let images = 0;
-  let window_ = { loss: 0, wrong: 0, count: 0 };
+  // The training loss and error since the last chart point (kept across a pause).
+  const window_ = run.window;
+  // Gradients computed for the next step; a pause can leave them pending (the workers'
+  // batch-norm statistics then include that step's forward pass).
+  let grads = run.pending || null;
+  run.pending = null;
   while (run.iteration < opts.iters && run.state === 'running') {
-    const grads = await all({ type: 'grad' });
+    grads ||= await all({ type: 'grad' });
     // Each worker's gradient is the mean over its part of the batch: weight by its size.
     const total = grads.reduce((sum, g) => sum + g.count, 0);
     const avg = new Float32Array(grads[0].gradients.length);
@@ -346,15 +351,24 @@ async function trainLoop(opts) {
       window_.count += g.count;
       images += g.count;
     }
-    const applied = await Promise.all(run.workers.map((w) => call(w, { type: 'apply', gradients: avg })));
-    run.iteration = applied[0].iteration;
+    // The workers go on to the next step's gradients in the same round trip, unless the
+    // run ends or evaluates after this step (evaluation wants the statistics of this one).
+    const after = run.iteration + 1;
+    const next = after < opts.iters && after % opts.evalEvery !== 0;
+    const stepped = await Promise.all(run.workers.map((w, i) => {
+      const mine = i === n - 1 ? avg : avg.slice();
+      return call(w, { type: 'step', gradients: mine, next }, [mine.buffer]);
+    }));
+    const applied = stepped[0].applied;
+    grads = next ? stepped.map((s) => s.next) : null;
+    run.iteration = applied.iteration;
     const rate = images / ((performance.now() - started) / 1000);
     if (run.iteration % 10 === 0 || run.iteration === opts.iters) {
       lossChart.add('loss', run.iteration, window_.loss / window_.count);
       errorChart.add('train', run.iteration, (100 * window_.wrong) / window_.count);
       lossChart.draw();
       errorChart.draw();
-      window_ = { loss: 0, wrong: 0, count: 0 };
+      Object.assign(window_, { loss: 0, wrong: 0, count: 0 });
     }
     if (run.iteration % opts.evalEvery === 0 || run.iteration === opts.iters) {
       await syncBatchNorm();
@@ -364,11 +378,12 @@ async function trainLoop(opts) {
       window.resnetPage.lastTestAccuracy = e.accuracy;
     }
     const eta = (opts.iters - run.iteration) * opts.batch / Math.max(rate, 1e-9);
-    status(`iteration ${run.iteration}/${opts.iters}, lr ${applied[0].lr.toPrecision(3)}, ` +
+    status(`iteration ${run.iteration}/${opts.iters}, lr ${applied.lr.toPrecision(3)}, ` +
       `${rate.toFixed(1)} images/s on ${n} worker(s), ETA ${formatTime(eta)}`);
     window.resnetPage.iteration = run.iteration;
     window.resnetPage.imagesPerSecond = rate;
   }
+  run.pending = grads;
   if (run.state === 'running') {
     run.state = 'done';
     status(`finished ${run.iteration} iterations`);
@@ -464,6 +479,8 @@ $('start').addEventListener('click', async () => {
     for (const w of run.workers) w.terminate();
     run.workers = Array.from({ length: opts.workers }, () => new Worker('worker.js', { type: 'module' }));
     run.iteration = 0;
+    run.pending = null;
+    run.window = { loss: 0, wrong: 0, count: 0 };
     lossChart.clear();
     errorChart.clear();
     status(`decoding the data in ${opts.workers} worker(s)...`);

@@ -1,13 +1,21 @@
 // One data-parallel training worker: its own wasm instance, its own copy of the data (the
 // CIFAR-10 archive, or the visitor's images as 32x32 RGBA), its part of every batch.
-// Protocol (messages from the page): init -> ready; grad -> gradients; apply -> applied;
-// buffers / setBuffers (batch-norm statistics); evaluate -> evaluation; save -> weights.
+// Protocol (messages from the page): init -> ready; grad -> gradients; step -> stepped (the
+// averaged gradients applied and, when asked, the next step's gradients computed, one
+// round trip a step); buffers / setBuffers (batch-norm statistics); evaluate ->
+// evaluation; save -> weights.
 import init, { Model, Dataset, Trainer, batchShare } from './pkg/index.js';
 
 let model, trainer, train, test;
 
 function reply(type, body = {}, transfer = []) {
   postMessage({ type, ...body }, transfer);
+}
+
+/** Forward and backward on this worker's share of the next batch: its mean gradients. */
+function gradients() {
+  const s = trainer.computeGradients(train);
+  return { loss: s.loss, correct: s.correct, count: s.count, gradients: trainer.gradients() };
 }
 
 const handlers = {
@@ -48,13 +56,13 @@ const handlers = {
     reply('ready', { train: train.length, test: test.length, parameters: model.parameterCount, classes: info.classes, architecture: info.architecture });
   },
   grad() {
-    const s = trainer.computeGradients(train);
-    const g = trainer.gradients();
-    reply('gradients', { loss: s.loss, correct: s.correct, count: s.count, gradients: g }, [g.buffer]);
+    const g = gradients();
+    reply('gradients', g, [g.gradients.buffer]);
   },
-  apply({ gradients }) {
-    const r = trainer.applyGradients(gradients);
-    reply('applied', r);
+  step({ gradients: averaged, next }) {
+    const applied = trainer.applyGradients(averaged);
+    const g = next ? gradients() : null;
+    reply('stepped', { applied, next: g }, g ? [g.gradients.buffer] : []);
   },
   buffers() {
     const b = trainer.buffers();

@@ -291,6 +291,43 @@ test('training runs 50 steps on 2 workers from a downloaded archive with the los
   assert.deepEqual(problems, []);
 });
 
+test('a run paused and resumed on 2 workers follows the same course as one straight run', async () => {
+  await page.click('#tab-train');
+  await page.selectOption('#arch', 'resnet8');
+  await page.fill('#data-url', `${site.url}data/cifar-10-binary.tar.gz`);
+  await page.fill('#batch', '16');
+  await page.fill('#iters', '30');
+  await page.fill('#workers', '2');
+  await page.fill('#lr', '0.05');
+  await page.fill('#eval-every', '20');
+  await page.fill('#eval-limit', '50');
+  const course = async (pauseAt) => {
+    await page.click('#start');
+    if (pauseAt) {
+      await page.waitForFunction((n) => window.resnetPage.trainState === 'running' && window.resnetPage.iteration >= n, pauseAt, { timeout: 120_000 });
+      await page.click('#pause');
+      // The step in flight finishes; then the run holds still.
+      await page.waitForTimeout(500);
+      const held = await page.evaluate(() => window.resnetPage.iteration);
+      await page.waitForTimeout(500);
+      assert.equal(await page.evaluate(() => window.resnetPage.iteration), held, 'a paused run does not step');
+      assert.ok(held < 30, `paused at ${held}`);
+      await page.click('#resume');
+    }
+    await page.waitForFunction(() => ['done', 'failed'].includes(window.resnetPage.trainState), null, { timeout: 240_000 });
+    assert.equal(await page.evaluate(() => window.resnetPage.trainState), 'done', await page.textContent('#error'));
+    return page.evaluate(() => ({
+      loss: window.resnetPage.charts.loss.series.get('loss').points,
+      accuracy: window.resnetPage.lastTestAccuracy,
+    }));
+  };
+  const straight = await course(0);
+  const paused = await course(12);
+  assert.equal(straight.loss.length, 4, JSON.stringify(straight.loss));
+  assert.deepEqual(paused, straight);
+  assert.deepEqual(problems, []);
+});
+
 test('the page trains on the visitor\'s own images (a folder of class folders and the camera), then classifies with them', async () => {
   // red and blue pictures of assorted sizes, one folder per class, and a stray file at the top
   const root = join(work, 'my-pictures');
