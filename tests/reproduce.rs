@@ -3,26 +3,12 @@
 
 mod common;
 
-use common::tiny_cifar;
+use common::{resnet, s, tiny_cifar};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn resnet(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_resnet"))
-        .args(args)
-        .output()
-        .expect("run resnet")
-}
+use std::process::Output;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("resnet-reproduce-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    common::tmp("reproduce", name)
 }
 
 /// `resnet reproduce figure6` on `data` into `out`: 100 images in batches of 10 for 5
