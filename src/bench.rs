@@ -1,5 +1,6 @@
 //! `resnet bench`: whole-model throughput of inference or training steps on random data.
 
+use crate::train::Precision;
 use anyhow::Result;
 use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
@@ -47,6 +48,10 @@ pub struct BenchArgs {
     /// on the same threads, and single-thread sgemm (matrixmultiply) on 1024^3.
     #[arg(long)]
     peak: bool,
+    /// Arithmetic of training's wide Winograd convolutions: f32, or bf16 products summed
+    /// in f32 (AVX512_BF16 CPUs; see `resnet train --precision`).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    precision: Precision,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -101,10 +106,16 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let x: Vec<f32> = (0..n * 3 * size * size).map(|_| rng.normal() as f32).collect();
     let mut params = Params::new(config.clone(), 0)?;
     let mut plan_memory = None;
+    if args.precision == Precision::Bf16 && !args.train {
+        anyhow::bail!("--precision bf16 applies to training steps (--train); inference runs in f32");
+    }
     let (median, min, max, reps) = if args.train {
         let labels: Vec<u32> = (0..n).map(|i| (i % classes) as u32).collect();
         let x = Tensor::new(vec![n, 3, size, size], x)?;
         let mut trainer = Trainer::new(Sgd::new(0.9, 1e-4), Schedule::Constant { base_lr: 0.01 });
+        if args.precision == Precision::Bf16 {
+            trainer.use_bf16()?;
+        }
         time_reps(args.reps, || {
             trainer.step(&mut params, &x, &labels)?;
             Ok(())

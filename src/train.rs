@@ -37,6 +37,25 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// Arithmetic of the training step's products.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 products summed in f32 in the Winograd convolutions of 128 input channels or
+    /// more (F(2x2)); f32 weights, gradients, batch-norm statistics and everything else.
+    /// Needs a CPU with AVX512_BF16.
+    Bf16,
+}
+
+impl Precision {
+    fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+}
+
 /// Input preprocessing the command offers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 pub enum NormalizeKind {
@@ -87,6 +106,9 @@ pub struct TrainArgs {
     /// Input preprocessing.
     #[arg(long, value_enum, default_value_t = NormalizeKind::PerPixel, conflicts_with = "resume")]
     normalize: NormalizeKind,
+    /// Arithmetic of the convolutions' products (bf16 needs a CPU with AVX512_BF16).
+    #[arg(long, value_enum, default_value_t = Precision::F32, conflicts_with = "resume")]
+    precision: Precision,
     /// Worker threads (default: all cores; at most 1024).
     #[arg(long)]
     threads: Option<usize>,
@@ -174,6 +196,9 @@ struct RunConfig {
     schedule: Schedule,
     momentum: f32,
     weight_decay: f32,
+    /// Absent (f32) in runs from before the option, which stay the same runs.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    precision: Precision,
     train_images: usize,
     test_images: usize,
     batches_per_epoch: usize,
@@ -224,6 +249,7 @@ impl TrainArgs {
             warmup_iters: None,
             val: 0,
             normalize: NormalizeKind::PerPixel,
+            precision: Precision::F32,
             threads: None,
             seed,
             out: Some(out),
@@ -612,6 +638,9 @@ fn train(
         Some(r) => r,
         None => new_run(&args, train_set, test_set, threads, root)?,
     };
+    if run.precision == Precision::Bf16 {
+        state.trainer.use_bf16()?;
+    }
     if train_set.len() != run.train_images {
         bail!(
             "the data at {} has {} training images; the run was started with {}",
@@ -987,6 +1016,7 @@ fn run_config(
         schedule: schedule_for(args, config, total),
         momentum: args.momentum,
         weight_decay: args.weight_decay,
+        precision: args.precision,
         train_images: train.len(),
         test_images: test.len(),
         batches_per_epoch: bpe as usize,

@@ -436,3 +436,36 @@ fn sigkill_at_any_moment_leaves_a_checkpoint_that_loads_and_resumes() {
         .collect();
     assert_eq!(epochs, vec![1, 2, 3, 4, 5, 6], "{log}");
 }
+
+/// `--precision bf16` is a setting of the run: stored in its config.json and checkpoint,
+/// kept by `--resume`, and absent from an f32 run's settings (so runs from before the
+/// option stay the same runs). On a CPU without AVX512_BF16 the run is refused at once.
+#[test]
+fn precision_is_a_run_setting_kept_by_resume() {
+    let dir = tmp("precision");
+    let data = tiny_cifar(&dir, 20);
+    let plain = dir.join("f32");
+    let out = tiny_run(&data, &plain, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config = std::fs::read_to_string(plain.join("config.json")).unwrap();
+    assert!(!config.contains("\"precision\":"), "{config}");
+
+    let half = dir.join("bf16");
+    let out = tiny_run(
+        &data,
+        &half,
+        &["--precision", "bf16", "--epochs", "2", "--until-epoch", "1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        assert!(err.contains("AVX512_BF16"), "{err}");
+        return;
+    }
+    let config = std::fs::read_to_string(half.join("config.json")).unwrap();
+    assert!(config.contains("\"precision\": \"bf16\""), "{config}");
+    let ckpt = half.join("checkpoint.safetensors");
+    let out = resnet(&["train", "--resume", s(&ckpt), "--quiet"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = resnet(&["train", "--resume", s(&ckpt), "--precision", "f32"]);
+    assert!(!out.status.success(), "a resumed run takes its own precision");
+}

@@ -4,12 +4,14 @@
 //!
 //! `cargo run --release -p resnet-core --example wino_bench -- [THREADS] [REPS] [ONLY]`
 //! (default: 1 and 2 threads, 7 reps, every shape; ONLY keeps the shapes whose name
-//! contains it). Effective GFLOP/s count the FLOPs of the direct
+//! contains it). On a CPU with AVX512_BF16 (16-lane builds) two more columns time the
+//! bf16 products (`--precision bf16`). Effective GFLOP/s count the FLOPs of the direct
 //! convolution, `2 * MACs`, over the median time of REPS runs after a warm-up; "% peak"
 //! compares them with the f32 FMA peak per thread measured at start (`kernels::peak`)
 //! times the threads, so Winograd can exceed 100 %.
 
-use resnet_core::kernels::blocked::winograd::{filters_len, transform_filters, winograd_conv};
+use resnet_core::kernels::blocked::bf16;
+use resnet_core::kernels::blocked::winograd::{filters_len, transform_filters, winograd_conv_with, Transformed};
 use resnet_core::kernels::blocked::BlockedEpilogue;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::winograd::WinogradTile;
@@ -116,10 +118,18 @@ fn main() {
     let peak = resnet_core::kernels::peak::fma_peak_gflops::<F32xBlock>(1, 0.3);
     println!("f32 FMA peak measured here: {peak:.1} GFLOP/s per thread (nominal {PEAK_PER_THREAD_NOMINAL})");
     println!("effective GFLOP/s = 2 * direct-conv MACs / median time; % of the measured peak x threads");
-    println!(
+    let with_bf16 = bf16::available() && BLOCK == bf16::LANES;
+    let mut head = format!(
         "{:<28} {:>12} {:>3} | {:>8} {:>6} {:>8} | {:>8} {:>6} {:>8}",
         "shape", "CxHxW", "thr", "F2 GF/s", "%peak", "ms", "F4 GF/s", "%peak", "ms"
     );
+    if with_bf16 {
+        head += &format!(
+            " | {:>8} {:>6} {:>8} | {:>8} {:>6} {:>8}",
+            "F2 bf16", "%peak", "ms", "F4 bf16", "%peak", "ms"
+        );
+    }
+    println!("{head}");
     for &t in &threads {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().unwrap();
         for (name, g) in &shapes {
@@ -132,16 +142,39 @@ fn main() {
                 "{name:<28} {:>12} {t:>3} |",
                 format!("{}x{}x{}", g.in_channels, g.in_h, g.in_w)
             );
-            for tile in [WinogradTile::F2, WinogradTile::F4] {
+            let variants = [
+                (WinogradTile::F2, false),
+                (WinogradTile::F4, false),
+                (WinogradTile::F2, true),
+                (WinogradTile::F4, true),
+            ];
+            for (tile, half) in variants.into_iter().filter(|v| with_bf16 || !v.1) {
                 let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, BLOCK)];
                 transform_filters(&w, None, g.in_channels, g.out_channels, tile, BLOCK, &mut u);
+                let mut u16s = vec![0u16; if half { u.len() } else { 0 }];
+                if half {
+                    let (a, ocb, cp) = (
+                        tile.alpha(),
+                        g.out_channels.div_ceil(BLOCK),
+                        g.in_channels.next_multiple_of(BLOCK),
+                    );
+                    bf16::pack_filters(&u, a * a, ocb, cp, &mut u16s);
+                }
+                let filters = if half {
+                    Transformed::Bf16(&u16s)
+                } else {
+                    Transformed::F32(&u)
+                };
                 let ep = BlockedEpilogue {
                     relu: true,
                     relu_output: None,
                     ..Default::default()
                 };
-                let secs =
-                    pool.install(|| median_secs(reps, || winograd_conv::<F32xBlock>(g, tile, &x, &u, &ep, &mut y)));
+                let secs = pool.install(|| {
+                    median_secs(reps, || {
+                        winograd_conv_with::<F32xBlock>(g, tile, &x, filters, &ep, &mut y)
+                    })
+                });
                 let gflops = 2.0 * g.macs() as f64 / secs / 1e9;
                 row += &format!(
                     " {gflops:>8.1} {:>5.0}% {:>8.3} |",

@@ -23,6 +23,7 @@
 //! NCHW, is [`super::train_nchw::NchwTrainingPlan`].
 
 use super::choose::{self, Algo, ConvChoice};
+use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
 use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
@@ -30,7 +31,9 @@ use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
     zero_pad_shortcut_backward_add,
 };
-use crate::kernels::blocked::winograd::{transform_flipped_filters, winograd_conv_moments};
+use crate::kernels::blocked::winograd::{
+    transform_flipped_filters, winograd_conv_moments_with, winograd_conv_with, Transformed,
+};
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
@@ -185,6 +188,10 @@ pub struct TrainConv {
     /// Where its forward and backward-data weights lie in the plan's derived weights.
     fwd_weights: Range<usize>,
     data_weights: Range<usize>,
+    /// With bf16 products ([`TrainingPlan::use_bf16`]): where the packed bf16 copies of
+    /// those Winograd filters lie in the plan's bf16 weights (empty: f32 products).
+    fwd_bf16: Range<usize>,
+    data_bf16: Range<usize>,
     z: Slot,
     y: Slot,
     /// Per padded channel: the batch mean and `1 / sqrt(var + eps)` the forward pass used.
@@ -248,6 +255,8 @@ struct Work {
     arena: Vec<f32>,
     argmax: Vec<u32>,
     derived: Vec<f32>,
+    /// Packed bf16 copies of the Winograd filters of convolutions with bf16 products.
+    derived_bf16: Vec<u16>,
     /// The weights' [`Params::version`] `derived` was made from.
     derived_from: Option<u64>,
     /// Flipped, transposed OIHW filters of one convolution while its backward-data
@@ -338,6 +347,31 @@ pub(super) fn entry<'a>(entries: &'a [Entry], name: &str) -> Result<&'a Entry> {
 
 pub(super) fn range(e: &Entry) -> Range<usize> {
     e.offset..e.offset + e.len
+}
+
+/// Input channels from which [`TrainingPlan::use_bf16`] gives a convolution bf16
+/// products: with fewer, F(2x2) with bf16 products is no faster than F(4x4) in f32
+/// (`wino_bench`, 2 threads, ms: ResNet-20 b128 16 channels 1.035 against 0.759, 32:
+/// 0.546 against 0.457, 64: 0.417 against 0.427; ResNet-50 b8 128 channels 1.030
+/// against 1.252, 256: 1.107 against 1.708, 512: 1.209 against 2.347).
+pub const BF16_MIN_CHANNELS: usize = 128;
+
+/// The filters a Winograd convolution runs with: the packed bf16 copy when there is one.
+fn transformed<'a>(f32s: &'a [f32], bf16s: &'a [u16]) -> Transformed<'a> {
+    if bf16s.is_empty() {
+        Transformed::F32(f32s)
+    } else {
+        Transformed::Bf16(bf16s)
+    }
+}
+
+/// Packs the Winograd filters `u` of a convolution of `c` input and `k` output channels
+/// into `out`, its bf16 copy (nothing when `out` is empty: f32 products).
+fn pack_bf16(tile: WinogradTile, c: usize, k: usize, u: &[f32], out: &mut [u16]) {
+    if !out.is_empty() {
+        let a = tile.alpha();
+        bf16::pack_filters(u, a * a, k.div_ceil(BLOCK), c.next_multiple_of(BLOCK), out);
+    }
 }
 
 /// A gradient slot holding `shape` (at batch 1) instead of its own.
@@ -437,6 +471,7 @@ impl TrainingPlan {
                 arena: vec![0.0; lay.len],
                 argmax: vec![0; argmax],
                 derived: vec![0.0; derived],
+                derived_bf16: Vec::new(),
                 derived_from: None,
                 sums: [vec![0.0; channels], vec![0.0; channels]],
                 partials: Vec::new(),
@@ -474,6 +509,50 @@ impl TrainingPlan {
                 c.filter_grad = algo;
             }
         }
+    }
+
+    /// Switches the convolutions wide enough to gain ([`BF16_MIN_CHANNELS`] input channels
+    /// or more) whose forward or backward-data is a Winograd convolution to F(2x2) with
+    /// bf16 products (`--precision bf16`); returns how many passes switched. F(4x4) is
+    /// never used with bf16: its output transform magnifies bf16's rounding to 5-9 % of
+    /// the output's scale, against 0.3-0.5 % for F(2x2) (the kernels' tests). Fails
+    /// without AVX512_BF16 or on a build whose blocks are not 16 lanes.
+    pub fn use_bf16(&mut self) -> Result<usize> {
+        if !bf16::available() || BLOCK != bf16::LANES {
+            return Err(Error::Config(
+                "bf16 products need an x86-64 CPU with AVX-512F and AVX512_BF16 (and a build with 16-lane blocks)"
+                    .into(),
+            ));
+        }
+        let mut packed = self.work.derived_bf16.len();
+        let mut switched = 0;
+        let f2 = Algo::Winograd(WinogradTile::F2);
+        for c in &mut self.convs {
+            let g = c.geometry;
+            if matches!(c.forward, Algo::Winograd(_)) && c.fwd_bf16.is_empty() && g.in_channels >= BF16_MIN_CHANNELS {
+                c.forward = f2;
+                let len = choose::derived_len(f2, &g, c.in_block);
+                c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
+                c.fwd_bf16 = packed..packed + len;
+                packed += len;
+                switched += 1;
+            }
+            let data_wide = g.out_channels >= BF16_MIN_CHANNELS;
+            if matches!(c.data_grad, Some(DataGradAlgo::Forward(Algo::Winograd(_))))
+                && c.data_bf16.is_empty()
+                && data_wide
+            {
+                c.data_grad = Some(DataGradAlgo::Forward(f2));
+                let len = choose::derived_len(f2, &as_forward(&g).expect("stride 1"), BLOCK);
+                c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                c.data_bf16 = packed..packed + len;
+                packed += len;
+                switched += 1;
+            }
+        }
+        self.work.derived_bf16.resize(packed, 0);
+        self.work.derived_from = None;
+        Ok(switched)
     }
 
     /// Bytes of the arena (activations, saved statistics and gradients).
@@ -515,10 +594,26 @@ impl TrainingPlan {
                 c.in_block,
                 &mut w.derived[c.fwd_weights.clone()],
             );
+            if let Algo::Winograd(tile) = c.forward {
+                pack_bf16(
+                    tile,
+                    g.in_channels,
+                    g.out_channels,
+                    &w.derived[c.fwd_weights.clone()],
+                    &mut w.derived_bf16[c.fwd_bf16.clone()],
+                );
+            }
             match c.data_grad {
                 Some(DataGradAlgo::Forward(Algo::Winograd(tile))) => {
                     let out = &mut w.derived[c.data_weights.clone()];
                     transform_flipped_filters(weight, g.in_channels, g.out_channels, tile, BLOCK, out);
+                    pack_bf16(
+                        tile,
+                        g.out_channels,
+                        g.in_channels,
+                        out,
+                        &mut w.derived_bf16[c.data_bf16.clone()],
+                    );
                 }
                 // The direct form is the backward-data kernel's own stride-1 path.
                 Some(_) => pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]),
@@ -840,6 +935,8 @@ fn add_conv(
         running_var: bn("running_var")?,
         fwd_weights,
         data_weights,
+        fwd_bf16: 0..0,
+        data_bf16: 0..0,
         z: lay.slot(out),
         y: lay.slot(out),
         mean: lay.fixed(channels),
@@ -948,12 +1045,14 @@ fn stage_forward(
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
         let weights = &w.derived[c.fwd_weights.clone()];
-        match fused_moments {
-            Some(tile) => {
+        let filters = transformed(weights, &w.derived_bf16[c.fwd_bf16.clone()]);
+        match (fused_moments, c.forward) {
+            (Some(tile), _) => {
                 let [s_mean, s_var] = &mut w.sums;
-                winograd_conv_moments::<F32xBlock>(&g, tile, x, weights, &ep, z, s_mean, s_var);
+                winograd_conv_moments_with::<F32xBlock>(&g, tile, x, filters, &ep, z, s_mean, s_var);
             }
-            None => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
+            (None, Algo::Winograd(tile)) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
+            (None, _) => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
         }
     }
     let shape = c.z.shape(n);
@@ -1092,8 +1191,9 @@ fn stage_backward(
             [dz.at(n), dx.at(n), at(fused.residual), at(fused.relu_output)],
         );
         let weights = &w.derived[c.data_weights.clone()];
+        let filters = transformed(weights, &w.derived_bf16[c.data_bf16.clone()]);
         match algo {
-            DataGradAlgo::Forward(a @ Algo::Winograd(_)) => {
+            DataGradAlgo::Forward(Algo::Winograd(tile)) => {
                 let ep = BlockedEpilogue {
                     bias: None,
                     residual: match fused.residual {
@@ -1103,7 +1203,7 @@ fn stage_backward(
                     relu: false,
                     relu_output: fused.relu_output.map(|_| &*relu_output),
                 };
-                choose::run_conv(a, &c.data_geometry(n), t, BLOCK, weights, &ep, o);
+                winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
             }
             _ => {
                 assert!(

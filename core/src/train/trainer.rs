@@ -80,6 +80,8 @@ pub struct Trainer {
     /// Iterations done so far.
     pub iteration: u64,
     plan: Option<TrainingPlan>,
+    /// Whether the training plan runs bf16 products ([`Trainer::use_bf16`]).
+    bf16: bool,
     /// The inference plan of evaluations, with the architecture it was built for.
     eval_plan: Option<(crate::model::ResNetConfig, ExecutionPlan)>,
     dlogits: Vec<f32>,
@@ -93,6 +95,7 @@ impl Clone for Trainer {
             schedule: self.schedule.clone(),
             iteration: self.iteration,
             plan: None,
+            bf16: self.bf16,
             eval_plan: None,
             dlogits: Vec::new(),
         }
@@ -107,9 +110,24 @@ impl Trainer {
             schedule,
             iteration: 0,
             plan: None,
+            bf16: false,
             eval_plan: None,
             dlogits: Vec::new(),
         }
+    }
+
+    /// Runs the products of the wide Winograd convolutions in bf16 from the next step on
+    /// (`--precision bf16`, see [`TrainingPlan::use_bf16`]); fails at once on a CPU
+    /// without AVX512_BF16. Weights, gradients, statistics and sums stay f32.
+    pub fn use_bf16(&mut self) -> Result<()> {
+        if !crate::kernels::blocked::bf16::available() || crate::simd::BLOCK != crate::kernels::blocked::bf16::LANES {
+            return Err(Error::Config(
+                "--precision bf16 needs an x86-64 CPU with AVX-512F and AVX512_BF16".into(),
+            ));
+        }
+        self.bf16 = true;
+        self.plan = None;
+        Ok(())
     }
 
     /// The training plan of the last step, if any.
@@ -193,7 +211,11 @@ impl Trainer {
         let fits = |p: &TrainingPlan| p.config() == params.config() && p.batch() >= n && p.input_size() == (h, w);
         if !self.plan.as_ref().is_some_and(fits) {
             self.plan = None;
-            self.plan = Some(TrainingPlan::new(params.config(), n, h, w)?);
+            let mut plan = TrainingPlan::new(params.config(), n, h, w)?;
+            if self.bf16 {
+                plan.use_bf16()?;
+            }
+            self.plan = Some(plan);
         }
         let plan = self.plan.as_mut().expect("planned above");
         let classes = params.config().num_classes;

@@ -6,6 +6,7 @@
 //!
 //! Each kernel has a naive scalar twin in the same file that the tests compare it with.
 
+pub mod bf16;
 pub mod data_grad;
 pub mod dense;
 pub mod direct;

@@ -62,6 +62,7 @@
 //! ranges cut by [`crate::kernels::split`], so batch 1 keeps every core busy. Every
 //! output value is computed by one task in a fixed order: results are deterministic.
 
+use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::{with_partials, with_scratch};
@@ -360,6 +361,37 @@ pub fn winograd_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
+    checked_conv::<V>(g, tile, input, Transformed::F32(filters), ep, out, None);
+}
+
+/// Transformed filters of a Winograd convolution, in the precision of its products.
+#[derive(Clone, Copy, Debug)]
+pub enum Transformed<'a> {
+    /// From [`transform_filters`]: f32 products.
+    F32(&'a [f32]),
+    /// [`transform_filters`] packed by [`bf16::pack_filters`]: bf16 products summed in
+    /// f32 (16-lane blocks on a CPU with AVX512_BF16, see [`bf16::available`]).
+    Bf16(&'a [u16]),
+}
+
+impl Transformed<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Transformed::F32(f) => f.len(),
+            Transformed::Bf16(f) => f.len(),
+        }
+    }
+}
+
+/// [`winograd_conv`] with filters in either precision.
+pub fn winograd_conv_with<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: Transformed,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
     checked_conv::<V>(g, tile, input, filters, ep, out, None);
 }
 
@@ -369,7 +401,7 @@ fn checked_conv<V: Vector>(
     g: &ConvGeometry,
     tile: WinogradTile,
     input: &[f32],
-    filters: &[f32],
+    filters: Transformed,
     ep: &BlockedEpilogue,
     out: &mut [f32],
     moments: Option<&SharedOut>,
@@ -394,6 +426,9 @@ fn checked_conv<V: Vector>(
     if let crate::kernels::blocked::Residual::From(r) = ep.residual {
         assert_eq!(r.len(), ys.len(), "winograd: residual length");
     }
+    if let Transformed::Bf16(_) = filters {
+        assert_eq!(l, bf16::LANES, "winograd: bf16 products take blocks of 16 lanes");
+    }
     match tile {
         WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, moments),
         WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, moments),
@@ -417,6 +452,21 @@ pub fn winograd_conv_moments<V: Vector>(
     mean: &mut [f64],
     var: &mut [f64],
 ) {
+    winograd_conv_moments_with::<V>(g, tile, input, Transformed::F32(filters), ep, out, mean, var);
+}
+
+/// [`winograd_conv_moments`] with filters in either precision.
+#[allow(clippy::too_many_arguments)]
+pub fn winograd_conv_moments_with<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: Transformed,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    mean: &mut [f64],
+    var: &mut [f64],
+) {
     let l = V::LANES;
     let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
     let channels = ys.padded_channels();
@@ -429,7 +479,7 @@ pub fn winograd_conv_moments<V: Vector>(
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
     let (tiles, p) = call_plan(xs, ys, tile.m(), tile.alpha());
     if tiles == 0 || channels == 0 {
-        winograd_conv::<V>(g, tile, input, filters, ep, out);
+        checked_conv::<V>(g, tile, input, filters, ep, out, None);
         return;
     }
     let groups = p.groups;
@@ -557,7 +607,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     xs: Blocked,
     ys: Blocked,
     input: &[f32],
-    filters: &[f32],
+    filters: Transformed,
     ep: &BlockedEpilogue,
     out: &mut [f32],
     moments: Option<&SharedOut>,
@@ -579,21 +629,57 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
         let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
         let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
         let t = tr.len();
-        let v_len = A * A * position_stride(icb * t * l);
+        let v_stride = position_stride(icb * t * l);
+        let v_len = A * A * v_stride;
         let m_len = A * A * position_stride(RB * t * l);
-        with_scratch(v_len + m_len, |s| {
-            let (v, m) = s.split_at_mut(v_len);
+        // bf16 products read V rounded to bf16: half as many bytes, after the f32 ones.
+        let v16_len = match filters {
+            Transformed::F32(_) => 0,
+            Transformed::Bf16(_) => v_len.div_ceil(2),
+        };
+        with_scratch(v_len + m_len + v16_len, |s| {
+            let (v, rest) = s.split_at_mut(v_len);
+            let (m, v16) = rest.split_at_mut(m_len);
             input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
+            let v16: &mut [u16] = bytemuck_u16(v16, v_len);
+            if let Transformed::Bf16(_) = filters {
+                bf16::convert(v, v16);
+            }
             let mut cb = kr.start;
             while cb < kr.end {
                 let rb = blocks_per_call::<V>().min(kr.end - cb);
-                products::<V, A>(filters, xs.padded_channels(), ocb, cb, rb, icb, t, v, m);
+                match filters {
+                    Transformed::F32(f) => products::<V, A>(f, xs.padded_channels(), ocb, cb, rb, icb, t, v, m),
+                    Transformed::Bf16(f) => bf16::products(
+                        f,
+                        A * A,
+                        xs.padded_channels(),
+                        ocb,
+                        (cb, rb),
+                        t,
+                        (v16, v_stride),
+                        // As `products` and the output transform lay out `M`.
+                        (m, position_stride(rb * t * l)),
+                    ),
+                }
                 let record = moments.map(|r| (r, gi * ys.padded_channels()));
                 output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
                 cb += rb;
             }
         });
     });
+}
+
+/// The first `len` halves of `floats` as `u16`s (`floats` has at least `len / 2` values;
+/// an empty slice when `len` is 0 or `floats` is empty).
+fn bytemuck_u16(floats: &mut [f32], len: usize) -> &mut [u16] {
+    if floats.is_empty() {
+        return &mut [];
+    }
+    assert!(floats.len() * 2 >= len, "bf16 scratch too short");
+    // SAFETY: `f32` and `u16` have no invalid bit patterns, `u16`'s alignment divides
+    // `f32`'s, and the `len` halves lie inside the borrowed floats (checked above).
+    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr() as *mut u16, len) }
 }
 
 /// The distance in floats between the positions `xi` of the scratch `V` and `M`, each
@@ -1126,6 +1212,81 @@ mod tests {
         let mut out = vec![0.0; g.batch * g.out_image()];
         from_blocked(y, ys, &mut out);
         out
+    }
+
+    /// bf16 products (`Transformed::Bf16`) on odd shapes and every 3x3 stride-1 convolution
+    /// of ResNet-20, with and without moment records, against the f64 definition: within
+    /// bf16's rounding (relative to the largest output), the same output with moments,
+    /// and the moments those of the stored output. On a CPU without AVX512_BF16 the products take the naive twin.
+    #[test]
+    fn bf16_products_stay_within_bf16_rounding_of_the_definition() {
+        let mut rng = Rng::new(41);
+        let mut shapes = vec![geometry(2, 19, 21, 7, 9), geometry(1, 32, 16, 5, 12)];
+        shapes.extend(
+            zoo_convs("resnet20", 2, 32)
+                .into_iter()
+                .map(|(g, _)| g)
+                .filter(|g| g.kernel_h == 3 && g.stride == 1),
+        );
+        for g in &shapes {
+            for tile in TILES {
+                let l = bf16::LANES;
+                let (x, w, xb) = case(&mut rng, g, l);
+                let want: Vec<f32> = conv_f64(g, &x, &w).iter().map(|&v| v as f32).collect();
+                let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+                transform_filters(&w, None, g.in_channels, g.out_channels, tile, l, &mut u);
+                let ocb = g.out_channels.div_ceil(l);
+                let cp = g.in_channels.next_multiple_of(l);
+                let mut u16s = vec![0u16; u.len()];
+                bf16::pack_filters(&u, tile.alpha() * tile.alpha(), ocb, cp, &mut u16s);
+                let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+                let ep = BlockedEpilogue::default();
+                let mut y = vec![f32::NAN; ys.len()];
+                winograd_conv_with::<wide::f32x16>(g, tile, &xb, Transformed::Bf16(&u16s), &ep, &mut y);
+                let err = max_rel_err(&unblock(g, &y, l), &want);
+                // Measured: F(2x2) 0.3-0.5 % of the largest output, F(4x4) 5-9 % (its output
+                // transform's coefficients, up to 8, magnify bf16's rounding of U and V):
+                // why plans give bf16 products to F(2x2) only.
+                let limit = match tile {
+                    WinogradTile::F2 => 1e-2,
+                    WinogradTile::F4 => 0.15,
+                };
+                assert!(err < limit, "{tile:?} {g:?}: bf16 error {err}");
+                let mut y2 = vec![f32::NAN; ys.len()];
+                let (mut mean, mut var) = (vec![0f64; ys.padded_channels()], vec![0f64; ys.padded_channels()]);
+                winograd_conv_moments_with::<wide::f32x16>(
+                    g,
+                    tile,
+                    &xb,
+                    Transformed::Bf16(&u16s),
+                    &ep,
+                    &mut y2,
+                    &mut mean,
+                    &mut var,
+                );
+                assert_eq!(
+                    y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    y2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                );
+                let stored = unblock(g, &y2, l);
+                let per = g.out_h * g.out_w;
+                for k in 0..g.out_channels {
+                    let vals: Vec<f64> = (0..g.batch)
+                        .flat_map(|n| {
+                            stored[(n * g.out_channels + k) * per..][..per]
+                                .iter()
+                                .map(|&v| v as f64)
+                        })
+                        .collect();
+                    let mu = vals.iter().sum::<f64>() / vals.len() as f64;
+                    assert!(
+                        (mean[k] - mu).abs() <= 1e-5 * (1.0 + mu.abs()),
+                        "mean {} vs {mu}",
+                        mean[k]
+                    );
+                }
+            }
+        }
     }
 
     /// Max relative errors (naive, fast) against the whole f64 reference.

@@ -1,0 +1,374 @@
+//! bf16 products for the blocked Winograd convolution (`--precision bf16`): the
+//! transformed filters `U` and inputs `V` rounded to bf16 (8 bits of mantissa), their
+//! products summed in f32 with `vdpbf16ps` (AVX512_BF16), which does two multiply-adds
+//! per f32 lane, twice the f32 FMA rate. Transforms, batch norm, gradients of the
+//! weights and the weights themselves stay f32, as PyTorch's CPU autocast keeps them.
+//!
+//! Layouts (16-lane blocks only, the AVX-512 build's): `U16[xi][ob][ci / 2][lane][2]`,
+//! the two input channels of a pair side by side for each output lane (the f32 `U` is
+//! `U[xi][ob][ci][lane]`), and `V16` exactly as `V` (`[xi][icb][t][lane]`), whose input
+//! channels `2p, 2p + 1` are adjacent lanes: one 32-bit broadcast feeds a pair.
+
+/// Lanes of the blocks these kernels take.
+pub const LANES: usize = 16;
+
+/// Whether this CPU runs the bf16 products (AVX-512F and AVX512_BF16).
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `x` rounded to the nearest bf16 (ties to even), as `vcvtne2ps2bf16` rounds; NaN stays
+/// a (quiet) NaN.
+#[inline(always)]
+pub fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        return ((bits >> 16) | 0x40) as u16;
+    }
+    let round = 0x7fff + ((bits >> 16) & 1);
+    (bits.wrapping_add(round) >> 16) as u16
+}
+
+/// The f32 value of a bf16.
+#[inline(always)]
+pub fn from_bf16(h: u16) -> f32 {
+    f32::from_bits((h as u32) << 16)
+}
+
+/// `U16` from the f32 transformed filters `u` (`positions` x `ocb` blocks x `cp` input
+/// channels x 16 lanes, as `transform_filters` lays them out): the same length.
+pub fn pack_filters(u: &[f32], positions: usize, ocb: usize, cp: usize, out: &mut [u16]) {
+    let l = LANES;
+    assert!(cp.is_multiple_of(2), "bf16: an even number of input channels");
+    assert_eq!(u.len(), positions * ocb * cp * l, "bf16: transformed filters length");
+    assert_eq!(out.len(), u.len(), "bf16: packed filters length");
+    for (row, packed) in u.chunks_exact(cp * l).zip(out.chunks_exact_mut(cp * l)) {
+        for p in 0..cp / 2 {
+            for lane in 0..l {
+                for j in 0..2 {
+                    packed[(p * l + lane) * 2 + j] = to_bf16(row[(2 * p + j) * l + lane]);
+                }
+            }
+        }
+    }
+}
+
+/// `out[i] = bf16(v[i])`.
+pub(crate) fn convert(v: &[f32], out: &mut [u16]) {
+    assert_eq!(v.len(), out.len(), "bf16: conversion lengths");
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked just above).
+        unsafe { x86::convert(v, out) };
+        return;
+    }
+    for (o, &x) in out.iter_mut().zip(v) {
+        *o = to_bf16(x);
+    }
+}
+
+/// `M[xi][r][t][lane] = sum_ci U16[xi][cb + r][ci][lane] V16[xi][ci / 16][t][ci % 16]`,
+/// summed in f32, for output blocks `cb..cb + rb` (at most 4) and `tn` tiles, every one
+/// of `positions` positions: the bf16 twin of the f32 Winograd products. `v16` and `m`
+/// hold one position every `v_stride` and `m_stride` values.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn products(
+    u16s: &[u16],
+    positions: usize,
+    cp: usize,
+    ocb: usize,
+    (cb, rb): (usize, usize),
+    tn: usize,
+    (v16, v_stride): (&[u16], usize),
+    (m, m_stride): (&mut [f32], usize),
+) {
+    let l = LANES;
+    let icb = cp / l;
+    assert!(cb + rb <= ocb && (1..=4).contains(&rb) && cp.is_multiple_of(l));
+    assert!(u16s.len() >= positions * ocb * cp * l);
+    assert!(positions == 0 || (v16.len() >= (positions - 1) * v_stride + icb * tn * l));
+    assert!(positions == 0 || (m.len() >= (positions - 1) * m_stride + rb * tn * l));
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        for xi in 0..positions {
+            let u = &u16s[(xi * ocb + cb) * cp * l..];
+            let v = &v16[xi * v_stride..];
+            let m = &mut m[xi * m_stride..];
+            let mut t = 0;
+            while t < tn {
+                let rt = TILES_PER_CALL[rb].min(tn - t);
+                // SAFETY: the CPU has the instructions (checked just above); `u` holds `rb`
+                // blocks of `cp x 16` values, `v` `icb` blocks of `tn x 16` and reads
+                // tiles `t..t + rt <= tn`, `m` gets `rb` blocks of `tn x 16` (asserted above).
+                unsafe {
+                    x86::micro_dispatch(
+                        rb,
+                        rt,
+                        u.as_ptr(),
+                        cp * l,
+                        v.as_ptr().add(t * l),
+                        tn * l,
+                        icb,
+                        m.as_mut_ptr().add(t * l),
+                        tn * l,
+                    )
+                };
+                t += rt;
+            }
+        }
+        return;
+    }
+    products_reference(u16s, positions, cp, ocb, (cb, rb), tn, (v16, v_stride), (m, m_stride));
+}
+
+/// Tiles per micro-kernel call by its number of output blocks (accumulators `rb x rt`
+/// plus `rb` filter vectors and the broadcast within 32 registers).
+#[cfg(target_arch = "x86_64")]
+const TILES_PER_CALL: [usize; 5] = [0, 16, 12, 8, 6];
+
+/// [`products`] one value at a time, the pairs summed in the instruction's order: the
+/// naive twin that the tests hold the kernel to, and the path of CPUs without it.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn products_reference(
+    u16s: &[u16],
+    positions: usize,
+    cp: usize,
+    ocb: usize,
+    (cb, rb): (usize, usize),
+    tn: usize,
+    (v16, v_stride): (&[u16], usize),
+    (m, m_stride): (&mut [f32], usize),
+) {
+    let l = LANES;
+    for xi in 0..positions {
+        for r in 0..rb {
+            let u = &u16s[((xi * ocb + cb + r) * cp) * l..];
+            for t in 0..tn {
+                for lane in 0..l {
+                    let mut acc = 0f32;
+                    for p in 0..cp / 2 {
+                        let (b, q) = (2 * p / l, 2 * p % l);
+                        let v = &v16[xi * v_stride + (b * tn + t) * l + q..];
+                        let odd = from_bf16(u[(p * l + lane) * 2 + 1]) * from_bf16(v[1]);
+                        let even = from_bf16(u[(p * l + lane) * 2]) * from_bf16(v[0]);
+                        acc = acc + odd + even;
+                    }
+                    m[xi * m_stride + (r * tn + t) * l + lane] = acc;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// [`super::convert`] 32 values at a time.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX512_BF16.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert(v: &[f32], out: &mut [u16]) {
+        let whole = v.len() / 32 * 32;
+        for i in (0..whole).step_by(32) {
+            // SAFETY: `i + 32 <= v.len() == out.len()`.
+            unsafe {
+                let lo = _mm512_loadu_ps(v.as_ptr().add(i));
+                let hi = _mm512_loadu_ps(v.as_ptr().add(i + 16));
+                let packed = _mm512_cvtne2ps_pbh(hi, lo);
+                _mm512_storeu_si512(
+                    out.as_mut_ptr().add(i) as *mut __m512i,
+                    core::mem::transmute::<__m512bh, __m512i>(packed),
+                );
+            }
+        }
+        for i in whole..v.len() {
+            out[i] = super::to_bf16(v[i]);
+        }
+    }
+
+    /// Picks the micro-kernel for `rb <= 4` blocks and `rt <= TILES_PER_CALL[rb]` tiles.
+    ///
+    /// # Safety
+    /// As [`micro`].
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn micro_dispatch(
+        rb: usize,
+        rt: usize,
+        u: *const u16,
+        u_block: usize,
+        v: *const u16,
+        v_block: usize,
+        icb: usize,
+        m: *mut f32,
+        m_block: usize,
+    ) {
+        macro_rules! by_rt {
+            ($rb:literal, $($rt:literal)*) => {
+                match rt {
+                    // SAFETY: forwarded from the caller.
+                    $($rt => unsafe { micro::<$rb, $rt>(u, u_block, v, v_block, icb, m, m_block) },)*
+                    _ => unreachable!("bf16: {} tiles for {} blocks", rt, rb),
+                }
+            };
+        }
+        match rb {
+            1 => by_rt!(1, 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16),
+            2 => by_rt!(2, 1 2 3 4 5 6 7 8 9 10 11 12),
+            3 => by_rt!(3, 1 2 3 4 5 6 7 8),
+            4 => by_rt!(4, 1 2 3 4 5 6),
+            _ => unreachable!("bf16: {rb} output blocks"),
+        }
+    }
+
+    /// `R` output blocks x `T` tiles of one position: `R x T` f32 accumulators, each
+    /// `vdpbf16ps` adding two input channels' products to every lane.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `u` holds `R` blocks `u_block` apart of
+    /// `icb x 16 x 16` values, `v` holds `icb` blocks `v_block` apart of `T x 16` values,
+    /// and `m` has room for `R` blocks `m_block` apart of `T x 16` floats that nothing
+    /// else accesses meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    unsafe fn micro<const R: usize, const T: usize>(
+        u: *const u16,
+        u_block: usize,
+        v: *const u16,
+        v_block: usize,
+        icb: usize,
+        m: *mut f32,
+        m_block: usize,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
+        #[allow(clippy::needless_range_loop)]
+        for b in 0..icb {
+            // SAFETY (whole loop body): in bounds by the function's contract.
+            unsafe {
+                let vb = v.add(b * v_block);
+                let ub = u.add(b * 16 * 16);
+                for pair in 0..8 {
+                    let uv: [__m512bh; R] = core::array::from_fn(|r| {
+                        core::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(
+                            ub.add(r * u_block + pair * 32) as *const __m512i
+                        ))
+                    });
+                    for t in 0..T {
+                        let word = (vb.add(t * 16 + 2 * pair) as *const i32).read_unaligned();
+                        let x = core::mem::transmute::<__m512i, __m512bh>(_mm512_set1_epi32(word));
+                        for r in 0..R {
+                            acc[r][t] = _mm512_dpbf16_ps(acc[r][t], uv[r], x);
+                        }
+                    }
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (t, a) in ar.iter().enumerate() {
+                // SAFETY: in bounds and unshared by the function's contract.
+                unsafe { _mm512_storeu_ps(m.add(r * m_block + t * 16), *a) };
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_to_bf16_is_to_nearest_even_and_keeps_nan() {
+        assert_eq!(to_bf16(1.0), 0x3f80);
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties go to the even 1.
+        assert_eq!(to_bf16(1.0 + 1.0 / 256.0), 0x3f80);
+        assert_eq!(to_bf16(1.0 + 3.0 / 256.0), 0x3f82);
+        assert_eq!(from_bf16(to_bf16(-2.5)), -2.5);
+        assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
+        assert_eq!(from_bf16(to_bf16(f32::INFINITY)), f32::INFINITY);
+        // The largest finite f32 rounds up to infinity, as the instruction does.
+        assert_eq!(from_bf16(to_bf16(f32::MAX)), f32::INFINITY);
+    }
+
+    #[test]
+    fn conversion_matches_the_scalar_rounding() {
+        let v: Vec<f32> = (0..77)
+            .map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i % 7 - 3))
+            .collect();
+        let mut fast = vec![0u16; v.len()];
+        convert(&v, &mut fast);
+        let slow: Vec<u16> = v.iter().map(|&x| to_bf16(x)).collect();
+        assert_eq!(fast, slow);
+    }
+
+    fn value(i: usize, salt: usize) -> f32 {
+        ((i * 7919 + salt * 104729) % 2003) as f32 / 1001.0 - 1.0
+    }
+
+    /// The kernel against its naive twin and against the f64 products of the same bf16
+    /// values, on every block and tile count a call can take.
+    #[test]
+    fn products_match_the_naive_twin_and_f64() {
+        let (positions, icb, ocb, tn) = (3, 3, 5, 23);
+        let (l, cp) = (LANES, 3 * LANES);
+        let u: Vec<f32> = (0..positions * ocb * cp * l).map(|i| value(i, 1)).collect();
+        let mut u16s = vec![0u16; u.len()];
+        pack_filters(&u, positions, ocb, cp, &mut u16s);
+        let v_stride = icb * tn * l + 16;
+        let v: Vec<f32> = (0..positions * v_stride).map(|i| value(i, 2)).collect();
+        let mut v16 = vec![0u16; v.len()];
+        convert(&v, &mut v16);
+        for (cb, rb) in [(0, 4), (1, 3), (3, 2), (4, 1)] {
+            let m_stride = rb * tn * l;
+            let mut fast = vec![f32::NAN; positions * m_stride];
+            let mut slow = fast.clone();
+            products(
+                &u16s,
+                positions,
+                cp,
+                ocb,
+                (cb, rb),
+                tn,
+                (&v16, v_stride),
+                (&mut fast, m_stride),
+            );
+            products_reference(
+                &u16s,
+                positions,
+                cp,
+                ocb,
+                (cb, rb),
+                tn,
+                (&v16, v_stride),
+                (&mut slow, m_stride),
+            );
+            for xi in 0..positions {
+                for r in 0..rb {
+                    for t in 0..tn {
+                        for lane in 0..l {
+                            let at = xi * m_stride + (r * tn + t) * l + lane;
+                            let (mut exact, mut size) = (0f64, 0f64);
+                            for ci in 0..cp {
+                                let uu = from_bf16(to_bf16(u[((xi * ocb + cb + r) * cp + ci) * l + lane])) as f64;
+                                let vv = from_bf16(to_bf16(v[xi * v_stride + ((ci / l) * tn + t) * l + ci % l])) as f64;
+                                exact += uu * vv;
+                                size += (uu * vv).abs();
+                            }
+                            let tol = 1e-6 * size + 1e-30;
+                            assert!((fast[at] as f64 - exact).abs() <= tol, "kernel {} vs {exact}", fast[at]);
+                            assert!((slow[at] as f64 - exact).abs() <= tol, "twin {} vs {exact}", slow[at]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
