@@ -64,6 +64,20 @@ impl<'a> SharedOut<'a> {
         unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
     }
 
+    /// Elements in the output.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// A pointer to element `i`, for a kernel that stores through raw pointers: under the
+    /// same guarantee as [`SharedOut::write`], for every element it writes.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the bf16 kernels' only
+    pub(crate) fn ptr_at(&self, i: usize) -> *mut f32 {
+        assert!(i <= self.len, "shared output index out of range");
+        // SAFETY: `i <= len` keeps the pointer inside (or one past) the borrowed slice.
+        unsafe { self.ptr.add(i) }
+    }
+
     /// Reads the vector at `i..i + V::LANES`: the blocked kernels' in-place residual,
     /// read by the one task that then overwrites it.
     #[inline(always)]

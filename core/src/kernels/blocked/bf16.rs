@@ -9,8 +9,18 @@
 //! `U[xi][ob][ci][lane]`), and `V16` exactly as `V` (`[xi][icb][t][lane]`), whose input
 //! channels `2p, 2p + 1` are adjacent lanes: one 32-bit broadcast feeds a pair.
 
+use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::scratch::with_scratch;
+use crate::kernels::shared_out::SharedOut;
+use crate::layout::Blocked;
+use rayon::prelude::*;
+
 /// Lanes of the blocks these kernels take.
 pub const LANES: usize = 16;
+
+/// Bytes of one task's input pixels in bf16 in [`pointwise`]: well inside the L2, beside
+/// the filters and the output rows.
+const POINTWISE_CHUNK_BYTES: usize = 128 << 10;
 
 /// Whether this CPU runs the bf16 products (AVX-512F and AVX512_BF16).
 pub fn available() -> bool {
@@ -58,6 +68,170 @@ pub fn pack_filters(u: &[f32], positions: usize, ocb: usize, cp: usize, out: &mu
             }
         }
     }
+}
+
+/// Length of [`pack_pointwise`]'s output for `c` input and `k` output channels.
+pub fn pointwise_len(c: usize, k: usize) -> usize {
+    k.div_ceil(LANES) * LANES * c.next_multiple_of(LANES)
+}
+
+/// The weights of a 1x1 convolution of `c` input and `k` output channels (`weight[k][c]`,
+/// OIHW), or with `transposed` of its backward-data (`weight[c][k]` read as `k x c`...
+/// that is, the convolution from `k` channels back to `c`), packed for [`pointwise`] as
+/// [`pack_filters`] packs one Winograd position: `[ob][ci / 2][lane][2]`, zero-padded.
+pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out: &mut [u16]) {
+    // The packed convolution's input and output channels.
+    let (ci_n, co_n) = if transposed { (k, c) } else { (c, k) };
+    let (l, cp) = (LANES, ci_n.next_multiple_of(LANES));
+    assert_eq!(weight.len(), c * k, "bf16: 1x1 weights length");
+    assert_eq!(out.len(), pointwise_len(ci_n, co_n), "bf16: packed 1x1 weights length");
+    for (ob, block) in out.chunks_exact_mut(cp * l).enumerate() {
+        for p in 0..cp / 2 {
+            for lane in 0..l {
+                for j in 0..2 {
+                    let (o, i) = (ob * l + lane, 2 * p + j);
+                    let w = match (o < co_n && i < ci_n, transposed) {
+                        (false, _) => 0.0,
+                        (true, false) => weight[o * c + i],
+                        // The backward-data from `k` channels to `c`: output `o` is forward
+                        // input `o`, input `i` is forward output `i`.
+                        (true, true) => weight[i * c + o],
+                    };
+                    block[(p * l + lane) * 2 + j] = to_bf16(w);
+                }
+            }
+        }
+    }
+}
+
+/// `out = conv1x1(input)` with weights from [`pack_pointwise`], for a 1x1, stride-1,
+/// unpadded convolution `g` whose input and output are blocked in 16 lanes (every output
+/// value written, padding channels zero): the products in bf16 summed in f32. Tasks take
+/// one image's range of pixels each, rounding it to bf16 once for all output blocks.
+pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
+    assert!(
+        g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0,
+        "bf16: pointwise takes 1x1 stride-1 convolutions, found {g:?}"
+    );
+    let l = LANES;
+    let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
+    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+    assert_eq!(input.len(), xs.len(), "bf16: 1x1 input length");
+    assert_eq!(out.len(), ys.len(), "bf16: 1x1 output length");
+    assert_eq!(
+        w16.len(),
+        pointwise_len(g.in_channels, g.out_channels),
+        "bf16: 1x1 weights length"
+    );
+    let (icb, ocb, px) = (xs.blocks(), ys.blocks(), g.in_h * g.in_w);
+    if g.batch == 0 || px == 0 || ocb == 0 {
+        return;
+    }
+    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1)).clamp(TILES_PER_CALL_ANY, px);
+    let chunks = px.div_ceil(chunk);
+    let cp = icb * l;
+    let shared = SharedOut::new(out);
+    (0..g.batch * chunks).into_par_iter().for_each(|task| {
+        let (n, t0) = (task / chunks, (task % chunks) * chunk);
+        let tn = chunk.min(px - t0);
+        with_scratch((icb * tn * l).div_ceil(2), |s| {
+            let v16 = scratch_u16(s, icb * tn * l);
+            for b in 0..icb {
+                let from = ((n * icb + b) * px + t0) * l;
+                convert(&input[from..from + tn * l], &mut v16[b * tn * l..(b + 1) * tn * l]);
+            }
+            let mut cb = 0;
+            while cb < ocb {
+                let rb = (ocb - cb).min(4);
+                let mut t = 0;
+                while t < tn {
+                    let rt = tiles_per_call(rb).min(tn - t);
+                    let at = ((n * ocb + cb) * px + t0 + t) * l;
+                    // Rows `r * px * l` apart from `at`: blocks `cb..cb + rb` of image `n`,
+                    // pixels `t0 + t..t0 + t + rt`, inside `out`; this task alone writes
+                    // its pixel range.
+                    assert!(at + ((rb - 1) * px + rt) * l <= shared.len());
+                    micro(
+                        (rb, rt),
+                        &w16[cb * cp * l..],
+                        cp * l,
+                        (&v16[t * l..], tn * l),
+                        icb,
+                        (&shared, at, px * l),
+                    );
+                    t += rt;
+                }
+                cb += rb;
+            }
+        });
+    });
+}
+
+/// The most tiles a micro-kernel call takes for any block count.
+const TILES_PER_CALL_ANY: usize = 16;
+
+/// Tiles a micro-kernel call takes for `rb` output blocks.
+fn tiles_per_call(rb: usize) -> usize {
+    [0, 16, 12, 8, 6][rb]
+}
+
+/// One micro-kernel call of `rb` blocks x `rt` tiles writing into `out` at `at` (rows
+/// `row` apart): the instruction's kernel where the CPU has it, the naive sum elsewhere.
+fn micro(
+    (rb, rt): (usize, usize),
+    u: &[u16],
+    u_block: usize,
+    (v, v_block): (&[u16], usize),
+    icb: usize,
+    (out, at, row): (&SharedOut, usize, usize),
+) {
+    let l = LANES;
+    assert!(u.len() >= (rb - 1) * u_block + icb * l * l && v.len() >= (icb - 1) * v_block + rt * l);
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has the instructions; `u` and `v` hold what the kernel reads
+        // (asserted above); the output rows lie inside `out` (asserted by the caller)
+        // and belong to this task alone.
+        unsafe {
+            x86::micro_dispatch(
+                rb,
+                rt,
+                u.as_ptr(),
+                u_block,
+                v.as_ptr(),
+                v_block,
+                icb,
+                out.ptr_at(at),
+                row,
+            )
+        };
+        return;
+    }
+    for r in 0..rb {
+        for t in 0..rt {
+            for lane in 0..l {
+                let mut acc = 0f32;
+                for p in 0..icb * l / 2 {
+                    let (b, q) = (2 * p / l, 2 * p % l);
+                    let x = &v[b * v_block + t * l + q..];
+                    let w = &u[r * u_block + (p * l + lane) * 2..];
+                    acc = acc + from_bf16(w[1]) * from_bf16(x[1]) + from_bf16(w[0]) * from_bf16(x[0]);
+                }
+                out.write(at + r * row + t * l + lane, acc);
+            }
+        }
+    }
+}
+
+/// The first `len` halves of `floats` as `u16`s (`floats` holds at least `len / 2`).
+pub(crate) fn scratch_u16(floats: &mut [f32], len: usize) -> &mut [u16] {
+    if len == 0 {
+        return &mut [];
+    }
+    assert!(floats.len() * 2 >= len, "bf16 scratch too short");
+    // SAFETY: `f32` and `u16` have no invalid bit patterns, `u16`'s alignment divides
+    // `f32`'s, and the `len` halves lie inside the borrowed floats (checked above).
+    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr() as *mut u16, len) }
 }
 
 /// `out[i] = bf16(v[i])`.
@@ -307,6 +481,61 @@ mod tests {
         convert(&v, &mut fast);
         let slow: Vec<u16> = v.iter().map(|&x| to_bf16(x)).collect();
         assert_eq!(fast, slow);
+    }
+
+    /// 1x1 convolutions (and their backward-data, from transposed packing) against the
+    /// f64 sums of the same bf16 values, on odd and ResNet-50-like shapes.
+    #[test]
+    fn pointwise_matches_f64_sums_of_the_bf16_values() {
+        use crate::layout::{from_blocked, to_blocked};
+        for &(n, c, k, h, w) in &[(2, 19, 21, 5, 7), (1, 64, 256, 8, 8), (3, 40, 8, 3, 11)] {
+            for transposed in [false, true] {
+                // The convolution computed: from `ci` channels to `co`.
+                let (ci, co) = if transposed { (k, c) } else { (c, k) };
+                let g = ConvGeometry::new(n, ci, h, w, co, (1, 1), 1, 0).unwrap();
+                let weight: Vec<f32> = (0..c * k).map(|i| value(i, 3)).collect();
+                let x: Vec<f32> = (0..n * ci * h * w).map(|i| value(i, 4) * 3.0).collect();
+                let xs = Blocked::new(n, ci, h, w, LANES);
+                let ys = Blocked::new(n, co, h, w, LANES);
+                let mut xb = vec![0.0; xs.len()];
+                to_blocked(&x, xs, &mut xb);
+                let mut w16 = vec![0u16; pointwise_len(ci, co)];
+                pack_pointwise(&weight, c, k, transposed, &mut w16);
+                let mut yb = vec![f32::NAN; ys.len()];
+                pointwise(&g, &xb, &w16, &mut yb);
+                for b in co..ys.padded_channels() {
+                    assert!(
+                        (0..h * w).all(|p| yb[ys.index(0, b, p / w, p % w)] == 0.0),
+                        "padding channel {b}"
+                    );
+                }
+                let mut y = vec![0.0; n * co * h * w];
+                from_blocked(&yb, ys, &mut y);
+                let round = |v: f32| from_bf16(to_bf16(v)) as f64;
+                for img in 0..n {
+                    for o in 0..co {
+                        for p in 0..h * w {
+                            let (mut exact, mut size) = (0f64, 0f64);
+                            for i in 0..ci {
+                                let wv = if transposed {
+                                    weight[i * c + o]
+                                } else {
+                                    weight[o * c + i]
+                                };
+                                let term = round(wv) * round(x[(img * ci + i) * h * w + p]);
+                                exact += term;
+                                size += term.abs();
+                            }
+                            let got = y[(img * co + o) * h * w + p] as f64;
+                            assert!(
+                                (got - exact).abs() <= 1e-6 * size + 1e-30,
+                                "{g:?} {transposed}: {got} vs {exact}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     fn value(i: usize, salt: usize) -> f32 {

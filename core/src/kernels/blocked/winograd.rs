@@ -641,7 +641,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             let (v, rest) = s.split_at_mut(v_len);
             let (m, v16) = rest.split_at_mut(m_len);
             input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
-            let v16: &mut [u16] = bytemuck_u16(v16, v_len);
+            let v16 = bf16::scratch_u16(v16, if v16.is_empty() { 0 } else { v_len });
             if let Transformed::Bf16(_) = filters {
                 bf16::convert(v, v16);
             }
@@ -668,18 +668,6 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             }
         });
     });
-}
-
-/// The first `len` halves of `floats` as `u16`s (`floats` has at least `len / 2` values;
-/// an empty slice when `len` is 0 or `floats` is empty).
-fn bytemuck_u16(floats: &mut [f32], len: usize) -> &mut [u16] {
-    if floats.is_empty() {
-        return &mut [];
-    }
-    assert!(floats.len() * 2 >= len, "bf16 scratch too short");
-    // SAFETY: `f32` and `u16` have no invalid bit patterns, `u16`'s alignment divides
-    // `f32`'s, and the `len` halves lie inside the borrowed floats (checked above).
-    unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr() as *mut u16, len) }
 }
 
 /// The distance in floats between the positions `xi` of the scratch `V` and `M`, each
