@@ -360,7 +360,7 @@ test('the page trains on the visitor\'s own images (a folder of class folders an
   await page.fill('#batch', '8');
   await page.fill('#iters', '60');
   await page.fill('#workers', '1');
-  await page.fill('#lr', '0.2');
+  await page.fill('#lr', '0.05');
   await page.fill('#eval-every', '20');
   await page.selectOption('#schedule', 'constant');
   await page.click('#start');
