@@ -127,7 +127,7 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
     if g.batch == 0 || px == 0 || ocb == 0 {
         return;
     }
-    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1)).clamp(TILES_PER_CALL_ANY, px);
+    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1)).clamp(TILES_PER_CALL[1], px);
     let chunks = px.div_ceil(chunk);
     let cp = icb * l;
     let shared = SharedOut::new(out);
@@ -145,7 +145,7 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
                 let rb = (ocb - cb).min(4);
                 let mut t = 0;
                 while t < tn {
-                    let rt = tiles_per_call(rb).min(tn - t);
+                    let rt = TILES_PER_CALL[rb].min(tn - t);
                     let at = ((n * ocb + cb) * px + t0 + t) * l;
                     // Rows `r * px * l` apart from `at`: blocks `cb..cb + rb` of image `n`,
                     // pixels `t0 + t..t0 + t + rt`, inside `out`; this task alone writes
@@ -165,14 +165,6 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
             }
         });
     });
-}
-
-/// The most tiles a micro-kernel call takes for any block count.
-const TILES_PER_CALL_ANY: usize = 16;
-
-/// Tiles a micro-kernel call takes for `rb` output blocks.
-fn tiles_per_call(rb: usize) -> usize {
-    [0, 16, 12, 8, 6][rb]
 }
 
 /// One micro-kernel call of `rb` blocks x `rt` tiles writing into `out` at `at` (rows
@@ -210,17 +202,28 @@ fn micro(
     for r in 0..rb {
         for t in 0..rt {
             for lane in 0..l {
-                let mut acc = 0f32;
-                for p in 0..icb * l / 2 {
-                    let (b, q) = (2 * p / l, 2 * p % l);
-                    let x = &v[b * v_block + t * l + q..];
-                    let w = &u[r * u_block + (p * l + lane) * 2..];
-                    acc = acc + from_bf16(w[1]) * from_bf16(x[1]) + from_bf16(w[0]) * from_bf16(x[0]);
-                }
-                out.write(at + r * row + t * l + lane, acc);
+                out.write(
+                    at + r * row + t * l + lane,
+                    pair_sum(&u[r * u_block..], v, v_block, icb, t, lane),
+                );
             }
         }
     }
+}
+
+/// One output lane of the naive twin: `sum_ci u[ci][lane] v[ci / 16][t][ci % 16]` over
+/// `icb` input blocks (`v` blocks `v_block` apart), the pairs added in the instruction's
+/// order (the odd product, then the even one).
+fn pair_sum(u: &[u16], v: &[u16], v_block: usize, icb: usize, t: usize, lane: usize) -> f32 {
+    let l = LANES;
+    let mut acc = 0f32;
+    for p in 0..icb * l / 2 {
+        let (b, q) = (2 * p / l, 2 * p % l);
+        let x = &v[b * v_block + t * l + q..];
+        let w = &u[(p * l + lane) * 2..];
+        acc = acc + from_bf16(w[1]) * from_bf16(x[1]) + from_bf16(w[0]) * from_bf16(x[0]);
+    }
+    acc
 }
 
 /// The first `len` halves of `floats` as `u16`s (`floats` holds at least `len / 2`).
@@ -304,7 +307,6 @@ pub(crate) fn products(
 
 /// Tiles per micro-kernel call by its number of output blocks (accumulators `rb x rt`
 /// plus `rb` filter vectors and the broadcast within 32 registers).
-#[cfg(target_arch = "x86_64")]
 const TILES_PER_CALL: [usize; 5] = [0, 16, 12, 8, 6];
 
 /// [`products`] one value at a time, the pairs summed in the instruction's order: the
@@ -326,15 +328,8 @@ pub(crate) fn products_reference(
             let u = &u16s[((xi * ocb + cb + r) * cp) * l..];
             for t in 0..tn {
                 for lane in 0..l {
-                    let mut acc = 0f32;
-                    for p in 0..cp / 2 {
-                        let (b, q) = (2 * p / l, 2 * p % l);
-                        let v = &v16[xi * v_stride + (b * tn + t) * l + q..];
-                        let odd = from_bf16(u[(p * l + lane) * 2 + 1]) * from_bf16(v[1]);
-                        let even = from_bf16(u[(p * l + lane) * 2]) * from_bf16(v[0]);
-                        acc = acc + odd + even;
-                    }
-                    m[xi * m_stride + (r * tn + t) * l + lane] = acc;
+                    let v = &v16[xi * v_stride..];
+                    m[xi * m_stride + (r * tn + t) * l + lane] = pair_sum(u, v, tn * l, cp / l, t, lane);
                 }
             }
         }
