@@ -1024,7 +1024,24 @@ impl StepHooks for LocalStep {
 /// Disjoint mutable views of the arena (slots never overlap; a panic here is a bug in
 /// the plan's layout).
 pub(super) fn split<const N: usize>(arena: &mut [f32], ranges: [Range<usize>; N]) -> [&mut [f32]; N] {
-    arena.get_disjoint_mut(ranges).expect("the plan's slots are disjoint")
+    // Carved with `split_at_mut` in address order rather than `get_disjoint_mut`, which
+    // the threaded wasm build's compiler (Rust 1.85) lacks.
+    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    order.sort_unstable_by_key(|&i| ranges[i].start);
+    let mut views: [Option<&mut [f32]>; N] = std::array::from_fn(|_| None);
+    let (mut rest, mut offset) = (arena, 0);
+    for i in order {
+        let range = &ranges[i];
+        assert!(
+            offset <= range.start && range.start <= range.end,
+            "the plan's slots are disjoint"
+        );
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(range.start - offset);
+        let (view, tail) = tail.split_at_mut(range.len());
+        views[i] = Some(view);
+        (rest, offset) = (tail, range.end);
+    }
+    views.map(|view| view.expect("every range is placed"))
 }
 
 pub(super) fn split_grads<'a>(
@@ -1032,9 +1049,7 @@ pub(super) fn split_grads<'a>(
     a: &Range<usize>,
     b: &Range<usize>,
 ) -> (&'a mut [f32], &'a mut [f32]) {
-    let [a, b] = grads
-        .get_disjoint_mut([a.clone(), b.clone()])
-        .expect("distinct tensors");
+    let [a, b] = split(grads, [a.clone(), b.clone()]);
     (a, b)
 }
 
