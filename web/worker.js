@@ -20,7 +20,9 @@ function gradients() {
 
 const handlers = {
   async init({ data, arch, seed, options, workers, index, start = 'scratch', base, own }) {
-    await init();
+    // One worker may use the threaded build's pool (cross-origin isolated pages); several
+    // workers already share the cores, one thread each.
+    await init(undefined, { threads: workers > 1 ? 1 : 'auto' });
     if (own) {
       // The visitor's images: a fifth held out for testing (the same split in every worker).
       const all = Dataset.fromPixels(new Uint8Array(data), own.labels, { width: own.side, height: own.side, classes: own.classes });

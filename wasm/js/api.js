@@ -4,8 +4,10 @@
 // the instance is then refused: its memory may be inconsistent, so load the module afresh
 // (e.g. a new Worker).
 
-import wasmInit, * as raw from './resnet_wasm.js';
+import wasmInit, * as singleThread from './resnet_wasm.js';
 
+/** The glue of the build `init` loaded: this one, or `threads/resnet_wasm.js`. */
+let raw = singleThread;
 let ready = false;
 let pending = null;
 let poisoned = null;
@@ -34,20 +36,71 @@ export function wasmFile() {
   return supportsRelaxedSimd() ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm';
 }
 
-/** Initialises the module from `input` (URL, Response, bytes or WebAssembly.Module);
- * by default fetches `wasmFile()` next to this file. Idempotent. */
-export function init(input) {
+/** A module of one shared memory and one `i32.atomic.load`: it validates where the
+ * engine's threaded build can run. */
+const THREADS_PROBE = new Uint8Array([
+  0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version 1
+  0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+  0x03, 0x02, 0x01, 0x00, // one function of that type
+  0x05, 0x04, 0x01, 0x03, 0x01, 0x01, // memory: shared, 1 page, at most 1
+  0x0a, 0x0b, 0x01, 0x09, 0x00, 0x41, 0x00, 0xfe, 0x10, 0x02, 0x00, 0x1a, 0x0b, // i32.const 0, i32.atomic.load, drop
+]);
+
+/** Most threads `init` starts by default (`threads: 'auto'`). */
+const MAX_AUTO_THREADS = 8;
+
+/** Whether this context can run the threaded build: it is cross-origin isolated (COOP and
+ * COEP headers, as `SharedArrayBuffer` needs), can start Workers and validates shared
+ * memory. Node is not: there the engine runs one thread. */
+export function supportsThreads() {
+  try {
+    return globalThis.crossOriginIsolated === true && typeof SharedArrayBuffer !== 'undefined' &&
+      typeof Worker !== 'undefined' && WebAssembly.validate(THREADS_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+/** Threads `init` runs for `threads` (`'auto'`, or a count) where the build can run. */
+function threadCount(threads) {
+  if (!supportsThreads()) return 1;
+  if (threads === 'auto') return Math.max(1, Math.min(MAX_AUTO_THREADS, navigator.hardwareConcurrency || 1));
+  const n = Number(threads);
+  if (!Number.isInteger(n) || n < 1) throw new TypeError(`threads must be 'auto' or a whole number >= 1, found ${threads}`);
+  return n;
+}
+
+/** Initialises the module. Idempotent.
+ * `threads` (default `'auto'`): where `supportsThreads()`, the threaded build
+ * (`threads/resnet_wasm_bg.wasm`) with that many Web Workers as the engine's pool
+ * (`'auto'`: `navigator.hardwareConcurrency`, at most 8); elsewhere, or with `threads: 1`,
+ * `wasmFile()`. `input` (URL, Response, bytes or WebAssembly.Module) replaces the default
+ * file: a single-thread build, unless `threads` is given as a count above 1, when it must
+ * be the threaded build. */
+export function init(input, { threads = input === undefined ? 'auto' : 1 } = {}) {
   if (ready) return Promise.resolve();
   if (!pending) {
-    const module_or_path = input ?? new URL(`./${wasmFile()}`, import.meta.url);
-    pending = wasmInit({ module_or_path }).then(() => {
+    pending = load(input, threadCount(threads)).then(() => {
       ready = true;
     }, (e) => {
       pending = null;
+      raw = singleThread;
       throw e;
     });
   }
   return pending;
+}
+
+async function load(input, threads) {
+  if (threads === 1) {
+    await wasmInit({ module_or_path: input ?? new URL(`./${wasmFile()}`, import.meta.url) });
+    return;
+  }
+  const threaded = await import('./threads/resnet_wasm.js');
+  await threaded.default({ module_or_path: input ?? new URL('./threads/resnet_wasm_bg.wasm', import.meta.url) });
+  const { startPool } = await import('./pool.js');
+  await startPool(threaded, threads);
+  raw = threaded;
 }
 
 /** Initialises the module synchronously from its bytes or a compiled WebAssembly.Module. */

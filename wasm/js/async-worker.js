@@ -9,7 +9,7 @@ let ready = null;
 onmessage = async ({ data }) => {
   const { id } = data;
   try {
-    ready ??= init(data.wasm);
+    ready ??= init(data.wasm, { threads: data.threads });
     await ready;
     const { result, transfer = [] } = host.handle(data);
     postMessage({ id, result }, transfer);

@@ -27,7 +27,7 @@ export interface ClassifyOptions {
 /** Chooses where the engine runs, before the first call: a module Worker (`worker: true`,
  * the default in a page) or the calling thread (`false`, the default in Node and Workers);
  * `wasm` is the module's URL or bytes (default: the `.wasm` beside the package's files). */
-export function configure(options: { worker?: boolean; wasm?: string | URL | BufferSource }): void;
+export function configure(options: { worker?: boolean; wasm?: string | URL | BufferSource; threads?: 'auto' | number }): void;
 
 /** `'worker'` or `'local'` once the engine has been called; null before. */
 export function backendKind(): 'worker' | 'local' | null;

@@ -10,16 +10,19 @@ import { Host } from './host.js';
 
 let useWorker = null;
 let wasmInput;
+let wasmThreads;
 let backend = null;
 
 /** Chooses where the engine runs, before the first call: `{ worker: true }` (a module
  * Worker; the default in a page) or `{ worker: false }` (the calling thread; the default
  * elsewhere). `wasm`: the module's URL or bytes, for the Worker's `init` (default: the
- * `.wasm` beside this file). */
-export function configure({ worker, wasm } = {}) {
+ * `.wasm` beside this file). `threads`: `init`'s option (default `'auto'`: the threaded
+ * build where the page is cross-origin isolated). */
+export function configure({ worker, wasm, threads } = {}) {
   if (backend) throw new Error('resnet-wasm/async: configure() must come before the first call');
   if (worker !== undefined) useWorker = !!worker;
   wasmInput = wasm;
+  wasmThreads = threads;
 }
 
 function inPage() {
@@ -51,7 +54,7 @@ function workerBackend() {
       const id = next++;
       return new Promise((resolve, reject) => {
         waiting.set(id, { resolve, reject });
-        worker.postMessage({ id, wasm: wasmInput, ...req }, transfer);
+        worker.postMessage({ id, wasm: wasmInput, threads: wasmThreads, ...req }, transfer);
       });
     },
   };
@@ -64,7 +67,7 @@ function localBackend() {
     async request(req) {
       if (!host) {
         const api = await import('./api.js');
-        await api.init(wasmInput);
+        await api.init(wasmInput, { threads: wasmThreads });
         host = new Host();
       }
       return host.handle(req).result;

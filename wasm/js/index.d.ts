@@ -6,13 +6,27 @@ export type Bytes = Uint8Array | ArrayBuffer | ArrayBufferView;
 /** What the module can be initialised from (as wasm-bindgen's `--target web` init). */
 export type InitInput = RequestInfo | URL | Response | BufferSource | WebAssembly.Module;
 
-/** Initialises the module (browsers: fetches `resnet_wasm_bg.wasm` next to the module by
- * default). Idempotent; in Node the module is already initialised on import. */
-export function init(input?: InitInput | Promise<InitInput>): Promise<void>;
+export interface InitOptions {
+  /** `'auto'` (the default without `input`): the threaded build with
+   * `navigator.hardwareConcurrency` Workers (at most 8) where `supportsThreads()`, else one
+   * thread. A count: that many threads where `supportsThreads()` (then an `input` must be
+   * `threads/resnet_wasm_bg.wasm`), one elsewhere. 1 (the default with `input`): the
+   * single-thread build. */
+  threads?: 'auto' | number;
+}
+
+/** Initialises the module (browsers: fetches `wasmFile()` next to the module by default,
+ * or `threads/resnet_wasm_bg.wasm` and starts its Workers where `supportsThreads()`).
+ * Idempotent; in Node the module is already initialised on import. */
+export function init(input?: InitInput | Promise<InitInput>, options?: InitOptions): Promise<void>;
 export default init;
 
 /** Initialises synchronously from the .wasm bytes or a compiled module. */
 export function initSync(module: BufferSource | WebAssembly.Module): void;
+
+/** Whether this context runs the threaded build: cross-origin isolated (COOP/COEP), with
+ * Workers and WebAssembly shared memory. False in Node. */
+export function supportsThreads(): boolean;
 
 /** Whether this JavaScript engine runs WebAssembly relaxed SIMD (validates a one-instruction probe). */
 export function supportsRelaxedSimd(): boolean;
@@ -27,7 +41,7 @@ export interface EngineInfo {
   simd128: boolean;
   /** Whether the build uses relaxed SIMD (the `resnet_wasm_relaxed_bg.wasm` build). */
   relaxedSimd: boolean;
-  /** Threads of the engine's pool: 1 in wasm (use several Workers for parallelism). */
+  /** Threads of the engine's pool: those `init` started with the threaded build, else 1. */
   threads: number;
   /** Architectures `Model.create` knows. */
   models: string[];

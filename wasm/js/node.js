@@ -6,4 +6,4 @@ import { initSync, wasmFile } from './api.js';
 
 initSync(readFileSync(new URL(`./${wasmFile()}`, import.meta.url)));
 
-export { init as default, init, initSync, engineInfo, batchShare, decodeImage, supportsRelaxedSimd, wasmFile, Model, Dataset, Trainer } from './api.js';
+export { init as default, init, initSync, engineInfo, batchShare, decodeImage, supportsRelaxedSimd, supportsThreads, wasmFile, Model, Dataset, Trainer } from './api.js';

@@ -6,6 +6,8 @@
 //! `js/api.js`, which wraps the raw classes exported here (`WasmModel`, ...).
 
 pub mod engine;
+#[cfg(feature = "threads")]
+pub mod threads;
 
 use engine::{TrainOptions, TrainSession};
 use js_sys::{Array, Object, Reflect, Uint8Array};
@@ -22,6 +24,15 @@ use wasm_bindgen::prelude::*;
 extern "C" {
     #[wasm_bindgen(js_namespace = console, js_name = error)]
     fn console_error(s: &str);
+}
+
+/// Runs one call into the engine with the threaded build's pool kept awake
+/// ([`threads::keep_awake`]); the single-thread builds just run it.
+fn keep_awake<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(feature = "threads")]
+    return threads::keep_awake(f);
+    #[cfg(not(feature = "threads"))]
+    f()
 }
 
 /// The message of the last panic, kept for the JS wrapper to report.
@@ -185,8 +196,7 @@ impl WasmModel {
             )));
         }
         let mut c = self.inner.borrow_mut();
-        let logits = c.logits(input, shape[0], shape[2], shape[3]).map_err(err)?;
-        Ok(logits.to_vec())
+        keep_awake(|| Ok(c.logits(input, shape[0], shape[2], shape[3]).map_err(err)?.to_vec()))
     }
 
     /// Top-k of one RGBA image of any size.
@@ -255,15 +265,8 @@ impl WasmModel {
             .transpose()
             .map_err(err)?;
         let batch = opt_usize(batch, "batch", 100)?;
-        to_js(
-            &engine::evaluate(
-                &mut self.inner.borrow_mut(),
-                &data.inner,
-                limit.map(|l| l as usize),
-                batch,
-            )
-            .map_err(err)?,
-        )
+        let mut c = self.inner.borrow_mut();
+        to_js(&keep_awake(|| engine::evaluate(&mut c, &data.inner, limit.map(|l| l as usize), batch)).map_err(err)?)
     }
 
     /// Sets the preprocessing from statistics of `data`: `per-pixel` or `per-channel`.
@@ -308,7 +311,7 @@ impl WasmModel {
         if images.is_empty() {
             return Ok(Array::new().into());
         }
-        let preds = self.inner.borrow_mut().classify(&images, top_k as usize).map_err(err)?;
+        let preds = keep_awake(|| self.inner.borrow_mut().classify(&images, top_k as usize)).map_err(err)?;
         to_js(&engine::predictions_json(&preds))
     }
 }
@@ -457,20 +460,16 @@ impl WasmTrainer {
 
     /// One SGD step on the next batch of `data`: `{ iteration, loss, accuracy, lr }`.
     pub fn step(&mut self, data: &WasmDataset) -> Result<JsValue, JsError> {
-        let s = self
-            .session
-            .step(&mut self.model.borrow_mut(), &data.inner)
-            .map_err(err)?;
+        let mut model = self.model.borrow_mut();
+        let s = keep_awake(|| self.session.step(&mut model, &data.inner)).map_err(err)?;
         to_js(&serde_json::json!({"iteration": s.iteration, "loss": s.loss, "accuracy": s.accuracy, "lr": lr_js(s.lr)}))
     }
 
     /// Forward and backward on the next batch without updating: `{ loss, accuracy, count }`.
     #[wasm_bindgen(js_name = computeGradients)]
     pub fn compute_gradients(&mut self, data: &WasmDataset) -> Result<JsValue, JsError> {
-        let s = self
-            .session
-            .compute_gradients(&mut self.model.borrow_mut(), &data.inner)
-            .map_err(err)?;
+        let mut model = self.model.borrow_mut();
+        let s = keep_awake(|| self.session.compute_gradients(&mut model, &data.inner)).map_err(err)?;
         to_js(&serde_json::json!({
             "loss": s.loss,
             "correct": s.correct,
@@ -482,10 +481,8 @@ impl WasmTrainer {
     /// One SGD update from the gradients in the model; returns the learning rate used.
     #[wasm_bindgen(js_name = applyGradients)]
     pub fn apply_gradients(&mut self) -> Result<f64, JsError> {
-        let lr = self
-            .session
-            .apply_gradients(&mut self.model.borrow_mut())
-            .map_err(err)?;
+        let mut model = self.model.borrow_mut();
+        let lr = keep_awake(|| self.session.apply_gradients(&mut model)).map_err(err)?;
         Ok(lr_js(lr))
     }
 

@@ -52,10 +52,11 @@ describe('package', () => {
     assert.deepEqual(Object.keys(pkg.exports['.']), ['types', 'browser', 'node', 'default']);
     assert.deepEqual(Object.keys(pkg.exports['./async']), ['types', 'browser', 'node', 'default']);
     assert.deepEqual(Object.keys(lib).sort(), ['Dataset', 'Model', 'Trainer', 'batchShare', 'decodeImage', 'default', 'engineInfo', 'init', 'initSync',
-      'supportsRelaxedSimd', 'wasmFile'],
+      'supportsRelaxedSimd', 'supportsThreads', 'wasmFile'],
       'the public API, and nothing else');
     for (const f of ['index.js', 'node.js', 'api.js', 'index.d.ts', 'async.js', 'async-node.js', 'async-worker.js', 'host.js', 'async.d.ts',
-      'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm', 'README.md', 'LICENSE']) {
+      'resnet_wasm.js', 'resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm', 'pool.js', 'pool-worker.js',
+      'threads/resnet_wasm.js', 'threads/resnet_wasm_bg.wasm', 'README.md', 'LICENSE']) {
       assert.ok(existsSync(join(dir, f)), `${f} is in the package`);
     }
     assert.equal(pkg.version, cargoVersion, 'package version is the Cargo version');
@@ -80,6 +81,23 @@ describe('package', () => {
     assert.equal(lib.wasmFile(), supported ? 'resnet_wasm_relaxed_bg.wasm' : 'resnet_wasm_bg.wasm');
     assert.equal(lib.engineInfo().relaxedSimd, supported);
     console.log(`# ${relaxed.bySimdOp.get(MADD)} f32x4.relaxed_madd in the relaxed build; Node ${process.versions.node} runs ${lib.wasmFile()}`);
+  });
+
+  test('the threaded build: a shared memory, the pool\'s exports, SIMD128; Node runs one thread', () => {
+    const dir = join(project, 'node_modules', 'resnet-wasm', 'threads');
+    const bytes = readFileSync(join(dir, 'resnet_wasm_bg.wasm'));
+    const module = new WebAssembly.Module(bytes);
+    const memory = WebAssembly.Module.imports(module).find((i) => i.kind === 'memory');
+    assert.ok(memory, 'the threaded build imports its memory (shared between the Workers)');
+    const exported = WebAssembly.Module.exports(module).map((e) => e.name);
+    for (const name of ['startThreadPool', 'runPoolWorker', 'threadPoolShared']) {
+      assert.ok(exported.includes(name), `the threaded build exports ${name}`);
+    }
+    assert.ok(scanWasm(bytes).simd > 1000, 'the threaded build uses SIMD128');
+    const glue = readFileSync(join(dir, 'resnet_wasm.js'), 'utf8');
+    assert.match(glue, /shared:\s*true/, 'its glue makes a shared memory');
+    assert.equal(lib.supportsThreads(), false, 'Node is not a cross-origin-isolated page');
+    assert.equal(lib.engineInfo().threads, 1);
   });
 
   test('the module uses SIMD128 instructions', () => {
@@ -449,7 +467,7 @@ describe('errors', () => {
     assert.throws(() => lib.Model.create('panic-for-tests'), /panic-for-tests/, 'an unknown architecture, not a panic');
     assert.equal(lib.Model.create('resnet8').info().numClasses, 10, 'the instance is fine afterwards');
     const dir = join(project, 'node_modules', 'resnet-wasm');
-    for (const f of ['resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm']) {
+    for (const f of ['resnet_wasm_bg.wasm', 'resnet_wasm_relaxed_bg.wasm', 'threads/resnet_wasm_bg.wasm']) {
       assert.equal(readFileSync(join(dir, f)).indexOf('panic-for-tests'), -1, `${f} has the test hook`);
     }
     for (const f of readdirSync(dir).filter((f) => /\.(js|ts)$/.test(f))) {

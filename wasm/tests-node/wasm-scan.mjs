@@ -95,6 +95,11 @@ function instruction(r, counts) {
     if (sub === 9 || sub === 13 || (sub >= 15 && sub <= 17)) return r.uleb();
     throw new Error(`unknown 0xFC ${sub} at byte ${r.pos}`);
   }
+  if (op === 0xfe) {
+    // Threads: atomic.fence has one zero byte; every other atomic instruction a memarg.
+    const sub = r.uleb();
+    return sub === 0x03 ? r.skip(1) : r.memarg();
+  }
   if (op === 0xfd) {
     const sub = r.uleb();
     counts.set(sub, (counts.get(sub) ?? 0) + 1);

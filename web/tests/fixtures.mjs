@@ -87,10 +87,15 @@ export function cifarTarGz(perBatch, testImages) {
 const TYPES = { '.html': 'text/html', '.js': 'text/javascript', '.mjs': 'text/javascript', '.css': 'text/css',
   '.wasm': 'application/wasm', '.json': 'application/json', '.safetensors': 'application/octet-stream' };
 
-/** Serves `root` on 127.0.0.1 (no COOP/COEP headers: the page must not need them), and
- * the buffers of `extra` (`{ '/path': Buffer }`) at their paths, with their length. */
-export async function serve(root, extra = {}) {
+/** Serves `root` on 127.0.0.1, and the buffers of `extra` (`{ '/path': Buffer }`) at their
+ * paths, with their length. No COOP/COEP headers (the page must not need them) unless
+ * `isolated`, which makes the page cross-origin isolated, as `cargo xtask web --isolated`. */
+export async function serve(root, extra = {}, { isolated = false } = {}) {
   const server = createServer(async (req, res) => {
+    if (isolated) {
+      res.setHeader('cross-origin-opener-policy', 'same-origin');
+      res.setHeader('cross-origin-embedder-policy', 'require-corp');
+    }
     const url = new URL(req.url, 'http://x').pathname;
     if (extra[url]) {
       res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': extra[url].length });

@@ -4,17 +4,24 @@
 //!   each fuzz target (`fuzz/`, nightly only: skipped with a message without it), the
 //!   wasm32 build, then the npm package (`wasm`), the tests' own build of it (feature
 //!   `test-hooks`), their Node tests (`wasm/tests-node/`) and the page's tests in
-//!   Chromium (`web/tests/`, which run the relaxed-SIMD build).
-//! - `wasm`: builds `resnet-wasm` for wasm32 twice, with SIMD128 and with SIMD128 plus
-//!   relaxed SIMD (in `<target>/relaxed`), runs `wasm-bindgen` on both (installing the CLI
-//!   at the crate's exact version when missing; their glue must be identical) and
-//!   `wasm-opt` when present (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under
-//!   `<target>/tools`), writes the npm package (`resnet_wasm_bg.wasm` and
-//!   `resnet_wasm_relaxed_bg.wasm`) to `<target>/wasm-pkg/package/` and `npm pack`s it beside.
+//!   Chromium (`web/tests/`, which run the relaxed-SIMD build, and the threaded build on
+//!   a cross-origin-isolated server).
+//! - `wasm`: builds `resnet-wasm` for wasm32 three times: SIMD128, SIMD128 plus relaxed
+//!   SIMD (in `<target>/relaxed`) and the threaded build (`threads.rs`, in
+//!   `<target>/threads`); runs `wasm-bindgen` on each (installing the CLI at the crate's
+//!   exact version when missing; the first two must have identical glue) and `wasm-opt`
+//!   when present (`WASM_OPT=path`, or `WASM_OPT=npm` for npm's binaryen under
+//!   `<target>/tools`), writes the npm package (`resnet_wasm_bg.wasm`,
+//!   `resnet_wasm_relaxed_bg.wasm` and `threads/`) to `<target>/wasm-pkg/package/` and
+//!   `npm pack`s it beside.
 //! - `fuzz-smoke`: only the few seconds of each fuzz target that `test` runs.
 //! - `node-test`: the package, the tests' own build of it and the Node tests only.
-//! - `web [PORT]`: builds the package, copies it to `web/pkg/` and serves `web/` on
-//!   127.0.0.1 (port 8000 by default, 0 for any free one), printing the address.
+//! - `web [--isolated] [PORT]`: builds the package, copies it to `web/pkg/` and serves
+//!   `web/` on 127.0.0.1 (port 8000 by default, 0 for any free one), printing the address;
+//!   `--isolated` adds the COOP/COEP headers that make the page cross-origin isolated, so
+//!   that it runs the threaded build.
+
+mod threads;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -26,9 +33,13 @@ fn main() -> ExitCode {
         Some("wasm") => wasm().map(|_| ()),
         Some("fuzz-smoke") => fuzz_smoke(),
         Some("node-test") => wasm().and_then(|t| node_tests(&t, &wasm_test_package()?)),
-        Some("web") => web(args.get(1).map(String::as_str)),
+        Some("web") => {
+            let isolated = args.iter().any(|a| a == "--isolated");
+            let port = args.iter().skip(1).find(|a| *a != "--isolated");
+            web(port.map(String::as_str), isolated)
+        }
         _ => {
-            eprintln!("usage: cargo xtask test | wasm | node-test | web [PORT] | fuzz-smoke");
+            eprintln!("usage: cargo xtask test | wasm | node-test | web [--isolated] [PORT] | fuzz-smoke");
             return ExitCode::from(2);
         }
     };
@@ -84,6 +95,22 @@ fn test() -> Result<(), String> {
         "cargo",
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
+    // The threaded build's own code (`wasm/src/threads.rs`), which the workspace's clippy
+    // leaves out: it is behind the feature `threads`.
+    run(
+        "cargo",
+        &[
+            "clippy",
+            "-p",
+            "resnet-wasm",
+            "--features",
+            "threads",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
     run("cargo", &["test", "--workspace"])?;
     mpi_tests()?;
     fuzz_smoke()?;
@@ -116,9 +143,10 @@ const MPI_PACKAGES: [&str; 3] = ["libopenmpi-dev", "openmpi-bin", "libclang-dev"
 /// too; this bounds the whole.
 const MPI_TEST_SECONDS: &str = "900";
 
-/// Installs [`MPI_PACKAGES`] with apt when one is missing (the tests run as root).
-fn ensure_mpi() -> Result<(), String> {
-    let missing: Vec<&str> = MPI_PACKAGES
+/// Installs the Debian `packages` that are missing with apt (the tests run as root);
+/// `purpose` names what needs them in the error.
+fn ensure_debian_packages(packages: &[&str], purpose: &str) -> Result<(), String> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -142,7 +170,7 @@ fn ensure_mpi() -> Result<(), String> {
         .map_err(|e| format!("cannot start apt-get: {e}"))?;
     if !status.success() {
         return Err(format!(
-            "installing {} failed ({status}); the MPI build and tests need them",
+            "installing {} failed ({status}); {purpose} needs them",
             missing.join(" ")
         ));
     }
@@ -152,7 +180,7 @@ fn ensure_mpi() -> Result<(), String> {
 /// The `mpi` feature: clippy on it, then `tests/mpi.rs` (2 ranks under `mpirun`), bounded
 /// in time.
 fn mpi_tests() -> Result<(), String> {
-    ensure_mpi()?;
+    ensure_debian_packages(&MPI_PACKAGES, "the MPI build and tests")?;
     let features = ["-p", "resnet", "--features", "mpi"];
     run(
         "cargo",
@@ -482,6 +510,15 @@ fn wasm() -> Result<PathBuf, String> {
     std::fs::rename(relaxed_dir.join("resnet_wasm_bg.wasm"), &relaxed_file).map_err(|e| e.to_string())?;
     std::fs::remove_dir_all(&relaxed_dir).map_err(|e| e.to_string())?;
     optimize(&relaxed_file, &["--enable-relaxed-simd"])?;
+    // The threaded build, with its own glue (shared memory, the pool's exports); its
+    // Workers' scripts are `pool.js` and `pool-worker.js`; types come from `index.d.ts`.
+    let threaded = threads::build()?;
+    let threads_dir = pkg.join("threads");
+    bindgen(&threaded, &threads_dir)?;
+    for types in ["resnet_wasm.d.ts", "resnet_wasm_bg.wasm.d.ts"] {
+        std::fs::remove_file(threads_dir.join(types)).map_err(|e| e.to_string())?;
+    }
+    optimize(&threads_dir.join("resnet_wasm_bg.wasm"), &["--enable-threads"])?;
     let js = root.join("wasm/js");
     for f in [
         "api.js",
@@ -493,6 +530,8 @@ fn wasm() -> Result<PathBuf, String> {
         "async-worker.js",
         "host.js",
         "async.d.ts",
+        "pool.js",
+        "pool-worker.js",
     ] {
         copy(&js.join(f), &pkg.join(f))?;
     }
@@ -545,11 +584,14 @@ fn wasm() -> Result<PathBuf, String> {
     "async-worker.js",
     "host.js",
     "async.d.ts",
+    "pool.js",
+    "pool-worker.js",
     "resnet_wasm.js",
     "resnet_wasm.d.ts",
     "resnet_wasm_bg.wasm",
     "resnet_wasm_relaxed_bg.wasm",
     "resnet_wasm_bg.wasm.d.ts",
+    "threads/",
     "README.md",
     "LICENSE"
   ],
@@ -670,14 +712,23 @@ fn web_package() -> Result<PathBuf, String> {
     if to.exists() {
         std::fs::remove_dir_all(&to).map_err(|e| format!("cannot clear {}: {e}", to.display()))?;
     }
-    std::fs::create_dir_all(&to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
-    for entry in std::fs::read_dir(&from).map_err(|e| format!("cannot read {}: {e}", from.display()))? {
-        let entry = entry.map_err(|e| e.to_string())?;
-        if entry.path().is_file() {
-            copy(&entry.path(), &to.join(entry.file_name()))?;
+    copy_tree(&from, &to)?;
+    Ok(to)
+}
+
+/// Copies the files under `from` into `to`, folders included.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("cannot create {}: {e}", to.display()))?;
+    for entry in std::fs::read_dir(from).map_err(|e| format!("cannot read {}: {e}", from.display()))? {
+        let path = entry.map_err(|e| e.to_string())?.path();
+        let Some(name) = path.file_name() else { continue };
+        if path.is_dir() {
+            copy_tree(&path, &to.join(name))?;
+        } else if path.is_file() {
+            copy(&path, &to.join(name))?;
         }
     }
-    Ok(to)
+    Ok(())
 }
 
 /// Debian's Chromium, installed with apt when missing (the tests run as root).
@@ -686,15 +737,10 @@ fn ensure_chromium() -> Result<String, String> {
     if Path::new(&path).exists() {
         return Ok(path);
     }
-    run("apt-get", &["update", "-qq"])?;
-    let status = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "chromium"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .status()
-        .map_err(|e| format!("cannot start apt-get: {e}"))?;
-    if !status.success() || !Path::new(&path).exists() {
+    ensure_debian_packages(&["chromium"], "the browser tests")?;
+    if !Path::new(&path).exists() {
         return Err(format!(
-            "installing chromium failed ({status}); the browser tests need {path}"
+            "the Debian package chromium is installed, but the browser tests need {path}"
         ));
     }
     Ok(path)
@@ -724,7 +770,7 @@ fn browser_tests() -> Result<(), String> {
 }
 
 /// Builds the page and serves `web/` on 127.0.0.1 until interrupted.
-fn web(port: Option<&str>) -> Result<(), String> {
+fn web(port: Option<&str>, isolated: bool) -> Result<(), String> {
     wasm()?;
     web_package()?;
     let port: u16 = port
@@ -734,17 +780,23 @@ fn web(port: Option<&str>) -> Result<(), String> {
     let listener = std::net::TcpListener::bind(("127.0.0.1", port))
         .map_err(|e| format!("cannot listen on 127.0.0.1:{port}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    println!("serving web/ on http://{addr}/ (Ctrl-C to stop)");
+    let mode = if isolated {
+        ", cross-origin isolated (COOP/COEP)"
+    } else {
+        ""
+    };
+    println!("serving web/ on http://{addr}/{mode} (Ctrl-C to stop)");
     let root = workspace_root().join("web");
     for stream in listener.incoming().flatten() {
         let root = root.clone();
-        std::thread::spawn(move || serve_one(stream, &root));
+        std::thread::spawn(move || serve_one(stream, &root, isolated));
     }
     Ok(())
 }
 
-/// Answers one HTTP/1.1 GET with a file under `root` (no directory listing, no `..`).
-fn serve_one(mut stream: std::net::TcpStream, root: &Path) {
+/// Answers one HTTP/1.1 GET with a file under `root` (no directory listing, no `..`);
+/// `isolated` adds the headers of a cross-origin-isolated page.
+fn serve_one(mut stream: std::net::TcpStream, root: &Path, isolated: bool) {
     use std::io::{BufRead, BufReader, Write};
     let mut line = String::new();
     let Ok(clone) = stream.try_clone() else { return };
@@ -776,8 +828,13 @@ fn serve_one(mut stream: std::net::TcpStream, root: &Path) {
         (true, Ok(b)) => ("200 OK", b, content_type(&rel)),
         _ => ("404 Not Found", b"not found".to_vec(), "text/plain"),
     };
+    let isolation = if isolated {
+        "cross-origin-opener-policy: same-origin\r\ncross-origin-embedder-policy: require-corp\r\n"
+    } else {
+        ""
+    };
     let head = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\ncontent-type: {kind}\r\ncontent-length: {}\r\n{isolation}connection: close\r\n\r\n",
         body.len()
     );
     let _ = stream.write_all(head.as_bytes()).and_then(|_| stream.write_all(&body));

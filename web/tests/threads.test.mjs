@@ -1,0 +1,98 @@
+// The threaded build in real Chromium: on a cross-origin-isolated server (COOP/COEP) the
+// page's engine runs the threaded build with a pool of Web Workers and computes what the
+// single-thread build computes; without isolation it runs one thread.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { resolve, dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+import { serve } from './fixtures.mjs';
+
+const webRoot = resolve(dirname(fileURLToPath(import.meta.url)), '..');
+
+let browser, isolated, plain;
+const problems = [];
+
+async function open(site) {
+  const page = await browser.newPage();
+  page.on('console', (m) => m.type() === 'error' && problems.push(`console: ${m.text()}`));
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  page.on('response', (r) => r.status() >= 400 && problems.push(`HTTP ${r.status()} for ${r.url()}`));
+  await page.goto(site.url, { waitUntil: 'commit' });
+  await page.waitForFunction(() => window.resnetPage && window.resnetPage.ready, null, { timeout: 60_000 });
+  return page;
+}
+
+before(async () => {
+  assert.ok(existsSync(join(webRoot, 'pkg', 'threads', 'resnet_wasm_bg.wasm')), 'web/pkg has no threaded build: run `cargo xtask web` (or `cargo xtask test`)');
+  isolated = await serve(webRoot, {}, { isolated: true });
+  plain = await serve(webRoot);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  isolated?.server.close();
+  plain?.server.close();
+});
+
+test('a cross-origin-isolated page runs the threaded build on navigator.hardwareConcurrency threads; a plain page on one', async () => {
+  const page = await open(isolated);
+  const seen = await page.evaluate(() => ({
+    isolated: self.crossOriginIsolated,
+    cores: navigator.hardwareConcurrency,
+    threads: window.resnetPage.engine.threads,
+  }));
+  assert.equal(seen.isolated, true);
+  assert.equal(seen.threads, Math.min(8, seen.cores), JSON.stringify(seen));
+  await page.close();
+  const single = await open(plain);
+  assert.equal(await single.evaluate(() => [self.crossOriginIsolated, window.resnetPage.engine.threads].join()), 'false,1');
+  await single.close();
+  assert.deepEqual(problems, []);
+});
+
+test('two threads compute what one thread computes: resnet20 logits, resnet8 training losses', async () => {
+  const page = await open(isolated);
+  const out = await page.evaluate(async () => {
+    const run = async (threads, tag) => {
+      // A module instance (and engine Worker) of its own for each build.
+      const api = await import(`./pkg/async.js?${tag}`);
+      api.configure({
+        worker: true,
+        threads,
+        ...(threads === 1 ? { wasm: new URL('pkg/resnet_wasm_bg.wasm', location.href).href } : {}),
+      });
+      const info = await api.engineInfo();
+      const model = await api.Model.load('models/resnet20-cifar10.safetensors');
+      const x = Float32Array.from({ length: 8 * 3 * 32 * 32 }, (_, i) => Math.sin(i * 0.731) * 1.7);
+      const logits = Array.from(await model.forward(x, [8, 3, 32, 32]));
+      const top = await model.classify({ data: new Uint8Array(40 * 30 * 4).map((_, i) => (i * 7) % 256), width: 40, height: 30 }, { topk: 3 });
+      const px = new Uint8Array(16 * 32 * 32 * 4).map((_, i) => (i * 29 + (i >> 10) * 7) % 251);
+      const data = await api.Dataset.fromPixels(px, Array.from({ length: 16 }, (_, i) => i % 4), { width: 32, height: 32 });
+      const net = await api.Model.create('resnet8', { classes: 4, seed: 3 });
+      const t = new api.Trainer(net, { batch: 8, steps: 6, lr: 0.05, seed: 1 });
+      const losses = [];
+      for (let i = 0; i < 6; i++) losses.push((await t.step(data)).loss);
+      return { threads: info.threads, relaxed: info.relaxedSimd, logits, top, losses };
+    };
+    return { one: await run(1, 'one'), two: await run(2, 'two') };
+  });
+  assert.equal(out.one.threads, 1);
+  assert.equal(out.two.threads, 2);
+  assert.equal(out.two.relaxed, false, 'the threaded build is SIMD128');
+  assert.equal(out.one.logits.length, 80);
+  let worst = 0;
+  out.one.logits.forEach((p, i) => (worst = Math.max(worst, Math.abs(p - out.two.logits[i]) / (1 + Math.abs(p)))));
+  assert.ok(worst < 1e-5, `resnet20 logits differ by ${worst} (relative)`);
+  assert.deepEqual(out.two.top.map((p) => p.index), out.one.top.map((p) => p.index));
+  out.one.losses.forEach((p, i) => assert.ok(Math.abs(p - out.two.losses[i]) < 1e-4 * (1 + p), `step ${i}: loss ${p} vs ${out.two.losses[i]}`));
+  assert.ok(out.two.losses.every(Number.isFinite));
+  console.log(`threaded build: resnet20 logits within ${worst.toExponential(2)} of one thread; resnet8 losses ${out.two.losses.map((l) => l.toFixed(4))}`);
+  await page.close();
+  assert.deepEqual(problems, []);
+});
