@@ -11,7 +11,8 @@
 #             "resnet/bench/resnet-wasm.html?model=resnet50&batch=1" (prefix "coi:" for the
 #             cross-origin-isolated server); runs=/warmup= are used as given
 #   GROUP     ours | ort | tfjs | tftrain (the default: all four), imagenet (resnet18/50 b1,
-#             all three engines), coi (ORT with 2 threads, COOP/COEP), relaxed (our SIMD128
+#             all three engines), coi (COOP/COEP: ORT with 2 threads, our threaded build
+#             with 2 threads and our one-thread b1 beside it), relaxed (our SIMD128
 #             and relaxed-SIMD builds alternating, resnet20 b1, b32 and training, ROUNDS
 #             times (3); the table ends with each build's median and the ratio)
 # env: RESNET_SHARED (default ../shared beside the repo), CHROMIUM (/usr/bin/chromium),
@@ -23,7 +24,7 @@
 # Results: WORK_DIR/results-DATE.jsonl, screenshots in WORK_DIR/shots; prints a table.
 set -uo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
-[ $# -ge 1 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -ge 1 ] || { sed -n '2,22p' "$0"; exit 2; }
 W="$(cd "$1" && pwd)" || exit 2
 shift
 shared="${RESNET_SHARED:-$repo/../shared}"
@@ -59,7 +60,9 @@ for a in "$@"; do
                jobs+=("$ours?build=simd128&$j" "$ours?build=relaxed&$j")
              done
            done ;;
-  coi) jobs+=("coi:ort.html?model=resnet20&batch=1&threads=2&$b1" "coi:ort.html?model=resnet20&batch=32&threads=2&$b32") ;;
+  coi) jobs+=("coi:ort.html?model=resnet20&batch=1&threads=2&$b1" "coi:ort.html?model=resnet20&batch=32&threads=2&$b32"
+              "coi:$ours?model=resnet20&batch=1&threads=1&$b1" "coi:$ours?model=resnet20&batch=1&threads=2&$b1"
+              "coi:$ours?model=resnet20&batch=32&threads=2&$b32" "coi:$ours?mode=train&model=resnet20&batch=32&threads=2&$tr") ;;
   *) echo "unknown job or group: $a" >&2; exit 2 ;;
   esac
 done
