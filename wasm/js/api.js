@@ -63,11 +63,9 @@ export function supportsThreads() {
 
 /** Threads `init` runs for `threads` (`'auto'`, or a count) where the build can run. */
 function threadCount(threads) {
-  if (!supportsThreads()) return 1;
-  if (threads === 'auto') return Math.max(1, Math.min(MAX_AUTO_THREADS, navigator.hardwareConcurrency || 1));
-  const n = Number(threads);
+  const n = threads === 'auto' ? Math.min(MAX_AUTO_THREADS, (typeof navigator !== 'undefined' && navigator.hardwareConcurrency) || 1) : threads;
   if (!Number.isInteger(n) || n < 1) throw new TypeError(`threads must be 'auto' or a whole number >= 1, found ${threads}`);
-  return n;
+  return supportsThreads() ? n : 1;
 }
 
 /** Initialises the module. Idempotent.
@@ -80,7 +78,13 @@ function threadCount(threads) {
 export function init(input, { threads = input === undefined ? 'auto' : 1 } = {}) {
   if (ready) return Promise.resolve();
   if (!pending) {
-    pending = load(input, threadCount(threads)).then(() => {
+    let count;
+    try {
+      count = threadCount(threads);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    pending = load(input, count, threads !== 'auto').then(() => {
       ready = true;
     }, (e) => {
       pending = null;
@@ -91,16 +95,23 @@ export function init(input, { threads = input === undefined ? 'auto' : 1 } = {})
   return pending;
 }
 
-async function load(input, threads) {
-  if (threads === 1) {
-    await wasmInit({ module_or_path: input ?? new URL(`./${wasmFile()}`, import.meta.url) });
-    return;
+/** Loads the threaded build when `threads` > 1, else (or when that fails and the count was
+ * not `asked` for explicitly) the single-thread build. */
+async function load(input, threads, asked) {
+  if (threads > 1) {
+    try {
+      const threaded = await import('./threads/resnet_wasm.js');
+      await threaded.default({ module_or_path: input ?? new URL('./threads/resnet_wasm_bg.wasm', import.meta.url) });
+      const { startPool } = await import('./pool.js');
+      await startPool(threaded, threads);
+      raw = threaded;
+      return;
+    } catch (e) {
+      if (asked) throw e;
+      console.warn(`resnet-wasm: the threaded build did not start (${e && e.message ? e.message : e}); running one thread`);
+    }
   }
-  const threaded = await import('./threads/resnet_wasm.js');
-  await threaded.default({ module_or_path: input ?? new URL('./threads/resnet_wasm_bg.wasm', import.meta.url) });
-  const { startPool } = await import('./pool.js');
-  await startPool(threaded, threads);
-  raw = threaded;
+  await wasmInit({ module_or_path: input ?? new URL(`./${wasmFile()}`, import.meta.url) });
 }
 
 /** Initialises the module synchronously from its bytes or a compiled WebAssembly.Module. */

@@ -121,13 +121,20 @@ describe('package', () => {
       const m = await import('resnet-wasm');
       const out = {};
       try { m.Model.create('resnet8'); out.before = 'no error'; } catch (e) { out.before = e.message; }
-      await m.default(readFileSync(new URL(import.meta.resolve('resnet-wasm/resnet_wasm_bg.wasm'))));
+      out.badThreads = await m.init(undefined, { threads: 0 }).then(() => 'no error', (e) => e.message);
+      out.supportsThreads = m.supportsThreads();
+      // Outside a cross-origin-isolated page, a thread count loads the single-thread build.
+      await m.default(readFileSync(new URL(import.meta.resolve('resnet-wasm/resnet_wasm_bg.wasm'))), { threads: 2 });
+      out.threads = m.engineInfo().threads;
       await m.init();
       out.info = m.Model.create('resnet8', { classes: 3 }).info().numClasses;
       console.log(JSON.stringify(out));`;
     writeFileSync(join(project, 'browser.mjs'), script);
     const out = JSON.parse(execFileSync('node', ['--conditions=browser', 'browser.mjs'], { cwd: project }).toString());
     assert.match(out.before, /not initialised: await init\(\) first/);
+    assert.match(out.badThreads, /threads must be 'auto' or a whole number >= 1, found 0/);
+    assert.equal(out.supportsThreads, false);
+    assert.equal(out.threads, 1);
     assert.equal(out.info, 3);
   });
 });
