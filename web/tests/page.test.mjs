@@ -153,22 +153,9 @@ test('the asynchronous API classifies every kind of image alike, in a Worker', a
 test('Chromium runs the relaxed-SIMD build, and it computes what the SIMD128 build computes', async () => {
   assert.equal(await page.evaluate(() => window.resnetPage.engine.relaxedSimd), true, 'the page\'s engine is the relaxed build');
   const out = await page.evaluate(async () => {
-    const run = async (file, tag) => {
-      // A module instance (and engine Worker) of its own for each build.
-      const api = await import(`./pkg/async.js?${tag}`);
-      api.configure({ worker: true, wasm: new URL(`pkg/${file}`, location.href).href });
-      const info = await api.engineInfo();
-      const model = await api.Model.load('models/resnet20-cifar10.safetensors');
-      const x = Float32Array.from({ length: 4 * 3 * 32 * 32 }, (_, i) => Math.sin(i * 0.731) * 1.7);
-      const logits = Array.from(await model.forward(x, [4, 3, 32, 32]));
-      const px = new Uint8Array(16 * 32 * 32 * 4).map((_, i) => (i * 29 + (i >> 10) * 7) % 251);
-      const data = await api.Dataset.fromPixels(px, Array.from({ length: 16 }, (_, i) => i % 4), { width: 32, height: 32 });
-      const net = await api.Model.create('resnet8', { classes: 4, seed: 3 });
-      const t = new api.Trainer(net, { batch: 8, steps: 6, lr: 0.05, seed: 1 });
-      const losses = [];
-      for (let i = 0; i < 6; i++) losses.push((await t.step(data)).loss);
-      return { relaxed: info.relaxedSimd, logits, losses };
-    };
+    const { probe } = await import('./tests/engine-probe.mjs');
+    // A module instance (and engine Worker) of its own for each build.
+    const run = async (file, tag) => probe(await import(`./pkg/async.js?${tag}`), { wasm: new URL(`pkg/${file}`, location.href).href });
     return { plain: await run('resnet_wasm_bg.wasm', 'simd128'), relaxed: await run('resnet_wasm_relaxed_bg.wasm', 'relaxed') };
   });
   assert.equal(out.plain.relaxed, false);

@@ -59,27 +59,12 @@ test('a cross-origin-isolated page runs the threaded build on navigator.hardware
 test('two threads compute what one thread computes: resnet20 logits, resnet8 training losses', async () => {
   const page = await open(isolated);
   const out = await page.evaluate(async () => {
-    const run = async (threads, tag) => {
-      // A module instance (and engine Worker) of its own for each build.
-      const api = await import(`./pkg/async.js?${tag}`);
-      api.configure({
-        worker: true,
-        threads,
-        ...(threads === 1 ? { wasm: new URL('pkg/resnet_wasm_bg.wasm', location.href).href } : {}),
-      });
-      const info = await api.engineInfo();
-      const model = await api.Model.load('models/resnet20-cifar10.safetensors');
-      const x = Float32Array.from({ length: 8 * 3 * 32 * 32 }, (_, i) => Math.sin(i * 0.731) * 1.7);
-      const logits = Array.from(await model.forward(x, [8, 3, 32, 32]));
-      const top = await model.classify({ data: new Uint8Array(40 * 30 * 4).map((_, i) => (i * 7) % 256), width: 40, height: 30 }, { topk: 3 });
-      const px = new Uint8Array(16 * 32 * 32 * 4).map((_, i) => (i * 29 + (i >> 10) * 7) % 251);
-      const data = await api.Dataset.fromPixels(px, Array.from({ length: 16 }, (_, i) => i % 4), { width: 32, height: 32 });
-      const net = await api.Model.create('resnet8', { classes: 4, seed: 3 });
-      const t = new api.Trainer(net, { batch: 8, steps: 6, lr: 0.05, seed: 1 });
-      const losses = [];
-      for (let i = 0; i < 6; i++) losses.push((await t.step(data)).loss);
-      return { threads: info.threads, relaxed: info.relaxedSimd, logits, top, losses };
-    };
+    const { probe } = await import('./tests/engine-probe.mjs');
+    // A module instance (and engine Worker) of its own for each build.
+    const run = async (threads, tag) => probe(await import(`./pkg/async.js?${tag}`), {
+      threads,
+      ...(threads === 1 ? { wasm: new URL('pkg/resnet_wasm_bg.wasm', location.href).href } : {}),
+    }, { images: 8 });
     return { one: await run(1, 'one'), two: await run(2, 'two') };
   });
   assert.equal(out.one.threads, 1);
