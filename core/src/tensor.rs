@@ -75,3 +75,45 @@ mod tests {
         assert!(checked_numel(&[usize::MAX, 2]).is_err());
     }
 }
+
+/// The largest `|x|` of `values`, NaN if any is NaN: the NaN-aware fold for error
+/// measures (`fold(0.0, f32::max)` would skip a NaN and report no error).
+pub fn max_abs(values: impl IntoIterator<Item = f32>) -> f32 {
+    values.into_iter().fold(0.0, |m: f32, x| {
+        if m.is_nan() || x.is_nan() {
+            f32::NAN
+        } else {
+            m.max(x.abs())
+        }
+    })
+}
+
+/// [`max_abs`] in f64, for errors measured against f64 references.
+pub fn max_abs_f64(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().fold(0.0, |m: f64, x| {
+        if m.is_nan() || x.is_nan() {
+            f64::NAN
+        } else {
+            m.max(x.abs())
+        }
+    })
+}
+
+/// `max |a[i] - b[i]|` over the pairs, NaN if any difference is NaN ([`max_abs`]).
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    max_abs(a.iter().zip(b).map(|(x, y)| x - y))
+}
+
+#[cfg(test)]
+mod error_measure_tests {
+    use super::*;
+
+    #[test]
+    fn nan_is_never_skipped() {
+        assert_eq!(max_abs([1.0, -3.0, 2.0]), 3.0);
+        assert!(max_abs([1.0, f32::NAN, 2.0]).is_nan());
+        assert!(max_abs_diff(&[1.0, 2.0], &[1.0, f32::NAN]).is_nan());
+        assert_eq!(max_abs_diff(&[1.0, 2.0], &[1.5, 2.0]), 0.5);
+        assert!(max_abs_f64([f64::NAN, 1.0]).is_nan());
+    }
+}

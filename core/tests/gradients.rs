@@ -482,13 +482,8 @@ fn check_model(config: ResNetConfig, batch: usize, size: usize, tol: f64) {
     let mut plan = TrainingPlan::new(&config, batch, size, size).unwrap();
     let logits = plan.forward_train(&mut p, x.data(), batch).unwrap().to_vec();
     let golden = reference::forward(&p, x.data(), batch, size, size);
-    let scale = golden.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let fwd_err = logits
-        .iter()
-        .zip(&golden)
-        .map(|(&a, b)| (a as f64 - b).abs())
-        .fold(0f64, f64::max)
-        / scale;
+    let scale = resnet_core::tensor::max_abs_f64(golden.iter().copied());
+    let fwd_err = resnet_core::tensor::max_abs_f64(logits.iter().zip(&golden).map(|(&a, b)| a as f64 - b)) / scale;
     println!(
         "{}: forward max relative difference to the f64 reference {fwd_err:.2e}",
         config.name

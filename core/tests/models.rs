@@ -10,6 +10,7 @@ use resnet_core::model::{Arch, BottleneckStride, ResNetConfig, ShortcutOption};
 use resnet_core::params::Kind;
 use resnet_core::plan::{ExecutionPlan, PlanOptions, TrainingPlan};
 use resnet_core::rng::Rng;
+use resnet_core::tensor::{max_abs, max_abs_diff};
 use resnet_core::train::{Schedule, Sgd, Trainer};
 use resnet_core::{Params, Tensor};
 
@@ -247,8 +248,8 @@ fn folded_inference_matches_layer_by_layer() {
         let mut folded = ExecutionPlan::inference(&config, 2, size, size, PlanOptions::default()).unwrap();
         let want = unfused.forward_eval(&p, &x, 2).unwrap().to_vec();
         let got = folded.forward(&p, &x, 2).unwrap().to_vec();
-        let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let err = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let scale = max_abs(want.iter().copied());
+        let err = max_abs_diff(&got, &want);
         assert!(
             scale > 1e-3 && err <= 1e-4 * scale,
             "{name}: max error {err} of {scale}"
@@ -259,7 +260,7 @@ fn folded_inference_matches_layer_by_layer() {
         }
         let moved = folded.forward(&p, &x, 2).unwrap().to_vec();
         let want = unfused.forward_eval(&p, &x, 2).unwrap().to_vec();
-        let err = moved.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let err = max_abs_diff(&moved, &want);
         assert!(err <= 1e-4 * scale, "{name} after new statistics: max error {err}");
     }
 }

@@ -570,8 +570,8 @@ mod tests {
                 *a += v / 2.0;
             }
         }
-        let max = g.iter().zip(&avg).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let scale = g.iter().map(|a| a.abs()).fold(0f32, f32::max);
+        let max = resnet_core::tensor::max_abs_diff(&g, &avg);
+        let scale = resnet_core::tensor::max_abs(g.iter().copied());
         // BN batch statistics differ between a batch of 8 and two of 4, so only roughly
         assert!(max < 0.5 * scale + 1e-6, "max diff {max}, scale {scale}");
         let mut w = create("resnet8", 2, 1).unwrap();

@@ -195,11 +195,7 @@ mod tests {
                         row_stride: stride,
                     },
                 );
-                let max_err = fast
-                    .iter()
-                    .zip(&slow)
-                    .map(|(x, y)| (x - y).abs() / (1.0 + y.abs()))
-                    .fold(0f32, f32::max);
+                let max_err = crate::tensor::max_abs(fast.iter().zip(&slow).map(|(x, y)| (x - y) / (1.0 + y.abs())));
                 assert!(
                     max_err < 1e-4,
                     "m={m} k={k} n={n} ta={ta} tb={tb}: max rel err {max_err}"

@@ -11,7 +11,7 @@ pub(crate) fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
 /// `max |a - b| / max |b|`, the error measure of the accuracy tests; NaN (an output
 /// never written) counts as an infinite error, not as no error.
 pub(crate) fn max_rel_err(a: &[f32], b: &[f32]) -> f32 {
-    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let scale = crate::tensor::max_abs(b.iter().copied()).max(1e-6);
     let err = |(x, y): (&f32, &f32)| {
         let d = (x - y).abs();
         if d.is_nan() {
