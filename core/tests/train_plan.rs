@@ -13,6 +13,7 @@ use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
 use resnet_core::plan::train::FilterGradAlgo;
 use resnet_core::plan::TrainingPlan;
 use resnet_core::rng::Rng;
+use resnet_core::tensor::{max_abs, max_abs_diff, max_abs_f64};
 use resnet_core::Params;
 
 /// Logits, gradients and running statistics after one training pass of `n` images.
@@ -49,13 +50,8 @@ fn check(config: ResNetConfig, batch: usize, size: usize) {
     }
     let golden = reference::forward(&p, &x, n, size, size);
     let logits = big.forward_train(&mut p, &x, n).unwrap();
-    let scale = golden.iter().fold(0f64, |m, v| m.max(v.abs()));
-    let err = logits
-        .iter()
-        .zip(&golden)
-        .map(|(&a, b)| (a as f64 - b).abs())
-        .fold(0f64, f64::max)
-        / scale;
+    let scale = max_abs_f64(golden.iter().copied());
+    let err = max_abs_f64(logits.iter().zip(&golden).map(|(&a, b)| a as f64 - b)) / scale;
     println!("{name}: forward max relative difference to the f64 reference {err:.2e}");
     assert!(err < 1e-4, "{name}: {err:.3e}");
     assert!(big
@@ -212,8 +208,8 @@ fn bf16_products_stay_close_to_the_f32_plan() {
         let a = run(&mut f32_plan, &mut p, &x, n);
         let b = run(&mut bf16_plan, &mut q, &x, n);
         let rel = |u: &[f32], v: &[f32]| {
-            let scale = v.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-30);
-            u.iter().zip(v).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max) / scale
+            let scale = max_abs(v.iter().copied()).max(1e-30);
+            max_abs_diff(u, v) / scale
         };
         let dot = |u: &[f32], v: &[f32]| u.iter().zip(v).map(|(x, y)| *x as f64 * *y as f64).sum::<f64>();
         let cosine = dot(&a.1, &b.1) / (dot(&a.1, &a.1) * dot(&b.1, &b.1)).sqrt();

@@ -24,6 +24,7 @@
 
 use super::choose::{self, Algo, ConvChoice};
 use crate::kernels::blocked::bf16;
+use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
 use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
@@ -98,6 +99,8 @@ pub enum FilterGradAlgo {
     Direct,
     /// The Winograd adjoint (3x3 stride 1 pad 1, input in blocks of `BLOCK`).
     Winograd(WinogradTile),
+    /// A 1x1 stride-1 convolution's, with bf16 products ([`TrainingPlan::use_bf16`]).
+    PointwiseBf16,
 }
 
 impl FilterGradAlgo {
@@ -107,6 +110,7 @@ impl FilterGradAlgo {
             FilterGradAlgo::Direct => "direct",
             FilterGradAlgo::Winograd(WinogradTile::F2) => "wino2",
             FilterGradAlgo::Winograd(WinogradTile::F4) => "wino4",
+            FilterGradAlgo::PointwiseBf16 => "bf16",
         }
     }
 
@@ -124,6 +128,7 @@ impl FilterGradAlgo {
         match self {
             FilterGradAlgo::Direct => filter_grad::<F32xBlock>(g, input, in_block, dy, dw),
             FilterGradAlgo::Winograd(tile) => winograd_filter_grad::<F32xBlock>(g, tile, input, dy, dw),
+            FilterGradAlgo::PointwiseBf16 => pointwise_filter_grad(g, input, dy, dw),
         }
     }
 }
@@ -150,6 +155,8 @@ pub fn filter_grad_algo(g: &ConvGeometry, in_block: usize) -> FilterGradAlgo {
         .rev()
         .find(|a| match a {
             FilterGradAlgo::Direct => true,
+            // Never a candidate: `use_bf16` gives it.
+            FilterGradAlgo::PointwiseBf16 => false,
             FilterGradAlgo::Winograd(tile) => {
                 let tiles = g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m());
                 let tasks = winograd_filter_grad::tasks(tiles);
@@ -511,8 +518,9 @@ impl TrainingPlan {
         }
     }
 
-    /// Gives bf16 products (`--precision bf16`) to the forward and backward-data of every
-    /// 1x1 stride-1 convolution ([`bf16::pointwise`]) and of the Winograd convolutions wide
+    /// Gives bf16 products (`--precision bf16`) to the forward, backward-data and
+    /// backward-filter of every 1x1 stride-1 convolution ([`bf16::pointwise`],
+    /// [`pointwise_filter_grad`]), and to the forward and backward-data of the Winograd convolutions wide
     /// enough to gain ([`BF16_MIN_CHANNELS`] input channels or more), which switch to
     /// F(2x2); returns how many passes switched. F(4x4) is
     /// never used with bf16: its output transform magnifies bf16's rounding to 5-9 % of
@@ -546,6 +554,10 @@ impl TrainingPlan {
                 let len = bf16::pointwise_len(g.in_channels, g.out_channels);
                 c.fwd_bf16 = packed..packed + len;
                 packed += len;
+                switched += 1;
+            }
+            if pointwise && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
+                c.filter_grad = FilterGradAlgo::PointwiseBf16;
                 switched += 1;
             }
             if pointwise && c.data_grad.is_some() && c.data_bf16.is_empty() {
