@@ -156,20 +156,39 @@ fn pack_dy(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u
 fn pack_x(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u16]) {
     let l = LANES;
     let cp = c.icb * l;
-    let mut block = [0u16; LANES * LANES];
     for group in 0..padded / l {
         let pixels = l.min(len.saturating_sub(group * l));
         for cb in 0..c.icb {
-            // 16 pixels x 16 channels, rounded, then transposed into place.
             let src = &c.x[((n * c.icb + cb) * c.px + at + group * l) * l..][..pixels * l];
-            bf16::convert(src, &mut block[..pixels * l]);
-            block[pixels * l..].fill(0);
-            let dst = &mut out[(group * cp + cb * l) * l..][..l * l];
-            for (ch, row) in dst.chunks_exact_mut(l).enumerate() {
-                for (pixel, v) in row.iter_mut().enumerate() {
-                    *v = block[pixel * l + ch];
-                }
-            }
+            transpose_block(src, &mut out[(group * cp + cb * l) * l..][..l * l]);
+        }
+    }
+}
+
+/// Up to 16 pixels of one 16-channel block (`src`, pixel-major) as bf16, channel-major:
+/// `dst[ch * 16 + pixel]`, the missing pixels zero.
+fn transpose_block(src: &[f32], dst: &mut [u16]) {
+    let l = LANES;
+    assert!(
+        src.len() <= l * l && src.len() % l == 0 && dst.len() == l * l,
+        "bf16: a 16x16 block"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if bf16::available() {
+        // SAFETY: the CPU has the instructions (checked just above); lengths asserted.
+        unsafe { x86::transpose_block(src, dst) };
+        return;
+    }
+    transpose_block_naive(src, dst);
+}
+
+/// [`transpose_block`] one value at a time: its twin in the tests, and the path of other
+/// CPUs.
+fn transpose_block_naive(src: &[f32], dst: &mut [u16]) {
+    let l = LANES;
+    for (ch, row) in dst.chunks_exact_mut(l).enumerate() {
+        for (pixel, v) in row.iter_mut().enumerate() {
+            *v = src.get(pixel * l + ch).map_or(0, |&x| bf16::to_bf16(x));
         }
     }
 }
@@ -214,6 +233,48 @@ fn interleave_pairs_naive(src: &[f32], dst: &mut [u16]) {
 mod x86 {
     use std::arch::x86_64::*;
 
+    /// [`super::transpose_block`] in registers: four rounds that swap the off-diagonal
+    /// halves of ever smaller blocks (8, 4, 2, 1 rows), then two channels per conversion.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and AVX512_BF16; `src` holds whole pixels, at most 16, and
+    /// `dst` 256 values.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn transpose_block(src: &[f32], dst: &mut [u16]) {
+        let pixels = src.len() / 16;
+        // SAFETY (whole body): row `p < pixels` lies in `src`; the stores write `dst`'s
+        // 256 values.
+        unsafe {
+            let mut rows: [__m512; 16] = core::array::from_fn(|p| {
+                if p < pixels {
+                    _mm512_loadu_ps(src.as_ptr().add(p * 16))
+                } else {
+                    _mm512_setzero_ps()
+                }
+            });
+            for d in [8usize, 4, 2, 1] {
+                // Row `i` (bit `d` clear) keeps its lanes without bit `d` and takes row
+                // `i + d`'s lanes `k - d` for those with it; row `i + d` the rest.
+                let low: [i32; 16] = core::array::from_fn(|k| if k & d != 0 { (16 + k - d) as i32 } else { k as i32 });
+                let high: [i32; 16] =
+                    core::array::from_fn(|k| if k & d != 0 { (16 + k) as i32 } else { (k + d) as i32 });
+                let (low, high) = (
+                    _mm512_loadu_si512(low.as_ptr() as *const __m512i),
+                    _mm512_loadu_si512(high.as_ptr() as *const __m512i),
+                );
+                for i in (0..16).filter(|i| i & d == 0) {
+                    let (a, b) = (rows[i], rows[i + d]);
+                    rows[i] = _mm512_permutex2var_ps(a, low, b);
+                    rows[i + d] = _mm512_permutex2var_ps(a, high, b);
+                }
+            }
+            for ch in (0..16).step_by(2) {
+                let words = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(rows[ch + 1], rows[ch]));
+                _mm512_storeu_si512(dst.as_mut_ptr().add(ch * 16) as *mut __m512i, words);
+            }
+        }
+    }
+
     /// [`super::interleave_pairs`] two pixels (one output vector) at a time.
     ///
     /// # Safety
@@ -255,6 +316,17 @@ mod tests {
 
     fn value(i: usize, salt: usize) -> f32 {
         ((i * 7919 + salt * 104729) % 2003) as f32 / 1001.0 - 1.0
+    }
+
+    #[test]
+    fn transposing_matches_its_naive_twin() {
+        for pixels in [0, 1, 5, 16] {
+            let src: Vec<f32> = (0..pixels * LANES).map(|i| value(i, 6) * 9.0).collect();
+            let (mut fast, mut slow) = (vec![7u16; LANES * LANES], vec![9u16; LANES * LANES]);
+            transpose_block(&src, &mut fast);
+            transpose_block_naive(&src, &mut slow);
+            assert_eq!(fast, slow, "{pixels} pixels");
+        }
     }
 
     #[test]
