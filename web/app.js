@@ -561,7 +561,10 @@ async function defaultModelBytes() {
 window.resnetPage = { ready: false, charts: { loss: lossChart, error: errorChart } };
 (async () => {
   try {
-    window.resnetPage.engine = await engineInfo();
+    const engine = (window.resnetPage.engine = await engineInfo());
+    // Which build runs: relaxed SIMD or SIMD128, and the threads of a cross-origin-isolated page.
+    const threads = engine.threads > 1 ? `, ${engine.threads} threads` : ', one thread';
+    $('engine-info').textContent = ` (${engine.relaxedSimd ? 'relaxed SIMD' : 'SIMD128'}${threads})`;
     // models/models.json names the default model, so a page without one makes no failing request.
     const manifest = await (await fetch('models/models.json')).json();
     defaultModelName = manifest.default;

@@ -46,12 +46,15 @@ test('a cross-origin-isolated page runs the threaded build on navigator.hardware
     isolated: self.crossOriginIsolated,
     cores: navigator.hardwareConcurrency,
     threads: window.resnetPage.engine.threads,
+    shown: document.getElementById('engine-info').textContent,
   }));
   assert.equal(seen.isolated, true);
   assert.equal(seen.threads, Math.min(8, seen.cores), JSON.stringify(seen));
+  if (seen.threads > 1) assert.equal(seen.shown, ` (SIMD128, ${seen.threads} threads)`, 'the page says which build runs');
   await page.close();
   const single = await open(plain);
   assert.equal(await single.evaluate(() => [self.crossOriginIsolated, window.resnetPage.engine.threads].join()), 'false,1');
+  assert.equal(await single.evaluate(() => document.getElementById('engine-info').textContent), ' (relaxed SIMD, one thread)');
   await single.close();
   assert.deepEqual(problems, []);
 });
