@@ -170,7 +170,7 @@ fn pack_x(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u1
 fn transpose_block(src: &[f32], dst: &mut [u16]) {
     let l = LANES;
     assert!(
-        src.len() <= l * l && src.len() % l == 0 && dst.len() == l * l,
+        src.len() <= l * l && src.len().is_multiple_of(l) && dst.len() == l * l,
         "bf16: a 16x16 block"
     );
     #[cfg(target_arch = "x86_64")]
