@@ -99,7 +99,7 @@ pub enum FilterGradAlgo {
     Direct,
     /// The Winograd adjoint (3x3 stride 1 pad 1, input in blocks of `BLOCK`).
     Winograd(WinogradTile),
-    /// A 1x1 stride-1 convolution's, with bf16 products ([`TrainingPlan::use_bf16`]).
+    /// An unpadded 1x1 convolution's, with bf16 products ([`TrainingPlan::use_bf16`]).
     PointwiseBf16,
 }
 
@@ -518,9 +518,10 @@ impl TrainingPlan {
         }
     }
 
-    /// Gives bf16 products (`--precision bf16`) to the forward, backward-data and
-    /// backward-filter of every 1x1 stride-1 convolution ([`bf16::pointwise`],
-    /// [`pointwise_filter_grad`]), and to the forward and backward-data of the Winograd convolutions wide
+    /// Gives bf16 products (`--precision bf16`) to the forward and backward-filter of every
+    /// unpadded 1x1 convolution ([`bf16::pointwise`], [`pointwise_filter_grad`]) and the
+    /// backward-data of the stride-1 ones, and to the forward and backward-data of the
+    /// Winograd convolutions wide
     /// enough to gain ([`BF16_MIN_CHANNELS`] input channels or more), which switch to
     /// F(2x2); returns how many passes switched. F(4x4) is
     /// never used with bf16: its output transform magnifies bf16's rounding to 5-9 % of
@@ -549,14 +550,17 @@ impl TrainingPlan {
             // 1x1 stride-1 convolutions are products over channel pairs too (pixels as
             // tiles): bf16 pays at every width of ResNet-50 (`pointwise` against the
             // direct kernel, ResNet-50 b16 shapes, 2 threads: 1.42x to 2.12x).
-            let pointwise = g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0 && c.in_block == BLOCK;
-            if pointwise && c.fwd_bf16.is_empty() {
+            // Strided ones too for the forward and backward-filter, which read the input
+            // pixels under the output's (the projection shortcuts).
+            let unpadded_1x1 = g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0 && c.in_block == BLOCK;
+            let pointwise = unpadded_1x1 && g.stride == 1;
+            if unpadded_1x1 && c.fwd_bf16.is_empty() {
                 let len = bf16::pointwise_len(g.in_channels, g.out_channels);
                 c.fwd_bf16 = packed..packed + len;
                 packed += len;
                 switched += 1;
             }
-            if pointwise && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
+            if unpadded_1x1 && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
                 c.filter_grad = FilterGradAlgo::PointwiseBf16;
                 switched += 1;
             }
@@ -1110,7 +1114,7 @@ fn stage_forward(
                 winograd_conv_moments_with::<F32xBlock>(&g, tile, x, filters, &ep, z, s_mean, s_var);
             }
             (None, Algo::Winograd(tile)) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
-            // A 1x1 stride-1 convolution with bf16 products (no epilogue in training).
+            // A 1x1 convolution with bf16 products (no epilogue in training).
             (None, Algo::Direct) if !c.fwd_bf16.is_empty() => {
                 bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z)
             }

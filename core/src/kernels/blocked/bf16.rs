@@ -104,14 +104,15 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
     }
 }
 
-/// `out = conv1x1(input)` with weights from [`pack_pointwise`], for a 1x1, stride-1,
-/// unpadded convolution `g` whose input and output are blocked in 16 lanes (every output
-/// value written, padding channels zero): the products in bf16 summed in f32. Tasks take
-/// one image's range of pixels each, rounding it to bf16 once for all output blocks.
+/// `out = conv1x1(input)` with weights from [`pack_pointwise`], for a 1x1 unpadded
+/// convolution `g` of any stride whose input and output are blocked in 16 lanes (every
+/// output value written, padding channels zero): the products in bf16 summed in f32.
+/// Tasks take one image's range of output pixels each, rounding their input pixels to
+/// bf16 once for all output blocks.
 pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
     assert!(
-        g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0,
-        "bf16: pointwise takes 1x1 stride-1 convolutions, found {g:?}"
+        g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0,
+        "bf16: pointwise takes unpadded 1x1 convolutions, found {g:?}"
     );
     let l = LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
@@ -123,11 +124,13 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
         pointwise_len(g.in_channels, g.out_channels),
         "bf16: 1x1 weights length"
     );
-    let (icb, ocb, px) = (xs.blocks(), ys.blocks(), g.in_h * g.in_w);
+    let (icb, ocb, px, in_px) = (xs.blocks(), ys.blocks(), g.out_h * g.out_w, g.in_h * g.in_w);
     if g.batch == 0 || px == 0 || ocb == 0 {
         return;
     }
-    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1)).clamp(TILES_PER_CALL[1], px);
+    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1))
+        .max(TILES_PER_CALL[1])
+        .min(px);
     let chunks = px.div_ceil(chunk);
     let cp = icb * l;
     let shared = SharedOut::new(out);
@@ -137,8 +140,17 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
         with_scratch((icb * tn * l).div_ceil(2), |s| {
             let v16 = scratch_u16(s, icb * tn * l);
             for b in 0..icb {
-                let from = ((n * icb + b) * px + t0) * l;
-                convert(&input[from..from + tn * l], &mut v16[b * tn * l..(b + 1) * tn * l]);
+                let block = &input[(n * icb + b) * in_px * l..(n * icb + b + 1) * in_px * l];
+                let to = &mut v16[b * tn * l..(b + 1) * tn * l];
+                if g.stride == 1 {
+                    convert(&block[t0 * l..(t0 + tn) * l], to);
+                } else {
+                    // The input pixel under each output pixel, one at a time.
+                    for (o, dst) in (t0..t0 + tn).zip(to.chunks_exact_mut(l)) {
+                        let at = (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
+                        convert(&block[at * l..(at + 1) * l], dst);
+                    }
+                }
             }
             let mut cb = 0;
             while cb < ocb {
@@ -359,8 +371,20 @@ mod x86 {
                 );
             }
         }
-        for i in whole..v.len() {
-            out[i] = super::to_bf16(v[i]);
+        let mut i = whole;
+        if v.len() - i >= 16 {
+            // SAFETY: `i + 16 <= v.len() == out.len()`.
+            unsafe {
+                let packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(v.as_ptr().add(i)));
+                _mm256_storeu_si256(
+                    out.as_mut_ptr().add(i) as *mut __m256i,
+                    core::mem::transmute::<__m256bh, __m256i>(packed),
+                );
+            }
+            i += 16;
+        }
+        for j in i..v.len() {
+            out[j] = super::to_bf16(v[j]);
         }
     }
 
@@ -469,13 +493,16 @@ mod tests {
 
     #[test]
     fn conversion_matches_the_scalar_rounding() {
-        let v: Vec<f32> = (0..77)
-            .map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i % 7 - 3))
-            .collect();
-        let mut fast = vec![0u16; v.len()];
-        convert(&v, &mut fast);
-        let slow: Vec<u16> = v.iter().map(|&x| to_bf16(x)).collect();
-        assert_eq!(fast, slow);
+        // Whole vectors of 32, one of 16, and a scalar tail.
+        for len in [77, 50, 16, 5] {
+            let v: Vec<f32> = (0..len)
+                .map(|i| (i as f32 * 0.37).sin() * 10f32.powi(i % 7 - 3))
+                .collect();
+            let mut fast = vec![0u16; v.len()];
+            convert(&v, &mut fast);
+            let slow: Vec<u16> = v.iter().map(|&x| to_bf16(x)).collect();
+            assert_eq!(fast, slow, "{len} values");
+        }
     }
 
     /// 1x1 convolutions (and their backward-data, from transposed packing) against the
@@ -483,15 +510,25 @@ mod tests {
     #[test]
     fn pointwise_matches_f64_sums_of_the_bf16_values() {
         use crate::layout::{from_blocked, to_blocked};
-        for &(n, c, k, h, w) in &[(2, 19, 21, 5, 7), (1, 64, 256, 8, 8), (3, 40, 8, 3, 11)] {
+        for &(n, c, k, h, w, stride) in &[
+            (2, 19, 21, 5, 7, 1),
+            (1, 64, 256, 8, 8, 1),
+            (3, 40, 8, 3, 11, 1),
+            (2, 19, 21, 5, 7, 2),
+            (1, 256, 512, 8, 8, 2),
+        ] {
             for transposed in [false, true] {
+                if transposed && stride > 1 {
+                    continue; // backward-data is a 1x1 stride-1 convolution only
+                }
                 // The convolution computed: from `ci` channels to `co`.
                 let (ci, co) = if transposed { (k, c) } else { (c, k) };
-                let g = ConvGeometry::new(n, ci, h, w, co, (1, 1), 1, 0).unwrap();
+                let g = ConvGeometry::new(n, ci, h, w, co, (1, 1), stride, 0).unwrap();
+                let (oh, ow) = (g.out_h, g.out_w);
                 let weight: Vec<f32> = (0..c * k).map(|i| value(i, 3)).collect();
                 let x: Vec<f32> = (0..n * ci * h * w).map(|i| value(i, 4) * 3.0).collect();
                 let xs = Blocked::new(n, ci, h, w, LANES);
-                let ys = Blocked::new(n, co, h, w, LANES);
+                let ys = Blocked::new(n, co, oh, ow, LANES);
                 let mut xb = vec![0.0; xs.len()];
                 to_blocked(&x, xs, &mut xb);
                 let mut w16 = vec![0u16; pointwise_len(ci, co)];
@@ -500,16 +537,18 @@ mod tests {
                 pointwise(&g, &xb, &w16, &mut yb);
                 for b in co..ys.padded_channels() {
                     assert!(
-                        (0..h * w).all(|p| yb[ys.index(0, b, p / w, p % w)] == 0.0),
+                        (0..oh * ow).all(|p| yb[ys.index(0, b, p / ow, p % ow)] == 0.0),
                         "padding channel {b}"
                     );
                 }
-                let mut y = vec![0.0; n * co * h * w];
+                let mut y = vec![0.0; n * co * oh * ow];
                 from_blocked(&yb, ys, &mut y);
                 let round = |v: f32| from_bf16(to_bf16(v)) as f64;
                 for img in 0..n {
                     for o in 0..co {
-                        for p in 0..h * w {
+                        for p in 0..oh * ow {
+                            // The input pixel under output pixel `p`.
+                            let at = (p / ow * stride) * w + (p % ow) * stride;
                             let (mut exact, mut size) = (0f64, 0f64);
                             for i in 0..ci {
                                 let wv = if transposed {
@@ -517,11 +556,11 @@ mod tests {
                                 } else {
                                     weight[o * c + i]
                                 };
-                                let term = round(wv) * round(x[(img * ci + i) * h * w + p]);
+                                let term = round(wv) * round(x[(img * ci + i) * h * w + at]);
                                 exact += term;
                                 size += term.abs();
                             }
-                            let got = y[(img * co + o) * h * w + p] as f64;
+                            let got = y[(img * co + o) * oh * ow + p] as f64;
                             assert!(
                                 (got - exact).abs() <= 1e-6 * size + 1e-30,
                                 "{g:?} {transposed}: {got} vs {exact}"

@@ -25,12 +25,12 @@ const CHUNK_BYTES: usize = 768 << 10;
 /// Output blocks per product call (the kernel's most).
 const BLOCKS_PER_CALL: usize = 4;
 
-/// `dw += dL/dW` of the 1x1 stride-1 unpadded convolution `g` from its input `x` and
+/// `dw += dL/dW` of the unpadded 1x1 convolution `g` (any stride) from its input `x` and
 /// output gradient `dy`, both blocked in 16 lanes; `dw` is `K x C` (OIHW).
 pub fn pointwise_filter_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
     assert!(
-        g.kernel_h == 1 && g.kernel_w == 1 && g.stride == 1 && g.pad == 0,
-        "bf16: pointwise backward-filter takes 1x1 stride-1 convolutions, found {g:?}"
+        g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0,
+        "bf16: pointwise backward-filter takes unpadded 1x1 convolutions, found {g:?}"
     );
     let l = LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
@@ -42,7 +42,7 @@ pub fn pointwise_filter_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [
         g.out_channels * g.in_channels,
         "bf16: 1x1 weight gradient length"
     );
-    let (icb, ocb, px) = (xs.blocks(), ys.blocks(), g.in_h * g.in_w);
+    let (icb, ocb, px) = (xs.blocks(), ys.blocks(), g.out_h * g.out_w);
     let pixels = g.batch * px;
     if pixels == 0 || ocb == 0 || icb == 0 {
         return;
@@ -58,6 +58,7 @@ pub fn pointwise_filter_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [
         ocb,
         px,
         chunk,
+        g,
         x,
         dy,
     };
@@ -87,10 +88,11 @@ pub fn pointwise_filter_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [
 struct Ctx<'a> {
     icb: usize,
     ocb: usize,
-    /// Pixels per image.
+    /// Output pixels per image.
     px: usize,
     /// Pixels per packed chunk (a multiple of 16).
     chunk: usize,
+    g: &'a ConvGeometry,
     x: &'a [f32],
     dy: &'a [f32],
 }
@@ -154,12 +156,25 @@ fn pack_dy(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u
 /// `X` of image `n`, pixels `at..at + len`, as bf16 inputs whose tiles are channels:
 /// `[pixel / 16][c][pixel % 16]` over `padded` pixels (the pixels past `len` zero).
 fn pack_x(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u16]) {
-    let l = LANES;
+    let (l, g) = (LANES, c.g);
     let cp = c.icb * l;
+    let in_px = g.in_h * g.in_w;
+    let mut gathered = [0f32; LANES * LANES];
     for group in 0..padded / l {
         let pixels = l.min(len.saturating_sub(group * l));
+        let first = at + group * l;
         for cb in 0..c.icb {
-            let src = &c.x[((n * c.icb + cb) * c.px + at + group * l) * l..][..pixels * l];
+            let block = &c.x[(n * c.icb + cb) * in_px * l..(n * c.icb + cb + 1) * in_px * l];
+            let src = if g.stride == 1 {
+                &block[first * l..(first + pixels) * l]
+            } else {
+                // The input pixel under each output pixel.
+                for (o, row) in (first..first + pixels).zip(gathered.chunks_exact_mut(l)) {
+                    let from = (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
+                    row.copy_from_slice(&block[from * l..(from + 1) * l]);
+                }
+                &gathered[..pixels * l]
+            };
             transpose_block(src, &mut out[(group * cp + cb * l) * l..][..l * l]);
         }
     }
@@ -347,16 +362,19 @@ mod tests {
     #[test]
     fn weight_gradient_matches_f64_sums_of_the_bf16_values() {
         let round = |v: f32| bf16::from_bf16(bf16::to_bf16(v)) as f64;
-        for &(n, c, k, h, w) in &[
-            (2, 19, 21, 5, 7),
-            (3, 64, 256, 9, 9),
-            (1, 40, 8, 3, 11),
-            (2, 256, 64, 30, 30),
+        for &(n, c, k, h, w, stride) in &[
+            (2, 19, 21, 5, 7, 1),
+            (3, 64, 256, 9, 9, 1),
+            (1, 40, 8, 3, 11, 1),
+            (2, 256, 64, 30, 30, 1),
+            (2, 19, 21, 5, 7, 2),
+            (2, 64, 128, 14, 14, 2),
         ] {
-            let g = ConvGeometry::new(n, c, h, w, k, (1, 1), 1, 0).unwrap();
+            let g = ConvGeometry::new(n, c, h, w, k, (1, 1), stride, 0).unwrap();
+            let (oh, ow) = (g.out_h, g.out_w);
             let x: Vec<f32> = (0..n * c * h * w).map(|i| value(i, 1) * 2.0).collect();
-            let dy: Vec<f32> = (0..n * k * h * w).map(|i| value(i, 2)).collect();
-            let (xs, ys) = (Blocked::new(n, c, h, w, LANES), Blocked::new(n, k, h, w, LANES));
+            let dy: Vec<f32> = (0..n * k * oh * ow).map(|i| value(i, 2)).collect();
+            let (xs, ys) = (Blocked::new(n, c, h, w, LANES), Blocked::new(n, k, oh, ow, LANES));
             let (mut xb, mut dyb) = (vec![0.0; xs.len()], vec![0.0; ys.len()]);
             to_blocked(&x, xs, &mut xb);
             to_blocked(&dy, ys, &mut dyb);
@@ -367,8 +385,9 @@ mod tests {
                 for i in 0..c {
                     let (mut exact, mut size) = (start[o * c + i] as f64, 0f64);
                     for img in 0..n {
-                        for p in 0..h * w {
-                            let term = round(dy[(img * k + o) * h * w + p]) * round(x[(img * c + i) * h * w + p]);
+                        for p in 0..oh * ow {
+                            let at = (p / ow * stride) * w + (p % ow) * stride;
+                            let term = round(dy[(img * k + o) * oh * ow + p]) * round(x[(img * c + i) * h * w + at]);
                             exact += term;
                             size += term.abs();
                         }
