@@ -4,25 +4,22 @@
 //! Shared memory needs every object in the module compiled with `atomics` and
 //! `bulk-memory`, std included, and rustup's prebuilt wasm32 std is not: std must be
 //! rebuilt (`-Z build-std`) from its source. rustup's `rust-src` is not reachable from
-//! where this runs, so the build uses Debian's `rustc-web` (Rust 1.85) with its
-//! `rust-web-src`, both from apt, `RUSTC_BOOTSTRAP=1` for the unstable `build-std`, and
-//! the crate attributes below for the library features our dependencies use that 1.85
-//! still gates. It links with rustup's `rust-lld` (Debian's compiler ships no wasm
+//! where this runs, so the build uses Debian's `rustc-web` with its `rust-web-src`, both
+//! from apt (bookworm has 1.85, its security updates 1.96: the build works with either),
+//! `RUSTC_BOOTSTRAP=1` for the unstable `build-std`, and the crate attributes below for
+//! the library features our dependencies use that 1.85 still gates. It links with rustup's `rust-lld` (Debian's compiler ships no wasm
 //! linker). The single-thread builds use rustup's stable toolchain as before.
 
 use crate::{ensure_debian_packages, target_dir, workspace_root};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// Debian's Rust 1.85 compiler and Cargo, and the std source `-Z build-std` compiles.
+/// Debian's Rust compiler and Cargo, and the std source `-Z build-std` compiles.
 const TOOLCHAIN_PACKAGES: [&str; 3] = ["rustc-web", "cargo-web", "rust-web-src"];
 
 /// Where the Debian packages put their compiler and Cargo.
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
 const DEBIAN_CARGO: &str = "/usr/bin/cargo";
-
-/// The compiler version the feature list below was written for.
-const DEBIAN_RUST_VERSION: &str = "rustc 1.85.";
 
 /// Library features, stable in the Rust our lock file's crates ask for (1.87-1.89) but
 /// gated in 1.85, per crate that uses them. A later compiler, where they are stable,
@@ -36,6 +33,15 @@ const GATED_FEATURES: [(&str, &str); 3] = [
 /// Largest memory the shared module may grow to: wasm32's 4 GiB (rustc's default for
 /// shared memory is 1 GiB, less than training an ImageNet net may take).
 const MAX_MEMORY_BYTES: u64 = 4 << 30;
+
+/// What wasm-bindgen's threads need from the linker: one memory, shared and imported (each
+/// Worker instantiates the module over the same memory), and the thread-local storage
+/// symbols its glue calls to give each thread its own TLS block. Rust 1.85 passed these
+/// itself when `atomics` was on; later compilers leave them to the build (wasm-ld accepts
+/// them twice).
+const SHARED_MEMORY_LINK_ARGS: &str = "-C link-arg=--shared-memory -C link-arg=--import-memory \
+     -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+     -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base";
 
 /// rustup's `rust-lld`, which links wasm32 for the default toolchain.
 fn rustup_lld() -> Result<PathBuf, String> {
@@ -74,12 +80,10 @@ pub fn build() -> Result<PathBuf, String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .map_err(|e| format!("cannot run {DEBIAN_RUSTC}: {e}"))?;
-    if !version.starts_with(DEBIAN_RUST_VERSION) {
-        eprintln!("xtask: {DEBIAN_RUSTC} is {version}; the threaded build was set up for {DEBIAN_RUST_VERSION}x");
-    }
+    eprintln!("xtask: the threaded build compiles with {DEBIAN_RUSTC}: {version}");
     let lld = rustup_lld()?;
     let flags = format!(
-        "-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C linker={} -C link-arg=--max-memory={MAX_MEMORY_BYTES}",
+        "-C target-feature=+simd128,+atomics,+bulk-memory,+mutable-globals -C linker={} -C link-arg=--max-memory={MAX_MEMORY_BYTES} {SHARED_MEMORY_LINK_ARGS}",
         lld.display()
     );
     let target = target_dir().join("threads");
