@@ -45,12 +45,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for (i, (name, v)) in sums.iter_mut().enumerate() {
         let m = median(v);
         total += m;
-        let algo = plan
-            .convs()
-            .iter()
-            .find(|c| &c.name == name)
-            .map_or("", |c| c.algo.name());
-        println!("{i:3} {name:28} {algo:6} {:8.3} ms", m * 1e3);
+        let conv = plan.convs().iter().find(|c| &c.name == name);
+        let algo = conv.map_or("", |c| c.algo.name());
+        let shape = conv.map_or(String::new(), |c| {
+            let g = &c.geometry;
+            format!("{}x{}/{}", g.kernel_h, g.kernel_w, g.stride)
+        });
+        println!("{i:3} {name:28} {algo:6} {shape:6} {:8.3} ms", m * 1e3);
     }
     println!(
         "sum of step medians {:.2} ms, whole call median {:.2} ms",
