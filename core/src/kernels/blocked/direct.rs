@@ -467,6 +467,11 @@ pub(crate) unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
     src: &[*const f32; NPX],
     ib: usize,
 ) {
+    // The sums live in a copy whose address never escapes: summing into `acc` itself,
+    // whose address the caller's tile exposes, made LLVM store all NOC * NPX
+    // accumulators back to the stack after every input channel (the raw-pointer loads
+    // below might have read them), one store per FMA.
+    let mut sums = *acc;
     for ci in 0..ib {
         // SAFETY: `(ci * NOC + j + 1) * LANES <= ib * NOC * LANES`, inside `w`'s range.
         let wv: [V; NOC] = core::array::from_fn(|j| unsafe { V::load_at(w, (ci * NOC + j) * V::LANES) });
@@ -474,10 +479,11 @@ pub(crate) unsafe fn tap<V: Vector, const NOC: usize, const NPX: usize>(
             // SAFETY: `ci < ib`, inside `src[p]`'s range.
             let x = V::splat(unsafe { *src[p].add(ci) });
             for j in 0..NOC {
-                acc[j][p] = wv[j].mul_add(x, acc[j][p]);
+                sums[j][p] = wv[j].mul_add(x, sums[j][p]);
             }
         }
     }
+    *acc = sums;
 }
 
 /// Finishes and stores the tile's accumulators: pixels `p0 .. p0 + count` of image `n`,
