@@ -53,8 +53,7 @@ def median(values):
 
 
 def ours(profile, model, batch, reps, threads):
-    env = dict(os.environ, RAYON_NUM_THREADS=threads)
-    out = subprocess.run([profile, model, str(batch), str(reps)], env=env, check=True,
+    out = subprocess.run([profile, model, str(batch), str(reps), "auto", threads], check=True,
                          capture_output=True, text=True).stdout
     steps = []
     for line in out.splitlines():

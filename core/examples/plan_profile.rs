@@ -1,7 +1,10 @@
 //! Times every step of an inference plan inside the network (caches as the network
 //! leaves them), next to the sum of the steps and the whole call.
 //!
-//! `cargo run --release -p resnet-core --example plan_profile -- MODEL BATCH [REPS] [CONV]`
+//! `cargo run --release -p resnet-core --example plan_profile -- MODEL BATCH [REPS] [CONV] [THREADS]`
+//!
+//! The plan runs inside a pool of THREADS (default 2) as `resnet bench` runs it, so that
+//! the calling thread is one of the pool's and every step's tasks start at once.
 
 use resnet_core::model::ResNetConfig;
 use resnet_core::plan::{ConvChoice, ExecutionPlan, PlanOptions};
@@ -10,6 +13,12 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    let threads: usize = args.get(4).map_or(Ok(2), |s| s.parse())?;
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+    pool.install(|| profile(&args)).map_err(|e| e.to_string().into())
+}
+
+fn profile(args: &[String]) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let model = args.first().map_or("resnet50", |s| s.as_str());
     let n: usize = args.get(1).map_or(Ok(1), |s| s.parse())?;
     let reps: usize = args.get(2).map_or(Ok(20), |s| s.parse())?;
