@@ -6,9 +6,10 @@ use clap::Args;
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
 use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
-use resnet_core::plan::train::{time_passes, TrainConv};
+use resnet_core::plan::choose::{time_candidates, Algo};
+use resnet_core::plan::train::{bf16_name, time_passes, DataGradAlgo, TrainConv};
 use resnet_core::plan::TrainingPlan;
-use resnet_core::plan::{choose::time_candidates, ConvChoice, ExecutionPlan, PlanOptions};
+use resnet_core::plan::{ConvChoice, ExecutionPlan, PlanOptions};
 use resnet_core::rng::Rng;
 use resnet_core::simd::{F32x, F32xWide, BLOCK, LANES, WIDE_LANES};
 use resnet_core::train::{Schedule, Sgd, Trainer};
@@ -144,7 +145,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     let layers = if args.layers {
         let fma = peak.map_or(f64::NAN, |p| p.0);
         if args.train {
-            train_layer_table(&config, n, size, fma)?
+            train_layer_table(&config, n, size, fma, args.precision == Precision::Bf16)?
         } else {
             inference_layer_table(&config, n, size, args.conv, fma)?
         }
@@ -258,9 +259,19 @@ fn inference_layer_table(
 
 /// Every convolution of the training plan, grouped by shape: for each pass (forward,
 /// backward-data, backward-filter) the plan's choice beside every candidate, timed on
-/// the blocked layout the plan runs.
-fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> Result<Vec<serde_json::Value>> {
-    let plan = TrainingPlan::new(config, n, size, size)?;
+/// the blocked layout the plan runs; with `bf16`, the plan of `--precision bf16`, whose
+/// passes with bf16 products are named `bf16` (1x1) or `bf16-wino2`.
+fn train_layer_table(
+    config: &ResNetConfig,
+    n: usize,
+    size: usize,
+    fma: f64,
+    bf16: bool,
+) -> Result<Vec<serde_json::Value>> {
+    let mut plan = TrainingPlan::new(config, n, size, size)?;
+    if bf16 {
+        plan.use_bf16()?;
+    }
     let mut groups: Vec<(&TrainConv, Vec<String>)> = Vec::new();
     for c in plan.convs() {
         match groups
@@ -273,26 +284,28 @@ fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> 
     }
     let mut rows = Vec::new();
     for (c, names) in groups {
-        let t = time_passes(&c.geometry, c.in_block, 5);
-        let forward: Vec<(&str, f64)> = t.forward.iter().map(|(a, s)| (a.name(), *s)).collect();
-        rows.push(layer_row(
-            &c.geometry,
-            &names,
-            "Forward",
-            c.forward.name(),
-            &forward,
-            fma,
-        ));
-        if let Some(chosen) = c.data_grad {
-            let data: Vec<(&str, f64)> = t.data_grad.iter().map(|(a, s)| (a.name(), *s)).collect();
-            rows.push(layer_row(
-                &c.geometry,
-                &names,
-                "BackwardData",
-                chosen.name(),
-                &data,
-                fma,
-            ));
+        let t = time_passes(&c.geometry, c.in_block, 5, bf16);
+        let with_bf16 = |mut f32s: Vec<(&'static str, f64)>, bf16: Option<(Algo, f64)>| {
+            f32s.extend(bf16.map(|(a, s)| (bf16_name(a), s)));
+            f32s
+        };
+        let forward = with_bf16(t.forward.iter().map(|(a, s)| (a.name(), *s)).collect(), t.forward_bf16);
+        let chosen = if c.forward_bf16() {
+            bf16_name(c.forward)
+        } else {
+            c.forward.name()
+        };
+        rows.push(layer_row(&c.geometry, &names, "Forward", chosen, &forward, fma));
+        if let Some(algo) = c.data_grad {
+            let data = with_bf16(
+                t.data_grad.iter().map(|(a, s)| (a.name(), *s)).collect(),
+                t.data_grad_bf16,
+            );
+            let chosen = match algo {
+                DataGradAlgo::Forward(a) if c.data_grad_bf16() => bf16_name(a),
+                _ => algo.name(),
+            };
+            rows.push(layer_row(&c.geometry, &names, "BackwardData", chosen, &data, fma));
         }
         let filter: Vec<(&str, f64)> = t.filter_grad.iter().map(|(a, s)| (a.name(), *s)).collect();
         rows.push(layer_row(
@@ -309,7 +322,7 @@ fn train_layer_table(config: &ResNetConfig, n: usize, size: usize, fma: f64) -> 
 
 fn print_layers(rows: &[serde_json::Value]) {
     println!(
-        "\n{:<34} {:>3}  {:<14} {:<6} {:>9} {:>8} {:>6}  all (GFLOP/s)",
+        "\n{:<34} {:>3}  {:<14} {:<10} {:>9} {:>8} {:>6}  all (GFLOP/s)",
         "convolution (N x C x H x W -> K)", "x", "pass", "chosen", "ms", "GFLOP/s", "% peak"
     );
     for r in rows {
@@ -333,7 +346,7 @@ fn print_layers(rows: &[serde_json::Value]) {
             "  <- fastest differs"
         };
         println!(
-            "{:<34} {:>3}  {:<14} {:<6} {:>9.3} {:>8.1} {:>6.0}  {}{flag}",
+            "{:<34} {:>3}  {:<14} {:<10} {:>9.3} {:>8.1} {:>6.0}  {}{flag}",
             r["shape"].as_str().unwrap_or(""),
             r["count"],
             r["pass"].as_str().unwrap_or(""),

@@ -10,7 +10,7 @@ use common::{randn, reference, small_bottleneck};
 use resnet_core::kernels::winograd::WinogradTile;
 use resnet_core::layers::loss::softmax_cross_entropy;
 use resnet_core::model::{BottleneckStride, ResNetConfig, ShortcutOption};
-use resnet_core::plan::train::FilterGradAlgo;
+use resnet_core::plan::train::{DataGradAlgo, FilterGradAlgo};
 use resnet_core::plan::TrainingPlan;
 use resnet_core::rng::Rng;
 use resnet_core::tensor::{max_abs, max_abs_diff, max_abs_f64};
@@ -223,5 +223,74 @@ fn bf16_products_stay_close_to_the_f32_plan() {
             logits < 2e-2 && stats < 2e-2 && cosine > 0.95,
             "{model}: {logits} {stats} {cosine}"
         );
+    }
+}
+
+/// `--precision bf16` as `resnet bench --layers --train` shows it: every pass the plan
+/// switches is the one the rule functions name (so the table's "chosen" column is the
+/// plan's), every other pass is left as it was, and `time_passes` times the bf16 kernel
+/// of each switched pass beside the f32 candidates (without AVX512_BF16: neither).
+#[test]
+fn bf16_passes_follow_the_rule_the_layer_table_shows() {
+    use resnet_core::kernels::blocked::bf16;
+    use resnet_core::plan::choose::Algo;
+    use resnet_core::plan::train::{bf16_data_grad, bf16_filter_grad, bf16_forward, bf16_name, time_passes};
+    let config = ResNetConfig::named("resnet50").unwrap();
+    let f32_plan = TrainingPlan::new(&config, 1, 32, 32).unwrap();
+    let mut bf16_plan = TrainingPlan::new(&config, 1, 32, 32).unwrap();
+    if bf16_plan.use_bf16().is_err() {
+        assert!(!bf16::available());
+        let g = f32_plan.convs().iter().find(|c| c.geometry.kernel_h == 1).unwrap();
+        let t = time_passes(&g.geometry, g.in_block, 1, true);
+        assert!(t.forward_bf16.is_none() && t.data_grad_bf16.is_none());
+        return;
+    }
+    let (mut forward, mut data, mut filter) = (0, 0, 0);
+    for (a, b) in f32_plan.convs().iter().zip(bf16_plan.convs()) {
+        let g = &a.geometry;
+        match bf16_forward(g, a.forward, a.in_block) {
+            Some(algo) => {
+                assert!(b.forward_bf16() && b.forward == algo, "{}: forward", a.name);
+                forward += 1;
+            }
+            None => assert!(!b.forward_bf16() && b.forward == a.forward, "{}: forward", a.name),
+        }
+        match bf16_data_grad(g, a.data_grad, a.in_block) {
+            Some(algo) => {
+                assert!(b.data_grad_bf16(), "{}: backward-data", a.name);
+                if let Algo::Winograd(_) = algo {
+                    assert_eq!(b.data_grad, Some(DataGradAlgo::Forward(algo)), "{}", a.name);
+                }
+                data += 1;
+            }
+            None => assert!(!b.data_grad_bf16() && b.data_grad == a.data_grad, "{}", a.name),
+        }
+        let bf16_filter = bf16_filter_grad(g, a.in_block);
+        assert_eq!(
+            b.filter_grad == FilterGradAlgo::PointwiseBf16,
+            bf16_filter,
+            "{}",
+            a.name
+        );
+        filter += usize::from(bf16_filter);
+    }
+    // ResNet-50: 36 1x1 convolutions (3 of them strided: the projections of layer2-4), 16
+    // 3x3 of which 13 are Winograd and 10 of those (layer2-4 after their first block) 128
+    // channels or more.
+    assert_eq!((forward, data, filter), (36 + 10, 33 + 10, 36));
+    // One of each kind, timed: a 1x1 and a wide Winograd convolution.
+    for name in ["layer1.0.conv1", "layer3.1.conv2"] {
+        let c = bf16_plan.convs().iter().find(|c| c.name == name).unwrap();
+        let t = time_passes(&c.geometry, c.in_block, 1, true);
+        let (fwd, _) = t.forward_bf16.expect("the forward's bf16 kernel timed");
+        let (dat, _) = t.data_grad_bf16.expect("backward-data's bf16 kernel timed");
+        assert_eq!(
+            (bf16_name(fwd), bf16_name(dat)),
+            (bf16_name(c.forward), bf16_name(c.forward))
+        );
+        let filter_bf16 = t.filter_grad.iter().any(|(a, _)| *a == FilterGradAlgo::PointwiseBf16);
+        assert_eq!(filter_bf16, c.geometry.kernel_h == 1, "{name}");
+        let f32_only = time_passes(&c.geometry, c.in_block, 1, false);
+        assert!(f32_only.forward_bf16.is_none() && f32_only.data_grad_bf16.is_none());
     }
 }

@@ -232,6 +232,17 @@ impl TrainConv {
     }
 
     /// The geometry of its stride-1 backward-data as a forward convolution.
+    /// Whether the forward pass runs with bf16 products ([`TrainingPlan::use_bf16`]), by
+    /// the scheme of `forward` ([`bf16_name`]).
+    pub fn forward_bf16(&self) -> bool {
+        !self.fwd_bf16.is_empty()
+    }
+
+    /// Whether backward-data runs with bf16 products.
+    pub fn data_grad_bf16(&self) -> bool {
+        !self.data_bf16.is_empty()
+    }
+
     fn data_geometry(&self, n: usize) -> ConvGeometry {
         as_forward(&self.geometry_at(n)).expect("a forward-form backward-data has a stride-1 geometry")
     }
@@ -378,6 +389,54 @@ fn pack_bf16(tile: WinogradTile, c: usize, k: usize, u: &[f32], out: &mut [u16])
     if !out.is_empty() {
         let a = tile.alpha();
         bf16::pack_filters(u, a * a, k.div_ceil(BLOCK), c.next_multiple_of(BLOCK), out);
+    }
+}
+
+/// The algorithm whose products run in bf16 for the forward pass of `g` (input blocks of
+/// `in_block`) that runs `forward` in f32, under [`TrainingPlan::use_bf16`]'s rule: F(2x2)
+/// for a Winograd convolution of [`BF16_MIN_CHANNELS`] input channels or more (F(4x4)
+/// magnifies bf16's rounding), the 1x1 kernel ([`bf16::pointwise`], shown as `Direct`)
+/// for any unpadded 1x1 convolution of blocked input (1.42x to 2.12x the f32 direct kernel
+/// on ResNet-50 b16 shapes, 2 threads; the strided ones read the input pixels under the
+/// output's); `None`: the pass stays f32.
+pub fn bf16_forward(g: &ConvGeometry, forward: Algo, in_block: usize) -> Option<Algo> {
+    match forward {
+        Algo::Winograd(_) if g.in_channels >= BF16_MIN_CHANNELS => Some(Algo::Winograd(WinogradTile::F2)),
+        Algo::Direct if unpadded_1x1(g, in_block) => Some(Algo::Direct),
+        _ => None,
+    }
+}
+
+/// [`bf16_forward`]'s rule for backward-data, run as `data_grad` in f32: F(2x2) for a
+/// Winograd one of [`BF16_MIN_CHANNELS`] output channels or more, the transposed 1x1
+/// kernel for a stride-1 1x1 convolution.
+pub fn bf16_data_grad(g: &ConvGeometry, data_grad: Option<DataGradAlgo>, in_block: usize) -> Option<Algo> {
+    match data_grad? {
+        DataGradAlgo::Forward(Algo::Winograd(_)) if g.out_channels >= BF16_MIN_CHANNELS => {
+            Some(Algo::Winograd(WinogradTile::F2))
+        }
+        _ if unpadded_1x1(g, in_block) && g.stride == 1 => Some(Algo::Direct),
+        _ => None,
+    }
+}
+
+/// Whether backward-filter of `g` runs in bf16 ([`FilterGradAlgo::PointwiseBf16`]) under
+/// [`TrainingPlan::use_bf16`]: every unpadded 1x1 convolution of blocked input.
+pub fn bf16_filter_grad(g: &ConvGeometry, in_block: usize) -> bool {
+    unpadded_1x1(g, in_block)
+}
+
+fn unpadded_1x1(g: &ConvGeometry, in_block: usize) -> bool {
+    g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0 && in_block == BLOCK
+}
+
+/// The name `resnet bench --layers --train` gives a pass with bf16 products by `algo`
+/// (from [`bf16_forward`] or [`bf16_data_grad`]).
+pub fn bf16_name(algo: Algo) -> &'static str {
+    match algo {
+        Algo::Direct => "bf16",
+        Algo::Winograd(WinogradTile::F2) => "bf16-wino2",
+        Algo::Winograd(WinogradTile::F4) => "bf16-wino4",
     }
 }
 
@@ -536,51 +595,43 @@ impl TrainingPlan {
         }
         let mut packed = self.work.derived_bf16.len();
         let mut switched = 0;
-        let f2 = Algo::Winograd(WinogradTile::F2);
         for c in &mut self.convs {
             let g = c.geometry;
-            if matches!(c.forward, Algo::Winograd(_)) && c.fwd_bf16.is_empty() && g.in_channels >= BF16_MIN_CHANNELS {
-                c.forward = f2;
-                let len = choose::derived_len(f2, &g, c.in_block);
-                c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
-                c.fwd_bf16 = packed..packed + len;
-                packed += len;
-                switched += 1;
+            if c.fwd_bf16.is_empty() {
+                if let Some(algo) = bf16_forward(&g, c.forward, c.in_block) {
+                    let len = match algo {
+                        Algo::Winograd(_) => {
+                            c.forward = algo;
+                            let len = choose::derived_len(algo, &g, c.in_block);
+                            c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
+                            len
+                        }
+                        Algo::Direct => bf16::pointwise_len(g.in_channels, g.out_channels),
+                    };
+                    c.fwd_bf16 = packed..packed + len;
+                    packed += len;
+                    switched += 1;
+                }
             }
-            // 1x1 stride-1 convolutions are products over channel pairs too (pixels as
-            // tiles): bf16 pays at every width of ResNet-50 (`pointwise` against the
-            // direct kernel, ResNet-50 b16 shapes, 2 threads: 1.42x to 2.12x).
-            // Strided ones too for the forward and backward-filter, which read the input
-            // pixels under the output's (the projection shortcuts).
-            let unpadded_1x1 = g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0 && c.in_block == BLOCK;
-            let pointwise = unpadded_1x1 && g.stride == 1;
-            if unpadded_1x1 && c.fwd_bf16.is_empty() {
-                let len = bf16::pointwise_len(g.in_channels, g.out_channels);
-                c.fwd_bf16 = packed..packed + len;
-                packed += len;
-                switched += 1;
-            }
-            if unpadded_1x1 && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
+            if bf16_filter_grad(&g, c.in_block) && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
                 c.filter_grad = FilterGradAlgo::PointwiseBf16;
                 switched += 1;
             }
-            if pointwise && c.data_grad.is_some() && c.data_bf16.is_empty() {
-                let len = bf16::pointwise_len(g.out_channels, g.in_channels);
-                c.data_bf16 = packed..packed + len;
-                packed += len;
-                switched += 1;
-            }
-            let data_wide = g.out_channels >= BF16_MIN_CHANNELS;
-            if matches!(c.data_grad, Some(DataGradAlgo::Forward(Algo::Winograd(_))))
-                && c.data_bf16.is_empty()
-                && data_wide
-            {
-                c.data_grad = Some(DataGradAlgo::Forward(f2));
-                let len = choose::derived_len(f2, &as_forward(&g).expect("stride 1"), BLOCK);
-                c.data_weights = c.data_weights.start..c.data_weights.start + len;
-                c.data_bf16 = packed..packed + len;
-                packed += len;
-                switched += 1;
+            if c.data_bf16.is_empty() {
+                if let Some(algo) = bf16_data_grad(&g, c.data_grad, c.in_block) {
+                    let len = match algo {
+                        Algo::Winograd(_) => {
+                            c.data_grad = Some(DataGradAlgo::Forward(algo));
+                            let len = choose::derived_len(algo, &as_forward(&g).expect("stride 1"), BLOCK);
+                            c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                            len
+                        }
+                        Algo::Direct => bf16::pointwise_len(g.out_channels, g.in_channels),
+                    };
+                    c.data_bf16 = packed..packed + len;
+                    packed += len;
+                    switched += 1;
+                }
             }
         }
         self.work.derived_bf16.resize(packed, 0);
@@ -1288,9 +1339,10 @@ fn stage_backward(
 
 /// Seconds per call (the best of `reps` after one warm-up, random data) of every
 /// candidate for each training pass of `g` with input blocks of `in_block`: forward and
-/// backward-data per algorithm, backward-filter. `resnet bench --layers --train` prints
-/// them beside the plan's choices.
-pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTimings {
+/// backward-data per algorithm, backward-filter; `with_bf16` (on CPUs with AVX512_BF16)
+/// adds each pass with bf16 products where [`TrainingPlan::use_bf16`] would use them.
+/// `resnet bench --layers --train` prints them beside the plan's choices.
+pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bool) -> PassTimings {
     let forward = choose::time_candidates(g, in_block, reps);
     let mut rng = crate::rng::Rng::new(3);
     let mut random = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
@@ -1310,11 +1362,38 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTiming
         best
     };
     let mut dw = vec![0.0; weight.len()];
-    let filter_grad_s = FilterGradAlgo::candidates(g, in_block)
+    let mut filter_grad_s: Vec<(FilterGradAlgo, f64)> = FilterGradAlgo::candidates(g, in_block)
         .into_iter()
         .map(|a| (a, best_of(&mut || a.run(g, &x, in_block, &dy, &mut dw))))
         .collect();
+    let with_bf16 = with_bf16 && bf16::available() && BLOCK == bf16::LANES;
+    if with_bf16 && bf16_filter_grad(g, in_block) {
+        let a = FilterGradAlgo::PointwiseBf16;
+        filter_grad_s.push((a, best_of(&mut || a.run(g, &x, in_block, &dy, &mut dw))));
+    }
+    let mut z = vec![0.0; output.len()];
+    let forward_bf16 = with_bf16
+        .then(|| bf16_forward(g, choose::auto(g), in_block))
+        .flatten()
+        .map(|algo| {
+            let s = match algo {
+                Algo::Winograd(tile) => {
+                    let u = choose::derive_weights(algo, g, &weight, None, in_block);
+                    let mut u16s = vec![0; u.len()];
+                    pack_bf16(tile, g.in_channels, g.out_channels, &u, &mut u16s);
+                    let ep = BlockedEpilogue::default();
+                    best_of(&mut || winograd_conv_with::<F32xBlock>(g, tile, &x, Transformed::Bf16(&u16s), &ep, &mut z))
+                }
+                Algo::Direct => {
+                    let mut w16 = vec![0; bf16::pointwise_len(g.in_channels, g.out_channels)];
+                    bf16::pack_pointwise(&weight, g.in_channels, g.out_channels, false, &mut w16);
+                    best_of(&mut || bf16::pointwise(g, &x, &w16, &mut z))
+                }
+            };
+            (algo, s)
+        });
     let mut data_grad_s = Vec::new();
+    let mut data_grad_bf16 = None;
     if in_block == BLOCK {
         if let Some(t) = as_forward(g) {
             for (a, s) in choose::time_candidates(&t, BLOCK, reps) {
@@ -1326,11 +1405,35 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize) -> PassTiming
         let mut dx = vec![0.0; Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, BLOCK).len()];
         let s = best_of(&mut || data_grad::<F32xBlock>(g, &dy, &packed, &mut dx));
         data_grad_s.push((DataGradAlgo::Strided, s));
+        if let (true, Some(t)) = (with_bf16, as_forward(g)) {
+            data_grad_bf16 = bf16_data_grad(g, data_grad_algo(g), in_block).map(|algo| {
+                let s = match algo {
+                    Algo::Winograd(tile) => {
+                        let mut u = vec![0.0; choose::derived_len(algo, &t, BLOCK)];
+                        transform_flipped_filters(&weight, g.in_channels, g.out_channels, tile, BLOCK, &mut u);
+                        let mut u16s = vec![0; u.len()];
+                        pack_bf16(tile, g.out_channels, g.in_channels, &u, &mut u16s);
+                        let ep = BlockedEpilogue::default();
+                        best_of(&mut || {
+                            winograd_conv_with::<F32xBlock>(&t, tile, &dy, Transformed::Bf16(&u16s), &ep, &mut dx)
+                        })
+                    }
+                    Algo::Direct => {
+                        let mut w16 = vec![0; bf16::pointwise_len(g.out_channels, g.in_channels)];
+                        bf16::pack_pointwise(&weight, g.in_channels, g.out_channels, true, &mut w16);
+                        best_of(&mut || bf16::pointwise(&t, &dy, &w16, &mut dx))
+                    }
+                };
+                (algo, s)
+            });
+        }
     }
     PassTimings {
         forward,
         data_grad: data_grad_s,
         filter_grad: filter_grad_s,
+        forward_bf16,
+        data_grad_bf16,
     }
 }
 
@@ -1341,8 +1444,14 @@ pub struct PassTimings {
     pub forward: Vec<(Algo, f64)>,
     /// Backward-data, per way of running it (empty for the stem).
     pub data_grad: Vec<(DataGradAlgo, f64)>,
-    /// Backward-filter, per algorithm.
+    /// Backward-filter, per algorithm (with bf16, [`FilterGradAlgo::PointwiseBf16`] too
+    /// where it applies).
     pub filter_grad: Vec<(FilterGradAlgo, f64)>,
+    /// With bf16 asked for and where [`bf16_forward`] applies: the forward pass with bf16
+    /// products.
+    pub forward_bf16: Option<(Algo, f64)>,
+    /// The same for backward-data ([`bf16_data_grad`]).
+    pub data_grad_bf16: Option<(Algo, f64)>,
 }
 
 /// How the plan runs backward-data of `g` (input in blocks of `BLOCK`): stride-1 square
