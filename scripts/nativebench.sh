@@ -31,9 +31,9 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
         ours "$tag" "$bin" --model resnet20 --batch 128 --threads 2 --reps 10
         ours "$tag" "$bin" --model resnet20 --batch 128 --threads 2 --reps 5 --train
         ours "$tag" "$bin" --model resnet18 --batch 1 --threads 2 --reps 10
-        ours "$tag" "$bin" --model resnet50 --batch 1 --threads 2 --reps 8
+        ours "$tag" "$bin" --model resnet50 --batch 1 --threads 2 --reps 10
         ours "$tag" "$bin" --model resnet20 --batch 1 --threads 2 --reps 50
-        ours "$tag" "$bin" --model resnet50 --batch 8 --threads 2 --reps 4
+        ours "$tag" "$bin" --model resnet50 --batch 8 --threads 2 --reps 10
     done
     ours ours "$new" --model resnet20 --batch 128 --threads 1 --reps 6
     ours ours "$new" --model resnet20 --batch 128 --threads 1 --reps 3 --train
