@@ -595,43 +595,42 @@ impl TrainingPlan {
         }
         let mut packed = self.work.derived_bf16.len();
         let mut switched = 0;
+        // The next `len` values of the bf16 weights, for one more pass in bf16.
+        let mut claim = |len: usize| {
+            packed += len;
+            packed - len..packed
+        };
         for c in &mut self.convs {
             let g = c.geometry;
             if c.fwd_bf16.is_empty() {
-                if let Some(algo) = bf16_forward(&g, c.forward, c.in_block) {
-                    let len = match algo {
-                        Algo::Winograd(_) => {
-                            c.forward = algo;
-                            let len = choose::derived_len(algo, &g, c.in_block);
-                            c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
-                            len
-                        }
-                        Algo::Direct => bf16::pointwise_len(g.in_channels, g.out_channels),
-                    };
-                    c.fwd_bf16 = packed..packed + len;
-                    packed += len;
-                    switched += 1;
-                }
+                c.fwd_bf16 = match bf16_forward(&g, c.forward, c.in_block) {
+                    Some(algo @ Algo::Winograd(_)) => {
+                        c.forward = algo;
+                        let len = choose::derived_len(algo, &g, c.in_block);
+                        c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
+                        claim(len)
+                    }
+                    Some(Algo::Direct) => claim(bf16::pointwise_len(g.in_channels, g.out_channels)),
+                    None => 0..0,
+                };
+                switched += usize::from(!c.fwd_bf16.is_empty());
             }
             if bf16_filter_grad(&g, c.in_block) && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
                 c.filter_grad = FilterGradAlgo::PointwiseBf16;
                 switched += 1;
             }
             if c.data_bf16.is_empty() {
-                if let Some(algo) = bf16_data_grad(&g, c.data_grad, c.in_block) {
-                    let len = match algo {
-                        Algo::Winograd(_) => {
-                            c.data_grad = Some(DataGradAlgo::Forward(algo));
-                            let len = choose::derived_len(algo, &as_forward(&g).expect("stride 1"), BLOCK);
-                            c.data_weights = c.data_weights.start..c.data_weights.start + len;
-                            len
-                        }
-                        Algo::Direct => bf16::pointwise_len(g.out_channels, g.in_channels),
-                    };
-                    c.data_bf16 = packed..packed + len;
-                    packed += len;
-                    switched += 1;
-                }
+                c.data_bf16 = match bf16_data_grad(&g, c.data_grad, c.in_block) {
+                    Some(algo @ Algo::Winograd(_)) => {
+                        c.data_grad = Some(DataGradAlgo::Forward(algo));
+                        let len = choose::derived_len(algo, &as_forward(&g).expect("stride 1"), BLOCK);
+                        c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                        claim(len)
+                    }
+                    Some(Algo::Direct) => claim(bf16::pointwise_len(g.out_channels, g.in_channels)),
+                    None => 0..0,
+                };
+                switched += usize::from(!c.data_bf16.is_empty());
             }
         }
         self.work.derived_bf16.resize(packed, 0);
