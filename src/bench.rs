@@ -282,13 +282,14 @@ fn train_layer_table(
             None => groups.push((c, vec![c.name.clone()])),
         }
     }
+    // A pass's f32 candidates and, where it was timed, its bf16 kernel.
+    let with_bf16 = |mut f32s: Vec<(&'static str, f64)>, bf16: Option<(Algo, f64)>| {
+        f32s.extend(bf16.map(|(a, s)| (bf16_name(a), s)));
+        f32s
+    };
     let mut rows = Vec::new();
     for (c, names) in groups {
         let t = time_passes(&c.geometry, c.in_block, 5, bf16);
-        let with_bf16 = |mut f32s: Vec<(&'static str, f64)>, bf16: Option<(Algo, f64)>| {
-            f32s.extend(bf16.map(|(a, s)| (bf16_name(a), s)));
-            f32s
-        };
         let forward = with_bf16(t.forward.iter().map(|(a, s)| (a.name(), *s)).collect(), t.forward_bf16);
         let chosen = if c.forward_bf16() {
             bf16_name(c.forward)

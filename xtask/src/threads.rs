@@ -7,8 +7,9 @@
 //! where this runs, so the build uses Debian's `rustc-web` with its `rust-web-src`, both
 //! from apt (bookworm has 1.85, its security updates 1.96: the build works with either),
 //! `RUSTC_BOOTSTRAP=1` for the unstable `build-std`, and the crate attributes below for
-//! the library features our dependencies use that 1.85 still gates. It links with rustup's `rust-lld` (Debian's compiler ships no wasm
-//! linker). The single-thread builds use rustup's stable toolchain as before.
+//! the library features our dependencies use that 1.85 still gates. It links with
+//! rustup's `rust-lld` (Debian's compiler ships no wasm linker). The single-thread builds
+//! use rustup's stable toolchain as before.
 
 use crate::{ensure_debian_packages, target_dir, workspace_root};
 use std::path::{Path, PathBuf};

@@ -231,7 +231,6 @@ impl TrainConv {
         }
     }
 
-    /// The geometry of its stride-1 backward-data as a forward convolution.
     /// Whether the forward pass runs with bf16 products ([`TrainingPlan::use_bf16`]), by
     /// the scheme of `forward` ([`bf16_name`]).
     pub fn forward_bf16(&self) -> bool {
@@ -243,6 +242,7 @@ impl TrainConv {
         !self.data_bf16.is_empty()
     }
 
+    /// The geometry of its stride-1 backward-data as a forward convolution.
     fn data_geometry(&self, n: usize) -> ConvGeometry {
         as_forward(&self.geometry_at(n)).expect("a forward-form backward-data has a stride-1 geometry")
     }
@@ -1000,11 +1000,7 @@ fn add_conv(
     let g = spec.geometry(batch, x.c, x.h, x.w)?;
     let out = Blocked::new(1, g.out_channels, g.out_h, g.out_w, BLOCK);
     let in_block = x.block;
-    let forward = if in_block == BLOCK {
-        choose::choose(ConvChoice::Auto, &g)
-    } else {
-        Algo::Direct
-    };
+    let forward = forward_algo(&g, in_block);
     let data_grad = if in_block == BLOCK { data_grad_algo(&g) } else { None };
     let fwd_weights = lay.derived(choose::derived_len(forward, &g, in_block));
     let data_weights = lay.derived(match data_grad {
@@ -1372,7 +1368,7 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
     }
     let mut z = vec![0.0; output.len()];
     let forward_bf16 = with_bf16
-        .then(|| bf16_forward(g, choose::auto(g), in_block))
+        .then(|| bf16_forward(g, forward_algo(g, in_block), in_block))
         .flatten()
         .map(|algo| {
             let s = match algo {
@@ -1451,6 +1447,16 @@ pub struct PassTimings {
     pub forward_bf16: Option<(Algo, f64)>,
     /// The same for backward-data ([`bf16_data_grad`]).
     pub data_grad_bf16: Option<(Algo, f64)>,
+}
+
+/// How the plan runs the forward pass of `g` with input blocks of `in_block`: the
+/// inference rule on blocked input, the direct kernel on the NCHW stem input.
+pub fn forward_algo(g: &ConvGeometry, in_block: usize) -> Algo {
+    if in_block == BLOCK {
+        choose::choose(ConvChoice::Auto, g)
+    } else {
+        Algo::Direct
+    }
 }
 
 /// How the plan runs backward-data of `g` (input in blocks of `BLOCK`): stride-1 square

@@ -33,11 +33,11 @@ pub fn dense<V: Vector>(rows: usize, c: usize, x: &[f32], w: &[f32], b: &[f32], 
             let kn = CLASSES_PER_PASS.min(range.end - k0);
             // A ragged pass repeats its last class and stores only the real ones.
             let wk: [&[f32]; CLASSES_PER_PASS] = core::array::from_fn(|j| &w[(k0 + j.min(kn - 1)) * c..][..c]);
+            // Whole passes of 4 (or 2) rows, then one row at a time (batch 1 included),
+            // so that no pass computes rows it throws away.
+            let wide = V::LANES >= 16;
             let mut r0 = 0;
             while r0 < rows {
-                // Whole passes of 4 (or 2) rows, then one row at a time (batch 1
-                // included), so that no pass computes rows it throws away.
-                let wide = V::LANES >= 16;
                 if wide && rows - r0 >= 4 {
                     pass::<V, 4>(&wk, kn, x, r0, (c, body, classes), b, k0, &y);
                     r0 += 4;
