@@ -9,8 +9,7 @@
 
 use crossbeam_channel::{unbounded, Receiver, Sender};
 use rayon::{ThreadBuilder, ThreadPoolBuilder};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use wasm_bindgen::prelude::*;
 
 /// rayon's threads, handed from the pool's spawn handler to the Workers waiting for them.
@@ -58,34 +57,13 @@ pub fn start_thread_pool(threads: usize) -> Result<(), JsError> {
 }
 
 /// Runs `f` (one call into the engine, from the pool's first thread) with the pool's other
-/// threads kept awake and stealing work until it returns.
+/// threads kept awake, serving its parallel loops, until it returns
+/// (`resnet_core::kernels::split::team`).
 ///
 /// rayon puts an idle thread to sleep after a few rounds of `yield_now`, which spin for
 /// microseconds natively but return at once in wasm, so between two parallel loops the
 /// Workers would sleep, and waking one (`Atomics.notify`) costs about as much as a small
 /// layer's work: two threads ran ResNet-20 at batch 1 slower than one.
 pub fn keep_awake<R>(f: impl FnOnce() -> R) -> R {
-    struct Done(Arc<AtomicBool>);
-    impl Drop for Done {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Release);
-        }
-    }
-    if rayon::current_num_threads() < 2 || rayon::current_thread_index() != Some(0) {
-        return f();
-    }
-    let done = Done(Arc::new(AtomicBool::new(false)));
-    let flag = Arc::clone(&done.0);
-    // One copy per thread; the calling thread's (index 0) returns at once.
-    rayon::spawn_broadcast(move |context| {
-        if context.index() == 0 {
-            return;
-        }
-        while !flag.load(Ordering::Acquire) {
-            if rayon::yield_now() != Some(rayon::Yield::Executed) {
-                std::hint::spin_loop();
-            }
-        }
-    });
-    f()
+    resnet_core::kernels::split::team(f)
 }

@@ -23,6 +23,7 @@ use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
+use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::model::{Arch, ConvBn, ResNetConfig, ShortcutKind};
 use crate::simd::{F32xBlock, BLOCK};
@@ -430,6 +431,12 @@ impl ExecutionPlan {
             )));
         }
         self.derive(params)?;
+        split::team(|| self.run_steps(params, input, n));
+        Ok(&self.logits[..n * self.config.num_classes])
+    }
+
+    /// Runs every step of the plan on `n` images of `input` (checked by `forward`).
+    fn run_steps(&mut self, params: &Params, input: &[f32], n: usize) {
         let profiling = self.step_seconds.is_some();
         for (index, step) in self.steps.iter().enumerate() {
             let started = profiling.then(std::time::Instant::now);
@@ -501,7 +508,6 @@ impl ExecutionPlan {
                 times[index] = t.elapsed().as_secs_f64();
             }
         }
-        Ok(&self.logits[..n * self.config.num_classes])
     }
 }
 
@@ -592,6 +598,25 @@ mod tests {
                 assert!(err < 2e-4, "{} {choice:?}: {err}", config.name);
             }
         }
+    }
+
+    /// A plan's forward runs its loops on a team (`split::team`) inside a pool; the same
+    /// loops as plain rayon tasks (the plan's steps called without a team) give the same
+    /// bits.
+    #[test]
+    fn a_team_gives_the_logits_of_plain_rayon_tasks() {
+        let config = ResNetConfig::named("resnet18").unwrap().with_classes(10);
+        let p = random_params(&config, 4);
+        let x: Vec<f32> = (0..3 * 48 * 48).map(|i| ((i * 37) % 101) as f32 / 50.0 - 1.0).collect();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let mut plan = ExecutionPlan::inference(&config, 1, 48, 48, PlanOptions::default()).unwrap();
+        let with_team = pool.install(|| plan.forward(&p, &x, 1).unwrap().to_vec());
+        let without = pool.install(|| {
+            plan.run_steps(&p, &x, 1);
+            plan.logits[..10].to_vec()
+        });
+        assert_eq!(with_team, without);
+        assert!(with_team.iter().all(|v| v.is_finite()));
     }
 
     #[test]

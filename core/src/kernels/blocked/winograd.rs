@@ -71,7 +71,6 @@ use crate::kernels::split;
 use crate::kernels::winograd::WinogradTile;
 use crate::layout::Blocked;
 use crate::simd::Vector;
-use rayon::prelude::*;
 
 /// Output-channel blocks per micro-kernel call: with [`RT`] tiles, `RB x RT` vector
 /// accumulators. 4 x 6 = 24 of the 32 AVX-512 registers, leaving room for the 4 `U`
@@ -624,7 +623,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     }
     let shared = SharedOut::new(out);
     let out = &shared;
-    (0..p.groups * p.kparts).into_par_iter().for_each(|task| {
+    split::for_each_task(p.groups * p.kparts, |task| {
         let (gi, kp) = (task / p.kparts, task % p.kparts);
         let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
         let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
