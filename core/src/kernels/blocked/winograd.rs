@@ -125,6 +125,15 @@ const GROUP_BYTES: usize = 512 << 10;
 /// loaded (from L2 or memory) feeds too few FMAs.
 const MIN_GROUP_TILES: usize = 2 * RT;
 
+/// Fewest tiles per group when groups are cut smaller to give every thread one: fewer
+/// tiles per `U` vector, but each task transforms only its own tiles, where splitting
+/// the output channels instead repeats the whole input transform in every task and
+/// runs narrower products. Measured (`examples/plan_profile resnet20 1`, 2 threads,
+/// interleaved): the 16x16 stage's F(4x4) layers (16 tiles) 6-7 us as 1 group x 2
+/// channel parts, 5 us as 2 groups of 8; the 8x8 stage (4 tiles) 7 us as 1 x 2, 10 us
+/// as 2 groups of 2.
+const MIN_SPLIT_TILES: usize = 4;
+
 /// Most tiles per group: beyond this the products are no faster and fewer groups
 /// balance worse across threads.
 const MAX_GROUP_TILES: usize = 16 * RT;
@@ -533,8 +542,8 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     let mut groups = tiles.div_ceil(fit);
     let want = split::parts(tiles * ocb);
     if groups < want {
-        // More, smaller groups while they keep at least MIN_GROUP_TILES tiles.
-        groups = want.min(tiles / MIN_GROUP_TILES).max(groups);
+        // More, smaller groups while they keep at least MIN_SPLIT_TILES tiles.
+        groups = want.min(tiles / MIN_SPLIT_TILES).max(groups);
     } else {
         // Whole rounds of tasks, so that the threads finish together.
         let rounded = groups.next_multiple_of(want);
