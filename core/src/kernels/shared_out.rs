@@ -71,7 +71,6 @@ impl<'a> SharedOut<'a> {
 
     /// A pointer to element `i`, for a kernel that stores through raw pointers: under the
     /// same guarantee as [`SharedOut::write`], for every element it writes.
-    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))] // the bf16 kernels' only
     pub(crate) fn ptr_at(&self, i: usize) -> *mut f32 {
         assert!(i <= self.len, "shared output index out of range");
         // SAFETY: `i <= len` keeps the pointer inside (or one past) the borrowed slice.
