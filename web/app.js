@@ -361,7 +361,7 @@ async function trainLoop(opts) {
     }));
     const applied = stepped[0].applied;
     grads = next ? stepped.map((s) => s.next) : null;
-    run.iteration = applied.iteration;
+    run.iteration = applied.iteration + 1; // applyGradients gives the index of the step it applied
     const rate = images / ((performance.now() - started) / 1000);
     if (run.iteration % 10 === 0 || run.iteration === opts.iters) {
       lossChart.add('loss', run.iteration, window_.loss / window_.count);
