@@ -128,7 +128,7 @@ impl Default for Grouping {
     /// Measured (`resnet bench`, 2 threads, 8 interleaved rounds, median images/s):
     /// ResNet-20 at batch 128 8705 on the whole batch, 10098 in groups of 1 MB (16
     /// images; 10052 with 512 KB, 9561 with 2 MB); ResNet-50 at batch 8 55.4 and 58.3
-    /// (the stem to layer2.1 in single images). ResNet-50's layer3 and layer4, whose
+    /// (the stem to layer2.1.conv1 in single images). ResNet-50's layer3 and layer4, whose
     /// weights outweigh their activations at batch 8, measured faster on the whole batch.
     fn default() -> Self {
         Grouping {
