@@ -26,13 +26,16 @@ extern "C" {
     fn console_error(s: &str);
 }
 
-/// Runs one call into the engine with the threaded build's pool kept awake
-/// ([`threads::keep_awake`]); the single-thread builds just run it.
+/// Runs one call into the engine on a team (`resnet_core::kernels::split::team`): in the
+/// threaded build the pool's other threads stay awake and serve its parallel loops until
+/// it returns; without a pool it just runs `f`.
+///
+/// rayon puts an idle thread to sleep after a few rounds of `yield_now`, which spin for
+/// microseconds natively but return at once in wasm, so between two parallel loops the
+/// Workers would sleep, and waking one (`Atomics.notify`) costs about as much as a small
+/// layer's work: two threads ran ResNet-20 at batch 1 slower than one.
 fn keep_awake<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(feature = "threads")]
-    return threads::keep_awake(f);
-    #[cfg(not(feature = "threads"))]
-    f()
+    resnet_core::kernels::split::team(f)
 }
 
 /// The message of the last panic, kept for the JS wrapper to report.

@@ -55,15 +55,3 @@ pub fn start_thread_pool(threads: usize) -> Result<(), JsError> {
         .build_global()
         .map_err(|e| JsError::new(&format!("cannot start the thread pool: {e}")))
 }
-
-/// Runs `f` (one call into the engine, from the pool's first thread) with the pool's other
-/// threads kept awake, serving its parallel loops, until it returns
-/// (`resnet_core::kernels::split::team`).
-///
-/// rayon puts an idle thread to sleep after a few rounds of `yield_now`, which spin for
-/// microseconds natively but return at once in wasm, so between two parallel loops the
-/// Workers would sleep, and waking one (`Atomics.notify`) costs about as much as a small
-/// layer's work: two threads ran ResNet-20 at batch 1 slower than one.
-pub fn keep_awake<R>(f: impl FnOnce() -> R) -> R {
-    resnet_core::kernels::split::team(f)
-}

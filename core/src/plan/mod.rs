@@ -576,13 +576,18 @@ impl ExecutionPlan {
         }
     }
 
-    /// The arena range of buffer `buf` holding `images`: a group's buffer holds them
-    /// from its start, a whole-batch buffer at their place in the batch.
-    fn region(&self, buf: usize, images: &Range<usize>) -> Range<usize> {
+    /// Buffer `buf` holding `images`: its shape at that many images and its arena range
+    /// (a group's buffer holds them from its start, a whole-batch buffer at their place in
+    /// the batch).
+    fn region(&self, buf: usize, images: &Range<usize>) -> (Blocked, Range<usize>) {
         let (shape, offset) = self.buffers[buf];
         let skip = if self.per_group[buf] { 0 } else { images.start };
         let start = offset + skip * shape.image_len();
-        start..start + images.len() * shape.image_len()
+        let shape = Blocked {
+            n: images.len(),
+            ..shape
+        };
+        (shape, start..start + shape.len())
     }
 
     /// Runs step `index` on the images `images` of the call.
@@ -598,7 +603,7 @@ impl ExecutionPlan {
             } => {
                 let c = &self.convs[conv];
                 let g = ConvGeometry { batch: n, ..c.geometry };
-                let y_range = self.region(out, &images);
+                let (_, y_range) = self.region(out, &images);
                 let ep = BlockedEpilogue {
                     bias: Some(&self.derived[c.bias.clone()]),
                     residual: match add {
@@ -616,34 +621,25 @@ impl ExecutionPlan {
                         choose::run_conv(c.algo, &g, x, c.in_block, weights, &ep, &mut self.arena[y_range]);
                     }
                     Source::Buf(b) => {
-                        let x_range = self.region(b, &images);
+                        let (_, x_range) = self.region(b, &images);
                         let (x, y) = two_regions(&mut self.arena, x_range, y_range);
                         choose::run_conv(c.algo, &g, x, c.in_block, weights, &ep, y);
                     }
                 }
             }
             Step::MaxPool { input: i, out, pool } => {
-                let ishape = Blocked { n, ..self.buffers[i].0 };
-                let (x_range, y_range) = (self.region(i, &images), self.region(out, &images));
+                let ((ishape, x_range), (_, y_range)) = (self.region(i, &images), self.region(out, &images));
                 let (x, y) = two_regions(&mut self.arena, x_range, y_range);
                 max_pool::<F32xBlock>(&PoolGeometry { batch: n, ..pool }, ishape, x, y);
             }
             Step::ZeroPad { input: i, out, stride } => {
-                let (ishape, oshape) = (
-                    Blocked { n, ..self.buffers[i].0 },
-                    Blocked {
-                        n,
-                        ..self.buffers[out].0
-                    },
-                );
-                let (x_range, y_range) = (self.region(i, &images), self.region(out, &images));
+                let ((ishape, x_range), (oshape, y_range)) = (self.region(i, &images), self.region(out, &images));
                 let (x, y) = two_regions(&mut self.arena, x_range, y_range);
                 zero_pad_shortcut(ishape, x, oshape, stride, y);
             }
             Step::Head { input: i } => {
-                let shape = Blocked { n, ..self.buffers[i].0 };
+                let (shape, x_range) = self.region(i, &images);
                 let classes = self.config.num_classes;
-                let x_range = self.region(i, &images);
                 let features = &mut self.features[images.start * shape.c..images.end * shape.c];
                 global_avg_pool::<F32xBlock>(shape, &self.arena[x_range], features);
                 let logits = &mut self.logits[images.start * classes..images.end * classes];

@@ -504,10 +504,10 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
 ) {
     if phase == Phase::Full && count == NPX && c.ep.relu_output.is_none() {
         match (c.ep.residual, c.ep.relu) {
-            (Residual::None, false) => return store_full::<V, NOC, NPX, NO_RESIDUAL, false>(c, acc, n, ocb0, p0),
-            (Residual::None, true) => return store_full::<V, NOC, NPX, NO_RESIDUAL, true>(c, acc, n, ocb0, p0),
-            (Residual::InPlace, false) => return store_full::<V, NOC, NPX, IN_PLACE, false>(c, acc, n, ocb0, p0),
-            (Residual::InPlace, true) => return store_full::<V, NOC, NPX, IN_PLACE, true>(c, acc, n, ocb0, p0),
+            (Residual::None, false) => return store_full::<V, NOC, NPX, false, false>(c, acc, n, ocb0, p0),
+            (Residual::None, true) => return store_full::<V, NOC, NPX, false, true>(c, acc, n, ocb0, p0),
+            (Residual::InPlace, false) => return store_full::<V, NOC, NPX, true, false>(c, acc, n, ocb0, p0),
+            (Residual::InPlace, true) => return store_full::<V, NOC, NPX, true, true>(c, acc, n, ocb0, p0),
             (Residual::From(_), _) => {}
         }
     }
@@ -528,19 +528,16 @@ fn store_tile<V: Vector, const NOC: usize, const NPX: usize>(
     }
 }
 
-/// [`store_full`]'s residual kinds: none, or the output's own values.
-const NO_RESIDUAL: u8 = 0;
-const IN_PLACE: u8 = 1;
-
 /// [`store_tile`] of a whole tile (`NPX` pixels) finishing a single-pass reduction, for
-/// the epilogues of inference (bias, an optional in-place residual, an optional ReLU),
+/// the epilogues of inference (bias, the output's own values added when `IN_PLACE`, ReLU
+/// when `RELU`),
 /// chosen once per tile rather than per vector, with one bounds check per block: at 64
 /// input channels (ResNet-50's 64->256 expansions) the per-vector epilogue was about
 /// an eighth of the tile's time. Stores what [`BlockedEpilogue::store`] stores. Not
 /// inlined: inlined, its four variants cost the tiles' inner loops registers (3x3
 /// layers 10-20 % slower).
 #[inline(never)]
-fn store_full<V: Vector, const NOC: usize, const NPX: usize, const RESIDUAL: u8, const RELU: bool>(
+fn store_full<V: Vector, const NOC: usize, const NPX: usize, const IN_PLACE: bool, const RELU: bool>(
     c: &Ctx,
     acc: &[[V; NPX]; NOC],
     n: usize,
@@ -560,7 +557,7 @@ fn store_full<V: Vector, const NOC: usize, const NPX: usize, const RESIDUAL: u8,
             // reads or writes these elements (`SharedOut`).
             unsafe {
                 let mut v = v + bias;
-                if RESIDUAL == IN_PLACE {
+                if IN_PLACE {
                     v = v + V::load_at(at, p * V::LANES);
                 }
                 if RELU {
