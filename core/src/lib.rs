@@ -4,6 +4,7 @@
 //! (`kernels`), the ResNet zoo of He et al. 2015 (`model`) and the training loop
 //! (`train`). NCHW `f32` at every public boundary. Builds for `wasm32-unknown-unknown`.
 
+pub mod aligned;
 pub mod classifier;
 pub mod data;
 pub mod error;

@@ -1,12 +1,13 @@
 //! Per-thread scratch buffers, so kernels called from rayon tasks reuse memory across
 //! calls instead of allocating in every training step.
 
+use crate::aligned::AlignedVec;
 use std::cell::RefCell;
 
 thread_local! {
-    static SCRATCH: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
     /// The partial sums of gradient kernels called from this thread, kept between calls.
-    static PARTIALS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static PARTIALS: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Runs `f` with a scratch slice of `len` floats owned by this
@@ -16,7 +17,7 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| {
         let mut buf = cell.borrow_mut();
         if buf.len() < len {
-            buf.resize(len, 0.0);
+            buf.resize_zeroed(len);
         }
         f(&mut buf[..len])
     })
@@ -30,10 +31,10 @@ pub fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     PARTIALS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
-                buf.resize(len, 0.0);
+                buf.resize_zeroed(len);
             }
             f(&mut buf[..len])
         }
-        Err(_) => f(&mut vec![0.0; len]),
+        Err(_) => f(&mut AlignedVec::zeroed(len)),
     })
 }

@@ -18,6 +18,7 @@ pub mod train_nchw;
 pub use choose::{Algo, ConvChoice};
 pub use train::{LocalStep, StepHooks, TrainingPlan};
 
+use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::dense::dense;
 use crate::kernels::blocked::pool::{global_avg_pool, max_pool, zero_pad_shortcut};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
@@ -201,12 +202,12 @@ pub struct ExecutionPlan {
     /// Leading steps run in image groups, and the images of a group.
     grouped_steps: usize,
     group_images: usize,
-    arena: Vec<f32>,
-    derived: Vec<f32>,
+    arena: AlignedVec<f32>,
+    derived: AlignedVec<f32>,
     /// The [`Params::version`] `derived` was made from.
     derived_from: Option<u64>,
-    features: Vec<f32>,
-    logits: Vec<f32>,
+    features: AlignedVec<f32>,
+    logits: AlignedVec<f32>,
     /// Seconds of each step in the last call, when profiling is on.
     step_seconds: Option<Vec<f64>>,
 }
@@ -267,8 +268,12 @@ impl Builder {
         };
         let wlen = choose::derived_len(algo, &g, in_block);
         let shape = Blocked::new(x.n, g.out_channels, g.out_h, g.out_w, BLOCK);
-        let weights = self.derived_len..self.derived_len + wlen;
-        let bias = weights.end..weights.end + shape.padded_channels();
+        // Each range starts a cache line (see `crate::aligned`).
+        let line = LINE_BYTES / std::mem::size_of::<f32>();
+        let start = self.derived_len.next_multiple_of(line);
+        let weights = start..start + wlen;
+        let bias_start = weights.end.next_multiple_of(line);
+        let bias = bias_start..bias_start + shape.padded_channels();
         self.derived_len = bias.end;
         self.convs.push(PlannedConv {
             name: spec.conv.clone(),
@@ -427,11 +432,11 @@ impl ExecutionPlan {
             per_group,
             grouped_steps,
             group_images,
-            arena: vec![0.0; layout.total],
-            derived: vec![0.0; b.derived_len],
+            arena: AlignedVec::zeroed(layout.total),
+            derived: AlignedVec::zeroed(b.derived_len),
             derived_from: None,
-            features: vec![0.0; batch * arch.features],
-            logits: vec![0.0; batch * arch.classes],
+            features: AlignedVec::zeroed(batch * arch.features),
+            logits: AlignedVec::zeroed(batch * arch.classes),
             step_seconds: None,
         })
     }

@@ -23,6 +23,7 @@
 //! NCHW, is [`super::train_nchw::NchwTrainingPlan`].
 
 use super::choose::{self, Algo, ConvChoice};
+use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
@@ -270,11 +271,11 @@ struct Block {
 
 /// What the steps write besides the arena: derived weights and small scratch.
 struct Work {
-    arena: Vec<f32>,
+    arena: AlignedVec<f32>,
     argmax: Vec<u32>,
-    derived: Vec<f32>,
+    derived: AlignedVec<f32>,
     /// Packed bf16 copies of the Winograd filters of convolutions with bf16 products.
-    derived_bf16: Vec<u16>,
+    derived_bf16: AlignedVec<u16>,
     /// The weights' [`Params::version`] `derived` was made from.
     derived_from: Option<u64>,
     /// Flipped, transposed OIHW filters of one convolution while its backward-data
@@ -326,6 +327,9 @@ impl std::fmt::Debug for TrainingPlan {
     }
 }
 
+/// Floats of one cache line: every slot, fixed range and derived range starts on one.
+const LINE_FLOATS: usize = LINE_BYTES / std::mem::size_of::<f32>();
+
 /// Lays slots out one after another.
 struct Layout {
     batch: usize,
@@ -336,6 +340,7 @@ struct Layout {
 
 impl Layout {
     fn slot(&mut self, shape: Blocked) -> Slot {
+        self.len = self.len.next_multiple_of(LINE_FLOATS);
         let s = Slot {
             offset: self.len,
             shape: Blocked { n: 1, ..shape },
@@ -346,12 +351,12 @@ impl Layout {
     }
 
     fn fixed(&mut self, len: usize) -> Range<usize> {
-        self.len += len;
+        self.len = self.len.next_multiple_of(LINE_FLOATS) + len;
         self.len - len..self.len
     }
 
     fn derived(&mut self, len: usize) -> Range<usize> {
-        self.derived += len;
+        self.derived = self.derived.next_multiple_of(LINE_FLOATS) + len;
         self.derived - len..self.derived
     }
 }
@@ -534,10 +539,10 @@ impl TrainingPlan {
             pad,
             grads,
             work: Work {
-                arena: vec![0.0; lay.len],
+                arena: AlignedVec::zeroed(lay.len),
                 argmax: vec![0; argmax],
-                derived: vec![0.0; derived],
-                derived_bf16: Vec::new(),
+                derived: AlignedVec::zeroed(derived),
+                derived_bf16: AlignedVec::new(),
                 derived_from: None,
                 sums: [vec![0.0; channels], vec![0.0; channels]],
                 partials: Vec::new(),
@@ -597,7 +602,7 @@ impl TrainingPlan {
         let mut switched = 0;
         // The next `len` values of the bf16 weights, for one more pass in bf16.
         let mut claim = |len: usize| {
-            packed += len;
+            packed = packed.next_multiple_of(LINE_BYTES / std::mem::size_of::<u16>()) + len;
             packed - len..packed
         };
         for c in &mut self.convs {
@@ -633,7 +638,7 @@ impl TrainingPlan {
                 switched += usize::from(!c.data_bf16.is_empty());
             }
         }
-        self.work.derived_bf16.resize(packed, 0);
+        self.work.derived_bf16.resize_zeroed(packed);
         self.work.derived_from = None;
         Ok(switched)
     }
