@@ -364,9 +364,9 @@ fn print_layers(rows: &[serde_json::Value]) {
 /// `-C target-cpu`) and matrixmultiply's sgemm kernel (chosen at run time).
 fn kernel_report() -> String {
     let ours = if WIDE_LANES == 16 {
-        "inference in blocks of 16 channels on f32x16 (AVX-512F); training on f32x16 in the multiply-add kernels, f32x8 in the transforms"
+        "inference and training in blocks of 16 channels on f32x16 (AVX-512F)"
     } else {
-        "inference in blocks of 8 channels on f32x8; training on f32x8 (this build has no AVX-512F)"
+        "inference and training in blocks of 8 channels on f32x8 (this build has no AVX-512F)"
     };
     debug_assert_eq!(BLOCK, WIDE_LANES);
     #[cfg(target_arch = "x86_64")]

@@ -3,10 +3,10 @@
 //! Kernels are written once over [`F32x`] from the portable `wide` crate (no `core::arch`):
 //! `f32x8` on native targets (AVX/FMA under `-C target-cpu=native`, two SSE halves
 //! elsewhere) and `f32x4` on `wasm32`, where `+simd128` in `.cargo/config.toml` maps it to
-//! SIMD128. Where the build has AVX-512F, the multiply-add-bound register blocks (the
-//! unpacked GEMM, the filter-gradient products, the FMA peak probe) run on [`F32xWide`] =
-//! `f32x16` (one 512-bit register); the transforms keep `f32x8`, whose transposes `wide` accelerates (its
-//! `f32x16` transpose moves lanes one at a time).
+//! SIMD128. The engine's blocked kernels (inference and training) run on [`F32xBlock`] =
+//! [`F32xWide`]: `f32x16` (one 512-bit register) where the build has AVX-512F, so one
+//! vector holds a pixel's block of 16 channels. `F32x` remains for the first design's
+//! NCHW kernels, kept as the twins the blocked ones are tested against.
 
 /// The crate's `f32` vector: 8 lanes natively, 4 on wasm32 (SIMD128).
 #[cfg(not(target_arch = "wasm32"))]
