@@ -6,6 +6,7 @@
 //! an `ExecutionPlan`, which keys them by [`Params::version`] so that a stale copy cannot
 //! be used.
 
+use crate::aligned::AlignedVec;
 use crate::io::{NamedTensor, TensorFile};
 use crate::model::{Arch, ResNetConfig};
 use crate::rng::Rng;
@@ -47,9 +48,11 @@ pub struct Params {
     config: ResNetConfig,
     entries: Vec<Entry>,
     by_name: BTreeMap<String, usize>,
-    values: Vec<f32>,
-    grads: Vec<f32>,
-    buffers: Vec<f32>,
+    // Aligned so that every tensor whose offset is a multiple of 16 floats (all of them
+    // in the zoo) starts a cache line, as the kernels read the classifier's weights here.
+    values: AlignedVec<f32>,
+    grads: AlignedVec<f32>,
+    buffers: AlignedVec<f32>,
     version: u64,
 }
 
@@ -85,9 +88,9 @@ impl Params {
             config,
             entries,
             by_name,
-            values: vec![0.0; n_values],
-            grads: vec![0.0; n_values],
-            buffers: vec![0.0; n_buffers],
+            values: AlignedVec::zeroed(n_values),
+            grads: AlignedVec::zeroed(n_values),
+            buffers: AlignedVec::zeroed(n_buffers),
             version: next_version(),
         })
     }
