@@ -125,6 +125,40 @@ pub const MIN_F4_TILES: usize = 32;
 /// and run fastest on F(4x4) (in Node, 4 lanes: 1.8 ms against 2.0-2.4 with F(2x2)).
 pub const CACHED_FILTER_BYTES: usize = 1 << 20;
 
+/// Derived-weight bytes a whole plan may hold and still find its filters in cache when
+/// the next call starts (half of the machine's 32 MB L3, which other tenants share).
+/// [`CACHED_FILTER_BYTES`] assumes this: a batch-1 ResNet-56 (14 MB of derived weights)
+/// runs fastest with F(4x4) everywhere, but ResNet-110 (28 MB) streams them from memory
+/// on every call, and its 8x8 stage, 4 tiles per layer at batch 1, then ran in 0.36 ms
+/// with F(4x4) against 0.24 with F(2x2), whose filters are 16/36 the size
+/// (`examples/plan_profile resnet110 1`, 2 threads).
+pub const CACHED_PLAN_BYTES: usize = 16 << 20;
+
+/// Turns F(4x4) into F(2x2) on the layers of `layers` (geometry and input block, with
+/// `algos` their algorithms by [`auto`]) that have fewer than [`MIN_F4_TILES`] tiles,
+/// largest savings first, until the plan's derived weights fit [`CACHED_PLAN_BYTES`] or
+/// no such layer is left: where filters come from memory, few tiles make them dear.
+pub fn fit_in_cache(layers: &[(ConvGeometry, usize)], algos: &mut [Algo]) {
+    assert_eq!(layers.len(), algos.len(), "fit_in_cache: one algorithm per layer");
+    let bytes = |a: Algo, (g, b): &(ConvGeometry, usize)| derived_len(a, g, *b) * std::mem::size_of::<f32>();
+    let mut total: usize = layers.iter().zip(algos.iter()).map(|(l, &a)| bytes(a, l)).sum();
+    let (f4, f2) = (Algo::Winograd(WinogradTile::F4), Algo::Winograd(WinogradTile::F2));
+    let mut candidates: Vec<(usize, usize)> = layers
+        .iter()
+        .enumerate()
+        .filter(|&(i, (g, _))| algos[i] == f4 && g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4) < MIN_F4_TILES)
+        .map(|(i, l)| (i, bytes(f4, l) - bytes(f2, l)))
+        .collect();
+    candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (i, saving) in candidates {
+        if total <= CACHED_PLAN_BYTES {
+            break;
+        }
+        algos[i] = f2;
+        total -= saving;
+    }
+}
+
 static MEASURED: Mutex<Option<HashMap<ConvGeometry, Algo>>> = Mutex::new(None);
 
 /// The fastest algorithm for `g` by [`time_candidates`], timed once per process.
@@ -259,5 +293,41 @@ mod tests {
         assert!(f4.applies(&g3) && !f4.applies(&g3s2) && !f4.applies(&g1));
         assert_eq!(choose(ConvChoice::Force(f4), &g1), auto(&g1));
         assert_eq!(choose(ConvChoice::Force(Algo::Direct), &g3), Algo::Direct);
+    }
+
+    #[test]
+    fn a_plan_over_the_cache_budget_moves_its_fewest_tile_layers_to_f2() {
+        let (f2, f4) = (Algo::Winograd(WinogradTile::F2), Algo::Winograd(WinogradTile::F4));
+        let conv = |n, c, hw| (ConvGeometry::new(n, c, hw, hw, c, (3, 3), 1, 1).unwrap(), BLOCK);
+        // 32-channel 16x16 layers (16 tiles, 147 KB each with F(4x4)) and 64-channel 8x8
+        // ones (4 tiles, 590 KB): 36 of each come to 26 MB.
+        let mut layers = vec![conv(1, 32, 16); 36];
+        layers.extend(vec![conv(1, 64, 8); 36]);
+        let mut algos: Vec<Algo> = layers.iter().map(|(g, _)| auto(g)).collect();
+        assert!(algos.iter().all(|&a| a == f4));
+        fit_in_cache(&layers, &mut algos);
+        let total: usize = layers
+            .iter()
+            .zip(&algos)
+            .map(|((g, b), &a)| derived_len(a, g, *b) * 4)
+            .sum();
+        assert!(total <= CACHED_PLAN_BYTES, "{total}");
+        // The largest savings go first (the 64-channel layers, in order), and no more
+        // layers move than it takes.
+        assert!(algos[..36].iter().all(|&a| a == f4));
+        let moved = algos[36..].iter().take_while(|&&a| a == f2).count();
+        assert!(moved > 0 && algos[36 + moved..].iter().all(|&a| a == f4), "{algos:?}");
+        let saving = (derived_len(f4, &layers[36].0, BLOCK) - derived_len(f2, &layers[36].0, BLOCK)) * 4;
+        assert!(total + saving > CACHED_PLAN_BYTES, "one layer fewer would have done");
+
+        // Under the budget, or with enough tiles (batch 8), nothing changes.
+        let small = vec![conv(1, 64, 8); 4];
+        let mut a = vec![f4; 4];
+        fit_in_cache(&small, &mut a);
+        assert_eq!(a, vec![f4; 4]);
+        let batched = vec![conv(8, 64, 8); 72];
+        let mut a = vec![f4; 72];
+        fit_in_cache(&batched, &mut a);
+        assert_eq!(a, vec![f4; 72]);
     }
 }

@@ -234,6 +234,28 @@ impl Builder {
         self.shapes.len() - 1
     }
 
+    /// Settles the algorithms the whole plan decides ([`choose::fit_in_cache`], under
+    /// the automatic choice), then places every convolution's derived weights and bias,
+    /// each range starting a cache line (see `crate::aligned`).
+    fn place_weights(&mut self) {
+        if self.choice == ConvChoice::Auto {
+            let layers: Vec<_> = self.convs.iter().map(|c| (c.geometry, c.in_block)).collect();
+            let mut algos: Vec<_> = self.convs.iter().map(|c| c.algo).collect();
+            choose::fit_in_cache(&layers, &mut algos);
+            for (c, a) in self.convs.iter_mut().zip(algos) {
+                c.algo = a;
+            }
+        }
+        let line = LINE_BYTES / std::mem::size_of::<f32>();
+        for c in &mut self.convs {
+            let start = self.derived_len.next_multiple_of(line);
+            c.weights = start..start + choose::derived_len(c.algo, &c.geometry, c.in_block);
+            let bias_start = c.weights.end.next_multiple_of(line);
+            c.bias = bias_start..bias_start + c.geometry.out_channels.next_multiple_of(BLOCK);
+            self.derived_len = c.bias.end;
+        }
+    }
+
     /// Marks `buf` as used by the step about to be pushed.
     fn use_buf(&mut self, buf: usize) {
         self.lives[buf].last = self.steps.len();
@@ -266,23 +288,16 @@ impl Builder {
         } else {
             Algo::Direct
         };
-        let wlen = choose::derived_len(algo, &g, in_block);
         let shape = Blocked::new(x.n, g.out_channels, g.out_h, g.out_w, BLOCK);
-        // Each range starts a cache line (see `crate::aligned`).
-        let line = LINE_BYTES / std::mem::size_of::<f32>();
-        let start = self.derived_len.next_multiple_of(line);
-        let weights = start..start + wlen;
-        let bias_start = weights.end.next_multiple_of(line);
-        let bias = bias_start..bias_start + shape.padded_channels();
-        self.derived_len = bias.end;
         self.convs.push(PlannedConv {
             name: spec.conv.clone(),
             bn: spec.bn.clone(),
             geometry: g,
             algo,
             in_block,
-            weights,
-            bias,
+            // Placed by `place_weights` once every algorithm is settled.
+            weights: 0..0,
+            bias: 0..0,
         });
         let out = match out {
             Some(o) => {
@@ -404,6 +419,7 @@ impl ExecutionPlan {
         }
         b.use_buf(cur);
         b.steps.push(Step::Head { input: cur });
+        b.place_weights();
         // Buffers used only by the grouped steps hold one group; those they hand on to the
         // later steps hold the whole batch and stay put while the groups run.
         let (grouped_steps, group_images) = grouping.of(&b.steps, &b.shapes, &b.convs, batch);
@@ -675,6 +691,7 @@ fn two_regions(arena: &mut [f32], read: Range<usize>, write: Range<usize>) -> (&
 mod tests {
     use super::*;
     use crate::kernels::test_util::max_rel_err;
+    use crate::kernels::winograd::WinogradTile;
     use crate::model::ShortcutOption;
     use crate::rng::Rng;
 
@@ -706,6 +723,41 @@ mod tests {
     }
 
     #[test]
+    fn deep_cifar_nets_at_batch_1_keep_their_filters_within_the_cache_budget() {
+        let (f2, f4) = (Algo::Winograd(WinogradTile::F2), Algo::Winograd(WinogradTile::F4));
+        // How many of a stage's stride-1 3x3 layers run F(2x2), and how many there are.
+        let f2_of = |model: &str, batch: usize, stage: &str| -> (usize, usize) {
+            let config = ResNetConfig::named(model).unwrap();
+            let plan = ExecutionPlan::inference(&config, batch, 32, 32, PlanOptions::default()).unwrap();
+            let algos: Vec<Algo> = plan
+                .convs()
+                .iter()
+                .filter(|c| c.name.starts_with(stage) && c.algo != Algo::Direct)
+                .map(|c| c.algo)
+                .collect();
+            (algos.iter().filter(|&&a| a == f2).count(), algos.len())
+        };
+        // ResNet-56's derived weights fit: F(4x4) everywhere; ResNet-110's do not, so most
+        // layers of its 8x8 stage (4 tiles a layer) take F(2x2), but not at batch 8.
+        assert_eq!(f2_of("resnet56", 1, "layer3").0, 0);
+        let (moved, of) = f2_of("resnet110", 1, "layer3");
+        assert!(moved * 4 >= of * 3, "{moved} of {of}");
+        assert_eq!(f2_of("resnet110", 1, "layer1").0, 0);
+        assert_eq!(f2_of("resnet110", 8, "layer3").0, 0);
+        // Forcing an algorithm is not overridden.
+        let config = ResNetConfig::named("resnet110").unwrap();
+        let opts = PlanOptions {
+            conv: ConvChoice::Force(f4),
+        };
+        let plan = ExecutionPlan::inference(&config, 1, 32, 32, opts).unwrap();
+        assert!(plan
+            .convs()
+            .iter()
+            .filter(|c| c.algo != Algo::Direct)
+            .all(|c| c.algo == f4));
+    }
+
+    #[test]
     fn inference_matches_the_layer_by_layer_forward_for_every_algorithm_and_shortcut() {
         let cases = [
             (ResNetConfig::named("resnet8").unwrap(), 32, 3),
@@ -731,8 +783,8 @@ mod tests {
             for choice in [
                 ConvChoice::Auto,
                 ConvChoice::Force(Algo::Direct),
-                ConvChoice::Force(Algo::Winograd(crate::kernels::winograd::WinogradTile::F2)),
-                ConvChoice::Force(Algo::Winograd(crate::kernels::winograd::WinogradTile::F4)),
+                ConvChoice::Force(Algo::Winograd(WinogradTile::F2)),
+                ConvChoice::Force(Algo::Winograd(WinogradTile::F4)),
             ] {
                 let mut plan =
                     ExecutionPlan::inference(&config, n + 1, size, size, PlanOptions { conv: choice }).unwrap();
