@@ -128,13 +128,17 @@ struct Grouping {
 impl Default for Grouping {
     /// Measured (`resnet bench`, 2 threads, 8 interleaved rounds, median images/s):
     /// ResNet-20 at batch 128 8705 on the whole batch, 10098 in groups of 1 MB (16
-    /// images; 10052 with 512 KB, 9561 with 2 MB); ResNet-50 at batch 8 55.4 and 58.3
-    /// (the stem to layer2.1.conv1 in single images). ResNet-50's layer3 and layer4, whose
-    /// weights outweigh their activations at batch 8, measured faster on the whole batch.
+    /// images), 10052 with 512 KB (8 images), 9561 with 2 MB; ResNet-50 at batch 8 55.4
+    /// and 58.3 (the stem to layer2.1.conv1 in single images). Re-timed on a host whose
+    /// caches were busier (3 rounds, median ms): ResNet-20 b128 16.21 with 1 MB, 15.30
+    /// with 512 KB, 15.17 with 256 KB; ResNet-56 b128 43.0, 41.4, 40.9; ResNet-50 b8 118
+    /// with each. 512 KB is as fast as 1 MB on a quiet host and faster on a busy one.
+    /// ResNet-50's layer3 and layer4, whose weights outweigh their activations at batch 8,
+    /// measured faster on the whole batch.
     fn default() -> Self {
         Grouping {
             weight_ratio: 4,
-            group_bytes: 1 << 20,
+            group_bytes: 512 << 10,
         }
     }
 }
