@@ -362,18 +362,22 @@ fn direct_conv_budget<V: Vector>(
 /// task running every output-channel group over its band, rather than over (group, rows)
 /// units with the groups outermost. Split by groups, every task reads the whole input and
 /// its share of the weights; split by rows, its share of the input and every weight. The
-/// input was just written by the previous layer's tasks, half of it by the other core, so
-/// it costs more to read than the weights: rows are chosen when twice the input outweighs
-/// the weights, and when there are at least 4 rows per task (7 rows on 2 threads would
-/// split 4 + 3). Measured inside ResNet-50 at batch 1 on 2 threads (an Intel Xeon with
-/// 2 MB of L2 per core; `plan_profile`, medians of 3 interleaved runs): the 1024->256 1x1
-/// layers 0.92-1.05 -> 0.65-0.68 ms, layer2's 512->128 0.87-0.91 -> 0.65-0.75, the whole
-/// call 51.1 -> 42.9 ms; the rule with the input weighted once instead of twice left
-/// the 1024->256 layers by groups and measured 48.2 ms.
+/// input was just written by the previous layer's tasks, much of it by the other core,
+/// so it costs more to read than weights streaming from memory: rows are chosen when four
+/// times the input outweighs the weights, and when there are at least 4 rows per task
+/// (7 rows on 2 threads would split 4 + 3).
+///
+/// Measured inside ResNet-50 on 2 threads of an Intel Xeon (2 MB of L2 per core), the
+/// rules alternating call by call in one process, medians of 40 calls: at batch 1, whole
+/// call 42.0 ms by groups against 41.0 / 39.1 / 38.9 ms by rows where the input weighs
+/// 1 / 2 / 4 times the weights, and in later minutes 35.4 / 33.5 / 34.4 / 34.4 ms for
+/// 2 / 4 / 8 / 32 times and 39.5 / 38.9 / 39.4 ms for 2 / 4 / 8 (the 1024->256 1x1
+/// layers 0.74-0.83 -> 0.57-0.61 ms, layer2's 512->128 0.64-0.71 -> 0.52-0.54); at batch
+/// 8, whose first stages run one image at a time, 282 -> 264 ms.
 fn split_by_rows(g: &ConvGeometry, in_block: usize, groups: usize, tasks: usize) -> bool {
     let input = g.in_h * g.in_w * g.in_channels.div_ceil(in_block) * in_block;
     let weights = per_block(g, in_block, 1) * g.out_channels;
-    g.batch == 1 && groups > 1 && tasks > 1 && g.out_h >= 4 * tasks && 2 * input > weights
+    g.batch == 1 && groups > 1 && tasks > 1 && g.out_h >= 4 * tasks && 4 * input > weights
 }
 
 /// Runs the output pixels `pixels` (flattened `oy * out_w + ox`) of image `n` for the
