@@ -37,8 +37,9 @@
 //! - [`direct_conv`]: `out = epilogue(conv(input, w))`, input in blocks of `in_block`
 //!   (`V::LANES`, or 1 for plain NCHW as the 3-channel stem reads it), output in blocks of
 //!   `V::LANES`. Threads split (image, output-channel group, output rows) with
-//!   [`split`], so batch 1 fills every core; every output vector is computed by one task
-//!   in a fixed order, so results do not depend on the thread count.
+//!   [`split`], so batch 1 fills every core (a single image whose input outweighs its
+//!   weights by bands of rows, see `split_by_rows`); every output vector is computed by
+//!   one task in a fixed order, so results do not depend on the thread count.
 //! - [`direct_conv_naive`]: the scalar twin from the unpacked weights, for the tests.
 //!
 //! # Measured (`examples/direct_bench.rs`, one Zen 5 core, FMA peak about 250 GFLOP/s)
