@@ -32,7 +32,7 @@ fn main() -> ExitCode {
         Some("test") => test(),
         Some("wasm") => wasm().map(|_| ()),
         Some("fuzz-smoke") => fuzz_smoke(),
-        Some("node-test") => wasm().and_then(|t| node_tests(&t, &wasm_test_package()?)),
+        Some("node-test") => wasm().and_then(|t| node_tests(&t, &wasm_test_package()?, &release_cli()?)),
         Some("web") => {
             let isolated = args.iter().any(|a| a == "--isolated");
             let port = args.iter().skip(1).find(|a| *a != "--isolated");
@@ -112,8 +112,9 @@ fn test() -> Result<(), String> {
         ],
     )?;
     run("cargo", &["test", "--workspace"])?;
-    mpi_tests()?;
-    fuzz_smoke()?;
+    // The Node and browser tests compare with the CLI that `cargo test` has just built,
+    // before the MPI tests rebuild it with the `mpi` feature.
+    let cli = tested_cli()?;
     ensure_wasm_target()?;
     run(
         "cargo",
@@ -128,9 +129,11 @@ fn test() -> Result<(), String> {
     )?;
     let tarball = wasm()?;
     let test_tarball = wasm_test_package()?;
-    node_tests(&tarball, &test_tarball)?;
+    node_tests(&tarball, &test_tarball, &cli)?;
     web_package()?;
-    browser_tests()?;
+    browser_tests(&cli)?;
+    mpi_tests()?;
+    fuzz_smoke()?;
     eprintln!("xtask: all checks passed");
     Ok(())
 }
@@ -663,10 +666,27 @@ fn wasm_test_package() -> Result<PathBuf, String> {
     Ok(out.join(format!("resnet-wasm-{}.tgz", env!("CARGO_PKG_VERSION"))))
 }
 
+/// The native CLI that `cargo test --workspace` builds (test profile) for its integration
+/// tests: the full test run hands it to the Node and browser tests rather than building
+/// the CLI again in release mode (about 3 minutes on a 2-core machine).
+fn tested_cli() -> Result<PathBuf, String> {
+    let bin = target_dir().join("debug").join("resnet");
+    if bin.exists() {
+        Ok(bin)
+    } else {
+        Err(format!("cargo test should have built the CLI at {}", bin.display()))
+    }
+}
+
+/// The native CLI built in release mode, for `cargo xtask node-test` on its own.
+fn release_cli() -> Result<PathBuf, String> {
+    run("cargo", &["build", "--release", "-p", "resnet", "--bin", "resnet"])?;
+    Ok(target_dir().join("release").join("resnet"))
+}
+
 /// The Node tests of the package: they install `tarball` in a fresh project and compare
-/// with the native CLI, built here in release mode; `test_tarball` is the tests' own build
-/// (`wasm_test_package`).
-fn node_tests(tarball: &Path, test_tarball: &Path) -> Result<(), String> {
+/// with the native CLI `bin`; `test_tarball` is the tests' own build (`wasm_test_package`).
+fn node_tests(tarball: &Path, test_tarball: &Path, bin: &Path) -> Result<(), String> {
     match version_of("node") {
         Some(v)
             if v.trim_start_matches('v')
@@ -676,14 +696,12 @@ fn node_tests(tarball: &Path, test_tarball: &Path) -> Result<(), String> {
                 >= Some(20) => {}
         other => return Err(format!("the wasm tests need Node >= 20, found {other:?}")),
     }
-    run("cargo", &["build", "--release", "-p", "resnet", "--bin", "resnet"])?;
-    let bin = target_dir().join("release").join("resnet");
     node_test(
         "wasm/tests-node/",
         &[
             ("RESNET_WASM_TARBALL", tarball),
             ("RESNET_WASM_TEST_TARBALL", test_tarball),
-            ("RESNET_BIN", &bin),
+            ("RESNET_BIN", bin),
         ],
     )
 }
@@ -747,8 +765,8 @@ fn ensure_chromium() -> Result<String, String> {
 }
 
 /// The page's Playwright tests in Chromium (`web/tests/`), installing playwright-core
-/// from npm into `web/tests/node_modules` when missing.
-fn browser_tests() -> Result<(), String> {
+/// from npm into `web/tests/node_modules` when missing; `bin` is the native CLI.
+fn browser_tests(bin: &Path) -> Result<(), String> {
     let chromium = ensure_chromium()?;
     let tests = workspace_root().join("web").join("tests");
     if !tests.join("node_modules").join("playwright-core").exists() {
@@ -762,11 +780,7 @@ fn browser_tests() -> Result<(), String> {
             return Err(format!("npm install in web/tests failed with {status}"));
         }
     }
-    let bin = target_dir().join("release").join("resnet");
-    node_test(
-        "web/tests/",
-        &[("RESNET_BIN", &bin), ("CHROMIUM", Path::new(&chromium))],
-    )
+    node_test("web/tests/", &[("RESNET_BIN", bin), ("CHROMIUM", Path::new(&chromium))])
 }
 
 /// Builds the page and serves `web/` on 127.0.0.1 until interrupted.
