@@ -319,21 +319,22 @@ fn direct_conv_budget<V: Vector>(
         slab_bytes,
     };
     let groups = group_count(out_l.blocks(), ob);
+    // Output rows `rows` of image `n` for the blocks of group `gi`.
+    let run = |n: usize, gi: usize, rows: Range<usize>| {
+        let blocks = group(gi, out_l.blocks(), ob);
+        let pixels = rows.start * g.out_w..rows.end * g.out_w;
+        if in_block == 1 {
+            segment_any::<V, false>(&ctx, n, blocks, pixels);
+        } else {
+            segment_any::<V, true>(&ctx, n, blocks, pixels);
+        }
+    };
     let tasks = split::parts(g.out_h);
     if split_by_rows(g, in_block, groups, tasks) {
         // Each task: a band of output rows, every group over it in turn.
         split::for_each_task(tasks, |t| {
-            let Some(rows) = split::ranges(g.out_h, tasks).nth(t) else {
-                return;
-            };
-            for gi in 0..groups {
-                let blocks = group(gi, out_l.blocks(), ob);
-                let pixels = rows.start * g.out_w..rows.end * g.out_w;
-                if in_block == 1 {
-                    segment_any::<V, false>(&ctx, 0, blocks, pixels);
-                } else {
-                    segment_any::<V, true>(&ctx, 0, blocks, pixels);
-                }
+            if let Some(rows) = split::ranges(g.out_h, tasks).nth(t) {
+                (0..groups).for_each(|gi| run(0, gi, rows.clone()));
             }
         });
         return;
@@ -347,13 +348,7 @@ fn direct_conv_budget<V: Vector>(
             let (oy, rest) = (u % g.out_h, u / g.out_h);
             let (gi, n) = (rest % groups, rest / groups);
             let end = range.end.min(u - oy + g.out_h);
-            let blocks = group(gi, out_l.blocks(), ob);
-            let pixels = oy * g.out_w..(oy + end - u) * g.out_w;
-            if in_block == 1 {
-                segment_any::<V, false>(&ctx, n, blocks, pixels);
-            } else {
-                segment_any::<V, true>(&ctx, n, blocks, pixels);
-            }
+            run(n, gi, oy..oy + end - u);
             u = end;
         }
     });
