@@ -52,11 +52,13 @@
 //! ResNet-20 batch 1 convolutions (10-30 us each) hardly gain from the second thread.
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
+use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
+use rayon::prelude::*;
 use std::ops::Range;
 
 /// The most output-channel blocks of one register tile for an output block of
@@ -117,6 +119,8 @@ pub fn packed_len(g: &ConvGeometry, in_block: usize, out_block: usize) -> usize 
 /// Packs OIHW weights (PyTorch's layout), each output channel `k` multiplied by
 /// `scale[k]` when given (a folded batch norm), into `out` (of [`packed_len`]) in the
 /// layout [`direct_conv`] reads: `[group][icb][ky][kx][ci][ocb in group][co]`, zero-padded.
+/// Training repacks every step, so the (group, input block) regions are packed in
+/// parallel, each reading its output channels' taps in order.
 pub fn pack_weights(
     weight: &[f32],
     scale: Option<&[f32]>,
@@ -125,8 +129,8 @@ pub fn pack_weights(
     out_block: usize,
     out: &mut [f32],
 ) {
-    let (c, k, kh, kw) = (g.in_channels, g.out_channels, g.kernel_h, g.kernel_w);
-    assert_eq!(weight.len(), k * c * kh * kw, "pack_weights: weight length");
+    let (c, k, kk) = (g.in_channels, g.out_channels, g.kernel_h * g.kernel_w);
+    assert_eq!(weight.len(), k * c * kk, "pack_weights: weight length");
     assert_eq!(
         out.len(),
         packed_len(g, in_block, out_block),
@@ -136,32 +140,34 @@ pub fn pack_weights(
         assert!(s.len() >= k, "pack_weights: one scale per output channel");
     }
     let (icbs, ocbs) = (c.div_ceil(in_block), k.div_ceil(out_block));
-    let per = per_block(g, in_block, out_block);
-    for gi in 0..group_count(ocbs, out_block) {
-        let blocks = group(gi, ocbs, out_block);
-        let nb = blocks.len();
-        let base = blocks.start * per;
-        for icb in 0..icbs {
-            for ky in 0..kh {
-                for kx in 0..kw {
-                    for ci in 0..in_block {
-                        for j in 0..nb {
-                            for co in 0..out_block {
-                                let at =
-                                    base + ((((icb * kh + ky) * kw + kx) * in_block + ci) * nb + j) * out_block + co;
-                                let (oc, ic) = ((blocks.start + j) * out_block + co, icb * in_block + ci);
-                                out[at] = if oc < k && ic < c {
-                                    weight[((oc * c + ic) * kh + ky) * kw + kx] * scale.map_or(1.0, |s| s[oc])
-                                } else {
-                                    0.0
-                                };
-                            }
+    let groups = group_count(ocbs, out_block);
+    // One region per (group, input-channel block): its taps x input channels x the
+    // group's output channels.
+    let region = |gi: usize| kk * in_block * group(gi, ocbs, out_block).len() * out_block;
+    let sizes = (0..groups).flat_map(|gi| std::iter::repeat_n(region(gi), icbs));
+    split_regions(out, sizes)
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(ri, dst)| {
+            let (blocks, ic0) = (group(ri / icbs, ocbs, out_block), ri % icbs * in_block);
+            let (nb, ics) = (blocks.len(), c.saturating_sub(ic0).min(in_block));
+            dst.fill(0.0);
+            for j in 0..nb {
+                for co in 0..out_block {
+                    let oc = (blocks.start + j) * out_block + co;
+                    if oc >= k {
+                        break;
+                    }
+                    let s = scale.map_or(1.0, |s| s[oc]);
+                    let src = &weight[(oc * c + ic0) * kk..(oc * c + ic0 + ics) * kk];
+                    for (ci, taps) in src.chunks_exact(kk).enumerate() {
+                        for (tap, &v) in taps.iter().enumerate() {
+                            dst[((tap * in_block + ci) * nb + j) * out_block + co] = v * s;
                         }
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// Floats per 64-byte cache line: the prefetch step.
