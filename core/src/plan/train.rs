@@ -27,6 +27,7 @@ use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
 use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
+use crate::kernels::blocked::direct;
 use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
@@ -1150,26 +1151,30 @@ fn stage_forward(
         relu: false,
         relu_output: None,
     };
-    // In training, a Winograd forward gathers the batch norm's statistics as it stores.
-    let fused_moments = match (c.forward, &*stats) {
-        (Algo::Winograd(tile), Stats::Train(_)) => Some(tile),
-        _ => None,
-    };
+    // In training, the convolution gathers the batch norm's statistics as it stores
+    // (except a 1x1 one with bf16 products, whose statistics take a pass of their own).
+    let bf16_pointwise = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
+    let fused_moments = matches!(stats, Stats::Train(_)) && !bf16_pointwise;
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
         let weights = &w.derived[c.fwd_weights.clone()];
         let filters = transformed(weights, &w.derived_bf16[c.fwd_bf16.clone()]);
-        match (fused_moments, c.forward) {
-            (Some(tile), _) => {
-                let [s_mean, s_var] = &mut w.sums;
-                winograd_conv_moments_with::<F32xBlock>(&g, tile, x, filters, &ep, z, s_mean, s_var);
+        let [s_mean, s_var] = &mut w.sums;
+        match c.forward {
+            Algo::Winograd(tile) if fused_moments => {
+                winograd_conv_moments_with::<F32xBlock>(&g, tile, x, filters, &ep, z, s_mean, s_var)
             }
-            (None, Algo::Winograd(tile)) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
-            // A 1x1 convolution with bf16 products (no epilogue in training).
-            (None, Algo::Direct) if !c.fwd_bf16.is_empty() => {
-                bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z)
+            Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
+            Algo::Direct if bf16_pointwise => bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
+            Algo::Direct if fused_moments => {
+                let moments = direct::Moments {
+                    partials: &mut w.partials,
+                    mean: s_mean,
+                    var: s_var,
+                };
+                direct::direct_conv_moments::<F32xBlock>(&g, x, c.in_block, weights, &ep, z, moments)
             }
-            (None, _) => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
+            Algo::Direct => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
         }
     }
     let shape = c.z.shape(n);
@@ -1195,7 +1200,7 @@ fn stage_forward(
     match stats {
         Stats::Train(buffers) => {
             let [s_mean, s_var] = &mut w.sums;
-            if fused_moments.is_none() {
+            if !fused_moments {
                 norm::moments::<F32xBlock>(shape, z, &mut w.partials, s_mean, s_var);
             }
             let [rm, rv] = split(buffers, [c.running_mean.clone(), c.running_var.clone()]);

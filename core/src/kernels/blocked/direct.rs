@@ -52,6 +52,7 @@
 //! ResNet-20 batch 1 convolutions (10-30 us each) hardly gain from the second thread.
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
+use crate::kernels::blocked::moments::{self, TaskMoments};
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::shared_out::SharedOut;
@@ -271,11 +272,39 @@ pub fn direct_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
-    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES);
+    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, None);
+}
+
+/// Where [`direct_conv_moments`] puts the batch-norm moments of its output.
+pub struct Moments<'m> {
+    /// Per-task sums, grown on the first call and kept for the next.
+    pub partials: &'m mut Vec<f64>,
+    /// Mean and biased variance of every padded output channel.
+    pub mean: &'m mut [f64],
+    pub var: &'m mut [f64],
+}
+
+/// [`direct_conv`], and the mean and biased variance of every padded output channel of
+/// what it stored, in f64, as a training batch norm needs them: each task reads back
+/// each run of output rows it has just finished, from cache, instead of a separate pass
+/// reading the whole output from memory (see `kernels::blocked::moments`). The output is
+/// bit for bit [`direct_conv`]'s; the moments depend only on the thread count.
+pub fn direct_conv_moments<V: Vector>(
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    packed: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    moments: Moments,
+) {
+    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, Some(moments));
 }
 
 /// [`direct_conv`] with the weight-slab budget `slab_bytes` in place of [`SLAB_BYTES`]
-/// (the tests pass tiny budgets to run the input-channel chunks on small shapes).
+/// (the tests pass tiny budgets to run the input-channel chunks on small shapes), and
+/// the moments of [`direct_conv_moments`] when given.
+#[allow(clippy::too_many_arguments)]
 fn direct_conv_budget<V: Vector>(
     g: &ConvGeometry,
     input: &[f32],
@@ -284,6 +313,7 @@ fn direct_conv_budget<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
     slab_bytes: usize,
+    mut moments: Option<Moments>,
 ) {
     let ob = V::LANES;
     assert!(
@@ -309,6 +339,15 @@ fn direct_conv_budget<V: Vector>(
     if let crate::kernels::blocked::Residual::From(r) = ep.residual {
         assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
     }
+    let channels = out_l.padded_channels();
+    if let Some(m) = &mut moments {
+        assert!(
+            m.mean.len() >= channels && m.var.len() >= channels,
+            "direct_conv: one moment per padded output channel"
+        );
+        m.mean[..channels].fill(0.0);
+        m.var[..channels].fill(0.0);
+    }
     if out.is_empty() {
         return;
     }
@@ -325,28 +364,46 @@ fn direct_conv_budget<V: Vector>(
         slab_bytes,
     };
     let groups = group_count(out_l.blocks(), ob);
-    // Output rows `rows` of image `n` for the blocks of group `gi`.
-    let run = |n: usize, gi: usize, rows: Range<usize>| {
+    let by_rows = split_by_rows(g, in_block, groups, split::parts(g.out_h));
+    let (units, tasks) = if by_rows {
+        (g.out_h, split::parts(g.out_h))
+    } else {
+        let units = g.batch * groups * g.out_h;
+        (units, split::parts(units))
+    };
+    let (moment_out, records) = match moments {
+        Some(m) => (
+            Some((m.mean, m.var)),
+            Some(TaskMoments::new(m.partials, tasks, channels)),
+        ),
+        None => (None, None),
+    };
+    // Output rows `rows` of image `n` for the blocks of group `gi`, then (with moments)
+    // those rows read back into task `t`'s record.
+    let run = |t: usize, n: usize, gi: usize, rows: Range<usize>| {
         let blocks = group(gi, out_l.blocks(), ob);
         let pixels = rows.start * g.out_w..rows.end * g.out_w;
         if in_block == 1 {
-            segment_any::<V, false>(&ctx, n, blocks, pixels);
+            segment_any::<V, false>(&ctx, n, blocks.clone(), pixels.clone());
         } else {
-            segment_any::<V, true>(&ctx, n, blocks, pixels);
+            segment_any::<V, true>(&ctx, n, blocks.clone(), pixels.clone());
+        }
+        if let Some(records) = &records {
+            let record = records.record(t);
+            for b in blocks {
+                moments::add_run::<V>(&shared, out_l.at(n, b, rows.start, 0), pixels.len(), b, record);
+            }
         }
     };
-    let tasks = split::parts(g.out_h);
-    if split_by_rows(g, in_block, groups, tasks) {
-        // Each task: a band of output rows, every group over it in turn.
-        split::for_each_task(tasks, |t| {
-            if let Some(rows) = split::ranges(g.out_h, tasks).nth(t) {
-                (0..groups).for_each(|gi| run(0, gi, rows.clone()));
-            }
-        });
-        return;
-    }
-    let units = g.batch * groups * g.out_h;
-    split::for_each_range(units, |range| {
+    split::for_each_task(tasks, |t| {
+        let Some(range) = split::ranges(units, tasks).nth(t) else {
+            return;
+        };
+        if by_rows {
+            // A band of output rows of the one image, every group over it in turn.
+            (0..groups).for_each(|gi| run(t, 0, gi, range.clone()));
+            return;
+        }
         // Units are (image, group, output row), rows fastest: walk the task's range one
         // (image, group) segment of consecutive rows at a time.
         let mut u = range.start;
@@ -354,10 +411,13 @@ fn direct_conv_budget<V: Vector>(
             let (oy, rest) = (u % g.out_h, u / g.out_h);
             let (gi, n) = (rest % groups, rest / groups);
             let end = range.end.min(u - oy + g.out_h);
-            run(n, gi, oy..oy + end - u);
+            run(t, n, gi, oy..oy + end - u);
             u = end;
         }
     });
+    if let (Some(records), Some((mean, var))) = (records, moment_out) {
+        records.finish(mean, var);
+    }
 }
 
 /// Whether a single image's convolution is split over `tasks` bands of output rows, each
@@ -964,8 +1024,32 @@ mod tests {
             let mut packed = vec![f32::NAN; packed_len(g, in_block, V::LANES)];
             pack_weights(&self.w, self.scale.as_deref(), g, in_block, V::LANES, &mut packed);
             let mut y = self.initial(epi);
-            direct_conv_budget::<V>(g, &xb, in_block, &packed, &self.epilogue(epi), &mut y, budget);
+            direct_conv_budget::<V>(g, &xb, in_block, &packed, &self.epilogue(epi), &mut y, budget, None);
             y
+        }
+
+        /// [`Problem::fast_budget`] with the fused moments: the output, mean and variance.
+        fn fast_moments<V: Vector>(
+            &self,
+            g: &ConvGeometry,
+            in_block: usize,
+            epi: Epi,
+            budget: usize,
+        ) -> (Vec<f32>, Vec<f64>, Vec<f64>) {
+            let xb = self.input(g, in_block);
+            let mut packed = vec![f32::NAN; packed_len(g, in_block, V::LANES)];
+            pack_weights(&self.w, self.scale.as_deref(), g, in_block, V::LANES, &mut packed);
+            let mut y = self.initial(epi);
+            let channels = self.out_l.padded_channels();
+            let (mut mean, mut var, mut partials) = (vec![f64::NAN; channels], vec![f64::NAN; channels], Vec::new());
+            let moments = Moments {
+                partials: &mut partials,
+                mean: &mut mean,
+                var: &mut var,
+            };
+            let ep = self.epilogue(epi);
+            direct_conv_budget::<V>(g, &xb, in_block, &packed, &ep, &mut y, budget, Some(moments));
+            (y, mean, var)
         }
 
         fn naive(&self, g: &ConvGeometry, in_block: usize, epi: Epi) -> Vec<f32> {
@@ -1237,6 +1321,48 @@ mod tests {
                 runs.windows(2).all(|r| r[0] == r[1]),
                 "{g:?}: results differ by thread count"
             );
+        }
+    }
+
+    /// The moments gathered as the output is stored (by image groups, by row bands, by
+    /// input-channel chunks; NCHW and blocked input; 1 to 3 threads) against the f64
+    /// moments of the stored output, which is bit for bit the plain call's.
+    #[test]
+    fn fused_moments_match_the_stored_output() {
+        let cases = [
+            (square_conv(3, 16, 9, 11, 40, 3, 2, 1), F32xBlock::LANES, SLAB_BYTES),
+            (square_conv(1, 40, 30, 17, 70, 3, 1, 1), F32xBlock::LANES, SLAB_BYTES),
+            (square_conv(2, 64, 20, 20, 96, 1, 1, 0), F32xBlock::LANES, 4 << 10),
+            (square_conv(2, 3, 31, 31, 20, 7, 2, 3), 1, SLAB_BYTES),
+        ];
+        for (i, (g, in_block, budget)) in cases.iter().enumerate() {
+            let epi = EPIS[i % EPIS.len()];
+            let p = Problem::new(g, F32xBlock::LANES, epi, 70 + i as u64);
+            let plain = p.fast_budget::<F32xBlock>(g, *in_block, epi, *budget);
+            let l = p.out_l;
+            for t in [1, 2, 3] {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a pool");
+                let (y, mean, var) = pool.install(|| p.fast_moments::<F32xBlock>(g, *in_block, epi, *budget));
+                assert!(
+                    y == plain,
+                    "{g:?} on {t} threads: the output differs from the plain call's"
+                );
+                for k in 0..l.padded_channels() {
+                    let values: Vec<f64> = (0..l.n)
+                        .flat_map(|n| (0..l.h).flat_map(move |oy| (0..l.w).map(move |ox| (n, oy, ox))))
+                        .map(|(n, oy, ox)| y[l.index(n, k, oy, ox)] as f64)
+                        .collect();
+                    let m = values.iter().sum::<f64>() / values.len() as f64;
+                    let v = values.iter().map(|x| (x - m) * (x - m)).sum::<f64>() / values.len() as f64;
+                    let scale = m.abs().max(v.sqrt()).max(1e-3);
+                    assert!(
+                        (mean[k] - m).abs() <= 1e-5 * scale && (var[k] - v).abs() <= 1e-5 * v.max(1e-6),
+                        "{g:?} on {t} threads, channel {k}: mean {} against {m}, variance {} against {v}",
+                        mean[k],
+                        var[k]
+                    );
+                }
+            }
         }
     }
 

@@ -64,6 +64,7 @@
 
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
+use crate::kernels::blocked::moments;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::{with_partials, with_scratch};
 use crate::kernels::shared_out::SharedOut;
@@ -495,30 +496,15 @@ pub fn winograd_conv_moments_with<V: Vector>(
         let records = SharedOut::new(records);
         checked_conv::<V>(g, tile, input, filters, ep, out, Some(&records));
         let records = records.into_slice();
-        // Chan, Golub & LeVeque's pairwise update, group by group in order.
+        // Group by group in order.
         for c in 0..channels {
-            let (mut n, mut mu, mut m2) = (0f64, 0f64, 0f64);
-            for gi in 0..groups {
+            let lane = c % l;
+            let parts = (0..groups).map(|gi| {
                 let r = &records[(gi * channels + (c / l) * l) * MOMENT_FIELDS..];
-                let lane = c % l;
-                let (k, s, q, cnt) = (
-                    r[lane] as f64,
-                    r[l + lane] as f64,
-                    r[2 * l + lane] as f64,
-                    r[3 * l + lane] as f64,
-                );
-                if cnt == 0.0 {
-                    continue;
-                }
-                let (mu_b, m2_b) = (k + s / cnt, (q - s * s / cnt).max(0.0));
-                let total = n + cnt;
-                let delta = mu_b - mu;
-                mu += delta * cnt / total;
-                m2 += m2_b + delta * delta * n * cnt / total;
-                n = total;
-            }
-            mean[c] = mu;
-            var[c] = if n > 0.0 { m2 / n } else { 0.0 };
+                let field = |f: usize| r[f * l + lane] as f64;
+                (field(0), field(1), field(2), field(3))
+            });
+            (mean[c], var[c]) = moments::combine(parts);
         }
     });
 }
