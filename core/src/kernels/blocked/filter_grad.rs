@@ -83,6 +83,15 @@ pub const STEM_GROUP: usize = 4;
 /// (`NCI * NOC` vectors each) about 1 % of its work.
 pub const CHUNK_PIXELS: usize = 256;
 
+/// Output pixels per chunk for units of up to `blocks` output blocks: [`CHUNK_PIXELS`]
+/// for groups of up to 2 blocks, fewer for the stem's 4, so that a chunk's `dY` stays the
+/// size of 2 blocks x [`CHUNK_PIXELS`] (32 KB at 16 lanes) and every one of the stem's 49
+/// taps finds it in L1: ResNet-50's stem at batch 8 and 16 (one thread, `fgrad_bench`,
+/// alternating) ran at 64-83 GFLOP/s with 2 rows (224 pixels) a chunk and 114-118 with 1.
+fn chunk_pixels(blocks: usize) -> usize {
+    CHUNK_PIXELS * 2 / blocks.max(2)
+}
+
 /// Output pixels (whole rows of one image, at least one) that the channel chunks of one
 /// input block sweep in turn: 2 blocks of `dY` over 128 pixels are 16 KB, which stay in
 /// L1 from one chunk's tile to the next instead of coming from L2 again.
@@ -384,8 +393,9 @@ fn run_units<V: Vector>(c: &Ctx, units: Range<usize>, rows: Range<usize>, buf: &
     assert_eq!(buf.len(), units.len() * ul);
     buf.fill(0.0);
     let (oh, ow) = (g.out_h, g.out_w);
-    let chunk_rows = (CHUNK_PIXELS / ow).clamp(1, oh);
-    let chunk_imgs = (CHUNK_PIXELS / (oh * ow)).max(1);
+    let chunk = chunk_pixels(c.ocbs.div_ceil(c.ngroups));
+    let chunk_rows = (chunk / ow).clamp(1, oh);
+    let chunk_imgs = (chunk / (oh * ow)).max(1);
     let mut r = rows.start;
     while r < rows.end {
         let (n, oy) = (r / oh, r % oh);
