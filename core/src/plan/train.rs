@@ -26,7 +26,9 @@ use super::choose::{self, Algo, ConvChoice};
 use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
-use crate::kernels::blocked::data_grad::{as_forward, data_grad, data_grad_packed_len, pack_data_grad_weights};
+use crate::kernels::blocked::data_grad::{
+    as_forward, data_grad, data_grad_packed_len, data_grad_with, pack_data_grad_weights,
+};
 use crate::kernels::blocked::direct;
 use crate::kernels::blocked::filter_grad::filter_grad;
 use crate::kernels::blocked::norm;
@@ -223,7 +225,12 @@ struct DataGradEpilogue {
 impl TrainConv {
     /// Whether its backward-data can apply a [`DataGradEpilogue`].
     fn fuses_data_grad(&self) -> bool {
-        matches!(self.data_grad, Some(DataGradAlgo::Forward(Algo::Winograd(_))))
+        match self.data_grad {
+            Some(DataGradAlgo::Forward(Algo::Winograd(_))) => true,
+            // The stride-1 direct form, unless its products are bf16.
+            Some(DataGradAlgo::Forward(Algo::Direct)) => self.data_bf16.is_empty(),
+            _ => false,
+        }
     }
 
     fn geometry_at(&self, n: usize) -> ConvGeometry {
@@ -1314,30 +1321,25 @@ fn stage_backward(
         );
         let weights = &w.derived[c.data_weights.clone()];
         let filters = transformed(weights, &w.derived_bf16[c.data_bf16.clone()]);
+        assert!(
+            c.fuses_data_grad() || (fused.residual.is_none() && fused.relu_output.is_none()),
+            "a backward-data that cannot fuse its epilogue was given one"
+        );
+        let ep = BlockedEpilogue {
+            bias: None,
+            residual: match fused.residual {
+                Some(_) => Residual::From(residual),
+                None => Residual::None,
+            },
+            relu: false,
+            relu_output: fused.relu_output.map(|_| &*relu_output),
+        };
         match algo {
             DataGradAlgo::Forward(Algo::Winograd(tile)) => {
-                let ep = BlockedEpilogue {
-                    bias: None,
-                    residual: match fused.residual {
-                        Some(_) => Residual::From(residual),
-                        None => Residual::None,
-                    },
-                    relu: false,
-                    relu_output: fused.relu_output.map(|_| &*relu_output),
-                };
                 winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
             }
-            _ => {
-                assert!(
-                    fused.residual.is_none() && fused.relu_output.is_none(),
-                    "only a Winograd backward-data fuses its epilogue"
-                );
-                if c.data_bf16.is_empty() {
-                    data_grad::<F32xBlock>(&g, t, weights, o);
-                } else {
-                    bf16::pointwise(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o);
-                }
-            }
+            _ if c.data_bf16.is_empty() => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
+            _ => bf16::pointwise(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
         }
     }
 }

@@ -56,7 +56,7 @@
 //! half as wide leave more ragged tiles), the 1024->2048 1x1 one at 0.7.
 
 use crate::kernels::blocked::direct::{self, group, group_count, per_block, tap, tile_pixels, SLAB_BYTES, ZEROS};
-use crate::kernels::blocked::BlockedEpilogue;
+use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::shared_out::SharedOut;
@@ -166,12 +166,28 @@ pub fn pack_data_grad_weights(weight: &[f32], g: &ConvGeometry, block: usize, ou
 /// `Blocked { g.batch, g.in_channels, g.in_h, g.in_w, V::LANES }`. `dx` is overwritten,
 /// its padding channels with zeros; input pixels that no output reads get zero.
 pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32]) {
-    data_grad_budget::<V>(g, dy, packed, dx, SLAB_BYTES);
+    data_grad_budget::<V>(g, dy, packed, &BlockedEpilogue::default(), dx, SLAB_BYTES);
 }
 
-/// [`data_grad`] with the weight-slab budget `slab_bytes` of the strided kernel in place
-/// of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes).
-fn data_grad_budget<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32], slab_bytes: usize) {
+/// [`data_grad`] finished by the epilogue `ep` (in `dx`'s layout) as each `dx` vector is
+/// stored: the training plan adds an identity shortcut's gradient and applies the
+/// previous block's ReLU there instead of in passes of their own. Only the stride-1 form
+/// (a forward convolution, see [`as_forward`]) takes an epilogue; other shapes need the
+/// default one.
+pub fn data_grad_with<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], ep: &BlockedEpilogue, dx: &mut [f32]) {
+    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES);
+}
+
+/// [`data_grad_with`] with the weight-slab budget `slab_bytes` of the strided kernel in
+/// place of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes).
+fn data_grad_budget<V: Vector>(
+    g: &ConvGeometry,
+    dy: &[f32],
+    packed: &[f32],
+    ep: &BlockedEpilogue,
+    dx: &mut [f32],
+    slab_bytes: usize,
+) {
     let l = V::LANES;
     assert!(l <= ZEROS.len(), "data_grad: vectors of at most 16 lanes");
     let dy_l = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
@@ -187,10 +203,14 @@ fn data_grad_budget<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx:
         return;
     }
     if let Some(f) = as_forward(g) {
-        direct::direct_conv::<V>(&f, dy, l, packed, &BlockedEpilogue::default(), dx);
+        direct::direct_conv::<V>(&f, dy, l, packed, ep, dx);
         zero_padding_lanes(dx_l, dx);
         return;
     }
+    assert!(
+        ep.bias.is_none() && matches!(ep.residual, Residual::None) && !ep.relu && ep.relu_output.is_none(),
+        "data_grad: only the stride-1 form takes an epilogue"
+    );
     let shared = SharedOut::new(dx);
     let ctx = Ctx {
         g: *g,
@@ -578,7 +598,14 @@ mod tests {
             let mut packed = vec![f32::NAN; data_grad_packed_len(g, V::LANES)];
             pack_data_grad_weights(&self.w, g, V::LANES, &mut packed);
             let mut dx = vec![f32::NAN; Self::dx_layout(g, V::LANES).len()];
-            data_grad_budget::<V>(g, &self.blocked_dy(g, V::LANES), &packed, &mut dx, budget);
+            data_grad_budget::<V>(
+                g,
+                &self.blocked_dy(g, V::LANES),
+                &packed,
+                &BlockedEpilogue::default(),
+                &mut dx,
+                budget,
+            );
             dx
         }
 
@@ -776,6 +803,71 @@ mod tests {
         at::<f32x4>();
         at::<f32x8>();
         at::<f32x16>();
+    }
+
+    /// The training plan's fused epilogue on the stride-1 form (a shortcut's gradient
+    /// added, then zero where the previous ReLU's output was not positive), whole and in
+    /// chunks of `dy` blocks (1040 channels: two weight slabs), against the plain
+    /// kernel's result finished in scalar code.
+    #[test]
+    fn data_grad_with_its_epilogue_matches_the_plain_kernel_then_the_epilogue() {
+        fn at<V: Vector>() {
+            for g in [
+                square_conv(2, 40, 24, 9, 11, 1, 1, 0),
+                square_conv(1, 20, 33, 7, 13, 3, 1, 1),
+                square_conv(1, 64, 4, 5, 1040, 1, 1, 0),
+            ] {
+                let p = Problem::new(&g, 31);
+                let l = Problem::dx_layout(&g, V::LANES);
+                let mut rng = Rng::new(32);
+                let (mut resid, mut relu_y) = (vec![0.0; l.len()], vec![0.0; l.len()]);
+                let plain_r = random(&mut rng, g.batch * g.in_image());
+                let plain_y: Vec<f32> = random(&mut rng, g.batch * g.in_image())
+                    .iter()
+                    .map(|v| v.max(0.0))
+                    .collect();
+                to_blocked(&plain_r, l, &mut resid);
+                to_blocked(&plain_y, l, &mut relu_y);
+                let plain = p.fast::<V>(&g);
+                let want: Vec<f32> = (0..l.len())
+                    .map(|i| if relu_y[i] > 0.0 { plain[i] + resid[i] } else { 0.0 })
+                    .collect();
+                let mut packed = vec![f32::NAN; data_grad_packed_len(&g, V::LANES)];
+                pack_data_grad_weights(&p.w, &g, V::LANES, &mut packed);
+                let ep = BlockedEpilogue {
+                    residual: Residual::From(&resid),
+                    relu_output: Some(&relu_y),
+                    ..BlockedEpilogue::default()
+                };
+                let mut dx = vec![f32::NAN; l.len()];
+                data_grad_with::<V>(&g, &p.blocked_dy(&g, V::LANES), &packed, &ep, &mut dx);
+                let err = max_rel_err(&dx, &want);
+                assert!(err < 1e-6, "{g:?} at {} lanes: {err:e}", V::LANES);
+                assert!(
+                    dx.iter().zip(&relu_y).all(|(d, y)| *y > 0.0 || *d == 0.0),
+                    "{g:?}: a masked value is not zero"
+                );
+            }
+        }
+        at::<f32x4>();
+        at::<f32x8>();
+        at::<f32x16>();
+    }
+
+    #[test]
+    #[should_panic(expected = "only the stride-1 form takes an epilogue")]
+    fn a_strided_data_grad_refuses_an_epilogue() {
+        let g = square_conv(1, 16, 16, 8, 8, 3, 2, 1);
+        let p = Problem::new(&g, 5);
+        let l = Problem::dx_layout(&g, F32xBlock::LANES);
+        let mut packed = vec![0.0; data_grad_packed_len(&g, F32xBlock::LANES)];
+        pack_data_grad_weights(&p.w, &g, F32xBlock::LANES, &mut packed);
+        let ep = BlockedEpilogue {
+            relu: true,
+            ..BlockedEpilogue::default()
+        };
+        let mut dx = vec![0.0; l.len()];
+        data_grad_with::<F32xBlock>(&g, &p.blocked_dy(&g, F32xBlock::LANES), &packed, &ep, &mut dx);
     }
 
     #[test]
