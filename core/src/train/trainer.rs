@@ -10,6 +10,7 @@ use crate::layers::loss::softmax_cross_entropy;
 use crate::params::Kind;
 use crate::plan::{ExecutionPlan, LocalStep, PlanOptions, StepHooks, TrainingPlan};
 use crate::{Error, Params, Result, Tensor};
+use rayon::prelude::*;
 
 /// A training loss above this is divergence, not learning: the mean cross-entropy of a
 /// network that gives the right class a probability of e^-10000. (A fresh network
@@ -21,13 +22,18 @@ pub const MAX_LOSS: f64 = 1e4;
 /// 1e6 before normalisation.
 pub const MAX_MAGNITUDE: f32 = 1e12;
 
+/// Values per task of the passes over every parameter (the check, zeroing the gradients).
+const PASS_CHUNK: usize = 1 << 16;
+
 /// Checks that every weight and running statistic of `params` is finite and below
 /// [`MAX_MAGNITUDE`]; the error names the first tensor that is not, and `iteration`.
 pub fn check_params(params: &Params, iteration: u64) -> Result<()> {
     // NaN-aware: NaN is neither finite nor below the limit.
     let bad = |v: &[f32]| v.iter().position(|x| !x.is_finite() || x.abs() > MAX_MAGNITUDE);
     let (values, buffers) = (params.values(), params.buffers());
-    if bad(values).is_none() && bad(buffers).is_none() {
+    // Every step scans every weight (ResNet-50: 25.6M): in parallel, in fixed chunks.
+    let any_bad = |v: &[f32]| v.par_chunks(PASS_CHUNK).any(|c| bad(c).is_some());
+    if !any_bad(values) && !any_bad(buffers) {
         return Ok(());
     }
     for e in params.entries() {
@@ -235,7 +241,8 @@ impl Trainer {
             let share = (n as f64 / global as f64) as f32;
             self.dlogits.iter_mut().for_each(|d| *d *= share);
         }
-        params.grads_mut().fill(0.0);
+        // The gradients are summed into: zeroed first, in parallel (ResNet-50: 100 MB).
+        params.grads_mut().par_chunks_mut(PASS_CHUNK).for_each(|g| g.fill(0.0));
         plan.backward_with(params, &self.dlogits, hooks)?;
         Ok((out.loss, out.correct))
     }
