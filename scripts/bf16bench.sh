@@ -3,7 +3,8 @@
 # `resnet bench --train` with --precision f32 and bf16, the shared harness's train_torch.py
 # (f32, NCHW and channels_last) and scripts/torch_autocast_train.py (bf16 autocast, NCHW
 # and channels_last). Prints the median step of each and the ratios.
-# usage: ROUNDS=3 CASES="resnet50:16 resnet20:128" scripts/bf16bench.sh [PYTHON_WITH_TORCH]
+# BASE=another resnet binary adds its f32 step (a before/after in the same sitting).
+# usage: ROUNDS=3 CASES="resnet50:16 resnet20:128" [BASE=...] scripts/bf16bench.sh [PYTHON_WITH_TORCH]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 py=${1:-python3}
@@ -13,6 +14,11 @@ out=$(mktemp)
 for round in $(seq 1 "${ROUNDS:-3}"); do
   for c in ${CASES:-resnet50:16 resnet20:128}; do
     m=${c%%:*}; b=${c#*:}
+    if [ -n "${BASE:-}" ]; then
+      ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --json |
+        python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
+      echo "$m $b base-f32 $ms" >> "$out"
+    fi
     for p in f32 bf16; do
       ms=$("$bin" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --precision $p --json |
         python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
@@ -41,5 +47,7 @@ for m, b in sorted({k[:2] for k in runs}):
     print(f"{m} b{b}: " + ", ".join(f"{w} {v:.1f} ms" for w, v in sorted(med.items())))
     print(f"  ours bf16 / ours f32 {med['ours-f32'] / med['ours-bf16']:.2f}x; ours f32 / torch f32 best {torch32 / med['ours-f32']:.2f}x;"
           f" ours bf16 / torch bf16 best {torch16 / med['ours-bf16']:.2f}x; torch bf16 / torch f32 {torch32 / torch16:.2f}x")
+    if "base-f32" in med:
+        print(f"  base f32 / torch f32 best {torch32 / med['base-f32']:.2f}x; ours f32 / base f32 {med['base-f32'] / med['ours-f32']:.2f}x")
 PY
 rm -f "$out"
