@@ -40,6 +40,8 @@
 //!   [`split`], so batch 1 fills every core (a single image whose input outweighs its
 //!   weights by bands of rows, see `split_by_rows`); every output vector is computed by
 //!   one task in a fixed order, so results do not depend on the thread count.
+//! - [`direct_conv_moments`]: the same, also gathering the batch-norm moments of what it
+//!   stores (training), each task reading its finished rows back from cache.
 //! - [`direct_conv_naive`]: the scalar twin from the unpacked weights, for the tests.
 //!
 //! # Measured (`examples/direct_bench.rs`, one Zen 5 core, FMA peak about 250 GFLOP/s)
