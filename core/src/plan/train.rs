@@ -31,6 +31,7 @@ use crate::kernels::blocked::data_grad::{
 };
 use crate::kernels::blocked::direct;
 use crate::kernels::blocked::filter_grad::filter_grad;
+use crate::kernels::blocked::moments::Moments;
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
@@ -1174,7 +1175,7 @@ fn stage_forward(
             Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
             Algo::Direct if bf16_pointwise => bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
             Algo::Direct if fused_moments => {
-                let moments = direct::Moments {
+                let moments = Moments {
                     partials: &mut w.partials,
                     mean: s_mean,
                     var: s_var,

@@ -54,7 +54,7 @@
 //! ResNet-20 batch 1 convolutions (10-30 us each) hardly gain from the second thread.
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
-use crate::kernels::blocked::moments::{self, TaskMoments};
+use crate::kernels::blocked::moments::{self, Moments, TaskMoments};
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::shared_out::SharedOut;
@@ -277,15 +277,6 @@ pub fn direct_conv<V: Vector>(
     direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, None);
 }
 
-/// Where [`direct_conv_moments`] puts the batch-norm moments of its output.
-pub struct Moments<'m> {
-    /// Per-task sums, grown on the first call and kept for the next.
-    pub partials: &'m mut Vec<f64>,
-    /// Mean and biased variance of every padded output channel.
-    pub mean: &'m mut [f64],
-    pub var: &'m mut [f64],
-}
-
 /// [`direct_conv`], and the mean and biased variance of every padded output channel of
 /// what it stored, in f64, as a training batch norm needs them: each task reads back
 /// each run of output rows it has just finished, from cache, instead of a separate pass
@@ -315,7 +306,7 @@ fn direct_conv_budget<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
     slab_bytes: usize,
-    mut moments: Option<Moments>,
+    moments: Option<Moments>,
 ) {
     let ob = V::LANES;
     assert!(
@@ -341,15 +332,15 @@ fn direct_conv_budget<V: Vector>(
     if let crate::kernels::blocked::Residual::From(r) = ep.residual {
         assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
     }
-    let channels = out_l.padded_channels();
-    if let Some(m) = &mut moments {
-        assert!(
-            m.mean.len() >= channels && m.var.len() >= channels,
-            "direct_conv: one moment per padded output channel"
-        );
-        m.mean[..channels].fill(0.0);
-        m.var[..channels].fill(0.0);
-    }
+    let groups = group_count(out_l.blocks(), ob);
+    let by_rows = split_by_rows(g, in_block, groups, split::parts(g.out_h));
+    let (units, tasks) = if by_rows {
+        (g.out_h, split::parts(g.out_h))
+    } else {
+        let units = g.batch * groups * g.out_h;
+        (units, split::parts(units))
+    };
+    let records = moments.map(|m| TaskMoments::new(m, tasks, out_l.padded_channels()));
     if out.is_empty() {
         return;
     }
@@ -364,21 +355,6 @@ fn direct_conv_budget<V: Vector>(
         out: &shared,
         per_block: per_block(g, in_block, ob),
         slab_bytes,
-    };
-    let groups = group_count(out_l.blocks(), ob);
-    let by_rows = split_by_rows(g, in_block, groups, split::parts(g.out_h));
-    let (units, tasks) = if by_rows {
-        (g.out_h, split::parts(g.out_h))
-    } else {
-        let units = g.batch * groups * g.out_h;
-        (units, split::parts(units))
-    };
-    let (moment_out, records) = match moments {
-        Some(m) => (
-            Some((m.mean, m.var)),
-            Some(TaskMoments::new(m.partials, tasks, channels)),
-        ),
-        None => (None, None),
     };
     // Output rows `rows` of image `n` for the blocks of group `gi`, then (with moments)
     // those rows read back into task `t`'s record.
@@ -417,8 +393,8 @@ fn direct_conv_budget<V: Vector>(
             u = end;
         }
     });
-    if let (Some(records), Some((mean, var))) = (records, moment_out) {
-        records.finish(mean, var);
+    if let Some(records) = records {
+        records.finish();
     }
 }
 

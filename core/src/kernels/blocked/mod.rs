@@ -13,7 +13,7 @@ pub mod dense;
 pub mod direct;
 pub mod epilogue;
 pub mod filter_grad;
-pub(crate) mod moments;
+pub mod moments;
 pub mod norm;
 pub mod pool;
 pub mod winograd;

@@ -14,6 +14,16 @@ use std::marker::PhantomData;
 /// Fields per padded channel of one task's record: shift, sum, sum of squares, count.
 pub(crate) const FIELDS: usize = 4;
 
+/// Where a convolution that gathers its output's batch-norm moments
+/// ([`crate::kernels::blocked::direct::direct_conv_moments`]) puts them.
+pub struct Moments<'m> {
+    /// Per-task sums, grown on the first call and kept for the next.
+    pub partials: &'m mut Vec<f64>,
+    /// Mean and biased variance of every padded output channel.
+    pub mean: &'m mut [f64],
+    pub var: &'m mut [f64],
+}
+
 /// Mean and biased variance of the values summarised by `parts`, each `(k, sum (y - k),
 /// sum (y - k)^2, count)`, merged in order; parts with a count of 0 are skipped, and no
 /// values at all give `(0, 0)`.
@@ -34,11 +44,14 @@ pub(crate) fn combine(parts: impl Iterator<Item = (f64, f64, f64, f64)>) -> (f64
 }
 
 /// The records of one call's tasks: `tasks` records of `channels` padded channels, each
-/// `[k; channels] [sum; channels] [squares; channels] [count; channels]` in f64.
+/// `[k; channels] [sum; channels] [squares; channels] [count; channels]` in f64, and
+/// where [`TaskMoments::finish`] puts the merged moments.
 pub(crate) struct TaskMoments<'a> {
     ptr: *mut f64,
     channels: usize,
     tasks: usize,
+    mean: &'a mut [f64],
+    var: &'a mut [f64],
     _borrow: PhantomData<&'a mut [f64]>,
 }
 
@@ -49,14 +62,23 @@ unsafe impl Send for TaskMoments<'_> {}
 unsafe impl Sync for TaskMoments<'_> {}
 
 impl<'a> TaskMoments<'a> {
-    /// Zeroed records for `tasks` tasks in `buf` (grown as needed, kept for the next call).
-    pub(crate) fn new(buf: &'a mut Vec<f64>, tasks: usize, channels: usize) -> Self {
-        buf.clear();
-        buf.resize(tasks * channels * FIELDS, 0.0);
+    /// Zeroed records for `tasks` tasks in `m.partials` (grown as needed, kept for the
+    /// next call); the moments start at zero, which is what a call with no output gives.
+    pub(crate) fn new(m: Moments<'a>, tasks: usize, channels: usize) -> Self {
+        assert!(
+            m.mean.len() >= channels && m.var.len() >= channels,
+            "moments: one per padded channel"
+        );
+        m.mean[..channels].fill(0.0);
+        m.var[..channels].fill(0.0);
+        m.partials.clear();
+        m.partials.resize(tasks * channels * FIELDS, 0.0);
         TaskMoments {
-            ptr: buf.as_mut_ptr(),
+            ptr: m.partials.as_mut_ptr(),
             channels,
             tasks,
+            mean: m.mean,
+            var: m.var,
             _borrow: PhantomData,
         }
     }
@@ -72,9 +94,8 @@ impl<'a> TaskMoments<'a> {
     }
 
     /// The mean and biased variance of every padded channel, the tasks merged in order.
-    pub(crate) fn finish(self, mean: &mut [f64], var: &mut [f64]) {
+    pub(crate) fn finish(self) {
         let c = self.channels;
-        assert!(mean.len() >= c && var.len() >= c, "moments: one per padded channel");
         // SAFETY: the parallel loop that wrote the records has ended; this value held the
         // unique borrow of all `tasks * c * FIELDS` floats until now.
         let all = unsafe { std::slice::from_raw_parts(self.ptr, self.tasks * c * FIELDS) };
@@ -82,7 +103,7 @@ impl<'a> TaskMoments<'a> {
             let parts = all
                 .chunks_exact(c * FIELDS)
                 .map(|r| (r[ch], r[c + ch], r[2 * c + ch], r[3 * c + ch]));
-            (mean[ch], var[ch]) = combine(parts);
+            (self.mean[ch], self.var[ch]) = combine(parts);
         }
     }
 }

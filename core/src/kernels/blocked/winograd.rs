@@ -492,7 +492,7 @@ pub fn winograd_conv_moments_with<V: Vector>(
         return;
     }
     let groups = p.groups;
-    with_partials(groups * channels * MOMENT_FIELDS, |records| {
+    with_partials(groups * channels * moments::FIELDS, |records| {
         let records = SharedOut::new(records);
         checked_conv::<V>(g, tile, input, filters, ep, out, Some(&records));
         let records = records.into_slice();
@@ -500,7 +500,7 @@ pub fn winograd_conv_moments_with<V: Vector>(
         for c in 0..channels {
             let lane = c % l;
             let parts = (0..groups).map(|gi| {
-                let r = &records[(gi * channels + (c / l) * l) * MOMENT_FIELDS..];
+                let r = &records[(gi * channels + (c / l) * l) * moments::FIELDS..];
                 let field = |f: usize| r[f * l + lane] as f64;
                 (field(0), field(1), field(2), field(3))
             });
@@ -508,10 +508,6 @@ pub fn winograd_conv_moments_with<V: Vector>(
         }
     });
 }
-
-/// Floats per lane of one task's moment record for one channel block: the shift `k`,
-/// `sum (y - k)`, `sum (y - k)^2` and the count.
-const MOMENT_FIELDS: usize = 4;
 
 /// How one call is cut into tasks.
 #[derive(Clone, Copy, Debug)]
@@ -1018,7 +1014,7 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
             }
         }
         if let Some((records, base)) = moments {
-            let at = (base + (cb + r) * l) * MOMENT_FIELDS;
+            let at = (base + (cb + r) * l) * moments::FIELDS;
             records.store(at, shift.unwrap_or(V::ZERO));
             records.store(at + l, sum);
             records.store(at + 2 * l, squares);
