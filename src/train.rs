@@ -212,7 +212,8 @@ const RUN_KEY: &str = "run";
 pub const MAX_BATCH: usize = 4096;
 /// The largest `--threads`: more threads than this only cost time to start.
 pub const MAX_THREADS: usize = 1024;
-/// The files that make a folder a run folder.
+/// The files that make a folder a run folder: its settings and log, then what its
+/// checkpoints wrote.
 const RUN_FILES: [&str; 5] = [
     "config.json",
     "metrics.jsonl",
@@ -438,7 +439,7 @@ fn split_data(args_data: &Path, val: usize, seed: u64, quiet: bool) -> Result<(D
 struct RunFolder {
     dir: PathBuf,
     checkpoint: PathBuf,
-    /// `config.json` and the metrics so far, written beside the first checkpoint.
+    /// `config.json` and the metrics so far, written just before the first checkpoint.
     pending: Option<(String, Vec<u8>)>,
     /// Whether the folder holds another run, whose other files the first checkpoint removes.
     replaces: bool,
@@ -532,33 +533,38 @@ impl RunFolder {
         }
     }
 
-    /// Saves the checkpoint atomically; the first one also writes `config.json` and the
-    /// log, and removes what a replaced run left (`best.safetensors`, `curves.svg`).
+    /// Saves the checkpoint atomically. The first one writes `config.json` and the log
+    /// before it, and first removes what a replaced run left (its checkpoint,
+    /// `best.safetensors`, `curves.svg`): the checkpoint lands last, so a kill at any
+    /// moment leaves either a checkpoint with its whole log or no checkpoint at all.
     fn save(&mut self, state: &mut TrainingState, run_json: &str) -> Result<()> {
         if !self.enabled {
             return Ok(());
         }
-        if self.pending.is_some() {
-            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
-        }
-        save(state, run_json, &self.checkpoint)?;
-        self.last_good = Some(self.checkpoint.clone());
         if let Some((config, lines)) = self.pending.take() {
-            crate::fsutil::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
-            let log = self.dir.join("metrics.jsonl");
-            crate::fsutil::write_atomic(&log, &lines)?;
-            for stale in ["best.safetensors", "curves.svg"] {
-                let path = self.dir.join(stale);
-                if self.replaces && path.exists() {
-                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
+            if self.replaces {
+                for stale in [
+                    self.checkpoint.clone(),
+                    self.dir.join("best.safetensors"),
+                    self.dir.join("curves.svg"),
+                ] {
+                    if stale.exists() {
+                        std::fs::remove_file(&stale).with_context(|| format!("cannot remove {}", stale.display()))?;
+                    }
                 }
             }
+            let log = self.dir.join("metrics.jsonl");
+            crate::fsutil::write_atomic(&log, &lines)?;
+            crate::fsutil::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
             let f = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&log)
                 .with_context(|| format!("cannot open {}", log.display()))?;
             self.metrics = Some(f);
         }
+        save(state, run_json, &self.checkpoint)?;
+        self.last_good = Some(self.checkpoint.clone());
         Ok(())
     }
 
@@ -595,6 +601,15 @@ fn same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
         v
     };
     a.is_object() && without_data(a) == without_data(b)
+}
+
+/// Whether `dir` holds only the start of this same run, killed after writing its
+/// settings and log but before its first checkpoint landed: nothing to keep, so the
+/// same command starts it again without `--force`.
+fn interrupted_start(dir: &Path, found: Option<&serde_json::Value>, run: &RunConfig) -> Result<bool> {
+    let run = serde_json::to_value(run)?;
+    let ours = found.is_some_and(|f| same_run(f, &run));
+    Ok(ours && !RUN_FILES[2..].iter().any(|f| dir.join(f).exists()))
 }
 
 fn refuse_other_run(dir: &Path) -> Result<()> {
@@ -953,10 +968,11 @@ fn new_run(
     let model = args.model.clone().unwrap_or_else(|| "resnet20".into());
     let config = ResNetConfig::named(&model)?;
     let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&model));
-    if writer && run_in(&out).is_some() && !args.force {
+    let run = run_config(args, model, &config, train, test)?;
+    let found = run_in(&out);
+    if writer && found.is_some() && !args.force && !interrupted_start(&out, found.as_ref(), &run)? {
         refuse_other_run(&out)?;
     }
-    let run = run_config(args, model, &config, train, test)?;
     let config = config.with_classes(train.classes.len());
     let normalization = match args.normalize {
         NormalizeKind::PerPixel => Normalization::per_pixel_mean(train),
@@ -975,7 +991,7 @@ fn new_run(
         return Ok((state, run, RunFolder::disabled(out)));
     }
     let config_json = config_json(&run, threads, &state)?;
-    let replaces = run_in(&out).is_some();
+    let replaces = found.is_some();
     Ok((
         state,
         run,
@@ -1068,8 +1084,8 @@ fn resume_run(
         _ => false,
     };
     let found = run_in(&out);
-    // The checkpoint's own folder holds its run, also when a kill left it without its
-    // config.json (the checkpoint is written first).
+    // The checkpoint's own folder holds its run, also without its config.json (runs
+    // from before the log and settings were written ahead of the first checkpoint).
     let ours = same_folder && found.as_ref().is_none_or(|f| f.is_null() || same_run(f, &run_value));
     let folder = if ours && out.join("config.json").is_file() && out.join("metrics.jsonl").is_file() {
         RunFolder::continued(out, iteration, ckpt.to_path_buf())?

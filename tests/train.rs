@@ -270,6 +270,45 @@ fn a_new_run_refuses_a_run_folder_and_force_changes_nothing_before_its_first_che
     }
 }
 
+/// A kill between the first checkpoint's log and the checkpoint itself leaves the run's
+/// settings and log alone: the same command starts the run again, another is refused.
+#[test]
+fn a_start_killed_before_its_first_checkpoint_landed_restarts() {
+    let dir = tmp("interrupted");
+    let data = tiny_cifar(&dir, 20);
+    let run = dir.join("run");
+    let out = tiny_run(&data, &run, &["--seed", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    for made in ["checkpoint.safetensors", "best.safetensors", "curves.svg"] {
+        std::fs::remove_file(run.join(made)).unwrap();
+    }
+    std::fs::write(run.join("metrics.jsonl"), log.lines().next().unwrap()).unwrap();
+
+    let out = tiny_run(&data, &run, &["--seed", "6"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("holds another run"), "{err}");
+    let out = tiny_run(&data, &run, &["--seed", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same lines again, but for the timings.
+    let untimed = |text: &str| -> Vec<serde_json::Value> {
+        text.lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                for timing in ["seconds", "images_per_s"] {
+                    v.as_object_mut().unwrap().remove(timing);
+                }
+                v
+            })
+            .collect()
+    };
+    assert_eq!(
+        untimed(&std::fs::read_to_string(run.join("metrics.jsonl")).unwrap()),
+        untimed(&log)
+    );
+    assert!(run.join("checkpoint.safetensors").is_file());
+}
+
 #[test]
 fn resume_with_out_at_another_run_leaves_that_run_alone() {
     let dir = tmp("resume-out");
@@ -411,11 +450,12 @@ fn sigkill_at_any_moment_leaves_a_checkpoint_that_loads_and_resumes() {
             assert!(state.trainer.iteration >= last, "the checkpoint went back in time");
             last = state.trainer.iteration;
         } else {
+            // At most the settings and the log, written just before the first checkpoint.
             assert!(
                 !run.exists()
                     || std::fs::read_dir(&run).unwrap().all(|e| {
                         let n = e.unwrap().file_name().to_string_lossy().into_owned();
-                        n.starts_with('.') && n.contains(".tmp-")
+                        n.starts_with('.') && n.contains(".tmp-") || n == "config.json" || n == "metrics.jsonl"
                     }),
                 "a run killed before its first checkpoint left files"
             );
