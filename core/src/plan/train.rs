@@ -27,18 +27,18 @@ use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
 use crate::kernels::blocked::data_grad::{
-    as_forward, data_grad, data_grad_packed_len, data_grad_with, pack_data_grad_weights,
+    as_forward, data_grad, data_grad_gather, data_grad_packed_len, data_grad_with, pack_data_grad_weights,
 };
 use crate::kernels::blocked::direct;
 use crate::kernels::blocked::filter_grad::filter_grad;
-use crate::kernels::blocked::moments::Moments;
+use crate::kernels::blocked::moments::{Gather, GradSums, Moments};
 use crate::kernels::blocked::norm;
 use crate::kernels::blocked::pool::{
     global_avg_pool, global_avg_pool_backward, max_pool_backward, max_pool_with_argmax, zero_pad_shortcut,
     zero_pad_shortcut_backward_add,
 };
 use crate::kernels::blocked::winograd::{
-    transform_flipped_filters, winograd_conv_moments_with, winograd_conv_with, Transformed,
+    transform_flipped_filters, winograd_conv_gather, winograd_conv_with, Transformed,
 };
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
@@ -898,8 +898,11 @@ impl TrainingPlan {
             global_avg_pool_backward(last.shape(n), df, dx);
         }
         // Invariant: g1 holds the gradient of the current block's output, or, when
-        // `through_relu`, already its gradient through the block's final ReLU.
+        // `through_relu`, already its gradient through the block's final ReLU. When
+        // `sums_ready`, the backward-data that stored the gradient the next stage reads
+        // has gathered that stage's batch-norm gradient sums into `w.sums`.
         let mut through_relu = false;
+        let mut sums_ready = false;
         for (bi, blk) in self.blocks.iter().enumerate().rev() {
             let dout = as_shape(g1, blk.out.shape);
             let dsum = if through_relu {
@@ -908,6 +911,7 @@ impl TrainingPlan {
                 let dsum = as_shape(sum, blk.out.shape);
                 let [y, d, s] = split(&mut w.arena, [blk.out.at(n), dout.at(n), dsum.at(n)]);
                 relu::relu_backward(y, d, s);
+                sums_ready = false;
                 dsum
             };
             let dx = as_shape(g0, blk.input.shape);
@@ -918,23 +922,34 @@ impl TrainingPlan {
             let mut dy = dsum;
             for i in stages.clone().rev() {
                 let c = &self.convs[i];
-                let (x, dxi, ep) = if i == stages.start {
+                // The stage that reads this backward-data's result: the block's previous
+                // one, or through the fused epilogue the previous block's last.
+                let (x, dxi, ep, reader) = if i == stages.start {
                     let ep = DataGradEpilogue {
                         residual: fused.then_some(dsum),
                         relu_output: (fused && bi > 0).then_some(blk.input),
                     };
-                    (blk.input, dx, ep)
+                    let reader = (fused && bi > 0).then(|| &self.convs[self.blocks[bi - 1].stages.end - 1]);
+                    (blk.input, dx, ep, reader)
                 } else {
-                    let prev = self.convs[i - 1].y;
-                    (prev, as_shape(b, prev.shape), DataGradEpilogue::default())
+                    let prev = &self.convs[i - 1];
+                    (
+                        prev.y,
+                        as_shape(b, prev.y.shape),
+                        DataGradEpilogue::default(),
+                        Some(prev),
+                    )
                 };
-                stage_backward(
+                sums_ready = stage_backward(
                     c,
                     n,
-                    x,
-                    dy,
-                    as_shape(a, c.z.shape),
-                    Some((dxi, ep)),
+                    (x, dy, as_shape(a, c.z.shape)),
+                    Some(DataGrad {
+                        dx: dxi,
+                        fused: ep,
+                        reader,
+                    }),
+                    sums_ready,
                     w,
                     values,
                     grads,
@@ -957,13 +972,17 @@ impl TrainingPlan {
                 Shortcut::Projection(p) => {
                     let proj = &self.convs[p];
                     let db = as_shape(b, blk.input.shape);
+                    let data = DataGrad {
+                        dx: db,
+                        fused: DataGradEpilogue::default(),
+                        reader: None,
+                    };
                     stage_backward(
                         proj,
                         n,
-                        blk.input,
-                        dsum,
-                        as_shape(a, proj.z.shape),
-                        Some((db, DataGradEpilogue::default())),
+                        (blk.input, dsum, as_shape(a, proj.z.shape)),
+                        Some(data),
+                        false,
                         w,
                         values,
                         grads,
@@ -984,13 +1003,14 @@ impl TrainingPlan {
             std::mem::swap(&mut g0, &mut g1);
         }
         let dy = as_shape(g1, stem.y.shape);
+        // The stem's gradient comes from the max pool's backward, or (ResNet-20) from the
+        // first block's backward-data, which gathers no sums for it.
         stage_backward(
             stem,
             n,
-            self.input,
-            dy,
-            as_shape(g0, stem.z.shape),
+            (self.input, dy, as_shape(g0, stem.z.shape)),
             None,
+            false,
             w,
             values,
             grads,
@@ -1170,7 +1190,12 @@ fn stage_forward(
         let [s_mean, s_var] = &mut w.sums;
         match c.forward {
             Algo::Winograd(tile) if fused_moments => {
-                winograd_conv_moments_with::<F32xBlock>(&g, tile, x, filters, &ep, z, s_mean, s_var)
+                let moments = Moments {
+                    partials: &mut w.partials,
+                    mean: s_mean,
+                    var: s_var,
+                };
+                winograd_conv_gather::<F32xBlock>(&g, tile, x, filters, &ep, z, Gather::Moments(moments))
             }
             Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
             Algo::Direct if bf16_pointwise => bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
@@ -1180,7 +1205,7 @@ fn stage_forward(
                     mean: s_mean,
                     var: s_var,
                 };
-                direct::direct_conv_moments::<F32xBlock>(&g, x, c.in_block, weights, &ep, z, moments)
+                direct::direct_conv_gather::<F32xBlock>(&g, x, c.in_block, weights, &ep, z, Gather::Moments(moments))
             }
             Algo::Direct => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
         }
@@ -1243,23 +1268,34 @@ fn stage_forward(
     norm::apply::<F32xBlock>(shape, z, scale, shift, res, relu, y);
 }
 
+/// Where a stage's backward-data puts the gradient of its input.
+struct DataGrad<'a> {
+    dx: Slot,
+    /// What its epilogue adds and masks.
+    fused: DataGradEpilogue,
+    /// The stage that reads `dx` as the gradient of its output, unchanged, whose batch
+    /// norm's gradient sums the backward-data gathers as it stores when its kernel can.
+    reader: Option<&'a TrainConv>,
+}
+
 /// Backward through a stage: `dy` (the gradient of the stage's output `y`, after its
 /// fused ReLU if any) through the ReLU and batch norm into `dz`, then through the
-/// convolution whose input was `x`: the filter gradient, and the input gradient into `dx`
-/// when given.
+/// convolution whose input was `x`: the filter gradient, and the input gradient when
+/// `data` is given. With `sums_ready`, `w.sums` already holds the batch norm's gradient
+/// sums (gathered by the backward-data that stored `dy`). Returns whether this stage's
+/// backward-data gathered its reader's sums into `w.sums`.
 #[allow(clippy::too_many_arguments)]
 fn stage_backward(
     c: &TrainConv,
     n: usize,
-    x: Slot,
-    dy: Slot,
-    dz: Slot,
-    dx: Option<(Slot, DataGradEpilogue)>,
+    (x, dy, dz): (Slot, Slot, Slot),
+    data: Option<DataGrad>,
+    sums_ready: bool,
     w: &mut Work,
     values: &[f32],
     grads: &mut [f32],
     hooks: &mut dyn StepHooks,
-) {
+) -> bool {
     let g = c.geometry_at(n);
     let shape = c.z.shape(n);
     let channels = g.out_channels;
@@ -1280,7 +1316,9 @@ fn stage_backward(
         let (scale, shift) = (&*scale, &*shift);
         let mask = c.relu.then_some(norm::FusedRelu { scale, shift });
         let [s_dy, s_dyz] = &mut w.sums;
-        norm::grad_sums::<F32xBlock>(shape, d, mask, z, mean, &mut w.partials, s_dy, s_dyz);
+        if !sums_ready {
+            norm::grad_sums::<F32xBlock>(shape, d, mask, z, mean, &mut w.partials, s_dy, s_dyz);
+        }
         let (dgamma, dbeta) = split_grads(grads, &c.gamma, &c.beta);
         let gamma = &values[c.gamma.clone()];
         // gamma and beta take this process's sums; the input gradient needs the batch's.
@@ -1311,38 +1349,67 @@ fn stage_backward(
     for tensor in [&c.gamma, &c.beta, &c.weight] {
         hooks.grads_final(grads, tensor.clone());
     }
-    if let (Some((dx, fused)), Some(algo)) = (dx, c.data_grad) {
-        let shape = Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK);
-        let dx = as_shape(dx, shape);
-        // The fused slots (or empty ranges, which overlap nothing).
-        let at = |s: Option<Slot>| s.map_or(0..0, |s| as_shape(s, shape).at(n));
-        let [t, o, residual, relu_output] = split(
-            &mut w.arena,
-            [dz.at(n), dx.at(n), at(fused.residual), at(fused.relu_output)],
-        );
-        let weights = &w.derived[c.data_weights.clone()];
-        let filters = transformed(weights, &w.derived_bf16[c.data_bf16.clone()]);
-        assert!(
-            c.fuses_data_grad() || (fused.residual.is_none() && fused.relu_output.is_none()),
-            "a backward-data that cannot fuse its epilogue was given one"
-        );
-        let ep = BlockedEpilogue {
-            bias: None,
-            residual: match fused.residual {
-                Some(_) => Residual::From(residual),
-                None => Residual::None,
-            },
-            relu: false,
-            relu_output: fused.relu_output.map(|_| &*relu_output),
-        };
-        match algo {
-            DataGradAlgo::Forward(Algo::Winograd(tile)) => {
-                winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
-            }
-            _ if c.data_bf16.is_empty() => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
-            _ => bf16::pointwise(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
+    let (Some(DataGrad { dx, fused, reader }), Some(algo)) = (data, c.data_grad) else {
+        return false;
+    };
+    let shape = Blocked::new(1, g.in_channels, g.in_h, g.in_w, BLOCK);
+    let dx = as_shape(dx, shape);
+    // The fused slots (or empty ranges, which overlap nothing).
+    let at = |s: Option<Slot>| s.map_or(0..0, |s| as_shape(s, shape).at(n));
+    let reader = reader.filter(|_| c.fuses_data_grad());
+    let of_reader = |f: fn(&TrainConv) -> Range<usize>| reader.map_or(0..0, f);
+    let [t, o, residual, relu_output, z, mean, scale, shift] = split(
+        &mut w.arena,
+        [
+            dz.at(n),
+            dx.at(n),
+            at(fused.residual),
+            at(fused.relu_output),
+            at(reader.map(|r| r.z)),
+            of_reader(|r| r.mean.clone()),
+            of_reader(|r| r.scale.clone()),
+            of_reader(|r| r.shift.clone()),
+        ],
+    );
+    let weights = &w.derived[c.data_weights.clone()];
+    let filters = transformed(weights, &w.derived_bf16[c.data_bf16.clone()]);
+    assert!(
+        c.fuses_data_grad() || (fused.residual.is_none() && fused.relu_output.is_none()),
+        "a backward-data that cannot fuse its epilogue was given one"
+    );
+    let ep = BlockedEpilogue {
+        bias: None,
+        residual: match fused.residual {
+            Some(_) => Residual::From(residual),
+            None => Residual::None,
+        },
+        relu: false,
+        relu_output: fused.relu_output.map(|_| &*relu_output),
+    };
+    let [s_dy, s_dyz] = &mut w.sums;
+    let gather = reader.map(|r| {
+        Gather::GradSums(GradSums {
+            z,
+            mean,
+            relu: r.relu.then_some(norm::FusedRelu { scale, shift }),
+            partials: &mut w.partials,
+            sum_dy: s_dy,
+            sum_dy_zc: s_dyz,
+        })
+    });
+    let gathered = gather.is_some();
+    match (algo, gather) {
+        (DataGradAlgo::Forward(Algo::Winograd(tile)), Some(gather)) => {
+            winograd_conv_gather::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o, gather);
         }
+        (DataGradAlgo::Forward(Algo::Winograd(tile)), None) => {
+            winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
+        }
+        (_, Some(gather)) => data_grad_gather::<F32xBlock>(&g, t, weights, &ep, o, gather),
+        _ if c.data_bf16.is_empty() => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
+        _ => bf16::pointwise(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
     }
+    gathered
 }
 
 /// Seconds per call (the best of `reps` after one warm-up, random data) of every

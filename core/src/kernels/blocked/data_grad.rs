@@ -56,6 +56,7 @@
 //! half as wide leave more ragged tiles), the 1024->2048 1x1 one at 0.7.
 
 use crate::kernels::blocked::direct::{self, group, group_count, per_block, tap, tile_pixels, SLAB_BYTES, ZEROS};
+use crate::kernels::blocked::moments::Gather;
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
@@ -176,6 +177,28 @@ pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &m
 /// default one.
 pub fn data_grad_with<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], ep: &BlockedEpilogue, dx: &mut [f32]) {
     data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES);
+}
+
+/// [`data_grad_with`] of a stride-1 form (see [`as_forward`]), also gathering the
+/// gradient sums of the batch norm whose output gradient `dx` is
+/// ([`direct::direct_conv_gather`]), so that its backward does not read `dx` again.
+pub fn data_grad_gather<V: Vector>(
+    g: &ConvGeometry,
+    dy: &[f32],
+    packed: &[f32],
+    ep: &BlockedEpilogue,
+    dx: &mut [f32],
+    gather: Gather,
+) {
+    let f = as_forward(g).expect("data_grad_gather: only the stride-1 form gathers sums");
+    let l = V::LANES;
+    assert_eq!(
+        packed.len(),
+        data_grad_packed_len(g, l),
+        "data_grad: packed weights length"
+    );
+    direct::direct_conv_gather::<V>(&f, dy, l, packed, ep, dx, gather);
+    zero_padding_lanes(Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l), dx);
 }
 
 /// [`data_grad_with`] with the weight-slab budget `slab_bytes` of the strided kernel in

@@ -40,8 +40,9 @@
 //!   [`split`], so batch 1 fills every core (a single image whose input outweighs its
 //!   weights by bands of rows, see `split_by_rows`); every output vector is computed by
 //!   one task in a fixed order, so results do not depend on the thread count.
-//! - [`direct_conv_moments`]: the same, also gathering the batch-norm moments of what it
-//!   stores (training), each task reading its finished rows back from cache.
+//! - [`direct_conv_gather`]: the same, also gathering the sums a training batch norm needs
+//!   of what it stores (the moments of a forward output, the gradient sums of a
+//!   backward-data's), each task reading its finished rows back from cache.
 //! - [`direct_conv_naive`]: the scalar twin from the unpacked weights, for the tests.
 //!
 //! # Measured (`examples/direct_bench.rs`, one Zen 5 core, FMA peak about 250 GFLOP/s)
@@ -54,7 +55,7 @@
 //! ResNet-20 batch 1 convolutions (10-30 us each) hardly gain from the second thread.
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
-use crate::kernels::blocked::moments::{self, Moments, TaskMoments};
+use crate::kernels::blocked::moments::{Gather, TaskGather};
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::shared_out::SharedOut;
@@ -277,26 +278,27 @@ pub fn direct_conv<V: Vector>(
     direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, None);
 }
 
-/// [`direct_conv`], and the mean and biased variance of every padded output channel of
-/// what it stored, in f64, as a training batch norm needs them: each task reads back
+/// [`direct_conv`], and the sums a training batch norm needs of what it stored, in f64
+/// (`gather`: the moments of every padded output channel, or the gradient sums of a
+/// batch norm whose output gradient this convolution computes): each task reads back
 /// each run of output rows it has just finished, from cache, instead of a separate pass
 /// reading the whole output from memory (see `kernels::blocked::moments`). The output is
-/// bit for bit [`direct_conv`]'s; the moments depend only on the thread count.
-pub fn direct_conv_moments<V: Vector>(
+/// bit for bit [`direct_conv`]'s; the sums depend only on the thread count.
+pub fn direct_conv_gather<V: Vector>(
     g: &ConvGeometry,
     input: &[f32],
     in_block: usize,
     packed: &[f32],
     ep: &BlockedEpilogue,
     out: &mut [f32],
-    moments: Moments,
+    gather: Gather,
 ) {
-    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, Some(moments));
+    direct_conv_budget::<V>(g, input, in_block, packed, ep, out, SLAB_BYTES, Some(gather));
 }
 
 /// [`direct_conv`] with the weight-slab budget `slab_bytes` in place of [`SLAB_BYTES`]
 /// (the tests pass tiny budgets to run the input-channel chunks on small shapes), and
-/// the moments of [`direct_conv_moments`] when given.
+/// the sums of [`direct_conv_gather`] when given.
 #[allow(clippy::too_many_arguments)]
 fn direct_conv_budget<V: Vector>(
     g: &ConvGeometry,
@@ -306,7 +308,7 @@ fn direct_conv_budget<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
     slab_bytes: usize,
-    moments: Option<Moments>,
+    gather: Option<Gather>,
 ) {
     let ob = V::LANES;
     assert!(
@@ -340,7 +342,7 @@ fn direct_conv_budget<V: Vector>(
         let units = g.batch * groups * g.out_h;
         (units, split::parts(units))
     };
-    let records = moments.map(|m| TaskMoments::new(m, tasks, out_l.padded_channels()));
+    let records = gather.map(|m| TaskGather::new(m, tasks, out_l.padded_channels(), out_l.len()));
     if out.is_empty() {
         return;
     }
@@ -356,7 +358,7 @@ fn direct_conv_budget<V: Vector>(
         per_block: per_block(g, in_block, ob),
         slab_bytes,
     };
-    // Output rows `rows` of image `n` for the blocks of group `gi`, then (with moments)
+    // Output rows `rows` of image `n` for the blocks of group `gi`, then (with a gather)
     // those rows read back into task `t`'s record.
     let run = |t: usize, n: usize, gi: usize, rows: Range<usize>| {
         let blocks = group(gi, out_l.blocks(), ob);
@@ -367,9 +369,8 @@ fn direct_conv_budget<V: Vector>(
             segment_any::<V, true>(&ctx, n, blocks.clone(), pixels.clone());
         }
         if let Some(records) = &records {
-            let record = records.record(t);
             for b in blocks {
-                moments::add_run::<V>(&shared, out_l.at(n, b, rows.start, 0), pixels.len(), b, record);
+                records.add_run::<V>(t, &shared, out_l.at(n, b, rows.start, 0), pixels.len(), b);
             }
         }
     };
@@ -841,6 +842,8 @@ pub fn direct_conv_naive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::blocked::moments::{assert_grad_sums, GradSums, Moments};
+    use crate::kernels::blocked::norm::FusedRelu;
     use crate::kernels::blocked::Residual;
     use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::to_blocked;
@@ -1026,7 +1029,16 @@ mod tests {
                 var: &mut var,
             };
             let ep = self.epilogue(epi);
-            direct_conv_budget::<V>(g, &xb, in_block, &packed, &ep, &mut y, budget, Some(moments));
+            direct_conv_budget::<V>(
+                g,
+                &xb,
+                in_block,
+                &packed,
+                &ep,
+                &mut y,
+                budget,
+                Some(Gather::Moments(moments)),
+            );
             (y, mean, var)
         }
 
@@ -1339,6 +1351,61 @@ mod tests {
                         mean[k],
                         var[k]
                     );
+                }
+            }
+        }
+    }
+
+    /// The gradient sums gathered as the output is stored (a backward-data's, for the
+    /// batch norm whose output gradient it is), with and without that batch norm's ReLU,
+    /// against the batch norm's own pass over the stored output, which is bit for bit the
+    /// plain call's: image groups, row bands (batch 1), input-channel chunks.
+    #[test]
+    fn fused_gradient_sums_match_the_stored_output() {
+        let lanes = F32xBlock::LANES;
+        let cases = [
+            (square_conv(3, 40, 13, 11, 24, 3, 1, 1), SLAB_BYTES),
+            (square_conv(1, 32, 40, 40, 80, 3, 1, 1), SLAB_BYTES),
+            (square_conv(2, 64, 20, 20, 96, 1, 1, 0), 4 << 10),
+        ];
+        for (i, (g, budget)) in cases.iter().enumerate() {
+            let epi = EPIS[i % EPIS.len()];
+            let p = Problem::new(g, lanes, epi, 90 + i as u64);
+            let plain = p.fast_budget::<F32xBlock>(g, lanes, epi, *budget);
+            let l = p.out_l;
+            let kp = l.padded_channels();
+            let mut rng = Rng::new(40 + i as u64);
+            let z = random(&mut rng, l.len());
+            let (mean, scale, shift) = (random(&mut rng, kp), random(&mut rng, kp), random(&mut rng, kp));
+            let xb = p.input(g, lanes);
+            let mut packed = vec![f32::NAN; packed_len(g, lanes, lanes)];
+            pack_weights(&p.w, p.scale.as_deref(), g, lanes, lanes, &mut packed);
+            for relu in [
+                None,
+                Some(FusedRelu {
+                    scale: &scale,
+                    shift: &shift,
+                }),
+            ] {
+                for t in [1, 2, 3] {
+                    let pool = rayon::ThreadPoolBuilder::new().num_threads(t).build().expect("a pool");
+                    let mut y = p.initial(epi);
+                    let (mut sum_dy, mut sum_dy_zc) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+                    let gather = Gather::GradSums(GradSums {
+                        z: &z,
+                        mean: &mean,
+                        relu,
+                        partials: &mut Vec::new(),
+                        sum_dy: &mut sum_dy,
+                        sum_dy_zc: &mut sum_dy_zc,
+                    });
+                    let ep = p.epilogue(epi);
+                    pool.install(|| {
+                        direct_conv_budget::<F32xBlock>(g, &xb, lanes, &packed, &ep, &mut y, *budget, Some(gather))
+                    });
+                    let what = format!("{g:?} on {t} threads, ReLU {}", relu.is_some());
+                    assert!(y == plain, "{what}: the output differs from the plain call's");
+                    assert_grad_sums::<F32xBlock>(l, &y, (&z, &mean, relu), (&sum_dy, &sum_dy_zc), &what);
                 }
             }
         }

@@ -168,7 +168,7 @@ pub struct FusedRelu<'a> {
 /// The gradient reaching the batch norm's output `dy`, zeroed where the fused ReLU's
 /// output (`z * scale + shift`, as [`apply`] computes it) was not positive.
 #[inline(always)]
-fn masked<V: Vector>(dy: V, z: V, relu: Option<(V, V)>) -> V {
+pub(crate) fn masked<V: Vector>(dy: V, z: V, relu: Option<(V, V)>) -> V {
     match relu {
         Some((s, t)) => dy.relu_mask(z.mul_add(s, t)),
         None => dy,
@@ -177,7 +177,7 @@ fn masked<V: Vector>(dy: V, z: V, relu: Option<(V, V)>) -> V {
 
 /// The fused ReLU's scale and shift vectors of channel block `cb`.
 #[inline(always)]
-fn relu_block<V: Vector>(relu: Option<FusedRelu>, cb: usize) -> Option<(V, V)> {
+pub(crate) fn relu_block<V: Vector>(relu: Option<FusedRelu>, cb: usize) -> Option<(V, V)> {
     relu.map(|r| (V::load(&r.scale[cb * V::LANES..]), V::load(&r.shift[cb * V::LANES..])))
 }
 

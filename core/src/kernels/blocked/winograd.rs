@@ -38,9 +38,10 @@
 //!   same weights.
 //! - [`winograd_conv`]`::<V>(g, tile, input, filters, ep, out)`: `out = ep(conv(input))`
 //!   for a 3x3 stride-1 pad-1 `g`, input and output in `Blocked { .., block: V::LANES }`.
-//! - [`winograd_conv_moments`]`::<V>(..)`: the same, and the per-channel mean and variance
-//!   of what it stored, gathered by the output transform as it stores (the training
-//!   forward's batch-norm statistics, without a pass over the output).
+//! - [`winograd_conv_gather`]`::<V>(..)`: the same, and the sums a training batch norm
+//!   needs of what it stored (the forward's per-channel mean and variance, or a
+//!   backward-data's gradient sums), gathered by the output transform as it stores,
+//!   without a pass over the output.
 //! - [`winograd_conv_naive`]: the scalar twin from the textbook formula, for the tests.
 //!
 //! # Schedule
@@ -64,7 +65,8 @@
 
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
-use crate::kernels::blocked::moments;
+use crate::kernels::blocked::moments::{self, Gather, Kind};
+use crate::kernels::blocked::norm::{self, FusedRelu};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::{with_partials, with_scratch};
 use crate::kernels::shared_out::SharedOut;
@@ -404,8 +406,18 @@ pub fn winograd_conv_with<V: Vector>(
     checked_conv::<V>(g, tile, input, filters, ep, out, None);
 }
 
-/// [`winograd_conv`]'s checks of every length, then the convolution, with the moment
-/// records of [`winograd_conv_moments`] when given.
+/// Where the output transforms of [`winograd_conv_gather`] put their sums: `fields`
+/// vectors per (tile group, padded output channel block) in `out`, read with the batch
+/// norm's `z`, mean and fused ReLU for gradient sums (`grad`), else the moments'.
+#[derive(Clone, Copy)]
+struct Records<'a> {
+    out: &'a SharedOut<'a>,
+    fields: usize,
+    grad: Option<(&'a [f32], &'a [f32], Option<FusedRelu<'a>>)>,
+}
+
+/// [`winograd_conv`]'s checks of every length, then the convolution, with the records
+/// of [`winograd_conv_gather`] when given.
 fn checked_conv<V: Vector>(
     g: &ConvGeometry,
     tile: WinogradTile,
@@ -413,7 +425,7 @@ fn checked_conv<V: Vector>(
     filters: Transformed,
     ep: &BlockedEpilogue,
     out: &mut [f32],
-    moments: Option<&SharedOut>,
+    records: Option<Records>,
 ) {
     check_geometry(g);
     let l = V::LANES;
@@ -439,52 +451,33 @@ fn checked_conv<V: Vector>(
         assert_eq!(l, bf16::LANES, "winograd: bf16 products take blocks of 16 lanes");
     }
     match tile {
-        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, moments),
-        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, moments),
+        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records),
+        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records),
     }
 }
 
-/// [`winograd_conv`], and `mean[c]` and `var[c]` (biased) of every padded output channel
-/// of what it stored, in f64: each task's output transform sums, per channel block, the
-/// values it stores around the first of them (`k`, `sum (y - k)`, `sum (y - k)^2`, the
-/// count: shifted sums keep the variance exact for outputs far from zero), and the
-/// tasks' sums are combined in task order (Chan et al.'s pairwise update), so the
-/// result depends only on the thread count.
-#[allow(clippy::too_many_arguments)]
-pub fn winograd_conv_moments<V: Vector>(
-    g: &ConvGeometry,
-    tile: WinogradTile,
-    input: &[f32],
-    filters: &[f32],
-    ep: &BlockedEpilogue,
-    out: &mut [f32],
-    mean: &mut [f64],
-    var: &mut [f64],
-) {
-    winograd_conv_moments_with::<V>(g, tile, input, Transformed::F32(filters), ep, out, mean, var);
-}
-
-/// [`winograd_conv_moments`] with filters in either precision.
-#[allow(clippy::too_many_arguments)]
-pub fn winograd_conv_moments_with<V: Vector>(
+/// [`winograd_conv_with`], and the sums a training batch norm needs of what it stored
+/// (`gather`), in f64: each task's output transform sums, per channel block, the values
+/// it stores, and the tasks' sums are merged in task order, so the result depends only
+/// on the thread count. For the moments (`mean[c]`, biased `var[c]` of every padded
+/// output channel) the sums are shifted by the first value stored (shifted sums keep the
+/// variance exact for outputs far from zero) and merged with Chan et al.'s pairwise
+/// update; for the gradient sums, `sum dy` and `sum dy (z - mean)` with `z` read at each
+/// stored value's place.
+pub fn winograd_conv_gather<V: Vector>(
     g: &ConvGeometry,
     tile: WinogradTile,
     input: &[f32],
     filters: Transformed,
     ep: &BlockedEpilogue,
     out: &mut [f32],
-    mean: &mut [f64],
-    var: &mut [f64],
+    gather: Gather,
 ) {
     let l = V::LANES;
     let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
     let channels = ys.padded_channels();
-    assert!(
-        mean.len() >= channels && var.len() >= channels,
-        "winograd: one moment per padded output channel"
-    );
-    mean[..channels].fill(0.0);
-    var[..channels].fill(0.0);
+    let fields = gather.fields();
+    let (_, kind) = gather.split(channels, ys.len());
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
     let (tiles, p) = call_plan(xs, ys, tile.m(), tile.alpha());
     if tiles == 0 || channels == 0 {
@@ -492,20 +485,22 @@ pub fn winograd_conv_moments_with<V: Vector>(
         return;
     }
     let groups = p.groups;
-    with_partials(groups * channels * moments::FIELDS, |records| {
-        let records = SharedOut::new(records);
-        checked_conv::<V>(g, tile, input, filters, ep, out, Some(&records));
-        let records = records.into_slice();
-        // Group by group in order.
-        for c in 0..channels {
-            let lane = c % l;
-            let parts = (0..groups).map(|gi| {
-                let r = &records[(gi * channels + (c / l) * l) * moments::FIELDS..];
-                let field = |f: usize| r[f * l + lane] as f64;
-                (field(0), field(1), field(2), field(3))
-            });
-            (mean[c], var[c]) = moments::combine(parts);
-        }
+    with_partials(groups * channels * fields, |records| {
+        let shared = SharedOut::new(records);
+        let grad = match &kind {
+            Kind::GradSums { z, mean, relu, .. } => Some((*z, *mean, *relu)),
+            Kind::Moments { .. } => None,
+        };
+        let r = Records {
+            out: &shared,
+            fields,
+            grad,
+        };
+        checked_conv::<V>(g, tile, input, filters, ep, out, Some(r));
+        let records = shared.into_slice();
+        let field =
+            |gi: usize, f: usize, c: usize| records[(gi * channels + (c / l) * l) * fields + f * l + c % l] as f64;
+        moments::finish_parts(kind, channels, groups, field);
     });
 }
 
@@ -600,7 +595,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     filters: Transformed,
     ep: &BlockedEpilogue,
     out: &mut [f32],
-    moments: Option<&SharedOut>,
+    records: Option<Records>,
 ) {
     let l = V::LANES;
     let (icb, ocb) = (xs.blocks(), ys.blocks());
@@ -652,7 +647,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
                         (m, position_stride(rb * t * l)),
                     ),
                 }
-                let record = moments.map(|r| (r, gi * ys.padded_channels()));
+                let record = records.map(|r| (r, gi * ys.padded_channels()));
                 output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
                 cb += rb;
             }
@@ -962,7 +957,7 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
     m: &[f32],
     ep: &BlockedEpilogue,
     out: &SharedOut,
-    moments: Option<(&SharedOut, usize)>,
+    records: Option<(Records, usize)>,
 ) {
     let l = V::LANES;
     let (h, w) = (ys.h, ys.w);
@@ -971,8 +966,13 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
     let mp = m.as_ptr();
     for r in 0..rb {
         let bias = ep.bias_of::<V>(cb + r);
-        // Moments of the stored values around the first one (see `winograd_conv_moments`).
+        // Moments of the stored values around the first one, or the gradient sums (see
+        // `winograd_conv_gather`): `sum` and `squares` hold `sum dy` and `sum dy (z - mean)`.
         let (mut shift, mut sum, mut squares, mut count) = (None, V::ZERO, V::ZERO, 0usize);
+        let grad = records.and_then(|(rec, _)| rec.grad).map(|(z, mean, relu)| {
+            let b = cb + r;
+            (z, V::load(&mean[b * l..]), norm::relu_block::<V>(relu, b))
+        });
         for t in 0..tn {
             let (n, oy, ox) = tl.tile::<M>(t0 + t);
             let mut mv = [[V::ZERO; A]; A];
@@ -1002,7 +1002,12 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
                     for (j, yj) in y.iter().enumerate() {
                         if whole || j < cols {
                             let v = ep.store(*yj, bias, at + j * l, out);
-                            if moments.is_some() {
+                            if let Some((z, mean, relu)) = grad {
+                                let zv = V::load(&z[at + j * l..]);
+                                let d = norm::masked(v, zv, relu);
+                                sum = sum + d;
+                                squares = d.mul_add(zv - mean, squares);
+                            } else if records.is_some() {
                                 let d = v - *shift.get_or_insert(v);
                                 sum = sum + d;
                                 squares = d.mul_add(d, squares);
@@ -1013,12 +1018,17 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
                 }
             }
         }
-        if let Some((records, base)) = moments {
-            let at = (base + (cb + r) * l) * moments::FIELDS;
-            records.store(at, shift.unwrap_or(V::ZERO));
-            records.store(at + l, sum);
-            records.store(at + 2 * l, squares);
-            records.store(at + 3 * l, V::splat(count as f32));
+        if let Some((rec, base)) = records {
+            let at = (base + (cb + r) * l) * rec.fields;
+            if grad.is_some() {
+                rec.out.store(at, sum);
+                rec.out.store(at + l, squares);
+            } else {
+                rec.out.store(at, shift.unwrap_or(V::ZERO));
+                rec.out.store(at + l, sum);
+                rec.out.store(at + 2 * l, squares);
+                rec.out.store(at + 3 * l, V::splat(count as f32));
+            }
         }
     }
 }
@@ -1125,6 +1135,7 @@ pub fn winograd_conv_naive(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::blocked::moments::Moments;
     use crate::kernels::blocked::Residual;
     use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, zoo_convs};
     use crate::layout::{from_blocked, to_blocked};
@@ -1232,16 +1243,13 @@ mod tests {
                 assert!(err < limit, "{tile:?} {g:?}: bf16 error {err}");
                 let mut y2 = vec![f32::NAN; ys.len()];
                 let (mut mean, mut var) = (vec![0f64; ys.padded_channels()], vec![0f64; ys.padded_channels()]);
-                winograd_conv_moments_with::<wide::f32x16>(
-                    g,
-                    tile,
-                    &xb,
-                    Transformed::Bf16(&u16s),
-                    &ep,
-                    &mut y2,
-                    &mut mean,
-                    &mut var,
-                );
+                let moments = Moments {
+                    partials: &mut Vec::new(),
+                    mean: &mut mean,
+                    var: &mut var,
+                };
+                let gather = Gather::Moments(moments);
+                winograd_conv_gather::<wide::f32x16>(g, tile, &xb, Transformed::Bf16(&u16s), &ep, &mut y2, gather);
                 assert_eq!(
                     y.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
                     y2.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
@@ -1404,6 +1412,63 @@ mod tests {
         }
     }
 
+    /// The gradient sums gathered by the output transform (a backward-data's, for the
+    /// batch norm whose output gradient it stores), with and without that batch norm's
+    /// ReLU and with a residual in the epilogue, against the batch norm's own pass over
+    /// the stored output: several tile groups, channel blocks and ragged edges.
+    #[test]
+    fn gradient_sums_match_the_stored_output() {
+        fn run<V: Vector>(rng: &mut Rng) {
+            let l = V::LANES;
+            for (n, c, k, h, w) in [(3, 19, 21, 7, 10), (8, 16, 33, 12, 12), (1, 5, 3, 2, 3)] {
+                let g = geometry(n, c, k, h, w);
+                let (_, wt, xb) = case(rng, &g, l);
+                let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+                let kp = ys.padded_channels();
+                let residual = random(rng, ys.len());
+                let ep = BlockedEpilogue {
+                    residual: Residual::From(&residual),
+                    ..BlockedEpilogue::default()
+                };
+                let z = random(rng, ys.len());
+                let (mean, scale, shift) = (random(rng, kp), random(rng, kp), random(rng, kp));
+                for tile in TILES {
+                    let mut u = vec![0.0; filters_len(tile, c, k, l)];
+                    transform_filters(&wt, None, c, k, tile, l, &mut u);
+                    let mut plain = vec![f32::NAN; ys.len()];
+                    winograd_conv::<V>(&g, tile, &xb, &u, &ep, &mut plain);
+                    for relu in [
+                        None,
+                        Some(FusedRelu {
+                            scale: &scale,
+                            shift: &shift,
+                        }),
+                    ] {
+                        let mut y = vec![f32::NAN; ys.len()];
+                        let (mut sum_dy, mut sum_dy_zc) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+                        let gather = Gather::GradSums(moments::GradSums {
+                            z: &z,
+                            mean: &mean,
+                            relu,
+                            partials: &mut Vec::new(),
+                            sum_dy: &mut sum_dy,
+                            sum_dy_zc: &mut sum_dy_zc,
+                        });
+                        winograd_conv_gather::<V>(&g, tile, &xb, Transformed::F32(&u), &ep, &mut y, gather);
+                        let what = format!("{tile:?} {g:?} at {l} lanes, ReLU {}", relu.is_some());
+                        assert!(y == plain, "{what}: the output is winograd_conv's");
+                        let sums = (&sum_dy[..], &sum_dy_zc[..]);
+                        moments::assert_grad_sums::<V>(ys, &y, (&z, &mean, relu), sums, &what);
+                    }
+                }
+            }
+        }
+        let mut rng = Rng::new(31);
+        run::<wide::f32x4>(&mut rng);
+        run::<wide::f32x8>(&mut rng);
+        run::<wide::f32x16>(&mut rng);
+    }
+
     /// The fused moments against the f64 moments of the stored output (which is bit for
     /// bit what `winograd_conv` stores), with a bias far from zero so that an unshifted
     /// sum of squares would lose the variance; several tile groups and channel blocks.
@@ -1428,7 +1493,13 @@ mod tests {
                     winograd_conv::<V>(&g, tile, &xb, &u, &ep, &mut plain);
                     let mut y = vec![f32::NAN; ys.len()];
                     let (mut mean, mut var) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
-                    winograd_conv_moments::<V>(&g, tile, &xb, &u, &ep, &mut y, &mut mean, &mut var);
+                    let moments = Moments {
+                        partials: &mut Vec::new(),
+                        mean: &mut mean,
+                        var: &mut var,
+                    };
+                    let gather = Gather::Moments(moments);
+                    winograd_conv_gather::<V>(&g, tile, &xb, Transformed::F32(&u), &ep, &mut y, gather);
                     assert!(y == plain, "{tile:?} {g:?}: the output is winograd_conv's");
                     let count = (n * h * w) as f64;
                     for ch in 0..kp {
