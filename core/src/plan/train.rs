@@ -908,10 +908,19 @@ impl TrainingPlan {
             let dsum = if through_relu {
                 dout
             } else {
+                // The block's final ReLU, and the sums of its last batch norm (which has
+                // no ReLU of its own) in the same pass.
                 let dsum = as_shape(sum, blk.out.shape);
-                let [y, d, s] = split(&mut w.arena, [blk.out.at(n), dout.at(n), dsum.at(n)]);
-                relu::relu_backward(y, d, s);
-                sums_ready = false;
+                let last = &self.convs[blk.stages.end - 1];
+                assert!(!last.relu, "a block's last batch norm leaves the ReLU to the block");
+                let [y, d, s, z, mean] = split(
+                    &mut w.arena,
+                    [blk.out.at(n), dout.at(n), dsum.at(n), last.z.at(n), last.mean.clone()],
+                );
+                let [s_dy, s_dyz] = &mut w.sums;
+                let shape = blk.out.shape(n);
+                norm::relu_backward_grad_sums::<F32xBlock>(shape, y, d, s, z, mean, &mut w.partials, s_dy, s_dyz);
+                sums_ready = true;
                 dsum
             };
             let dx = as_shape(g0, blk.input.shape);

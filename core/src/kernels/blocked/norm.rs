@@ -212,6 +212,48 @@ pub fn grad_sums<V: Vector>(
     });
 }
 
+/// The gradient through the ReLU whose output was `y` into `dx` (`dy` where `y > 0`, else
+/// 0, see [`Vector::relu_mask`]), and of `dx` the sums of [`grad_sums`] for the batch norm
+/// (without a fused ReLU) whose input was `z`: one pass where the two took two. A block's
+/// last batch norm sees the block's final ReLU this way when no backward-data gathers
+/// its sums.
+#[allow(clippy::too_many_arguments)]
+pub fn relu_backward_grad_sums<V: Vector>(
+    shape: Blocked,
+    y: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    z: &[f32],
+    mean: &[f32],
+    partials: &mut Vec<f64>,
+    sum_dy: &mut [f64],
+    sum_dy_zc: &mut [f64],
+) {
+    for (len, what) in [
+        (y.len(), "output"),
+        (dy.len(), "gradient"),
+        (dx.len(), "input gradient"),
+        (z.len(), "batch norm input"),
+    ] {
+        assert_eq!(len, shape.len(), "ReLU backward: {what} length");
+    }
+    let b = V::LANES;
+    let out = SharedOut::new(dx);
+    channel_sums::<V>(shape, partials, (sum_dy, sum_dy_zc), |cb, at, w| {
+        let m = V::load(&mean[cb * b..]);
+        let (mut s, mut sz) = (V::ZERO, V::ZERO);
+        for i in 0..w {
+            let p = at + i * b;
+            let zv = V::load(&z[p..]);
+            let d = V::load(&dy[p..]).relu_mask(V::load(&y[p..]));
+            out.store(p, d);
+            s = s + d;
+            sz = d.mul_add(zv - m, sz);
+        }
+        (s, sz)
+    });
+}
+
 /// Input gradient of training-mode batch norm, per channel
 /// `dz = k * (dy - mean(dy)) - k2 * (z - mean)`, with `dy` masked by the fused ReLU
 /// when given; the caller folds the statistics into `k = gamma * inv_std`,
@@ -372,5 +414,36 @@ mod tests {
         check::<wide::f32x4>();
         check::<wide::f32x8>();
         check::<wide::f32x16>();
+    }
+
+    /// The fused ReLU backward and sums against the ReLU backward pass, then the sums'
+    /// own pass (bit for bit: the same products summed in the same order).
+    #[test]
+    fn fused_relu_backward_and_sums_match_the_two_passes() {
+        fn run<V: Vector>(rng: &mut Rng) {
+            for (n, c, h, w) in [(2, 19, 3, 5), (3, 16, 4, 4)] {
+                let shape = Blocked::new(n, c, h, w, V::LANES);
+                let pc = shape.padded_channels();
+                let (y, dy, z, mean) = (
+                    random(rng, shape.len()),
+                    random(rng, shape.len()),
+                    random(rng, shape.len()),
+                    random(rng, pc),
+                );
+                let mut want = vec![f32::NAN; shape.len()];
+                crate::layers::relu::relu_backward(&y, &dy, &mut want);
+                let (mut w1, mut w2) = (vec![f64::NAN; pc], vec![f64::NAN; pc]);
+                grad_sums::<V>(shape, &want, None, &z, &mean, &mut Vec::new(), &mut w1, &mut w2);
+                let mut dx = vec![f32::NAN; shape.len()];
+                let (mut s1, mut s2) = (vec![f64::NAN; pc], vec![f64::NAN; pc]);
+                relu_backward_grad_sums::<V>(shape, &y, &dy, &mut dx, &z, &mean, &mut Vec::new(), &mut s1, &mut s2);
+                assert_eq!(dx, want, "{n}x{c}x{h}x{w} at {} lanes", V::LANES);
+                assert_eq!((s1, s2), (w1, w2), "{n}x{c}x{h}x{w} at {} lanes", V::LANES);
+            }
+        }
+        let mut rng = Rng::new(12);
+        run::<wide::f32x4>(&mut rng);
+        run::<wide::f32x8>(&mut rng);
+        run::<wide::f32x16>(&mut rng);
     }
 }
