@@ -212,15 +212,11 @@ const RUN_KEY: &str = "run";
 pub const MAX_BATCH: usize = 4096;
 /// The largest `--threads`: more threads than this only cost time to start.
 pub const MAX_THREADS: usize = 1024;
-/// The files that make a folder a run folder: its settings and log, then what its
-/// checkpoints wrote.
-const RUN_FILES: [&str; 5] = [
-    "config.json",
-    "metrics.jsonl",
-    "checkpoint.safetensors",
-    "best.safetensors",
-    "curves.svg",
-];
+/// The run's settings and log, written just before its first checkpoint.
+const LOG_FILES: [&str; 2] = ["config.json", "metrics.jsonl"];
+/// What a run's checkpoints write; a new run that replaces a folder's run removes them
+/// before its first checkpoint.
+const CHECKPOINT_FILES: [&str; 3] = ["checkpoint.safetensors", "best.safetensors", "curves.svg"];
 
 /// A rayon pool of `threads` (default: all cores), refusing absurd counts before any
 /// thread is started.
@@ -544,11 +540,7 @@ impl RunFolder {
         if let Some((config, lines)) = self.pending.take() {
             std::fs::create_dir_all(&self.dir).with_context(|| format!("cannot create {}", self.dir.display()))?;
             if self.replaces {
-                for stale in [
-                    self.checkpoint.clone(),
-                    self.dir.join("best.safetensors"),
-                    self.dir.join("curves.svg"),
-                ] {
+                for stale in CHECKPOINT_FILES.map(|f| self.dir.join(f)) {
                     if stale.exists() {
                         std::fs::remove_file(&stale).with_context(|| format!("cannot remove {}", stale.display()))?;
                     }
@@ -580,7 +572,8 @@ impl RunFolder {
 /// The run found in `dir`: the `run` settings of its `config.json` (`Null` when it has
 /// none but holds other run files), or `None` when the folder holds no run.
 fn run_in(dir: &Path) -> Option<serde_json::Value> {
-    if !RUN_FILES.iter().any(|f| dir.join(f).exists()) {
+    // Any of them makes a folder a run folder.
+    if !LOG_FILES.iter().chain(&CHECKPOINT_FILES).any(|f| dir.join(f).exists()) {
         return None;
     }
     let text = std::fs::read_to_string(dir.join("config.json")).unwrap_or_default();
@@ -609,7 +602,7 @@ fn same_run(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 fn interrupted_start(dir: &Path, found: Option<&serde_json::Value>, run: &RunConfig) -> Result<bool> {
     let run = serde_json::to_value(run)?;
     let ours = found.is_some_and(|f| same_run(f, &run));
-    Ok(ours && !RUN_FILES[2..].iter().any(|f| dir.join(f).exists()))
+    Ok(ours && !CHECKPOINT_FILES.iter().any(|f| dir.join(f).exists()))
 }
 
 fn refuse_other_run(dir: &Path) -> Result<()> {
