@@ -167,7 +167,7 @@ pub fn pack_data_grad_weights(weight: &[f32], g: &ConvGeometry, block: usize, ou
 /// `Blocked { g.batch, g.in_channels, g.in_h, g.in_w, V::LANES }`. `dx` is overwritten,
 /// its padding channels with zeros; input pixels that no output reads get zero.
 pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32]) {
-    data_grad_budget::<V>(g, dy, packed, &BlockedEpilogue::default(), dx, SLAB_BYTES);
+    data_grad_budget::<V>(g, dy, packed, &BlockedEpilogue::default(), dx, SLAB_BYTES, None);
 }
 
 /// [`data_grad`] finished by the epilogue `ep` (in `dx`'s layout) as each `dx` vector is
@@ -176,7 +176,7 @@ pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &m
 /// (a forward convolution, see [`as_forward`]) takes an epilogue; other shapes need the
 /// default one.
 pub fn data_grad_with<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], ep: &BlockedEpilogue, dx: &mut [f32]) {
-    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES);
+    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, None);
 }
 
 /// [`data_grad_with`] of a stride-1 form (see [`as_forward`]), also gathering the
@@ -190,19 +190,12 @@ pub fn data_grad_gather<V: Vector>(
     dx: &mut [f32],
     gather: Gather,
 ) {
-    let f = as_forward(g).expect("data_grad_gather: only the stride-1 form gathers sums");
-    let l = V::LANES;
-    assert_eq!(
-        packed.len(),
-        data_grad_packed_len(g, l),
-        "data_grad: packed weights length"
-    );
-    direct::direct_conv_gather::<V>(&f, dy, l, packed, ep, dx, gather);
-    zero_padding_lanes(Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l), dx);
+    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, Some(gather));
 }
 
 /// [`data_grad_with`] with the weight-slab budget `slab_bytes` of the strided kernel in
-/// place of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes).
+/// place of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes),
+/// and the sums of [`data_grad_gather`] when given.
 fn data_grad_budget<V: Vector>(
     g: &ConvGeometry,
     dy: &[f32],
@@ -210,6 +203,7 @@ fn data_grad_budget<V: Vector>(
     ep: &BlockedEpilogue,
     dx: &mut [f32],
     slab_bytes: usize,
+    gather: Option<Gather>,
 ) {
     let l = V::LANES;
     assert!(l <= ZEROS.len(), "data_grad: vectors of at most 16 lanes");
@@ -222,12 +216,16 @@ fn data_grad_budget<V: Vector>(
         data_grad_packed_len(g, l),
         "data_grad: packed weights length"
     );
-    if dx.is_empty() {
+    if let Some(f) = as_forward(g) {
+        match gather {
+            Some(gather) => direct::direct_conv_gather::<V>(&f, dy, l, packed, ep, dx, gather),
+            None => direct::direct_conv::<V>(&f, dy, l, packed, ep, dx),
+        }
+        zero_padding_lanes(dx_l, dx);
         return;
     }
-    if let Some(f) = as_forward(g) {
-        direct::direct_conv::<V>(&f, dy, l, packed, ep, dx);
-        zero_padding_lanes(dx_l, dx);
+    assert!(gather.is_none(), "data_grad: only the stride-1 form gathers sums");
+    if dx.is_empty() {
         return;
     }
     assert!(
@@ -628,6 +626,7 @@ mod tests {
                 &BlockedEpilogue::default(),
                 &mut dx,
                 budget,
+                None,
             );
             dx
         }
