@@ -406,14 +406,22 @@ pub fn winograd_conv_with<V: Vector>(
     checked_conv::<V>(g, tile, input, filters, ep, out, None);
 }
 
-/// Where the output transforms of [`winograd_conv_gather`] put their sums: `fields`
+/// Where the output transforms of [`winograd_conv_gather`] put their sums: `fields()`
 /// vectors per (tile group, padded output channel block) in `out`, read with the batch
 /// norm's `z`, mean and fused ReLU for gradient sums (`grad`), else the moments'.
 #[derive(Clone, Copy)]
 struct Records<'a> {
     out: &'a SharedOut<'a>,
-    fields: usize,
     grad: Option<(&'a [f32], &'a [f32], Option<FusedRelu<'a>>)>,
+}
+
+impl Records<'_> {
+    fn fields(&self) -> usize {
+        match self.grad {
+            Some(_) => moments::GRAD_FIELDS,
+            None => moments::FIELDS,
+        }
+    }
 }
 
 /// [`winograd_conv`]'s checks of every length, then the convolution, with the records
@@ -491,11 +499,7 @@ pub fn winograd_conv_gather<V: Vector>(
             Kind::GradSums { z, mean, relu, .. } => Some((*z, *mean, *relu)),
             Kind::Moments { .. } => None,
         };
-        let r = Records {
-            out: &shared,
-            fields,
-            grad,
-        };
+        let r = Records { out: &shared, grad };
         checked_conv::<V>(g, tile, input, filters, ep, out, Some(r));
         let records = shared.into_slice();
         let field =
@@ -1019,7 +1023,7 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
             }
         }
         if let Some((rec, base)) = records {
-            let at = (base + (cb + r) * l) * rec.fields;
+            let at = (base + (cb + r) * l) * rec.fields();
             if grad.is_some() {
                 rec.out.store(at, sum);
                 rec.out.store(at + l, squares);
