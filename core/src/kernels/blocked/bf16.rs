@@ -9,6 +9,7 @@
 //! `U[xi][ob][ci][lane]`), and `V16` exactly as `V` (`[xi][icb][t][lane]`), whose input
 //! channels `2p, 2p + 1` are adjacent lanes: one 32-bit broadcast feeds a pair.
 
+use super::amx;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::with_scratch;
 use crate::kernels::shared_out::SharedOut;
@@ -110,6 +111,12 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
 /// Tasks take one image's range of output pixels each, rounding their input pixels to
 /// bf16 once for all output blocks.
 pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
+    pointwise_on(g, input, w16, out, amx::available());
+}
+
+/// [`pointwise`] on AMX tiles when `tiles` (and the input blocks pair up), else on
+/// AVX512_BF16 or the naive twin: the tests run both on AMX CPUs.
+fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], tiles: bool) {
     assert!(
         g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0,
         "bf16: pointwise takes unpadded 1x1 convolutions, found {g:?}"
@@ -134,9 +141,37 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
     let chunks = px.div_ceil(chunk);
     let cp = icb * l;
     let shared = SharedOut::new(out);
+    // The input pixel under output pixel `o`.
+    let input_pixel = |o: usize| (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
+    let tiles = tiles && icb.is_multiple_of(2);
     (0..g.batch * chunks).into_par_iter().for_each(|task| {
         let (n, t0) = (task / chunks, (task % chunks) * chunk);
         let tn = chunk.min(px - t0);
+        if tiles {
+            // Tile rows: each pixel's 32 input channels of a pair of blocks in a row,
+            // the rows past `tn` zero.
+            let (kbs, tpad) = (icb / 2, tn.next_multiple_of(amx::STEP_PIXELS));
+            with_scratch((kbs * tpad * amx::ROW).div_ceil(2), |s| {
+                let rows = scratch_u16(s, kbs * tpad * amx::ROW);
+                for b in 0..icb {
+                    let block = &input[(n * icb + b) * in_px * l..(n * icb + b + 1) * in_px * l];
+                    let half = &mut rows[(b / 2) * tpad * amx::ROW + (b % 2) * l..];
+                    for (t, o) in (t0..t0 + tn).enumerate() {
+                        let at = input_pixel(o);
+                        convert(&block[at * l..(at + 1) * l], &mut half[t * amx::ROW..t * amx::ROW + l]);
+                    }
+                    for t in tn..tpad {
+                        half[t * amx::ROW..t * amx::ROW + l].fill(0);
+                    }
+                }
+                let o = amx::OutRows {
+                    at: (n * ocb * px + t0) * l,
+                    block: px * l,
+                };
+                amx::pointwise_products(rows, (kbs, tpad, tn), w16, ocb, &shared, o);
+            });
+            return;
+        }
         with_scratch((icb * tn * l).div_ceil(2), |s| {
             let v16 = scratch_u16(s, icb * tn * l);
             for b in 0..icb {
@@ -147,7 +182,7 @@ pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) 
                 } else {
                     // The input pixel under each output pixel, one at a time.
                     for (o, dst) in (t0..t0 + tn).zip(to.chunks_exact_mut(l)) {
-                        let at = (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
+                        let at = input_pixel(o);
                         convert(&block[at * l..(at + 1) * l], dst);
                     }
                 }
@@ -516,6 +551,10 @@ mod tests {
             (3, 40, 8, 3, 11, 1),
             (2, 19, 21, 5, 7, 2),
             (1, 256, 512, 8, 8, 2),
+            // Even input blocks (AMX tiles where the CPU has them) and an odd number of
+            // output blocks, 49 and 30 pixels (ragged steps).
+            (2, 32, 40, 6, 5, 1),
+            (1, 64, 48, 7, 7, 1),
         ] {
             for transposed in [false, true] {
                 if transposed && stride > 1 {
@@ -568,6 +607,43 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// On AMX CPUs, the tile kernel against the AVX512_BF16 one (the f64 test above holds
+    /// both to the exact sums): every output block count mod 2, whole and ragged pixel
+    /// steps, strides 1 and 2, several tasks. Elsewhere there is one kernel and nothing to
+    /// compare: the test says so.
+    #[test]
+    fn amx_tiles_match_the_avx512_bf16_kernel() {
+        use crate::tensor::max_abs;
+        if !amx::available() {
+            eprintln!("no AMX on this CPU: the tile kernel is not run");
+            return;
+        }
+        for &(n, c, k, h, w, stride) in &[
+            (1, 32, 16, 4, 8, 1),
+            (2, 64, 48, 7, 7, 1),
+            (3, 96, 80, 9, 13, 1),
+            (1, 256, 512, 14, 14, 1),
+            (2, 64, 40, 11, 9, 2),
+        ] {
+            let g = ConvGeometry::new(n, c, h, w, k, (1, 1), stride, 0).unwrap();
+            let xs = Blocked::new(n, c, h, w, LANES);
+            let ys = Blocked::new(n, k, g.out_h, g.out_w, LANES);
+            let x: Vec<f32> = (0..xs.len()).map(|i| value(i, 5) * 2.0).collect();
+            let weight: Vec<f32> = (0..c * k).map(|i| value(i, 6)).collect();
+            let mut w16 = vec![0u16; pointwise_len(c, k)];
+            pack_pointwise(&weight, c, k, false, &mut w16);
+            let mut tiles = vec![f32::NAN; ys.len()];
+            let mut vectors = vec![f32::NAN; ys.len()];
+            pointwise_on(&g, &x, &w16, &mut tiles, true);
+            pointwise_on(&g, &x, &w16, &mut vectors, false);
+            // Both sum the same exact bf16 products in f32, in different orders.
+            let size = max_abs(x.iter().copied()) * max_abs(weight.iter().copied()) * c as f32;
+            for (i, (a, b)) in tiles.iter().zip(&vectors).enumerate() {
+                assert!((a - b).abs() <= 1e-5 * size, "{g:?} at {i}: tiles {a}, vectors {b}");
             }
         }
     }

@@ -6,6 +6,7 @@
 //!
 //! Each kernel has a naive scalar twin in the same file that the tests compare it with.
 
+pub mod amx;
 pub mod bf16;
 pub mod bf16_filter_grad;
 pub mod data_grad;

@@ -1,0 +1,326 @@
+//! bf16 products on Intel AMX (Sapphire Rapids and later): eight tile registers of up to
+//! 16 rows x 64 bytes, and `tdpbf16ps`, which adds a 16 x 32 bf16 tile times a 32 x 16
+//! one (stored as 16 rows of 16 input-channel pairs) into a 16 x 16 f32 tile: 8192
+//! multiply-adds an instruction, about 16 times what `vdpbf16ps` does an instruction on
+//! these CPUs, where AVX512_BF16 runs no faster than f32 FMAs. PyTorch's CPU autocast
+//! runs its bf16 convolutions there (oneDNN), so without it `--precision bf16` loses to
+//! it and even to this engine's f32.
+//!
+//! Used by the bf16 1x1 convolutions (`bf16::pointwise`): a task's input pixels are laid
+//! out as tile rows, `[input-channel pair of blocks][pixel][32]` ([`ROW`] values, one
+//! pixel's 32 input channels a row), and the weights are read as [`bf16::pack_pointwise`]
+//! packs them (`[output block][input channel / 2][lane][2]`: 16 pairs of one output
+//! block are one 16-row tile). Each step adds 2 pixel tiles x 2 output blocks: four
+//! accumulator tiles, two of inputs, two of weights.
+//!
+//! The tiles are not in Rust's register model: every kernel is one `asm!` block that
+//! configures, uses and releases them, so nothing else on the thread sees them. Linux
+//! hands a process the tile state only once asked (`arch_prctl(ARCH_REQ_XCOMP_PERM)`),
+//! which [`available`] does once; elsewhere (other systems, other CPUs, wasm) it is false
+//! and the AVX512_BF16 kernels run.
+
+use super::bf16::LANES;
+use crate::kernels::shared_out::SharedOut;
+
+/// bf16 values of one tile row: 32 input channels (two blocks of 16) of one pixel.
+pub const ROW: usize = 32;
+
+/// Rows of a tile: 16 pixels (inputs, accumulators) or 16 input-channel pairs (weights).
+pub const TILE_ROWS: usize = 16;
+
+/// Pixels of one step: two tiles of rows.
+pub const STEP_PIXELS: usize = 2 * TILE_ROWS;
+
+/// Whether this CPU and system run AMX bf16 tiles (asked of the kernel once per process).
+pub fn available() -> bool {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        static AMX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        *AMX.get_or_init(|| super::bf16::available() && x86::cpu_has_amx_bf16() && x86::request_tile_state())
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+    {
+        false
+    }
+}
+
+/// Floats of `out` between two output blocks' rows of the same pixels, and where block 0
+/// of the task's first pixel is.
+#[derive(Clone, Copy, Debug)]
+pub struct OutRows {
+    /// Index in `out` of output block 0, first pixel of the task.
+    pub at: usize,
+    /// Floats from one output block to the next (the image's pixels times 16).
+    pub block: usize,
+}
+
+/// `out[block cb][pixel t] = sum_c w[cb][c] x[t][c]` for every one of `ocb` output blocks
+/// and `tn` pixels: `rows` holds the task's input as tile rows (`kbs` pairs of input
+/// blocks, `tpad` pixel rows each, `tpad` a multiple of [`STEP_PIXELS`] whose rows past
+/// `tn` are zero), `w16` the packed weights of [`super::bf16::pack_pointwise`] with
+/// `2 * kbs` input blocks. Needs [`available`]; only this task writes the pixels it
+/// stores.
+pub(crate) fn pointwise_products(
+    rows: &[u16],
+    (kbs, tpad, tn): (usize, usize, usize),
+    w16: &[u16],
+    ocb: usize,
+    out: &SharedOut,
+    o: OutRows,
+) {
+    assert!(available(), "amx: not available on this CPU");
+    let cp = 2 * kbs * LANES;
+    assert!(tpad.is_multiple_of(STEP_PIXELS) && tn <= tpad, "amx: pixel rows");
+    assert!(rows.len() >= kbs * tpad * ROW, "amx: input rows");
+    assert!(w16.len() >= ocb * cp * LANES, "amx: packed weights");
+    if kbs == 0 || tn == 0 || ocb == 0 {
+        for b in 0..ocb {
+            for i in 0..tn * LANES {
+                out.write(o.at + b * o.block + i, 0.0);
+            }
+        }
+        return;
+    }
+    assert!(o.at + (ocb - 1) * o.block + tn * LANES <= out.len(), "amx: output rows");
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        // Accumulator tiles of a ragged last step, copied out row by row.
+        let mut spill = x86::Spill::default();
+        x86::load_config();
+        let mut cb = 0;
+        while cb < ocb {
+            let pair = ocb - cb >= 2;
+            let w0 = w16[cb * cp * LANES..].as_ptr();
+            let w1 = if pair {
+                w16[(cb + 1) * cp * LANES..].as_ptr()
+            } else {
+                w0
+            };
+            let mut t = 0;
+            while t < tn {
+                let whole = tn - t >= STEP_PIXELS;
+                let a = rows[t * ROW..].as_ptr();
+                let dst: [[*mut f32; 2]; 2] = core::array::from_fn(|j| {
+                    core::array::from_fn(|i| {
+                        if whole {
+                            out.ptr_at(o.at + (cb + j.min(pair as usize)) * o.block + (t + i * TILE_ROWS) * LANES)
+                        } else {
+                            spill.tile(j, i)
+                        }
+                    })
+                });
+                // SAFETY: the tiles are configured (above) on this thread; `a` has `kbs`
+                // pair-blocks `tpad * ROW` apart of at least 32 rows from pixel `t`
+                // (`t + 32 <= tpad`), `w0` / `w1` `kbs` tiles of 16 rows of the packed
+                // weights of their output block (asserted above); `dst` is 16 rows of 16
+                // floats each, in `out` for a whole step (asserted above: pixels up to
+                // `tn`, blocks up to `ocb`) or in `spill`.
+                unsafe {
+                    if pair {
+                        x86::step_2x2(a, tpad * ROW * 2, w0, w1, kbs, dst);
+                    } else {
+                        x86::step_2x1(a, tpad * ROW * 2, w0, kbs, [dst[0][0], dst[0][1]]);
+                    }
+                }
+                if !whole {
+                    for j in 0..1 + pair as usize {
+                        for p in 0..tn - t {
+                            let row = spill.row(j, p);
+                            let at = o.at + (cb + j) * o.block + (t + p) * LANES;
+                            for (lane, &v) in row.iter().enumerate() {
+                                out.write(at + lane, v);
+                            }
+                        }
+                    }
+                }
+                t += STEP_PIXELS;
+            }
+            cb += 1 + pair as usize;
+        }
+        x86::release();
+    }
+}
+
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+mod x86 {
+    use super::{STEP_PIXELS, TILE_ROWS};
+    use std::arch::asm;
+
+    /// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
+    pub(super) fn cpu_has_amx_bf16() -> bool {
+        if std::arch::x86_64::__cpuid(0).eax < 7 {
+            return false;
+        }
+        let edx = std::arch::x86_64::__cpuid_count(7, 0).edx;
+        edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+    }
+
+    /// Asks Linux for the tile data state (`arch_prctl(ARCH_REQ_XCOMP_PERM,
+    /// XFEATURE_XTILEDATA)`); false where the kernel refuses it (older than 5.16, or the
+    /// state disabled).
+    pub(super) fn request_tile_state() -> bool {
+        const SYS_ARCH_PRCTL: i64 = 158;
+        const ARCH_REQ_XCOMP_PERM: u64 = 0x1023;
+        const XFEATURE_XTILEDATA: u64 = 18;
+        let ret: i64;
+        // SAFETY: a system call with integer arguments that only changes this process's
+        // permission to use a CPU state; rcx and r11 are clobbered by `syscall`.
+        unsafe {
+            asm!(
+                "syscall",
+                inlateout("rax") SYS_ARCH_PRCTL => ret,
+                in("rdi") ARCH_REQ_XCOMP_PERM,
+                in("rsi") XFEATURE_XTILEDATA,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack)
+            );
+        }
+        ret == 0
+    }
+
+    /// The 64-byte tile configuration: palette 1, all eight tiles 16 rows x 64 bytes.
+    #[repr(C, align(64))]
+    struct Config {
+        palette: u8,
+        start_row: u8,
+        reserved: [u8; 14],
+        bytes_per_row: [u16; 16],
+        rows: [u8; 16],
+    }
+
+    static CONFIG: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [64, 64, 64, 64, 64, 64, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Configures this thread's tiles.
+    pub(super) fn load_config() {
+        // SAFETY: `CONFIG` is a valid palette-1 configuration (every tile 16 x 64 bytes,
+        // within the palette's limits) and `available` has been checked by the caller.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const Config, options(nostack, readonly)) };
+    }
+
+    /// Returns this thread's tiles to their initial state.
+    pub(super) fn release() {
+        // SAFETY: only resets tile state, which no code outside these kernels uses.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+
+    /// Four accumulator tiles of a ragged step.
+    #[repr(C, align(64))]
+    pub(super) struct Spill([[[f32; TILE_ROWS * TILE_ROWS]; 2]; 2]);
+
+    impl Default for Spill {
+        fn default() -> Self {
+            Spill([[[0.0; TILE_ROWS * TILE_ROWS]; 2]; 2])
+        }
+    }
+
+    impl Spill {
+        /// Output block `j` (of the step's two), pixel tile `i`.
+        pub(super) fn tile(&mut self, j: usize, i: usize) -> *mut f32 {
+            self.0[j][i].as_mut_ptr()
+        }
+
+        /// The 16 floats of output block `j`, pixel `p` (of the step's 32).
+        pub(super) fn row(&self, j: usize, p: usize) -> &[f32] {
+            let (i, r) = (p / TILE_ROWS, p % TILE_ROWS);
+            &self.0[j][i][r * TILE_ROWS..(r + 1) * TILE_ROWS]
+        }
+    }
+
+    const _: () = assert!(STEP_PIXELS == 32);
+
+    /// 2 pixel tiles x 2 output blocks, summed over `kbs` pairs of input blocks:
+    /// `dst[j][i]` (16 rows 64 bytes apart) = pixels `16 i ..` of `a` times block `j`.
+    ///
+    /// # Safety
+    /// The tiles are configured on this thread; `a` holds `kbs` pair-blocks `a_step`
+    /// bytes apart of 32 rows of 64 bytes, `w0` and `w1` `kbs` consecutive tiles of 16
+    /// rows of 64 bytes, and each `dst` 16 rows of 64 bytes that nothing else accesses.
+    pub(super) unsafe fn step_2x2(
+        a: *const u16,
+        a_step: usize,
+        w0: *const u16,
+        w1: *const u16,
+        kbs: usize,
+        dst: [[*mut f32; 2]; 2],
+    ) {
+        // SAFETY: by the function's contract.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a} + {row}*1]",
+                "tileloadd tmm5, [{a} + {row}*1 + 1024]",
+                "tileloadd tmm6, [{w0} + {row}*1]",
+                "tileloadd tmm7, [{w1} + {row}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm5, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm7",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a}, {a_step}",
+                "add {w0}, 1024",
+                "add {w1}, 1024",
+                "dec {k}",
+                "jnz 2b",
+                "tilestored [{d00} + {row}*1], tmm0",
+                "tilestored [{d01} + {row}*1], tmm1",
+                "tilestored [{d10} + {row}*1], tmm2",
+                "tilestored [{d11} + {row}*1], tmm3",
+                a = inout(reg) a => _,
+                w0 = inout(reg) w0 => _,
+                w1 = inout(reg) w1 => _,
+                k = inout(reg) kbs => _,
+                a_step = in(reg) a_step,
+                row = in(reg) 64usize,
+                d00 = in(reg) dst[0][0],
+                d01 = in(reg) dst[0][1],
+                d10 = in(reg) dst[1][0],
+                d11 = in(reg) dst[1][1],
+                options(nostack)
+            );
+        }
+    }
+
+    /// [`step_2x2`] for one output block: `dst[i]` = pixels `16 i ..` times block `w0`.
+    ///
+    /// # Safety
+    /// As [`step_2x2`].
+    pub(super) unsafe fn step_2x1(a: *const u16, a_step: usize, w0: *const u16, kbs: usize, dst: [*mut f32; 2]) {
+        // SAFETY: by the function's contract.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a} + {row}*1]",
+                "tileloadd tmm5, [{a} + {row}*1 + 1024]",
+                "tileloadd tmm6, [{w0} + {row}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm5, tmm6",
+                "add {a}, {a_step}",
+                "add {w0}, 1024",
+                "dec {k}",
+                "jnz 2b",
+                "tilestored [{d0} + {row}*1], tmm0",
+                "tilestored [{d1} + {row}*1], tmm1",
+                a = inout(reg) a => _,
+                w0 = inout(reg) w0 => _,
+                k = inout(reg) kbs => _,
+                a_step = in(reg) a_step,
+                row = in(reg) 64usize,
+                d0 = in(reg) dst[0],
+                d1 = in(reg) dst[1],
+                options(nostack)
+            );
+        }
+    }
+}
