@@ -86,7 +86,7 @@ pub(crate) fn pointwise_products(
     {
         // Accumulator tiles of a ragged last step, copied out row by row.
         let mut spill = x86::Spill::default();
-        x86::load_config();
+        x86::load_config(&x86::FULL_DEPTH);
         let mut cb = 0;
         while cb < ocb {
             let pair = ocb - cb >= 2;
@@ -141,6 +141,71 @@ pub(crate) fn pointwise_products(
     }
 }
 
+/// The whole 32-row steps of [`super::bf16::products`] for one position: `m[r][t] =
+/// sum_c u[r][c] v[c / 16][t][c % 16]` for `rb` output blocks (`u` blocks `cp * 16`
+/// values apart, packed as `[c / 2][lane][2]`) and rows `t < rows`, a multiple of
+/// [`STEP_PIXELS`], from `v` (`cp / 16` blocks `v_block` apart) into `m` (blocks
+/// `m_block` apart). The input blocks are the Winograd layout's, 16 channels a row, so
+/// each `tdpbf16ps` takes 16 input channels (half a tile's depth: about two thirds of
+/// the full-depth rate, measured alone), rather than copying them into 32-channel rows.
+/// Needs [`available`].
+pub(crate) fn products(
+    u: &[u16],
+    (cp, rb): (usize, usize),
+    rows: usize,
+    (v, v_block): (&[u16], usize),
+    (m, m_block): (&mut [f32], usize),
+) {
+    assert!(available(), "amx: not available on this CPU");
+    let icb = cp / LANES;
+    assert!(
+        cp.is_multiple_of(LANES) && rows.is_multiple_of(STEP_PIXELS),
+        "amx: product shape"
+    );
+    assert!(u.len() >= rb * cp * LANES, "amx: packed filters");
+    assert!(icb == 0 || v.len() >= (icb - 1) * v_block + rows * LANES, "amx: inputs");
+    assert!(rb == 0 || m.len() >= (rb - 1) * m_block + rows * LANES, "amx: products");
+    if icb == 0 {
+        for r in 0..rb {
+            m[r * m_block..r * m_block + rows * LANES].fill(0.0);
+        }
+        return;
+    }
+    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+    {
+        x86::load_config(&x86::HALF_DEPTH);
+        let mut r = 0;
+        while r < rb {
+            let pair = rb - r >= 2;
+            let w0 = u[r * cp * LANES..].as_ptr();
+            let w1 = if pair { u[(r + 1) * cp * LANES..].as_ptr() } else { w0 };
+            for t in (0..rows).step_by(STEP_PIXELS) {
+                let a = v[t * LANES..].as_ptr();
+                let mp = m.as_mut_ptr();
+                let dst: [[*mut f32; 2]; 2] = core::array::from_fn(|j| {
+                    let block = (r + j).min(rb - 1);
+                    // In bounds: `block < rb` and `t + 32 <= rows` (asserted above).
+                    core::array::from_fn(|i| mp.wrapping_add(block * m_block + (t + i * TILE_ROWS) * LANES))
+                });
+                // SAFETY: the half-depth tiles are configured (above) on this thread; `a`
+                // has `icb` blocks `v_block` apart of 32 rows of 16 values from row `t`
+                // (`t + 32 <= rows`), `w0` / `w1` `icb` tiles of 8 rows of 32 values of
+                // their output block; `dst` rows lie inside `m` (asserted above) and this
+                // call alone writes them.
+                unsafe {
+                    if pair {
+                        x86::half_step_2x2(a, v_block * 2, w0, w1, icb, dst);
+                    } else {
+                        x86::half_step_2x1(a, v_block * 2, w0, icb, dst[0]);
+                    }
+                }
+            }
+            r += 1 + pair as usize;
+        }
+        x86::release();
+    }
+}
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86 {
     use super::{STEP_PIXELS, TILE_ROWS};
@@ -179,9 +244,9 @@ mod x86 {
         ret == 0
     }
 
-    /// The 64-byte tile configuration: palette 1, all eight tiles 16 rows x 64 bytes.
+    /// A 64-byte tile configuration (palette 1).
     #[repr(C, align(64))]
-    struct Config {
+    pub(super) struct Config {
         palette: u8,
         start_row: u8,
         reserved: [u8; 14],
@@ -189,7 +254,8 @@ mod x86 {
         rows: [u8; 16],
     }
 
-    static CONFIG: Config = Config {
+    /// Full depth: all eight tiles 16 rows x 64 bytes (32 input channels a row).
+    pub(super) static FULL_DEPTH: Config = Config {
         palette: 1,
         start_row: 0,
         reserved: [0; 14],
@@ -197,11 +263,21 @@ mod x86 {
         rows: [16, 16, 16, 16, 16, 16, 16, 16, 0, 0, 0, 0, 0, 0, 0, 0],
     };
 
-    /// Configures this thread's tiles.
-    pub(super) fn load_config() {
-        // SAFETY: `CONFIG` is a valid palette-1 configuration (every tile 16 x 64 bytes,
-        // within the palette's limits) and `available` has been checked by the caller.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const Config, options(nostack, readonly)) };
+    /// Half depth: accumulators (tmm0-3) 16 x 64 bytes, inputs (tmm4-5) 16 rows of 16
+    /// input channels (32 bytes), weights (tmm6-7) 8 rows of pairs (64 bytes).
+    pub(super) static HALF_DEPTH: Config = Config {
+        palette: 1,
+        start_row: 0,
+        reserved: [0; 14],
+        bytes_per_row: [64, 64, 64, 64, 32, 32, 64, 64, 0, 0, 0, 0, 0, 0, 0, 0],
+        rows: [16, 16, 16, 16, 16, 16, 8, 8, 0, 0, 0, 0, 0, 0, 0, 0],
+    };
+
+    /// Configures this thread's tiles as `config` says.
+    pub(super) fn load_config(config: &'static Config) {
+        // SAFETY: both configurations are valid for palette 1 (at most 16 rows of at
+        // most 64 bytes a tile) and `available` has been checked by the caller.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) config as *const Config, options(nostack, readonly)) };
     }
 
     /// Returns this thread's tiles to their initial state.
@@ -316,6 +392,98 @@ mod x86 {
                 w0 = inout(reg) w0 => _,
                 k = inout(reg) kbs => _,
                 a_step = in(reg) a_step,
+                row = in(reg) 64usize,
+                d0 = in(reg) dst[0],
+                d1 = in(reg) dst[1],
+                options(nostack)
+            );
+        }
+    }
+
+    /// [`step_2x2`] on [`HALF_DEPTH`] tiles: each step adds one block of 16 input
+    /// channels (`a`'s rows 32 bytes apart, 32 rows; weights 8 rows of 64 bytes).
+    ///
+    /// # Safety
+    /// The half-depth tiles are configured on this thread; `a` holds `kbs` blocks
+    /// `a_step` bytes apart of 32 rows of 32 bytes, `w0` and `w1` `kbs` consecutive
+    /// tiles of 8 rows of 64 bytes, and each `dst` 16 rows of 64 bytes that nothing else
+    /// accesses.
+    pub(super) unsafe fn half_step_2x2(
+        a: *const u16,
+        a_step: usize,
+        w0: *const u16,
+        w1: *const u16,
+        kbs: usize,
+        dst: [[*mut f32; 2]; 2],
+    ) {
+        // SAFETY: by the function's contract.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a} + {half}*1]",
+                "tileloadd tmm5, [{a} + {half}*1 + 512]",
+                "tileloadd tmm6, [{w0} + {row}*1]",
+                "tileloadd tmm7, [{w1} + {row}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm5, tmm6",
+                "tdpbf16ps tmm2, tmm4, tmm7",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a}, {a_step}",
+                "add {w0}, 512",
+                "add {w1}, 512",
+                "dec {k}",
+                "jnz 2b",
+                "tilestored [{d00} + {row}*1], tmm0",
+                "tilestored [{d01} + {row}*1], tmm1",
+                "tilestored [{d10} + {row}*1], tmm2",
+                "tilestored [{d11} + {row}*1], tmm3",
+                a = inout(reg) a => _,
+                w0 = inout(reg) w0 => _,
+                w1 = inout(reg) w1 => _,
+                k = inout(reg) kbs => _,
+                a_step = in(reg) a_step,
+                half = in(reg) 32usize,
+                row = in(reg) 64usize,
+                d00 = in(reg) dst[0][0],
+                d01 = in(reg) dst[0][1],
+                d10 = in(reg) dst[1][0],
+                d11 = in(reg) dst[1][1],
+                options(nostack)
+            );
+        }
+    }
+
+    /// [`half_step_2x2`] for one output block.
+    ///
+    /// # Safety
+    /// As [`half_step_2x2`].
+    pub(super) unsafe fn half_step_2x1(a: *const u16, a_step: usize, w0: *const u16, kbs: usize, dst: [*mut f32; 2]) {
+        // SAFETY: by the function's contract.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "2:",
+                "tileloadd tmm4, [{a} + {half}*1]",
+                "tileloadd tmm5, [{a} + {half}*1 + 512]",
+                "tileloadd tmm6, [{w0} + {row}*1]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tdpbf16ps tmm1, tmm5, tmm6",
+                "add {a}, {a_step}",
+                "add {w0}, 512",
+                "dec {k}",
+                "jnz 2b",
+                "tilestored [{d0} + {row}*1], tmm0",
+                "tilestored [{d1} + {row}*1], tmm1",
+                a = inout(reg) a => _,
+                w0 = inout(reg) w0 => _,
+                k = inout(reg) kbs => _,
+                a_step = in(reg) a_step,
+                half = in(reg) 32usize,
                 row = in(reg) 64usize,
                 d0 = in(reg) dst[0],
                 d1 = in(reg) dst[1],

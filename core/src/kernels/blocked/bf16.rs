@@ -321,11 +321,20 @@ pub(crate) fn products(
     assert!(positions == 0 || (m.len() >= (positions - 1) * m_stride + rb * tn * l));
     #[cfg(target_arch = "x86_64")]
     if available() {
+        // Whole 32-row steps on AMX tiles where the CPU has them, the rest on vectors.
+        let on_tiles = if amx::available() {
+            tn / amx::STEP_PIXELS * amx::STEP_PIXELS
+        } else {
+            0
+        };
         for xi in 0..positions {
             let u = &u16s[(xi * ocb + cb) * cp * l..];
             let v = &v16[xi * v_stride..];
             let m = &mut m[xi * m_stride..];
-            let mut t = 0;
+            if on_tiles > 0 {
+                amx::products(u, (cp, rb), on_tiles, (v, tn * l), (m, tn * l));
+            }
+            let mut t = on_tiles;
             while t < tn {
                 let rt = TILES_PER_CALL[rb].min(tn - t);
                 // SAFETY: the CPU has the instructions (checked just above); `u` holds `rb`
@@ -653,10 +662,11 @@ mod tests {
     }
 
     /// The kernel against its naive twin and against the f64 products of the same bf16
-    /// values, on every block and tile count a call can take.
+    /// values, on every block and tile count a call can take (75 tiles: on AMX CPUs two
+    /// 32-row steps on tiles and 11 rows on vectors).
     #[test]
     fn products_match_the_naive_twin_and_f64() {
-        let (positions, icb, ocb, tn) = (3, 3, 5, 23);
+        let (positions, icb, ocb, tn) = (3, 3, 5, 75);
         let (l, cp) = (LANES, 3 * LANES);
         let u: Vec<f32> = (0..positions * ocb * cp * l).map(|i| value(i, 1)).collect();
         let mut u16s = vec![0u16; u.len()];
