@@ -149,6 +149,7 @@ pub(crate) fn pointwise_products(
 /// each `tdpbf16ps` takes 16 input channels (half a tile's depth: about two thirds of
 /// the full-depth rate, measured alone), rather than copying them into 32-channel rows.
 /// Needs [`available`].
+#[cfg(target_arch = "x86_64")]
 pub(crate) fn products(
     u: &[u16],
     (cp, rb): (usize, usize),
@@ -169,41 +170,52 @@ pub(crate) fn products(
         for r in 0..rb {
             m[r * m_block..r * m_block + rows * LANES].fill(0.0);
         }
-        return;
+    } else {
+        #[cfg(target_os = "linux")]
+        products_on_tiles(u, (cp, rb), rows, (v, v_block), (m, m_block));
     }
-    #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-    {
-        x86::load_config(&x86::HALF_DEPTH);
-        let mut r = 0;
-        while r < rb {
-            let pair = rb - r >= 2;
-            let w0 = u[r * cp * LANES..].as_ptr();
-            let w1 = if pair { u[(r + 1) * cp * LANES..].as_ptr() } else { w0 };
-            for t in (0..rows).step_by(STEP_PIXELS) {
-                let a = v[t * LANES..].as_ptr();
-                let mp = m.as_mut_ptr();
-                let dst: [[*mut f32; 2]; 2] = core::array::from_fn(|j| {
-                    let block = (r + j).min(rb - 1);
-                    // In bounds: `block < rb` and `t + 32 <= rows` (asserted above).
-                    core::array::from_fn(|i| mp.wrapping_add(block * m_block + (t + i * TILE_ROWS) * LANES))
-                });
-                // SAFETY: the half-depth tiles are configured (above) on this thread; `a`
-                // has `icb` blocks `v_block` apart of 32 rows of 16 values from row `t`
-                // (`t + 32 <= rows`), `w0` / `w1` `icb` tiles of 8 rows of 32 values of
-                // their output block; `dst` rows lie inside `m` (asserted above) and this
-                // call alone writes them.
-                unsafe {
-                    if pair {
-                        x86::half_step_2x2(a, v_block * 2, w0, w1, icb, dst);
-                    } else {
-                        x86::half_step_2x1(a, v_block * 2, w0, icb, dst[0]);
-                    }
+}
+
+/// [`products`] with at least one input block, on the half-depth tiles.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+fn products_on_tiles(
+    u: &[u16],
+    (cp, rb): (usize, usize),
+    rows: usize,
+    (v, v_block): (&[u16], usize),
+    (m, m_block): (&mut [f32], usize),
+) {
+    let icb = cp / LANES;
+    x86::load_config(&x86::HALF_DEPTH);
+    let mut r = 0;
+    while r < rb {
+        let pair = rb - r >= 2;
+        let w0 = u[r * cp * LANES..].as_ptr();
+        let w1 = if pair { u[(r + 1) * cp * LANES..].as_ptr() } else { w0 };
+        for t in (0..rows).step_by(STEP_PIXELS) {
+            let a = v[t * LANES..].as_ptr();
+            let mp = m.as_mut_ptr();
+            let dst: [[*mut f32; 2]; 2] = core::array::from_fn(|j| {
+                let block = (r + j).min(rb - 1);
+                // In bounds: `block < rb` and `t + 32 <= rows` (asserted above).
+                core::array::from_fn(|i| mp.wrapping_add(block * m_block + (t + i * TILE_ROWS) * LANES))
+            });
+            // SAFETY: the half-depth tiles are configured (above) on this thread; `a`
+            // has `icb` blocks `v_block` apart of 32 rows of 16 values from row `t`
+            // (`t + 32 <= rows`), `w0` / `w1` `icb` tiles of 8 rows of 32 values of
+            // their output block; `dst` rows lie inside `m` (asserted above) and this
+            // call alone writes them.
+            unsafe {
+                if pair {
+                    x86::half_step_2x2(a, v_block * 2, w0, w1, icb, dst);
+                } else {
+                    x86::half_step_2x1(a, v_block * 2, w0, icb, dst[0]);
                 }
             }
-            r += 1 + pair as usize;
         }
-        x86::release();
+        r += 1 + pair as usize;
     }
+    x86::release();
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
