@@ -3,7 +3,8 @@
 # `resnet bench --train` with --precision f32 and bf16, the shared harness's train_torch.py
 # (f32, NCHW and channels_last) and scripts/torch_autocast_train.py (bf16 autocast, NCHW
 # and channels_last). Prints the median step of each and the ratios.
-# BASE=another resnet binary adds its f32 step (a before/after in the same sitting).
+# BASE=another resnet binary adds its f32 step (a before/after in the same sitting), and
+# BASE_BF16=1 its bf16 step too.
 # usage: ROUNDS=3 CASES="resnet50:16 resnet20:128" [BASE=...] scripts/bf16bench.sh [PYTHON_WITH_TORCH]
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -18,6 +19,11 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
       ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --json |
         python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
       echo "$m $b base-f32 $ms" >> "$out"
+      if [ -n "${BASE_BF16:-}" ]; then
+        ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --precision bf16 --json |
+          python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
+        echo "$m $b base-bf16 $ms" >> "$out"
+      fi
     fi
     for p in f32 bf16; do
       ms=$("$bin" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --precision $p --json |
@@ -49,5 +55,7 @@ for m, b in sorted({k[:2] for k in runs}):
           f" ours bf16 / torch bf16 best {torch16 / med['ours-bf16']:.2f}x; torch bf16 / torch f32 {torch32 / torch16:.2f}x")
     if "base-f32" in med:
         print(f"  base f32 / torch f32 best {torch32 / med['base-f32']:.2f}x; ours f32 / base f32 {med['base-f32'] / med['ours-f32']:.2f}x")
+    if "base-bf16" in med:
+        print(f"  base bf16 / torch bf16 best {torch16 / med['base-bf16']:.2f}x; ours bf16 / base bf16 {med['base-bf16'] / med['ours-bf16']:.2f}x")
 PY
 rm -f "$out"
