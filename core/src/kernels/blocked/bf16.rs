@@ -156,9 +156,17 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
                 for b in 0..icb {
                     let block = &input[(n * icb + b) * in_px * l..(n * icb + b + 1) * in_px * l];
                     let half = &mut rows[(b / 2) * tpad * amx::ROW + (b % 2) * l..];
-                    for (t, o) in (t0..t0 + tn).enumerate() {
-                        let at = input_pixel(o);
-                        convert(&block[at * l..(at + 1) * l], &mut half[t * amx::ROW..t * amx::ROW + l]);
+                    // One run of output pixels of one output row at a time: their input
+                    // pixels are `stride` apart.
+                    let mut o = t0;
+                    while o < t0 + tn {
+                        let run = (g.out_w - o % g.out_w).min(t0 + tn - o);
+                        convert_rows(
+                            (&block[input_pixel(o) * l..], g.stride * l),
+                            run,
+                            (&mut half[(o - t0) * amx::ROW..], amx::ROW),
+                        );
+                        o += run;
                     }
                     for t in tn..tpad {
                         half[t * amx::ROW..t * amx::ROW + l].fill(0);
@@ -298,6 +306,29 @@ pub(crate) fn convert(v: &[f32], out: &mut [u16]) {
     }
 }
 
+/// `count` rows of 16 values: `dst[i * dst_step + j] = bf16(src[i * src_step + j])` for
+/// `j < 16` (as [`convert`] rounds).
+pub(crate) fn convert_rows((src, src_step): (&[f32], usize), count: usize, (dst, dst_step): (&mut [u16], usize)) {
+    let l = LANES;
+    if count == 0 {
+        return;
+    }
+    assert!(src.len() >= (count - 1) * src_step + l, "bf16: source rows");
+    assert!(dst.len() >= (count - 1) * dst_step + l, "bf16: destination rows");
+    #[cfg(target_arch = "x86_64")]
+    if available() {
+        // SAFETY: the CPU has AVX-512F and AVX512_BF16 (checked just above); the rows lie
+        // inside both slices (asserted above).
+        unsafe { x86::convert_rows(src.as_ptr(), src_step, count, dst.as_mut_ptr(), dst_step) };
+        return;
+    }
+    for i in 0..count {
+        for j in 0..l {
+            dst[i * dst_step + j] = to_bf16(src[i * src_step + j]);
+        }
+    }
+}
+
 /// `M[xi][r][t][lane] = sum_ci U16[xi][cb + r][ci][lane] V16[xi][ci / 16][t][ci % 16]`,
 /// summed in f32, for output blocks `cb..cb + rb` (at most 4) and `tn` tiles, every one
 /// of `positions` positions: the bf16 twin of the f32 Winograd products. `v16` and `m`
@@ -432,6 +463,25 @@ mod x86 {
         }
     }
 
+    /// [`super::convert_rows`].
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F and AVX512_BF16; `count` rows of 16 values `src_step`
+    /// apart are readable at `src` and as many `dst_step` apart writable at `dst`.
+    #[target_feature(enable = "avx512f,avx512bf16")]
+    pub(super) unsafe fn convert_rows(src: *const f32, src_step: usize, count: usize, dst: *mut u16, dst_step: usize) {
+        for i in 0..count {
+            // SAFETY: row `i < count`, inside both ranges by the function's contract.
+            unsafe {
+                let packed = _mm512_cvtneps_pbh(_mm512_loadu_ps(src.add(i * src_step)));
+                _mm256_storeu_si256(
+                    dst.add(i * dst_step) as *mut __m256i,
+                    core::mem::transmute::<__m256bh, __m256i>(packed),
+                );
+            }
+        }
+    }
+
     /// Picks the micro-kernel for `rb <= 4` blocks and `rt <= TILES_PER_CALL[rb]` tiles.
     ///
     /// # Safety
@@ -546,6 +596,24 @@ mod tests {
             convert(&v, &mut fast);
             let slow: Vec<u16> = v.iter().map(|&x| to_bf16(x)).collect();
             assert_eq!(fast, slow, "{len} values");
+        }
+    }
+
+    #[test]
+    fn row_conversion_matches_the_scalar_rounding() {
+        let src: Vec<f32> = (0..40 * 16)
+            .map(|i| (i as f32 * 0.91).cos() * 10f32.powi(i % 9 - 4))
+            .collect();
+        for (count, src_step, dst_step) in [(5, 16, 32), (7, 32, 32), (3, 48, 16), (1, 16, 16), (0, 16, 16)] {
+            let mut fast = vec![7u16; count * dst_step + 16];
+            let mut slow = fast.clone();
+            convert_rows((&src, src_step), count, (&mut fast, dst_step));
+            for i in 0..count {
+                for j in 0..LANES {
+                    slow[i * dst_step + j] = to_bf16(src[i * src_step + j]);
+                }
+            }
+            assert_eq!(fast, slow, "{count} rows {src_step} / {dst_step} apart");
         }
     }
 
