@@ -3,6 +3,7 @@
 use crate::train::Precision;
 use anyhow::Result;
 use clap::Args;
+use resnet_core::kernels::blocked::{amx, bf16};
 use resnet_core::kernels::im2col::ConvGeometry;
 use resnet_core::kernels::peak::{fma_peak_gflops, sgemm_gflops};
 use resnet_core::model::{Arch, ResNetConfig, ShortcutOption};
@@ -379,5 +380,12 @@ fn kernel_report() -> String {
     };
     #[cfg(not(target_arch = "x86_64"))]
     let sgemm = "its portable kernel";
-    format!("vector code: {ours}; matrixmultiply sgemm: {sgemm}")
+    let half = if amx::available() {
+        "AMX tiles (tdpbf16ps)"
+    } else if bf16::available() {
+        "AVX512_BF16 (vdpbf16ps)"
+    } else {
+        "none on this CPU"
+    };
+    format!("vector code: {ours}; bf16 products (--precision bf16): {half}; matrixmultiply sgemm: {sgemm}")
 }
