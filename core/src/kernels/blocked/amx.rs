@@ -323,184 +323,108 @@ mod x86 {
 
     const _: () = assert!(STEP_PIXELS == 32);
 
-    /// 2 pixel tiles x 2 output blocks, summed over `kbs` pairs of input blocks:
-    /// `dst[j][i]` (16 rows 64 bytes apart) = pixels `16 i ..` of `a` times block `j`.
-    ///
-    /// # Safety
-    /// The tiles are configured on this thread; `a` holds `kbs` pair-blocks `a_step`
-    /// bytes apart of 32 rows of 64 bytes, `w0` and `w1` `kbs` consecutive tiles of 16
-    /// rows of 64 bytes, and each `dst` 16 rows of 64 bytes that nothing else accesses.
-    pub(super) unsafe fn step_2x2(
-        a: *const u16,
-        a_step: usize,
-        w0: *const u16,
-        w1: *const u16,
-        kbs: usize,
-        dst: [[*mut f32; 2]; 2],
-    ) {
-        // SAFETY: by the function's contract.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a} + {row}*1]",
-                "tileloadd tmm5, [{a} + {row}*1 + 1024]",
-                "tileloadd tmm6, [{w0} + {row}*1]",
-                "tileloadd tmm7, [{w1} + {row}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm5, tmm6",
-                "tdpbf16ps tmm2, tmm4, tmm7",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a}, {a_step}",
-                "add {w0}, 1024",
-                "add {w1}, 1024",
-                "dec {k}",
-                "jnz 2b",
-                "tilestored [{d00} + {row}*1], tmm0",
-                "tilestored [{d01} + {row}*1], tmm1",
-                "tilestored [{d10} + {row}*1], tmm2",
-                "tilestored [{d11} + {row}*1], tmm3",
-                a = inout(reg) a => _,
-                w0 = inout(reg) w0 => _,
-                w1 = inout(reg) w1 => _,
-                k = inout(reg) kbs => _,
-                a_step = in(reg) a_step,
-                row = in(reg) 64usize,
-                d00 = in(reg) dst[0][0],
-                d01 = in(reg) dst[0][1],
-                d10 = in(reg) dst[1][0],
-                d11 = in(reg) dst[1][1],
-                options(nostack)
-            );
-        }
+    /// Defines the two step kernels of one tile depth: `$two` adds 2 pixel tiles x 2
+    /// output blocks, `$one` 2 pixel tiles x 1 block, summed over `kbs` steps of depth:
+    /// `dst[j][i]` (16 rows 64 bytes apart) = pixel rows `16 i ..` of `a` (rows
+    /// `$a_row` bytes apart, the second tile `$a_tile` bytes on) times the weights of block
+    /// `j` (`$w_step` bytes of tile rows a step), `a` moving `a_step` bytes a step.
+    macro_rules! steps {
+        ($two:ident, $one:ident, $a_row:literal, $a_tile:literal, $w_step:literal) => {
+            /// The 2 x 2 step kernel of this depth (see `steps!`).
+            ///
+            /// # Safety
+            /// The tiles are configured for this depth on this thread; `a` holds `kbs`
+            /// steps `a_step` bytes apart of 32 rows, `w0` and `w1` `kbs` consecutive
+            /// weight tiles, and each `dst` 16 rows of 64 bytes that nothing else accesses.
+            pub(super) unsafe fn $two(
+                a: *const u16,
+                a_step: usize,
+                w0: *const u16,
+                w1: *const u16,
+                kbs: usize,
+                dst: [[*mut f32; 2]; 2],
+            ) {
+                // SAFETY: by the function's contract.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "tilezero tmm2",
+                        "tilezero tmm3",
+                        "2:",
+                        "tileloadd tmm4, [{a} + {a_row}*1]",
+                        concat!("tileloadd tmm5, [{a} + {a_row}*1 + ", $a_tile, "]"),
+                        "tileloadd tmm6, [{w0} + {row}*1]",
+                        "tileloadd tmm7, [{w1} + {row}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        "tdpbf16ps tmm2, tmm4, tmm7",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {a}, {a_step}",
+                        concat!("add {w0}, ", $w_step),
+                        concat!("add {w1}, ", $w_step),
+                        "dec {k}",
+                        "jnz 2b",
+                        "tilestored [{d00} + {row}*1], tmm0",
+                        "tilestored [{d01} + {row}*1], tmm1",
+                        "tilestored [{d10} + {row}*1], tmm2",
+                        "tilestored [{d11} + {row}*1], tmm3",
+                        a = inout(reg) a => _,
+                        w0 = inout(reg) w0 => _,
+                        w1 = inout(reg) w1 => _,
+                        k = inout(reg) kbs => _,
+                        a_step = in(reg) a_step,
+                        a_row = in(reg) $a_row,
+                        row = in(reg) 64usize,
+                        d00 = in(reg) dst[0][0],
+                        d01 = in(reg) dst[0][1],
+                        d10 = in(reg) dst[1][0],
+                        d11 = in(reg) dst[1][1],
+                        options(nostack)
+                    );
+                }
+            }
+
+            /// The 2 x 1 step kernel of this depth: `dst[i]` = pixel tile `i` times block
+            /// `w0`.
+            ///
+            /// # Safety
+            /// As the 2 x 2 kernel's, without `w1`.
+            pub(super) unsafe fn $one(a: *const u16, a_step: usize, w0: *const u16, kbs: usize, dst: [*mut f32; 2]) {
+                // SAFETY: by the function's contract.
+                unsafe {
+                    asm!(
+                        "tilezero tmm0",
+                        "tilezero tmm1",
+                        "2:",
+                        "tileloadd tmm4, [{a} + {a_row}*1]",
+                        concat!("tileloadd tmm5, [{a} + {a_row}*1 + ", $a_tile, "]"),
+                        "tileloadd tmm6, [{w0} + {row}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        "add {a}, {a_step}",
+                        concat!("add {w0}, ", $w_step),
+                        "dec {k}",
+                        "jnz 2b",
+                        "tilestored [{d0} + {row}*1], tmm0",
+                        "tilestored [{d1} + {row}*1], tmm1",
+                        a = inout(reg) a => _,
+                        w0 = inout(reg) w0 => _,
+                        k = inout(reg) kbs => _,
+                        a_step = in(reg) a_step,
+                        a_row = in(reg) $a_row,
+                        row = in(reg) 64usize,
+                        d0 = in(reg) dst[0],
+                        d1 = in(reg) dst[1],
+                        options(nostack)
+                    );
+                }
+            }
+        };
     }
 
-    /// [`step_2x2`] for one output block: `dst[i]` = pixels `16 i ..` times block `w0`.
-    ///
-    /// # Safety
-    /// As [`step_2x2`].
-    pub(super) unsafe fn step_2x1(a: *const u16, a_step: usize, w0: *const u16, kbs: usize, dst: [*mut f32; 2]) {
-        // SAFETY: by the function's contract.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "2:",
-                "tileloadd tmm4, [{a} + {row}*1]",
-                "tileloadd tmm5, [{a} + {row}*1 + 1024]",
-                "tileloadd tmm6, [{w0} + {row}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm5, tmm6",
-                "add {a}, {a_step}",
-                "add {w0}, 1024",
-                "dec {k}",
-                "jnz 2b",
-                "tilestored [{d0} + {row}*1], tmm0",
-                "tilestored [{d1} + {row}*1], tmm1",
-                a = inout(reg) a => _,
-                w0 = inout(reg) w0 => _,
-                k = inout(reg) kbs => _,
-                a_step = in(reg) a_step,
-                row = in(reg) 64usize,
-                d0 = in(reg) dst[0],
-                d1 = in(reg) dst[1],
-                options(nostack)
-            );
-        }
-    }
-
-    /// [`step_2x2`] on [`HALF_DEPTH`] tiles: each step adds one block of 16 input
-    /// channels (`a`'s rows 32 bytes apart, 32 rows; weights 8 rows of 64 bytes).
-    ///
-    /// # Safety
-    /// The half-depth tiles are configured on this thread; `a` holds `kbs` blocks
-    /// `a_step` bytes apart of 32 rows of 32 bytes, `w0` and `w1` `kbs` consecutive
-    /// tiles of 8 rows of 64 bytes, and each `dst` 16 rows of 64 bytes that nothing else
-    /// accesses.
-    pub(super) unsafe fn half_step_2x2(
-        a: *const u16,
-        a_step: usize,
-        w0: *const u16,
-        w1: *const u16,
-        kbs: usize,
-        dst: [[*mut f32; 2]; 2],
-    ) {
-        // SAFETY: by the function's contract.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a} + {half}*1]",
-                "tileloadd tmm5, [{a} + {half}*1 + 512]",
-                "tileloadd tmm6, [{w0} + {row}*1]",
-                "tileloadd tmm7, [{w1} + {row}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm5, tmm6",
-                "tdpbf16ps tmm2, tmm4, tmm7",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a}, {a_step}",
-                "add {w0}, 512",
-                "add {w1}, 512",
-                "dec {k}",
-                "jnz 2b",
-                "tilestored [{d00} + {row}*1], tmm0",
-                "tilestored [{d01} + {row}*1], tmm1",
-                "tilestored [{d10} + {row}*1], tmm2",
-                "tilestored [{d11} + {row}*1], tmm3",
-                a = inout(reg) a => _,
-                w0 = inout(reg) w0 => _,
-                w1 = inout(reg) w1 => _,
-                k = inout(reg) kbs => _,
-                a_step = in(reg) a_step,
-                half = in(reg) 32usize,
-                row = in(reg) 64usize,
-                d00 = in(reg) dst[0][0],
-                d01 = in(reg) dst[0][1],
-                d10 = in(reg) dst[1][0],
-                d11 = in(reg) dst[1][1],
-                options(nostack)
-            );
-        }
-    }
-
-    /// [`half_step_2x2`] for one output block.
-    ///
-    /// # Safety
-    /// As [`half_step_2x2`].
-    pub(super) unsafe fn half_step_2x1(a: *const u16, a_step: usize, w0: *const u16, kbs: usize, dst: [*mut f32; 2]) {
-        // SAFETY: by the function's contract.
-        unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "2:",
-                "tileloadd tmm4, [{a} + {half}*1]",
-                "tileloadd tmm5, [{a} + {half}*1 + 512]",
-                "tileloadd tmm6, [{w0} + {row}*1]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tdpbf16ps tmm1, tmm5, tmm6",
-                "add {a}, {a_step}",
-                "add {w0}, 512",
-                "dec {k}",
-                "jnz 2b",
-                "tilestored [{d0} + {row}*1], tmm0",
-                "tilestored [{d1} + {row}*1], tmm1",
-                a = inout(reg) a => _,
-                w0 = inout(reg) w0 => _,
-                k = inout(reg) kbs => _,
-                a_step = in(reg) a_step,
-                half = in(reg) 32usize,
-                row = in(reg) 64usize,
-                d0 = in(reg) dst[0],
-                d1 = in(reg) dst[1],
-                options(nostack)
-            );
-        }
-    }
+    // [`FULL_DEPTH`]: rows of 32 input channels (64 bytes), a weight tile of 16 rows.
+    steps!(step_2x2, step_2x1, 64usize, "1024", "1024");
+    // [`HALF_DEPTH`]: rows of 16 input channels (32 bytes), a weight tile of 8 rows.
+    steps!(half_step_2x2, half_step_2x1, 32usize, "512", "512");
 }
