@@ -9,7 +9,7 @@
 //!
 //! Used by the bf16 1x1 convolutions (`bf16::pointwise`): a task's input pixels are laid
 //! out as tile rows, `[input-channel pair of blocks][pixel][32]` ([`ROW`] values, one
-//! pixel's 32 input channels a row), and the weights are read as [`bf16::pack_pointwise`]
+//! pixel's 32 input channels a row), and the weights are read as [`super::bf16::pack_pointwise`]
 //! packs them (`[output block][input channel / 2][lane][2]`: 16 pairs of one output
 //! block are one 16-row tile). Each step adds 2 pixel tiles x 2 output blocks: four
 //! accumulator tiles, two of inputs, two of weights.
