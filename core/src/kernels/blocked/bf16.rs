@@ -15,6 +15,7 @@ use crate::kernels::scratch::with_scratch;
 use crate::kernels::shared_out::SharedOut;
 use crate::layout::Blocked;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Lanes of the blocks these kernels take.
 pub const LANES: usize = 16;
@@ -141,8 +142,6 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
     let chunks = px.div_ceil(chunk);
     let cp = icb * l;
     let shared = SharedOut::new(out);
-    // The input pixel under output pixel `o`.
-    let input_pixel = |o: usize| (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
     let tiles = tiles && icb.is_multiple_of(2);
     (0..g.batch * chunks).into_par_iter().for_each(|task| {
         let (n, t0) = (task / chunks, (task % chunks) * chunk);
@@ -156,18 +155,7 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
                 for b in 0..icb {
                     let block = &input[(n * icb + b) * in_px * l..(n * icb + b + 1) * in_px * l];
                     let half = &mut rows[(b / 2) * tpad * amx::ROW + (b % 2) * l..];
-                    // One run of output pixels of one output row at a time: their input
-                    // pixels are `stride` apart.
-                    let mut o = t0;
-                    while o < t0 + tn {
-                        let run = (g.out_w - o % g.out_w).min(t0 + tn - o);
-                        convert_rows(
-                            (&block[input_pixel(o) * l..], g.stride * l),
-                            run,
-                            (&mut half[(o - t0) * amx::ROW..], amx::ROW),
-                        );
-                        o += run;
-                    }
+                    round_pixels(g, block, t0..t0 + tn, (half, amx::ROW));
                     for t in tn..tpad {
                         half[t * amx::ROW..t * amx::ROW + l].fill(0);
                     }
@@ -184,16 +172,7 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
             let v16 = scratch_u16(s, icb * tn * l);
             for b in 0..icb {
                 let block = &input[(n * icb + b) * in_px * l..(n * icb + b + 1) * in_px * l];
-                let to = &mut v16[b * tn * l..(b + 1) * tn * l];
-                if g.stride == 1 {
-                    convert(&block[t0 * l..(t0 + tn) * l], to);
-                } else {
-                    // The input pixel under each output pixel, one at a time.
-                    for (o, dst) in (t0..t0 + tn).zip(to.chunks_exact_mut(l)) {
-                        let at = input_pixel(o);
-                        convert(&block[at * l..(at + 1) * l], dst);
-                    }
-                }
+                round_pixels(g, block, t0..t0 + tn, (&mut v16[b * tn * l..(b + 1) * tn * l], l));
             }
             let mut cb = 0;
             while cb < ocb {
@@ -220,6 +199,25 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
             }
         });
     });
+}
+
+/// The 16 input channels of `block` (one input block of one image of the unpadded 1x1
+/// convolution `g`) under the output pixels `pixels`, rounded to bf16 into `dst`, one
+/// pixel every `dst_step` values: a run of one output row at a time, whose input pixels
+/// are `g.stride` apart.
+fn round_pixels(g: &ConvGeometry, block: &[f32], pixels: Range<usize>, (dst, dst_step): (&mut [u16], usize)) {
+    let l = LANES;
+    let mut o = pixels.start;
+    while o < pixels.end {
+        let run = (g.out_w - o % g.out_w).min(pixels.end - o);
+        let at = (o / g.out_w * g.in_w + o % g.out_w) * g.stride;
+        convert_rows(
+            (&block[at * l..], g.stride * l),
+            run,
+            (&mut dst[(o - pixels.start) * dst_step..], dst_step),
+        );
+        o += run;
+    }
 }
 
 /// One micro-kernel call of `rb` blocks x `rt` tiles writing into `out` at `at` (rows
