@@ -16,14 +16,13 @@ for round in $(seq 1 "${ROUNDS:-3}"); do
   for c in ${CASES:-resnet50:16 resnet20:128}; do
     m=${c%%:*}; b=${c#*:}
     if [ -n "${BASE:-}" ]; then
-      ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --json |
-        python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
-      echo "$m $b base-f32 $ms" >> "$out"
-      if [ -n "${BASE_BF16:-}" ]; then
-        ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --precision bf16 --json |
+      for p in f32 ${BASE_BF16:+bf16}; do
+        # f32 without the option, so that builds from before it can be the base.
+        precision=(); [ "$p" = bf16 ] && precision=(--precision bf16)
+        ms=$("$BASE" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train "${precision[@]}" --json |
           python3 -c 'import sys,json; print(json.load(sys.stdin)["median_ms"])')
-        echo "$m $b base-bf16 $ms" >> "$out"
-      fi
+        echo "$m $b base-$p $ms" >> "$out"
+      done
     fi
     for p in f32 bf16; do
       ms=$("$bin" bench --model "$m" --batch "$b" --threads 2 --reps "${REPS:-5}" --train --precision $p --json |
