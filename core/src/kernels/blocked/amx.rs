@@ -88,7 +88,7 @@ pub(crate) fn pointwise_products(
     #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
     {
         // Accumulator tiles of a ragged last step, copied out row by row.
-        let mut spill = x86::Spill::default();
+        let mut spill = Spill::default();
         x86::load_config(&x86::FULL_DEPTH);
         let mut cb = 0;
         while cb < ocb {
@@ -221,9 +221,149 @@ fn products_on_tiles(
     x86::release();
 }
 
+/// Four accumulator tiles of one step, `[output block][pixel tile][16 rows][16 floats]`:
+/// where a ragged step (or a step of [`Tiles::gathered_step`]) leaves its sums.
+#[repr(C, align(64))]
+pub(crate) struct Spill([[[f32; TILE_ROWS * TILE_ROWS]; 2]; 2]);
+
+impl Default for Spill {
+    fn default() -> Self {
+        Spill([[[0.0; TILE_ROWS * TILE_ROWS]; 2]; 2])
+    }
+}
+
+impl Spill {
+    /// Output block `j` (of the step's two), pixel tile `i`.
+    #[cfg_attr(not(all(target_arch = "x86_64", target_os = "linux")), allow(dead_code))]
+    fn tile(&mut self, j: usize, i: usize) -> *mut f32 {
+        self.0[j][i].as_mut_ptr()
+    }
+
+    /// The 16 floats of output block `j`, pixel `p` (of the step's 32).
+    pub(crate) fn row(&self, j: usize, p: usize) -> &[f32] {
+        let (i, r) = (p / TILE_ROWS, p % TILE_ROWS);
+        &self.0[j][i][r * TILE_ROWS..(r + 1) * TILE_ROWS]
+    }
+}
+
+/// How many input channels a tile row holds: the depth of one `tdpbf16ps`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Depth {
+    /// 32 input channels (a pair of blocks) a row; a weight tile of 16 rows of pairs.
+    Full,
+    /// 16 input channels (one block) a row; a weight tile of 8 rows of pairs.
+    Half,
+}
+
+impl Depth {
+    /// bf16 values of one input row.
+    pub const fn row(self) -> usize {
+        match self {
+            Depth::Full => ROW,
+            Depth::Half => ROW / 2,
+        }
+    }
+
+    /// bf16 values of one weight tile (16 output lanes x `row()` input channels).
+    pub const fn weight_tile(self) -> usize {
+        self.row() * TILE_ROWS
+    }
+}
+
+/// This thread's tile registers, configured for one [`Depth`] until dropped (which
+/// releases them, so no other code on the thread finds them in use).
+pub(crate) struct Tiles {
+    depth: Depth,
+    /// The configuration belongs to the thread that loaded it.
+    _thread: std::marker::PhantomData<*const ()>,
+}
+
+impl Tiles {
+    /// Configures the tiles for `depth`. Needs [`available`].
+    pub(crate) fn new(depth: Depth) -> Tiles {
+        assert!(available(), "amx: not available on this CPU");
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        x86::load_config(match depth {
+            Depth::Full => &x86::FULL_DEPTH,
+            Depth::Half => &x86::HALF_DEPTH,
+        });
+        Tiles {
+            depth,
+            _thread: std::marker::PhantomData,
+        }
+    }
+
+    /// One step of a convolution whose taps are offsets into one input buffer:
+    /// `spill[j][i][r] = sum_k a[first + offsets[k] + (16 i + r) * a_row ..][..row]` times
+    /// weight tile `k` of output block `j`, for 2 pixel tiles and `blocks` (1 or 2) output
+    /// blocks, the weights of block `j` at `w[j * w_block..]`, [`Depth::weight_tile`]
+    /// values a tile; added to the sums in `spill` when `accumulate`. Offsets, `first`
+    /// and `a_row` count bf16 values.
+    pub(crate) fn gathered_step(
+        &mut self,
+        (a, first, a_row): (&[u16], usize, usize),
+        offsets: &[usize],
+        (w, w_block, blocks): (&[u16], usize, usize),
+        accumulate: bool,
+        spill: &mut Spill,
+    ) {
+        let (row, wt, k) = (self.depth.row(), self.depth.weight_tile(), offsets.len());
+        assert!((1..=2).contains(&blocks) && k > 0, "amx: gathered step shape");
+        let last = offsets.iter().copied().max().unwrap_or(0);
+        assert!(
+            first + last + (STEP_PIXELS - 1) * a_row + row <= a.len(),
+            "amx: gathered input rows"
+        );
+        assert!((blocks - 1) * w_block + k * wt <= w.len(), "amx: gathered weights");
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            let a_ptr = a[first..].as_ptr();
+            let w1 = if blocks == 2 { w[w_block..].as_ptr() } else { w.as_ptr() };
+            // Byte offsets for the kernel, on the stack (at most a few hundred taps).
+            let mut bytes = [0usize; GATHER_MAX];
+            let mut at = 0;
+            while at < k {
+                let n = (k - at).min(GATHER_MAX);
+                for (b, &o) in bytes.iter_mut().zip(&offsets[at..at + n]) {
+                    *b = o * 2;
+                }
+                let w0 = w[at * wt..].as_ptr();
+                let w1 = w1.wrapping_add(at * wt);
+                // SAFETY: the tiles are configured for `self.depth` on this thread (`new`);
+                // every input row read lies in `a` and every weight tile in `w` (asserted
+                // above); the spill tiles are 16 rows of 64 bytes each, ours alone.
+                unsafe {
+                    let dst = spill.tile(0, 0);
+                    let acc = accumulate || at > 0;
+                    match (self.depth, blocks) {
+                        (Depth::Full, 2) => x86::gathered_2x2(a_ptr, &bytes[..n], a_row * 2, (w0, w1), acc, dst),
+                        (Depth::Full, _) => x86::gathered_2x1(a_ptr, &bytes[..n], a_row * 2, w0, acc, dst),
+                        (Depth::Half, 2) => x86::half_gathered_2x2(a_ptr, &bytes[..n], a_row * 2, (w0, w1), acc, dst),
+                        (Depth::Half, _) => x86::half_gathered_2x1(a_ptr, &bytes[..n], a_row * 2, w0, acc, dst),
+                    }
+                }
+                at += n;
+            }
+        }
+        #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
+        let _ = (spill, accumulate);
+    }
+}
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        x86::release();
+    }
+}
+
+/// Taps of one gathered kernel call; longer reductions continue from the spilled sums.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+const GATHER_MAX: usize = 512;
+
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86 {
-    use super::{STEP_PIXELS, TILE_ROWS};
+    use super::STEP_PIXELS;
     use std::arch::asm;
 
     /// CPUID leaf 7: AMX-BF16 (EDX bit 22) and AMX-TILE (bit 24).
@@ -299,29 +439,6 @@ mod x86 {
     pub(super) fn release() {
         // SAFETY: only resets tile state, which no code outside these kernels uses.
         unsafe { asm!("tilerelease", options(nostack, nomem)) };
-    }
-
-    /// Four accumulator tiles of a ragged step.
-    #[repr(C, align(64))]
-    pub(super) struct Spill([[[f32; TILE_ROWS * TILE_ROWS]; 2]; 2]);
-
-    impl Default for Spill {
-        fn default() -> Self {
-            Spill([[[0.0; TILE_ROWS * TILE_ROWS]; 2]; 2])
-        }
-    }
-
-    impl Spill {
-        /// Output block `j` (of the step's two), pixel tile `i`.
-        pub(super) fn tile(&mut self, j: usize, i: usize) -> *mut f32 {
-            self.0[j][i].as_mut_ptr()
-        }
-
-        /// The 16 floats of output block `j`, pixel `p` (of the step's 32).
-        pub(super) fn row(&self, j: usize, p: usize) -> &[f32] {
-            let (i, r) = (p / TILE_ROWS, p % TILE_ROWS);
-            &self.0[j][i][r * TILE_ROWS..(r + 1) * TILE_ROWS]
-        }
     }
 
     const _: () = assert!(STEP_PIXELS == 32);
@@ -430,4 +547,157 @@ mod x86 {
     steps!(step_2x2, step_2x1, 64usize, "1024", "1024");
     // [`HALF_DEPTH`]: rows of 16 input channels (32 bytes), a weight tile of 8 rows.
     steps!(half_step_2x2, half_step_2x1, 32usize, "512", "512");
+
+    /// Defines the two gathered step kernels of one tile depth (see
+    /// `Tiles::gathered_step`): `$two` adds 2 pixel tiles x 2 output blocks, `$one` 2
+    /// pixel tiles x 1 block, into the four spill tiles at `dst` (`[block][tile]`, 1024
+    /// bytes each), which hold the sums so far when `acc`, else start from zero. Step `k`
+    /// reads its pixel rows from `a + offs[k]` bytes (rows `a_row` bytes apart, the second
+    /// tile `16 a_row` on) and the `k`-th weight tile of each block (`$w_step` bytes).
+    macro_rules! gathered {
+        ($two:ident, $one:ident, $w_step:literal) => {
+            /// The 2 x 2 gathered kernel of this depth (see `gathered!`).
+            ///
+            /// # Safety
+            /// The tiles are configured for this depth on this thread; every row read
+            /// (`a + offs[k] + r * a_row`, `r < 32`) and `offs.len()` weight tiles from `w0`
+            /// and `w1` are readable; `dst` is four tiles of 1024 bytes that nothing else
+            /// accesses.
+            pub(super) unsafe fn $two(
+                a: *const u16,
+                offs: &[usize],
+                a_row: usize,
+                (w0, w1): (*const u16, *const u16),
+                acc: bool,
+                dst: *mut f32,
+            ) {
+                // SAFETY: by the function's contract.
+                unsafe {
+                    start::<4>(acc, dst);
+                    asm!(
+                        "2:",
+                        "mov {p}, qword ptr [{offs}]",
+                        "add {p}, {a}",
+                        "tileloadd tmm4, [{p} + {a_row}*1]",
+                        "add {p}, {a_tile}",
+                        "tileloadd tmm5, [{p} + {a_row}*1]",
+                        "tileloadd tmm6, [{w0} + {row}*1]",
+                        "tileloadd tmm7, [{w1} + {row}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        "tdpbf16ps tmm2, tmm4, tmm7",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        "add {offs}, 8",
+                        concat!("add {w0}, ", $w_step),
+                        concat!("add {w1}, ", $w_step),
+                        "dec {k}",
+                        "jnz 2b",
+                        "tilestored [{d} + {row}*1], tmm0",
+                        "tilestored [{d} + {row}*1 + 1024], tmm1",
+                        "tilestored [{d} + {row}*1 + 2048], tmm2",
+                        "tilestored [{d} + {row}*1 + 3072], tmm3",
+                        a = in(reg) a,
+                        offs = inout(reg) offs.as_ptr() => _,
+                        p = out(reg) _,
+                        a_row = in(reg) a_row,
+                        a_tile = in(reg) a_row * 16,
+                        w0 = inout(reg) w0 => _,
+                        w1 = inout(reg) w1 => _,
+                        k = inout(reg) offs.len() => _,
+                        row = in(reg) 64usize,
+                        d = in(reg) dst,
+                        options(nostack)
+                    );
+                }
+            }
+
+            /// The 2 x 1 gathered kernel of this depth: the first two spill tiles.
+            ///
+            /// # Safety
+            /// As the 2 x 2 kernel's, without `w1`.
+            pub(super) unsafe fn $one(
+                a: *const u16,
+                offs: &[usize],
+                a_row: usize,
+                w0: *const u16,
+                acc: bool,
+                dst: *mut f32,
+            ) {
+                // SAFETY: by the function's contract.
+                unsafe {
+                    start::<2>(acc, dst);
+                    asm!(
+                        "2:",
+                        "mov {p}, qword ptr [{offs}]",
+                        "add {p}, {a}",
+                        "tileloadd tmm4, [{p} + {a_row}*1]",
+                        "add {p}, {a_tile}",
+                        "tileloadd tmm5, [{p} + {a_row}*1]",
+                        "tileloadd tmm6, [{w0} + {row}*1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm5, tmm6",
+                        "add {offs}, 8",
+                        concat!("add {w0}, ", $w_step),
+                        "dec {k}",
+                        "jnz 2b",
+                        "tilestored [{d} + {row}*1], tmm0",
+                        "tilestored [{d} + {row}*1 + 1024], tmm1",
+                        a = in(reg) a,
+                        offs = inout(reg) offs.as_ptr() => _,
+                        p = out(reg) _,
+                        a_row = in(reg) a_row,
+                        a_tile = in(reg) a_row * 16,
+                        w0 = inout(reg) w0 => _,
+                        k = inout(reg) offs.len() => _,
+                        row = in(reg) 64usize,
+                        d = in(reg) dst,
+                        options(nostack)
+                    );
+                }
+            }
+        };
+    }
+
+    /// Zeroes the first `N` (2 or 4) accumulator tiles, or loads them from `dst` when
+    /// `acc`.
+    ///
+    /// # Safety
+    /// The tiles are configured on this thread; with `acc`, `dst` holds `N` tiles of 1024
+    /// bytes.
+    unsafe fn start<const N: usize>(acc: bool, dst: *mut f32) {
+        // SAFETY: by the function's contract.
+        unsafe {
+            match (acc, N) {
+                (false, 2) => asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem)),
+                (false, _) => asm!(
+                    "tilezero tmm0",
+                    "tilezero tmm1",
+                    "tilezero tmm2",
+                    "tilezero tmm3",
+                    options(nostack, nomem)
+                ),
+                (true, 2) => asm!(
+                    "tileloadd tmm0, [{d} + {row}*1]",
+                    "tileloadd tmm1, [{d} + {row}*1 + 1024]",
+                    d = in(reg) dst,
+                    row = in(reg) 64usize,
+                    options(nostack, readonly)
+                ),
+                (true, _) => asm!(
+                    "tileloadd tmm0, [{d} + {row}*1]",
+                    "tileloadd tmm1, [{d} + {row}*1 + 1024]",
+                    "tileloadd tmm2, [{d} + {row}*1 + 2048]",
+                    "tileloadd tmm3, [{d} + {row}*1 + 3072]",
+                    d = in(reg) dst,
+                    row = in(reg) 64usize,
+                    options(nostack, readonly)
+                ),
+            }
+        }
+    }
+
+    // [`FULL_DEPTH`]: a weight tile of 16 rows of 64 bytes.
+    gathered!(gathered_2x2, gathered_2x1, "1024");
+    // [`HALF_DEPTH`]: a weight tile of 8 rows of 64 bytes.
+    gathered!(half_gathered_2x2, half_gathered_2x1, "512");
 }
