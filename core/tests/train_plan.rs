@@ -232,7 +232,7 @@ fn bf16_products_stay_close_to_the_f32_plan() {
 /// of each switched pass beside the f32 candidates (without AVX512_BF16: neither).
 #[test]
 fn bf16_passes_follow_the_rule_the_layer_table_shows() {
-    use resnet_core::kernels::blocked::bf16;
+    use resnet_core::kernels::blocked::{amx, bf16};
     use resnet_core::plan::choose::Algo;
     use resnet_core::plan::train::{bf16_data_grad, bf16_filter_grad, bf16_forward, bf16_name, time_passes};
     let config = ResNetConfig::named("resnet50").unwrap();
@@ -275,19 +275,26 @@ fn bf16_passes_follow_the_rule_the_layer_table_shows() {
         filter += usize::from(bf16_filter);
     }
     // ResNet-50: 36 1x1 convolutions (3 of them strided: the projections of layer2-4), 16
-    // 3x3 of which 13 are Winograd and 10 of those (layer2-4 after their first block) 128
-    // channels or more.
-    assert_eq!((forward, data, filter), (36 + 10, 33 + 10, 36));
-    // One of each kind, timed: a 1x1 and a wide Winograd convolution.
-    for name in ["layer1.0.conv1", "layer3.1.conv2"] {
+    // 3x3 of which 13 are stride 1 (Winograd) and 10 of those (layer2-4 after their first
+    // block) 128 channels or more. With AMX tiles every 3x3 forward and every stride-1
+    // backward-data runs the bf16 direct kernel; without, the wide Winograd ones F(2x2).
+    let want = if amx::available() {
+        (36 + 16, 33 + 13, 36)
+    } else {
+        (36 + 10, 33 + 10, 36)
+    };
+    assert_eq!((forward, data, filter), want);
+    // One of each kind, timed: a 1x1, a wide 3x3 and (with AMX) a strided 3x3
+    // convolution, whose backward-data stays f32.
+    let strided = ["layer2.0.conv2"].into_iter().filter(|_| amx::available());
+    for name in ["layer1.0.conv1", "layer3.1.conv2"].into_iter().chain(strided) {
         let c = bf16_plan.convs().iter().find(|c| c.name == name).unwrap();
         let t = time_passes(&c.geometry, c.in_block, 1, true);
         let (fwd, _) = t.forward_bf16.expect("the forward's bf16 kernel timed");
-        let (dat, _) = t.data_grad_bf16.expect("backward-data's bf16 kernel timed");
-        assert_eq!(
-            (bf16_name(fwd), bf16_name(dat)),
-            (bf16_name(c.forward), bf16_name(c.forward))
-        );
+        assert_eq!(bf16_name(fwd), bf16_name(c.forward), "{name}");
+        let dat = t.data_grad_bf16.map(|(algo, _)| bf16_name(algo));
+        assert_eq!(dat.is_some(), c.geometry.stride == 1 && c.data_grad_bf16(), "{name}");
+        assert_eq!(dat.unwrap_or(bf16_name(c.forward)), bf16_name(c.forward), "{name}");
         let filter_bf16 = t.filter_grad.iter().any(|(a, _)| *a == FilterGradAlgo::PointwiseBf16);
         assert_eq!(filter_bf16, c.geometry.kernel_h == 1, "{name}");
         let f32_only = time_passes(&c.geometry, c.in_block, 1, false);

@@ -24,7 +24,6 @@
 
 use super::choose::{self, Algo, ConvChoice};
 use crate::aligned::{AlignedVec, LINE_BYTES};
-use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
 use crate::kernels::blocked::data_grad::{
     as_forward, data_grad, data_grad_gather, data_grad_packed_len, data_grad_with, pack_data_grad_weights,
@@ -41,6 +40,7 @@ use crate::kernels::blocked::winograd::{
     transform_flipped_filters, winograd_conv_gather, winograd_conv_with, Transformed,
 };
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
+use crate::kernels::blocked::{amx, bf16, bf16_direct};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
@@ -407,30 +407,65 @@ fn pack_bf16(tile: WinogradTile, c: usize, k: usize, u: &[f32], out: &mut [u16])
 }
 
 /// The algorithm whose products run in bf16 for the forward pass of `g` (input blocks of
-/// `in_block`) that runs `forward` in f32, under [`TrainingPlan::use_bf16`]'s rule: F(2x2)
-/// for a Winograd convolution of [`BF16_MIN_CHANNELS`] input channels or more (F(4x4)
-/// magnifies bf16's rounding), the 1x1 kernel ([`bf16::pointwise`], shown as `Direct`)
-/// for any unpadded 1x1 convolution of blocked input (1.42x to 2.12x the f32 direct kernel
-/// on ResNet-50 b16 shapes, 2 threads; the strided ones read the input pixels under the
-/// output's); `None`: the pass stays f32.
+/// `in_block`) that runs `forward` in f32, under [`TrainingPlan::use_bf16`]'s rule:
+/// `Direct` ([`bf16_direct_kernel`]) for any unpadded 1x1 convolution of blocked input
+/// (1.42x to 2.12x the f32 direct kernel on ResNet-50 b16 shapes, 2 threads; the strided
+/// ones read the input pixels under the output's) and, where the CPU has AMX tiles, for
+/// every other convolution of blocked input ([`bf16_direct::direct`]: ResNet-50 b16's 3x3
+/// layers 1.5-2.4x f32 F(4x4) and 3.2x the f32 direct stride-2 kernel, ResNet-20 b128's
+/// 1.4x F(4x4) but at 8x8, where F(4x4) was 1.1x faster; `examples` at 2 threads on the
+/// Intel host); without AMX, F(2x2) for a Winograd convolution of [`BF16_MIN_CHANNELS`]
+/// input channels or more (F(4x4) magnifies bf16's rounding); `None`: the pass stays f32.
 pub fn bf16_forward(g: &ConvGeometry, forward: Algo, in_block: usize) -> Option<Algo> {
     match forward {
+        _ if unpadded_1x1(g, in_block) => Some(Algo::Direct),
+        _ if in_block == BLOCK && amx::available() => Some(Algo::Direct),
         Algo::Winograd(_) if g.in_channels >= BF16_MIN_CHANNELS => Some(Algo::Winograd(WinogradTile::F2)),
-        Algo::Direct if unpadded_1x1(g, in_block) => Some(Algo::Direct),
         _ => None,
     }
 }
 
-/// [`bf16_forward`]'s rule for backward-data, run as `data_grad` in f32: F(2x2) for a
-/// Winograd one of [`BF16_MIN_CHANNELS`] output channels or more, the transposed 1x1
-/// kernel for a stride-1 1x1 convolution.
+/// [`bf16_forward`]'s rule for backward-data, run as `data_grad` in f32: the transposed
+/// 1x1 kernel for a stride-1 1x1 convolution; with AMX the tile kernel on the flipped
+/// weights for any other stride-1 one; without, F(2x2) for a Winograd one of
+/// [`BF16_MIN_CHANNELS`] output channels or more.
 pub fn bf16_data_grad(g: &ConvGeometry, data_grad: Option<DataGradAlgo>, in_block: usize) -> Option<Algo> {
     match data_grad? {
+        _ if unpadded_1x1(g, in_block) && g.stride == 1 => Some(Algo::Direct),
+        _ if in_block == BLOCK && amx::available() && as_forward(g).is_some() => Some(Algo::Direct),
         DataGradAlgo::Forward(Algo::Winograd(_)) if g.out_channels >= BF16_MIN_CHANNELS => {
             Some(Algo::Winograd(WinogradTile::F2))
         }
-        _ if unpadded_1x1(g, in_block) && g.stride == 1 => Some(Algo::Direct),
         _ => None,
+    }
+}
+
+/// Length of the bf16 weights of a pass that [`bf16_forward`] or [`bf16_data_grad`] runs
+/// `Direct` (`flipped`: the backward-data of the forward convolution `g`).
+fn bf16_direct_len(g: &ConvGeometry, flipped: bool) -> usize {
+    match (g.kernel_h, g.kernel_w, flipped) {
+        (1, 1, false) => bf16::pointwise_len(g.in_channels, g.out_channels),
+        (1, 1, true) => bf16::pointwise_len(g.out_channels, g.in_channels),
+        _ => bf16_direct::direct_len(g, flipped),
+    }
+}
+
+/// Packs OIHW `weight` for [`bf16_direct_kernel`] (see [`bf16_direct_len`]).
+fn pack_bf16_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [u16]) {
+    match (g.kernel_h, g.kernel_w) {
+        (1, 1) => bf16::pack_pointwise(weight, g.in_channels, g.out_channels, flipped, out),
+        _ => bf16_direct::pack_direct(weight, g, flipped, out),
+    }
+}
+
+/// The bf16 kernel of a `Direct` pass of geometry `run` (for backward-data, the forward
+/// geometry [`as_forward`] gives): [`bf16::pointwise`] for an unpadded 1x1 convolution,
+/// else [`bf16_direct::direct`].
+pub fn bf16_direct_kernel(run: &ConvGeometry, x: &[f32], w16: &[u16], out: &mut [f32]) {
+    if run.kernel_h == 1 && run.kernel_w == 1 && run.pad == 0 {
+        bf16::pointwise(run, x, w16, out)
+    } else {
+        bf16_direct::direct(run, x, w16, out)
     }
 }
 
@@ -624,7 +659,14 @@ impl TrainingPlan {
                         c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
                         claim(len)
                     }
-                    Some(Algo::Direct) => claim(bf16::pointwise_len(g.in_channels, g.out_channels)),
+                    Some(Algo::Direct) => {
+                        if let Algo::Winograd(_) = c.forward {
+                            c.forward = Algo::Direct;
+                            let len = choose::derived_len(Algo::Direct, &g, c.in_block);
+                            c.fwd_weights = c.fwd_weights.start..c.fwd_weights.start + len;
+                        }
+                        claim(bf16_direct_len(&g, false))
+                    }
                     None => 0..0,
                 };
                 switched += usize::from(!c.fwd_bf16.is_empty());
@@ -641,7 +683,14 @@ impl TrainingPlan {
                         c.data_weights = c.data_weights.start..c.data_weights.start + len;
                         claim(len)
                     }
-                    Some(Algo::Direct) => claim(bf16::pointwise_len(g.out_channels, g.in_channels)),
+                    Some(Algo::Direct) => {
+                        if let Some(DataGradAlgo::Forward(Algo::Winograd(_))) = c.data_grad {
+                            c.data_grad = Some(DataGradAlgo::Forward(Algo::Direct));
+                            let len = data_grad_packed_len(&g, BLOCK);
+                            c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                        }
+                        claim(bf16_direct_len(&g, true))
+                    }
                     None => 0..0,
                 };
                 switched += usize::from(!c.data_bf16.is_empty());
@@ -683,30 +732,19 @@ impl TrainingPlan {
         for c in &self.convs {
             let weight = &values[c.weight.clone()];
             let g = &c.geometry;
-            choose::derive_weights_into(
-                c.forward,
-                g,
-                weight,
-                None,
-                c.in_block,
-                &mut w.derived[c.fwd_weights.clone()],
-            );
             match c.forward {
-                Algo::Winograd(tile) => pack_bf16(
-                    tile,
-                    g.in_channels,
-                    g.out_channels,
-                    &w.derived[c.fwd_weights.clone()],
-                    &mut w.derived_bf16[c.fwd_bf16.clone()],
-                ),
-                Algo::Direct if !c.fwd_bf16.is_empty() => bf16::pack_pointwise(
-                    weight,
-                    g.in_channels,
-                    g.out_channels,
-                    false,
-                    &mut w.derived_bf16[c.fwd_bf16.clone()],
-                ),
-                Algo::Direct => {}
+                // A direct pass with bf16 products never reads its f32 weights.
+                Algo::Direct if !c.fwd_bf16.is_empty() => {
+                    pack_bf16_direct(weight, g, false, &mut w.derived_bf16[c.fwd_bf16.clone()])
+                }
+                algo => {
+                    let out = &mut w.derived[c.fwd_weights.clone()];
+                    choose::derive_weights_into(algo, g, weight, None, c.in_block, out);
+                    if let Algo::Winograd(tile) = algo {
+                        let out16 = &mut w.derived_bf16[c.fwd_bf16.clone()];
+                        pack_bf16(tile, g.in_channels, g.out_channels, out, out16);
+                    }
+                }
             }
             match c.data_grad {
                 Some(DataGradAlgo::Forward(Algo::Winograd(tile))) => {
@@ -720,14 +758,11 @@ impl TrainingPlan {
                         &mut w.derived_bf16[c.data_bf16.clone()],
                     );
                 }
-                // The direct form is the backward-data kernel's own stride-1 path.
-                Some(_) => {
-                    pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]);
-                    if !c.data_bf16.is_empty() {
-                        let out = &mut w.derived_bf16[c.data_bf16.clone()];
-                        bf16::pack_pointwise(weight, g.in_channels, g.out_channels, true, out);
-                    }
+                Some(_) if !c.data_bf16.is_empty() => {
+                    pack_bf16_direct(weight, g, true, &mut w.derived_bf16[c.data_bf16.clone()])
                 }
+                // The direct form is the backward-data kernel's own stride-1 path.
+                Some(_) => pack_data_grad_weights(weight, g, BLOCK, &mut w.derived[c.data_weights.clone()]),
                 None => {}
             }
         }
@@ -1189,9 +1224,9 @@ fn stage_forward(
         relu_output: None,
     };
     // In training, the convolution gathers the batch norm's statistics as it stores
-    // (except a 1x1 one with bf16 products, whose statistics take a pass of their own).
-    let bf16_pointwise = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
-    let fused_moments = matches!(stats, Stats::Train(_)) && !bf16_pointwise;
+    // (except a direct one with bf16 products, whose statistics take a pass of their own).
+    let bf16_direct = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
+    let fused_moments = matches!(stats, Stats::Train(_)) && !bf16_direct;
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
         let weights = &w.derived[c.fwd_weights.clone()];
@@ -1207,7 +1242,7 @@ fn stage_forward(
                 winograd_conv_gather::<F32xBlock>(&g, tile, x, filters, &ep, z, Gather::Moments(moments))
             }
             Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
-            Algo::Direct if bf16_pointwise => bf16::pointwise(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
+            Algo::Direct if bf16_direct => bf16_direct_kernel(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
             Algo::Direct if fused_moments => {
                 let moments = Moments {
                     partials: &mut w.partials,
@@ -1416,7 +1451,7 @@ fn stage_backward(
         }
         (_, Some(gather)) => data_grad_gather::<F32xBlock>(&g, t, weights, &ep, o, gather),
         _ if c.data_bf16.is_empty() => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
-        _ => bf16::pointwise(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
+        _ => bf16_direct_kernel(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
     }
     gathered
 }
@@ -1469,9 +1504,9 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                     best_of(&mut || winograd_conv_with::<F32xBlock>(g, tile, &x, Transformed::Bf16(&u16s), &ep, &mut z))
                 }
                 Algo::Direct => {
-                    let mut w16 = vec![0; bf16::pointwise_len(g.in_channels, g.out_channels)];
-                    bf16::pack_pointwise(&weight, g.in_channels, g.out_channels, false, &mut w16);
-                    best_of(&mut || bf16::pointwise(g, &x, &w16, &mut z))
+                    let mut w16 = vec![0; bf16_direct_len(g, false)];
+                    pack_bf16_direct(&weight, g, false, &mut w16);
+                    best_of(&mut || bf16_direct_kernel(g, &x, &w16, &mut z))
                 }
             };
             (algo, s)
@@ -1503,9 +1538,9 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                         })
                     }
                     Algo::Direct => {
-                        let mut w16 = vec![0; bf16::pointwise_len(g.out_channels, g.in_channels)];
-                        bf16::pack_pointwise(&weight, g.in_channels, g.out_channels, true, &mut w16);
-                        best_of(&mut || bf16::pointwise(&t, &dy, &w16, &mut dx))
+                        let mut w16 = vec![0; bf16_direct_len(g, true)];
+                        pack_bf16_direct(&weight, g, true, &mut w16);
+                        best_of(&mut || bf16_direct_kernel(&t, &dy, &w16, &mut dx))
                     }
                 };
                 (algo, s)

@@ -87,7 +87,7 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
     let (l, cp) = (LANES, ci_n.next_multiple_of(LANES));
     assert_eq!(weight.len(), c * k, "bf16: 1x1 weights length");
     assert_eq!(out.len(), pointwise_len(ci_n, co_n), "bf16: packed 1x1 weights length");
-    for (ob, block) in out.chunks_exact_mut(cp * l).enumerate() {
+    out.par_chunks_exact_mut(cp * l).enumerate().for_each(|(ob, block)| {
         for p in 0..cp / 2 {
             for lane in 0..l {
                 for j in 0..2 {
@@ -103,7 +103,7 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
                 }
             }
         }
-    }
+    });
 }
 
 /// `out = conv1x1(input)` with weights from [`pack_pointwise`], for a 1x1 unpadded

@@ -25,6 +25,7 @@ use crate::kernels::scratch::with_scratch;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
+use rayon::prelude::*;
 
 /// Bytes of one task's padded input band: inside the L2 beside one pair of output
 /// blocks' weights.
@@ -56,24 +57,26 @@ pub fn pack_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [u
     let (l, cp) = (LANES, ci_n.next_multiple_of(LANES));
     assert_eq!(weight.len(), k * c * kh * kw, "bf16 direct: weights length");
     assert_eq!(out.len(), direct_len(g, flipped), "bf16 direct: packed weights length");
-    for (ob, block) in out.chunks_exact_mut(kh * kw * cp * l).enumerate() {
-        for (tap, tile) in block.chunks_exact_mut(cp * l).enumerate() {
-            let (ky, kx) = (tap / kw, tap % kw);
-            for p in 0..cp / 2 {
-                for lane in 0..l {
-                    for j in 0..2 {
-                        let (o, i) = (ob * l + lane, 2 * p + j);
-                        let w = match (o < co_n && i < ci_n, flipped) {
-                            (false, _) => 0.0,
-                            (true, false) => weight[((o * c + i) * kh + ky) * kw + kx],
-                            (true, true) => weight[((i * c + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx],
-                        };
-                        tile[(p * l + lane) * 2 + j] = to_bf16(w);
+    out.par_chunks_exact_mut(kh * kw * cp * l)
+        .enumerate()
+        .for_each(|(ob, block)| {
+            for (tap, tile) in block.chunks_exact_mut(cp * l).enumerate() {
+                let (ky, kx) = (tap / kw, tap % kw);
+                for p in 0..cp / 2 {
+                    for lane in 0..l {
+                        for j in 0..2 {
+                            let (o, i) = (ob * l + lane, 2 * p + j);
+                            let w = match (o < co_n && i < ci_n, flipped) {
+                                (false, _) => 0.0,
+                                (true, false) => weight[((o * c + i) * kh + ky) * kw + kx],
+                                (true, true) => weight[((i * c + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx],
+                            };
+                            tile[(p * l + lane) * 2 + j] = to_bf16(w);
+                        }
                     }
                 }
             }
-        }
-    }
+        });
 }
 
 /// `out = conv(input)` for `g` with weights from [`pack_direct`] (unflipped, for `g`),
@@ -120,9 +123,8 @@ pub fn direct_naive(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32
                             for p in 0..cp / 2 {
                                 let x = |i: usize| to_bf16(input[pixel(n, i / l, iy, ix) * l + i % l]);
                                 let (w0, w1) = (w[(p * l + lane) * 2], w[(p * l + lane) * 2 + 1]);
-                                acc = acc
-                                    + from_bf16(w1) * from_bf16(x(2 * p + 1))
-                                    + from_bf16(w0) * from_bf16(x(2 * p));
+                                acc =
+                                    acc + from_bf16(w1) * from_bf16(x(2 * p + 1)) + from_bf16(w0) * from_bf16(x(2 * p));
                             }
                         }
                         out[at + lane] = acc;
@@ -148,7 +150,11 @@ struct Bands {
 impl Bands {
     fn new(g: &ConvGeometry) -> Bands {
         let icb = g.in_channels.div_ceil(LANES);
-        let depth = if icb.is_multiple_of(2) { Depth::Full } else { Depth::Half };
+        let depth = if icb.is_multiple_of(2) {
+            Depth::Full
+        } else {
+            Depth::Half
+        };
         let planes = icb * LANES / depth.row();
         let wq = (g.in_w + 2 * g.pad).div_ceil(g.stride);
         let row_bytes = g.stride * wq * icb * LANES * 2;
@@ -325,7 +331,9 @@ mod tests {
                                     let (Some(iy), Some(ix)) = (iy, ix) else { continue };
                                     let w = match flipped {
                                         false => weight[((o * src.in_channels + i) * kh + ky) * kw + kx],
-                                        true => weight[((i * src.in_channels + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx],
+                                        true => {
+                                            weight[((i * src.in_channels + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx]
+                                        }
                                     };
                                     let xi = (((n * icb + i / l) * run.in_h + iy) * run.in_w + ix) * l + i % l;
                                     acc += r(w) * r(x[xi]);
@@ -354,6 +362,8 @@ mod tests {
             geometry(1, 3, 13, 20, 7, 2, 3),
             geometry(1, 48, 8, 40, 1, 2, 0),
             geometry(1, 32, 9, 16, 5, 1, 0),
+            // 29 blocks at half depth: 261 taps x planes, more than one kernel call takes.
+            geometry(1, 29 * 16, 4, 16, 3, 1, 1),
         ]
     }
 
