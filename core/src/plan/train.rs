@@ -227,9 +227,8 @@ impl TrainConv {
     /// Whether its backward-data can apply a [`DataGradEpilogue`].
     fn fuses_data_grad(&self) -> bool {
         match self.data_grad {
-            Some(DataGradAlgo::Forward(Algo::Winograd(_))) => true,
-            // The stride-1 direct form, unless its products are bf16.
-            Some(DataGradAlgo::Forward(Algo::Direct)) => self.data_bf16.is_empty(),
+            // Winograd, the stride-1 direct form and the bf16 kernels.
+            Some(DataGradAlgo::Forward(_)) => true,
             _ => false,
         }
     }
@@ -459,13 +458,20 @@ fn pack_bf16_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [
 }
 
 /// The bf16 kernel of a `Direct` pass of geometry `run` (for backward-data, the forward
-/// geometry [`as_forward`] gives): [`bf16::pointwise`] for an unpadded 1x1 convolution,
-/// else [`bf16_direct::direct`].
-pub fn bf16_direct_kernel(run: &ConvGeometry, x: &[f32], w16: &[u16], out: &mut [f32]) {
+/// geometry [`as_forward`] gives), with its epilogue and gather: [`bf16::pointwise_with`]
+/// for an unpadded 1x1 convolution, else [`bf16_direct::direct_with`].
+pub fn bf16_direct_kernel(
+    run: &ConvGeometry,
+    x: &[f32],
+    w16: &[u16],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Option<Gather>,
+) {
     if run.kernel_h == 1 && run.kernel_w == 1 && run.pad == 0 {
-        bf16::pointwise(run, x, w16, out)
+        bf16::pointwise_with(run, x, w16, ep, out, gather)
     } else {
-        bf16_direct::direct(run, x, w16, out)
+        bf16_direct::direct_with(run, x, w16, ep, out, gather)
     }
 }
 
@@ -1223,10 +1229,9 @@ fn stage_forward(
         relu: false,
         relu_output: None,
     };
-    // In training, the convolution gathers the batch norm's statistics as it stores
-    // (except a direct one with bf16 products, whose statistics take a pass of their own).
+    // In training, the convolution gathers the batch norm's statistics as it stores.
     let bf16_direct = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
-    let fused_moments = matches!(stats, Stats::Train(_)) && !bf16_direct;
+    let fused_moments = matches!(stats, Stats::Train(_));
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
         let weights = &w.derived[c.fwd_weights.clone()];
@@ -1242,7 +1247,16 @@ fn stage_forward(
                 winograd_conv_gather::<F32xBlock>(&g, tile, x, filters, &ep, z, Gather::Moments(moments))
             }
             Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
-            Algo::Direct if bf16_direct => bf16_direct_kernel(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], z),
+            Algo::Direct if bf16_direct => {
+                let gather = fused_moments.then(|| {
+                    Gather::Moments(Moments {
+                        partials: &mut w.partials,
+                        mean: s_mean,
+                        var: s_var,
+                    })
+                });
+                bf16_direct_kernel(&g, x, &w.derived_bf16[c.fwd_bf16.clone()], &ep, z, gather)
+            }
             Algo::Direct if fused_moments => {
                 let moments = Moments {
                     partials: &mut w.partials,
@@ -1449,9 +1463,12 @@ fn stage_backward(
         (DataGradAlgo::Forward(Algo::Winograd(tile)), None) => {
             winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
         }
+        (_, gather) if !c.data_bf16.is_empty() => {
+            let w16 = &w.derived_bf16[c.data_bf16.clone()];
+            bf16_direct_kernel(&c.data_geometry(n), t, w16, &ep, o, gather)
+        }
         (_, Some(gather)) => data_grad_gather::<F32xBlock>(&g, t, weights, &ep, o, gather),
-        _ if c.data_bf16.is_empty() => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
-        _ => bf16_direct_kernel(&c.data_geometry(n), t, &w.derived_bf16[c.data_bf16.clone()], o),
+        _ => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
     }
     gathered
 }
@@ -1506,7 +1523,7 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                 Algo::Direct => {
                     let mut w16 = vec![0; bf16_direct_len(g, false)];
                     pack_bf16_direct(&weight, g, false, &mut w16);
-                    best_of(&mut || bf16_direct_kernel(g, &x, &w16, &mut z))
+                    best_of(&mut || bf16_direct_kernel(g, &x, &w16, &BlockedEpilogue::default(), &mut z, None))
                 }
             };
             (algo, s)
@@ -1540,7 +1557,7 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                     Algo::Direct => {
                         let mut w16 = vec![0; bf16_direct_len(g, true)];
                         pack_bf16_direct(&weight, g, true, &mut w16);
-                        best_of(&mut || bf16_direct_kernel(&t, &dy, &w16, &mut dx))
+                        best_of(&mut || bf16_direct_kernel(&t, &dy, &w16, &BlockedEpilogue::default(), &mut dx, None))
                     }
                 };
                 (algo, s)

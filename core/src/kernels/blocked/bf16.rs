@@ -10,6 +10,8 @@
 //! channels `2p, 2p + 1` are adjacent lanes: one 32-bit broadcast feeds a pair.
 
 use super::amx;
+use super::moments::{Gather, TaskGather};
+use super::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::with_scratch;
 use crate::kernels::shared_out::SharedOut;
@@ -19,6 +21,9 @@ use std::ops::Range;
 
 /// Lanes of the blocks these kernels take.
 pub const LANES: usize = 16;
+
+/// The vector of one output block: 16 lanes on every build, as these kernels' blocks.
+pub(crate) type V16 = wide::f32x16;
 
 /// Bytes of one task's input pixels in bf16 in [`pointwise`]: well inside the L2, beside
 /// the filters and the output rows.
@@ -112,12 +117,32 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
 /// Tasks take one image's range of output pixels each, rounding their input pixels to
 /// bf16 once for all output blocks.
 pub fn pointwise(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
-    pointwise_on(g, input, w16, out, amx::available());
+    pointwise_with(g, input, w16, &BlockedEpilogue::default(), out, None);
 }
 
-/// [`pointwise`] on AMX tiles when `tiles` (and the input blocks pair up), else on
+/// [`pointwise`] with the epilogue `ep` (any but an in-place residual: the sums
+/// overwrite the output) applied to each task's output vectors once stored, and the
+/// batch-norm sums of `gather` taken from them, while both are in cache.
+pub fn pointwise_with(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Option<Gather>,
+) {
+    pointwise_on(g, input, w16, (ep, out, gather), amx::available());
+}
+
+/// [`pointwise_with`] on AMX tiles when `tiles` (and the input blocks pair up), else on
 /// AVX512_BF16 or the naive twin: the tests run both on AMX CPUs.
-fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], tiles: bool) {
+fn pointwise_on(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    (ep, out, gather): (&BlockedEpilogue, &mut [f32], Option<Gather>),
+    tiles: bool,
+) {
     assert!(
         g.kernel_h == 1 && g.kernel_w == 1 && g.pad == 0,
         "bf16: pointwise takes unpadded 1x1 convolutions, found {g:?}"
@@ -132,17 +157,37 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
         pointwise_len(g.in_channels, g.out_channels),
         "bf16: 1x1 weights length"
     );
+    assert!(
+        !matches!(ep.residual, Residual::InPlace),
+        "bf16: pointwise cannot add an in-place residual"
+    );
     let (icb, ocb, px, in_px) = (xs.blocks(), ys.blocks(), g.out_h * g.out_w, g.in_h * g.in_w);
+    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1))
+        .max(TILES_PER_CALL[1])
+        .clamp(1, px.max(1));
+    let chunks = px.div_ceil(chunk);
+    let records = gather.map(|m| TaskGather::new(m, g.batch * chunks, ys.padded_channels(), ys.len()));
     if g.batch == 0 || px == 0 || ocb == 0 {
         return;
     }
-    let chunk = (POINTWISE_CHUNK_BYTES / (icb * l * 2).max(1))
-        .max(TILES_PER_CALL[1])
-        .min(px);
-    let chunks = px.div_ceil(chunk);
     let cp = icb * l;
     let shared = SharedOut::new(out);
     let tiles = tiles && icb.is_multiple_of(2);
+    // The epilogue and the gather over a task's output vectors, once its sums are stored.
+    let finish = |task: usize, n: usize, (t0, tn): (usize, usize)| {
+        for b in 0..ocb {
+            let at = ((n * ocb + b) * px + t0) * l;
+            if !ep.is_identity() {
+                let bias = ep.bias_of::<V16>(b);
+                for i in (at..at + tn * l).step_by(l) {
+                    ep.store::<V16>(shared.load::<V16>(i), bias, i, &shared);
+                }
+            }
+            if let Some(records) = &records {
+                records.add_run::<V16>(task, &shared, at, tn, b);
+            }
+        }
+    };
     (0..g.batch * chunks).into_par_iter().for_each(|task| {
         let (n, t0) = (task / chunks, (task % chunks) * chunk);
         let tn = chunk.min(px - t0);
@@ -166,6 +211,7 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
                 };
                 amx::pointwise_products(rows, (kbs, tpad, tn), w16, ocb, &shared, o);
             });
+            finish(task, n, (t0, tn));
             return;
         }
         with_scratch((icb * tn * l).div_ceil(2), |s| {
@@ -198,7 +244,11 @@ fn pointwise_on(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32], t
                 cb += rb;
             }
         });
+        finish(task, n, (t0, tn));
     });
+    if let Some(records) = records {
+        records.finish();
+    }
 }
 
 /// The 16 input channels of `block` (one input block of one image of the unpadded 1x1
@@ -713,8 +763,8 @@ mod tests {
             pack_pointwise(&weight, c, k, false, &mut w16);
             let mut tiles = vec![f32::NAN; ys.len()];
             let mut vectors = vec![f32::NAN; ys.len()];
-            pointwise_on(&g, &x, &w16, &mut tiles, true);
-            pointwise_on(&g, &x, &w16, &mut vectors, false);
+            pointwise_on(&g, &x, &w16, (&BlockedEpilogue::default(), &mut tiles, None), true);
+            pointwise_on(&g, &x, &w16, (&BlockedEpilogue::default(), &mut vectors, None), false);
             // Both sum the same exact bf16 products in f32, in different orders.
             let size = max_abs(x.iter().copied()) * max_abs(weight.iter().copied()) * c as f32;
             for (i, (a, b)) in tiles.iter().zip(&vectors).enumerate() {

@@ -19,12 +19,15 @@
 //! Without AMX [`direct`] runs [`direct_naive`], the twin the tests hold it to.
 
 use super::amx::{self, Depth, Spill, Tiles};
-use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES};
+use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES, V16};
+use super::moments::{Gather, TaskGather};
+use super::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::with_scratch;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
+use crate::simd::Vector;
 use rayon::prelude::*;
 
 /// Bytes of one task's padded input band: inside the L2 beside one pair of output
@@ -84,11 +87,24 @@ pub fn pack_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [u
 /// output value written (padding channels zero). On AMX tiles where the CPU has them,
 /// else [`direct_naive`].
 pub fn direct(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
+    direct_with(g, input, w16, &BlockedEpilogue::default(), out, None);
+}
+
+/// [`direct`] with the epilogue `ep` applied as each output vector is stored, and the
+/// batch-norm sums of `gather` taken from the stored values while they are in cache.
+pub fn direct_with(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Option<Gather>,
+) {
     check(g, input, w16, out);
     if amx::available() {
-        direct_on_tiles(g, input, w16, out);
+        direct_on_tiles(g, input, w16, ep, out, gather);
     } else {
-        direct_naive(g, input, w16, out);
+        direct_naive_with(g, input, w16, ep, out, gather);
     }
 }
 
@@ -132,6 +148,35 @@ pub fn direct_naive(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32
                 }
             }
         }
+    }
+}
+
+/// [`direct_naive`] then the epilogue and the gather, each over the whole output: the
+/// path of CPUs without AMX.
+fn direct_naive_with(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Option<Gather>,
+) {
+    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+    let mut sums = vec![0.0; out.len()];
+    direct_naive(g, input, w16, &mut sums);
+    let records = gather.map(|m| TaskGather::new(m, 1, ys.padded_channels(), ys.len()));
+    let shared = SharedOut::new(out);
+    for (i, chunk) in sums.chunks_exact(LANES).enumerate() {
+        let block = i / (g.out_h * g.out_w) % ys.blocks();
+        ep.store::<V16>(V16::load(chunk), ep.bias_of::<V16>(block), i * LANES, &shared);
+    }
+    if let Some(records) = records {
+        for n in 0..g.batch {
+            for b in 0..ys.blocks() {
+                records.add_run::<V16>(0, &shared, ys.at(n, b, 0, 0), g.out_h * g.out_w, b);
+            }
+        }
+        records.finish();
     }
 }
 
@@ -188,20 +233,29 @@ impl Bands {
 }
 
 /// [`direct`] on the tiles (see the module's doc).
-fn direct_on_tiles(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]) {
+fn direct_on_tiles(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Option<Gather>,
+) {
     let l = LANES;
     let (icb, ocb) = (g.in_channels.div_ceil(l), g.out_channels.div_ceil(l));
+    let bands = Bands::new(g);
+    let tasks = g.batch * bands.per_image;
+    let records = gather.map(|m| TaskGather::new(m, tasks, ocb * l, out.len()));
     if g.batch == 0 || g.out_h == 0 || g.out_w == 0 || ocb == 0 {
         return;
     }
-    let bands = Bands::new(g);
     let Bands { depth, planes, wq, .. } = bands;
     let (taps, row, s) = (g.kernel_h * g.kernel_w, depth.row(), g.stride);
     let steps_k = taps * planes;
     let w_block = steps_k * depth.weight_tile();
     let in_px = g.in_h * g.in_w;
     let shared = SharedOut::new(out);
-    split::for_each_task(g.batch * bands.per_image, |task| {
+    split::for_each_task(tasks, |task| {
         let (n, band) = (task / bands.per_image, task % bands.per_image);
         let oy0 = band * bands.rows;
         let rows = bands.rows.min(g.out_h - oy0);
@@ -266,13 +320,23 @@ fn direct_on_tiles(g: &ConvGeometry, input: &[f32], w16: &[u16], out: &mut [f32]
                         }
                         for j in 0..blocks {
                             let at = (((n * ocb + cb + j) * g.out_h + oy) * g.out_w + ox) * l;
-                            shared.write_slice(at, spill.row(j, p));
+                            let sum = V16::load(spill.row(j, p));
+                            ep.store::<V16>(sum, ep.bias_of::<V16>(cb + j), at, &shared);
                         }
+                    }
+                }
+                if let Some(records) = &records {
+                    for j in 0..blocks {
+                        let at = ((n * ocb + cb + j) * g.out_h + oy0) * g.out_w * l;
+                        records.add_run::<V16>(task, &shared, at, rows * g.out_w, cb + j);
                     }
                 }
             }
         });
     });
+    if let Some(records) = records {
+        records.finish();
+    }
 }
 
 /// Zeroes 16 values at the start of each of `count` rows `step` values apart.
@@ -400,6 +464,100 @@ mod tests {
             let mut dx = vec![f32::NAN; want.len()];
             direct(&t, &dy, &w16, &mut dx);
             assert!(max_rel_err(&dx, &want) < 1e-5, "{g:?}");
+        }
+    }
+
+    /// The epilogue and the batch-norm sums both bf16 kernels take in training, against
+    /// separate passes over the plain call's output: the epilogue's scalar twin value by
+    /// value, the moments and gradient sums of the stored output (ragged bands and
+    /// steps, stride 2, an odd and an even block count).
+    #[test]
+    fn epilogue_and_gathered_sums_match_separate_passes() {
+        use super::super::bf16::{pack_pointwise, pointwise_len, pointwise_with};
+        use super::super::moments::{assert_grad_sums, GradSums, Moments};
+        use super::super::norm::{self, FusedRelu};
+        use super::super::Residual;
+        let mut rng = Rng::new(13);
+        for g in [
+            geometry(2, 32, 7, 48, 3, 1, 1),
+            geometry(1, 16, 9, 32, 3, 2, 1),
+            geometry(2, 64, 6, 40, 1, 1, 0),
+        ] {
+            let pointwise = g.kernel_h == 1;
+            let x = blocked_input(&g, &mut rng);
+            let weight = random(&mut rng, g.out_channels * g.in_channels * g.kernel_h * g.kernel_w);
+            let w16 = if pointwise {
+                let mut w16 = vec![0; pointwise_len(g.in_channels, g.out_channels)];
+                pack_pointwise(&weight, g.in_channels, g.out_channels, false, &mut w16);
+                w16
+            } else {
+                let mut w16 = vec![0; direct_len(&g, false)];
+                pack_direct(&weight, &g, false, &mut w16);
+                w16
+            };
+            let run = |ep: &BlockedEpilogue, out: &mut [f32], gather: Option<Gather>| match pointwise {
+                true => pointwise_with(&g, &x, &w16, ep, out, gather),
+                false => direct_with(&g, &x, &w16, ep, out, gather),
+            };
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+            let (len, kp) = (ys.len(), ys.padded_channels());
+            let mut plain = vec![f32::NAN; len];
+            run(&BlockedEpilogue::default(), &mut plain, None);
+
+            let (bias, residual, relu_output) = (random(&mut rng, kp), random(&mut rng, len), random(&mut rng, len));
+            let ep = BlockedEpilogue {
+                bias: Some(&bias),
+                residual: Residual::From(&residual),
+                relu: true,
+                relu_output: Some(&relu_output),
+            };
+            let (mut mean, mut var) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+            let mut fused = vec![f32::NAN; len];
+            let moments = Gather::Moments(Moments {
+                partials: &mut Vec::new(),
+                mean: &mut mean,
+                var: &mut var,
+            });
+            run(&ep, &mut fused, Some(moments));
+            for (i, (&got, &sum)) in fused.iter().zip(&plain).enumerate() {
+                let channel = i / (g.out_h * g.out_w * LANES) % ys.blocks() * LANES + i % LANES;
+                let want = ep.apply_scalar(sum, channel, i, f32::NAN);
+                assert!(got.to_bits() == want.to_bits(), "{g:?} at {i}: {got} against {want}");
+            }
+            let (mut want_mean, mut want_var) = (vec![0f64; kp], vec![0f64; kp]);
+            norm::moments::<V16>(ys, &fused, &mut Vec::new(), &mut want_mean, &mut want_var);
+            for k in 0..kp {
+                let scale = want_mean[k].abs().max(want_var[k].sqrt()).max(1e-3);
+                assert!(
+                    (mean[k] - want_mean[k]).abs() <= 1e-5 * scale
+                        && (var[k] - want_var[k]).abs() <= 1e-5 * scale * scale,
+                    "{g:?} channel {k}: {} {} against {} {}",
+                    mean[k],
+                    var[k],
+                    want_mean[k],
+                    want_var[k]
+                );
+            }
+
+            let (z, bn_mean) = (random(&mut rng, len), random(&mut rng, kp));
+            let (scale, shift) = (random(&mut rng, kp), random(&mut rng, kp));
+            let relu = Some(FusedRelu {
+                scale: &scale,
+                shift: &shift,
+            });
+            let (mut sum_dy, mut sum_dy_zc) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+            let mut dy = vec![f32::NAN; len];
+            let sums = Gather::GradSums(GradSums {
+                z: &z,
+                mean: &bn_mean,
+                relu,
+                partials: &mut Vec::new(),
+                sum_dy: &mut sum_dy,
+                sum_dy_zc: &mut sum_dy_zc,
+            });
+            run(&BlockedEpilogue::default(), &mut dy, Some(sums));
+            assert!(dy == plain, "{g:?}: the gathering call stored other values");
+            assert_grad_sums::<V16>(ys, &dy, (&z, &bn_mean, relu), (&sum_dy, &sum_dy_zc), &format!("{g:?}"));
         }
     }
 }

@@ -37,6 +37,11 @@ pub struct BlockedEpilogue<'a> {
 }
 
 impl BlockedEpilogue<'_> {
+    /// Whether it stores the sums unchanged (no bias, residual, ReLU or mask).
+    pub fn is_identity(&self) -> bool {
+        self.bias.is_none() && matches!(self.residual, Residual::None) && !self.relu && self.relu_output.is_none()
+    }
+
     /// The bias vector of output channel block `cb` (zero without a bias): kernels load it
     /// once per block and pass it to `BlockedEpilogue::store`.
     #[inline(always)]
