@@ -214,8 +214,8 @@ pub struct TrainConv {
     shift: Range<usize>,
 }
 
-/// What a convolution's backward-data adds as it stores the input's gradient (only a
-/// Winograd backward-data, see [`TrainConv::fuses_data_grad`]): an identity shortcut's
+/// What a convolution's backward-data adds as it stores the input's gradient (one run as
+/// a stride-1 forward convolution, see [`TrainConv::fuses_data_grad`]): an identity shortcut's
 /// gradient, and the backward of the ReLU that produced the convolution's input.
 #[derive(Clone, Copy, Debug, Default)]
 struct DataGradEpilogue {
@@ -412,8 +412,8 @@ fn pack_bf16(tile: WinogradTile, c: usize, k: usize, u: &[f32], out: &mut [u16])
 /// ones read the input pixels under the output's) and, where the CPU has AMX tiles, for
 /// every other convolution of blocked input ([`bf16_direct::direct`]: ResNet-50 b16's 3x3
 /// layers 1.5-2.4x f32 F(4x4) and 3.2x the f32 direct stride-2 kernel, ResNet-20 b128's
-/// 1.4x F(4x4) but at 8x8, where F(4x4) was 1.1x faster; `examples` at 2 threads on the
-/// Intel host); without AMX, F(2x2) for a Winograd convolution of [`BF16_MIN_CHANNELS`]
+/// 1.4x F(4x4) but at 8x8, where F(4x4) was 1.1x faster: `resnet bench --layers --train
+/// --precision bf16` times both, 2 threads of the Intel host); without AMX, F(2x2) for a Winograd convolution of [`BF16_MIN_CHANNELS`]
 /// input channels or more (F(4x4) magnifies bf16's rounding); `None`: the pass stays f32.
 pub fn bf16_forward(g: &ConvGeometry, forward: Algo, in_block: usize) -> Option<Algo> {
     match forward {
@@ -632,15 +632,17 @@ impl TrainingPlan {
         }
     }
 
-    /// Gives bf16 products (`--precision bf16`) to the forward and backward-filter of every
-    /// unpadded 1x1 convolution ([`bf16::pointwise`], [`pointwise_filter_grad`]) and the
-    /// backward-data of the stride-1 ones, and to the forward and backward-data of the
-    /// Winograd convolutions wide
-    /// enough to gain ([`BF16_MIN_CHANNELS`] input channels or more), which switch to
-    /// F(2x2); returns how many passes switched. F(4x4) is
-    /// never used with bf16: its output transform magnifies bf16's rounding to 5-9 % of
-    /// the output's scale, against 0.3-0.5 % for F(2x2) (the kernels' tests). Fails
-    /// without AVX512_BF16 or on a build whose blocks are not 16 lanes.
+    /// Gives bf16 products (`--precision bf16`) to the passes [`bf16_forward`],
+    /// [`bf16_data_grad`] and [`bf16_filter_grad`] name: every pass of the unpadded 1x1
+    /// convolutions but the strided ones' backward-data ([`bf16::pointwise`],
+    /// [`pointwise_filter_grad`]); with AMX tiles, the forward of every other convolution
+    /// of blocked input and the backward-data of the stride-1 ones
+    /// ([`bf16_direct::direct`]); without, the forward and backward-data of the Winograd
+    /// convolutions wide enough to gain ([`BF16_MIN_CHANNELS`] channels or more), which
+    /// switch to F(2x2). Returns how many passes switched. F(4x4) is never used with bf16:
+    /// its output transform magnifies bf16's rounding to 5-9 % of the output's scale,
+    /// against 0.3-0.5 % for F(2x2) (the kernels' tests). Fails without AVX512_BF16 or on
+    /// a build whose blocks are not 16 lanes.
     pub fn use_bf16(&mut self) -> Result<usize> {
         if !bf16::available() || BLOCK != bf16::LANES {
             return Err(Error::Config(

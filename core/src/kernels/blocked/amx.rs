@@ -12,12 +12,14 @@
 //! pixel's 32 input channels a row), and the weights are read as [`super::bf16::pack_pointwise`]
 //! packs them (`[output block][input channel / 2][lane][2]`: 16 pairs of one output
 //! block are one 16-row tile). Each step adds 2 pixel tiles x 2 output blocks: four
-//! accumulator tiles, two of inputs, two of weights.
+//! accumulator tiles, two of inputs, two of weights. The direct convolutions of other
+//! kernels (`bf16_direct`) run the same steps with each tap's pixel rows at its own
+//! offset in one input buffer (`Tiles::gathered_step`).
 //!
 //! The tiles are not in Rust's register model, and the compiler never emits tile
-//! instructions itself: each call configures the tiles, runs its steps (each one `asm!`
-//! block from zeroing its accumulators to storing them) and releases them before it
-//! returns, so no other code on the thread finds them in use. Linux
+//! instructions itself: each call (or `Tiles` value) configures the tiles, runs its
+//! steps (each one `asm!` block from zeroing or loading its accumulators to storing them)
+//! and releases them before it returns, so no other code on the thread finds them in use. Linux
 //! hands a process the tile state only once asked (`arch_prctl(ARCH_REQ_XCOMP_PERM)`),
 //! which [`available`] does once; elsewhere (other systems, other CPUs, wasm) it is false
 //! and the AVX512_BF16 kernels run.

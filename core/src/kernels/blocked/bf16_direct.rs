@@ -11,7 +11,7 @@
 //! `(ky, kx)` reads pixel `q + (ky / s) wq + kx / s` of phase `(ky % s, kx % s)`: 32
 //! consecutive positions of one tap are 32 consecutive tile rows, one tile load from one
 //! offset. A step adds every tap and depth plane (the gathered offsets,
-//! [`amx::Tiles::gathered_step`]) for 32 positions x 2 output blocks, with no im2col
+//! `amx::Tiles::gathered_step`) for 32 positions x 2 output blocks, with no im2col
 //! copy. The positions of the padding columns (`ox >= out_w`) read across into the next
 //! row and are computed and thrown away: `(kw - 1) / s` of `wq` (2 of 58 on ResNet-50's
 //! first 3x3 layers, 2 of 9 on its last; 1 of 29 on its first strided one).
