@@ -413,8 +413,9 @@ fn pack_bf16(tile: WinogradTile, c: usize, k: usize, u: &[f32], out: &mut [u16])
 /// every other convolution of blocked input ([`bf16_direct::direct`]: ResNet-50 b16's 3x3
 /// layers 1.5-2.4x f32 F(4x4) and 3.2x the f32 direct stride-2 kernel, ResNet-20 b128's
 /// 1.4x F(4x4) but at 8x8, where F(4x4) was 1.1x faster: `resnet bench --layers --train
-/// --precision bf16` times both, 2 threads of the Intel host); without AMX, F(2x2) for a Winograd convolution of [`BF16_MIN_CHANNELS`]
-/// input channels or more (F(4x4) magnifies bf16's rounding); `None`: the pass stays f32.
+/// --precision bf16` times both, 2 threads of the Intel host); without AMX, F(2x2) for a
+/// Winograd convolution of [`BF16_MIN_CHANNELS`] input channels or more (F(4x4) magnifies
+/// bf16's rounding); `None`: the pass stays f32.
 pub fn bf16_forward(g: &ConvGeometry, forward: Algo, in_block: usize) -> Option<Algo> {
     match forward {
         _ if unpadded_1x1(g, in_block) => Some(Algo::Direct),
@@ -692,11 +693,11 @@ impl TrainingPlan {
                         claim(len)
                     }
                     Some(Algo::Direct) => {
-                        if let Some(DataGradAlgo::Forward(Algo::Winograd(_))) = c.data_grad {
-                            c.data_grad = Some(DataGradAlgo::Forward(Algo::Direct));
-                            let len = data_grad_packed_len(&g, BLOCK);
-                            c.data_weights = c.data_weights.start..c.data_weights.start + len;
-                        }
+                        // Run as a stride-1 forward convolution, which fuses its epilogue
+                        // (whichever f32 form the plan had chosen).
+                        c.data_grad = Some(DataGradAlgo::Forward(Algo::Direct));
+                        let len = data_grad_packed_len(&g, BLOCK);
+                        c.data_weights = c.data_weights.start..c.data_weights.start + len;
                         claim(bf16_direct_len(&g, true))
                     }
                     None => 0..0,
@@ -1232,7 +1233,7 @@ fn stage_forward(
         relu_output: None,
     };
     // In training, the convolution gathers the batch norm's statistics as it stores.
-    let bf16_direct = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
+    let bf16_products = matches!(c.forward, Algo::Direct) && !c.fwd_bf16.is_empty();
     let fused_moments = matches!(stats, Stats::Train(_));
     {
         let [x, z] = split(&mut w.arena, [x.at(n), c.z.at(n)]);
@@ -1249,7 +1250,7 @@ fn stage_forward(
                 winograd_conv_gather::<F32xBlock>(&g, tile, x, filters, &ep, z, Gather::Moments(moments))
             }
             Algo::Winograd(tile) => winograd_conv_with::<F32xBlock>(&g, tile, x, filters, &ep, z),
-            Algo::Direct if bf16_direct => {
+            Algo::Direct if bf16_products => {
                 let gather = fused_moments.then(|| {
                     Gather::Moments(Moments {
                         partials: &mut w.partials,

@@ -296,59 +296,72 @@ impl Tiles {
     }
 
     /// One step of a convolution whose taps are offsets into one input buffer:
-    /// `spill[j][i][r] = sum_k a[first + offsets[k] + (16 i + r) * a_row ..][..row]` times
+    /// `spill[j][i][r] = sum_k a[first + taps[k] + (16 i + r) * a_row ..][..row]` times
     /// weight tile `k` of output block `j`, for 2 pixel tiles and `blocks` (1 or 2) output
     /// blocks, the weights of block `j` at `w[j * w_block..]`, [`Depth::weight_tile`]
-    /// values a tile; added to the sums in `spill` when `accumulate`. Offsets, `first`
-    /// and `a_row` count bf16 values.
+    /// values a tile; added to the sums in `spill` when `accumulate`. `first` and `a_row`
+    /// count bf16 values.
     pub(crate) fn gathered_step(
         &mut self,
         (a, first, a_row): (&[u16], usize, usize),
-        offsets: &[usize],
+        taps: &Taps,
         (w, w_block, blocks): (&[u16], usize, usize),
         accumulate: bool,
         spill: &mut Spill,
     ) {
-        let (row, wt, k) = (self.depth.row(), self.depth.weight_tile(), offsets.len());
+        let (row, wt, k) = (self.depth.row(), self.depth.weight_tile(), taps.bytes.len());
         assert!((1..=2).contains(&blocks) && k > 0, "amx: gathered step shape");
-        let last = offsets.iter().copied().max().unwrap_or(0);
         assert!(
-            first + last + (STEP_PIXELS - 1) * a_row + row <= a.len(),
+            first + taps.reach + (STEP_PIXELS - 1) * a_row + row <= a.len(),
             "amx: gathered input rows"
         );
         assert!((blocks - 1) * w_block + k * wt <= w.len(), "amx: gathered weights");
         #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
         {
             let a_ptr = a[first..].as_ptr();
-            let w1 = if blocks == 2 { w[w_block..].as_ptr() } else { w.as_ptr() };
-            // Byte offsets for the kernel, on the stack (at most a few hundred taps).
-            let mut bytes = [0usize; GATHER_MAX];
-            let mut at = 0;
-            while at < k {
-                let n = (k - at).min(GATHER_MAX);
-                for (b, &o) in bytes.iter_mut().zip(&offsets[at..at + n]) {
-                    *b = o * 2;
+            let (w0, w1) = (w.as_ptr(), w[(blocks - 1) * w_block..].as_ptr());
+            let (bytes, a_row) = (taps.bytes, a_row * 2);
+            // SAFETY: the tiles are configured for `self.depth` on this thread (`new`);
+            // every input row read lies in `a` (the farthest tap is `taps.reach` values
+            // on) and every weight tile in `w` (asserted above); the spill tiles are 16
+            // rows of 64 bytes each, ours alone.
+            unsafe {
+                let dst = spill.tile(0, 0);
+                match (self.depth, blocks) {
+                    (Depth::Full, 2) => x86::gathered_2x2(a_ptr, bytes, a_row, (w0, w1), accumulate, dst),
+                    (Depth::Full, _) => x86::gathered_2x1(a_ptr, bytes, a_row, w0, accumulate, dst),
+                    (Depth::Half, 2) => x86::half_gathered_2x2(a_ptr, bytes, a_row, (w0, w1), accumulate, dst),
+                    (Depth::Half, _) => x86::half_gathered_2x1(a_ptr, bytes, a_row, w0, accumulate, dst),
                 }
-                let w0 = w[at * wt..].as_ptr();
-                let w1 = w1.wrapping_add(at * wt);
-                // SAFETY: the tiles are configured for `self.depth` on this thread (`new`);
-                // every input row read lies in `a` and every weight tile in `w` (asserted
-                // above); the spill tiles are 16 rows of 64 bytes each, ours alone.
-                unsafe {
-                    let dst = spill.tile(0, 0);
-                    let acc = accumulate || at > 0;
-                    match (self.depth, blocks) {
-                        (Depth::Full, 2) => x86::gathered_2x2(a_ptr, &bytes[..n], a_row * 2, (w0, w1), acc, dst),
-                        (Depth::Full, _) => x86::gathered_2x1(a_ptr, &bytes[..n], a_row * 2, w0, acc, dst),
-                        (Depth::Half, 2) => x86::half_gathered_2x2(a_ptr, &bytes[..n], a_row * 2, (w0, w1), acc, dst),
-                        (Depth::Half, _) => x86::half_gathered_2x1(a_ptr, &bytes[..n], a_row * 2, w0, acc, dst),
-                    }
-                }
-                at += n;
             }
         }
         #[cfg(not(all(target_arch = "x86_64", target_os = "linux")))]
         let _ = (spill, accumulate);
+    }
+}
+
+/// The taps of [`Tiles::gathered_step`]: byte offsets into its input buffer, as the
+/// kernel reads them, made once per buffer layout, and the farthest in bf16 values.
+pub(crate) struct Taps<'a> {
+    bytes: &'a [usize],
+    reach: usize,
+}
+
+impl<'a> Taps<'a> {
+    /// Fills `bytes` with the offsets `values` gives (in bf16 values; the first
+    /// `bytes.len()` of them) and takes them.
+    pub(crate) fn new(values: impl Iterator<Item = usize>, bytes: &'a mut [usize]) -> Taps<'a> {
+        let mut n = 0;
+        let mut reach = 0;
+        for (b, v) in bytes.iter_mut().zip(values) {
+            *b = v * 2;
+            reach = reach.max(v);
+            n += 1;
+        }
+        Taps {
+            bytes: &bytes[..n],
+            reach,
+        }
     }
 }
 
@@ -358,10 +371,6 @@ impl Drop for Tiles {
         x86::release();
     }
 }
-
-/// Taps of one gathered kernel call; longer reductions continue from the spilled sums.
-#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
-const GATHER_MAX: usize = 512;
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
 mod x86 {

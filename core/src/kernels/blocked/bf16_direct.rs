@@ -18,7 +18,7 @@
 //!
 //! Without AMX [`direct`] runs [`direct_naive`], the twin the tests hold it to.
 
-use super::amx::{self, Depth, Spill, Tiles};
+use super::amx::{self, Depth, Spill, Taps, Tiles};
 use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES, V16};
 use super::moments::{Gather, TaskGather};
 use super::BlockedEpilogue;
@@ -202,10 +202,11 @@ impl Bands {
         };
         let planes = icb * LANES / depth.row();
         let wq = (g.in_w + 2 * g.pad).div_ceil(g.stride);
-        let row_bytes = g.stride * wq * icb * LANES * 2;
+        // One row of every phase plane: `stride` input rows.
+        let row_bytes = g.stride * g.stride * wq * icb * LANES * 2;
         // The most output rows whose input rows fit the band, then fewer where the
         // batch alone gives the threads too few tasks.
-        let fit = (BAND_BYTES / row_bytes.max(1)).saturating_sub(g.kernel_h / g.stride + 1) + 1;
+        let fit = (BAND_BYTES / row_bytes.max(1)).saturating_sub((g.kernel_h - 1) / g.stride);
         let want = (2 * rayon::current_num_threads()).div_ceil(g.batch.max(1));
         let rows = fit.min(g.out_h.div_ceil(want)).clamp(1, g.out_h.max(1));
         Bands {
@@ -290,28 +291,29 @@ fn direct_on_tiles(
             }
             let mut tiles = Tiles::new(depth);
             let mut spill = Spill::default();
-            let mut offsets = [0usize; OFFSETS_PER_CALL];
+            // Where step `k` (tap-major, then depth plane) reads, from the step's first
+            // position.
+            let offset = |k: usize| {
+                let (tap, plane) = (k / planes, k % planes);
+                let (ky, kx) = (tap / g.kernel_w, tap % g.kernel_w);
+                let at_phase = ((plane * s + ky % s) * s + kx % s) * phase;
+                (at_phase + ky / s * wq + kx / s) * row
+            };
+            let mut bytes = [0usize; OFFSETS_PER_CALL];
+            let mut taps = Taps::new((0..steps_k).map(offset), &mut bytes);
+            let chunked = steps_k > OFFSETS_PER_CALL;
             let q_end = rows * wq;
             for cb in (0..ocb).step_by(2) {
                 let blocks = (ocb - cb).min(2);
                 let w = &w16[cb * w_block..];
                 for q0 in (0..q_end).step_by(amx::STEP_PIXELS) {
                     for k0 in (0..steps_k).step_by(OFFSETS_PER_CALL) {
-                        let kn = (steps_k - k0).min(OFFSETS_PER_CALL);
-                        for (k, o) in (k0..k0 + kn).zip(offsets.iter_mut()) {
-                            let (tap, plane) = (k / planes, k % planes);
-                            let (ky, kx) = (tap / g.kernel_w, tap % g.kernel_w);
-                            let at_phase = ((plane * s + ky % s) * s + kx % s) * phase;
-                            *o = (at_phase + ky / s * wq + kx / s) * row;
+                        if chunked {
+                            let kn = (steps_k - k0).min(OFFSETS_PER_CALL);
+                            taps = Taps::new((k0..k0 + kn).map(offset), &mut bytes);
                         }
                         let w = &w[k0 * depth.weight_tile()..];
-                        tiles.gathered_step(
-                            (buf, q0 * row, row),
-                            &offsets[..kn],
-                            (w, w_block, blocks),
-                            k0 > 0,
-                            &mut spill,
-                        );
+                        tiles.gathered_step((buf, q0 * row, row), &taps, (w, w_block, blocks), k0 > 0, &mut spill);
                     }
                     for p in 0..amx::STEP_PIXELS.min(q_end - q0) {
                         let (oy, ox) = (oy0 + (q0 + p) / wq, (q0 + p) % wq);
