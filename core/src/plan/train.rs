@@ -40,7 +40,7 @@ use crate::kernels::blocked::winograd::{
     transform_flipped_filters, winograd_conv_gather, winograd_conv_with, Transformed,
 };
 use crate::kernels::blocked::winograd_filter_grad::{self, winograd_filter_grad};
-use crate::kernels::blocked::{amx, bf16, bf16_direct};
+use crate::kernels::blocked::{amx, bf16, bf16_data_grad, bf16_direct};
 use crate::kernels::blocked::{BlockedEpilogue, Residual};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::pool::PoolGeometry;
@@ -426,13 +426,14 @@ pub fn bf16_forward(g: &ConvGeometry, forward: Algo, in_block: usize) -> Option<
 }
 
 /// [`bf16_forward`]'s rule for backward-data, run as `data_grad` in f32: the transposed
-/// 1x1 kernel for a stride-1 1x1 convolution; with AMX the tile kernel on the flipped
-/// weights for any other stride-1 one; without, F(2x2) for a Winograd one of
-/// [`BF16_MIN_CHANNELS`] output channels or more.
+/// 1x1 kernel for a stride-1 1x1 convolution; with AMX the tile kernels for any other,
+/// the direct one on the flipped weights at stride 1, the polyphase one
+/// ([`bf16_data_grad::data_grad_strided`]) at larger strides; without, F(2x2) for a
+/// Winograd one of [`BF16_MIN_CHANNELS`] output channels or more.
 pub fn bf16_data_grad(g: &ConvGeometry, data_grad: Option<DataGradAlgo>, in_block: usize) -> Option<Algo> {
     match data_grad? {
         _ if unpadded_1x1(g, in_block) && g.stride == 1 => Some(Algo::Direct),
-        _ if in_block == BLOCK && amx::available() && as_forward(g).is_some() => Some(Algo::Direct),
+        _ if in_block == BLOCK && amx::available() => Some(Algo::Direct),
         DataGradAlgo::Forward(Algo::Winograd(_)) if g.out_channels >= BF16_MIN_CHANNELS => {
             Some(Algo::Winograd(WinogradTile::F2))
         }
@@ -450,9 +451,11 @@ fn bf16_direct_len(g: &ConvGeometry, flipped: bool) -> usize {
     }
 }
 
-/// Packs OIHW `weight` for [`bf16_direct_kernel`] (see [`bf16_direct_len`]).
+/// Packs OIHW `weight` for [`bf16_direct_kernel`] (see [`bf16_direct_len`]), or for a
+/// strided convolution's backward-data ([`bf16_data_grad::data_grad_strided`]).
 fn pack_bf16_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [u16]) {
     match (g.kernel_h, g.kernel_w) {
+        _ if flipped && g.stride > 1 => bf16_data_grad::pack_data_grad_strided(weight, g, out),
         (1, 1) => bf16::pack_pointwise(weight, g.in_channels, g.out_channels, flipped, out),
         _ => bf16_direct::pack_direct(weight, g, flipped, out),
     }
@@ -693,11 +696,13 @@ impl TrainingPlan {
                         claim(len)
                     }
                     Some(Algo::Direct) => {
-                        // Run as a stride-1 forward convolution, which fuses its epilogue
-                        // (whichever f32 form the plan had chosen).
-                        c.data_grad = Some(DataGradAlgo::Forward(Algo::Direct));
-                        let len = data_grad_packed_len(&g, BLOCK);
-                        c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                        // At stride 1, run as a forward convolution, which fuses its
+                        // epilogue (whichever f32 form the plan had chosen).
+                        if as_forward(&g).is_some() {
+                            c.data_grad = Some(DataGradAlgo::Forward(Algo::Direct));
+                            let len = data_grad_packed_len(&g, BLOCK);
+                            c.data_weights = c.data_weights.start..c.data_weights.start + len;
+                        }
                         claim(bf16_direct_len(&g, true))
                     }
                     None => 0..0,
@@ -1466,9 +1471,13 @@ fn stage_backward(
         (DataGradAlgo::Forward(Algo::Winograd(tile)), None) => {
             winograd_conv_with::<F32xBlock>(&c.data_geometry(n), tile, t, filters, &ep, o);
         }
-        (_, gather) if !c.data_bf16.is_empty() => {
+        (DataGradAlgo::Forward(_), gather) if !c.data_bf16.is_empty() => {
             let w16 = &w.derived_bf16[c.data_bf16.clone()];
             bf16_direct_kernel(&c.data_geometry(n), t, w16, &ep, o, gather)
+        }
+        (_, gather) if !c.data_bf16.is_empty() => {
+            let w16 = &w.derived_bf16[c.data_bf16.clone()];
+            bf16_data_grad::data_grad_strided(&g, t, w16, &ep, o, gather)
         }
         (_, Some(gather)) => data_grad_gather::<F32xBlock>(&g, t, weights, &ep, o, gather),
         _ => data_grad_with::<F32xBlock>(&g, t, weights, &ep, o),
@@ -1544,23 +1553,26 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
         let mut dx = vec![0.0; Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, BLOCK).len()];
         let s = best_of(&mut || data_grad::<F32xBlock>(g, &dy, &packed, &mut dx));
         data_grad_s.push((DataGradAlgo::Strided, s));
-        if let (true, Some(t)) = (with_bf16, as_forward(g)) {
+        if with_bf16 {
             data_grad_bf16 = bf16_data_grad(g, data_grad_algo(g), in_block).map(|algo| {
-                let s = match algo {
-                    Algo::Winograd(tile) => {
+                let ep = BlockedEpilogue::default();
+                let s = match (algo, as_forward(g)) {
+                    (Algo::Winograd(tile), Some(t)) => {
                         let mut u = vec![0.0; choose::derived_len(algo, &t, BLOCK)];
                         transform_flipped_filters(&weight, g.in_channels, g.out_channels, tile, BLOCK, &mut u);
                         let mut u16s = vec![0; u.len()];
                         pack_bf16(tile, g.out_channels, g.in_channels, &u, &mut u16s);
-                        let ep = BlockedEpilogue::default();
                         best_of(&mut || {
                             winograd_conv_with::<F32xBlock>(&t, tile, &dy, Transformed::Bf16(&u16s), &ep, &mut dx)
                         })
                     }
-                    Algo::Direct => {
+                    (_, forward) => {
                         let mut w16 = vec![0; bf16_direct_len(g, true)];
                         pack_bf16_direct(&weight, g, true, &mut w16);
-                        best_of(&mut || bf16_direct_kernel(&t, &dy, &w16, &BlockedEpilogue::default(), &mut dx, None))
+                        best_of(&mut || match forward {
+                            Some(t) => bf16_direct_kernel(&t, &dy, &w16, &ep, &mut dx, None),
+                            None => bf16_data_grad::data_grad_strided(g, &dy, &w16, &ep, &mut dx, None),
+                        })
                     }
                 };
                 (algo, s)

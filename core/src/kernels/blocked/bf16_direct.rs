@@ -29,6 +29,7 @@ use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// Bytes of one task's padded input band: inside the L2 beside one pair of output
 /// blocks' weights.
@@ -277,16 +278,16 @@ fn direct_on_tiles(
                         let line = &mut dst[r * wq * row..];
                         match (oy0 * s + r * s + py).checked_sub(g.pad).filter(|&iy| iy < g.in_h) {
                             Some(iy) if j_hi > j_lo => {
-                                zero_rows(line, j_lo, row);
-                                zero_rows(&mut line[j_hi * row..], wq - j_hi, row);
+                                zero_rows(line, 0..j_lo, row);
+                                zero_rows(line, j_hi..wq, row);
                                 let ix = px + s * j_lo - g.pad;
                                 let src = &block[(iy * g.in_w + ix) * l..];
                                 convert_rows((src, s * l), j_hi - j_lo, (&mut line[j_lo * row..], row));
                             }
-                            _ => zero_rows(line, wq, row),
+                            _ => zero_rows(line, 0..wq, row),
                         }
                     }
-                    zero_rows(&mut dst[phase_rows * wq * row..], phase - phase_rows * wq, row);
+                    zero_rows(dst, phase_rows * wq..phase, row);
                 }
             }
             let mut tiles = Tiles::new(depth);
@@ -341,9 +342,10 @@ fn direct_on_tiles(
     }
 }
 
-/// Zeroes 16 values at the start of each of `count` rows `step` values apart.
-fn zero_rows(dst: &mut [u16], count: usize, step: usize) {
-    for r in 0..count {
+/// Zeroes 16 values at the start of each of the rows `rows` (`step` values apart) of
+/// `dst`.
+pub(crate) fn zero_rows(dst: &mut [u16], rows: Range<usize>, step: usize) {
+    for r in rows {
         dst[r * step..r * step + LANES].fill(0);
     }
 }
@@ -430,6 +432,8 @@ mod tests {
             geometry(1, 32, 9, 16, 5, 1, 0),
             // 29 blocks at half depth: 261 taps x planes, more than one kernel call takes.
             geometry(1, 29 * 16, 4, 16, 3, 1, 1),
+            // Whole steps that end with the band: the second block's half of the last row.
+            geometry(4, 32, 8, 16, 1, 1, 0),
         ]
     }
 
