@@ -639,9 +639,9 @@ impl TrainingPlan {
     /// Gives bf16 products (`--precision bf16`) to the passes [`bf16_forward`],
     /// [`bf16_data_grad`] and [`bf16_filter_grad`] name: every pass of the unpadded 1x1
     /// convolutions but the strided ones' backward-data ([`bf16::pointwise`],
-    /// [`pointwise_filter_grad`]); with AMX tiles, the forward of every other convolution
-    /// of blocked input and the backward-data of the stride-1 ones
-    /// ([`bf16_direct::direct`]); without, the forward and backward-data of the Winograd
+    /// [`pointwise_filter_grad`]); with AMX tiles, the forward and backward-data of every
+    /// other convolution of blocked input ([`bf16_direct::direct`],
+    /// [`bf16_data_grad::data_grad_strided`]); without, the forward and backward-data of the Winograd
     /// convolutions wide enough to gain ([`BF16_MIN_CHANNELS`] channels or more), which
     /// switch to F(2x2). Returns how many passes switched. F(4x4) is never used with bf16:
     /// its output transform magnifies bf16's rounding to 5-9 % of the output's scale,
