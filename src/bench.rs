@@ -305,6 +305,8 @@ fn train_layer_table(
             );
             let chosen = match algo {
                 DataGradAlgo::Forward(a) if c.data_grad_bf16() => bf16_name(a),
+                // A strided backward-data with bf16 products runs the polyphase tile kernel.
+                DataGradAlgo::Strided if c.data_grad_bf16() => bf16_name(Algo::Direct),
                 _ => algo.name(),
             };
             rows.push(layer_row(&c.geometry, &names, "BackwardData", chosen, &data, fma));
