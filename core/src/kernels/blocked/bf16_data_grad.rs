@@ -20,7 +20,7 @@
 
 use super::amx::{self, Depth, Spill, Taps, Tiles};
 use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES, V16};
-use super::bf16_direct::{direct_len, zero_rows};
+use super::bf16_direct::{direct_len, store_sums, zero_rows};
 use super::moments::{Gather, TaskGather};
 use super::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
@@ -148,28 +148,27 @@ pub fn data_grad_strided(
     dx: &mut [f32],
     gather: Option<Gather>,
 ) {
+    data_grad_strided_on(g, dy, w16, (ep, dx, gather), amx::available());
+}
+
+/// [`data_grad_strided`] on the tiles when `tiles`, else naive: the tests run both on
+/// AMX CPUs.
+pub(crate) fn data_grad_strided_on(
+    g: &ConvGeometry,
+    dy: &[f32],
+    w16: &[u16],
+    (ep, dx, gather): (&BlockedEpilogue, &mut [f32], Option<Gather>),
+    tiles: bool,
+) {
     check(g, dy, w16, dx);
-    if amx::available() {
+    if tiles {
         on_tiles(g, dy, w16, ep, dx, gather);
         return;
     }
     let mut sums = vec![0.0; dx.len()];
     data_grad_strided_naive(g, dy, w16, &mut sums);
     let dxs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
-    let records = gather.map(|m| TaskGather::new(m, 1, dxs.padded_channels(), dxs.len()));
-    let shared = SharedOut::new(dx);
-    for (i, chunk) in sums.chunks_exact(LANES).enumerate() {
-        let block = i / (g.in_h * g.in_w) % dxs.blocks();
-        ep.store::<V16>(V16::load(chunk), ep.bias_of::<V16>(block), i * LANES, &shared);
-    }
-    if let Some(records) = records {
-        for n in 0..g.batch {
-            for b in 0..dxs.blocks() {
-                records.add_run::<V16>(0, &shared, dxs.at(n, b, 0, 0), g.in_h * g.in_w, b);
-            }
-        }
-        records.finish();
-    }
+    store_sums(dxs, &sums, ep, dx, gather);
 }
 
 /// [`data_grad_strided`] one value at a time from the packed weights, pairs of `dy`

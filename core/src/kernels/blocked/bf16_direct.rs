@@ -101,8 +101,19 @@ pub fn direct_with(
     out: &mut [f32],
     gather: Option<Gather>,
 ) {
+    direct_on(g, input, w16, (ep, out, gather), amx::available());
+}
+
+/// [`direct_with`] on the tiles when `tiles`, else naive: the tests run both on AMX CPUs.
+pub(crate) fn direct_on(
+    g: &ConvGeometry,
+    input: &[f32],
+    w16: &[u16],
+    (ep, out, gather): (&BlockedEpilogue, &mut [f32], Option<Gather>),
+    tiles: bool,
+) {
     check(g, input, w16, out);
-    if amx::available() {
+    if tiles {
         direct_on_tiles(g, input, w16, ep, out, gather);
     } else {
         direct_naive_with(g, input, w16, ep, out, gather);
@@ -162,19 +173,26 @@ fn direct_naive_with(
     out: &mut [f32],
     gather: Option<Gather>,
 ) {
-    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
     let mut sums = vec![0.0; out.len()];
     direct_naive(g, input, w16, &mut sums);
-    let records = gather.map(|m| TaskGather::new(m, 1, ys.padded_channels(), ys.len()));
+    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+    store_sums(ys, &sums, ep, out, gather);
+}
+
+/// Stores `sums` (blocked as `shape`) into `out` through `ep`, then gathers `gather`'s
+/// sums of what it stored, as one task: the naive paths' epilogue.
+pub(crate) fn store_sums(shape: Blocked, sums: &[f32], ep: &BlockedEpilogue, out: &mut [f32], gather: Option<Gather>) {
+    let records = gather.map(|m| TaskGather::new(m, 1, shape.padded_channels(), shape.len()));
     let shared = SharedOut::new(out);
+    let pixels = shape.h * shape.w;
     for (i, chunk) in sums.chunks_exact(LANES).enumerate() {
-        let block = i / (g.out_h * g.out_w) % ys.blocks();
+        let block = i / pixels % shape.blocks();
         ep.store::<V16>(V16::load(chunk), ep.bias_of::<V16>(block), i * LANES, &shared);
     }
     if let Some(records) = records {
-        for n in 0..g.batch {
-            for b in 0..ys.blocks() {
-                records.add_run::<V16>(0, &shared, ys.at(n, b, 0, 0), g.out_h * g.out_w, b);
+        for n in 0..shape.n {
+            for b in 0..shape.blocks() {
+                records.add_run::<V16>(0, &shared, shape.at(n, b, 0, 0), pixels, b);
             }
         }
         records.finish();
@@ -473,39 +491,70 @@ mod tests {
         }
     }
 
-    /// The epilogue and the batch-norm sums both bf16 kernels take in training, against
-    /// separate passes over the plain call's output: the epilogue's scalar twin value by
-    /// value, the moments and gradient sums of the stored output (ragged bands and
-    /// steps, stride 2, an odd and an even block count).
+    /// The epilogue and the batch-norm sums the bf16 kernels take in training (the tile
+    /// kernels and the naive paths of CPUs without AMX), against separate passes over the
+    /// plain call's output: the epilogue's scalar twin value by value, the moments and
+    /// gradient sums of the stored output (ragged bands and steps, stride 2, an odd and an
+    /// even block count).
     #[test]
     fn epilogue_and_gathered_sums_match_separate_passes() {
         use super::super::bf16::{pack_pointwise, pointwise_len, pointwise_with};
+        use super::super::bf16_data_grad::{data_grad_strided_on, pack_data_grad_strided};
         use super::super::moments::{assert_grad_sums, GradSums, Moments};
         use super::super::norm::{self, FusedRelu};
         use super::super::Residual;
+        #[derive(Clone, Copy, Debug)]
+        enum Kernel {
+            Pointwise,
+            Direct { tiles: bool },
+            StridedDataGrad { tiles: bool },
+        }
         let mut rng = Rng::new(13);
-        for g in [
-            geometry(2, 32, 7, 48, 3, 1, 1),
-            geometry(1, 16, 9, 32, 3, 2, 1),
-            geometry(2, 64, 6, 40, 1, 1, 0),
+        for (g, kernel) in [
+            (geometry(2, 32, 7, 48, 3, 1, 1), Kernel::Direct { tiles: true }),
+            (geometry(1, 16, 9, 32, 3, 2, 1), Kernel::Direct { tiles: true }),
+            (geometry(1, 16, 9, 32, 3, 2, 1), Kernel::Direct { tiles: false }),
+            (geometry(2, 64, 6, 40, 1, 1, 0), Kernel::Pointwise),
+            (geometry(2, 32, 9, 16, 3, 2, 1), Kernel::StridedDataGrad { tiles: true }),
+            (
+                geometry(1, 48, 8, 32, 1, 2, 0),
+                Kernel::StridedDataGrad { tiles: false },
+            ),
         ] {
-            let pointwise = g.kernel_h == 1;
-            let x = blocked_input(&g, &mut rng);
+            let tiles = matches!(
+                kernel,
+                Kernel::Direct { tiles: true } | Kernel::StridedDataGrad { tiles: true }
+            );
+            if tiles && !amx::available() {
+                continue;
+            }
             let weight = random(&mut rng, g.out_channels * g.in_channels * g.kernel_h * g.kernel_w);
-            let w16 = if pointwise {
-                let mut w16 = vec![0; pointwise_len(g.in_channels, g.out_channels)];
-                pack_pointwise(&weight, g.in_channels, g.out_channels, false, &mut w16);
-                w16
-            } else {
-                let mut w16 = vec![0; direct_len(&g, false)];
-                pack_direct(&weight, &g, false, &mut w16);
-                w16
+            let (x, ys, w16) = match kernel {
+                Kernel::Pointwise => {
+                    let mut w16 = vec![0; pointwise_len(g.in_channels, g.out_channels)];
+                    pack_pointwise(&weight, g.in_channels, g.out_channels, false, &mut w16);
+                    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+                    (blocked_input(&g, &mut rng), ys, w16)
+                }
+                Kernel::Direct { .. } => {
+                    let mut w16 = vec![0; direct_len(&g, false)];
+                    pack_direct(&weight, &g, false, &mut w16);
+                    let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+                    (blocked_input(&g, &mut rng), ys, w16)
+                }
+                Kernel::StridedDataGrad { .. } => {
+                    let mut w16 = vec![0; direct_len(&g, true)];
+                    pack_data_grad_strided(&weight, &g, &mut w16);
+                    let dys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
+                    let dxs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
+                    (random(&mut rng, dys.len()), dxs, w16)
+                }
             };
-            let run = |ep: &BlockedEpilogue, out: &mut [f32], gather: Option<Gather>| match pointwise {
-                true => pointwise_with(&g, &x, &w16, ep, out, gather),
-                false => direct_with(&g, &x, &w16, ep, out, gather),
+            let run = |ep: &BlockedEpilogue, out: &mut [f32], gather: Option<Gather>| match kernel {
+                Kernel::Pointwise => pointwise_with(&g, &x, &w16, ep, out, gather),
+                Kernel::Direct { tiles } => direct_on(&g, &x, &w16, (ep, out, gather), tiles),
+                Kernel::StridedDataGrad { tiles } => data_grad_strided_on(&g, &x, &w16, (ep, out, gather), tiles),
             };
-            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
             let (len, kp) = (ys.len(), ys.padded_channels());
             let mut plain = vec![f32::NAN; len];
             run(&BlockedEpilogue::default(), &mut plain, None);
@@ -526,7 +575,7 @@ mod tests {
             });
             run(&ep, &mut fused, Some(moments));
             for (i, (&got, &sum)) in fused.iter().zip(&plain).enumerate() {
-                let channel = i / (g.out_h * g.out_w * LANES) % ys.blocks() * LANES + i % LANES;
+                let channel = i / (ys.h * ys.w * LANES) % ys.blocks() * LANES + i % LANES;
                 let want = ep.apply_scalar(sum, channel, i, f32::NAN);
                 assert!(got.to_bits() == want.to_bits(), "{g:?} at {i}: {got} against {want}");
             }
