@@ -38,23 +38,48 @@ const BAND_BYTES: usize = 128 << 10;
 /// spilled sums.
 const OFFSETS_PER_CALL: usize = 256;
 
-/// The taps of `dx`'s phase `(a, b)` of the convolution `g`: `(ky, kx)`, row-major.
-fn phase_taps(g: &ConvGeometry, (a, b): (usize, usize)) -> impl Iterator<Item = (usize, usize)> + Clone {
-    let s = g.stride;
-    let ky0 = (a + g.pad) % s;
-    let kx0 = (b + g.pad) % s;
-    let kw = g.kernel_w;
-    (ky0..g.kernel_h)
-        .step_by(s)
-        .flat_map(move |ky| (kx0..kw).step_by(s).map(move |kx| (ky, kx)))
+/// The taps of `dx`'s phase `(a, b)` of the convolution `g`, row-major: how many, and
+/// tap `t`'s `(ky, kx)` (`ky = a + p (mod s)`, `kx = b + p (mod s)`).
+#[derive(Clone, Copy, Debug)]
+struct PhaseTaps {
+    ky0: usize,
+    kx0: usize,
+    rows: usize,
+    cols: usize,
+    stride: usize,
 }
 
-/// The phases of `dx`, row-major, and the taps each has.
-fn phases(g: &ConvGeometry) -> impl Iterator<Item = ((usize, usize), usize)> + '_ {
+impl PhaseTaps {
+    fn new(g: &ConvGeometry, (a, b): (usize, usize)) -> PhaseTaps {
+        let s = g.stride;
+        let (ky0, kx0) = ((a + g.pad) % s, (b + g.pad) % s);
+        PhaseTaps {
+            ky0,
+            kx0,
+            rows: g.kernel_h.saturating_sub(ky0).div_ceil(s),
+            cols: g.kernel_w.saturating_sub(kx0).div_ceil(s),
+            stride: s,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    fn tap(&self, t: usize) -> (usize, usize) {
+        (
+            self.ky0 + self.stride * (t / self.cols),
+            self.kx0 + self.stride * (t % self.cols),
+        )
+    }
+}
+
+/// The phases of `dx`, row-major, and their taps.
+fn phases(g: &ConvGeometry) -> impl Iterator<Item = ((usize, usize), PhaseTaps)> + '_ {
     let s = g.stride;
     (0..s * s).map(move |i| {
         let phase = (i / s, i % s);
-        (phase, phase_taps(g, phase).count())
+        (phase, PhaseTaps::new(g, phase))
     })
 }
 
@@ -93,14 +118,14 @@ pub fn pack_data_grad_strided(weight: &[f32], g: &ConvGeometry, out: &mut [u16])
         "bf16 strided backward-data: packed length"
     );
     let mut rest = out;
-    for (phase, n_taps) in phases(g) {
-        let (part, tail) = rest.split_at_mut(ccb * n_taps * kp * l);
+    for (_, taps) in phases(g) {
+        let (part, tail) = rest.split_at_mut(ccb * taps.count() * kp * l);
         rest = tail;
-        let taps: Vec<(usize, usize)> = phase_taps(g, phase).collect();
-        part.par_chunks_exact_mut((n_taps * kp * l).max(1))
+        part.par_chunks_exact_mut((taps.count() * kp * l).max(1))
             .enumerate()
             .for_each(|(ob, block)| {
-                for (tile, &(ky, kx)) in block.chunks_exact_mut(kp * l).zip(&taps) {
+                for (t, tile) in block.chunks_exact_mut(kp * l).enumerate() {
+                    let (ky, kx) = taps.tap(t);
                     for p in 0..kp / 2 {
                         for lane in 0..l {
                             for j in 0..2 {
@@ -179,8 +204,8 @@ pub fn data_grad_strided_naive(g: &ConvGeometry, dy: &[f32], w16: &[u16], dx: &m
     let (kcb, ccb) = (g.out_channels.div_ceil(l), g.in_channels.div_ceil(l));
     let kp = kcb * l;
     let mut start = 0;
-    for (phase @ (a, b), n_taps) in phases(g) {
-        let taps: Vec<(usize, usize)> = phase_taps(g, phase).collect();
+    for ((a, b), taps) in phases(g) {
+        let n_taps = taps.count();
         for n in 0..g.batch {
             for ob in 0..ccb {
                 for y in (a..g.in_h).step_by(s) {
@@ -188,7 +213,8 @@ pub fn data_grad_strided_naive(g: &ConvGeometry, dy: &[f32], w16: &[u16], dx: &m
                         let at = (((n * ccb + ob) * g.in_h + y) * g.in_w + x) * l;
                         for lane in 0..l {
                             let mut acc = 0f32;
-                            for (t, &(ky, kx)) in taps.iter().enumerate() {
+                            for t in 0..n_taps {
+                                let (ky, kx) = taps.tap(t);
                                 let iy = (y / s) as isize + offset(a, g.pad, ky, s);
                                 let ix = (x / s) as isize + offset(b, g.pad, kx, s);
                                 if iy < 0 || ix < 0 || iy >= g.out_h as isize || ix >= g.out_w as isize {
@@ -240,13 +266,6 @@ fn on_tiles(g: &ConvGeometry, dy: &[f32], w16: &[u16], ep: &BlockedEpilogue, dx:
     if g.batch == 0 || g.in_h == 0 || g.in_w == 0 || ccb == 0 {
         return;
     }
-    let phase_starts: Vec<usize> = phases(g)
-        .scan(0, |at, (_, n_taps)| {
-            let start = *at;
-            *at += ccb * n_taps * kcb * l * l;
-            Some(start)
-        })
-        .collect();
     let out_px = g.out_h * g.out_w;
     let shared = SharedOut::new(dx);
     split::for_each_task(tasks, |task| {
@@ -285,22 +304,34 @@ fn on_tiles(g: &ConvGeometry, dy: &[f32], w16: &[u16], ep: &BlockedEpilogue, dx:
             let mut bytes = [0usize; OFFSETS_PER_CALL];
             for cb in (0..ccb).step_by(2) {
                 let blocks = (ccb - cb).min(2);
-                for ((phase @ (a, b), n_taps), &start) in phases(g).zip(&phase_starts) {
+                // Where the phase's packed weights start.
+                let mut start = 0;
+                for ((a, b), taps) in phases(g) {
                     let (rows_a, cols_b) = ((g.in_h - a).div_ceil(s), (g.in_w - b).div_ceil(s));
-                    let taps: Vec<(usize, usize)> = phase_taps(g, phase).collect();
-                    let steps_k = n_taps * planes;
+                    let steps_k = taps.count() * planes;
                     let w_block = steps_k * depth.weight_tile();
-                    let w = &w16[start + cb * w_block..];
+                    let phase_start = start;
+                    start += ccb * w_block;
+                    if steps_k == 0 {
+                        // No tap reaches this phase: its `dx` is zero, through the epilogue.
+                        for i in i0..(i0 + band_rows_q).min(rows_a) {
+                            for j in 0..cols_b {
+                                for jb in 0..blocks {
+                                    let at = (((n * ccb + cb + jb) * g.in_h + s * i + a) * g.in_w + s * j + b) * l;
+                                    ep.store::<V16>(V16::ZERO, ep.bias_of::<V16>(cb + jb), at, &shared);
+                                }
+                            }
+                        }
+                        continue;
+                    }
+                    let w = &w16[phase_start + cb * w_block..];
                     let offset_of = |k: usize| {
-                        let ((ky, kx), plane) = (taps[k / planes], k % planes);
+                        let ((ky, kx), plane) = (taps.tap(k / planes), k % planes);
                         let ey = (offset(a, g.pad, ky, s) - ey_lo) as usize;
                         let ex = (offset(b, g.pad, kx, s) - ex_lo) as usize;
                         (plane * pixels + ey * wq + ex) * row
                     };
                     for q0 in (0..q_end).step_by(amx::STEP_PIXELS) {
-                        if steps_k == 0 {
-                            spill = Spill::default();
-                        }
                         for k0 in (0..steps_k).step_by(OFFSETS_PER_CALL) {
                             let kn = (steps_k - k0).min(OFFSETS_PER_CALL);
                             let taps = Taps::new((k0..k0 + kn).map(offset_of), &mut bytes);
