@@ -67,11 +67,17 @@ pub fn pack_filters(u: &[f32], positions: usize, ocb: usize, cp: usize, out: &mu
     assert_eq!(u.len(), positions * ocb * cp * l, "bf16: transformed filters length");
     assert_eq!(out.len(), u.len(), "bf16: packed filters length");
     for (row, packed) in u.chunks_exact(cp * l).zip(out.chunks_exact_mut(cp * l)) {
-        for p in 0..cp / 2 {
-            for lane in 0..l {
-                for j in 0..2 {
-                    packed[(p * l + lane) * 2 + j] = to_bf16(row[(2 * p + j) * l + lane]);
-                }
+        pack_tile(packed, |lane, c| row[c * l + lane]);
+    }
+}
+
+/// Fills `tile` (input-channel pairs of 16 output lanes, `[c / 2][lane][2]`: the layout
+/// every bf16 packer writes) with `weight(lane, c)` rounded to bf16.
+pub(crate) fn pack_tile(tile: &mut [u16], weight: impl Fn(usize, usize) -> f32) {
+    for (p, pair) in tile.chunks_exact_mut(2 * LANES).enumerate() {
+        for lane in 0..LANES {
+            for j in 0..2 {
+                pair[lane * 2 + j] = to_bf16(weight(lane, 2 * p + j));
             }
         }
     }
@@ -93,21 +99,16 @@ pub fn pack_pointwise(weight: &[f32], c: usize, k: usize, transposed: bool, out:
     assert_eq!(weight.len(), c * k, "bf16: 1x1 weights length");
     assert_eq!(out.len(), pointwise_len(ci_n, co_n), "bf16: packed 1x1 weights length");
     out.par_chunks_exact_mut(cp * l).enumerate().for_each(|(ob, block)| {
-        for p in 0..cp / 2 {
-            for lane in 0..l {
-                for j in 0..2 {
-                    let (o, i) = (ob * l + lane, 2 * p + j);
-                    let w = match (o < co_n && i < ci_n, transposed) {
-                        (false, _) => 0.0,
-                        (true, false) => weight[o * c + i],
-                        // The backward-data from `k` channels to `c`: output `o` is forward
-                        // input `o`, input `i` is forward output `i`.
-                        (true, true) => weight[i * c + o],
-                    };
-                    block[(p * l + lane) * 2 + j] = to_bf16(w);
-                }
+        pack_tile(block, |lane, i| {
+            let o = ob * l + lane;
+            match (o < co_n && i < ci_n, transposed) {
+                (false, _) => 0.0,
+                (true, false) => weight[o * c + i],
+                // The backward-data from `k` channels to `c`: output `o` is forward
+                // input `o`, input `i` is forward output `i`.
+                (true, true) => weight[i * c + o],
             }
-        }
+        })
     });
 }
 

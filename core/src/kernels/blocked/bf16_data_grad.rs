@@ -19,7 +19,7 @@
 //! hold it to.
 
 use super::amx::{self, Depth, Spill, Taps, Tiles};
-use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES, V16};
+use super::bf16::{convert_rows, from_bf16, pack_tile, scratch_u16, to_bf16, LANES, V16};
 use super::bf16_direct::{direct_len, store_sums, zero_rows};
 use super::moments::{Gather, TaskGather};
 use super::BlockedEpilogue;
@@ -126,19 +126,14 @@ pub fn pack_data_grad_strided(weight: &[f32], g: &ConvGeometry, out: &mut [u16])
             .for_each(|(ob, block)| {
                 for (t, tile) in block.chunks_exact_mut(kp * l).enumerate() {
                     let (ky, kx) = taps.tap(t);
-                    for p in 0..kp / 2 {
-                        for lane in 0..l {
-                            for j in 0..2 {
-                                let (o, i) = (ob * l + lane, 2 * p + j);
-                                let w = if o < c && i < k {
-                                    weight[((i * c + o) * kh + ky) * kw + kx]
-                                } else {
-                                    0.0
-                                };
-                                tile[(p * l + lane) * 2 + j] = to_bf16(w);
-                            }
+                    pack_tile(tile, |lane, i| {
+                        let o = ob * l + lane;
+                        if o < c && i < k {
+                            weight[((i * c + o) * kh + ky) * kw + kx]
+                        } else {
+                            0.0
                         }
-                    }
+                    });
                 }
             });
     }

@@ -19,7 +19,7 @@
 //! Without AMX [`direct`] runs [`direct_naive`], the twin the tests hold it to.
 
 use super::amx::{self, Depth, Spill, Taps, Tiles};
-use super::bf16::{convert_rows, from_bf16, scratch_u16, to_bf16, LANES, V16};
+use super::bf16::{convert_rows, from_bf16, pack_tile, scratch_u16, to_bf16, LANES, V16};
 use super::moments::{Gather, TaskGather};
 use super::BlockedEpilogue;
 use crate::kernels::im2col::ConvGeometry;
@@ -66,19 +66,14 @@ pub fn pack_direct(weight: &[f32], g: &ConvGeometry, flipped: bool, out: &mut [u
         .for_each(|(ob, block)| {
             for (tap, tile) in block.chunks_exact_mut(cp * l).enumerate() {
                 let (ky, kx) = (tap / kw, tap % kw);
-                for p in 0..cp / 2 {
-                    for lane in 0..l {
-                        for j in 0..2 {
-                            let (o, i) = (ob * l + lane, 2 * p + j);
-                            let w = match (o < co_n && i < ci_n, flipped) {
-                                (false, _) => 0.0,
-                                (true, false) => weight[((o * c + i) * kh + ky) * kw + kx],
-                                (true, true) => weight[((i * c + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx],
-                            };
-                            tile[(p * l + lane) * 2 + j] = to_bf16(w);
-                        }
+                pack_tile(tile, |lane, i| {
+                    let o = ob * l + lane;
+                    match (o < co_n && i < ci_n, flipped) {
+                        (false, _) => 0.0,
+                        (true, false) => weight[((o * c + i) * kh + ky) * kw + kx],
+                        (true, true) => weight[((i * c + o) * kh + kh - 1 - ky) * kw + kw - 1 - kx],
                     }
-                }
+                });
             }
         });
 }
