@@ -25,6 +25,7 @@
 use super::choose::{self, Algo, ConvChoice};
 use crate::aligned::{AlignedVec, LINE_BYTES};
 use crate::kernels::blocked::bf16_filter_grad::pointwise_filter_grad;
+use crate::kernels::blocked::bf16_tile_filter_grad;
 use crate::kernels::blocked::data_grad::{
     as_forward, data_grad, data_grad_gather, data_grad_packed_len, data_grad_with, pack_data_grad_weights,
 };
@@ -104,8 +105,9 @@ pub enum FilterGradAlgo {
     Direct,
     /// The Winograd adjoint (3x3 stride 1 pad 1, input in blocks of `BLOCK`).
     Winograd(WinogradTile),
-    /// An unpadded 1x1 convolution's, with bf16 products ([`TrainingPlan::use_bf16`]).
-    PointwiseBf16,
+    /// With bf16 products ([`TrainingPlan::use_bf16`]): [`pointwise_filter_grad`] for an
+    /// unpadded 1x1 convolution, else the tile kernel [`bf16_tile_filter_grad::filter_grad`].
+    Bf16,
 }
 
 impl FilterGradAlgo {
@@ -115,7 +117,7 @@ impl FilterGradAlgo {
             FilterGradAlgo::Direct => "direct",
             FilterGradAlgo::Winograd(WinogradTile::F2) => "wino2",
             FilterGradAlgo::Winograd(WinogradTile::F4) => "wino4",
-            FilterGradAlgo::PointwiseBf16 => "bf16",
+            FilterGradAlgo::Bf16 => "bf16",
         }
     }
 
@@ -133,7 +135,8 @@ impl FilterGradAlgo {
         match self {
             FilterGradAlgo::Direct => filter_grad::<F32xBlock>(g, input, in_block, dy, dw),
             FilterGradAlgo::Winograd(tile) => winograd_filter_grad::<F32xBlock>(g, tile, input, dy, dw),
-            FilterGradAlgo::PointwiseBf16 => pointwise_filter_grad(g, input, dy, dw),
+            FilterGradAlgo::Bf16 if unpadded_1x1(g, in_block) => pointwise_filter_grad(g, input, dy, dw),
+            FilterGradAlgo::Bf16 => bf16_tile_filter_grad::filter_grad(g, input, dy, dw),
         }
     }
 }
@@ -161,7 +164,7 @@ pub fn filter_grad_algo(g: &ConvGeometry, in_block: usize) -> FilterGradAlgo {
         .find(|a| match a {
             FilterGradAlgo::Direct => true,
             // Never a candidate: `use_bf16` gives it.
-            FilterGradAlgo::PointwiseBf16 => false,
+            FilterGradAlgo::Bf16 => false,
             FilterGradAlgo::Winograd(tile) => {
                 let tiles = g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m());
                 let tasks = winograd_filter_grad::tasks(tiles);
@@ -479,10 +482,21 @@ pub fn bf16_direct_kernel(
     }
 }
 
-/// Whether backward-filter of `g` runs in bf16 ([`FilterGradAlgo::PointwiseBf16`]) under
-/// [`TrainingPlan::use_bf16`]: every unpadded 1x1 convolution of blocked input.
+/// Fewest input channels for which the backward-filter of a convolution other than an
+/// unpadded 1x1 runs on the AMX tiles ([`bf16_tile_filter_grad`]). Its tiles take 32
+/// input x 32 output channels of one tap, so 16 channels fill half of each: measured
+/// against f32 (`resnet bench --layers --train --precision bf16`, 2 threads of the Intel
+/// host), ResNet-20's 16- and 32-channel layers ran at 0.55-0.87x the f32 kernels, its
+/// 64-channel ones 0.95-1.06x, ResNet-50 b16's 3x3 layers 1.15-1.9x (64 to 512
+/// channels) and its strided ones 1.8-2.2x.
+pub const BF16_TILE_FILTER_MIN_CHANNELS: usize = 64;
+
+/// Whether backward-filter of `g` runs in bf16 ([`FilterGradAlgo::Bf16`]) under
+/// [`TrainingPlan::use_bf16`]: every unpadded 1x1 convolution of blocked input, and with
+/// AMX tiles every other one of [`BF16_TILE_FILTER_MIN_CHANNELS`] input channels or more.
 pub fn bf16_filter_grad(g: &ConvGeometry, in_block: usize) -> bool {
     unpadded_1x1(g, in_block)
+        || (in_block == BLOCK && amx::available() && g.in_channels >= BF16_TILE_FILTER_MIN_CHANNELS)
 }
 
 fn unpadded_1x1(g: &ConvGeometry, in_block: usize) -> bool {
@@ -683,8 +697,8 @@ impl TrainingPlan {
                 };
                 switched += usize::from(!c.fwd_bf16.is_empty());
             }
-            if bf16_filter_grad(&g, c.in_block) && c.filter_grad != FilterGradAlgo::PointwiseBf16 {
-                c.filter_grad = FilterGradAlgo::PointwiseBf16;
+            if bf16_filter_grad(&g, c.in_block) && c.filter_grad != FilterGradAlgo::Bf16 {
+                c.filter_grad = FilterGradAlgo::Bf16;
                 switched += 1;
             }
             if c.data_bf16.is_empty() {
@@ -1516,7 +1530,7 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
         .collect();
     let with_bf16 = with_bf16 && bf16::available() && BLOCK == bf16::LANES;
     if with_bf16 && bf16_filter_grad(g, in_block) {
-        let a = FilterGradAlgo::PointwiseBf16;
+        let a = FilterGradAlgo::Bf16;
         filter_grad_s.push((a, best_of(&mut || a.run(g, &x, in_block, &dy, &mut dw))));
     }
     let mut z = vec![0.0; output.len()];
@@ -1595,7 +1609,7 @@ pub struct PassTimings {
     pub forward: Vec<(Algo, f64)>,
     /// Backward-data, per way of running it (empty for the stem).
     pub data_grad: Vec<(DataGradAlgo, f64)>,
-    /// Backward-filter, per algorithm (with bf16, [`FilterGradAlgo::PointwiseBf16`] too
+    /// Backward-filter, per algorithm (with bf16, [`FilterGradAlgo::Bf16`] too
     /// where it applies).
     pub filter_grad: Vec<(FilterGradAlgo, f64)>,
     /// With bf16 asked for and where [`bf16_forward`] applies: the forward pass with bf16

@@ -235,6 +235,21 @@ impl Default for Spill {
 }
 
 impl Spill {
+    /// The spills laid end to end in `floats`: a whole number of them, 64-byte aligned
+    /// (a task's share of [`crate::kernels::scratch::with_partials`]).
+    pub(crate) fn many(floats: &mut [f32]) -> &mut [Spill] {
+        let size = std::mem::size_of::<Spill>() / std::mem::size_of::<f32>();
+        assert!(
+            floats.len().is_multiple_of(size)
+                && (floats.as_ptr() as usize).is_multiple_of(std::mem::align_of::<Spill>()),
+            "amx: spills need whole, aligned tiles"
+        );
+        // SAFETY: `Spill` is `repr(C)` arrays of `f32` with no padding; the floats are
+        // aligned for it and hold a whole number of them (asserted above), and the
+        // borrow of `floats` passes to the result.
+        unsafe { std::slice::from_raw_parts_mut(floats.as_mut_ptr().cast::<Spill>(), floats.len() / size) }
+    }
+
     /// Output block `j` (of the step's two), pixel tile `i`.
     #[cfg_attr(not(all(target_arch = "x86_64", target_os = "linux")), allow(dead_code))]
     fn tile(&mut self, j: usize, i: usize) -> *mut f32 {

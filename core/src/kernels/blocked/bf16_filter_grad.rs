@@ -182,7 +182,7 @@ fn pack_x(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u1
 
 /// Up to 16 pixels of one 16-channel block (`src`, pixel-major) as bf16, channel-major:
 /// `dst[ch * 16 + pixel]`, the missing pixels zero.
-fn transpose_block(src: &[f32], dst: &mut [u16]) {
+pub(super) fn transpose_block(src: &[f32], dst: &mut [u16]) {
     let l = LANES;
     assert!(
         src.len() <= l * l && src.len().is_multiple_of(l) && dst.len() == l * l,
@@ -211,7 +211,7 @@ fn transpose_block_naive(src: &[f32], dst: &mut [u16]) {
 /// `src` (pixels of 16 lanes) as bf16 with each pair of pixels interleaved lane by lane:
 /// `dst[(p / 2 * 16 + lane) * 2 + p % 2] = bf16(src[p * 16 + lane])`; an odd last pixel
 /// pairs with zeros.
-fn interleave_pairs(src: &[f32], dst: &mut [u16]) {
+pub(super) fn interleave_pairs(src: &[f32], dst: &mut [u16]) {
     let l = LANES;
     let pixels = src.len() / l;
     assert!(

@@ -11,6 +11,7 @@ pub mod bf16;
 pub mod bf16_data_grad;
 pub mod bf16_direct;
 pub mod bf16_filter_grad;
+pub mod bf16_tile_filter_grad;
 pub mod data_grad;
 pub mod dense;
 pub mod direct;
