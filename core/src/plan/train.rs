@@ -135,8 +135,10 @@ impl FilterGradAlgo {
         match self {
             FilterGradAlgo::Direct => filter_grad::<F32xBlock>(g, input, in_block, dy, dw),
             FilterGradAlgo::Winograd(tile) => winograd_filter_grad::<F32xBlock>(g, tile, input, dy, dw),
-            FilterGradAlgo::Bf16 if unpadded_1x1(g, in_block) => pointwise_filter_grad(g, input, dy, dw),
-            FilterGradAlgo::Bf16 => bf16_tile_filter_grad::filter_grad(g, input, dy, dw),
+            FilterGradAlgo::Bf16 if bf16_filter_grad_on_tiles(g, in_block) => {
+                bf16_tile_filter_grad::filter_grad(g, input, dy, dw)
+            }
+            FilterGradAlgo::Bf16 => pointwise_filter_grad(g, input, dy, dw),
         }
     }
 }
@@ -482,8 +484,8 @@ pub fn bf16_direct_kernel(
     }
 }
 
-/// Fewest input channels for which the backward-filter of a convolution other than an
-/// unpadded 1x1 runs on the AMX tiles ([`bf16_tile_filter_grad`]). Its tiles take 32
+/// Fewest input channels for which a backward-filter runs on the AMX tiles
+/// ([`bf16_filter_grad_on_tiles`]). Its tiles take 32
 /// input x 32 output channels of one tap, so 16 channels fill half of each: measured
 /// against f32 (`resnet bench --layers --train --precision bf16`, 2 threads of the Intel
 /// host), ResNet-20's 16- and 32-channel layers ran at 0.55-0.87x the f32 kernels, its
@@ -492,11 +494,22 @@ pub fn bf16_direct_kernel(
 pub const BF16_TILE_FILTER_MIN_CHANNELS: usize = 64;
 
 /// Whether backward-filter of `g` runs in bf16 ([`FilterGradAlgo::Bf16`]) under
-/// [`TrainingPlan::use_bf16`]: every unpadded 1x1 convolution of blocked input, and with
-/// AMX tiles every other one of [`BF16_TILE_FILTER_MIN_CHANNELS`] input channels or more.
+/// [`TrainingPlan::use_bf16`]: every unpadded 1x1 convolution of blocked input, and every
+/// other one [`bf16_filter_grad_on_tiles`] takes.
 pub fn bf16_filter_grad(g: &ConvGeometry, in_block: usize) -> bool {
-    unpadded_1x1(g, in_block)
-        || (in_block == BLOCK && amx::available() && g.in_channels >= BF16_TILE_FILTER_MIN_CHANNELS)
+    unpadded_1x1(g, in_block) || bf16_filter_grad_on_tiles(g, in_block)
+}
+
+/// Whether a bf16 backward-filter of `g` runs on the AMX tiles
+/// ([`bf16_tile_filter_grad`]) rather than on `vdpbf16ps` ([`pointwise_filter_grad`], the
+/// unpadded 1x1 convolutions only): where the CPU has the tiles, for blocked input of
+/// [`BF16_TILE_FILTER_MIN_CHANNELS`] channels or more, but the strided 1x1 convolutions,
+/// of whose polyphase planes the tile kernel would read one in four. Measured on
+/// ResNet-50 b16 (2 threads, the Intel host, alternating call by call), the tiles against
+/// `vdpbf16ps` on the 1x1 layers: stride 1 1.10-1.27x, stride 2 0.75-0.77x.
+pub fn bf16_filter_grad_on_tiles(g: &ConvGeometry, in_block: usize) -> bool {
+    let strided_1x1 = g.kernel_h == 1 && g.kernel_w == 1 && g.stride > 1;
+    in_block == BLOCK && amx::available() && g.in_channels >= BF16_TILE_FILTER_MIN_CHANNELS && !strided_1x1
 }
 
 fn unpadded_1x1(g: &ConvGeometry, in_block: usize) -> bool {
@@ -655,7 +668,8 @@ impl TrainingPlan {
     /// convolutions but the strided ones' backward-data ([`bf16::pointwise`],
     /// [`pointwise_filter_grad`]); with AMX tiles, the forward and backward-data of every
     /// other convolution of blocked input ([`bf16_direct::direct`],
-    /// [`bf16_data_grad::data_grad_strided`]); without, the forward and backward-data of the Winograd
+    /// [`bf16_data_grad::data_grad_strided`]) and the backward-filter of those of 64 input
+    /// channels or more ([`bf16_tile_filter_grad`]); without, the forward and backward-data of the Winograd
     /// convolutions wide enough to gain ([`BF16_MIN_CHANNELS`] channels or more), which
     /// switch to F(2x2). Returns how many passes switched. F(4x4) is never used with bf16:
     /// its output transform magnifies bf16's rounding to 5-9 % of the output's scale,
