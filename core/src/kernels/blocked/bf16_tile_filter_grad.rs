@@ -510,7 +510,7 @@ mod tests {
     /// values (exact products, sums in another order), added to a gradient already there:
     /// ResNet-20's 3x3 layers at both strides, ResNet-50's strided 3x3, odd block counts
     /// (padding channel rows, a lone output block), odd sizes (an odd phase width
-    /// rounded up), a 1x1 strided projection, a 5x5 unpadded kernel, a band split of a
+    /// rounded up), a 1x1 strided projection and a 1x1 at 7x7, a 5x5 unpadded kernel, a band split of a
     /// wide image (bands across a chunk's end), and a batch whose chunks hold several
     /// images.
     #[test]
@@ -524,6 +524,7 @@ mod tests {
             (geometry(2, 48, 9, 40, 3, 1, 1), false),
             (geometry(1, 16, 11, 16, 3, 2, 1), false),
             (geometry(2, 32, 10, 48, 1, 2, 0), false),
+            (geometry(2, 64, 7, 32, 1, 1, 0), false),
             (geometry(1, 16, 9, 32, 5, 1, 0), false),
             (ConvGeometry::new(1, 16, 6, 600, 16, (3, 3), 1, 1).unwrap(), true),
             (geometry(24, 32, 8, 32, 3, 1, 1), true),
