@@ -44,10 +44,11 @@ pub enum Precision {
     /// f32 throughout.
     #[default]
     F32,
-    /// bf16 products summed in f32 in the forward and backward-data of 1x1 stride-1
-    /// convolutions and of Winograd convolutions of 128 input channels or more (F(2x2));
-    /// f32 weights, gradients, batch-norm statistics and everything else. Needs a CPU with
-    /// AVX512_BF16.
+    /// bf16 products summed in f32: the 1x1 convolutions' passes, and with AMX tiles the
+    /// forward and backward-data of every other convolution but the stem and the
+    /// backward-filter of those of 64 input channels or more (without AMX, the Winograd
+    /// ones of 128 channels or more as F(2x2)); f32 weights, gradients, batch-norm
+    /// statistics and everything else. Needs a CPU with AVX512_BF16.
     Bf16,
 }
 
