@@ -302,7 +302,10 @@ fn on_tiles(g: &ConvGeometry, dy: &[f32], w16: &[u16], ep: &BlockedEpilogue, dx:
                 // Where the phase's packed weights start.
                 let mut start = 0;
                 for ((a, b), taps) in phases(g) {
-                    let (rows_a, cols_b) = ((g.in_h - a).div_ceil(s), (g.in_w - b).div_ceil(s));
+                    let (rows_a, cols_b) = (
+                        g.in_h.saturating_sub(a).div_ceil(s),
+                        g.in_w.saturating_sub(b).div_ceil(s),
+                    );
                     let steps_k = taps.count() * planes;
                     let w_block = steps_k * depth.weight_tile();
                     let phase_start = start;
@@ -393,6 +396,9 @@ mod tests {
             // Whole steps that end with the band (ResNet-18's 128 -> 256 projection at
             // 128x128 input): the second block's half of the last row.
             geometry(4, 16, 16, 32, 1, 2, 0),
+            // An input smaller than the stride: phases with no pixel at all.
+            geometry(1, 16, 1, 16, 1, 3, 0),
+            geometry(2, 16, 2, 32, 3, 3, 1),
         ] {
             let dys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
             let dxs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
