@@ -509,10 +509,10 @@ mod tests {
     /// The tiles and the naive twin against the f32 backward-filter of the bf16-rounded
     /// values (exact products, sums in another order), added to a gradient already there:
     /// ResNet-20's 3x3 layers at both strides, ResNet-50's strided 3x3, odd block counts
-    /// (padding channel rows, a lone output block), odd sizes (an odd phase width
-    /// rounded up), a 1x1 strided projection and a 1x1 at 7x7, a 5x5 unpadded kernel, a band split of a
-    /// wide image (bands across a chunk's end), and a batch whose chunks hold several
-    /// images.
+    /// (padding channel rows, a lone output block), odd sizes (an odd phase width rounded
+    /// up), a 1x1 strided projection and a 1x1 at 7x7, a 5x5 unpadded kernel, inputs of 1
+    /// and 2 pixels (stride 2 and 3), a band split of a wide image (bands across a chunk's
+    /// end), and a batch whose chunks hold several images.
     #[test]
     fn backward_filter_matches_the_f32_kernel_on_bf16_values() {
         let mut rng = Rng::new(31);
@@ -526,6 +526,8 @@ mod tests {
             (geometry(2, 32, 10, 48, 1, 2, 0), false),
             (geometry(2, 64, 7, 32, 1, 1, 0), false),
             (geometry(1, 16, 9, 32, 5, 1, 0), false),
+            (geometry(2, 64, 1, 32, 3, 2, 1), false),
+            (geometry(1, 16, 2, 16, 3, 3, 1), false),
             (ConvGeometry::new(1, 16, 6, 600, 16, (3, 3), 1, 1).unwrap(), true),
             (geometry(24, 32, 8, 32, 3, 1, 1), true),
         ] {
