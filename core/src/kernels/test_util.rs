@@ -1,11 +1,31 @@
 //! Helpers shared by the kernels' tests.
 
 use crate::kernels::im2col::ConvGeometry;
+use crate::layout::Blocked;
 use crate::rng::Rng;
 
 /// `n` standard normal values.
 pub(crate) fn random(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal() as f32).collect()
+}
+
+/// Standard normal values in the blocked layout `shape`, its padding channels zero (as
+/// the plans keep them).
+pub(crate) fn random_blocked(rng: &mut Rng, shape: Blocked) -> Vec<f32> {
+    let mut v = random(rng, shape.len());
+    let (pixels, lanes) = (shape.h * shape.w, shape.block);
+    for (i, x) in v.iter_mut().enumerate() {
+        if i / (pixels * lanes) % shape.blocks() * lanes + i % lanes >= shape.c {
+            *x = 0.0;
+        }
+    }
+    v
+}
+
+/// `v` with every value rounded to bf16: what bf16 products see.
+pub(crate) fn bf16_rounded(v: &[f32]) -> Vec<f32> {
+    use crate::kernels::blocked::bf16::{from_bf16, to_bf16};
+    v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
 }
 
 /// `max |a - b| / max |b|`, the error measure of the accuracy tests; NaN (an output

@@ -369,17 +369,8 @@ fn on_tiles(g: &ConvGeometry, dy: &[f32], w16: &[u16], ep: &BlockedEpilogue, dx:
 mod tests {
     use super::*;
     use crate::kernels::blocked::data_grad::data_grad_naive;
-    use crate::kernels::test_util::{max_rel_err, random};
+    use crate::kernels::test_util::{bf16_rounded, max_rel_err, random, random_blocked, square_conv};
     use crate::rng::Rng;
-
-    fn geometry(n: usize, c: usize, hw: usize, k: usize, kernel: usize, stride: usize, pad: usize) -> ConvGeometry {
-        ConvGeometry::new(n, c, hw, hw, k, (kernel, kernel), stride, pad).unwrap()
-    }
-
-    /// `v` with every value rounded to bf16 (what the products see).
-    fn rounded(v: &[f32]) -> Vec<f32> {
-        v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
-    }
 
     /// The tiles and the naive twin against the f32 backward-data of the bf16-rounded
     /// values (exact products, sums in another order): 3x3 and 1x1 stride 2 (ResNet's),
@@ -388,31 +379,26 @@ mod tests {
     fn strided_backward_data_matches_the_f32_kernel_on_bf16_values() {
         let mut rng = Rng::new(21);
         for g in [
-            geometry(2, 16, 9, 32, 3, 2, 1),
-            geometry(1, 32, 8, 16, 3, 2, 1),
-            geometry(1, 48, 7, 40, 1, 2, 0),
-            geometry(1, 64, 14, 128, 3, 2, 1),
-            geometry(1, 16, 10, 32, 1, 3, 0),
+            square_conv(2, 16, 9, 9, 32, 3, 2, 1),
+            square_conv(1, 32, 8, 8, 16, 3, 2, 1),
+            square_conv(1, 48, 7, 7, 40, 1, 2, 0),
+            square_conv(1, 64, 14, 14, 128, 3, 2, 1),
+            square_conv(1, 16, 10, 10, 32, 1, 3, 0),
             // Whole steps that end with the band (ResNet-18's 128 -> 256 projection at
             // 128x128 input): the second block's half of the last row.
-            geometry(4, 16, 16, 32, 1, 2, 0),
+            square_conv(4, 16, 16, 16, 32, 1, 2, 0),
             // An input smaller than the stride: phases with no pixel at all.
-            geometry(1, 16, 1, 16, 1, 3, 0),
-            geometry(2, 16, 2, 32, 3, 3, 1),
+            square_conv(1, 16, 1, 1, 16, 1, 3, 0),
+            square_conv(2, 16, 2, 2, 32, 3, 3, 1),
         ] {
             let dys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
             let dxs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
-            let mut dy = random(&mut rng, dys.len());
-            for (i, v) in dy.iter_mut().enumerate() {
-                if i / (g.out_h * g.out_w * LANES) % dys.blocks() * LANES + i % LANES >= g.out_channels {
-                    *v = 0.0;
-                }
-            }
+            let dy = random_blocked(&mut rng, dys);
             let weight = random(&mut rng, g.out_channels * g.in_channels * g.kernel_h * g.kernel_w);
             let mut w16 = vec![0; direct_len(&g, true)];
             pack_data_grad_strided(&weight, &g, &mut w16);
             let mut want = vec![f32::NAN; dxs.len()];
-            data_grad_naive(&g, &rounded(&dy), &rounded(&weight), LANES, &mut want);
+            data_grad_naive(&g, &bf16_rounded(&dy), &bf16_rounded(&weight), LANES, &mut want);
             let (mut fast, mut naive) = (vec![f32::NAN; dxs.len()], vec![f32::NAN; dxs.len()]);
             data_grad_strided(&g, &dy, &w16, &BlockedEpilogue::default(), &mut fast, None);
             data_grad_strided_naive(&g, &dy, &w16, &mut naive);

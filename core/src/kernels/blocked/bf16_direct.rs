@@ -366,24 +366,12 @@ pub(crate) fn zero_rows(dst: &mut [u16], rows: Range<usize>, step: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::test_util::{max_rel_err, random};
+    use crate::kernels::test_util::{max_rel_err, random, random_blocked, square_conv};
     use crate::rng::Rng;
-
-    fn geometry(n: usize, c: usize, hw: usize, k: usize, kernel: usize, stride: usize, pad: usize) -> ConvGeometry {
-        ConvGeometry::new(n, c, hw, hw, k, (kernel, kernel), stride, pad).unwrap()
-    }
 
     /// A blocked input of `g` with zero padding channels.
     fn blocked_input(g: &ConvGeometry, rng: &mut Rng) -> Vec<f32> {
-        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
-        let mut x = random(rng, xs.len());
-        for (i, v) in x.iter_mut().enumerate() {
-            let (b, lane) = (i / (g.in_h * g.in_w * LANES) % xs.blocks(), i % LANES);
-            if b * LANES + lane >= g.in_channels {
-                *v = 0.0;
-            }
-        }
-        x
+        random_blocked(rng, Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES))
     }
 
     /// f64 sums of the bf16 values: `out[n][k][oy][ox]` blocked, for `g` and OIHW
@@ -432,21 +420,21 @@ mod tests {
     fn shapes() -> Vec<ConvGeometry> {
         vec![
             // ResNet-20's three widths at small sizes, both strides.
-            geometry(2, 16, 8, 16, 3, 1, 1),
-            geometry(1, 16, 9, 32, 3, 2, 1),
-            geometry(2, 32, 6, 32, 3, 1, 1),
-            geometry(1, 64, 5, 64, 3, 1, 1),
+            square_conv(2, 16, 8, 8, 16, 3, 1, 1),
+            square_conv(1, 16, 9, 9, 32, 3, 2, 1),
+            square_conv(2, 32, 6, 6, 32, 3, 1, 1),
+            square_conv(1, 64, 5, 5, 64, 3, 1, 1),
             // ResNet-50's strided 3x3 and an odd block count with ragged channels.
-            geometry(1, 128, 7, 128, 3, 2, 1),
-            geometry(1, 40, 7, 24, 3, 1, 1),
+            square_conv(1, 128, 7, 7, 128, 3, 2, 1),
+            square_conv(1, 40, 7, 7, 24, 3, 1, 1),
             // The stem's kernel, three channels; a 1x1 strided; a 5x5 unpadded.
-            geometry(1, 3, 13, 20, 7, 2, 3),
-            geometry(1, 48, 8, 40, 1, 2, 0),
-            geometry(1, 32, 9, 16, 5, 1, 0),
+            square_conv(1, 3, 13, 13, 20, 7, 2, 3),
+            square_conv(1, 48, 8, 8, 40, 1, 2, 0),
+            square_conv(1, 32, 9, 9, 16, 5, 1, 0),
             // 29 blocks at half depth: 261 taps x planes, more than one kernel call takes.
-            geometry(1, 29 * 16, 4, 16, 3, 1, 1),
+            square_conv(1, 29 * 16, 4, 4, 16, 3, 1, 1),
             // Whole steps that end with the band: the second block's half of the last row.
-            geometry(4, 32, 8, 16, 1, 1, 0),
+            square_conv(4, 32, 8, 8, 16, 1, 1, 0),
         ]
     }
 
@@ -472,7 +460,10 @@ mod tests {
     #[test]
     fn flipped_weights_give_the_stride_1_backward_data() {
         let mut rng = Rng::new(12);
-        for g in [geometry(2, 16, 8, 32, 3, 1, 1), geometry(1, 64, 6, 48, 3, 1, 1)] {
+        for g in [
+            square_conv(2, 16, 8, 8, 32, 3, 1, 1),
+            square_conv(1, 64, 6, 6, 48, 3, 1, 1),
+        ] {
             let t = super::super::data_grad::as_forward(&g).unwrap();
             let dy = blocked_input(&t, &mut rng);
             let weight = random(&mut rng, g.out_channels * g.in_channels * 9);
@@ -506,13 +497,16 @@ mod tests {
         }
         let mut rng = Rng::new(13);
         for (g, kernel) in [
-            (geometry(2, 32, 7, 48, 3, 1, 1), Kernel::Direct { tiles: true }),
-            (geometry(1, 16, 9, 32, 3, 2, 1), Kernel::Direct { tiles: true }),
-            (geometry(1, 16, 9, 32, 3, 2, 1), Kernel::Direct { tiles: false }),
-            (geometry(2, 64, 6, 40, 1, 1, 0), Kernel::Pointwise),
-            (geometry(2, 32, 9, 16, 3, 2, 1), Kernel::StridedDataGrad { tiles: true }),
+            (square_conv(2, 32, 7, 7, 48, 3, 1, 1), Kernel::Direct { tiles: true }),
+            (square_conv(1, 16, 9, 9, 32, 3, 2, 1), Kernel::Direct { tiles: true }),
+            (square_conv(1, 16, 9, 9, 32, 3, 2, 1), Kernel::Direct { tiles: false }),
+            (square_conv(2, 64, 6, 6, 40, 1, 1, 0), Kernel::Pointwise),
             (
-                geometry(1, 48, 8, 32, 1, 2, 0),
+                square_conv(2, 32, 9, 9, 16, 3, 2, 1),
+                Kernel::StridedDataGrad { tiles: true },
+            ),
+            (
+                square_conv(1, 48, 8, 8, 32, 1, 2, 0),
                 Kernel::StridedDataGrad { tiles: false },
             ),
         ] {

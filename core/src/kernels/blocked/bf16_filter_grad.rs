@@ -182,7 +182,7 @@ fn pack_x(c: &Ctx, n: usize, at: usize, len: usize, padded: usize, out: &mut [u1
 
 /// Up to 16 pixels of one 16-channel block (`src`, pixel-major) as bf16, channel-major:
 /// `dst[ch * 16 + pixel]`, the missing pixels zero.
-pub(super) fn transpose_block(src: &[f32], dst: &mut [u16]) {
+fn transpose_block(src: &[f32], dst: &mut [u16]) {
     let l = LANES;
     assert!(
         src.len() <= l * l && src.len().is_multiple_of(l) && dst.len() == l * l,
@@ -245,11 +245,41 @@ fn interleave_pairs_naive(src: &[f32], dst: &mut [u16]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
-    /// [`super::transpose_block`] in registers: four rounds that swap the off-diagonal
-    /// halves of ever smaller blocks (8, 4, 2, 1 rows), then two channels per conversion.
+    /// Transposes 16 vectors of 16 floats in registers (`v[i][k]` becomes `v[k][i]`):
+    /// four rounds that swap the off-diagonal halves of ever smaller blocks (8, 4, 2, 1
+    /// rows).
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    pub(in crate::kernels::blocked) unsafe fn transpose16(v: &mut [__m512; 16]) {
+        for d in [8usize, 4, 2, 1] {
+            // Row `i` (bit `d` clear) keeps its lanes without bit `d` and takes row
+            // `i + d`'s lanes `k - d` for those with it; row `i + d` the rest.
+            let low: [i32; 16] = core::array::from_fn(|k| if k & d != 0 { (16 + k - d) as i32 } else { k as i32 });
+            let high: [i32; 16] = core::array::from_fn(|k| if k & d != 0 { (16 + k) as i32 } else { (k + d) as i32 });
+            // SAFETY: the index arrays are 64 bytes each; the CPU has the instructions
+            // (the function's contract).
+            let (low, high) = unsafe {
+                (
+                    _mm512_loadu_si512(low.as_ptr() as *const __m512i),
+                    _mm512_loadu_si512(high.as_ptr() as *const __m512i),
+                )
+            };
+            for i in (0..16).filter(|i| i & d == 0) {
+                let (a, b) = (v[i], v[i + d]);
+                v[i] = _mm512_permutex2var_ps(a, low, b);
+                v[i + d] = _mm512_permutex2var_ps(a, high, b);
+            }
+        }
+    }
+
+    /// [`super::transpose_block`] in registers ([`transpose16`]), then two channels per
+    /// conversion.
     ///
     /// # Safety
     /// The CPU has AVX-512F and AVX512_BF16; `src` holds whole pixels, at most 16, and
@@ -267,22 +297,7 @@ mod x86 {
                     _mm512_setzero_ps()
                 }
             });
-            for d in [8usize, 4, 2, 1] {
-                // Row `i` (bit `d` clear) keeps its lanes without bit `d` and takes row
-                // `i + d`'s lanes `k - d` for those with it; row `i + d` the rest.
-                let low: [i32; 16] = core::array::from_fn(|k| if k & d != 0 { (16 + k - d) as i32 } else { k as i32 });
-                let high: [i32; 16] =
-                    core::array::from_fn(|k| if k & d != 0 { (16 + k) as i32 } else { (k + d) as i32 });
-                let (low, high) = (
-                    _mm512_loadu_si512(low.as_ptr() as *const __m512i),
-                    _mm512_loadu_si512(high.as_ptr() as *const __m512i),
-                );
-                for i in (0..16).filter(|i| i & d == 0) {
-                    let (a, b) = (rows[i], rows[i + d]);
-                    rows[i] = _mm512_permutex2var_ps(a, low, b);
-                    rows[i + d] = _mm512_permutex2var_ps(a, high, b);
-                }
-            }
+            transpose16(&mut rows);
             for ch in (0..16).step_by(2) {
                 let words = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(rows[ch + 1], rows[ch]));
                 _mm512_storeu_si512(dst.as_mut_ptr().add(ch * 16) as *mut __m512i, words);

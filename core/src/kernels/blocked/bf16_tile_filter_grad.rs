@@ -421,14 +421,14 @@ fn transpose_to_rows_naive((src, step): (&[f32], usize), pixels: Range<usize>, d
 
 #[cfg(target_arch = "x86_64")]
 mod x86 {
+    use super::super::bf16_filter_grad::x86::transpose16;
     use super::Rows;
     use std::arch::x86_64::*;
     use std::ops::Range;
 
     /// [`super::transpose_to_rows`] in registers: the pixels loaded as vectors (zero
-    /// outside `pixels`), transposed by four rounds that swap the off-diagonal halves of
-    /// ever smaller blocks (8, 4, 2, 1 rows), two channels converted at a time, each row
-    /// stored under a mask of `width` values.
+    /// outside `pixels`), transposed ([`transpose16`]), two channels converted at a time,
+    /// each row stored under a mask of `width` values.
     ///
     /// # Safety
     /// The CPU has AVX-512F, AVX-512BW and AVX512_BF16; pixel `p` in `pixels` is readable
@@ -451,22 +451,7 @@ mod x86 {
                     _mm512_setzero_ps()
                 }
             });
-            for d in [8usize, 4, 2, 1] {
-                // Row `i` (bit `d` clear) keeps its lanes without bit `d` and takes row
-                // `i + d`'s lanes `k - d` for those with it; row `i + d` the rest.
-                let low: [i32; 16] = core::array::from_fn(|k| if k & d != 0 { (16 + k - d) as i32 } else { k as i32 });
-                let high: [i32; 16] =
-                    core::array::from_fn(|k| if k & d != 0 { (16 + k) as i32 } else { (k + d) as i32 });
-                let (low, high) = (
-                    _mm512_loadu_si512(low.as_ptr() as *const __m512i),
-                    _mm512_loadu_si512(high.as_ptr() as *const __m512i),
-                );
-                for i in (0..16).filter(|i| i & d == 0) {
-                    let (a, b) = (v[i], v[i + d]);
-                    v[i] = _mm512_permutex2var_ps(a, low, b);
-                    v[i + d] = _mm512_permutex2var_ps(a, high, b);
-                }
-            }
+            transpose16(&mut v);
             let mask: __mmask16 = ((1u32 << rows.width) - 1) as __mmask16;
             for ch in (0..16).step_by(2) {
                 let words = core::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(v[ch + 1], v[ch]));
@@ -483,28 +468,8 @@ mod x86 {
 mod tests {
     use super::*;
     use crate::kernels::blocked::filter_grad::filter_grad_naive_with_block;
-    use crate::kernels::test_util::{max_rel_err, random};
+    use crate::kernels::test_util::{bf16_rounded, max_rel_err, random, random_blocked, square_conv};
     use crate::rng::Rng;
-
-    fn geometry(n: usize, c: usize, hw: usize, k: usize, kernel: usize, stride: usize, pad: usize) -> ConvGeometry {
-        ConvGeometry::new(n, c, hw, hw, k, (kernel, kernel), stride, pad).unwrap()
-    }
-
-    fn rounded(v: &[f32]) -> Vec<f32> {
-        v.iter().map(|&x| from_bf16(to_bf16(x))).collect()
-    }
-
-    /// Blocked values of `shape` with its padding channels zero, as the plan keeps them.
-    fn blocked(rng: &mut Rng, shape: Blocked) -> Vec<f32> {
-        let mut v = random(rng, shape.len());
-        let pixels = shape.h * shape.w;
-        for (i, x) in v.iter_mut().enumerate() {
-            if i / (pixels * LANES) % shape.blocks() * LANES + i % LANES >= shape.c {
-                *x = 0.0;
-            }
-        }
-        v
-    }
 
     /// The tiles and the naive twin against the f32 backward-filter of the bf16-rounded
     /// values (exact products, sums in another order), added to a gradient already there:
@@ -517,26 +482,26 @@ mod tests {
     fn backward_filter_matches_the_f32_kernel_on_bf16_values() {
         let mut rng = Rng::new(31);
         for (g, tiles_only) in [
-            (geometry(2, 16, 32, 16, 3, 1, 1), false),
-            (geometry(2, 16, 32, 32, 3, 2, 1), false),
-            (geometry(1, 64, 8, 64, 3, 1, 1), false),
-            (geometry(1, 64, 14, 128, 3, 2, 1), false),
-            (geometry(2, 48, 9, 40, 3, 1, 1), false),
-            (geometry(1, 16, 11, 16, 3, 2, 1), false),
-            (geometry(2, 32, 10, 48, 1, 2, 0), false),
-            (geometry(2, 64, 7, 32, 1, 1, 0), false),
-            (geometry(1, 16, 9, 32, 5, 1, 0), false),
-            (geometry(2, 64, 1, 32, 3, 2, 1), false),
-            (geometry(1, 16, 2, 16, 3, 3, 1), false),
+            (square_conv(2, 16, 32, 32, 16, 3, 1, 1), false),
+            (square_conv(2, 16, 32, 32, 32, 3, 2, 1), false),
+            (square_conv(1, 64, 8, 8, 64, 3, 1, 1), false),
+            (square_conv(1, 64, 14, 14, 128, 3, 2, 1), false),
+            (square_conv(2, 48, 9, 9, 40, 3, 1, 1), false),
+            (square_conv(1, 16, 11, 11, 16, 3, 2, 1), false),
+            (square_conv(2, 32, 10, 10, 48, 1, 2, 0), false),
+            (square_conv(2, 64, 7, 7, 32, 1, 1, 0), false),
+            (square_conv(1, 16, 9, 9, 32, 5, 1, 0), false),
+            (square_conv(2, 64, 1, 1, 32, 3, 2, 1), false),
+            (square_conv(1, 16, 2, 2, 16, 3, 3, 1), false),
             (ConvGeometry::new(1, 16, 6, 600, 16, (3, 3), 1, 1).unwrap(), true),
-            (geometry(24, 32, 8, 32, 3, 1, 1), true),
+            (square_conv(24, 32, 8, 8, 32, 3, 1, 1), true),
         ] {
             let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
             let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
-            let (x, dy) = (blocked(&mut rng, xs), blocked(&mut rng, ys));
+            let (x, dy) = (random_blocked(&mut rng, xs), random_blocked(&mut rng, ys));
             let start = random(&mut rng, g.out_channels * g.in_channels * g.kernel_h * g.kernel_w);
             let mut grad = vec![0.0; start.len()];
-            filter_grad_naive_with_block(&g, &rounded(&x), LANES, &rounded(&dy), LANES, &mut grad);
+            filter_grad_naive_with_block(&g, &bf16_rounded(&x), LANES, &bf16_rounded(&dy), LANES, &mut grad);
             let want: Vec<f32> = start.iter().zip(&grad).map(|(a, b)| a + b).collect();
             if amx::available() {
                 let mut fast = start.clone();
