@@ -105,8 +105,9 @@ pub enum FilterGradAlgo {
     Direct,
     /// The Winograd adjoint (3x3 stride 1 pad 1, input in blocks of `BLOCK`).
     Winograd(WinogradTile),
-    /// With bf16 products ([`TrainingPlan::use_bf16`]): [`pointwise_filter_grad`] for an
-    /// unpadded 1x1 convolution, else the tile kernel [`bf16_tile_filter_grad::filter_grad`].
+    /// With bf16 products ([`TrainingPlan::use_bf16`]): the tile kernel
+    /// [`bf16_tile_filter_grad::filter_grad`] where [`bf16_filter_grad_on_tiles`] says so,
+    /// else (an unpadded 1x1 convolution) [`pointwise_filter_grad`].
     Bf16,
 }
 
@@ -485,12 +486,12 @@ pub fn bf16_direct_kernel(
 }
 
 /// Fewest input channels for which a backward-filter runs on the AMX tiles
-/// ([`bf16_filter_grad_on_tiles`]). Its tiles take 32
-/// input x 32 output channels of one tap, so 16 channels fill half of each: measured
-/// against f32 (`resnet bench --layers --train --precision bf16`, 2 threads of the Intel
-/// host), ResNet-20's 16- and 32-channel layers ran at 0.55-0.87x the f32 kernels, its
-/// 64-channel ones 0.95-1.06x, ResNet-50 b16's 3x3 layers 1.15-1.9x (64 to 512
-/// channels) and its strided ones 1.8-2.2x.
+/// ([`bf16_filter_grad_on_tiles`]). Its tiles take 32 input x 32 output channels of one
+/// tap, so 16 channels fill half of each: measured against f32 (`resnet bench --layers
+/// --train --precision bf16`, 2 threads of the Intel host), ResNet-20's 16- and
+/// 32-channel layers ran at 0.55-0.87x the f32 kernels, its 64-channel ones 0.95-1.06x,
+/// ResNet-50 b16's 3x3 layers 1.15-1.9x (64 to 512 channels) and its strided ones
+/// 1.8-2.2x.
 pub const BF16_TILE_FILTER_MIN_CHANNELS: usize = 64;
 
 /// Whether backward-filter of `g` runs in bf16 ([`FilterGradAlgo::Bf16`]) under
@@ -668,8 +669,9 @@ impl TrainingPlan {
     /// convolutions but the strided ones' backward-data ([`bf16::pointwise`],
     /// [`pointwise_filter_grad`]); with AMX tiles, the forward and backward-data of every
     /// other convolution of blocked input ([`bf16_direct::direct`],
-    /// [`bf16_data_grad::data_grad_strided`]) and the backward-filter of those of 64 input
-    /// channels or more ([`bf16_tile_filter_grad`]); without, the forward and backward-data of the Winograd
+    /// [`bf16_data_grad::data_grad_strided`]), and the backward-filter of every convolution
+    /// [`bf16_filter_grad_on_tiles`] takes ([`bf16_tile_filter_grad`]: 64 input channels
+    /// or more, the stride-1 1x1 ones included); without, the forward and backward-data of the Winograd
     /// convolutions wide enough to gain ([`BF16_MIN_CHANNELS`] channels or more), which
     /// switch to F(2x2). Returns how many passes switched. F(4x4) is never used with bf16:
     /// its output transform magnifies bf16's rounding to 5-9 % of the output's scale,
