@@ -14,7 +14,9 @@
 //! block are one 16-row tile). Each step adds 2 pixel tiles x 2 output blocks: four
 //! accumulator tiles, two of inputs, two of weights. The direct convolutions of other
 //! kernels (`bf16_direct`) run the same steps with each tap's pixel rows at its own
-//! offset in one input buffer (`Tiles::gathered_step`).
+//! offset in one input buffer (`Tiles::gathered_step`), as do the strided backward-data
+//! (`bf16_data_grad`) and the backward-filter (`bf16_tile_filter_grad`, whose tile rows
+//! are input channels along the output positions and whose "weights" are `dy`).
 //!
 //! The tiles are not in Rust's register model, and the compiler never emits tile
 //! instructions itself: each call (or `Tiles` value) configures the tiles, runs its
