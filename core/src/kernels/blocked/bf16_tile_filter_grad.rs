@@ -476,8 +476,8 @@ mod tests {
     /// ResNet-20's 3x3 layers at both strides, ResNet-50's strided 3x3, odd block counts
     /// (padding channel rows, a lone output block), odd sizes (an odd phase width rounded
     /// up), a 1x1 strided projection and a 1x1 at 7x7, a 5x5 unpadded kernel, inputs of 1
-    /// and 2 pixels (stride 2 and 3), a band split of a wide image (bands across a chunk's
-    /// end), and a batch whose chunks hold several images.
+    /// and 2 pixels (stride 2 and 3), a chunk longer than one kernel call, an image cut
+    /// into bands, and a batch in two chunks of several images.
     #[test]
     fn backward_filter_matches_the_f32_kernel_on_bf16_values() {
         let mut rng = Rng::new(31);
@@ -493,8 +493,12 @@ mod tests {
             (square_conv(1, 16, 9, 9, 32, 5, 1, 0), false),
             (square_conv(2, 64, 1, 1, 32, 3, 2, 1), false),
             (square_conv(1, 16, 2, 2, 16, 3, 3, 1), false),
-            (ConvGeometry::new(1, 16, 6, 600, 16, (3, 3), 1, 1).unwrap(), true),
-            (square_conv(24, 32, 8, 8, 32, 3, 1, 1), true),
+            // More than one kernel call a chunk (326 steps of 32 positions).
+            (square_conv(1, 16, 100, 100, 16, 3, 1, 1), true),
+            // An image cut into two bands (9604 positions against a chunk of 6144).
+            (square_conv(1, 64, 96, 96, 64, 3, 1, 1), true),
+            // Chunks of five images (64 positions of 4 KB each against 1.5 MB): two a task.
+            (square_conv(16, 512, 14, 14, 16, 3, 2, 1), true),
         ] {
             let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, LANES);
             let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, LANES);
