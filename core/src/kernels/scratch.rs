@@ -8,6 +8,8 @@ thread_local! {
     static SCRATCH: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
     /// The partial sums of gradient kernels called from this thread, kept between calls.
     static PARTIALS: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
+    /// Whole-call intermediates (a strided 1x1 convolution's subsampled input).
+    static STAGING: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
 }
 
 /// Runs `f` with a scratch slice of `len` floats owned by this
@@ -28,7 +30,23 @@ pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 /// a call on this thread already holds it (a call made from inside another's rayon
 /// wait). Unlike [`with_scratch`], `f` may hand the buffer to rayon tasks.
 pub fn with_partials<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    PARTIALS.with(|cell| match cell.try_borrow_mut() {
+    grown_or_fresh(&PARTIALS, len, f)
+}
+
+/// Runs `f` on `len` floats for an intermediate tensor of one call (contents
+/// unspecified), kept apart from [`with_partials`] so that the call may also use that:
+/// this thread's buffer, grown once; a fresh one when a call on this thread holds it.
+/// `f` may hand the buffer to rayon tasks.
+pub fn with_staging<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    grown_or_fresh(&STAGING, len, f)
+}
+
+fn grown_or_fresh<R>(
+    key: &'static std::thread::LocalKey<RefCell<AlignedVec<f32>>>,
+    len: usize,
+    f: impl FnOnce(&mut [f32]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buf) => {
             if buf.len() < len {
                 buf.resize_zeroed(len);
