@@ -57,9 +57,11 @@
 
 use crate::kernels::blocked::direct::{self, group, group_count, per_block, tap, tile_pixels, SLAB_BYTES, ZEROS};
 use crate::kernels::blocked::moments::Gather;
-use crate::kernels::blocked::{BlockedEpilogue, Residual};
+use crate::kernels::blocked::resample;
+use crate::kernels::blocked::BlockedEpilogue;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::scratch::with_staging;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
@@ -167,7 +169,7 @@ pub fn pack_data_grad_weights(weight: &[f32], g: &ConvGeometry, block: usize, ou
 /// `Blocked { g.batch, g.in_channels, g.in_h, g.in_w, V::LANES }`. `dx` is overwritten,
 /// its padding channels with zeros; input pixels that no output reads get zero.
 pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &mut [f32]) {
-    data_grad_budget::<V>(g, dy, packed, &BlockedEpilogue::default(), dx, SLAB_BYTES, None);
+    data_grad_budget::<V>(g, dy, packed, &BlockedEpilogue::default(), dx, SLAB_BYTES, None, None);
 }
 
 /// [`data_grad`] finished by the epilogue `ep` (in `dx`'s layout) as each `dx` vector is
@@ -176,7 +178,7 @@ pub fn data_grad<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], dx: &m
 /// (a forward convolution, see [`as_forward`]) takes an epilogue; other shapes need the
 /// default one.
 pub fn data_grad_with<V: Vector>(g: &ConvGeometry, dy: &[f32], packed: &[f32], ep: &BlockedEpilogue, dx: &mut [f32]) {
-    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, None);
+    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, None, None);
 }
 
 /// [`data_grad_with`] of a stride-1 form (see [`as_forward`]), also gathering the
@@ -190,12 +192,15 @@ pub fn data_grad_gather<V: Vector>(
     dx: &mut [f32],
     gather: Gather,
 ) {
-    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, Some(gather));
+    data_grad_budget::<V>(g, dy, packed, ep, dx, SLAB_BYTES, Some(gather), None);
 }
 
 /// [`data_grad_with`] with the weight-slab budget `slab_bytes` of the strided kernel in
 /// place of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes),
-/// and the sums of [`data_grad_gather`] when given.
+/// the sums of [`data_grad_gather`] when given, and a strided 1x1 convolution run as a
+/// pointwise one then spread as `subsample` says (`None`: as [`resample::subsamples`]
+/// says).
+#[allow(clippy::too_many_arguments)]
 fn data_grad_budget<V: Vector>(
     g: &ConvGeometry,
     dy: &[f32],
@@ -204,6 +209,7 @@ fn data_grad_budget<V: Vector>(
     dx: &mut [f32],
     slab_bytes: usize,
     gather: Option<Gather>,
+    subsample: Option<bool>,
 ) {
     let l = V::LANES;
     assert!(l <= ZEROS.len(), "data_grad: vectors of at most 16 lanes");
@@ -216,6 +222,19 @@ fn data_grad_budget<V: Vector>(
         data_grad_packed_len(g, l),
         "data_grad: packed weights length"
     );
+    if let Some(pointwise) = resample::pointwise_of_strided(g, l, l) {
+        if subsample.unwrap_or_else(|| resample::subsamples(g)) {
+            assert!(
+                gather.is_none() && ep.is_identity(),
+                "data_grad: a strided convolution takes no epilogue and gathers no sums"
+            );
+            let sub_l = dx_l.with_hw(g.out_h, g.out_w);
+            return with_staging(sub_l.len(), |sub| {
+                data_grad_budget::<V>(&pointwise, dy, packed, ep, sub, slab_bytes, None, None);
+                resample::spread::<V>(sub_l, sub, g.stride, dx_l, dx);
+            });
+        }
+    }
     if let Some(f) = as_forward(g) {
         match gather {
             Some(gather) => direct::direct_conv_gather::<V>(&f, dy, l, packed, ep, dx, gather),
@@ -228,10 +247,7 @@ fn data_grad_budget<V: Vector>(
     if dx.is_empty() {
         return;
     }
-    assert!(
-        ep.bias.is_none() && matches!(ep.residual, Residual::None) && !ep.relu && ep.relu_output.is_none(),
-        "data_grad: only the stride-1 form takes an epilogue"
-    );
+    assert!(ep.is_identity(), "data_grad: only the stride-1 form takes an epilogue");
     let shared = SharedOut::new(dx);
     let ctx = Ctx {
         g: *g,
@@ -568,6 +584,7 @@ pub fn data_grad_naive(g: &ConvGeometry, dy: &[f32], weight: &[f32], block: usiz
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::blocked::Residual;
     use crate::kernels::conv::conv_backward_data_naive;
     use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
     use crate::layout::{from_blocked, to_blocked};
@@ -611,11 +628,12 @@ mod tests {
         /// The fast kernel's dx (blocked), written over NaN so that a value never
         /// written fails the comparison.
         fn fast<V: Vector>(&self, g: &ConvGeometry) -> Vec<f32> {
-            self.fast_budget::<V>(g, SLAB_BYTES)
+            self.fast_tuned::<V>(g, SLAB_BYTES, None)
         }
 
-        /// The fast kernel with weight slabs over `budget` bytes cut into chunks.
-        fn fast_budget<V: Vector>(&self, g: &ConvGeometry, budget: usize) -> Vec<f32> {
+        /// The fast kernel with weight slabs over `budget` bytes cut into chunks, a strided
+        /// 1x1 convolution subsampled as `subsample` says.
+        fn fast_tuned<V: Vector>(&self, g: &ConvGeometry, budget: usize, subsample: Option<bool>) -> Vec<f32> {
             let mut packed = vec![f32::NAN; data_grad_packed_len(g, V::LANES)];
             pack_data_grad_weights(&self.w, g, V::LANES, &mut packed);
             let mut dx = vec![f32::NAN; Self::dx_layout(g, V::LANES).len()];
@@ -627,6 +645,7 @@ mod tests {
                 &mut dx,
                 budget,
                 None,
+                subsample,
             );
             dx
         }
@@ -812,13 +831,49 @@ mod tests {
                     let mut p = Problem::new(g, 40 + i as u64);
                     let want = p.reference(g);
                     let l = Problem::dx_layout(g, V::LANES);
-                    let fast = p.fast_budget::<V>(g, budget);
+                    let fast = p.fast_tuned::<V>(g, budget, None);
                     let what = format!("{g:?} lanes {} budget {budget}", V::LANES);
                     let e = max_rel_err(&nchw(&fast, l), &want);
                     assert!(e < 1e-5, "{what}: {e:e}");
                     assert_padding_zero(&fast, l, &what);
                     p.dy[g.out_plane() + 1] = f32::NAN;
-                    assert_padding_zero(&p.fast_budget::<V>(g, budget), l, &what);
+                    assert_padding_zero(&p.fast_tuned::<V>(g, budget, None), l, &what);
+                }
+            }
+        }
+        at::<f32x4>();
+        at::<f32x8>();
+        at::<f32x16>();
+    }
+
+    /// Strided 1x1 convolutions run as a pointwise one then spread, and on the strided
+    /// tiles: bit for bit the same, within 1e-5 of the f64 reference, padding channels
+    /// zero (also with a NaN in `dy`).
+    #[test]
+    fn subsampled_strided_1x1_matches_the_strided_tiles() {
+        fn at<V: Vector>() {
+            let shapes = [
+                square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+                square_conv(3, 16, 4, 30, 64, 1, 2, 0),
+                square_conv(2, 20, 8, 11, 9, 1, 3, 0),
+                square_conv(1, 40, 1, 1, 20, 1, 2, 0),
+                square_conv(1, 53, 5, 5, 53, 1, 2, 0),
+            ];
+            for (i, g) in shapes.iter().enumerate() {
+                {
+                    let budget = SLAB_BYTES;
+                    let mut p = Problem::new(g, 60 + i as u64);
+                    let l = Problem::dx_layout(g, V::LANES);
+                    let (sub, strided) = (
+                        p.fast_tuned::<V>(g, budget, Some(true)),
+                        p.fast_tuned::<V>(g, budget, Some(false)),
+                    );
+                    let what = format!("{g:?} lanes {} budget {budget}", V::LANES);
+                    let e = max_rel_err(&nchw(&sub, l), &p.reference(g));
+                    assert!(e < 1e-5, "{what}: {e:e}");
+                    assert!(sub == strided, "{what}: subsampled and strided differ");
+                    p.dy[g.out_plane() + 1] = f32::NAN;
+                    assert_padding_zero(&p.fast_tuned::<V>(g, budget, Some(true)), l, &what);
                 }
             }
         }

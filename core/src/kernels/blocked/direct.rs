@@ -56,6 +56,7 @@
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
 use crate::kernels::blocked::moments::{Gather, TaskGather};
+use crate::kernels::blocked::resample;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::with_staging;
@@ -305,7 +306,7 @@ struct Knobs {
     /// Weight bytes of a group above which its reduction runs in chunks ([`SLAB_BYTES`]).
     slab_bytes: usize,
     /// Whether a strided 1x1 convolution subsamples its input first: `None` as
-    /// [`subsamples`] says.
+    /// [`resample::subsamples`] says.
     subsample: Option<bool>,
 }
 
@@ -352,11 +353,11 @@ fn direct_conv_tuned<V: Vector>(
     if let crate::kernels::blocked::Residual::From(r) = ep.residual {
         assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
     }
-    if let Some(pointwise) = pointwise_of_strided(g, in_block, ob) {
-        if knobs.subsample.unwrap_or_else(|| subsamples(g)) {
+    if let Some(pointwise) = resample::pointwise_of_strided(g, in_block, ob) {
+        if knobs.subsample.unwrap_or_else(|| resample::subsamples(g)) {
             let sub_l = in_l.with_hw(g.out_h, g.out_w);
             return with_staging(sub_l.len(), |sub| {
-                subsample::<V>(in_l, g.stride, input, sub_l, sub);
+                resample::subsample::<V>(in_l, g.stride, input, sub_l, sub);
                 direct_conv_tuned::<V>(&pointwise, sub, in_block, packed, ep, out, knobs, gather)
             });
         }
@@ -424,68 +425,6 @@ fn direct_conv_tuned<V: Vector>(
     if let Some(records) = records {
         records.finish();
     }
-}
-
-/// The stride-1 geometry of `g` on its subsampled input when `g` is a strided, unpadded
-/// 1x1 convolution of blocked input (ResNet's projection shortcuts), which
-/// [`direct_conv`] can run as [`subsample`] then this (see [`subsamples`]).
-fn pointwise_of_strided(g: &ConvGeometry, in_block: usize, out_block: usize) -> Option<ConvGeometry> {
-    let strided_1x1 = g.kernel_h == 1 && g.kernel_w == 1 && g.stride > 1 && g.pad == 0;
-    (strided_1x1 && in_block == out_block).then_some(ConvGeometry {
-        in_h: g.out_h,
-        in_w: g.out_w,
-        stride: 1,
-        ..*g
-    })
-}
-
-/// Whether [`direct_conv`] runs the strided 1x1 convolution `g` on its subsampled input.
-/// Strided, its tiles read every other pixel of every other row and most cross a row end
-/// (28, 14 or 7 pixels a row against 6 a tile), so they take the border path, and every
-/// output-channel group reads the full-size input again; subsampled, the tiles are
-/// contiguous and the groups read a quarter of it. The copy pays where each copied value
-/// feeds at least 256 multiply-adds and the call is large enough to hide one more
-/// parallel pass. Measured alternating call by call on 2 threads of an Intel Xeon
-/// (ResNet-50's projections, old / new time): batch 8 and 16 1.07-1.17x, batch 1
-/// 1.02-1.07x; ResNet-18's 128->256 at batch 8 and 16 1.03-1.05x, but 64->128 0.93-0.95x,
-/// and every ResNet-18 projection at batch 1 (about 13 M multiply-adds) 0.87-0.97x.
-fn subsamples(g: &ConvGeometry) -> bool {
-    g.out_channels >= 256 && g.macs() >= 1 << 25
-}
-
-/// `dst` = pixels `(y * stride, x * stride)` of `src` (shape `src_l`), every image and
-/// channel block, in `dst_l` (the same layout with the output's height and width), in
-/// blocks of `V::LANES`.
-pub(crate) fn subsample<V: Vector>(src_l: Blocked, stride: usize, src: &[f32], dst_l: Blocked, dst: &mut [f32]) {
-    assert_eq!(src.len(), src_l.len(), "subsample: input length");
-    assert_eq!(dst.len(), dst_l.len(), "subsample: output length");
-    assert!(
-        dst_l.n == src_l.n && dst_l.c == src_l.c && src_l.block == V::LANES && dst_l.block == V::LANES,
-        "subsample: the same images and channels, in blocks of the vector"
-    );
-    assert!(
-        dst_l.h == 0 || (dst_l.h - 1) * stride < src_l.h,
-        "subsample: output rows inside the input"
-    );
-    assert!(
-        dst_l.w == 0 || (dst_l.w - 1) * stride < src_l.w,
-        "subsample: output columns inside the input"
-    );
-    let l = src_l.block;
-    let planes = src_l.n * src_l.blocks();
-    let shared = SharedOut::new(dst);
-    split::for_each_range(planes, |range| {
-        for plane in range {
-            let (from, to) = (plane * src_l.plane_len(), plane * dst_l.plane_len());
-            for y in 0..dst_l.h {
-                let row = from + y * stride * src_l.w * l;
-                for x in 0..dst_l.w {
-                    let v = V::load(&src[row + x * stride * l..]);
-                    shared.store(to + (y * dst_l.w + x) * l, v);
-                }
-            }
-        }
-    });
 }
 
 /// Whether a single image's convolution is split over `tasks` bands of output rows, each

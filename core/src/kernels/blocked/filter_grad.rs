@@ -64,8 +64,9 @@
 //!   [`crate::simd::BLOCK`] (the plan's vector); [`filter_grad_naive_with_block`] for
 //!   other `dy` blocks (the tests' 4 and 8 lanes).
 
+use crate::kernels::blocked::resample;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::{with_partials, with_scratch};
+use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
@@ -185,6 +186,34 @@ impl Ctx<'_> {
 /// inside it). Padding channels of `input` and `dy` may hold anything: their products are
 /// never added to `dw`.
 pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
+    filter_grad_tuned::<V>(g, input, in_block, dy, dw, None);
+}
+
+/// [`filter_grad`], a strided 1x1 convolution run on its subsampled input as `subsample`
+/// says (`None`: as [`resample::subsamples`] says), so that the tests reach both paths.
+fn filter_grad_tuned<V: Vector>(
+    g: &ConvGeometry,
+    input: &[f32],
+    in_block: usize,
+    dy: &[f32],
+    dw: &mut [f32],
+    subsample: Option<bool>,
+) {
+    if let Some(pointwise) = resample::pointwise_of_strided(g, in_block, V::LANES) {
+        if subsample.unwrap_or_else(|| resample::subsamples(g)) {
+            let in_l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+            let sub_l = in_l.with_hw(g.out_h, g.out_w);
+            return with_staging(sub_l.len(), |sub| {
+                resample::subsample::<V>(in_l, g.stride, input, sub_l, sub);
+                filter_grad_tiles::<V>(&pointwise, sub, in_block, dy, dw)
+            });
+        }
+    }
+    filter_grad_tiles::<V>(g, input, in_block, dy, dw);
+}
+
+/// [`filter_grad`] on the tiles, whatever the stride.
+fn filter_grad_tiles<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, dy: &[f32], dw: &mut [f32]) {
     let lanes = V::LANES;
     assert!(matches!(lanes, 4 | 8 | 16), "filter_grad: vectors of 4, 8 or 16 lanes");
     assert!(
@@ -835,6 +864,37 @@ mod tests {
     #[test]
     fn filter_grad_odd_shapes_match_the_reference_at_16_lanes() {
         odd_shapes_at::<f32x16>();
+    }
+
+    /// Strided 1x1 convolutions on their subsampled input and on the strided tiles: bit
+    /// for bit the same, and within 1e-5 of the f64 reference.
+    #[test]
+    fn filter_grad_subsampled_strided_1x1_matches_the_strided_tiles() {
+        fn at<V: Vector>() {
+            let shapes = [
+                square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+                square_conv(3, 16, 4, 30, 64, 1, 2, 0),
+                square_conv(2, 20, 8, 11, 9, 1, 3, 0),
+                square_conv(1, 40, 1, 1, 20, 1, 2, 0),
+            ];
+            for (i, g) in shapes.iter().enumerate() {
+                let p = Problem::new(g, 40 + i as u64);
+                let (xb, dyb) = (p.input(g, V::LANES), p.dy(g, V::LANES));
+                let run = |subsample| {
+                    let mut dw = p.dw0.clone();
+                    filter_grad_tuned::<V>(g, &xb, V::LANES, &dyb, &mut dw, Some(subsample));
+                    dw
+                };
+                let (sub, strided) = (run(true), run(false));
+                let what = format!("{g:?} lanes {}", V::LANES);
+                let err = max_rel_err(&sub, &p.expected(g));
+                assert!(err < 1e-5, "{what}: {err:e}");
+                assert!(sub == strided, "{what}: subsampled and strided differ");
+            }
+        }
+        at::<f32x4>();
+        at::<f32x8>();
+        at::<f32x16>();
     }
 
     fn zoo_at<V: Vector>(name: &str, batch: usize, size: usize) {
