@@ -93,3 +93,17 @@ pub(crate) fn square_conv(
 ) -> ConvGeometry {
     ConvGeometry::new(n, c, h, w, k, (ks, ks), stride, pad).expect("a valid geometry")
 }
+
+/// Strided unpadded 1x1 convolutions for the tests of the subsampled paths
+/// (`kernels::blocked::resample`): channels off the block, odd sizes, strides 2 and 3, a
+/// 1-pixel image, several output blocks.
+pub(crate) fn strided_1x1_shapes() -> Vec<ConvGeometry> {
+    vec![
+        square_conv(2, 19, 9, 7, 5, 1, 2, 0),
+        square_conv(3, 16, 4, 30, 64, 1, 2, 0),
+        square_conv(2, 20, 8, 11, 9, 1, 3, 0),
+        square_conv(1, 40, 1, 1, 20, 1, 2, 0),
+        square_conv(1, 53, 5, 5, 53, 1, 2, 0),
+        square_conv(3, 33, 13, 13, 70, 1, 2, 0),
+    ]
+}

@@ -586,7 +586,7 @@ mod tests {
     use super::*;
     use crate::kernels::blocked::Residual;
     use crate::kernels::conv::conv_backward_data_naive;
-    use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
+    use crate::kernels::test_util::{max_rel_err, random, square_conv, strided_1x1_shapes, zoo_convs};
     use crate::layout::{from_blocked, to_blocked};
     use crate::rng::Rng;
     use crate::simd::F32xBlock;
@@ -852,13 +852,7 @@ mod tests {
     #[test]
     fn subsampled_strided_1x1_matches_the_strided_tiles() {
         fn at<V: Vector>() {
-            let shapes = [
-                square_conv(2, 19, 9, 7, 5, 1, 2, 0),
-                square_conv(3, 16, 4, 30, 64, 1, 2, 0),
-                square_conv(2, 20, 8, 11, 9, 1, 3, 0),
-                square_conv(1, 40, 1, 1, 20, 1, 2, 0),
-                square_conv(1, 53, 5, 5, 53, 1, 2, 0),
-            ];
+            let shapes = strided_1x1_shapes();
             for (i, g) in shapes.iter().enumerate() {
                 {
                     let budget = SLAB_BYTES;

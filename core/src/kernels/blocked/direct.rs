@@ -886,7 +886,9 @@ mod tests {
     use crate::kernels::blocked::moments::{assert_grad_sums, GradSums, Moments};
     use crate::kernels::blocked::norm::FusedRelu;
     use crate::kernels::blocked::Residual;
-    use crate::kernels::test_util::{conv_f64, conv_value_f64, max_rel_err, random, square_conv, zoo_convs};
+    use crate::kernels::test_util::{
+        conv_f64, conv_value_f64, max_rel_err, random, square_conv, strided_1x1_shapes, zoo_convs,
+    };
     use crate::layout::to_blocked;
     use crate::rng::Rng;
     use crate::simd::F32xBlock;
@@ -1193,13 +1195,7 @@ mod tests {
     #[test]
     fn subsampled_strided_1x1_matches_the_strided_tiles() {
         fn at<V: Vector>() {
-            let shapes = [
-                square_conv(2, 19, 9, 7, 5, 1, 2, 0),
-                square_conv(1, 16, 4, 30, 64, 1, 2, 0),
-                square_conv(2, 20, 8, 11, 9, 1, 3, 0),
-                square_conv(1, 40, 1, 1, 20, 1, 2, 0),
-                square_conv(3, 33, 13, 13, 70, 1, 2, 0),
-            ];
+            let shapes = strided_1x1_shapes();
             for (i, g) in shapes.iter().enumerate() {
                 for (e, &epi) in EPIS.iter().enumerate() {
                     let p = Problem::new(g, V::LANES, epi, 90 + (i * 7 + e) as u64);

@@ -716,7 +716,7 @@ pub fn filter_grad_naive_with_block(
 mod tests {
     use super::*;
     use crate::kernels::conv::conv_backward_filter_naive;
-    use crate::kernels::test_util::{max_rel_err, random, square_conv, zoo_convs};
+    use crate::kernels::test_util::{max_rel_err, random, square_conv, strided_1x1_shapes, zoo_convs};
     use crate::layout::to_blocked;
     use crate::rng::Rng;
     use wide::{f32x16, f32x4, f32x8};
@@ -871,12 +871,7 @@ mod tests {
     #[test]
     fn filter_grad_subsampled_strided_1x1_matches_the_strided_tiles() {
         fn at<V: Vector>() {
-            let shapes = [
-                square_conv(2, 19, 9, 7, 5, 1, 2, 0),
-                square_conv(3, 16, 4, 30, 64, 1, 2, 0),
-                square_conv(2, 20, 8, 11, 9, 1, 3, 0),
-                square_conv(1, 40, 1, 1, 20, 1, 2, 0),
-            ];
+            let shapes = strided_1x1_shapes();
             for (i, g) in shapes.iter().enumerate() {
                 let p = Problem::new(g, 40 + i as u64);
                 let (xb, dyb) = (p.input(g, V::LANES), p.dy(g, V::LANES));
