@@ -18,7 +18,10 @@
 //! (touching the left or right padding, spanning two rows, a ragged end) computes one
 //! input pointer per pixel and tap, pointing at a block of zeros where the tap falls into
 //! the padding; that costs a few scalar instructions per tap, which run beside the
-//! `in_block * NOC * NPX` FMAs of the tap.
+//! `in_block * NOC * NPX` FMAs of the tap. With one input channel per tap (the stems)
+//! they outweigh the FMAs, and most tiles of a strided 1x1 convolution cross a row end:
+//! such calls (where measured to pay) run on a copy of their input whose tiles are all
+//! interior ([`resample`]).
 //!
 //! # Large weights
 //! A group whose packed weights exceed [`SLAB_BYTES`] (ResNet-50's 256- and 512-channel
@@ -299,8 +302,8 @@ pub fn direct_conv_gather<V: Vector>(
 }
 
 /// How [`direct_conv_tuned`] runs a call: the plan's rules ([`Knobs::RULES`]), or
-/// another weight-slab budget or subsampling choice, so that the tests reach every path
-/// on small shapes.
+/// another weight-slab budget, subsampling or padding choice, so that the tests reach
+/// every path on small shapes.
 #[derive(Clone, Copy, Debug)]
 struct Knobs {
     /// Weight bytes of a group above which its reduction runs in chunks ([`SLAB_BYTES`]).
