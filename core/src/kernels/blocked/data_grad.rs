@@ -61,7 +61,6 @@ use crate::kernels::blocked::resample;
 use crate::kernels::blocked::BlockedEpilogue;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::with_staging;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
@@ -198,8 +197,8 @@ pub fn data_grad_gather<V: Vector>(
 /// [`data_grad_with`] with the weight-slab budget `slab_bytes` of the strided kernel in
 /// place of [`SLAB_BYTES`] (the tests pass tiny budgets to run the chunks on small shapes),
 /// the sums of [`data_grad_gather`] when given, and a strided 1x1 convolution run as a
-/// pointwise one then spread as `subsample` says (`None`: as [`resample::subsamples`]
-/// says).
+/// pointwise one then spread as `subsample` says (`None`: as the rule of
+/// [`resample::strided_as_pointwise`] says).
 #[allow(clippy::too_many_arguments)]
 fn data_grad_budget<V: Vector>(
     g: &ConvGeometry,
@@ -222,18 +221,14 @@ fn data_grad_budget<V: Vector>(
         data_grad_packed_len(g, l),
         "data_grad: packed weights length"
     );
-    if let Some(pointwise) = resample::pointwise_of_strided(g, l, l) {
-        if subsample.unwrap_or_else(|| resample::subsamples(g)) {
-            assert!(
-                gather.is_none() && ep.is_identity(),
-                "data_grad: a strided convolution takes no epilogue and gathers no sums"
-            );
-            let sub_l = dx_l.with_hw(g.out_h, g.out_w);
-            return with_staging(sub_l.len(), |sub| {
-                data_grad_budget::<V>(&pointwise, dy, packed, ep, sub, slab_bytes, None, None);
-                resample::spread::<V>(sub_l, sub, g.stride, dx_l, dx);
-            });
-        }
+    if let Some(pointwise) = resample::strided_as_pointwise(g, l, l, subsample) {
+        assert!(
+            gather.is_none() && ep.is_identity(),
+            "data_grad: a strided convolution takes no epilogue and gathers no sums"
+        );
+        return resample::spread_into::<V>(g, dx_l, dx, |sub| {
+            data_grad_budget::<V>(&pointwise, dy, packed, ep, sub, slab_bytes, None, None)
+        });
     }
     if let Some(f) = as_forward(g) {
         match gather {

@@ -62,7 +62,6 @@ use crate::kernels::blocked::moments::{Gather, TaskGather};
 use crate::kernels::blocked::resample;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::with_staging;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
@@ -308,11 +307,11 @@ pub fn direct_conv_gather<V: Vector>(
 struct Knobs {
     /// Weight bytes of a group above which its reduction runs in chunks ([`SLAB_BYTES`]).
     slab_bytes: usize,
-    /// Whether a strided 1x1 convolution subsamples its input first: `None` as
-    /// [`resample::subsamples`] says.
+    /// Whether a strided 1x1 convolution subsamples its input first: `None` as the
+    /// rule of [`resample::strided_as_pointwise`] says.
     subsample: Option<bool>,
     /// Whether a padded convolution of NCHW input (a stem) runs on a zero-padded copy:
-    /// `None` as [`resample::pads`] says.
+    /// `None` as the rule of [`resample::stem_as_unpadded`] says.
     pad_nchw: Option<bool>,
 }
 
@@ -360,21 +359,13 @@ fn direct_conv_tuned<V: Vector>(
     if let crate::kernels::blocked::Residual::From(r) = ep.residual {
         assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
     }
-    if let Some(pointwise) = resample::pointwise_of_strided(g, in_block, ob) {
-        if knobs.subsample.unwrap_or_else(|| resample::subsamples(g)) {
-            let sub_l = in_l.with_hw(g.out_h, g.out_w);
-            return with_staging(sub_l.len(), |sub| {
-                resample::subsample::<V>(in_l, g.stride, input, sub_l, sub);
-                direct_conv_tuned::<V>(&pointwise, sub, in_block, packed, ep, out, knobs, gather)
-            });
-        }
+    if let Some(pointwise) = resample::strided_as_pointwise(g, in_block, ob, knobs.subsample) {
+        return resample::on_subsampled::<V, _>(g, in_l, input, |sub| {
+            direct_conv_tuned::<V>(&pointwise, sub, in_block, packed, ep, out, knobs, gather)
+        });
     }
-    if let Some(unpadded) =
-        resample::unpadded_nchw(g, in_block).filter(|g| knobs.pad_nchw.unwrap_or_else(|| resample::pads(g)))
-    {
-        let padded_l = in_l.with_hw(unpadded.in_h, unpadded.in_w);
-        return with_staging(padded_l.len(), |padded| {
-            resample::pad(in_l, input, g.pad, padded_l, padded);
+    if let Some(unpadded) = resample::stem_as_unpadded(g, in_block, knobs.pad_nchw) {
+        return resample::on_padded(g, in_l, input, |padded| {
             direct_conv_tuned::<V>(&unpadded, padded, in_block, packed, ep, out, knobs, gather)
         });
     }

@@ -66,7 +66,7 @@
 
 use crate::kernels::blocked::resample;
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
+use crate::kernels::scratch::{with_partials, with_scratch};
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
@@ -190,7 +190,8 @@ pub fn filter_grad<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize, 
 }
 
 /// [`filter_grad`], a strided 1x1 convolution run on its subsampled input as `subsample`
-/// says (`None`: as [`resample::subsamples`] says), so that the tests reach both paths.
+/// says (`None`: as the rule of [`resample::strided_as_pointwise`] says), so that the
+/// tests reach both paths.
 fn filter_grad_tuned<V: Vector>(
     g: &ConvGeometry,
     input: &[f32],
@@ -199,15 +200,11 @@ fn filter_grad_tuned<V: Vector>(
     dw: &mut [f32],
     subsample: Option<bool>,
 ) {
-    if let Some(pointwise) = resample::pointwise_of_strided(g, in_block, V::LANES) {
-        if subsample.unwrap_or_else(|| resample::subsamples(g)) {
-            let in_l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
-            let sub_l = in_l.with_hw(g.out_h, g.out_w);
-            return with_staging(sub_l.len(), |sub| {
-                resample::subsample::<V>(in_l, g.stride, input, sub_l, sub);
-                filter_grad_tiles::<V>(&pointwise, sub, in_block, dy, dw)
-            });
-        }
+    if let Some(pointwise) = resample::strided_as_pointwise(g, in_block, V::LANES, subsample) {
+        let in_l = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, in_block);
+        return resample::on_subsampled::<V, _>(g, in_l, input, |sub| {
+            filter_grad_tiles::<V>(&pointwise, sub, in_block, dy, dw)
+        });
     }
     filter_grad_tiles::<V>(g, input, in_block, dy, dw);
 }

@@ -19,14 +19,53 @@
 
 use crate::kernels::blocked::direct::ZEROS;
 use crate::kernels::im2col::ConvGeometry;
+use crate::kernels::scratch::with_staging;
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::layout::Blocked;
 use crate::simd::Vector;
 
+/// The stride-1 geometry on the subsampled input that the kernels run the strided 1x1
+/// convolution `g` (a forward geometry) as, if they do: where `g` is one of blocked
+/// input and `force` says so (`None`: as [`subsamples`] says).
+pub(crate) fn strided_as_pointwise(
+    g: &ConvGeometry,
+    in_block: usize,
+    out_block: usize,
+    force: Option<bool>,
+) -> Option<ConvGeometry> {
+    pointwise_of_strided(g, in_block, out_block).filter(|_| force.unwrap_or_else(|| subsamples(g)))
+}
+
+/// `run` on `input` (shape `in_l`, the input of `g`) subsampled at `g.stride` into this
+/// thread's staging buffer (see [`with_staging`]): the input of [`strided_as_pointwise`].
+pub(crate) fn on_subsampled<V: Vector, R>(
+    g: &ConvGeometry,
+    in_l: Blocked,
+    input: &[f32],
+    run: impl FnOnce(&[f32]) -> R,
+) -> R {
+    let sub_l = in_l.with_hw(g.out_h, g.out_w);
+    with_staging(sub_l.len(), |sub| {
+        subsample::<V>(in_l, g.stride, input, sub_l, sub);
+        run(sub)
+    })
+}
+
+/// `fill` computes the gradient at the sampled pixels of `dx` (shape `dx_l`, the input
+/// of `g`) into this thread's staging buffer, which is then [`spread`] into `dx`, zeros
+/// between: the backward-data of [`strided_as_pointwise`].
+pub(crate) fn spread_into<V: Vector>(g: &ConvGeometry, dx_l: Blocked, dx: &mut [f32], fill: impl FnOnce(&mut [f32])) {
+    let sub_l = dx_l.with_hw(g.out_h, g.out_w);
+    with_staging(sub_l.len(), |sub| {
+        fill(sub);
+        spread::<V>(sub_l, sub, g.stride, dx_l, dx);
+    })
+}
+
 /// The stride-1 geometry of `g` on the subsampled input when `g` is a strided, unpadded
 /// 1x1 convolution of blocked input (`in_block == out_block`).
-pub(crate) fn pointwise_of_strided(g: &ConvGeometry, in_block: usize, out_block: usize) -> Option<ConvGeometry> {
+fn pointwise_of_strided(g: &ConvGeometry, in_block: usize, out_block: usize) -> Option<ConvGeometry> {
     let strided_1x1 = g.kernel_h == 1 && g.kernel_w == 1 && g.stride > 1 && g.pad == 0;
     (strided_1x1 && in_block == out_block).then_some(ConvGeometry {
         in_h: g.out_h,
@@ -44,7 +83,7 @@ pub(crate) fn pointwise_of_strided(g: &ConvGeometry, in_block: usize, out_block:
 /// 1.06-1.34x at batch 16 (the most on 1024->2048 at 14x14), 1.07-1.62x and 1.04-1.37x
 /// at batch 1. ResNet-18's forward: 128->256 at batch 8 and 16 1.03-1.05x, but 64->128
 /// 0.93-0.95x, and every projection at batch 1 (about 13 M multiply-adds) 0.87-0.97x.
-pub(crate) fn subsamples(g: &ConvGeometry) -> bool {
+fn subsamples(g: &ConvGeometry) -> bool {
     g.out_channels >= 256 && g.macs() >= 1 << 25
 }
 
@@ -70,7 +109,7 @@ fn check<V: Vector>(large: Blocked, stride: usize, ls: usize, small: Blocked, ss
 
 /// `dst` = pixels `(y * stride, x * stride)` of `src` (shape `src_l`), every image and
 /// channel block, in `dst_l` (the same layout with the subsampled height and width).
-pub(crate) fn subsample<V: Vector>(src_l: Blocked, stride: usize, src: &[f32], dst_l: Blocked, dst: &mut [f32]) {
+fn subsample<V: Vector>(src_l: Blocked, stride: usize, src: &[f32], dst_l: Blocked, dst: &mut [f32]) {
     check::<V>(src_l, stride, src.len(), dst_l, dst.len(), "subsample");
     let l = V::LANES;
     let shared = SharedOut::new(dst);
@@ -90,7 +129,7 @@ pub(crate) fn subsample<V: Vector>(src_l: Blocked, stride: usize, src: &[f32], d
 
 /// The adjoint of [`subsample`]: `dst` (shape `dst_l`) gets pixel `(y, x)` of `src`
 /// (shape `src_l`) at `(y * stride, x * stride)`, and zero at every other pixel.
-pub(crate) fn spread<V: Vector>(src_l: Blocked, src: &[f32], stride: usize, dst_l: Blocked, dst: &mut [f32]) {
+fn spread<V: Vector>(src_l: Blocked, src: &[f32], stride: usize, dst_l: Blocked, dst: &mut [f32]) {
     check::<V>(dst_l, stride, dst.len(), src_l, src.len(), "spread");
     let l = V::LANES;
     let shared = SharedOut::new(dst);
@@ -112,9 +151,26 @@ pub(crate) fn spread<V: Vector>(src_l: Blocked, src: &[f32], stride: usize, dst_
     });
 }
 
+/// The geometry on its zero-padded input (`pad: 0`) that the kernels run the padded
+/// convolution of NCHW input (a stem) `g` as, if they do: as `force` says (`None`: as
+/// [`pads`] says).
+pub(crate) fn stem_as_unpadded(g: &ConvGeometry, in_block: usize, force: Option<bool>) -> Option<ConvGeometry> {
+    unpadded_nchw(g, in_block).filter(|u| force.unwrap_or_else(|| pads(u)))
+}
+
+/// `run` on `input` (shape `in_l`, the input of `g`) zero-padded by `g.pad` into this
+/// thread's staging buffer: the input of [`stem_as_unpadded`].
+pub(crate) fn on_padded<R>(g: &ConvGeometry, in_l: Blocked, input: &[f32], run: impl FnOnce(&[f32]) -> R) -> R {
+    let padded_l = in_l.with_hw(in_l.h + 2 * g.pad, in_l.w + 2 * g.pad);
+    with_staging(padded_l.len(), |padded| {
+        pad(in_l, input, g.pad, padded_l, padded);
+        run(padded)
+    })
+}
+
 /// The geometry of `g` on its input zero-padded by `g.pad` on every side (`pad: 0`), when
 /// `g` reads plain NCHW input (`in_block == 1`: the stems) with padding.
-pub(crate) fn unpadded_nchw(g: &ConvGeometry, in_block: usize) -> Option<ConvGeometry> {
+fn unpadded_nchw(g: &ConvGeometry, in_block: usize) -> Option<ConvGeometry> {
     (in_block == 1 && g.pad > 0).then_some(ConvGeometry {
         in_h: g.in_h + 2 * g.pad,
         in_w: g.in_w + 2 * g.pad,
@@ -128,13 +184,13 @@ pub(crate) fn unpadded_nchw(g: &ConvGeometry, in_block: usize) -> Option<ConvGeo
 /// and right padding are a large share. Measured alternating call by call on 2 threads
 /// of an Intel Xeon, old time over new: ResNet-20's stem (32x32) 1.99x at batch 128 and
 /// 1.52x at batch 1; ResNet-50's 7x7 stride-2 stem (112 pixels a row) 0.96-0.97x.
-pub(crate) fn pads(unpadded: &ConvGeometry) -> bool {
+fn pads(unpadded: &ConvGeometry) -> bool {
     unpadded.out_w <= 32
 }
 
 /// `dst` (shape `dst_l`: `src_l` with `pad` more rows and columns on each side, any
 /// block) = `src` (shape `src_l`) surrounded by zeros.
-pub(crate) fn pad(src_l: Blocked, src: &[f32], pad: usize, dst_l: Blocked, dst: &mut [f32]) {
+fn pad(src_l: Blocked, src: &[f32], pad: usize, dst_l: Blocked, dst: &mut [f32]) {
     assert_eq!(src.len(), src_l.len(), "pad: input length");
     assert_eq!(dst.len(), dst_l.len(), "pad: output length");
     assert!(
