@@ -62,13 +62,21 @@
 //! of cache lines apart, so that a tile's `a^2` vectors do not share an L1 set. Tasks are tile groups x output-channel-block
 //! ranges cut by [`crate::kernels::split`], so batch 1 keeps every core busy. Every
 //! output value is computed by one task in a fixed order: results are deterministic.
+//!
+//! Where `U` is too big for the caches and several tile groups would each stream all of
+//! it (ResNet-50's 256- and 512-channel layers from batch 8: 9.4 and 37.7 MB for F(4x4)),
+//! a call runs in three phases over whole-call tensors instead: every tile's input
+//! transform into one `V`, the products of each position over all tiles (each `U[xi]`
+//! read once), then the output transforms. `V` and `M` then pass through the L3, which
+//! costs less than streaming `U` again (ResNet-50 b8 on two Zen 4 cores, alternating in
+//! one process: layer3's 3x3 layers 4.2 to 3.75 ms, layer4's 5.15 to 3.8 ms).
 
 use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::blocked::moments::{self, Gather, Kind};
 use crate::kernels::blocked::norm::{self, FusedRelu};
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::{with_partials, with_scratch};
+use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
 use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::kernels::winograd::WinogradTile;
@@ -372,7 +380,7 @@ pub fn winograd_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
-    checked_conv::<V>(g, tile, input, Transformed::F32(filters), ep, out, None);
+    checked_conv::<V>(g, tile, input, Transformed::F32(filters), ep, out, None, None);
 }
 
 /// Transformed filters of a Winograd convolution, in the precision of its products.
@@ -403,7 +411,7 @@ pub fn winograd_conv_with<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
-    checked_conv::<V>(g, tile, input, filters, ep, out, None);
+    checked_conv::<V>(g, tile, input, filters, ep, out, None, None);
 }
 
 /// Where the output transforms of [`winograd_conv_gather`] put their sums: `fields()`
@@ -425,7 +433,9 @@ impl Records<'_> {
 }
 
 /// [`winograd_conv`]'s checks of every length, then the convolution, with the records
-/// of [`winograd_conv_gather`] when given.
+/// of [`winograd_conv_gather`] when given, in three phases as `three` says (`None`: as
+/// the rule of [`three_phases`] says; the tests force either schedule).
+#[allow(clippy::too_many_arguments)]
 fn checked_conv<V: Vector>(
     g: &ConvGeometry,
     tile: WinogradTile,
@@ -434,6 +444,7 @@ fn checked_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
     records: Option<Records>,
+    three: Option<bool>,
 ) {
     check_geometry(g);
     let l = V::LANES;
@@ -459,8 +470,8 @@ fn checked_conv<V: Vector>(
         assert_eq!(l, bf16::LANES, "winograd: bf16 products take blocks of 16 lanes");
     }
     match tile {
-        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records),
-        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records),
+        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records, three),
+        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records, three),
     }
 }
 
@@ -481,6 +492,21 @@ pub fn winograd_conv_gather<V: Vector>(
     out: &mut [f32],
     gather: Gather,
 ) {
+    gather_tuned::<V>(g, tile, input, filters, ep, out, gather, None);
+}
+
+/// [`winograd_conv_gather`] in three phases as `three` says (see [`checked_conv`]).
+#[allow(clippy::too_many_arguments)]
+fn gather_tuned<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    filters: Transformed,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+    gather: Gather,
+    three: Option<bool>,
+) {
     let l = V::LANES;
     let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
     let channels = ys.padded_channels();
@@ -489,7 +515,7 @@ pub fn winograd_conv_gather<V: Vector>(
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
     let (tiles, p) = call_plan(xs, ys, tile.m(), tile.alpha());
     if tiles == 0 || channels == 0 {
-        checked_conv::<V>(g, tile, input, filters, ep, out, None);
+        checked_conv::<V>(g, tile, input, filters, ep, out, None, three);
         return;
     }
     let groups = p.groups;
@@ -500,7 +526,7 @@ pub fn winograd_conv_gather<V: Vector>(
             Kind::Moments { .. } => None,
         };
         let r = Records { out: &shared, grad };
-        checked_conv::<V>(g, tile, input, filters, ep, out, Some(r));
+        checked_conv::<V>(g, tile, input, filters, ep, out, Some(r), three);
         let records = shared.into_slice();
         let field =
             |gi: usize, f: usize, c: usize| records[(gi * channels + (c / l) * l) * fields + f * l + c % l] as f64;
@@ -592,6 +618,7 @@ fn call_plan(xs: Blocked, ys: Blocked, m: usize, a: usize) -> (usize, Plan) {
     (tiles, plan(tiles, a, xs.blocks(), ys.blocks(), xs.block))
 }
 
+#[allow(clippy::too_many_arguments)]
 fn conv_impl<V: Vector, const M: usize, const A: usize>(
     xs: Blocked,
     ys: Blocked,
@@ -600,6 +627,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
     records: Option<Records>,
+    three: Option<bool>,
 ) {
     let l = V::LANES;
     let (icb, ocb) = (xs.blocks(), ys.blocks());
@@ -613,6 +641,11 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     }
     let shared = SharedOut::new(out);
     let out = &shared;
+    if let Transformed::F32(u) = filters {
+        if three.unwrap_or_else(|| three_phases(tiles, p, A * A, icb, ocb, l)) {
+            return conv_three_phases::<V, M, A>(xs, ys, &tiling, (tiles, p), input, u, ep, out, records);
+        }
+    }
     split::for_each_task(p.groups * p.kparts, |task| {
         let (gi, kp) = (task / p.kparts, task % p.kparts);
         let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
@@ -653,6 +686,91 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
                 }
                 let record = records.map(|r| (r, gi * ys.padded_channels()));
                 output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
+                cb += rb;
+            }
+        });
+    });
+}
+
+/// Whether [`conv_three_phases`] runs a call cut into tiles and tasks as `p` says: where
+/// the plan streams transformed filters too big for the caches ([`U_BIG_BYTES`]) once
+/// per tile group, more than once, and the whole call's `V` and `M` stay within
+/// [`THREE_PHASE_BYTES`].
+fn three_phases(tiles: usize, p: Plan, positions: usize, icb: usize, ocb: usize, l: usize) -> bool {
+    let bytes = |blocks: usize| positions * position_stride(blocks * tiles * l) * std::mem::size_of::<f32>();
+    let u_bytes = positions * icb * ocb * l * l * std::mem::size_of::<f32>();
+    u_bytes >= U_BIG_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
+}
+
+/// The most bytes of a whole call's transformed inputs and products for which
+/// [`conv_three_phases`] runs: they then stay in the L3 between the phases.
+const THREE_PHASE_BYTES: usize = 12 << 20;
+
+/// The convolution in three parallel phases over whole-call tensors, for layers whose
+/// transformed filters `u` do not stay in cache (ResNet-50's 256- and 512-channel layers
+/// from batch 8): every tile's input transform into one `V`, then the products of each
+/// position (and chunk of output blocks) over all tiles, reading each filter matrix
+/// `U[xi]` once where the grouped schedule reads all of `U` once per tile group, then
+/// the output transforms, cut into the same tasks as [`conv_impl`]'s (so the records
+/// of a gather are the same). Every output is the same sum in the same order as there.
+#[allow(clippy::too_many_arguments)]
+fn conv_three_phases<V: Vector, const M: usize, const A: usize>(
+    xs: Blocked,
+    ys: Blocked,
+    tiling: &Tiling,
+    (tiles, p): (usize, Plan),
+    input: &[f32],
+    u: &[f32],
+    ep: &BlockedEpilogue,
+    out: &SharedOut,
+    records: Option<Records>,
+) {
+    let l = V::LANES;
+    let (icb, ocb) = (xs.blocks(), ys.blocks());
+    let (vs, ms) = (Span::group(icb, tiles, l), Span::group(ocb, tiles, l));
+    let v_len = A * A * vs.xi;
+    with_staging(v_len + A * A * ms.xi, |buf| {
+        let (v, m) = buf.split_at_mut(v_len);
+        {
+            let v = SharedOut::new(v);
+            split::for_each_range(tiles, |tr| {
+                let span = vs.shifted(0, tr.start, l);
+                input_transform_into::<V, M, A>(xs, tiling, input, tr.start, tr.len(), &v, span);
+            });
+        }
+        {
+            let rb_max = blocks_per_call::<V>();
+            let chunks = ocb.div_ceil(rb_max);
+            let m = SharedOut::new(m);
+            split::for_each_range(A * A * chunks, |units| {
+                for unit in units {
+                    let (xi, cb) = (unit / chunks, unit % chunks * rb_max);
+                    let rb = rb_max.min(ocb - cb);
+                    let span = ms.shifted(cb, 0, l);
+                    products_span::<V>(
+                        u,
+                        xs.padded_channels(),
+                        (ocb, cb, rb),
+                        icb,
+                        tiles,
+                        xi..xi + 1,
+                        (v, vs),
+                        (&m, span),
+                    );
+                }
+            });
+        }
+        let m = &*m;
+        split::for_each_task(p.groups * p.kparts, |task| {
+            let (gi, kp) = (task / p.kparts, task % p.kparts);
+            let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
+            let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
+            let mut cb = kr.start;
+            while cb < kr.end {
+                let rb = blocks_per_call::<V>().min(kr.end - cb);
+                let record = records.map(|r| (r, gi * ys.padded_channels()));
+                let span = ms.shifted(cb, tr.start, l);
+                output_transform_span::<V, M, A>(ys, tiling, tr.start, tr.len(), cb, rb, (m, span), ep, out, record);
                 cb += rb;
             }
         });
@@ -729,14 +847,69 @@ pub(crate) fn input_transform<V: Vector, const M: usize, const A: usize>(
     tn: usize,
     v: &mut [f32],
 ) {
+    let span = Span::group(xs.blocks(), tn, V::LANES);
+    input_transform_into::<V, M, A>(xs, tl, x, t0, tn, &SharedOut::new(v), span);
+}
+
+/// Where the transformed values of a set of tiles lie: those of tile `t` (counted from
+/// the set's first) of channel block `b` at position `xi` start at `xi * xi + b * block +
+/// at + t * L`. A group's own scratch ([`Span::group`]) or, for the three-phase
+/// schedule, the tile's columns of the whole call's `V` or `M`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    xi: usize,
+    block: usize,
+    at: usize,
+}
+
+impl Span {
+    /// A group scratch of `blocks` blocks of `tn` tiles, positions [`position_stride`]
+    /// apart.
+    pub(crate) fn group(blocks: usize, tn: usize, l: usize) -> Span {
+        Span {
+            xi: position_stride(blocks * tn * l),
+            block: tn * l,
+            at: 0,
+        }
+    }
+
+    /// The same span moved by `blocks` blocks and `tiles` tiles of `l` lanes.
+    fn shifted(self, blocks: usize, tiles: usize, l: usize) -> Span {
+        Span {
+            at: self.at + blocks * self.block + tiles * l,
+            ..self
+        }
+    }
+
+    /// One past the last float of `positions` positions, `blocks` blocks, `tn` tiles.
+    fn end(&self, positions: usize, blocks: usize, tn: usize, l: usize) -> usize {
+        if positions == 0 || blocks == 0 || tn == 0 {
+            return 0;
+        }
+        (positions - 1) * self.xi + (blocks - 1) * self.block + self.at + tn * l
+    }
+}
+
+/// [`input_transform`] into the span `span` of `v`, whose other floats it leaves alone
+/// (tasks fill disjoint tile columns of one whole `V`).
+#[inline(never)]
+pub(crate) fn input_transform_into<V: Vector, const M: usize, const A: usize>(
+    xs: Blocked,
+    tl: &Tiling,
+    x: &[f32],
+    t0: usize,
+    tn: usize,
+    v: &SharedOut,
+    span: Span,
+) {
     let l = V::LANES;
     let icb = xs.blocks();
     let (h, w) = (xs.h, xs.w);
     let row = w * l;
-    let xi_stride = position_stride(icb * tn * l);
     assert_eq!(x.len(), xs.len());
-    assert!(v.len() >= A * A * xi_stride);
-    let (xp, vp) = (x.as_ptr(), v.as_mut_ptr());
+    assert!(span.end(A * A, icb, tn, l) <= v.len(), "winograd: V span out of bounds");
+    // Only this task writes the span's tiles (the caller's guarantee, as `SharedOut`'s).
+    let (xp, vp) = (x.as_ptr(), v.ptr_at(0));
     for t in 0..tn {
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         // Rows and columns of the patch inside the image.
@@ -781,8 +954,9 @@ pub(crate) fn input_transform<V: Vector, const M: usize, const A: usize>(
             for (i, ti) in tcol.iter().enumerate() {
                 let r = input_1d::<V, A>(ti);
                 for (j, rj) in r.iter().enumerate() {
-                    // SAFETY: `xi < A * A`, `cb < icb`, `t < tn`: inside `v` (checked above).
-                    unsafe { rj.store_at(vp, (i * A + j) * xi_stride + (cb * tn + t) * l) };
+                    // SAFETY: `xi < A * A`, `cb < icb`, `t < tn`: inside the span of `v`
+                    // (checked above), which only this task writes.
+                    unsafe { rj.store_at(vp, (i * A + j) * span.xi + cb * span.block + span.at + t * l) };
                 }
             }
         }
@@ -805,21 +979,52 @@ fn products<V: Vector, const A: usize>(
     m: &mut [f32],
 ) {
     let l = V::LANES;
+    let (vs, ms) = (Span::group(icb, tn, l), Span::group(rb, tn, l));
+    products_span::<V>(
+        u,
+        cp,
+        (ocb, cb, rb),
+        icb,
+        tn,
+        0..A * A,
+        (v, vs),
+        (&SharedOut::new(m), ms),
+    );
+}
+
+/// [`products`] of the positions `xis` only, reading `V` from its span `vs` (`icb`
+/// blocks of `tn` tiles) and writing the `rb` blocks of `M` into the span `ms` of `m`
+/// (tasks fill disjoint spans of one whole `M`).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn products_span<V: Vector>(
+    u: &[f32],
+    cp: usize,
+    (ocb, cb, rb): (usize, usize, usize),
+    icb: usize,
+    tn: usize,
+    xis: std::ops::Range<usize>,
+    (v, vs): (&[f32], Span),
+    (m, ms): (&SharedOut, Span),
+) {
+    let l = V::LANES;
     assert!(cb + rb <= ocb && rb <= RB);
-    let (v_stride, m_stride) = (position_stride(icb * tn * l), position_stride(rb * tn * l));
-    assert!(u.len() >= A * A * ocb * cp * l && v.len() >= A * A * v_stride && m.len() >= A * A * m_stride);
+    assert!(u.len() >= xis.end * ocb * cp * l);
+    assert!(vs.end(xis.end, icb, tn, l) <= v.len() && ms.end(xis.end, rb, tn, l) <= m.len());
     assert_eq!(cp, icb * l);
-    for xi in 0..A * A {
+    let mp = m.ptr_at(0);
+    for xi in xis {
         let u_xi = &u[((xi * ocb + cb) * cp) * l..];
-        let v_xi = &v[xi * v_stride..];
-        let m_xi = &mut m[xi * m_stride..];
+        let v_xi = &v[xi * vs.xi + vs.at..];
+        let m_at = xi * ms.xi + ms.at;
         let mut t = 0;
         while t < tn {
             let rt = rt_for::<V>(rb).min(tn - t);
             // SAFETY: `u_xi` holds blocks `cb..cb + rb` of `cp x l` values each (asserted
-            // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks of `tn x l` values and
-            // reads tiles `t..t + rt <= tn`, `m_xi` holds `rb` blocks of `tn x l` values
-            // and gets tiles `t..t + rt` written.
+            // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks `vs.block` apart and
+            // reads tiles `t..t + rt <= tn` of each, and the span of `m` at `m_at` holds
+            // `rb` blocks `ms.block` apart whose tiles `t..t + rt` are written (all
+            // bounded by the asserts above), by this task only.
             unsafe {
                 micro_dispatch::<V>(
                     rb,
@@ -827,10 +1032,10 @@ fn products<V: Vector, const A: usize>(
                     u_xi.as_ptr(),
                     cp * l,
                     v_xi.as_ptr().add(t * l),
-                    tn * l,
+                    vs.block,
                     icb,
-                    m_xi.as_mut_ptr().add(t * l),
-                    tn * l,
+                    mp.add(m_at + t * l),
+                    ms.block,
                 );
             }
             t += rt;
@@ -963,10 +1168,29 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
     out: &SharedOut,
     records: Option<(Records, usize)>,
 ) {
+    let span = Span::group(rb, tn, V::LANES);
+    output_transform_span::<V, M, A>(ys, tl, t0, tn, cb, rb, (m, span), ep, out, records);
+}
+
+/// [`output_transform`] reading `M` from the span `ms` of `m` (`rb` blocks of `tn`
+/// tiles).
+#[allow(clippy::too_many_arguments)]
+#[inline(never)]
+fn output_transform_span<V: Vector, const M: usize, const A: usize>(
+    ys: Blocked,
+    tl: &Tiling,
+    t0: usize,
+    tn: usize,
+    cb: usize,
+    rb: usize,
+    (m, ms): (&[f32], Span),
+    ep: &BlockedEpilogue,
+    out: &SharedOut,
+    records: Option<(Records, usize)>,
+) {
     let l = V::LANES;
     let (h, w) = (ys.h, ys.w);
-    let xi_stride = position_stride(rb * tn * l);
-    assert!(m.len() >= A * A * xi_stride);
+    assert!(ms.end(A * A, rb, tn, l) <= m.len(), "winograd: M span out of bounds");
     let mp = m.as_ptr();
     for r in 0..rb {
         let bias = ep.bias_of::<V>(cb + r);
@@ -983,7 +1207,7 @@ fn output_transform<V: Vector, const M: usize, const A: usize>(
             for (i, mi) in mv.iter_mut().enumerate() {
                 for (j, mij) in mi.iter_mut().enumerate() {
                     // SAFETY: `xi < A * A`, `r < rb`, `t < tn`: inside `m` (checked above).
-                    *mij = unsafe { V::load_at(mp, (i * A + j) * xi_stride + (r * tn + t) * l) };
+                    *mij = unsafe { V::load_at(mp, (i * A + j) * ms.xi + r * ms.block + ms.at + t * l) };
                 }
             }
             // Columns (A x A -> M x A), then rows (M x A -> M x M).
@@ -1638,6 +1862,108 @@ mod tests {
         let mut rng = Rng::new(4);
         run::<wide::f32x4>(&mut rng);
         run::<wide::f32x16>(&mut rng);
+    }
+
+    #[test]
+    fn three_phases_match_the_grouped_schedule() {
+        /// The output of one schedule (`three`) on `threads` threads, NaN-filled first so
+        /// that an unwritten value shows.
+        fn run<V: Vector>(
+            g: &ConvGeometry,
+            (tile, u): (WinogradTile, &[f32]),
+            xb: &[f32],
+            ep: &BlockedEpilogue,
+            threads: usize,
+            three: bool,
+        ) -> Vec<f32> {
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, V::LANES);
+            let mut y = vec![f32::NAN; ys.len()];
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            pool.install(|| checked_conv::<V>(g, tile, xb, Transformed::F32(u), ep, &mut y, None, Some(three)));
+            y
+        }
+        fn check<V: Vector>(rng: &mut Rng) {
+            let l = V::LANES;
+            // Several tile groups (batch 4 of 16x16), channel parts (one small image),
+            // ragged tiles and blocks, ResNet-50's layer4 at batch 2.
+            let shapes = [
+                geometry(4, 16, 24, 16, 16),
+                geometry(1, 33, 70, 6, 7),
+                geometry(3, 19, 21, 7, 10),
+                geometry(2, 512, 512, 7, 7),
+            ];
+            for g in &shapes {
+                let (x, w, xb) = case(rng, g, l);
+                let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+                let bias: Vec<f32> = random(rng, ys.padded_channels());
+                let residual: Vec<f32> = random(rng, ys.len());
+                let ep = BlockedEpilogue {
+                    bias: Some(&bias),
+                    residual: Residual::From(&residual),
+                    relu: true,
+                    ..BlockedEpilogue::default()
+                };
+                for tile in TILES {
+                    let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+                    transform_filters(&w, None, g.in_channels, g.out_channels, tile, l, &mut u);
+                    for threads in [1, 2, 3] {
+                        let grouped = run::<V>(g, (tile, &u), &xb, &ep, threads, false);
+                        let three = run::<V>(g, (tile, &u), &xb, &ep, threads, true);
+                        let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                        assert!(
+                            bits(&three) == bits(&grouped),
+                            "{tile:?} {g:?} at {l} lanes on {threads} threads: the three phases differ"
+                        );
+                    }
+                    // And the values are the convolution's: the f64 reference, finished by
+                    // the same epilogue.
+                    let y = run::<V>(g, (tile, &u), &xb, &BlockedEpilogue::default(), 2, true);
+                    let want: Vec<f32> = conv_f64(g, &x, &w).iter().map(|&v| v as f32).collect();
+                    let err = max_rel_err(&unblock(g, &y, l), &want);
+                    assert!(err < tolerance(tile), "{tile:?} {g:?} at {l} lanes: error {err:e}");
+                }
+            }
+        }
+        let mut rng = Rng::new(23);
+        check::<wide::f32x4>(&mut rng);
+        check::<wide::f32x8>(&mut rng);
+        check::<wide::f32x16>(&mut rng);
+    }
+
+    /// The three-phase schedule gathers the grouped schedule's moments: the records are
+    /// cut into the same tasks.
+    #[test]
+    fn three_phases_gather_the_grouped_moments() {
+        let mut rng = Rng::new(29);
+        let l = F32xBlock::LANES;
+        for g in [geometry(4, 16, 24, 16, 16), geometry(1, 33, 70, 6, 7)] {
+            let (_, w, xb) = case(&mut rng, &g, l);
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+            let kp = ys.padded_channels();
+            for tile in TILES {
+                let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+                transform_filters(&w, None, g.in_channels, g.out_channels, tile, l, &mut u);
+                let gathered = |three: bool| {
+                    let mut y = vec![f32::NAN; ys.len()];
+                    let (mut mean, mut var) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+                    let gather = Gather::Moments(Moments {
+                        partials: &mut Vec::new(),
+                        mean: &mut mean,
+                        var: &mut var,
+                    });
+                    let ep = BlockedEpilogue::default();
+                    gather_tuned::<F32xBlock>(&g, tile, &xb, Transformed::F32(&u), &ep, &mut y, gather, Some(three));
+                    (y, mean, var)
+                };
+                let (grouped, three) = (gathered(false), gathered(true));
+                assert!(grouped.0 == three.0, "{tile:?} {g:?}: outputs differ");
+                assert!(
+                    grouped.1 == three.1 && grouped.2 == three.2,
+                    "{tile:?} {g:?}: moments differ"
+                );
+                assert!(three.1.iter().chain(&three.2).all(|v| v.is_finite()));
+            }
+        }
     }
 
     #[test]
