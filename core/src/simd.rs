@@ -194,52 +194,49 @@ pub fn store(v: F32x, s: &mut [f32]) {
     v.store(s)
 }
 
-/// The prefetch hints of x86-64 (`_MM_HINT_*`), and stand-ins elsewhere, where
-/// [`prefetch`] does nothing.
-#[cfg(target_arch = "x86_64")]
-use core::arch::x86_64::{_MM_HINT_ET0 as FOR_WRITE, _MM_HINT_T0 as INTO_L1, _MM_HINT_T1 as INTO_L2};
-#[cfg(not(target_arch = "x86_64"))]
-const INTO_L1: i32 = 0;
-#[cfg(not(target_arch = "x86_64"))]
-const INTO_L2: i32 = 0;
-#[cfg(not(target_arch = "x86_64"))]
-const FOR_WRITE: i32 = 0;
-
-/// Asks the CPU for the cache line at `p` as `HINT` says (x86-64 `prefetch*`; nothing on
+/// Asks the CPU to bring the cache line at `p` into L2 (x86-64 `prefetcht1`; nothing on
 /// other targets). A hint only: it never faults and never reads, whatever the address,
-/// so `p` may point anywhere.
+/// so `p` may point anywhere. The kernels use it to overlap the next weights' trip from
+/// memory with the current arithmetic.
 #[inline(always)]
-fn prefetch<const HINT: i32>(p: *const f32) {
+pub fn prefetch_l2(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8)
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
 
-/// Asks the CPU to bring the cache line at `p` into L2 (`prefetcht1`, see [`prefetch`]):
-/// the kernels overlap the next weights' trip from memory with the current arithmetic.
-#[inline(always)]
-pub fn prefetch_l2(p: *const f32) {
-    prefetch::<INTO_L2>(p)
-}
-
-/// Asks the CPU to bring the cache line at `p` into L1 (`prefetcht0`, see [`prefetch`]):
-/// the pointwise tiles fetch the input channel block they read two blocks from now,
-/// whose lines lie a plane apart, too far for the hardware prefetchers to follow.
+/// Asks the CPU to bring the cache line at `p` into L1 (x86-64 `prefetcht0`; nothing on
+/// other targets), a hint like [`prefetch_l2`]: the pointwise tiles fetch the input
+/// channel block they read two blocks from now, whose lines lie a plane apart, too far
+/// for the hardware prefetchers to follow.
 #[inline(always)]
 pub fn prefetch_l1(p: *const f32) {
-    prefetch::<INTO_L1>(p)
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
-/// Asks the CPU to bring the cache line at `p` into L1 ready to be written (`prefetchw`,
-/// see [`prefetch`]): a tile fetches the output lines the next tile stores, so their trip
-/// from memory overlaps this tile's arithmetic instead of stalling the stores.
+/// Asks the CPU to bring the cache line at `p` into L1 ready to be written (x86-64
+/// `prefetchw`; nothing on other targets), a hint like [`prefetch_l2`]: a tile fetches
+/// the output lines the next tile stores, so their trip from memory overlaps this tile's
+/// arithmetic instead of stalling the stores.
 #[inline(always)]
 pub fn prefetch_for_write(p: *const f32) {
-    prefetch::<FOR_WRITE>(p)
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
 }
 
 /// `[0, 1, 2, ...]`: each lane's index.
