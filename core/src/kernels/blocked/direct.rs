@@ -31,12 +31,6 @@
 //! weights into L2. Inside a network at batch 1 these weights come from memory, so
 //! without this every pixel tile streamed the whole slab through L2 again.
 //!
-//! # Prefetch
-//! A 1x1 tile does few multiply-adds per byte it moves, and the lines it reads next lie a
-//! channel plane apart, where the hardware prefetchers do not look: it prefetches the
-//! input pixels of the channel block two ahead and, for writing, the next tile's output
-//! vectors (ResNet-50 batch 8's 1x1 layers 1.22x faster on two Zen 4 cores).
-//!
 //! # API
 //! - [`packed_len`] / [`pack_weights`]: OIHW weights (optionally times a folded batch
 //!   norm's per-channel scale) reordered once into the layout the tiles read:
@@ -722,21 +716,9 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
             || ((iy0 + ky_hi as isize - 1) as usize * w + ix0 + (NPX - 1) * S + kw) * ib <= c.in_l.plane_len()
     );
     assert!(n < g.batch && icbs.end <= c.in_l.blocks());
-    let pointwise = BLOCKED && kh == 1 && kw == 1 && ky_lo < ky_hi;
-    if pointwise {
-        prefetch_next_stores::<V, NOC, NPX>(c, n, ocb0, p0);
-    }
     let mut acc = [[V::ZERO; NPX]; NOC];
-    for icb in icbs.clone() {
+    for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
-        if pointwise && icb + PREFETCH_BLOCKS_AHEAD < icbs.end {
-            let ahead = c
-                .in_l
-                .at(n, icb + PREFETCH_BLOCKS_AHEAD, (iy0 + ky_lo as isize) as usize, ix0);
-            for p in 0..NPX {
-                crate::simd::prefetch_l1(c.input.as_ptr().wrapping_add(ahead + p * S * ib));
-            }
-        }
         for ky in ky_lo..ky_hi {
             let row = plane + ((iy0 + ky as isize) as usize * w + ix0) * ib;
             let wrow = wgroup + (icb * kh + ky) * kw * tap_len;
@@ -753,30 +735,6 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
         }
     }
     store_tile(c, &acc, n, ocb0, p0, NPX, phase);
-}
-
-/// How many input-channel blocks ahead a 1x1 tile prefetches its input pixels. Each
-/// block's pixels lie a plane apart (ResNet-50's 56x56 planes are 200 KB, a multiple of
-/// 4 KB, so all of a tile's blocks fall into the same L1 sets), and the hardware
-/// prefetchers do not follow: measured on Zen 4 (`examples/direct_bench.rs`-like
-/// alternation, ResNet-50 batch 8, one thread), the 56x56 and 28x28 1x1 layers ran at
-/// 48-66 GFLOP/s without and 70-94 with the prefetch, one or two blocks ahead alike.
-const PREFETCH_BLOCKS_AHEAD: usize = 2;
-
-/// Prefetches, for writing, the output vectors of the tile after the one at `p0` (the
-/// same blocks, the next `NPX` pixels): 1x1 layers store a vector per `in_channels`
-/// multiply-adds, few enough that waiting for each line's trip from memory showed
-/// (ResNet-50 batch 8 1x1 layers 2-4 % faster with it). Past the segment's end the
-/// addresses are only hints.
-#[inline(always)]
-fn prefetch_next_stores<V: Vector, const NOC: usize, const NPX: usize>(c: &Ctx, n: usize, ocb0: usize, p0: usize) {
-    let out = c.out.ptr_at(0) as *const f32;
-    for j in 0..NOC {
-        let next = c.out_l.at(n, ocb0 + j, 0, 0) + (p0 + NPX) * V::LANES;
-        for p in 0..NPX {
-            crate::simd::prefetch_for_write(out.wrapping_add(next + p * V::LANES));
-        }
-    }
 }
 
 /// Any tile: `count <= NPX` output pixels from flattened `p0`, each tap's input pointer
