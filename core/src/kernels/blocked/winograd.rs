@@ -563,8 +563,7 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     // memory): every group's tasks stream all of U again, so use as few groups as keep
     // at most MAX_GROUP_TILES tiles and split the output channels instead (each task then
     // reads its own part of U once and repeats the cheap input transform).
-    let u_bytes = a * a * icb * ocb * l * l * std::mem::size_of::<f32>();
-    if u_bytes >= U_BIG_BYTES {
+    if u_bytes(a * a, icb, ocb, l) >= U_BIG_BYTES {
         // ... while a group's transformed inputs stay within the L2 (ResNet-50 b8's
         // layer4 F(4x4): 32 tiles of 512 channels are 2.4 MB, so it keeps 3 groups).
         let v_bytes = tiles * a * a * icb * l * std::mem::size_of::<f32>();
@@ -582,6 +581,12 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
         1
     };
     Plan { groups, kparts }
+}
+
+/// Bytes of the transformed filters `U` of `positions` positions, `icb` input and `ocb`
+/// output blocks of `l` lanes.
+fn u_bytes(positions: usize, icb: usize, ocb: usize, l: usize) -> usize {
+    positions * icb * ocb * l * l * std::mem::size_of::<f32>()
 }
 
 /// Transformed-filter bytes from which [`plan`] keeps the fewest tile groups: U then no
@@ -698,8 +703,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
 /// [`THREE_PHASE_BYTES`].
 fn three_phases(tiles: usize, p: Plan, positions: usize, icb: usize, ocb: usize, l: usize) -> bool {
     let bytes = |blocks: usize| positions * position_stride(blocks * tiles * l) * std::mem::size_of::<f32>();
-    let u_bytes = positions * icb * ocb * l * l * std::mem::size_of::<f32>();
-    u_bytes >= U_BIG_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
+    u_bytes(positions, icb, ocb, l) >= U_BIG_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
 }
 
 /// The most bytes of a whole call's transformed inputs and products for which
@@ -1864,6 +1868,9 @@ mod tests {
         run::<wide::f32x16>(&mut rng);
     }
 
+    /// The three-phase schedule stores what the grouped schedule stores, bit for bit,
+    /// with every epilogue, at every lane width and thread count, and within the tile's
+    /// tolerance of the f64 convolution.
     #[test]
     fn three_phases_match_the_grouped_schedule() {
         /// The output of one schedule (`three`) on `threads` threads, NaN-filled first so
