@@ -144,22 +144,28 @@ impl FilterGradAlgo {
     }
 }
 
-/// Fewest tiles per task (of the Winograd kernel's split) for which
+/// Fewest tiles per partial sum (`winograd_filter_grad::tiles_per_sum`) for which
 /// [`filter_grad_algo`] picks Winograd: with fewer, summing the tasks' partial products
 /// (`a^2 x K x C` each) costs as much as it saves. Measured (`examples/fgrad_bench.rs`,
 /// 2 threads, ms, direct / F(2x2) / F(4x4)): ResNet-20 b128 1.40/1.03/0.64 (16
 /// channels, 2048 F(4x4) tiles a task), 1.13/0.73/0.51 (32, 512), 1.13/0.71/0.54 (64,
 /// 128); ResNet-50 b8 3.72/2.16/1.45 (64 at 56x56, 392), 3.61/2.27/1.74 (128 at 28x28,
 /// 98), 3.54/2.93/4.51 (256 at 14x14: F(2x2) 98 tiles a task, F(4x4) 32),
-/// 3.72/6.62/9.74 (512 at 7x7: 32 and 8).
+/// 3.72/6.62/9.74 (512 at 7x7: 32 and 8). Since the layers whose partial sums outgrow
+/// the L2 sum over all the call's tiles at once (by positions), ResNet-50's 256- and
+/// 512-channel layers take Winograd too (two Zen 4 cores, ms, direct / F(2x2) /
+/// F(4x4)): at b16 16.3-18.5/10.0-11.6/8.3-11.3 (256 at 14x14) and
+/// 15.0-17.1/12.5-22.7/10.8 (512 at 7x7: 256 and 64 tiles); at b8 8.1-8.2/7.1-7.2/8.8
+/// (512 at 7x7: F(4x4)'s 32 tiles are too few, F(2x2)'s 128 are not).
 pub const MIN_WINOGRAD_GRAD_TILES: usize = 64;
 
-/// Most floats of partial sums (16 MB) a Winograd backward-filter call may use.
-pub const MAX_WINOGRAD_GRAD_PARTIALS: usize = 1 << 22;
+/// Most floats of partial sums (64 MB) a Winograd backward-filter call may use: F(4x4)'s
+/// one `W` of ResNet-50's 512-channel layers is 38 MB.
+pub const MAX_WINOGRAD_GRAD_PARTIALS: usize = 1 << 24;
 
 /// How the plan runs backward-filter of `g` with input blocks of `in_block`: the
-/// largest Winograd tile that leaves each task at least [`MIN_WINOGRAD_GRAD_TILES`]
-/// tiles within [`MAX_WINOGRAD_GRAD_PARTIALS`], else the direct kernel.
+/// largest Winograd tile that sums at least [`MIN_WINOGRAD_GRAD_TILES`] tiles per
+/// partial sum within [`MAX_WINOGRAD_GRAD_PARTIALS`], else the direct kernel.
 pub fn filter_grad_algo(g: &ConvGeometry, in_block: usize) -> FilterGradAlgo {
     FilterGradAlgo::candidates(g, in_block)
         .into_iter()
@@ -169,9 +175,7 @@ pub fn filter_grad_algo(g: &ConvGeometry, in_block: usize) -> FilterGradAlgo {
             // Never a candidate: `use_bf16` gives it.
             FilterGradAlgo::Bf16 => false,
             FilterGradAlgo::Winograd(tile) => {
-                let tiles = g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m());
-                let tasks = winograd_filter_grad::tasks(tiles);
-                tiles / tasks >= MIN_WINOGRAD_GRAD_TILES
+                winograd_filter_grad::tiles_per_sum(g, *tile, BLOCK) >= MIN_WINOGRAD_GRAD_TILES
                     && winograd_filter_grad::partial_floats(g, *tile, BLOCK) <= MAX_WINOGRAD_GRAD_PARTIALS
             }
         })

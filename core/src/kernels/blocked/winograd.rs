@@ -861,9 +861,9 @@ pub(crate) fn input_transform<V: Vector, const M: usize, const A: usize>(
 /// schedule, the tile's columns of the whole call's `V` or `M`.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
-    xi: usize,
-    block: usize,
-    at: usize,
+    pub(crate) xi: usize,
+    pub(crate) block: usize,
+    pub(crate) at: usize,
 }
 
 impl Span {
@@ -878,7 +878,7 @@ impl Span {
     }
 
     /// The same span moved by `blocks` blocks and `tiles` tiles of `l` lanes.
-    fn shifted(self, blocks: usize, tiles: usize, l: usize) -> Span {
+    pub(crate) fn shifted(self, blocks: usize, tiles: usize, l: usize) -> Span {
         Span {
             at: self.at + blocks * self.block + tiles * l,
             ..self
@@ -886,7 +886,7 @@ impl Span {
     }
 
     /// One past the last float of `positions` positions, `blocks` blocks, `tn` tiles.
-    fn end(&self, positions: usize, blocks: usize, tn: usize, l: usize) -> usize {
+    pub(crate) fn end(&self, positions: usize, blocks: usize, tn: usize, l: usize) -> usize {
         if positions == 0 || blocks == 0 || tn == 0 {
             return 0;
         }

@@ -22,16 +22,27 @@
 //! output channel for each tile. The partials are then summed in range order and
 //! transformed, one task per output channel: deterministic for a given thread count.
 //!
+//! Where one `W` outgrows the L2 (ResNet-50's layers from 128 channels at F(4x4) and 256
+//! at F(2x2): 2.4 to 38 MB), every group would add its products to a `W` streamed from
+//! the L3 or memory. Such a call runs by positions instead: every tile's `V` and `E` into
+//! whole-call tensors, then each (position, output block) row block of a single `W`
+//! summed over all the call's tiles in registers, stored once (threads over row blocks,
+//! so a thread's positions' `V` stays in its L2 across their output blocks). Its sums
+//! do not depend on the thread count. Two Zen 4 cores, ResNet-50 b16, ms: the 256-channel
+//! layers' F(4x4) 8.3-11.3 (grouped F(2x2) 9.2-9.7 was the plan's best), the
+//! 512-channel layers' F(4x4) 10.8 (direct 14.7-17.1 was).
+//!
 //! # API
 //! - [`winograd_filter_grad`]`::<V>(g, tile, input, dy, dw)`: `dw += dL/dW`, `input` and
 //!   `dy` in blocks of `V::LANES`, `dw` OIHW; its twin is the direct definition,
 //!   [`super::filter_grad::filter_grad_naive_with_block`], which the tests compare it with.
-//! - [`partial_floats`]: the partial sums a call needs, by which the plan decides where
-//!   the kernel applies.
+//! - [`partial_floats`] and [`tiles_per_sum`]: the partial sums a call needs and the
+//!   tiles each sums, by which the plan decides where the kernel applies.
 
-use crate::kernels::blocked::winograd::{input_transform, position_stride, Tiling};
+use crate::kernels::blocked::winograd::{input_transform, input_transform_into, position_stride, Span, Tiling};
 use crate::kernels::im2col::ConvGeometry;
-use crate::kernels::scratch::{with_partials, with_scratch};
+use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
+use crate::kernels::shared_out::SharedOut;
 use crate::kernels::split;
 use crate::kernels::winograd::WinogradTile;
 use crate::layout::Blocked;
@@ -57,15 +68,60 @@ fn task_floats(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> usize {
 }
 
 /// How many tasks (each with its own partial sums) a call of `tiles` tiles is cut into.
-pub fn tasks(tiles: usize) -> usize {
+fn tasks(tiles: usize) -> usize {
     split::parts(tiles.div_ceil(MIN_GROUP_TILES))
 }
+
+/// The tiles of `g` for `tile`.
+fn tile_count(g: &ConvGeometry, tile: WinogradTile) -> usize {
+    g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m())
+}
+
+/// Floats of the whole-call `V` and `E` of the schedule by positions.
+fn staging_floats(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> usize {
+    let (tiles, blocks) = (tile_count(g, tile), |c: usize| c.div_ceil(lanes));
+    tile.positions()
+        * (position_stride(blocks(g.in_channels) * tiles * lanes)
+            + position_stride(blocks(g.out_channels) * tiles * lanes))
+}
+
+/// Whether a call runs by positions (see the module doc): where one task's partial sums
+/// would not stay in the L2 ([`BY_POSITIONS_W_BYTES`]) and the whole call's transformed
+/// tensors stay within [`BY_POSITIONS_STAGING_BYTES`].
+fn by_positions(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> bool {
+    let bytes = |floats: usize| floats * std::mem::size_of::<f32>();
+    bytes(task_floats(g, tile, lanes)) >= BY_POSITIONS_W_BYTES
+        && bytes(staging_floats(g, tile, lanes)) <= BY_POSITIONS_STAGING_BYTES
+}
+
+/// Bytes of one task's partial sums `W` from which a call runs by positions: the grouped
+/// schedule then adds every group's products to a `W` streamed from the L3 or memory.
+/// ResNet-50's 3x3 layers from 128 channels with F(4x4) (2.4 MB) and from 256 with F(2x2).
+const BY_POSITIONS_W_BYTES: usize = 2 << 20;
+
+/// The most bytes of the whole call's `V` and `E` for which a call runs by positions.
+const BY_POSITIONS_STAGING_BYTES: usize = 64 << 20;
 
 /// Floats of partial sums a call of [`winograd_filter_grad`] on `g` uses with vectors of
 /// `lanes`: the plan keeps the kernel to layers where this stays small.
 pub fn partial_floats(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> usize {
-    let tiles = g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m());
-    tasks(tiles) * task_floats(g, tile, lanes)
+    if by_positions(g, tile, lanes) {
+        task_floats(g, tile, lanes)
+    } else {
+        tasks(tile_count(g, tile)) * task_floats(g, tile, lanes)
+    }
+}
+
+/// Tiles whose products one partial sum adds up before it is stored (a task's tiles, or
+/// the call's when it runs by positions): the plan wants enough of them that its
+/// accumulators' loads and stores are few.
+pub fn tiles_per_sum(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> usize {
+    let tiles = tile_count(g, tile);
+    if by_positions(g, tile, lanes) {
+        tiles
+    } else {
+        tiles / tasks(tiles)
+    }
 }
 
 fn check_geometry(g: &ConvGeometry) {
@@ -90,6 +146,19 @@ pub fn winograd_filter_grad<V: Vector>(
     dy: &[f32],
     dw: &mut [f32],
 ) {
+    checked_grad::<V>(g, tile, input, dy, dw, None);
+}
+
+/// [`winograd_filter_grad`]'s checks, then the call, by positions as `positions` says
+/// (`None`: as [`by_positions`] says; the tests force either schedule).
+fn checked_grad<V: Vector>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    input: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+    positions: Option<bool>,
+) {
     check_geometry(g);
     let l = V::LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
@@ -101,12 +170,14 @@ pub fn winograd_filter_grad<V: Vector>(
         g.out_channels * g.in_channels * 9,
         "winograd filter gradient: dw length"
     );
+    let positions = positions.unwrap_or_else(|| by_positions(g, tile, l));
     match tile {
-        WinogradTile::F2 => grad_impl::<V, 2, 4>(g, tile, xs, ys, input, dy, dw),
-        WinogradTile::F4 => grad_impl::<V, 4, 6>(g, tile, xs, ys, input, dy, dw),
+        WinogradTile::F2 => grad_impl::<V, 2, 4>(g, tile, xs, ys, input, dy, dw, positions),
+        WinogradTile::F4 => grad_impl::<V, 4, 6>(g, tile, xs, ys, input, dy, dw, positions),
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn grad_impl<V: Vector, const M: usize, const A: usize>(
     g: &ConvGeometry,
     tile: WinogradTile,
@@ -115,6 +186,7 @@ fn grad_impl<V: Vector, const M: usize, const A: usize>(
     input: &[f32],
     dy: &[f32],
     dw: &mut [f32],
+    positions: bool,
 ) {
     let l = V::LANES;
     let tiling = Tiling {
@@ -126,6 +198,9 @@ fn grad_impl<V: Vector, const M: usize, const A: usize>(
         return;
     }
     let (icb, ocb) = (xs.blocks(), ys.blocks());
+    if positions {
+        return grad_by_positions::<V, M, A>(g, tile, xs, ys, &tiling, input, dy, dw);
+    }
     let per_task = task_floats(g, tile, l);
     let parts = tasks(tiles);
     let group = (GROUP_FLOATS / (A * A * (icb + ocb) * l)).clamp(MIN_GROUP_TILES, MAX_GROUP_TILES);
@@ -149,6 +224,62 @@ fn grad_impl<V: Vector, const M: usize, const A: usize>(
         let partials = &*partials;
         dw.par_chunks_mut(g.in_channels * 9).enumerate().for_each(|(k, dwk)| {
             filter_transform::<V, A>(tile, icb, ocb, k, partials, per_task, dwk);
+        });
+    });
+}
+
+/// [`grad_impl`] by positions: every tile's `V` and `E` transformed into whole-call
+/// tensors (threads over tile ranges), then each `(position, output block)` row block of
+/// `W` summed over all the tiles at once (threads over those row blocks, so that a
+/// thread's positions' `V` stays in its L2 across their output blocks), then the
+/// filter transform.
+#[allow(clippy::too_many_arguments)]
+fn grad_by_positions<V: Vector, const M: usize, const A: usize>(
+    g: &ConvGeometry,
+    tile: WinogradTile,
+    xs: Blocked,
+    ys: Blocked,
+    tiling: &Tiling,
+    input: &[f32],
+    dy: &[f32],
+    dw: &mut [f32],
+) {
+    let l = V::LANES;
+    let tiles = xs.n * tiling.per_image;
+    let (icb, ocb) = (xs.blocks(), ys.blocks());
+    let (vs, es) = (Span::group(icb, tiles, l), Span::group(ocb, tiles, l));
+    let v_len = A * A * vs.xi;
+    with_staging(v_len + A * A * es.xi, |buf| {
+        let (v, e) = buf.split_at_mut(v_len);
+        {
+            let (v, e) = (SharedOut::new(v), SharedOut::new(e));
+            split::for_each_range(tiles, |tr| {
+                let (t0, tn) = (tr.start, tr.len());
+                input_transform_into::<V, M, A>(xs, tiling, input, t0, tn, &v, vs.shifted(0, t0, l));
+                dy_transform_into::<V, M, A>(ys, tiling, dy, t0, tn, &e, es.shifted(0, t0, l));
+            });
+        }
+        let (v, e) = (&*v, &*e);
+        let per_call = task_floats(g, tile, l);
+        with_partials(per_call, |w| {
+            {
+                let w = SharedOut::new(w);
+                split::for_each_range(A * A * ocb, |units| {
+                    let (cp, kp) = (icb * l, ocb * l);
+                    for unit in units {
+                        let (xi, kb) = (unit / ocb, unit % ocb);
+                        let rows = (xi * kp + kb * l) * cp;
+                        // SAFETY: rows `kb * l..(kb + 1) * l` of `W[xi]`, inside `w`
+                        // (`a^2 x Kp x Cp` floats) and this unit's alone.
+                        unsafe { std::ptr::write_bytes(w.ptr_at(rows), 0, l * cp) };
+                        products_span::<V>(icb, ocb, tiles, (v, vs), (e, es), &w, (xi..xi + 1, kb..kb + 1));
+                    }
+                });
+            }
+            let w = &*w;
+            dw.par_chunks_mut(g.in_channels * 9).enumerate().for_each(|(k, dwk)| {
+                filter_transform::<V, A>(tile, icb, ocb, k, w, per_call, dwk);
+            });
         });
     });
 }
@@ -189,13 +320,32 @@ fn dy_transform<V: Vector, const M: usize, const A: usize>(
     tn: usize,
     e: &mut [f32],
 ) {
+    let span = Span::group(ys.blocks(), tn, V::LANES);
+    dy_transform_into::<V, M, A>(ys, tl, dy, t0, tn, &SharedOut::new(e), span);
+}
+
+/// [`dy_transform`] into the span `span` of `e` (tasks fill disjoint tile columns of one
+/// whole `E`).
+#[inline(never)]
+fn dy_transform_into<V: Vector, const M: usize, const A: usize>(
+    ys: Blocked,
+    tl: &Tiling,
+    dy: &[f32],
+    t0: usize,
+    tn: usize,
+    e: &SharedOut,
+    span: Span,
+) {
     let l = V::LANES;
     let ocb = ys.blocks();
     let row = ys.w * l;
-    let xi_stride = position_stride(ocb * tn * l);
     assert_eq!(dy.len(), ys.len());
-    assert!(e.len() >= A * A * xi_stride);
-    let (dp, ep) = (dy.as_ptr(), e.as_mut_ptr());
+    assert!(
+        span.end(A * A, ocb, tn, l) <= e.len(),
+        "winograd filter gradient: E span out of bounds"
+    );
+    // Only this task writes the span's tiles (the caller's guarantee, as `SharedOut`'s).
+    let (dp, ep) = (dy.as_ptr(), e.ptr_at(0));
     for t in 0..tn {
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         let (rows, cols) = ((ys.h - oy).min(M), (ys.w - ox).min(M));
@@ -225,8 +375,9 @@ fn dy_transform<V: Vector, const M: usize, const A: usize>(
             for (p, tp) in tcol.iter().enumerate() {
                 let r = dy_1d::<V, M, A>(tp);
                 for (q, rq) in r.iter().enumerate() {
-                    // SAFETY: `xi < A * A`, `ob < ocb`, `t < tn`: inside `e` (checked above).
-                    unsafe { rq.store_at(ep, (p * A + q) * xi_stride + (ob * tn + t) * l) };
+                    // SAFETY: `xi < A * A`, `ob < ocb`, `t < tn`: inside the span of `e`
+                    // (checked above), which only this task writes.
+                    unsafe { rq.store_at(ep, (p * A + q) * span.xi + ob * span.block + span.at + t * l) };
                 }
             }
         }
@@ -238,9 +389,29 @@ fn dy_transform<V: Vector, const M: usize, const A: usize>(
 #[inline(never)]
 fn products<V: Vector, const A: usize>(icb: usize, ocb: usize, tn: usize, v: &[f32], e: &[f32], w: &mut [f32]) {
     let l = V::LANES;
+    let (vs, es) = (Span::group(icb, tn, l), Span::group(ocb, tn, l));
+    products_span::<V>(icb, ocb, tn, (v, vs), (e, es), &SharedOut::new(w), (0..A * A, 0..ocb));
+}
+
+/// [`products`] of the positions `xis` and output blocks `kbs` only, reading `V` and `E`
+/// (`icb` and `ocb` blocks of `tn` tiles) from their spans `vs` and `es`, and adding to
+/// the rows of `W` (`a^2 x Kp x Cp`) of those positions and blocks, which no other task
+/// touches meanwhile.
+#[inline(never)]
+fn products_span<V: Vector>(
+    icb: usize,
+    ocb: usize,
+    tn: usize,
+    (v, vs): (&[f32], Span),
+    (e, es): (&[f32], Span),
+    w: &SharedOut,
+    (xis, kbs): (std::ops::Range<usize>, std::ops::Range<usize>),
+) {
+    let l = V::LANES;
     let (cp, kp) = (icb * l, ocb * l);
-    let (vs, es) = (position_stride(icb * tn * l), position_stride(ocb * tn * l));
-    assert!(v.len() >= A * A * vs && e.len() >= A * A * es && w.len() >= A * A * kp * cp);
+    assert!(kbs.end <= ocb);
+    assert!(vs.end(xis.end, icb, tn, l) <= v.len() && es.end(xis.end, ocb, tn, l) <= e.len());
+    assert!(w.len() >= xis.end * kp * cp);
     // Output channels per call: every lane of a block with 16 lanes and one input block,
     // else 8; narrow vectors (16 registers) take one block of their lanes at a time.
     let (r, nc_most) = match (l, icb) {
@@ -248,27 +419,28 @@ fn products<V: Vector, const A: usize>(icb: usize, ocb: usize, tn: usize, v: &[f
         (16, _) => (8, NC_WIDE),
         _ => (l, 1),
     };
-    for xi in 0..A * A {
-        let (v_xi, e_xi) = (&v[xi * vs..], &e[xi * es..]);
-        let w_xi = &mut w[xi * kp * cp..(xi + 1) * kp * cp];
-        for kb in 0..ocb {
+    let wp = w.ptr_at(0);
+    for xi in xis {
+        let (v_xi, e_xi) = (&v[xi * vs.xi + vs.at..], &e[xi * es.xi + es.at..]);
+        for kb in kbs.clone() {
             for k0 in (0..l).step_by(r) {
                 let mut cb = 0;
                 while cb < icb {
                     let nc = nc_most.min(icb - cb);
-                    // SAFETY: `E` rows `kb * tn * l + t * l + k0 + r' < (kb + 1) * tn * l`
-                    // for `t < tn`, `r' < r <= l - k0`; `V` blocks `cb..cb + nc <= icb` of
-                    // `tn * l`; `W` rows `kb * l + k0 + r' < kp` of `cp` floats, columns
-                    // `cb * l .. (cb + nc) * l <= cp`: all inside the slices (asserted above).
+                    // SAFETY: `E` values `kb * es.block + t * l + k0 + r'` for `t < tn`,
+                    // `r' < r <= l - k0` and `V` blocks `cb..cb + nc <= icb` of `tn * l`
+                    // lie in their spans; `W` rows `kb * l + k0 + r' < kp` of `cp`
+                    // floats, columns `cb * l .. (cb + nc) * l <= cp` of position `xi`,
+                    // lie inside `w` (all asserted above), and only this task adds to them.
                     unsafe {
                         micro_dispatch::<V>(
                             r,
                             nc,
-                            e_xi.as_ptr().add(kb * tn * l + k0),
-                            v_xi.as_ptr().add(cb * tn * l),
-                            tn * l,
+                            e_xi.as_ptr().add(kb * es.block + k0),
+                            v_xi.as_ptr().add(cb * vs.block),
+                            vs.block,
                             tn,
-                            w_xi.as_mut_ptr().add((kb * l + k0) * cp + cb * l),
+                            wp.add((xi * kp + kb * l + k0) * cp + cb * l),
                             cp,
                         );
                     }
@@ -451,11 +623,19 @@ mod tests {
         let dyb = blocked(&dy, Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l), 1e3);
         let mut want = dw0.clone();
         filter_grad_naive_with_block(g, &xb, l, &dyb, l, &mut want);
-        let mut got = dw0;
-        winograd_filter_grad::<V>(g, tile, &xb, &dyb, &mut got);
-        let e = max_rel_err(&got, &want);
-        assert!(e < tolerance(tile), "{tile:?} {g:?} at {l} lanes: {e:e}");
-        e
+        let mut worst = 0f32;
+        // The rule's schedule, then each one forced.
+        for positions in [None, Some(false), Some(true)] {
+            let mut got = dw0.clone();
+            checked_grad::<V>(g, tile, &xb, &dyb, &mut got, positions);
+            let e = max_rel_err(&got, &want);
+            assert!(
+                e < tolerance(tile),
+                "{tile:?} {g:?} at {l} lanes, by positions {positions:?}: {e:e}"
+            );
+            worst = worst.max(e);
+        }
+        worst
     }
 
     #[test]
@@ -521,19 +701,53 @@ mod tests {
         let dyb = random(&mut rng, Blocked::new(g.batch, 32, 10, 9, l).len());
         let mut want = vec![0.0; 32 * 16 * 9];
         filter_grad_naive_with_block(&g, &xb, l, &dyb, l, &mut want);
+        let mut by_positions_results = Vec::new();
         for threads in [1, 2, 3] {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
                 .expect("a pool");
-            let run = || {
-                let mut dw = vec![0.0; want.len()];
-                pool.install(|| winograd_filter_grad::<f32x16>(&g, WinogradTile::F4, &xb, &dyb, &mut dw));
-                dw
-            };
-            let (a, b) = (run(), run());
-            assert!(a == b, "two runs on {threads} threads differ");
-            assert!(max_rel_err(&a, &want) < tolerance(WinogradTile::F4));
+            for positions in [false, true] {
+                let run = || {
+                    let mut dw = vec![0.0; want.len()];
+                    let tile = WinogradTile::F4;
+                    pool.install(|| checked_grad::<f32x16>(&g, tile, &xb, &dyb, &mut dw, Some(positions)));
+                    dw
+                };
+                let (a, b) = (run(), run());
+                assert!(
+                    a == b,
+                    "two runs on {threads} threads differ (by positions: {positions})"
+                );
+                assert!(max_rel_err(&a, &want) < tolerance(WinogradTile::F4));
+                if positions {
+                    // Each sum runs over all the tiles in one task: the same on any thread count.
+                    by_positions_results.push(a);
+                }
+            }
+        }
+        assert!(
+            by_positions_results.windows(2).all(|w| w[0] == w[1]),
+            "by positions, 1, 2 and 3 threads differ"
+        );
+    }
+
+    /// The rule: by positions where a task's partial sums outgrow the L2 (ResNet-50's 3x3
+    /// layers from 128 channels with F(4x4), from 256 with F(2x2), at batch 16), else by
+    /// tile groups; the partial sums then shrink to one `W`.
+    #[test]
+    fn big_partial_sums_run_by_positions() {
+        let r50 = |c: usize, hw: usize| square_conv(16, c, hw, hw, c, 3, 1, 1);
+        for (g, tile, want) in [
+            (r50(64, 56), WinogradTile::F4, false),
+            (r50(128, 28), WinogradTile::F2, false),
+            (r50(128, 28), WinogradTile::F4, true),
+            (r50(256, 14), WinogradTile::F2, true),
+            (r50(512, 7), WinogradTile::F2, true),
+        ] {
+            assert_eq!(by_positions(&g, tile, 16), want, "{g:?} {tile:?}");
+            let one = task_floats(&g, tile, 16);
+            assert_eq!(partial_floats(&g, tile, 16) == one, want, "{g:?} {tile:?}");
         }
     }
 
@@ -556,10 +770,16 @@ mod tests {
         }
         dyb[ys.index(0, 2, 3, 4)] = f32::NAN;
         for tile in TILES {
-            let mut dw = vec![0.0; 4 * 5 * 9];
-            winograd_filter_grad::<f32x8>(&g, tile, &xb, &dyb, &mut dw);
-            for (i, v) in dw.iter().enumerate() {
-                assert_eq!(v.is_nan(), i / 45 == 2, "{tile:?}: dw[{i}] = {v}");
+            for positions in [false, true] {
+                let mut dw = vec![0.0; 4 * 5 * 9];
+                checked_grad::<f32x8>(&g, tile, &xb, &dyb, &mut dw, Some(positions));
+                for (i, v) in dw.iter().enumerate() {
+                    assert_eq!(
+                        v.is_nan(),
+                        i / 45 == 2,
+                        "{tile:?} by positions {positions}: dw[{i}] = {v}"
+                    );
+                }
             }
         }
     }
