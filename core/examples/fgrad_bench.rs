@@ -1,5 +1,5 @@
 //! Times the blocked backward-filter kernel (`kernels::blocked::filter_grad`) on the
-//! convolutions of ResNet-20 (batch 128) and ResNet-50 (batches 1 and 8), at the plan's
+//! convolutions of ResNet-20 (batch 128) and ResNet-50 (batches 1, 8 and 16), at the plan's
 //! vector (`F32xBlock`), on 1 and 2 threads, and the Winograd backward-filter kernel
 //! (`kernels::blocked::winograd_filter_grad`, F(2x2) and F(4x4)) on 2 threads where it
 //! applies (GFLOP/s counted as the direct convolution's).
