@@ -77,12 +77,12 @@ fn tile_count(g: &ConvGeometry, tile: WinogradTile) -> usize {
     g.batch * g.out_h.div_ceil(tile.m()) * g.out_w.div_ceil(tile.m())
 }
 
-/// Floats of the whole-call `V` and `E` of the schedule by positions.
+/// Floats of the whole-call `V` and `E` of the schedule by positions, laid out as
+/// [`grad_by_positions`] lays them out.
 fn staging_floats(g: &ConvGeometry, tile: WinogradTile, lanes: usize) -> usize {
-    let (tiles, blocks) = (tile_count(g, tile), |c: usize| c.div_ceil(lanes));
-    tile.positions()
-        * (position_stride(blocks(g.in_channels) * tiles * lanes)
-            + position_stride(blocks(g.out_channels) * tiles * lanes))
+    let tiles = tile_count(g, tile);
+    let span = |channels: usize| Span::group(channels.div_ceil(lanes), tiles, lanes);
+    tile.positions() * (span(g.in_channels).xi + span(g.out_channels).xi)
 }
 
 /// Whether a call runs by positions (see the module doc): where one task's partial sums
