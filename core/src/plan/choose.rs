@@ -111,14 +111,15 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 
 /// Fewest 4x4 output tiles for which [`auto`] picks F(4x4). Inside a whole network at
 /// batch 1 the transformed filters come from memory, not cache, so their size counts:
-/// timed in place (`examples/plan_profile.rs`, ResNet-50 b1), F(4x4) wins at 28x28 (49
-/// tiles: 0.29 against F(2x2)'s 0.31-0.35 ms) and loses at 14x14 (16 tiles: 0.52-0.58
-/// against 0.44-0.49 ms), although alone in a loop it wins there by 1.3x. Re-timed after
-/// the direct kernel's input-channel chunks and the Winograd plan's single pass over
-/// large U (interleaved, loaded machine, ms): layer3.x.conv2 F(2x2) 0.67-0.71, F(4x4)
-/// 0.69-0.77, direct 0.95-0.97; layer4.x.conv2 F(2x2) 1.04-1.05, direct 1.16-1.21,
-/// F(4x4) 1.36-1.41. The rule stands.
-pub const MIN_F4_TILES: usize = 32;
+/// F(4x4)'s are 2.25x F(2x2)'s, for 1.36x fewer products on ResNet-50's 14x14 layers.
+/// With 32, timed in place (`examples/plan_profile.rs`, ResNet-50 b1, interleaved,
+/// loaded machine, ms): layer3.x.conv2 F(2x2) 0.67-0.71, F(4x4) 0.69-0.77, direct
+/// 0.95-0.97; layer4.x.conv2 F(2x2) 1.04-1.05, direct 1.16-1.21, F(4x4) 1.36-1.41.
+/// Since the products prefetch the next position's filters (see `products_span` in
+/// `kernels::blocked::winograd`), 16 tiles pay: layer3.x.conv2 (16 tiles) F(4x4)
+/// 0.45-0.56 against F(2x2) 0.56-0.68 in the same runs; layer4.x.conv2 (4 tiles) keeps
+/// F(2x2).
+pub const MIN_F4_TILES: usize = 16;
 
 /// F(4x4) filters up to this size stay in cache from one call to the next, so few tiles do
 /// not make them costly: ResNet-20's 64-channel layers (590 KB) at batch 1 have 4 tiles

@@ -59,6 +59,7 @@
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
 use crate::kernels::blocked::moments::{Gather, TaskGather};
+use crate::kernels::blocked::prefetch::{Prefetch, Slices};
 use crate::kernels::blocked::resample;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;
@@ -178,9 +179,6 @@ pub fn pack_weights(
         });
 }
 
-/// Floats per 64-byte cache line: the prefetch step.
-const PF_LINE: usize = 16;
-
 /// Group slabs from which [`direct_conv`] prefetches the next pass's weights (the next
 /// input-channel chunk, or the next group's first) into L2 while a pass runs, a few
 /// lines after each tap, so that reading them from memory overlaps the FMAs instead of
@@ -188,27 +186,6 @@ const PF_LINE: usize = 16;
 /// machine, ms): layer4.x.conv2 direct 1.42 chunked alone, 1.18-1.20 with the prefetch;
 /// layer3.x.conv2 direct 1.04 to 0.95; the 1x1 layers unchanged within noise.
 const PREFETCH_MIN_BYTES: usize = 64 << 10;
-
-/// The cache lines one tile prefetches, a few after each tap: `next .. end`, `per_tap`
-/// lines per tap. The addresses are only prefetched, never dereferenced.
-struct Prefetch {
-    next: *const f32,
-    end: *const f32,
-    per_tap: usize,
-}
-
-impl Prefetch {
-    #[inline(always)]
-    fn step(&mut self) {
-        for _ in 0..self.per_tap {
-            if self.next >= self.end {
-                return;
-            }
-            crate::simd::prefetch_l2(self.next);
-            self.next = self.next.wrapping_add(PF_LINE);
-        }
-    }
-}
 
 /// A block of zeros that border tiles point at for taps in the padding (16 floats: the
 /// widest input block).
@@ -516,22 +493,12 @@ fn segment<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize>(
     // The prefetch of `next` (packed floats), cut evenly over the segment's tiles and
     // within each tile over its taps.
     assert!(next.end <= c.packed.len());
-    let lines = next.len().div_ceil(PF_LINE);
-    let per_tile = lines.div_ceil(pixels.len().div_ceil(NPX).max(1));
-    let per_tap = per_tile.div_ceil((k.0.len() * g.kernel_h * g.kernel_w).max(1));
-    let base = c.packed.as_ptr().wrapping_add(next.start);
-    let end = c.packed.as_ptr().wrapping_add(next.end);
+    let taps = k.0.len() * g.kernel_h * g.kernel_w;
+    let slices = Slices::new(c.packed, next, pixels.len().div_ceil(NPX), taps);
     let mut tile_i = 0;
     let mut pf = || {
-        let from = base.wrapping_add((tile_i * per_tile * PF_LINE).min(next.len()));
         tile_i += 1;
-        let to = base.wrapping_add((tile_i * per_tile * PF_LINE).min(next.len()));
-        debug_assert!(to <= end);
-        Prefetch {
-            next: from,
-            end: to,
-            per_tap,
-        }
+        slices.call(tile_i - 1)
     };
     let (s, pad) = (g.stride, g.pad as isize);
     // A 1x1 stride-1 unpadded convolution reads input pixel i for output pixel i: every

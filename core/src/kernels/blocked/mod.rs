@@ -20,6 +20,7 @@ pub mod filter_grad;
 pub mod moments;
 pub mod norm;
 pub mod pool;
+pub(crate) mod prefetch;
 pub mod resample;
 pub mod winograd;
 pub mod winograd_filter_grad;
