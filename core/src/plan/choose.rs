@@ -117,9 +117,10 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 /// 0.95-0.97; layer4.x.conv2 F(2x2) 1.04-1.05, direct 1.16-1.21, F(4x4) 1.36-1.41.
 /// Since the products prefetch the next position's filters (see `products_span` in
 /// `kernels::blocked::winograd`), 16 tiles pay: layer3.x.conv2 (16 tiles) F(4x4)
-/// 0.45-0.56 against F(2x2) 0.56-0.68 in the same runs; layer4.x.conv2 (4 tiles) keeps
-/// F(2x2).
-pub const MIN_F4_TILES: usize = 16;
+/// 0.45-0.56 against F(2x2) 0.56-0.68 in the same runs, ResNet-101 b1 whole 53-61 ms
+/// against 56-67 (builds alternating); layer4.x.conv2 (4 tiles) keeps F(2x2). Targets
+/// without a prefetch instruction (wasm) keep 32.
+pub const MIN_F4_TILES: usize = if cfg!(target_arch = "x86_64") { 16 } else { 32 };
 
 /// F(4x4) filters up to this size stay in cache from one call to the next, so few tiles do
 /// not make them costly: ResNet-20's 64-channel layers (590 KB) at batch 1 have 4 tiles
