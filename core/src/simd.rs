@@ -194,6 +194,10 @@ pub fn store(v: F32x, s: &mut [f32]) {
     v.store(s)
 }
 
+/// Whether [`prefetch_l2`] does anything on this target (x86-64's `prefetcht1`; wasm has no
+/// prefetch instruction): rules that count on it (the Winograd tile rule) check this.
+pub const HAS_PREFETCH: bool = cfg!(target_arch = "x86_64");
+
 /// Asks the CPU to bring the cache line at `p` into L2 (x86-64 `prefetcht1`; nothing on
 /// other targets). A hint only: it never faults and never reads, whatever the address,
 /// so `p` may point anywhere. The kernels use it to overlap the next weights' trip from

@@ -119,8 +119,8 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 /// `kernels::blocked::winograd`), 16 tiles pay: layer3.x.conv2 (16 tiles) F(4x4)
 /// 0.45-0.56 against F(2x2) 0.56-0.68 in the same runs, ResNet-101 b1 whole 53-61 ms
 /// against 56-67 (builds alternating); layer4.x.conv2 (4 tiles) keeps F(2x2). Targets
-/// without a prefetch instruction (wasm) keep 32.
-pub const MIN_F4_TILES: usize = if cfg!(target_arch = "x86_64") { 16 } else { 32 };
+/// without a prefetch instruction ([`crate::simd::HAS_PREFETCH`]: wasm) keep 32.
+pub const MIN_F4_TILES: usize = if crate::simd::HAS_PREFETCH { 16 } else { 32 };
 
 /// F(4x4) filters up to this size stay in cache from one call to the next, so few tiles do
 /// not make them costly: ResNet-20's 64-channel layers (590 KB) at batch 1 have 4 tiles

@@ -1024,7 +1024,7 @@ fn products_span<V: Vector>(
     // Filters too big for the caches come from memory: each position's calls prefetch
     // the filters of the next position of these blocks (after the last, those of the
     // next blocks at the first position), so that their trip overlaps these products.
-    let prefetch = std::mem::size_of_val(u) >= U_BIG_BYTES;
+    let prefetch = crate::simd::HAS_PREFETCH && std::mem::size_of_val(u) >= U_BIG_BYTES;
     let region = if prefetch { rb * cp * l } else { 0 };
     let calls = tn.div_ceil(rt_for::<V>(rb));
     for xi in xis.clone() {
