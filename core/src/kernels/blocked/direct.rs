@@ -690,7 +690,7 @@ fn tile_fast<V: Vector, const BLOCKED: bool, const NOC: usize, const NPX: usize,
     // ResNet-50 b8 (with and without, alternating call by call in one process) the 1x1
     // layers took 4-6 % less time, those of 1024 and 2048 inputs 8-19 %; batch 1, whose
     // inputs stay in L2, was unchanged.
-    let prefetch_input = BLOCKED && S == 1 && kh == 1 && kw == 1;
+    let prefetch_input = crate::simd::HAS_PREFETCH && BLOCKED && S == 1 && kh == 1 && kw == 1;
     for icb in icbs {
         let plane = c.in_l.at(n, icb, 0, 0);
         for ky in ky_lo..ky_hi {
