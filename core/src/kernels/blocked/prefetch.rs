@@ -17,6 +17,28 @@ pub(crate) struct Prefetch {
     per_step: usize,
 }
 
+/// What a micro-kernel does once per step of its reduction: issue some prefetches
+/// ([`Prefetch`]) or nothing ([`NoPrefetch`], whose kernels compile to the code they
+/// had without any).
+pub(crate) trait Step {
+    fn step(&mut self);
+}
+
+/// Prefetches nothing.
+pub(crate) struct NoPrefetch;
+
+impl Step for NoPrefetch {
+    #[inline(always)]
+    fn step(&mut self) {}
+}
+
+impl Step for Prefetch {
+    #[inline(always)]
+    fn step(&mut self) {
+        Prefetch::step(self)
+    }
+}
+
 impl Prefetch {
     /// Issues the next `per_step` lines of this call's slice.
     #[inline(always)]

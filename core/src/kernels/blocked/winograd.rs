@@ -75,7 +75,7 @@ use crate::kernels::blocked::bf16;
 use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::blocked::moments::{self, Gather, Kind};
 use crate::kernels::blocked::norm::{self, FusedRelu};
-use crate::kernels::blocked::prefetch::{Prefetch, Slices};
+use crate::kernels::blocked::prefetch::{NoPrefetch, Prefetch, Slices, Step};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
 use crate::kernels::shared_out::SharedOut;
@@ -1000,12 +1000,48 @@ fn products<V: Vector, const A: usize>(
 /// [`products`] of the positions `xis` only, reading `V` from its span `vs` (`icb`
 /// blocks of `tn` tiles) and writing the `rb` blocks of `M` into the span `ms` of `m`
 /// (tasks fill disjoint spans of one whole `M`). Where `u` outgrows the caches
-/// ([`U_BIG_BYTES`]) the calls prefetch the filters that come next into L2. Measured in
-/// place (`examples/plan_profile resnet50 1`, interleaved, loaded machine, ms):
-/// layer3.x.conv2 F(2x2) 0.64-0.77 to 0.59-0.68, layer4.x.conv2 0.80-0.97 to 0.68-0.82.
+/// ([`U_BIG_BYTES`]) and the target has a prefetch instruction, each position's calls
+/// prefetch the filters of the next position of these blocks (after the last, those of
+/// the next blocks at the first position) into L2, a few lines per input-channel block,
+/// so that their trip from memory overlaps these products. Measured in place
+/// (`examples/plan_profile resnet50 1`, interleaved, loaded machine, ms): layer3.x.conv2
+/// F(2x2) 0.64-0.77 to 0.59-0.68, layer4.x.conv2 0.80-0.97 to 0.68-0.82. Elsewhere the
+/// kernel is built without the prefetch: in wasm its bookkeeping alone, never issuing a
+/// prefetch, made ResNet-20 17-19 % slower in Node.
+#[allow(clippy::too_many_arguments)]
+fn products_span<V: Vector>(
+    u: &[f32],
+    cp: usize,
+    (ocb, cb, rb): (usize, usize, usize),
+    icb: usize,
+    tn: usize,
+    xis: std::ops::Range<usize>,
+    v: (&[f32], Span),
+    m: (&SharedOut, Span),
+) {
+    let l = V::LANES;
+    if crate::simd::HAS_PREFETCH && std::mem::size_of_val(u) >= U_BIG_BYTES {
+        let (region, calls) = (rb * cp * l, tn.div_ceil(rt_for::<V>(rb)));
+        let (first, last) = (xis.start, xis.end);
+        products_span_with::<V, Prefetch>(u, cp, (ocb, cb, rb), icb, tn, xis, v, m, |xi, call| {
+            let next = if xi + 1 < last {
+                (xi + 1) * ocb + cb
+            } else {
+                first * ocb + cb + rb
+            } * cp
+                * l;
+            Slices::new(u, next..next + region, calls, icb).call(call)
+        })
+    } else {
+        products_span_with::<V, NoPrefetch>(u, cp, (ocb, cb, rb), icb, tn, xis, v, m, |_, _| NoPrefetch)
+    }
+}
+
+/// [`products_span`] with the micro-kernel's call `call` at position `xi` stepping
+/// `prefetch(xi, call)`.
 #[allow(clippy::too_many_arguments)]
 #[inline(never)]
-fn products_span<V: Vector>(
+fn products_span_with<V: Vector, P: Step>(
     u: &[f32],
     cp: usize,
     (ocb, cb, rb): (usize, usize, usize),
@@ -1014,6 +1050,7 @@ fn products_span<V: Vector>(
     xis: std::ops::Range<usize>,
     (v, vs): (&[f32], Span),
     (m, ms): (&SharedOut, Span),
+    prefetch: impl Fn(usize, usize) -> P,
 ) {
     let l = V::LANES;
     assert!(cb + rb <= ocb && rb <= RB);
@@ -1021,28 +1058,15 @@ fn products_span<V: Vector>(
     assert!(vs.end(xis.end, icb, tn, l) <= v.len() && ms.end(xis.end, rb, tn, l) <= m.len());
     assert_eq!(cp, icb * l);
     let mp = m.ptr_at(0);
-    // Filters too big for the caches come from memory: each position's calls prefetch
-    // the filters of the next position of these blocks (after the last, those of the
-    // next blocks at the first position), so that their trip overlaps these products.
-    let prefetch = crate::simd::HAS_PREFETCH && std::mem::size_of_val(u) >= U_BIG_BYTES;
-    let region = if prefetch { rb * cp * l } else { 0 };
-    let calls = tn.div_ceil(rt_for::<V>(rb));
-    for xi in xis.clone() {
-        let here = (xi * ocb + cb) * cp * l;
-        let u_xi = &u[here..];
+    for xi in xis {
+        let u_xi = &u[((xi * ocb + cb) * cp) * l..];
         let v_xi = &v[xi * vs.xi + vs.at..];
         let m_at = xi * ms.xi + ms.at;
-        let next = if xi + 1 < xis.end {
-            here + ocb * cp * l
-        } else {
-            (xis.start * ocb + cb + rb) * cp * l
-        };
-        let slices = Slices::new(u, next..next + region, calls, icb);
         let mut t = 0;
         let mut call = 0;
         while t < tn {
             let rt = rt_for::<V>(rb).min(tn - t);
-            let mut pf = slices.call(call);
+            let mut pf = prefetch(xi, call);
             call += 1;
             // SAFETY: `u_xi` holds blocks `cb..cb + rb` of `cp x l` values each (asserted
             // above: `cb + rb <= ocb`), `v_xi` holds `icb` blocks `vs.block` apart and
@@ -1050,7 +1074,7 @@ fn products_span<V: Vector>(
             // `rb` blocks `ms.block` apart whose tiles `t..t + rt` are written (all
             // bounded by the asserts above), by this task only.
             unsafe {
-                micro_dispatch::<V>(
+                micro_dispatch::<V, P>(
                     rb,
                     rt,
                     u_xi.as_ptr(),
@@ -1085,7 +1109,7 @@ fn rt_for<V: Vector>(rb: usize) -> usize {
 /// As [`micro`].
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn micro_dispatch<V: Vector>(
+unsafe fn micro_dispatch<V: Vector, P: Step>(
     rb: usize,
     rt: usize,
     u: *const f32,
@@ -1095,28 +1119,28 @@ unsafe fn micro_dispatch<V: Vector>(
     icb: usize,
     m: *mut f32,
     m_block: usize,
-    pf: &mut Prefetch,
+    pf: &mut P,
 ) {
     macro_rules! by_rt {
         ($rb:literal) => {
             match rt {
                 // SAFETY: forwarded from the caller.
-                1 => unsafe { micro::<V, $rb, 1>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                2 => unsafe { micro::<V, $rb, 2>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                3 => unsafe { micro::<V, $rb, 3>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                4 => unsafe { micro::<V, $rb, 4>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                5 => unsafe { micro::<V, $rb, 5>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                6 => unsafe { micro::<V, $rb, 6>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                7 => unsafe { micro::<V, $rb, 7>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                8 => unsafe { micro::<V, $rb, 8>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                9 => unsafe { micro::<V, $rb, 9>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                10 => unsafe { micro::<V, $rb, 10>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                11 => unsafe { micro::<V, $rb, 11>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                12 => unsafe { micro::<V, $rb, 12>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                13 => unsafe { micro::<V, $rb, 13>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                14 => unsafe { micro::<V, $rb, 14>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                15 => unsafe { micro::<V, $rb, 15>(u, u_block, v, v_block, icb, m, m_block, pf) },
-                16 => unsafe { micro::<V, $rb, 16>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                1 => unsafe { micro::<V, $rb, 1, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                2 => unsafe { micro::<V, $rb, 2, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                3 => unsafe { micro::<V, $rb, 3, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                4 => unsafe { micro::<V, $rb, 4, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                5 => unsafe { micro::<V, $rb, 5, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                6 => unsafe { micro::<V, $rb, 6, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                7 => unsafe { micro::<V, $rb, 7, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                8 => unsafe { micro::<V, $rb, 8, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                9 => unsafe { micro::<V, $rb, 9, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                10 => unsafe { micro::<V, $rb, 10, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                11 => unsafe { micro::<V, $rb, 11, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                12 => unsafe { micro::<V, $rb, 12, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                13 => unsafe { micro::<V, $rb, 13, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                14 => unsafe { micro::<V, $rb, 14, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                15 => unsafe { micro::<V, $rb, 15, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
+                16 => unsafe { micro::<V, $rb, 16, P>(u, u_block, v, v_block, icb, m, m_block, pf) },
                 _ => unreachable!("at most 16 tiles"),
             }
         };
@@ -1141,7 +1165,7 @@ unsafe fn micro_dispatch<V: Vector>(
 /// must lie inside live allocations, `m` not overlapping the others.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-unsafe fn micro<V: Vector, const R: usize, const T: usize>(
+unsafe fn micro<V: Vector, const R: usize, const T: usize, P: Step>(
     u: *const f32,
     u_block: usize,
     v: *const f32,
@@ -1149,7 +1173,7 @@ unsafe fn micro<V: Vector, const R: usize, const T: usize>(
     icb: usize,
     m: *mut f32,
     m_block: usize,
-    pf: &mut Prefetch,
+    pf: &mut P,
 ) {
     let l = V::LANES;
     let mut acc = [[V::ZERO; T]; R];
