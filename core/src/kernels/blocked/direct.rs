@@ -59,7 +59,7 @@
 
 use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
 use crate::kernels::blocked::moments::{Gather, TaskGather};
-use crate::kernels::blocked::prefetch::{Prefetch, Slices, PF_LINE};
+use crate::kernels::blocked::prefetch::{Prefetch, Slices, Step, PF_LINE};
 use crate::kernels::blocked::resample;
 use crate::kernels::conv::split_regions;
 use crate::kernels::im2col::ConvGeometry;

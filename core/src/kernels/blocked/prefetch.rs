@@ -1,8 +1,9 @@
 //! Software prefetch of the next weights into L2 while the current ones are in use: the
 //! kernels whose weights do not stay in the caches (a network at batch 1 streams them
-//! from memory) cut the next pass's weights into slices, one per micro-kernel call, and
-//! each call issues its slice a few lines per step of its reduction, so that the trip
-//! from memory overlaps the FMAs instead of stalling the next pass's first call.
+//! from memory: the direct kernel's packed weights, the Winograd products' transformed
+//! filters) cut the next pass's weights into slices, one per micro-kernel call, and each
+//! call issues its slice a few lines per step of its reduction, so that the trip from
+//! memory overlaps the FMAs instead of stalling the next pass's first call.
 
 use std::ops::Range;
 
@@ -33,16 +34,9 @@ impl Step for NoPrefetch {
 }
 
 impl Step for Prefetch {
-    #[inline(always)]
-    fn step(&mut self) {
-        Prefetch::step(self)
-    }
-}
-
-impl Prefetch {
     /// Issues the next `per_step` lines of this call's slice.
     #[inline(always)]
-    pub(crate) fn step(&mut self) {
+    fn step(&mut self) {
         for _ in 0..self.per_step {
             if self.next >= self.end {
                 return;
