@@ -3,6 +3,12 @@
 //! count alone. Fixed chunks (never work-stealing order) keep reductions over parts
 //! deterministic for a given thread count.
 //!
+//! # Steps
+//! Loops whose parts write disjoint outputs may cut each task into steps ([`Steps`]):
+//! the task's thread runs them in order, and a thread that has run out of work takes
+//! the steps left from the back of another task instead of waiting for it. The steps are
+//! fixed as the tasks are, so the results do not depend on which thread ran what.
+//!
 //! # Teams
 //! A network call is tens of layers, and at batch 1 a layer is 10-40 us of work: a rayon
 //! fork-join per layer (about 1-2 us natively, more in wasm, where idle Workers sleep on
@@ -61,6 +67,140 @@ pub fn for_each_task(tasks: usize, f: impl Fn(usize) + Send + Sync) {
         Some(team) if tasks > 1 && tasks as u64 <= MAX_TEAM_TASKS => unsafe { (*team).run(tasks, &f) },
         _ => (0..tasks).into_par_iter().for_each(f),
     }
+}
+
+/// Most tasks whose steps [`Steps`] lets other threads take: beyond this the loop has
+/// more tasks than threads several times over, and claiming whole tasks balances it.
+const MAX_SHARED_TASKS: usize = 16;
+
+/// The steps of each task of one parallel loop that no thread has taken yet, so that a
+/// thread that runs out of work takes steps from the back of another task rather than
+/// wait for it: a task is a fixed part of the work, cut as every loop cuts it (so the
+/// steps and what each computes never change), but which thread runs a step may.
+///
+/// With one task per thread, a call runs at its slowest thread's pace: a core another
+/// tenant slows (one vCPU of this project's hosts often runs 20-25 % slower than the
+/// other for minutes), a helper that joins late, or parts of unequal cost (7 rows cut
+/// 3 + 4; border tiles) leave the other thread waiting.
+///
+/// Only for loops whose steps write disjoint outputs and share no per-task state: two
+/// steps of one task may run on two threads at once.
+pub struct Steps {
+    /// Per task: its next unclaimed step from the front (high 32 bits) and one past its
+    /// last unclaimed step (low 32); each on its own cache line, since owners claim
+    /// steps while other threads read them.
+    slots: [Slot; MAX_SHARED_TASKS],
+    tasks: usize,
+    /// Whether other threads may take a task's steps; when not, each task's owner runs
+    /// them all, in order.
+    shared: bool,
+}
+
+#[repr(align(64))]
+struct Slot(AtomicU64);
+
+impl Steps {
+    /// The queues of `tasks` tasks of `steps(task)` steps each; shared where `share`, the
+    /// pool has more than one thread and the loop 2 to [`MAX_SHARED_TASKS`] tasks.
+    pub fn new(tasks: usize, share: bool, steps: impl Fn(usize) -> usize) -> Steps {
+        let counts: [usize; MAX_SHARED_TASKS] = std::array::from_fn(|t| if t < tasks { steps(t) } else { 0 });
+        // The slot words keep step numbers in 32 bits.
+        let shared = share && (2..=MAX_SHARED_TASKS).contains(&tasks) && counts.iter().all(|&n| n <= u32::MAX as usize);
+        let slots = counts.map(|n| Slot(AtomicU64::new(if shared { n as u64 } else { 0 })));
+        Steps { slots, tasks, shared }
+    }
+
+    /// Runs the steps of `task` (`f(task, step)`), in order, that no other thread took,
+    /// then, where shared, the steps left in the tasks other threads have started: from
+    /// the back of the one with the most left, until it has none (a kernel's steps of one
+    /// task may share set-up, such as Winograd's transformed inputs), then the next. A
+    /// task no thread has started is left to the loop, which gives it whole to the next
+    /// free thread. `steps` counts the task's steps (as in `new`).
+    pub fn run(&self, task: usize, steps: impl Fn(usize) -> usize, mut f: impl FnMut(usize, usize)) {
+        if !self.shared {
+            (0..steps(task)).for_each(|s| f(task, s));
+            return;
+        }
+        while let Some(s) = self.take(task, true) {
+            f(task, s);
+        }
+        loop {
+            let most = (0..self.tasks)
+                .map(|t| (self.left_once_started(t), t))
+                .max()
+                .filter(|&(left, _)| left > 0);
+            let Some((_, victim)) = most else {
+                return;
+            };
+            while let Some(s) = self.take(victim, false) {
+                f(victim, s);
+            }
+        }
+    }
+
+    /// Steps of `task` not yet taken, if its owner has taken one (else 0).
+    fn left_once_started(&self, task: usize) -> usize {
+        let word = self.slots[task].0.load(Ordering::Relaxed);
+        let (next, end) = (word >> 32, word & u64::from(u32::MAX));
+        if next == 0 {
+            return 0;
+        }
+        end.saturating_sub(next) as usize
+    }
+
+    /// Claims the first (`front`) or the last unclaimed step of `task`.
+    fn take(&self, task: usize, front: bool) -> Option<usize> {
+        let slot = &self.slots[task].0;
+        let mut word = slot.load(Ordering::Relaxed);
+        loop {
+            let (next, end) = (word >> 32, word & u64::from(u32::MAX));
+            if next >= end {
+                return None;
+            }
+            let (claimed, new) = if front {
+                (next, word + (1 << 32))
+            } else {
+                (end - 1, word - 1)
+            };
+            match slot.compare_exchange_weak(word, new, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(claimed as usize),
+                Err(now) => word = now,
+            }
+        }
+    }
+}
+
+/// Runs `f(task, step)` for every step of `0..steps(task)` of every task of `0..tasks`
+/// in parallel, each task's owner running its steps in order and idle threads taking
+/// the steps left ([`Steps`]; `share` as there).
+pub fn for_each_step(
+    tasks: usize,
+    share: bool,
+    steps: impl Fn(usize) -> usize + Send + Sync,
+    f: impl Fn(usize, usize) + Send + Sync,
+) {
+    let queues = Steps::new(tasks, share, &steps);
+    for_each_task(tasks, |t| queues.run(t, &steps, &f));
+}
+
+/// Runs `f(task, units)` over `0..units` cut as [`for_each_range`] cuts it, each task's
+/// range in steps that end at the multiples of `segment` (a kernel's units of one image
+/// and channel group, say, whose steps then read one weight slab), steps shared as
+/// [`Steps`] says where `share`.
+pub fn for_each_segment(units: usize, segment: usize, share: bool, f: impl Fn(usize, Range<usize>) + Send + Sync) {
+    let segment = segment.max(1);
+    let tasks = parts(units);
+    let range_of = |t: usize| ranges(units, tasks).nth(t).unwrap_or(0..0);
+    let first = |r: &Range<usize>| r.start - r.start % segment;
+    let steps = |t: usize| {
+        let r = range_of(t);
+        (r.end - first(&r)).div_ceil(segment) * usize::from(!r.is_empty())
+    };
+    for_each_step(tasks, share, steps, |t, step| {
+        let r = range_of(t);
+        let at = first(&r) + step * segment;
+        f(t, at.max(r.start)..(at + segment).min(r.end));
+    });
 }
 
 /// Runs `f` (one call into the engine) with the current rayon pool's other threads
@@ -253,6 +393,107 @@ mod tests {
             pool(2).install(|| team(|| task_counts(true, 3))),
             pool(2).install(|| task_counts(false, 3))
         );
+    }
+
+    /// How many times each step of each task ran, for `tasks` tasks of `t % 5` steps (37
+    /// more for the last), with `for_each_step` in a team or not.
+    fn step_counts(in_team: bool, tasks: usize, share: bool) -> Vec<usize> {
+        let steps = |t: usize| t % 5 + usize::from(t + 1 == tasks) * 37;
+        let counts: Vec<AtomicUsize> = (0..tasks * 42).map(|_| AtomicUsize::new(0)).collect();
+        let body = || {
+            for_each_step(tasks, share, steps, |t, s| {
+                assert!(s < steps(t), "task {t} step {s}");
+                counts[t * 42 + s].fetch_add(1, Ordering::Relaxed);
+            })
+        };
+        if in_team {
+            team(body)
+        } else {
+            body()
+        }
+        counts.into_iter().map(AtomicUsize::into_inner).collect()
+    }
+
+    #[test]
+    fn every_step_runs_once_shared_or_not() {
+        for threads in [1, 2, 3] {
+            for tasks in [0, 1, 2, 3, MAX_SHARED_TASKS, MAX_SHARED_TASKS + 1, 40] {
+                for (in_team, share) in [(false, false), (false, true), (true, true)] {
+                    let counts = pool(threads).install(|| step_counts(in_team, tasks, share));
+                    for (t, chunk) in counts.chunks(42).enumerate() {
+                        let steps = t % 5 + usize::from(t + 1 == tasks) * 37;
+                        assert!(
+                            chunk[..steps].iter().all(|&c| c == 1),
+                            "{threads} threads, task {t}: {chunk:?}"
+                        );
+                        assert!(
+                            chunk[steps..].iter().all(|&c| c == 0),
+                            "{threads} threads, task {t}: {chunk:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_idle_thread_takes_the_steps_left_of_a_slow_task() {
+        // Task 0 has 50 steps of 1 ms, task 1 none: whichever thread takes task 1 has
+        // nothing to do but take task 0's steps from the back.
+        let ran_on: Vec<AtomicUsize> = (0..50).map(|_| AtomicUsize::new(usize::MAX)).collect();
+        pool(2).install(|| {
+            for_each_step(
+                2,
+                true,
+                |t| if t == 0 { 50 } else { 0 },
+                |_, s| {
+                    ran_on[s].store(rayon::current_thread_index().unwrap_or(9), Ordering::Relaxed);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                },
+            )
+        });
+        let threads: Vec<usize> = ran_on.iter().map(|t| t.load(Ordering::Relaxed)).collect();
+        assert!(threads.iter().all(|&t| t < 2), "{threads:?}");
+        // The owner runs from the front, the other thread from the back.
+        assert_ne!(threads[0], threads[49], "{threads:?}");
+        // Unshared, the owner runs them all.
+        pool(2).install(|| {
+            for_each_step(
+                2,
+                false,
+                |t| if t == 0 { 8 } else { 0 },
+                |_, s| {
+                    ran_on[s].store(rayon::current_thread_index().unwrap_or(9), Ordering::Relaxed);
+                },
+            )
+        });
+        assert!(ran_on[..8]
+            .iter()
+            .all(|t| t.load(Ordering::Relaxed) == ran_on[0].load(Ordering::Relaxed)));
+    }
+
+    #[test]
+    fn segments_end_at_multiples_and_cover_every_unit() {
+        for units in [0, 1, 7, 20, 99] {
+            for segment in [1, 3, 7, 100] {
+                let seen: Vec<AtomicUsize> = (0..units).map(|_| AtomicUsize::new(0)).collect();
+                pool(2).install(|| {
+                    for_each_segment(units, segment, true, |_, r| {
+                        assert!(
+                            !r.is_empty() && r.start / segment == (r.end - 1) / segment,
+                            "{r:?} / {segment}"
+                        );
+                        r.for_each(|u| {
+                            seen[u].fetch_add(1, Ordering::Relaxed);
+                        });
+                    })
+                });
+                assert!(
+                    seen.iter().all(|c| c.load(Ordering::Relaxed) == 1),
+                    "{units} / {segment}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -259,30 +259,25 @@ fn data_grad_budget<V: Vector>(
     };
     let (groups, kbs) = (group_count(dx_l.blocks(), l), dy_l.blocks());
     let units = g.batch * groups * g.in_h;
-    split::for_each_range(units, |range| {
-        // Units are (image, group, dx row), rows fastest: walk the task's range one
-        // (image, group) segment of consecutive rows at a time, which read the same
-        // weight slab; a slab over the budget runs in chunks of dy blocks, every row of
-        // the segment one chunk before any row the next (see `SLAB_BYTES`).
-        let mut u = range.start;
-        while u < range.end {
-            let (iy, rest) = (u % g.in_h, u / g.in_h);
-            let (gi, n) = (rest % groups, rest / groups);
-            let end = range.end.min(u - iy + g.in_h);
-            let blocks = group(gi, dx_l.blocks(), l);
-            let slab = blocks.len() * ctx.per_block * std::mem::size_of::<f32>();
-            let chunks = slab.div_ceil(slab_bytes.max(1)).clamp(1, kbs.max(1));
-            for i in 0..chunks {
-                let pass = Pass {
-                    kb: i * kbs / chunks..(i + 1) * kbs / chunks,
-                    first: i == 0,
-                    last: i + 1 == chunks,
-                };
-                for y in iy..iy + (end - u) {
-                    row_any::<V>(&ctx, n, blocks.clone(), y, &pass);
-                }
+    // Units are (image, group, dx row), rows fastest: one (image, group) segment of
+    // consecutive rows at a time, which read the same weight slab; a slab over the budget
+    // runs in chunks of dy blocks, every row of the segment one chunk before any row the
+    // next (see `SLAB_BYTES`).
+    split::for_each_segment(units, g.in_h, true, |_, rows| {
+        let (iy, rest) = (rows.start % g.in_h, rows.start / g.in_h);
+        let (gi, n) = (rest % groups, rest / groups);
+        let blocks = group(gi, dx_l.blocks(), l);
+        let slab = blocks.len() * ctx.per_block * std::mem::size_of::<f32>();
+        let chunks = slab.div_ceil(slab_bytes.max(1)).clamp(1, kbs.max(1));
+        for i in 0..chunks {
+            let pass = Pass {
+                kb: i * kbs / chunks..(i + 1) * kbs / chunks,
+                first: i == 0,
+                last: i + 1 == chunks,
+            };
+            for y in iy..iy + rows.len() {
+                row_any::<V>(&ctx, n, blocks.clone(), y, &pass);
             }
-            u = end;
         }
     });
 }

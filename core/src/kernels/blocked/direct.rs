@@ -386,26 +386,19 @@ fn direct_conv_tuned<V: Vector>(
             }
         }
     };
-    split::for_each_task(tasks, |t| {
-        let Some(range) = split::ranges(units, tasks).nth(t) else {
-            return;
-        };
-        if by_rows {
-            // A band of output rows of the one image, every group over it in turn.
-            (0..groups).for_each(|gi| run(t, 0, gi, range.clone()));
-            return;
-        }
-        // Units are (image, group, output row), rows fastest: walk the task's range one
-        // (image, group) segment of consecutive rows at a time.
-        let mut u = range.start;
-        while u < range.end {
-            let (oy, rest) = (u % g.out_h, u / g.out_h);
-            let (gi, n) = (rest % groups, rest / groups);
-            let end = range.end.min(u - oy + g.out_h);
-            run(t, n, gi, oy..oy + end - u);
-            u = end;
-        }
-    });
+    // A gather adds each segment to its task's record, in order: no sharing.
+    let share = records.is_none();
+    if by_rows {
+        // A band of output rows of the one image, every group over it in turn.
+        let band = |t: usize| split::ranges(units, tasks).nth(t).unwrap_or(0..0);
+        split::for_each_step(tasks, share, |_| groups, |t, gi| run(t, 0, gi, band(t)));
+    } else {
+        // Units are (image, group, output row), rows fastest: one (image, group) at a time.
+        split::for_each_segment(units, g.out_h, share, |t, rows| {
+            let (oy, rest) = (rows.start % g.out_h, rows.start / g.out_h);
+            run(t, rest / groups, rest % groups, oy..oy + rows.len());
+        });
+    }
     if let Some(records) = records {
         records.finish();
     }

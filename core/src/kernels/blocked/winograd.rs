@@ -544,6 +544,16 @@ struct Plan {
     kparts: usize,
 }
 
+impl Plan {
+    /// The tiles and the output-channel blocks of task `task` (of `groups * kparts`) of a
+    /// call of `tiles` tiles and `ocb` output blocks.
+    fn task(&self, task: usize, tiles: usize, ocb: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let tr = split::ranges(tiles, self.groups).nth(task / self.kparts);
+        let kr = split::ranges(ocb, self.kparts).nth(task % self.kparts);
+        (tr.expect("a tile range"), kr.expect("a channel range"))
+    }
+}
+
 fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     let per_tile = a * a * (icb + RB) * l * std::mem::size_of::<f32>();
     let fit = (GROUP_BYTES / per_tile).clamp(MIN_GROUP_TILES, MAX_GROUP_TILES);
@@ -652,11 +662,16 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             return conv_three_phases::<V, M, A>(xs, ys, &tiling, (tiles, p), input, u, ep, out, records);
         }
     }
-    split::for_each_task(p.groups * p.kparts, |task| {
-        let (gi, kp) = (task / p.kparts, task % p.kparts);
-        let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
-        let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
-        let t = tr.len();
+    // A task is one tile group's share of the output channels; its steps are its chunks
+    // of `blocks_per_call` output blocks, each needing the group's transformed inputs,
+    // which a thread computes before its first step of that task.
+    let rb_max = blocks_per_call::<V>();
+    let tasks = p.groups * p.kparts;
+    let parts = |task: usize| p.task(task, tiles, ocb);
+    let steps = |task: usize| parts(task).1.len().div_ceil(rb_max);
+    let queues = split::Steps::new(tasks, true, steps);
+    // Scratch for the largest group (ranges differ by at most one tile).
+    let lens = |t: usize| {
         let v_stride = position_stride(icb * t * l);
         let v_len = A * A * v_stride;
         let m_len = A * A * position_stride(RB * t * l);
@@ -665,17 +680,28 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
             Transformed::F32(_) => 0,
             Transformed::Bf16(_) => v_len.div_ceil(2),
         };
-        with_scratch(v_len + m_len + v16_len, |s| {
-            let (v, rest) = s.split_at_mut(v_len);
-            let (m, v16) = rest.split_at_mut(m_len);
-            input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
-            let v16 = bf16::scratch_u16(v16, if v16.is_empty() { 0 } else { v_len });
-            if let Transformed::Bf16(_) = filters {
-                bf16::convert(v, v16);
-            }
-            let mut cb = kr.start;
-            while cb < kr.end {
-                let rb = blocks_per_call::<V>().min(kr.end - cb);
+        (v_stride, v_len, m_len, v16_len)
+    };
+    let (_, v_most, m_most, v16_most) = lens(tiles.div_ceil(p.groups));
+    split::for_each_task(tasks, |task| {
+        with_scratch(v_most + m_most + v16_most, |s| {
+            let mut transformed = None;
+            queues.run(task, steps, |task, step| {
+                let (tr, kr) = parts(task);
+                let t = tr.len();
+                let (v_stride, v_len, m_len, v16_len) = lens(t);
+                let (v, rest) = s.split_at_mut(v_len);
+                let (m, rest) = rest.split_at_mut(m_len);
+                let v16 = bf16::scratch_u16(&mut rest[..v16_len], if v16_len == 0 { 0 } else { v_len });
+                if transformed != Some(task) {
+                    input_transform::<V, M, A>(xs, &tiling, input, tr.start, t, v);
+                    if let Transformed::Bf16(_) = filters {
+                        bf16::convert(v, v16);
+                    }
+                    transformed = Some(task);
+                }
+                let cb = kr.start + step * rb_max;
+                let rb = rb_max.min(kr.end - cb);
                 match filters {
                     Transformed::F32(f) => products::<V, A>(f, xs.padded_channels(), ocb, cb, rb, icb, t, v, m),
                     Transformed::Bf16(f) => bf16::products(
@@ -690,10 +716,9 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
                         (m, position_stride(rb * t * l)),
                     ),
                 }
-                let record = records.map(|r| (r, gi * ys.padded_channels()));
+                let record = records.map(|r| (r, task / p.kparts * ys.padded_channels()));
                 output_transform::<V, M, A>(ys, &tiling, tr.start, t, cb, rb, m, ep, out, record);
-                cb += rb;
-            }
+            });
         });
     });
 }
@@ -747,7 +772,8 @@ fn conv_three_phases<V: Vector, const M: usize, const A: usize>(
             let rb_max = blocks_per_call::<V>();
             let chunks = ocb.div_ceil(rb_max);
             let m = SharedOut::new(m);
-            split::for_each_range(A * A * chunks, |units| {
+            // Steps of one (position, chunk) unit each.
+            split::for_each_segment(A * A * chunks, 1, true, |_, units| {
                 for unit in units {
                     let (xi, cb) = (unit / chunks, unit % chunks * rb_max);
                     let rb = rb_max.min(ocb - cb);
@@ -766,18 +792,16 @@ fn conv_three_phases<V: Vector, const M: usize, const A: usize>(
             });
         }
         let m = &*m;
-        split::for_each_task(p.groups * p.kparts, |task| {
-            let (gi, kp) = (task / p.kparts, task % p.kparts);
-            let tr = split::ranges(tiles, p.groups).nth(gi).expect("a tile range");
-            let kr = split::ranges(ocb, p.kparts).nth(kp).expect("a channel range");
-            let mut cb = kr.start;
-            while cb < kr.end {
-                let rb = blocks_per_call::<V>().min(kr.end - cb);
-                let record = records.map(|r| (r, gi * ys.padded_channels()));
-                let span = ms.shifted(cb, tr.start, l);
-                output_transform_span::<V, M, A>(ys, tiling, tr.start, tr.len(), cb, rb, (m, span), ep, out, record);
-                cb += rb;
-            }
+        let rb_max = blocks_per_call::<V>();
+        let parts = |task: usize| p.task(task, tiles, ocb);
+        let steps = |task: usize| parts(task).1.len().div_ceil(rb_max);
+        split::for_each_step(p.groups * p.kparts, true, steps, |task, step| {
+            let (tr, kr) = parts(task);
+            let cb = kr.start + step * rb_max;
+            let rb = rb_max.min(kr.end - cb);
+            let record = records.map(|r| (r, task / p.kparts * ys.padded_channels()));
+            let span = ms.shifted(cb, tr.start, l);
+            output_transform_span::<V, M, A>(ys, tiling, tr.start, tr.len(), cb, rb, (m, span), ep, out, record);
         });
     });
 }
