@@ -47,12 +47,20 @@ pub fn ranges(total: usize, parts: usize) -> impl Iterator<Item = Range<usize>> 
         .filter(|r| !r.is_empty())
 }
 
+/// Range `i` of [`ranges`]`(total, parts)` (`None` past the last), without walking the
+/// ranges before it: loops with hundreds of tasks look theirs up in every task.
+pub fn range(total: usize, parts: usize, i: usize) -> Option<Range<usize>> {
+    let parts = parts.clamp(1, total.max(1));
+    // With `parts <= total` no range is empty, so none is left out before `i`.
+    (total > 0 && i < parts).then(|| (i * total / parts)..((i + 1) * total / parts))
+}
+
 /// Runs `f` on each of the [`parts`] ranges of `0..units` (as [`ranges`] cuts them), in
 /// parallel.
 pub fn for_each_range(units: usize, f: impl Fn(Range<usize>) + Send + Sync) {
     let parts = parts(units);
     for_each_task(parts, |task| {
-        if let Some(range) = ranges(units, parts).nth(task) {
+        if let Some(range) = range(units, parts, task) {
             f(range);
         }
     });
@@ -190,7 +198,7 @@ pub fn for_each_step(
 pub fn for_each_segment(units: usize, segment: usize, share: bool, f: impl Fn(usize, Range<usize>) + Send + Sync) {
     let segment = segment.max(1);
     let tasks = parts(units);
-    let range_of = |t: usize| ranges(units, tasks).nth(t).unwrap_or(0..0);
+    let range_of = |t: usize| range(units, tasks, t).unwrap_or(0..0);
     let first = |r: &Range<usize>| r.start - r.start % segment;
     let steps = |t: usize| {
         let r = range_of(t);
@@ -507,6 +515,10 @@ mod tests {
                     next = r.end;
                 }
                 assert_eq!(next, total);
+                for (i, r) in rs.iter().enumerate() {
+                    assert_eq!(range(total, parts, i), Some(r.clone()), "{total} in {parts}: range {i}");
+                }
+                assert_eq!(range(total, parts, rs.len()), None, "{total} in {parts}");
                 if let (Some(min), Some(max)) = (rs.iter().map(|r| r.len()).min(), rs.iter().map(|r| r.len()).max()) {
                     assert!(max - min <= 1, "{total} in {parts}: {rs:?}");
                 }

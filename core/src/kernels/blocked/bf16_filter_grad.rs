@@ -68,7 +68,7 @@ pub fn pointwise_filter_grad(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [
             .enumerate()
             .for_each(|(task, partial)| {
                 partial.fill(0.0);
-                if let Some(range) = split::ranges(pixels, parts).nth(task) {
+                if let Some(range) = split::range(pixels, parts, task) {
                     task_sum(&c, range, partial);
                 }
             });

@@ -194,7 +194,7 @@ fn on_tiles(g: &ConvGeometry, x: &[f32], dy: &[f32], dw: &mut [f32]) {
             .enumerate()
             .for_each(|(task, partial)| {
                 let spills = Spill::many(partial);
-                match split::ranges(units, tasks).nth(task) {
+                match split::range(units, tasks, task) {
                     Some(range) if !range.is_empty() => task_sum(&c, range, spills),
                     _ => spills.iter_mut().for_each(|s| *s = Spill::default()),
                 }

@@ -109,9 +109,7 @@ pub(crate) fn group_count(ocb: usize, out_block: usize) -> usize {
 
 /// The output-channel blocks of group `i` of [`group_count`].
 pub(crate) fn group(i: usize, ocb: usize, out_block: usize) -> Range<usize> {
-    split::ranges(ocb, group_count(ocb, out_block))
-        .nth(i)
-        .expect("group index below group_count")
+    split::range(ocb, group_count(ocb, out_block), i).expect("group index below group_count")
 }
 
 /// Packed weight floats of one output-channel block: `icb * kh * kw * in_block * out_block`.
@@ -390,7 +388,7 @@ fn direct_conv_tuned<V: Vector>(
     let share = records.is_none();
     if by_rows {
         // A band of output rows of the one image, every group over it in turn.
-        let band = |t: usize| split::ranges(units, tasks).nth(t).unwrap_or(0..0);
+        let band = |t: usize| split::range(units, tasks, t).unwrap_or(0..0);
         split::for_each_step(tasks, share, |_| groups, |t, gi| run(t, 0, gi, band(t)));
     } else {
         // Units are (image, group, output row), rows fastest: one (image, group) at a time.

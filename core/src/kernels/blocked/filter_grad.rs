@@ -254,7 +254,7 @@ fn filter_grad_tiles<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize
     if pr == 1 {
         // Each task owns its units over the whole reduction: sums go straight into `dw`.
         (0..pw).into_par_iter().for_each(|t| {
-            let Some(us) = split::ranges(units, pw).nth(t) else {
+            let Some(us) = split::range(units, pw, t) else {
                 return;
             };
             for b in us.clone().step_by(per_batch) {
@@ -275,8 +275,8 @@ fn filter_grad_tiles<V: Vector>(g: &ConvGeometry, input: &[f32], in_block: usize
     with_partials(pr * pw * per_task, |partials| {
         partials.par_chunks_mut(per_task).enumerate().for_each(|(t, buf)| {
             let (r, w) = (t / pw, t % pw);
-            let rows = split::ranges(rows, pr).nth(r).expect("pr <= rows: no empty range");
-            let Some(us) = split::ranges(units, pw).nth(w) else {
+            let rows = split::range(rows, pr, r).expect("pr <= rows: no empty range");
+            let Some(us) = split::range(units, pw, w) else {
                 return;
             };
             for (bi, b) in us.clone().step_by(per_batch).enumerate() {

@@ -54,7 +54,7 @@ fn channel_sums<V: Vector>(
         .par_chunks_mut((2 * channels).max(1))
         .enumerate()
         .for_each(|(task, acc)| {
-            let Some(range) = split::ranges(units, parts).nth(task) else {
+            let Some(range) = split::range(units, parts, task) else {
                 return;
             };
             let (acc0, acc1) = acc.split_at_mut(channels);

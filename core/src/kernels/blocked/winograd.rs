@@ -548,8 +548,8 @@ impl Plan {
     /// The tiles and the output-channel blocks of task `task` (of `groups * kparts`) of a
     /// call of `tiles` tiles and `ocb` output blocks.
     fn task(&self, task: usize, tiles: usize, ocb: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
-        let tr = split::ranges(tiles, self.groups).nth(task / self.kparts);
-        let kr = split::ranges(ocb, self.kparts).nth(task % self.kparts);
+        let tr = split::range(tiles, self.groups, task / self.kparts);
+        let kr = split::range(ocb, self.kparts, task % self.kparts);
         (tr.expect("a tile range"), kr.expect("a channel range"))
     }
 }

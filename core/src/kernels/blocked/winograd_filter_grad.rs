@@ -207,7 +207,7 @@ fn grad_impl<V: Vector, const M: usize, const A: usize>(
     with_partials(parts * per_task, |partials| {
         partials.par_chunks_mut(per_task).enumerate().for_each(|(p, w)| {
             w.fill(0.0);
-            let range = split::ranges(tiles, parts).nth(p).unwrap_or(0..0);
+            let range = split::range(tiles, parts, p).unwrap_or(0..0);
             let mut t0 = range.start;
             while t0 < range.end {
                 let tn = group.min(range.end - t0);
