@@ -344,8 +344,7 @@ mod tests {
     /// How many times each task of each of `loops` loops of 1 to 40 tasks ran, inside a
     /// team or not; tasks run a nested loop of 3 tasks too.
     fn task_counts(in_team: bool, loops: usize) -> Vec<usize> {
-        let counts: Vec<AtomicUsize> = (0..loops * 43).map(|_| AtomicUsize::new(0)).collect();
-        let body = || {
+        counts_after(in_team, loops * 43, |counts| {
             for l in 0..loops {
                 let tasks = 1 + l % 40;
                 for_each_task(tasks, |t| {
@@ -355,11 +354,16 @@ mod tests {
                     });
                 });
             }
-        };
+        })
+    }
+
+    /// `len` counters after `body` ran on them, in a team or not.
+    fn counts_after(in_team: bool, len: usize, body: impl Fn(&[AtomicUsize])) -> Vec<usize> {
+        let counts: Vec<AtomicUsize> = (0..len).map(|_| AtomicUsize::new(0)).collect();
         if in_team {
-            team(body)
+            team(|| body(&counts))
         } else {
-            body()
+            body(&counts)
         }
         counts.into_iter().map(AtomicUsize::into_inner).collect()
     }
@@ -407,19 +411,12 @@ mod tests {
     /// more for the last), with `for_each_step` in a team or not.
     fn step_counts(in_team: bool, tasks: usize, share: bool) -> Vec<usize> {
         let steps = |t: usize| t % 5 + usize::from(t + 1 == tasks) * 37;
-        let counts: Vec<AtomicUsize> = (0..tasks * 42).map(|_| AtomicUsize::new(0)).collect();
-        let body = || {
+        counts_after(in_team, tasks * 42, |counts| {
             for_each_step(tasks, share, steps, |t, s| {
                 assert!(s < steps(t), "task {t} step {s}");
                 counts[t * 42 + s].fetch_add(1, Ordering::Relaxed);
             })
-        };
-        if in_team {
-            team(body)
-        } else {
-            body()
-        }
-        counts.into_iter().map(AtomicUsize::into_inner).collect()
+        })
     }
 
     #[test]
