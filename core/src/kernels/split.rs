@@ -108,8 +108,9 @@ pub struct Steps {
 struct Slot(AtomicU64);
 
 impl Steps {
-    /// The queues of `tasks` tasks of `steps(task)` steps each; shared where `share`, the
-    /// pool has more than one thread and the loop 2 to [`MAX_SHARED_TASKS`] tasks.
+    /// The queues of `tasks` tasks of `steps(task)` steps each; shared where `share` and
+    /// the loop has 2 to [`MAX_SHARED_TASKS`] tasks. (On one thread nothing is taken: each
+    /// task is finished before the next starts.)
     pub fn new(tasks: usize, share: bool, steps: impl Fn(usize) -> usize) -> Steps {
         let counts: [usize; MAX_SHARED_TASKS] = std::array::from_fn(|t| if t < tasks { steps(t) } else { 0 });
         // The slot words keep step numbers in 32 bits.
