@@ -72,7 +72,7 @@
 //! one process: layer3's 3x3 layers 4.2 to 3.75 ms, layer4's 5.15 to 3.8 ms).
 
 use crate::kernels::blocked::bf16;
-use crate::kernels::blocked::epilogue::BlockedEpilogue;
+use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
 use crate::kernels::blocked::moments::{self, Gather, Kind};
 use crate::kernels::blocked::norm::{self, FusedRelu};
 use crate::kernels::blocked::prefetch::{NoPrefetch, Prefetch, Slices, Step};
@@ -83,6 +83,7 @@ use crate::kernels::split;
 use crate::kernels::winograd::WinogradTile;
 use crate::layout::Blocked;
 use crate::simd::Vector;
+use std::ops::Range;
 
 /// Output-channel blocks per micro-kernel call: with [`RT`] tiles, `RB x RT` vector
 /// accumulators. 4 x 6 = 24 of the 32 AVX-512 registers, leaving room for the 4 `U`
@@ -863,6 +864,50 @@ pub(crate) fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -
     o
 }
 
+/// Tiles ahead of the current one whose pixels the transforms prefetch.
+pub(crate) const PREFETCH_AHEAD: usize = 2;
+
+/// Activations of at least this many bytes (a core's L2) are prefetched tile by tile.
+const STREAMED_BYTES: usize = 1 << 20;
+
+/// Whether the transforms prefetch the pixels of a tensor of `len` floats: those that
+/// fit L2 are read from it without stalls, and the prefetches would only add work
+/// (ResNet-20 at batch 1 ran 3 % slower with them); larger ones come from L3 or memory,
+/// where training reads most of them (activations kept since the forward pass), and
+/// the loads of a tile stall.
+#[inline(always)]
+pub(crate) fn streamed(len: usize) -> bool {
+    crate::simd::HAS_PREFETCH && len * std::mem::size_of::<f32>() >= STREAMED_BYTES
+}
+
+/// Prefetches into L1 rows `rows` and columns `cols` of channel blocks `blocks` of tile
+/// `t` of `tl` in the tensor at `data` (laid out as `ls`), counted from `back` pixels
+/// above and to the left of the tile's first pixel. A hint only: the addresses are
+/// never dereferenced, so a tile past the last one is harmless.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub(crate) fn prefetch_tile<const M: usize>(
+    ls: Blocked,
+    tl: &Tiling,
+    data: *const f32,
+    t: usize,
+    blocks: Range<usize>,
+    rows: Range<usize>,
+    cols: Range<usize>,
+    back: usize,
+) {
+    let (n, oy, ox) = tl.tile::<M>(t);
+    let row = ls.w * ls.block;
+    for b in blocks {
+        let base = ls.at(n, b, oy, ox).wrapping_sub(back * (row + ls.block));
+        for i in rows.clone() {
+            for j in cols.clone() {
+                crate::simd::prefetch_l1(data.wrapping_add(base.wrapping_add(i * row + j * ls.block)));
+            }
+        }
+    }
+}
+
 /// `V[xi][icb][t][lane] = (B^T d B)[xi]` of tiles `t0..t0 + tn` of the batch, every input
 /// channel block: `d` is the tile's `A x A` patch (rows `oy-1..`, columns `ox-1..`), zero
 /// outside the image.
@@ -939,6 +984,7 @@ pub(crate) fn input_transform_into<V: Vector, const M: usize, const A: usize>(
     assert!(span.end(A * A, icb, tn, l) <= v.len(), "winograd: V span out of bounds");
     // Only this task writes the span's tiles (the caller's guarantee, as `SharedOut`'s).
     let (xp, vp) = (x.as_ptr(), v.ptr_at(0));
+    let prefetch = streamed(x.len());
     for t in 0..tn {
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         // Rows and columns of the patch inside the image.
@@ -947,6 +993,10 @@ pub(crate) fn input_transform_into<V: Vector, const M: usize, const A: usize>(
         let interior = i0 == 0 && j0 == 0 && i1 == A && j1 == A;
         let row_in: [bool; A] = core::array::from_fn(|i| i >= i0 && i < i1);
         let col_in: [bool; A] = core::array::from_fn(|j| j >= j0 && j < j1);
+        if prefetch {
+            // The patch's last M columns: the tile before read the others.
+            prefetch_tile::<M>(xs, tl, xp, t0 + t + PREFETCH_AHEAD, 0..icb, 0..A, A - M..A, 1);
+        }
         for cb in 0..icb {
             // Patch value (i, j) is image pixel (oy - 1 + i, ox - 1 + j), at
             // `base + i * row + j * l - row - l` (written so that it never goes negative).
@@ -1269,6 +1319,7 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
     let (h, w) = (ys.h, ys.w);
     assert!(ms.end(A * A, rb, tn, l) <= m.len(), "winograd: M span out of bounds");
     let mp = m.as_ptr();
+    let prefetch = streamed(out.len());
     for r in 0..rb {
         let bias = ep.bias_of::<V>(cb + r);
         // Moments of the stored values around the first one, or the gradient sums (see
@@ -1279,6 +1330,18 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
             (z, V::load(&mean[b * l..]), norm::relu_block::<V>(relu, b))
         });
         for t in 0..tn {
+            if prefetch {
+                let ahead = t0 + t + PREFETCH_AHEAD;
+                let b = cb + r..cb + r + 1;
+                // The stored pixels and what the epilogue reads at them.
+                prefetch_tile::<M>(ys, tl, out.ptr_at(0), ahead, b.clone(), 0..M, 0..M, 0);
+                for read in [residual_of(ep), ep.relu_output, grad.map(|(z, _, _)| z)]
+                    .into_iter()
+                    .flatten()
+                {
+                    prefetch_tile::<M>(ys, tl, read.as_ptr(), ahead, b.clone(), 0..M, 0..M, 0);
+                }
+            }
             let (n, oy, ox) = tl.tile::<M>(t0 + t);
             let mut mv = [[V::ZERO; A]; A];
             for (i, mi) in mv.iter_mut().enumerate() {
@@ -1335,6 +1398,13 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
                 rec.out.store(at + 3 * l, V::splat(count as f32));
             }
         }
+    }
+}
+
+fn residual_of<'a>(ep: &BlockedEpilogue<'a>) -> Option<&'a [f32]> {
+    match ep.residual {
+        Residual::From(r) => Some(r),
+        _ => None,
     }
 }
 
@@ -1653,6 +1723,48 @@ mod tests {
                     "{tile:?} {g:?}: naive {en:e}, fast {ef:e}"
                 );
             }
+        }
+    }
+
+    /// Activations too large for L2, whose transforms prefetch tile by tile (with ragged
+    /// edge tiles): the forward against the f64 definition, and the gradient sums' output
+    /// transform (which also prefetches the residual and `z`) against the stored output.
+    #[test]
+    fn streamed_activations_match_the_definition() {
+        let mut rng = Rng::new(4);
+        let l = F32xBlock::LANES;
+        let g = geometry(9, 32, 32, 31, 30);
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+        let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
+        assert!(streamed(xs.len()) == crate::simd::HAS_PREFETCH && streamed(ys.len()) == streamed(xs.len()));
+        for tile in TILES {
+            check_full::<F32xBlock>(&mut rng, &g, tile);
+            let (_, wt, xb) = case(&mut rng, &g, l);
+            let residual = random(&mut rng, ys.len());
+            let ep = BlockedEpilogue {
+                residual: Residual::From(&residual),
+                ..BlockedEpilogue::default()
+            };
+            let kp = ys.padded_channels();
+            let (z, mean) = (random(&mut rng, ys.len()), random(&mut rng, kp));
+            let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
+            transform_filters(&wt, None, g.in_channels, g.out_channels, tile, l, &mut u);
+            let mut y = vec![f32::NAN; ys.len()];
+            let (mut sum_dy, mut sum_dy_zc) = (vec![f64::NAN; kp], vec![f64::NAN; kp]);
+            let gather = Gather::GradSums(moments::GradSums {
+                z: &z,
+                mean: &mean,
+                relu: None,
+                partials: &mut Vec::new(),
+                sum_dy: &mut sum_dy,
+                sum_dy_zc: &mut sum_dy_zc,
+            });
+            winograd_conv_gather::<F32xBlock>(&g, tile, &xb, Transformed::F32(&u), &ep, &mut y, gather);
+            let mut plain = vec![f32::NAN; ys.len()];
+            winograd_conv::<F32xBlock>(&g, tile, &xb, &u, &ep, &mut plain);
+            let what = format!("{tile:?} {g:?}");
+            assert!(y == plain, "{what}: the output is winograd_conv's");
+            moments::assert_grad_sums::<F32xBlock>(ys, &y, (&z, &mean, None), (&sum_dy, &sum_dy_zc), &what);
         }
     }
 

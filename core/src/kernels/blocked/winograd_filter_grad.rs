@@ -39,7 +39,9 @@
 //! - [`partial_floats`] and [`tiles_per_sum`]: the partial sums a call needs and the
 //!   tiles each sums, by which the plan decides where the kernel applies.
 
-use crate::kernels::blocked::winograd::{input_transform, input_transform_into, position_stride, Span, Tiling};
+use crate::kernels::blocked::winograd::{
+    input_transform, input_transform_into, position_stride, prefetch_tile, streamed, Span, Tiling, PREFETCH_AHEAD,
+};
 use crate::kernels::im2col::ConvGeometry;
 use crate::kernels::scratch::{with_partials, with_scratch, with_staging};
 use crate::kernels::shared_out::SharedOut;
@@ -346,7 +348,11 @@ fn dy_transform_into<V: Vector, const M: usize, const A: usize>(
     );
     // Only this task writes the span's tiles (the caller's guarantee, as `SharedOut`'s).
     let (dp, ep) = (dy.as_ptr(), e.ptr_at(0));
+    let prefetch = streamed(dy.len());
     for t in 0..tn {
+        if prefetch {
+            prefetch_tile::<M>(ys, tl, dp, t0 + t + PREFETCH_AHEAD, 0..ocb, 0..M, 0..M, 0);
+        }
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         let (rows, cols) = ((ys.h - oy).min(M), (ys.w - ox).min(M));
         let whole = rows == M && cols == M;
@@ -659,6 +665,18 @@ mod tests {
                     .max(check::<f32x16>(&g, tile, seed));
                 println!("{g:?} {tile:?}: {e:.2e}");
             }
+        }
+    }
+
+    /// Activations too large for L2, whose input and `dy` transforms prefetch tile by
+    /// tile, with ragged edge tiles.
+    #[test]
+    fn winograd_filter_grad_matches_the_definition_on_streamed_activations() {
+        let g = square_conv(9, 32, 31, 30, 32, 3, 1, 1);
+        let len = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, 16).len();
+        assert_eq!(streamed(len), crate::simd::HAS_PREFETCH);
+        for tile in TILES {
+            check::<f32x16>(&g, tile, 60);
         }
     }
 
