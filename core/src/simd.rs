@@ -226,6 +226,20 @@ pub fn prefetch_l1(p: *const f32) {
     let _ = p;
 }
 
+/// Asks the CPU to bring the cache line at `p` into L1 ready to be written (x86-64
+/// `prefetchw`; nothing on other targets): a store to a line that is not in the cache
+/// first reads it, and this starts that read early. A hint only, as [`prefetch_l2`].
+#[inline(always)]
+pub fn prefetch_write(p: *const f32) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// `[0, 1, 2, ...]`: each lane's index.
 #[inline(always)]
 pub fn lane_indices() -> F32x {

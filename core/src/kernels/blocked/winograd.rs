@@ -882,8 +882,9 @@ pub(crate) fn streamed(len: usize) -> bool {
 
 /// Prefetches into L1 rows `rows` and columns `cols` of channel blocks `blocks` of tile
 /// `t` of `tl` in the tensor at `data` (laid out as `ls`), counted from `back` pixels
-/// above and to the left of the tile's first pixel. A hint only: the addresses are
-/// never dereferenced, so a tile past the last one is harmless.
+/// above and to the left of the tile's first pixel, to be written (`write`: the lines
+/// come without waiting for a later store to claim them) or read. A hint only: the
+/// addresses are never dereferenced, so a tile past the last one is harmless.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub(crate) fn prefetch_tile<const M: usize>(
@@ -895,6 +896,7 @@ pub(crate) fn prefetch_tile<const M: usize>(
     rows: Range<usize>,
     cols: Range<usize>,
     back: usize,
+    write: bool,
 ) {
     let (n, oy, ox) = tl.tile::<M>(t);
     let row = ls.w * ls.block;
@@ -902,7 +904,12 @@ pub(crate) fn prefetch_tile<const M: usize>(
         let base = ls.at(n, b, oy, ox).wrapping_sub(back * (row + ls.block));
         for i in rows.clone() {
             for j in cols.clone() {
-                crate::simd::prefetch_l1(data.wrapping_add(base.wrapping_add(i * row + j * ls.block)));
+                let p = data.wrapping_add(base.wrapping_add(i * row + j * ls.block));
+                if write {
+                    crate::simd::prefetch_write(p);
+                } else {
+                    crate::simd::prefetch_l1(p);
+                }
             }
         }
     }
@@ -995,7 +1002,7 @@ pub(crate) fn input_transform_into<V: Vector, const M: usize, const A: usize>(
         let col_in: [bool; A] = core::array::from_fn(|j| j >= j0 && j < j1);
         if prefetch {
             // The patch's last M columns: the tile before read the others.
-            prefetch_tile::<M>(xs, tl, xp, t0 + t + PREFETCH_AHEAD, 0..icb, 0..A, A - M..A, 1);
+            prefetch_tile::<M>(xs, tl, xp, t0 + t + PREFETCH_AHEAD, 0..icb, 0..A, A - M..A, 1, false);
         }
         for cb in 0..icb {
             // Patch value (i, j) is image pixel (oy - 1 + i, ox - 1 + j), at
@@ -1334,12 +1341,12 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
                 let ahead = t0 + t + PREFETCH_AHEAD;
                 let b = cb + r..cb + r + 1;
                 // The stored pixels and what the epilogue reads at them.
-                prefetch_tile::<M>(ys, tl, out.ptr_at(0), ahead, b.clone(), 0..M, 0..M, 0);
+                prefetch_tile::<M>(ys, tl, out.ptr_at(0), ahead, b.clone(), 0..M, 0..M, 0, true);
                 for read in [residual_of(ep), ep.relu_output, grad.map(|(z, _, _)| z)]
                     .into_iter()
                     .flatten()
                 {
-                    prefetch_tile::<M>(ys, tl, read.as_ptr(), ahead, b.clone(), 0..M, 0..M, 0);
+                    prefetch_tile::<M>(ys, tl, read.as_ptr(), ahead, b.clone(), 0..M, 0..M, 0, false);
                 }
             }
             let (n, oy, ox) = tl.tile::<M>(t0 + t);

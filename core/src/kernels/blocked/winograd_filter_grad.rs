@@ -351,7 +351,7 @@ fn dy_transform_into<V: Vector, const M: usize, const A: usize>(
     let prefetch = streamed(dy.len());
     for t in 0..tn {
         if prefetch {
-            prefetch_tile::<M>(ys, tl, dp, t0 + t + PREFETCH_AHEAD, 0..ocb, 0..M, 0..M, 0);
+            prefetch_tile::<M>(ys, tl, dp, t0 + t + PREFETCH_AHEAD, 0..ocb, 0..M, 0..M, 0, false);
         }
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
         let (rows, cols) = ((ys.h - oy).min(M), (ys.w - ox).min(M));
