@@ -204,26 +204,14 @@ pub const HAS_PREFETCH: bool = cfg!(target_arch = "x86_64");
 /// memory with the current arithmetic.
 #[inline(always)]
 pub fn prefetch_l2(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch::<PREFETCH_T1>(p)
 }
 
 /// Asks the CPU to bring the cache line at `p` into L1 (x86-64 `prefetcht0`; nothing on
 /// other targets). A hint only, as [`prefetch_l2`].
 #[inline(always)]
 pub fn prefetch_l1(p: *const f32) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
-    unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
+    prefetch::<PREFETCH_T0>(p)
 }
 
 /// Asks the CPU to bring the cache line at `p` into L1 ready to be written (x86-64
@@ -231,10 +219,25 @@ pub fn prefetch_l1(p: *const f32) {
 /// first reads it, and this starts that read early. A hint only, as [`prefetch_l2`].
 #[inline(always)]
 pub fn prefetch_write(p: *const f32) {
+    prefetch::<PREFETCH_ET0>(p)
+}
+
+#[cfg(target_arch = "x86_64")]
+use core::arch::x86_64::{_MM_HINT_ET0 as PREFETCH_ET0, _MM_HINT_T0 as PREFETCH_T0, _MM_HINT_T1 as PREFETCH_T1};
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_T1: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_T0: i32 = 0;
+#[cfg(not(target_arch = "x86_64"))]
+const PREFETCH_ET0: i32 = 0;
+
+/// The prefetch with x86-64 hint `HINT`, the one place that issues it.
+#[inline(always)]
+fn prefetch<const HINT: i32>(p: *const f32) {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: a prefetch is a hint; it neither faults nor dereferences the address.
     unsafe {
-        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_ET0 }>(p as *const i8)
+        core::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8)
     };
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
