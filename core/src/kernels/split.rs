@@ -41,14 +41,12 @@ pub fn parts(units: usize) -> usize {
 /// `0..total` cut into `parts` contiguous ranges whose sizes differ by at most one;
 /// empty ranges are left out.
 pub fn ranges(total: usize, parts: usize) -> impl Iterator<Item = Range<usize>> + Clone {
-    let parts = parts.clamp(1, total.max(1));
-    (0..parts)
-        .map(move |p| (p * total / parts)..((p + 1) * total / parts))
-        .filter(|r| !r.is_empty())
+    (0..parts.max(1)).map_while(move |i| range(total, parts, i))
 }
 
 /// Range `i` of [`ranges`]`(total, parts)` (`None` past the last), without walking the
-/// ranges before it: loops with hundreds of tasks look theirs up in every task.
+/// ranges before it: loops with hundreds of tasks look theirs up in every task. The one
+/// place of the rule that cuts work into parts.
 pub fn range(total: usize, parts: usize, i: usize) -> Option<Range<usize>> {
     let parts = parts.clamp(1, total.max(1));
     // With `parts <= total` no range is empty, so none is left out before `i`.
@@ -408,10 +406,15 @@ mod tests {
         );
     }
 
-    /// How many times each step of each task ran, for `tasks` tasks of `t % 5` steps (37
-    /// more for the last), with `for_each_step` in a team or not.
+    /// Steps of task `t` of `tasks` in `step_counts`: `t % 5`, 37 more for the last.
+    fn test_steps(t: usize, tasks: usize) -> usize {
+        t % 5 + usize::from(t + 1 == tasks) * 37
+    }
+
+    /// How many times each step of each task ran, for `tasks` tasks of [`test_steps`]
+    /// steps, with `for_each_step` in a team or not.
     fn step_counts(in_team: bool, tasks: usize, share: bool) -> Vec<usize> {
-        let steps = |t: usize| t % 5 + usize::from(t + 1 == tasks) * 37;
+        let steps = |t: usize| test_steps(t, tasks);
         counts_after(in_team, tasks * 42, |counts| {
             for_each_step(tasks, share, steps, |t, s| {
                 assert!(s < steps(t), "task {t} step {s}");
@@ -427,7 +430,7 @@ mod tests {
                 for (in_team, share) in [(false, false), (false, true), (true, true)] {
                     let counts = pool(threads).install(|| step_counts(in_team, tasks, share));
                     for (t, chunk) in counts.chunks(42).enumerate() {
-                        let steps = t % 5 + usize::from(t + 1 == tasks) * 37;
+                        let steps = test_steps(t, tasks);
                         assert!(
                             chunk[..steps].iter().all(|&c| c == 1),
                             "{threads} threads, task {t}: {chunk:?}"
@@ -446,36 +449,29 @@ mod tests {
     fn an_idle_thread_takes_the_steps_left_of_a_slow_task() {
         // Task 0 has 50 steps of 1 ms, task 1 none: whichever thread takes task 1 has
         // nothing to do but take task 0's steps from the back.
-        let ran_on: Vec<AtomicUsize> = (0..50).map(|_| AtomicUsize::new(usize::MAX)).collect();
-        pool(2).install(|| {
-            for_each_step(
-                2,
-                true,
-                |t| if t == 0 { 50 } else { 0 },
-                |_, s| {
-                    ran_on[s].store(rayon::current_thread_index().unwrap_or(9), Ordering::Relaxed);
-                    std::thread::sleep(std::time::Duration::from_millis(1));
-                },
-            )
-        });
-        let threads: Vec<usize> = ran_on.iter().map(|t| t.load(Ordering::Relaxed)).collect();
+        // The thread that ran each step of task 0, for `steps` steps of `pause` each.
+        let ran_on = |share: bool, steps: usize, pause: std::time::Duration| -> Vec<usize> {
+            let ran_on: Vec<AtomicUsize> = (0..steps).map(|_| AtomicUsize::new(usize::MAX)).collect();
+            pool(2).install(|| {
+                for_each_step(
+                    2,
+                    share,
+                    |t| if t == 0 { steps } else { 0 },
+                    |_, s| {
+                        ran_on[s].store(rayon::current_thread_index().unwrap_or(9), Ordering::Relaxed);
+                        std::thread::sleep(pause);
+                    },
+                )
+            });
+            ran_on.into_iter().map(AtomicUsize::into_inner).collect()
+        };
+        let threads = ran_on(true, 50, std::time::Duration::from_millis(1));
         assert!(threads.iter().all(|&t| t < 2), "{threads:?}");
         // The owner runs from the front, the other thread from the back.
         assert_ne!(threads[0], threads[49], "{threads:?}");
         // Unshared, the owner runs them all.
-        pool(2).install(|| {
-            for_each_step(
-                2,
-                false,
-                |t| if t == 0 { 8 } else { 0 },
-                |_, s| {
-                    ran_on[s].store(rayon::current_thread_index().unwrap_or(9), Ordering::Relaxed);
-                },
-            )
-        });
-        assert!(ran_on[..8]
-            .iter()
-            .all(|t| t.load(Ordering::Relaxed) == ran_on[0].load(Ordering::Relaxed)));
+        let threads = ran_on(false, 8, std::time::Duration::ZERO);
+        assert!(threads.iter().all(|&t| t == threads[0]), "{threads:?}");
     }
 
     #[test]
