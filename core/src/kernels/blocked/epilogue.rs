@@ -20,6 +20,16 @@ pub enum Residual<'a> {
     InPlace,
 }
 
+impl<'a> Residual<'a> {
+    /// The separate activation of [`Residual::From`], if that is where it comes from.
+    pub fn separate(&self) -> Option<&'a [f32]> {
+        match *self {
+            Residual::From(r) => Some(r),
+            _ => None,
+        }
+    }
+}
+
 /// The per-vector work after a blocked convolution: `relu?(y + bias + residual)`, then
 /// zero where `relu_output` is not positive.
 #[derive(Clone, Copy, Debug, Default)]

@@ -72,7 +72,7 @@
 //! one process: layer3's 3x3 layers 4.2 to 3.75 ms, layer4's 5.15 to 3.8 ms).
 
 use crate::kernels::blocked::bf16;
-use crate::kernels::blocked::epilogue::{BlockedEpilogue, Residual};
+use crate::kernels::blocked::epilogue::BlockedEpilogue;
 use crate::kernels::blocked::moments::{self, Gather, Kind};
 use crate::kernels::blocked::norm::{self, FusedRelu};
 use crate::kernels::blocked::prefetch::{NoPrefetch, Prefetch, Slices, Step};
@@ -465,7 +465,7 @@ fn checked_conv<V: Vector>(
             "winograd: one bias per padded output channel"
         );
     }
-    if let crate::kernels::blocked::Residual::From(r) = ep.residual {
+    if let Some(r) = ep.residual.separate() {
         assert_eq!(r.len(), ys.len(), "winograd: residual length");
     }
     if let Transformed::Bf16(_) = filters {
@@ -548,7 +548,7 @@ struct Plan {
 impl Plan {
     /// The tiles and the output-channel blocks of task `task` (of `groups * kparts`) of a
     /// call of `tiles` tiles and `ocb` output blocks.
-    fn task(&self, task: usize, tiles: usize, ocb: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    fn task(&self, task: usize, tiles: usize, ocb: usize) -> (Range<usize>, Range<usize>) {
         let tr = split::range(tiles, self.groups, task / self.kparts);
         let kr = split::range(ocb, self.kparts, task % self.kparts);
         (tr.expect("a tile range"), kr.expect("a channel range"))
@@ -1342,7 +1342,7 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
                 let b = cb + r..cb + r + 1;
                 // The stored pixels and what the epilogue reads at them.
                 prefetch_tile::<M>(ys, tl, out.ptr_at(0), ahead, b.clone(), 0..M, 0..M, 0, true);
-                for read in [residual_of(ep), ep.relu_output, grad.map(|(z, _, _)| z)]
+                for read in [ep.residual.separate(), ep.relu_output, grad.map(|(z, _, _)| z)]
                     .into_iter()
                     .flatten()
                 {
@@ -1405,13 +1405,6 @@ fn output_transform_span<V: Vector, const M: usize, const A: usize>(
                 rec.out.store(at + 3 * l, V::splat(count as f32));
             }
         }
-    }
-}
-
-fn residual_of<'a>(ep: &BlockedEpilogue<'a>) -> Option<&'a [f32]> {
-    match ep.residual {
-        Residual::From(r) => Some(r),
-        _ => None,
     }
 }
 
