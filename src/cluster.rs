@@ -259,7 +259,7 @@ pub struct DataParallel<'a> {
 impl<'a> DataParallel<'a> {
     /// Buffers for the gradients of `params`; `sync_bn` synchronises batch norm.
     pub fn new(cluster: &'a Cluster, params: &Params, sync_bn: bool) -> Result<Self> {
-        let len = params.grads().len();
+        let len = params.param_count();
         let tensors = params.entries().len();
         Ok(DataParallel {
             cluster,

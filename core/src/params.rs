@@ -51,6 +51,8 @@ pub struct Params {
     // Aligned so that every tensor whose offset is a multiple of 16 floats (all of them
     // in the zoo) starts a cache line, as the kernels read the classifier's weights here.
     values: AlignedVec<f32>,
+    // Empty until a gradient is first written: inference never holds a copy of every
+    // weight's size that it does not use.
     grads: AlignedVec<f32>,
     buffers: AlignedVec<f32>,
     version: u64,
@@ -89,7 +91,7 @@ impl Params {
             entries,
             by_name,
             values: AlignedVec::zeroed(n_values),
-            grads: AlignedVec::zeroed(n_values),
+            grads: AlignedVec::new(),
             buffers: AlignedVec::zeroed(n_buffers),
             version: next_version(),
         })
@@ -170,18 +172,23 @@ impl Params {
         &mut self.values
     }
 
-    /// The gradients, laid out as [`Params::values`].
+    /// The gradients, laid out as [`Params::values`]; empty until a gradient is first
+    /// written (as PyTorch's `.grad` is `None` before a backward pass), so that inference
+    /// does not hold them.
     pub fn grads(&self) -> &[f32] {
         &self.grads
     }
 
-    /// The gradients, for writing (gradients are not derived from, so no version bump).
+    /// The gradients, for writing, zero where none were written yet (gradients are not
+    /// derived from, so no version bump).
     pub fn grads_mut(&mut self) -> &mut [f32] {
+        self.allocate_grads();
         &mut self.grads
     }
 
     /// Values and gradients at once, for an optimizer step (bumps the version).
     pub fn values_and_grads_mut(&mut self) -> (&mut [f32], &mut [f32]) {
+        self.allocate_grads();
         self.version = next_version();
         (&mut self.values, &mut self.grads)
     }
@@ -189,7 +196,15 @@ impl Params {
     /// Values to read and gradients to accumulate into, for a backward pass (no version
     /// bump: the values are not written).
     pub fn values_and_grads(&mut self) -> (&[f32], &mut [f32]) {
+        self.allocate_grads();
         (&self.values, &mut self.grads)
+    }
+
+    /// Gives the gradients their zeroed storage on first use.
+    fn allocate_grads(&mut self) {
+        if self.grads.len() != self.values.len() {
+            self.grads.resize_zeroed(self.values.len());
+        }
     }
 
     /// Values to read and running statistics to update, for a training forward pass
@@ -213,8 +228,8 @@ impl Params {
     /// Replaces every gradient from a flat array laid out as [`Params::grads`] (e.g. the
     /// average of data-parallel workers' gradients).
     pub fn set_grads(&mut self, flat: &[f32]) -> Result<()> {
-        check_flat("gradient", self.grads.len(), flat.len())?;
-        self.grads.copy_from_slice(flat);
+        check_flat("gradient", self.values.len(), flat.len())?;
+        self.grads_mut().copy_from_slice(flat);
         Ok(())
     }
 
@@ -391,6 +406,27 @@ mod tests {
         let c = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
         assert_ne!(c.version(), a.version());
         assert_ne!(c.version(), v0);
+    }
+
+    #[test]
+    fn gradients_take_memory_only_once_written() {
+        let mut p = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        assert!(p.grads().is_empty());
+        assert!(p.clone().grads().is_empty());
+        let v0 = p.version();
+        assert!(p.grads_mut().iter().all(|&g| g == 0.0));
+        assert_eq!(p.grads().len(), p.param_count());
+        assert_eq!(p.version(), v0);
+        p.grads_mut()[3] = 2.0;
+        assert_eq!(p.grads()[3], 2.0, "a second write keeps the first");
+        let mut q = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        assert!(q.set_grads(&[1.0]).is_err());
+        assert!(q.grads().is_empty(), "a refused write allocates nothing");
+        q.set_grads(p.grads()).unwrap();
+        assert_eq!(q.grads(), p.grads());
+        let mut r = Params::new(ResNetConfig::named("resnet8").unwrap(), 1).unwrap();
+        let (values, grads) = r.values_and_grads();
+        assert_eq!(values.len(), grads.len());
     }
 
     #[test]

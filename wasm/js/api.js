@@ -382,7 +382,7 @@ export class Trainer {
     return guard(() => this._t.computeGradients(dataset._d));
   }
 
-  /** The gradients of the last `computeGradients`, flat, as a Float32Array. */
+  /** The gradients of the last `computeGradients`, flat, as a Float32Array (empty before the first). */
   gradients() {
     return guard(() => this.model._m.gradients());
   }

@@ -213,7 +213,7 @@ export class Trainer {
   evaluate(dataset: Dataset, limit?: number, options?: { batch?: number }): Evaluation;
   /** Data parallel: forward and backward on the next batch, no update. */
   computeGradients(dataset: Dataset): BatchStats;
-  /** Data parallel: the gradients of the last `computeGradients`, flat. */
+  /** Data parallel: the gradients of the last `computeGradients`, flat (empty before the first). */
   gradients(): Float32Array;
   /** Data parallel: one update from (averaged) gradients, or this instance's own. */
   applyGradients(gradients?: Float32Array | ArrayLike<number>): { iteration: number; lr: number };

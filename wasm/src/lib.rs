@@ -288,7 +288,7 @@ impl WasmModel {
         self.inner.borrow_mut().params.set_buffers(flat).map_err(err)
     }
 
-    /// Parameter gradients left by the last `computeGradients`, flat.
+    /// Parameter gradients left by the last `computeGradients`, flat (empty before the first).
     pub fn gradients(&self) -> Vec<f32> {
         self.inner.borrow().params.grads().to_vec()
     }
