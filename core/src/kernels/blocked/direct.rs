@@ -331,7 +331,7 @@ fn direct_conv_tuned<V: Vector>(
             "direct_conv: bias per padded channel"
         );
     }
-    if let crate::kernels::blocked::Residual::From(r) = ep.residual {
+    if let Some(r) = ep.residual.separate() {
         assert_eq!(r.len(), out_l.len(), "direct_conv: residual length");
     }
     if let Some(pointwise) = resample::strided_as_pointwise(g, in_block, ob, knobs.subsample) {
@@ -441,14 +441,13 @@ fn segment_any<V: Vector, const BLOCKED: bool>(c: &Ctx, n: usize, blocks: Range<
     // Packed floats of one input-channel block of the group (every tap).
     let per_icb = c.per_block / icbs.max(1) * blocks.len();
     let group_start = blocks.start * c.per_block;
-    let chunk_list: Vec<Range<usize>> = split::ranges(icbs, chunks).collect();
-    for (i, chunk) in chunk_list.iter().enumerate() {
+    for (i, chunk) in split::ranges(icbs, chunks).enumerate() {
         let phase = Phase::of(i, chunks);
         // The weights of the next pass (the next chunk, or the next group's first one),
         // prefetched into L2 while this pass runs.
         let next = if !BLOCKED || slab < PREFETCH_MIN_BYTES {
             0..0
-        } else if let Some(nc) = chunk_list.get(i + 1) {
+        } else if let Some(nc) = split::range(icbs, chunks, i + 1) {
             group_start + nc.start * per_icb..group_start + nc.end * per_icb
         } else {
             let at = group_start + icbs * per_icb;
