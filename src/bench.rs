@@ -131,6 +131,8 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         plan_memory = Some(plan.memory());
         t
     };
+    // Read before `--layers` runs other algorithms: the scratch of the timed calls only.
+    let scratch = resnet_core::kernels::scratch::kept_bytes();
     let images_per_s = n as f64 / median;
     // Useful FLOPs: 2 per multiply-add; a training step does about three forward passes' worth.
     let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
@@ -162,7 +164,8 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
             "fma_peak_gflops": peak.map(|p| p.0), "fma_peak_lanes": WIDE_LANES,
             "fma_peak_gflops_narrow": peak.map(|p| p.1), "fma_peak_narrow_lanes": LANES,
             "sgemm_1024_gflops_1_thread": peak.and_then(|p| p.2), "kernels": kernel_report(),
-            "peak_rss_bytes": rss,
+            "peak_rss_bytes": rss, "scratch_bytes": scratch,
+            "params_bytes": (params.param_count() + params.buffers().len()) * 4,
             "plan_arena_bytes": plan_memory.map(|m| m.arena),
             "plan_largest_activation_bytes": plan_memory.map(|m| m.largest_activation),
             "plan_derived_weight_bytes": plan_memory.map(|m| m.derived_weights),
@@ -179,16 +182,21 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
         let mb = |b: usize| b as f64 / (1 << 20) as f64;
         if let Some(m) = plan_memory {
             println!(
-                "memory: activation arena {:.1} MB (largest activation {:.1} MB), weights {:.1} MB + derived {:.1} MB; \
-                 peak resident {:.1} MB",
+                "memory: activation arena {:.1} MB (largest activation {:.1} MB), weights {:.1} MB + derived {:.1} MB, \
+                 scratch {:.1} MB; peak resident {:.1} MB",
                 mb(m.arena),
                 mb(m.largest_activation),
                 mb(params.param_count() * 4 + params.buffers().len() * 4),
                 mb(m.derived_weights),
+                mb(scratch),
                 mb(rss.unwrap_or(0) as usize)
             );
         } else if let Some(rss) = rss {
-            println!("peak resident memory {:.1} MB", mb(rss as usize));
+            println!(
+                "memory: scratch {:.1} MB; peak resident {:.1} MB",
+                mb(scratch),
+                mb(rss as usize)
+            );
         }
         if let Some((fma, narrow, sgemm)) = peak {
             println!(

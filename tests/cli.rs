@@ -32,6 +32,33 @@ fn info_json_and_shortcut_option() {
 }
 
 #[test]
+fn bench_reports_what_an_inference_plan_holds() {
+    let out = resnet(&["bench", "--model", "resnet50", "--batch", "1", "--reps", "1", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let bytes = |key: &str| doc[key].as_u64().unwrap_or_else(|| panic!("{key} in {doc}"));
+    let (arena, largest) = (bytes("plan_arena_bytes"), bytes("plan_largest_activation_bytes"));
+    assert!(
+        largest <= arena && arena <= 2 * largest,
+        "arena {arena}, largest activation {largest}"
+    );
+    let scratch = bytes("scratch_bytes");
+    assert!(scratch > 0 && scratch < 16 << 20, "scratch {scratch}");
+    // ResNet-50: 25.6 M values and 53 k running statistics.
+    assert_eq!(bytes("params_bytes"), (25_557_032 + 53_120) * 4);
+    let planned = bytes("params_bytes") + bytes("plan_derived_weight_bytes") + arena + scratch;
+    if cfg!(target_os = "linux") {
+        // The program and its threads' stacks besides; gradients (another 102 MB) would
+        // not fit.
+        let resident = bytes("peak_rss_bytes");
+        assert!(
+            resident < planned + (48 << 20),
+            "{resident} bytes resident for {planned} planned"
+        );
+    }
+}
+
+#[test]
 fn unknown_model_is_a_clear_error() {
     let out = resnet(&["info", "--model", "resnet21"]);
     assert!(!out.status.success());

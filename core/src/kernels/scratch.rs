@@ -3,26 +3,51 @@
 
 use crate::aligned::AlignedVec;
 use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 thread_local! {
-    static SCRATCH: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
+    static SCRATCH: RefCell<Kept> = const { RefCell::new(Kept(AlignedVec::new())) };
     /// The partial sums of gradient kernels called from this thread, kept between calls.
-    static PARTIALS: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
+    static PARTIALS: RefCell<Kept> = const { RefCell::new(Kept(AlignedVec::new())) };
     /// Whole-call intermediates (a strided 1x1 convolution's subsampled input).
-    static STAGING: RefCell<AlignedVec<f32>> = const { RefCell::new(AlignedVec::new()) };
+    static STAGING: RefCell<Kept> = const { RefCell::new(Kept(AlignedVec::new())) };
+}
+
+/// Bytes of every thread's kept buffers together.
+static KEPT_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+/// The bytes that the scratch buffers of every thread hold now (kept for reuse until
+/// their thread ends): the scratch a run needs beyond its plan's arena and weights.
+pub fn kept_bytes() -> usize {
+    KEPT_BYTES.load(Ordering::Relaxed)
+}
+
+/// One thread's kept buffer, counted in [`kept_bytes`] while it lives.
+struct Kept(AlignedVec<f32>);
+
+impl Kept {
+    /// The first `len` floats, the buffer grown (and counted) first where it is shorter.
+    fn at_least(&mut self, len: usize) -> &mut [f32] {
+        let had = self.0.len();
+        if had < len {
+            self.0.resize_zeroed(len);
+            KEPT_BYTES.fetch_add((len - had) * std::mem::size_of::<f32>(), Ordering::Relaxed);
+        }
+        &mut self.0[..len]
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        KEPT_BYTES.fetch_sub(self.0.len() * std::mem::size_of::<f32>(), Ordering::Relaxed);
+    }
 }
 
 /// Runs `f` with a scratch slice of `len` floats owned by this
 /// thread. The contents are unspecified on entry. Not re-entrant: `f` must not call
 /// `with_scratch` again (kernels never nest it).
 pub fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    SCRATCH.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        if buf.len() < len {
-            buf.resize_zeroed(len);
-        }
-        f(&mut buf[..len])
-    })
+    SCRATCH.with(|cell| f(cell.borrow_mut().at_least(len)))
 }
 
 /// Runs `f` on `len` floats for a call's partial sums (contents unspecified): this
@@ -42,17 +67,44 @@ pub fn with_staging<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 fn grown_or_fresh<R>(
-    key: &'static std::thread::LocalKey<RefCell<AlignedVec<f32>>>,
+    key: &'static std::thread::LocalKey<RefCell<Kept>>,
     len: usize,
     f: impl FnOnce(&mut [f32]) -> R,
 ) -> R {
     key.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => {
-            if buf.len() < len {
-                buf.resize_zeroed(len);
-            }
-            f(&mut buf[..len])
-        }
+        Ok(mut buf) => f(buf.at_least(len)),
         Err(_) => f(&mut AlignedVec::zeroed(len)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kept_bytes_count_every_threads_buffers_while_they_live() {
+        // Other tests' threads grow and drop theirs meanwhile, by far less than this.
+        const FLOATS: usize = 16 << 20;
+        const SLACK: usize = 16 << 20;
+        let (grown, shrunk) = std::thread::spawn(|| {
+            let before = kept_bytes();
+            with_scratch(FLOATS / 2, |s| s.fill(1.0));
+            with_staging(FLOATS / 2, |s| s.fill(1.0));
+            // Already that long: nothing more is kept.
+            with_scratch(FLOATS / 4, |s| assert!(s.iter().all(|&v| v == 1.0)));
+            (kept_bytes() as isize - before as isize, kept_bytes())
+        })
+        .join()
+        .unwrap();
+        let bytes = (FLOATS * 4) as isize;
+        assert!(
+            (grown - bytes).abs() < SLACK as isize,
+            "grew by {grown} bytes, not {bytes}"
+        );
+        let after_exit = kept_bytes();
+        assert!(
+            after_exit + (FLOATS * 4 - SLACK) < shrunk,
+            "{after_exit} bytes kept once the thread ended, {shrunk} before"
+        );
+    }
 }
