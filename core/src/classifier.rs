@@ -198,7 +198,8 @@ impl Classifier {
         if let Some(s) = opts.shortcut {
             config = config.with_shortcut(s);
         }
-        let mut params = Params::new(config, 0)?;
+        // Every tensor is loaded (a missing one is an error), so nothing random is drawn.
+        let mut params = Params::zeroed(config)?;
         params.load_tensors(&file, &|name| name == MEAN_IMAGE || name.starts_with(OPTIMIZER_PREFIX))?;
         let n = params.config().num_classes;
         let classes = match meta.get("classes") {
