@@ -9,6 +9,7 @@ use resnet_core::data::cifar::Split;
 use resnet_core::data::folder::ImageFit;
 use resnet_core::data::open::open_dataset_with;
 use resnet_core::data::Dataset;
+use resnet_core::io::read_weights;
 use resnet_core::model::ShortcutOption;
 use std::path::Path;
 
@@ -41,13 +42,19 @@ pub fn parse_triple(s: &str) -> Result<[f32; 3], String> {
 
 /// Reads and loads a weight file (our safetensors or a PyTorch checkpoint).
 pub fn load_classifier(path: &Path, args: &WeightArgs) -> Result<Classifier> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
     let opts = LoadOptions {
         model: args.model.clone(),
         shortcut: args.shortcut,
         mean_std: args.mean.zip(args.std),
     };
-    Classifier::load(&bytes, &opts).with_context(|| format!("cannot load {}", path.display()))
+    // The file's bytes are dropped once parsed, before the weights take their own copy.
+    let file = {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+        read_weights(&bytes)
+    };
+    file.map_err(resnet_core::Error::from)
+        .and_then(|f| Classifier::from_tensor_file(f, &opts))
+        .with_context(|| format!("cannot load {}", path.display()))
 }
 
 /// A progress bar with a rate and ETA, hidden when `quiet`.
