@@ -133,6 +133,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
     };
     // Read before `--layers` runs other algorithms: the scratch of the timed calls only.
     let scratch = resnet_core::kernels::scratch::kept_bytes();
+    let params_bytes = (params.param_count() + params.buffers().len()) * std::mem::size_of::<f32>();
     let images_per_s = n as f64 / median;
     // Useful FLOPs: 2 per multiply-add; a training step does about three forward passes' worth.
     let flops = 2.0 * macs as f64 * n as f64 * if args.train { 3.0 } else { 1.0 };
@@ -165,7 +166,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
             "fma_peak_gflops_narrow": peak.map(|p| p.1), "fma_peak_narrow_lanes": LANES,
             "sgemm_1024_gflops_1_thread": peak.and_then(|p| p.2), "kernels": kernel_report(),
             "peak_rss_bytes": rss, "scratch_bytes": scratch,
-            "params_bytes": (params.param_count() + params.buffers().len()) * 4,
+            "params_bytes": params_bytes,
             "plan_arena_bytes": plan_memory.map(|m| m.arena),
             "plan_largest_activation_bytes": plan_memory.map(|m| m.largest_activation),
             "plan_derived_weight_bytes": plan_memory.map(|m| m.derived_weights),
@@ -186,7 +187,7 @@ fn bench(args: &BenchArgs, threads: usize) -> Result<()> {
                  scratch {:.1} MB; peak resident {:.1} MB",
                 mb(m.arena),
                 mb(m.largest_activation),
-                mb(params.param_count() * 4 + params.buffers().len() * 4),
+                mb(params_bytes),
                 mb(m.derived_weights),
                 mb(scratch),
                 mb(rss.unwrap_or(0) as usize)
