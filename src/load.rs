@@ -9,7 +9,6 @@ use resnet_core::data::cifar::Split;
 use resnet_core::data::folder::ImageFit;
 use resnet_core::data::open::open_dataset_with;
 use resnet_core::data::Dataset;
-use resnet_core::io::read_weights;
 use resnet_core::model::ShortcutOption;
 use std::path::Path;
 
@@ -47,14 +46,8 @@ pub fn load_classifier(path: &Path, args: &WeightArgs) -> Result<Classifier> {
         shortcut: args.shortcut,
         mean_std: args.mean.zip(args.std),
     };
-    // The file's bytes are dropped once parsed, before the weights take their own copy.
-    let file = {
-        let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
-        read_weights(&bytes)
-    };
-    file.map_err(resnet_core::Error::from)
-        .and_then(|f| Classifier::from_tensor_file(f, &opts))
-        .with_context(|| format!("cannot load {}", path.display()))
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read weights {}", path.display()))?;
+    Classifier::load_owned(bytes, &opts).with_context(|| format!("cannot load {}", path.display()))
 }
 
 /// A progress bar with a rate and ETA, hidden when `quiet`.

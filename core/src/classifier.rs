@@ -175,6 +175,15 @@ impl Classifier {
         Classifier::from_tensor_file(read_weights(bytes)?, opts)
     }
 
+    /// [`Classifier::load`] from bytes it may free: they go once parsed, before the
+    /// weights take their own copy, so that a file's bytes, its parsed tensors and the
+    /// weights are never all held at once.
+    pub fn load_owned(bytes: Vec<u8>, opts: &LoadOptions) -> Result<Self> {
+        let file = read_weights(&bytes)?;
+        drop(bytes);
+        Classifier::from_tensor_file(file, opts)
+    }
+
     /// [`Classifier::load`] on a file already parsed. Tensors under `optimizer.` (training
     /// checkpoints) are not weights and are left alone.
     pub fn from_tensor_file(mut file: TensorFile, opts: &LoadOptions) -> Result<Self> {

@@ -15,7 +15,6 @@ use resnet_core::classifier::{Classifier, LoadOptions};
 use resnet_core::data::cifar::{load_cifar10_targz, Split};
 use resnet_core::data::image::{decode_image, rgba_to_rgb, RgbImage};
 use resnet_core::data::Dataset;
-use resnet_core::io::read_weights;
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -144,10 +143,7 @@ pub struct WasmModel {
 impl WasmModel {
     /// Our safetensors or a PyTorch checkpoint (zip or legacy), as the native importer.
     pub fn load(bytes: Vec<u8>) -> Result<WasmModel, JsError> {
-        // The bytes are freed once parsed, so that the weights can reuse their memory.
-        let file = read_weights(&bytes).map_err(err)?;
-        drop(bytes);
-        let c = Classifier::from_tensor_file(file, &LoadOptions::default()).map_err(err)?;
+        let c = Classifier::load_owned(bytes, &LoadOptions::default()).map_err(err)?;
         Ok(WasmModel {
             inner: Rc::new(RefCell::new(c)),
         })
