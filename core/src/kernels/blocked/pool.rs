@@ -10,25 +10,25 @@ use rayon::prelude::*;
 
 /// Max pooling of `x` (layout `input`, `V::LANES` channels a block) into `y` (the same
 /// layout at the output size of `g`). Padding never wins (PyTorch pads with -inf); NaN
-/// propagates. Planes of (image, channel block) are split among tasks.
+/// propagates. Output rows (of every channel block) are split among tasks, as the
+/// convolutions around it split a single image (see `split::team`).
 pub fn max_pool<V: Vector>(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut [f32]) {
     let out = input.with_hw(g.out_h, g.out_w);
     assert_eq!(input.block, V::LANES, "max_pool: block");
     assert_eq!(x.len(), input.len(), "max_pool: input length");
     assert_eq!(y.len(), out.len(), "max_pool: output length");
-    let planes = input.n * input.blocks();
     let b = V::LANES;
     if input.plane_len() == 0 {
         return;
     }
     let y = SharedOut::new(y);
-    split::for_each_range(planes, |range| {
-        for plane in range {
-            let (n, cb) = (plane / input.blocks(), plane % input.blocks());
-            let src = &x[input.at(n, cb, 0, 0)..][..input.plane_len()];
-            let row_len = input.w * b;
-            for oy in 0..g.out_h {
-                let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
+    let row_len = input.w * b;
+    split::for_each_range(input.n * g.out_h, |rows| {
+        for row in rows {
+            let (n, oy) = (row / g.out_h, row % g.out_h);
+            let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
+            for cb in 0..input.blocks() {
+                let src = &x[input.at(n, cb, 0, 0)..][..input.plane_len()];
                 let rows = &src[y0 * row_len..y1 * row_len];
                 let dst = out.at(n, cb, oy, 0);
                 for ox in 0..g.out_w {
