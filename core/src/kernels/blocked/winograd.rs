@@ -575,7 +575,7 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     // memory): every group's tasks stream all of U again, so use as few groups as keep
     // at most MAX_GROUP_TILES tiles and split the output channels instead (each task then
     // reads its own part of U once and repeats the cheap input transform).
-    if u_bytes(a * a, icb, ocb, l) >= U_BIG_BYTES {
+    if u_bytes(a * a, icb, ocb, l) >= U_STREAMED_BYTES {
         // ... while a group's transformed inputs stay within the L2 (ResNet-50 b8's
         // layer4 F(4x4): 32 tiles of 512 channels are 2.4 MB, so it keeps 3 groups).
         let v_bytes = tiles * a * a * icb * l * std::mem::size_of::<f32>();
@@ -601,16 +601,26 @@ fn u_bytes(positions: usize, icb: usize, ocb: usize, l: usize) -> usize {
     positions * icb * ocb * l * l * std::mem::size_of::<f32>()
 }
 
-/// Transformed-filter bytes from which [`plan`] keeps the fewest tile groups: U then no
-/// longer stays in the 1 MB L2s (nor, beside the rest of a network's weights, in L3),
-/// so every extra group costs one more pass over it from memory. Measured in place
+/// Transformed-filter bytes from which [`plan`] keeps the fewest tile groups: U then
+/// stays neither in the 1 MB L2s nor, beside the rest of a network's weights, in L3, so
+/// every extra group costs one more pass over it from memory. Measured in place
 /// (ResNet-50 b1, interleaved, loaded machine, ms): layer4.x.conv2 F(2x2) (U 16.8 MB,
 /// 16 tiles: 2 groups x 2 channel parts before, 1 x 4 now) 1.39-1.46 to 1.04-1.14;
 /// layer3.x.conv2 F(2x2) (4.2 MB, 49 tiles: 4 x 1 before, 1 x 4 now) 0.69-0.74 to
-/// 0.67-0.69. Smaller U (ResNet-20, the 64- and 128-channel stages) keep the L2 plan.
+/// 0.67-0.69. Below it the groups read U from L3: layer2's F(4x4) at batch 1 (2.4 MB,
+/// 49 tiles) as 1 group x 2 channel parts, each repeating the whole input transform and
+/// reading the half of the input the other thread wrote, ran 0.54 / 0.43 / 0.41 ms
+/// against 0.45 / 0.38 / 0.38 as tile groups (`examples/plan_profile resnet50 1`, the
+/// rules alternating process by process, Zen 4, medians of 29-31 runs), 0.65 / 0.56 /
+/// 0.54 against 0.56 / 0.51 / 0.51 while the two vCPUs sat on different L3s (6 and 10
+/// runs); at batch 8 its three layers 3.07-3.53 against 2.96-3.30 ms (3 runs each).
+const U_STREAMED_BYTES: usize = 4 << 20;
+
+/// Transformed-filter bytes from which the products prefetch the next position's
+/// filters ([`products_span`]): U no longer stays in the 1 MB L2s.
 const U_BIG_BYTES: usize = 2 << 20;
 
-/// The most bytes of one group's transformed inputs when [`U_BIG_BYTES`] cuts groups.
+/// The most bytes of one group's transformed inputs when [`U_STREAMED_BYTES`] cuts groups.
 const V_MAX_BYTES: usize = 1 << 20;
 
 /// Tile `t` of the batch: image, output row and column of its top-left corner.
@@ -725,12 +735,12 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
 }
 
 /// Whether [`conv_three_phases`] runs a call cut into tiles and tasks as `p` says: where
-/// the plan streams transformed filters too big for the caches ([`U_BIG_BYTES`]) once
+/// the plan streams transformed filters too big for the caches ([`U_STREAMED_BYTES`]) once
 /// per tile group, more than once, and the whole call's `V` and `M` stay within
 /// [`THREE_PHASE_BYTES`].
 fn three_phases(tiles: usize, p: Plan, positions: usize, icb: usize, ocb: usize, l: usize) -> bool {
     let bytes = |blocks: usize| positions * position_stride(blocks * tiles * l) * std::mem::size_of::<f32>();
-    u_bytes(positions, icb, ocb, l) >= U_BIG_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
+    u_bytes(positions, icb, ocb, l) >= U_STREAMED_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
 }
 
 /// The most bytes of a whole call's transformed inputs and products for which
