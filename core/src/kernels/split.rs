@@ -440,7 +440,7 @@ mod tests {
             let caller = pool(threads).install(|| {
                 team(|| {
                     for_each_task(tasks, |t| {
-                        // Long enough that every member is running before the loop ends.
+                        // Slow enough that members run out of their own tasks and take others'.
                         std::thread::sleep(std::time::Duration::from_millis(2));
                         ran_on[t].store(rayon::current_thread_index().unwrap_or(UNRUN), Ordering::Relaxed);
                     })
