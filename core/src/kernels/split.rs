@@ -145,11 +145,11 @@ impl Steps {
 
     /// Steps of `task` not yet taken, if its owner has taken one (else 0).
     fn left_once_started(&self, task: usize) -> usize {
-        let (next, end) = self.slots[task].get();
-        if next == 0 {
+        let slot = &self.slots[task];
+        if slot.get().0 == 0 {
             return 0;
         }
-        end.saturating_sub(next)
+        slot.left()
     }
 
     /// Claims the first (`front`) or the last unclaimed step of `task`.
@@ -184,6 +184,12 @@ impl Slot {
     fn get(&self) -> (usize, usize) {
         let word = self.0.load(Ordering::Relaxed);
         ((word >> 32) as usize, (word & u64::from(u32::MAX)) as usize)
+    }
+
+    /// How many items are unclaimed.
+    fn left(&self) -> usize {
+        let (next, end) = self.get();
+        end.saturating_sub(next)
     }
 
     /// Claims the first (`front`) or the last unclaimed item.
@@ -328,11 +334,7 @@ impl Team {
     /// the block with the most left) and runs it; false when none is left.
     fn run_one(&self, member: usize) -> bool {
         let claimed = self.blocks[member].take(true).or_else(|| {
-            let left = |b: &Slot| {
-                let (next, end) = b.get();
-                end.saturating_sub(next)
-            };
-            let (most, victim) = self.blocks.iter().enumerate().map(|(m, b)| (left(b), m)).max()?;
+            let (most, victim) = self.blocks.iter().enumerate().map(|(m, b)| (b.left(), m)).max()?;
             (most > 0).then(|| self.blocks[victim].take(false)).flatten()
         });
         let Some(task) = claimed else {

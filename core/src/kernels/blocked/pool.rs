@@ -23,8 +23,8 @@ pub fn max_pool<V: Vector>(g: &PoolGeometry, input: Blocked, x: &[f32], y: &mut 
     }
     let y = SharedOut::new(y);
     let row_len = input.w * b;
-    split::for_each_range(input.n * g.out_h, |rows| {
-        for row in rows {
+    split::for_each_range(input.n * g.out_h, |out_rows| {
+        for row in out_rows {
             let (n, oy) = (row / g.out_h, row % g.out_h);
             let (y0, y1) = window(oy, g.stride, g.pad, g.kernel, g.in_h);
             for cb in 0..input.blocks() {
