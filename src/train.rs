@@ -547,9 +547,12 @@ impl RunFolder {
                     }
                 }
             }
+            // The settings first: a kill between the two leaves a folder that the same
+            // command recognises as its own interrupted start, where a log alone would
+            // read as another run's.
+            crate::fsutil::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
             let log = self.dir.join("metrics.jsonl");
             crate::fsutil::write_atomic(&log, &lines)?;
-            crate::fsutil::write_atomic(&self.dir.join("config.json"), config.as_bytes())?;
             let f = std::fs::OpenOptions::new()
                 .append(true)
                 .open(&log)
