@@ -20,14 +20,18 @@ pub enum Algo {
     Direct,
     /// Winograd with the given output tile (`kernels::blocked::winograd`), 3x3 stride 1 only.
     Winograd(WinogradTile),
+    /// The stride-2 decomposition into F(4,2) and pointwise products
+    /// (`kernels::blocked::winograd::winograd_s2_conv`), 3x3 stride 2 only.
+    WinogradS2,
 }
 
 impl Algo {
     /// Every algorithm, in the order tables list them.
-    pub const ALL: [Algo; 3] = [
+    pub const ALL: [Algo; 4] = [
         Algo::Direct,
         Algo::Winograd(WinogradTile::F2),
         Algo::Winograd(WinogradTile::F4),
+        Algo::WinogradS2,
     ];
 
     /// The name used on the command line and in tables.
@@ -36,6 +40,7 @@ impl Algo {
             Algo::Direct => "direct",
             Algo::Winograd(WinogradTile::F2) => "wino2",
             Algo::Winograd(WinogradTile::F4) => "wino4",
+            Algo::WinogradS2 => "wino4s2",
         }
     }
 
@@ -44,6 +49,7 @@ impl Algo {
         match self {
             Algo::Direct => true,
             Algo::Winograd(_) => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
+            Algo::WinogradS2 => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.pad == 1,
         }
     }
 }
@@ -72,7 +78,7 @@ impl std::str::FromStr for ConvChoice {
                 .map(ConvChoice::Force)
                 .ok_or_else(|| {
                     crate::Error::Config(format!(
-                        "unknown convolution algorithm \"{other}\": expected auto, measure, direct, wino2 or wino4"
+                        "unknown convolution algorithm \"{other}\": expected auto, measure, direct, wino2, wino4 or wino4s2"
                     ))
                 }),
         }
@@ -89,7 +95,8 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 }
 
 /// The deterministic rule, drawn from `resnet bench --layers` on this project's machine
-/// (AVX-512, 2 cores): Winograd on every 3x3 stride-1 convolution of blocked input (F(4x4)
+/// (AVX-512, 2 cores): the stride-2 transform on 3x3 stride-2 layers where
+/// [`stride_2_pays`]; Winograd on every 3x3 stride-1 convolution of blocked input (F(4x4)
 /// ran at 2-3x the direct kernel's effective GFLOP/s from 16 to 256 channels), with
 /// F(2x2) where the output has fewer than [`MIN_F4_TILES`] 4x4 tiles and F(4x4)'s 36
 /// transformed filter matrices are larger than [`CACHED_FILTER_BYTES`]: they are then
@@ -97,6 +104,13 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 /// 7x7 layers at batch 1, alone: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct
 /// convolution everywhere else (strided, 1x1, the stem).
 pub fn auto(g: &ConvGeometry) -> Algo {
+    if Algo::WinogradS2.applies(g) {
+        return if S2_TRANSFORM && stride_2_pays(g) {
+            Algo::WinogradS2
+        } else {
+            Algo::Direct
+        };
+    }
     if !Algo::Winograd(WinogradTile::F4).applies(g) {
         return Algo::Direct;
     }
@@ -108,6 +122,38 @@ pub fn auto(g: &ConvGeometry) -> Algo {
         Algo::Winograd(WinogradTile::F2)
     }
 }
+
+/// Whether [`auto`] gives 3x3 stride-2 layers the stride-2 transform at all: on the
+/// 16-lane (AVX-512) build, where it was measured; the 4-lane wasm build keeps the direct
+/// kernel, which it has not been measured against there.
+pub const S2_TRANSFORM: bool = BLOCK >= 16;
+
+/// Whether the stride-2 transform (81 products per 4x4 output tile and channel pair
+/// against the direct kernel's 144) runs the 3x3 stride-2 layer `g` faster: with at
+/// least [`MIN_S2_TILES`] 4x4 output tiles, and twice that where its 36 transformed
+/// filter matrices exceed [`STREAMED_S2_FILTER_BYTES`] (then read from memory in a
+/// network, as the F(4x4) filters of [`MIN_F4_TILES`]). Measured (`resnet bench
+/// --layers`, 2 threads, each layer alone, GFLOP/s direct against the transform):
+/// ResNet-50 b1 128 channels at 56 -> 28 210 / 265, 256 at 28 -> 14 (16 tiles, 9.4 MB)
+/// 212 / 252, 512 at 14 -> 7 (4 tiles) 203 / 132; b8 174 / 242, 203 / 222, 201 / 219;
+/// ResNet-18 b1 224 / 266, 215 / 226, 217 / 141; ResNet-20 b128 128 / 145, 214 / 227,
+/// b1 (16 and 4 tiles) 82 / 80, 109 / 94. Inside ResNet-50 (`examples/plan_profile`,
+/// alternating process by process, medians of 10 runs at b1, 3-4 at b8, ms): b1
+/// layer2.0.conv2 1.034 -> 0.821, layer3.0.conv2 1.038 -> 1.047 (its filters from
+/// memory: left direct); b8 layer2-4's 8.42 / 8.61 / 8.51 -> 6.59 / 7.46 / 7.70, whole
+/// call 243.7 -> 236.6.
+pub fn stride_2_pays(g: &ConvGeometry) -> bool {
+    let tiles = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
+    let filter_bytes = 36 * g.in_channels * g.out_channels * std::mem::size_of::<f32>();
+    tiles >= 2 * MIN_S2_TILES || (tiles >= MIN_S2_TILES && filter_bytes <= STREAMED_S2_FILTER_BYTES)
+}
+
+/// Fewest 4x4 output tiles for which [`auto`] picks the stride-2 transform.
+pub const MIN_S2_TILES: usize = 16;
+
+/// Transformed stride-2 filter bytes from which [`stride_2_pays`] wants twice
+/// [`MIN_S2_TILES`].
+pub const STREAMED_S2_FILTER_BYTES: usize = 4 << 20;
 
 /// Fewest 4x4 output tiles for which [`auto`] picks F(4x4). Inside a whole network at
 /// batch 1 the transformed filters come from memory, not cache, so their size counts:
@@ -239,6 +285,7 @@ pub fn derived_len(algo: Algo, g: &ConvGeometry, in_block: usize) -> usize {
     match algo {
         Algo::Direct => direct::packed_len(g, in_block, BLOCK),
         Algo::Winograd(t) => winograd::filters_len(t, g.in_channels, g.out_channels, BLOCK),
+        Algo::WinogradS2 => winograd::filters_len_s2(g.in_channels, g.out_channels, BLOCK),
     }
 }
 
@@ -254,6 +301,7 @@ pub fn derive_weights_into(
     match algo {
         Algo::Direct => direct::pack_weights(weight, scale, g, in_block, BLOCK, out),
         Algo::Winograd(t) => winograd::transform_filters(weight, scale, g.in_channels, g.out_channels, t, BLOCK, out),
+        Algo::WinogradS2 => winograd::transform_filters_s2(weight, scale, g.in_channels, g.out_channels, BLOCK, out),
     }
 }
 
@@ -271,6 +319,7 @@ pub fn run_conv(
     match algo {
         Algo::Direct => direct::direct_conv::<F32xBlock>(g, input, in_block, weights, ep, out),
         Algo::Winograd(t) => winograd::winograd_conv::<F32xBlock>(g, t, input, weights, ep, out),
+        Algo::WinogradS2 => winograd::winograd_s2_conv::<F32xBlock>(g, input, weights, ep, out),
     }
 }
 
@@ -293,6 +342,10 @@ mod tests {
         let g1 = ConvGeometry::new(1, 16, 8, 8, 32, (1, 1), 1, 0).unwrap();
         let f4 = Algo::Winograd(WinogradTile::F4);
         assert!(f4.applies(&g3) && !f4.applies(&g3s2) && !f4.applies(&g1));
+        let s2 = Algo::WinogradS2;
+        assert!(s2.applies(&g3s2) && !s2.applies(&g3) && !s2.applies(&g1));
+        let g1s2 = ConvGeometry::new(1, 16, 8, 8, 32, (1, 1), 2, 0).unwrap();
+        assert!(!s2.applies(&g1s2));
         assert_eq!(choose(ConvChoice::Force(f4), &g1), auto(&g1));
         assert_eq!(choose(ConvChoice::Force(Algo::Direct), &g3), Algo::Direct);
     }
@@ -331,5 +384,31 @@ mod tests {
         let mut a = vec![f4; 72];
         fit_in_cache(&batched, &mut a);
         assert_eq!(a, vec![f4; 72]);
+    }
+
+    /// ResNet-50's strided 3x3 layers take the stride-2 transform where it measured
+    /// faster: layer2's at batch 1, all three at batch 8, neither the 16-tile layer3's
+    /// (its filters from memory) nor the 4-tile layer4's at batch 1; the training plan's
+    /// forward keeps the direct kernel (it gathers the batch norm's moments as it stores).
+    #[test]
+    fn the_stride_2_transform_goes_where_it_measured_faster() {
+        let s2 = |n, c, hw| ConvGeometry::new(n, c, hw, hw, c, (3, 3), 2, 1).unwrap();
+        let want = |g: &ConvGeometry, yes: bool| {
+            let expected = if yes && S2_TRANSFORM {
+                Algo::WinogradS2
+            } else {
+                Algo::Direct
+            };
+            assert_eq!(auto(g), expected, "{g:?}");
+            assert_eq!(crate::plan::train::forward_algo(g, BLOCK), Algo::Direct, "{g:?}");
+        };
+        want(&s2(1, 128, 56), true);
+        want(&s2(1, 256, 28), false);
+        want(&s2(1, 512, 14), false);
+        for (c, hw) in [(128, 56), (256, 28), (512, 14)] {
+            want(&s2(8, c, hw), true);
+        }
+        want(&ConvGeometry::new(1, 16, 32, 32, 32, (3, 3), 2, 1).unwrap(), true);
+        want(&ConvGeometry::new(1, 32, 16, 16, 64, (3, 3), 2, 1).unwrap(), false);
     }
 }

@@ -748,7 +748,8 @@ mod tests {
         assert!(moved * 4 >= of * 3, "{moved} of {of}");
         assert_eq!(f2_of("resnet110", 1, "layer1").0, 0);
         assert_eq!(f2_of("resnet110", 8, "layer3").0, 0);
-        // Forcing an algorithm is not overridden.
+        // Forcing an algorithm is not overridden (where it applies: the stride-2 layers
+        // keep the rule's choice).
         let config = ResNetConfig::named("resnet110").unwrap();
         let opts = PlanOptions {
             conv: ConvChoice::Force(f4),
@@ -757,7 +758,7 @@ mod tests {
         assert!(plan
             .convs()
             .iter()
-            .filter(|c| c.algo != Algo::Direct)
+            .filter(|c| c.algo != Algo::Direct && f4.applies(&c.geometry))
             .all(|c| c.algo == f4));
     }
 
@@ -789,6 +790,7 @@ mod tests {
                 ConvChoice::Force(Algo::Direct),
                 ConvChoice::Force(Algo::Winograd(WinogradTile::F2)),
                 ConvChoice::Force(Algo::Winograd(WinogradTile::F4)),
+                ConvChoice::Force(Algo::WinogradS2),
             ] {
                 let mut plan =
                     ExecutionPlan::inference(&config, n + 1, size, size, PlanOptions { conv: choice }).unwrap();

@@ -528,6 +528,7 @@ pub fn bf16_name(algo: Algo) -> &'static str {
         Algo::Direct => "bf16",
         Algo::Winograd(WinogradTile::F2) => "bf16-wino2",
         Algo::Winograd(WinogradTile::F4) => "bf16-wino4",
+        Algo::WinogradS2 => "bf16-wino4s2",
     }
 }
 
@@ -713,7 +714,8 @@ impl TrainingPlan {
                         }
                         claim(bf16_direct_len(&g, false))
                     }
-                    None => 0..0,
+                    // The stride-2 transform has no bf16 form.
+                    Some(Algo::WinogradS2) | None => 0..0,
                 };
                 switched += usize::from(!c.fwd_bf16.is_empty());
             }
@@ -739,7 +741,8 @@ impl TrainingPlan {
                         }
                         claim(bf16_direct_len(&g, true))
                     }
-                    None => 0..0,
+                    // The stride-2 transform has no bf16 form.
+                    Some(Algo::WinogradS2) | None => 0..0,
                 };
                 switched += usize::from(!c.data_bf16.is_empty());
             }
@@ -1307,7 +1310,7 @@ fn stage_forward(
                 };
                 direct::direct_conv_gather::<F32xBlock>(&g, x, c.in_block, weights, &ep, z, Gather::Moments(moments))
             }
-            Algo::Direct => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
+            Algo::Direct | Algo::WinogradS2 => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
         }
     }
     let shape = c.z.shape(n);
@@ -1566,7 +1569,9 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                     let ep = BlockedEpilogue::default();
                     best_of(&mut || winograd_conv_with::<F32xBlock>(g, tile, &x, Transformed::Bf16(&u16s), &ep, &mut z))
                 }
-                Algo::Direct => {
+                Algo::Direct | Algo::WinogradS2 => {
+                    // `bf16_forward` gives the stride-2 transform no bf16 form: only
+                    // `Direct` comes here.
                     let mut w16 = vec![0; bf16_direct_len(g, false)];
                     pack_bf16_direct(&weight, g, false, &mut w16);
                     best_of(&mut || bf16_direct_kernel(g, &x, &w16, &BlockedEpilogue::default(), &mut z, None))
@@ -1640,12 +1645,13 @@ pub struct PassTimings {
 }
 
 /// How the plan runs the forward pass of `g` with input blocks of `in_block`: the
-/// inference rule on blocked input, the direct kernel on the NCHW stem input.
+/// inference rule on blocked input, except that the direct kernel runs the stride-2
+/// layers the inference plan gives the stride-2 transform (which has no form that
+/// gathers a batch norm's moments as it stores); the direct kernel on the NCHW stem input.
 pub fn forward_algo(g: &ConvGeometry, in_block: usize) -> Algo {
-    if in_block == BLOCK {
-        choose::choose(ConvChoice::Auto, g)
-    } else {
-        Algo::Direct
+    match choose::choose(ConvChoice::Auto, g) {
+        Algo::Winograd(tile) if in_block == BLOCK => Algo::Winograd(tile),
+        _ => Algo::Direct,
     }
 }
 

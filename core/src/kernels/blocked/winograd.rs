@@ -222,7 +222,18 @@ pub fn transform_filters(
     if let Some(s) = scale {
         assert!(s.len() >= out_channels, "winograd: one scale per output channel");
     }
-    transform_any(weight, scale, in_channels, out_channels, false, tile, block, out);
+    let len = filters_len(tile, in_channels, out_channels, block);
+    transform_any(
+        weight,
+        scale,
+        in_channels,
+        out_channels,
+        false,
+        tile.g(),
+        block,
+        len,
+        out,
+    );
 }
 
 /// [`transform_filters`] of the filters that run the stride-1 backward-data of a 3x3
@@ -239,11 +250,13 @@ pub fn transform_flipped_filters(
     block: usize,
     out: &mut [f32],
 ) {
-    transform_any(weight, None, out_channels, in_channels, true, tile, block, out);
+    let len = filters_len(tile, out_channels, in_channels, block);
+    transform_any(weight, None, out_channels, in_channels, true, tile.g(), block, len, out);
 }
 
 /// [`transform_filters`] of a convolution of `c` input and `k` output channels whose
-/// taps are `weight[kk][ci]` (OIHW), or with `flipped`, `weight[ci][kk]` reversed.
+/// taps are `weight[kk][ci]` (OIHW), or with `flipped`, `weight[ci][kk]` reversed, by the
+/// filter transform `g` (`a x 3`, `a <= 6`) into `out` of `len` floats.
 #[allow(clippy::too_many_arguments)]
 fn transform_any(
     weight: &[f32],
@@ -251,17 +264,20 @@ fn transform_any(
     c: usize,
     k: usize,
     flipped: bool,
-    tile: WinogradTile,
+    g: &[[f64; 3]],
     block: usize,
+    len: usize,
     out: &mut [f32],
 ) {
     assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
     assert!((1..=16).contains(&block), "winograd: blocks of 1 to 16 channels");
-    assert_eq!(out.len(), filters_len(tile, c, k, block), "winograd: filters length");
+    assert_eq!(out.len(), len, "winograd: filters length");
     let cp = c.next_multiple_of(block);
     let ocbs = k.div_ceil(block);
+    let a = g.len();
+    assert!(a <= 6 && len == a * a * cp * ocbs * block);
     let g: [[f32; 3]; 6] = core::array::from_fn(|i| {
-        let row = tile.g().get(i).copied().unwrap_or_default();
+        let row = g.get(i).copied().unwrap_or_default();
         row.map(|v| v as f32)
     });
     let f = Filters {
@@ -270,7 +286,7 @@ fn transform_any(
         c,
         k,
         flipped,
-        a: tile.alpha(),
+        a,
         g,
         block,
         ocbs,
@@ -369,6 +385,137 @@ fn check_geometry(g: &ConvGeometry) {
     assert_eq!((g.out_h, g.out_w), (g.in_h, g.in_w), "winograd: output size");
 }
 
+/// Even-phase positions per axis of the stride-2 transform (F(4,2)'s five).
+const S2_EVEN: usize = 5;
+
+/// Positions per axis of the stride-2 transform: the even phase's five, then the odd
+/// phase's four (one per output).
+const S2_ALPHA: usize = S2_EVEN + 4;
+
+/// `G` of the stride-2 transform on a filter row's taps `(w0, w1, w2)`: F(4,2)'s on the
+/// even taps `(w0, w2)` (interpolation points 0, 1, -1, 2, infinity), then the odd tap
+/// `w1` alone, the filter that all four odd-phase positions share.
+const G_S2: [[f64; 3]; S2_EVEN + 1] = [
+    [1.0 / 2.0, 0.0, 0.0],
+    [-1.0 / 2.0, 0.0, -1.0 / 2.0],
+    [-1.0 / 6.0, 0.0, 1.0 / 6.0],
+    [1.0 / 6.0, 0.0, 1.0 / 3.0],
+    [0.0, 0.0, 1.0],
+    [0.0, 1.0, 0.0],
+];
+
+/// `B^T` of F(4,2) (points as [`G_S2`]), on the even-phase inputs `x0, x2, .., x8`.
+const BT_F42: [[f64; S2_EVEN]; S2_EVEN] = [
+    [2., -1., -2., 1., 0.],
+    [0., -2., -1., 1., 0.],
+    [0., 2., -3., 1., 0.],
+    [0., -1., 0., 1., 0.],
+    [0., 2., -1., -2., 1.],
+];
+
+/// `A^T` of F(4,2).
+const AT_F42: [[f64; S2_EVEN]; 4] = [
+    [1., 1., 1., 1., 0.],
+    [0., 1., -1., 2., 0.],
+    [0., 1., 1., 4., 0.],
+    [0., 1., -1., 8., 1.],
+];
+
+/// The filter matrix that position `xi` of an `a x a` transformed tile multiplies: its
+/// own, except in the stride-2 transform (`a` = [`S2_ALPHA`]), whose odd-phase positions
+/// of an axis share one (a `6 x 6` grid of matrices for `9 x 9` positions).
+#[inline(always)]
+fn filter_position(xi: usize, a: usize) -> usize {
+    if a == S2_ALPHA {
+        let (p, q) = (xi / a, xi % a);
+        p.min(S2_EVEN) * (S2_EVEN + 1) + q.min(S2_EVEN)
+    } else {
+        xi
+    }
+}
+
+/// The filter matrices of an `a x a` transformed tile ([`filter_position`]).
+fn filter_positions(a: usize) -> usize {
+    filter_position(a * a - 1, a) + 1
+}
+
+/// Which transform a call runs: Winograd at stride 1 with an output tile, or the
+/// stride-2 decomposition ([`winograd_s2_conv`]).
+#[derive(Clone, Copy, Debug)]
+enum Scheme {
+    Stride1(WinogradTile),
+    Stride2,
+}
+
+impl Scheme {
+    fn filters_len(self, in_channels: usize, out_channels: usize, block: usize) -> usize {
+        match self {
+            Scheme::Stride1(t) => filters_len(t, in_channels, out_channels, block),
+            Scheme::Stride2 => filters_len_s2(in_channels, out_channels, block),
+        }
+    }
+
+    fn check_geometry(self, g: &ConvGeometry) {
+        match self {
+            Scheme::Stride1(_) => check_geometry(g),
+            Scheme::Stride2 => check_geometry_s2(g),
+        }
+    }
+}
+
+fn check_geometry_s2(g: &ConvGeometry) {
+    assert!(
+        g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.pad == 1,
+        "winograd: the stride-2 transform takes 3x3 stride-2 pad-1 convolutions, found {g:?}"
+    );
+}
+
+/// Length of the transformed filters of a stride-2 `out_channels x in_channels x 3 x 3`
+/// convolution ([`transform_filters_s2`]): 36 matrices, as F(4x4)'s.
+pub fn filters_len_s2(in_channels: usize, out_channels: usize, block: usize) -> usize {
+    G_S2.len() * G_S2.len() * in_channels.next_multiple_of(block) * out_channels.next_multiple_of(block)
+}
+
+/// The filters of [`winograd_s2_conv`]: `U = G g G^T` with the `6 x 3` [`G_S2`], laid
+/// out as [`transform_filters`]' (`[xi][ocb][ci][co_lane]`, 36 positions), output
+/// channel `k` scaled by `scale[k]` if given.
+pub fn transform_filters_s2(
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    in_channels: usize,
+    out_channels: usize,
+    block: usize,
+    out: &mut [f32],
+) {
+    if let Some(s) = scale {
+        assert!(s.len() >= out_channels, "winograd: one scale per output channel");
+    }
+    let len = filters_len_s2(in_channels, out_channels, block);
+    transform_any(weight, scale, in_channels, out_channels, false, &G_S2, block, len, out);
+}
+
+/// `out = ep(conv3x3_s2_p1(input, w))` by the stride-2 decomposition of the module doc,
+/// with `filters` from [`transform_filters_s2`] (`block = V::LANES`); input, output and
+/// epilogue as [`winograd_conv`]'s, the output `g.out_h x g.out_w`.
+pub fn winograd_s2_conv<V: Vector>(
+    g: &ConvGeometry,
+    input: &[f32],
+    filters: &[f32],
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    checked_conv::<V>(
+        g,
+        Scheme::Stride2,
+        input,
+        Transformed::F32(filters),
+        ep,
+        out,
+        None,
+        None,
+    );
+}
+
 /// `out = ep(conv3x3_s1_p1(input, w))` with `filters` from [`transform_filters`] (for
 /// `tile` and `block = V::LANES`). `input` is `Blocked { g.batch, g.in_channels, g.in_h,
 /// g.in_w, V::LANES }`, `out` the same with `g.out_channels`; every output value is
@@ -382,7 +529,16 @@ pub fn winograd_conv<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
-    checked_conv::<V>(g, tile, input, Transformed::F32(filters), ep, out, None, None);
+    checked_conv::<V>(
+        g,
+        Scheme::Stride1(tile),
+        input,
+        Transformed::F32(filters),
+        ep,
+        out,
+        None,
+        None,
+    );
 }
 
 /// Transformed filters of a Winograd convolution, in the precision of its products.
@@ -413,7 +569,7 @@ pub fn winograd_conv_with<V: Vector>(
     ep: &BlockedEpilogue,
     out: &mut [f32],
 ) {
-    checked_conv::<V>(g, tile, input, filters, ep, out, None, None);
+    checked_conv::<V>(g, Scheme::Stride1(tile), input, filters, ep, out, None, None);
 }
 
 /// Where the output transforms of [`winograd_conv_gather`] put their sums: `fields()`
@@ -440,7 +596,7 @@ impl Records<'_> {
 #[allow(clippy::too_many_arguments)]
 fn checked_conv<V: Vector>(
     g: &ConvGeometry,
-    tile: WinogradTile,
+    scheme: Scheme,
     input: &[f32],
     filters: Transformed,
     ep: &BlockedEpilogue,
@@ -448,7 +604,7 @@ fn checked_conv<V: Vector>(
     records: Option<Records>,
     three: Option<bool>,
 ) {
-    check_geometry(g);
+    scheme.check_geometry(g);
     let l = V::LANES;
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
     let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
@@ -456,7 +612,7 @@ fn checked_conv<V: Vector>(
     assert_eq!(out.len(), ys.len(), "winograd: output length");
     assert_eq!(
         filters.len(),
-        filters_len(tile, g.in_channels, g.out_channels, l),
+        scheme.filters_len(g.in_channels, g.out_channels, l),
         "winograd: filters length"
     );
     if let Some(b) = ep.bias {
@@ -471,9 +627,16 @@ fn checked_conv<V: Vector>(
     if let Transformed::Bf16(_) = filters {
         assert_eq!(l, bf16::LANES, "winograd: bf16 products take blocks of 16 lanes");
     }
-    match tile {
-        WinogradTile::F2 => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records, three),
-        WinogradTile::F4 => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records, three),
+    match scheme {
+        Scheme::Stride1(WinogradTile::F2) => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records, three),
+        Scheme::Stride1(WinogradTile::F4) => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records, three),
+        Scheme::Stride2 => {
+            assert!(
+                matches!(filters, Transformed::F32(_)),
+                "winograd: the stride-2 transform has f32 products only"
+            );
+            conv_impl::<V, 4, S2_ALPHA>(xs, ys, input, filters, ep, out, records, three)
+        }
     }
 }
 
@@ -517,7 +680,7 @@ fn gather_tuned<V: Vector>(
     let xs = Blocked::new(g.batch, g.in_channels, g.in_h, g.in_w, l);
     let (tiles, p) = call_plan(xs, ys, tile.m(), tile.alpha());
     if tiles == 0 || channels == 0 {
-        checked_conv::<V>(g, tile, input, filters, ep, out, None, three);
+        checked_conv::<V>(g, Scheme::Stride1(tile), input, filters, ep, out, None, three);
         return;
     }
     let groups = p.groups;
@@ -528,7 +691,7 @@ fn gather_tuned<V: Vector>(
             Kind::Moments { .. } => None,
         };
         let r = Records { out: &shared, grad };
-        checked_conv::<V>(g, tile, input, filters, ep, out, Some(r), three);
+        checked_conv::<V>(g, Scheme::Stride1(tile), input, filters, ep, out, Some(r), three);
         let records = shared.into_slice();
         let field =
             |gi: usize, f: usize, c: usize| records[(gi * channels + (c / l) * l) * fields + f * l + c % l] as f64;
@@ -575,7 +738,7 @@ fn plan(tiles: usize, a: usize, icb: usize, ocb: usize, l: usize) -> Plan {
     // memory): every group's tasks stream all of U again, so use as few groups as keep
     // at most MAX_GROUP_TILES tiles and split the output channels instead (each task then
     // reads its own part of U once and repeats the cheap input transform).
-    if u_bytes(a * a, icb, ocb, l) >= U_STREAMED_BYTES {
+    if u_bytes(filter_positions(a), icb, ocb, l) >= U_STREAMED_BYTES {
         // ... while a group's transformed inputs stay within the L2 (ResNet-50 b8's
         // layer4 F(4x4): 32 tiles of 512 channels are 2.4 MB, so it keeps 3 groups).
         let v_bytes = tiles * a * a * icb * l * std::mem::size_of::<f32>();
@@ -641,7 +804,7 @@ impl Tiling {
 /// The tiles of a call (`m x m` outputs each) and how it is cut into tasks: the one
 /// source for the convolution and for the moment records it fills.
 fn call_plan(xs: Blocked, ys: Blocked, m: usize, a: usize) -> (usize, Plan) {
-    let tiles = xs.n * xs.h.div_ceil(m) * xs.w.div_ceil(m);
+    let tiles = ys.n * ys.h.div_ceil(m) * ys.w.div_ceil(m);
     (tiles, plan(tiles, a, xs.blocks(), ys.blocks(), xs.block))
 }
 
@@ -659,8 +822,8 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     let l = V::LANES;
     let (icb, ocb) = (xs.blocks(), ys.blocks());
     let tiling = Tiling {
-        cols: xs.w.div_ceil(M),
-        per_image: xs.h.div_ceil(M) * xs.w.div_ceil(M),
+        cols: ys.w.div_ceil(M),
+        per_image: ys.h.div_ceil(M) * ys.w.div_ceil(M),
     };
     let (tiles, p) = call_plan(xs, ys, M, A);
     if tiles == 0 || ocb == 0 {
@@ -669,7 +832,7 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
     let shared = SharedOut::new(out);
     let out = &shared;
     if let Transformed::F32(u) = filters {
-        if three.unwrap_or_else(|| three_phases(tiles, p, A * A, icb, ocb, l)) {
+        if three.unwrap_or_else(|| three_phases(tiles, p, A, icb, ocb, l)) {
             return conv_three_phases::<V, M, A>(xs, ys, &tiling, (tiles, p), input, u, ep, out, records);
         }
     }
@@ -738,9 +901,11 @@ fn conv_impl<V: Vector, const M: usize, const A: usize>(
 /// the plan streams transformed filters too big for the caches ([`U_STREAMED_BYTES`]) once
 /// per tile group, more than once, and the whole call's `V` and `M` stay within
 /// [`THREE_PHASE_BYTES`].
-fn three_phases(tiles: usize, p: Plan, positions: usize, icb: usize, ocb: usize, l: usize) -> bool {
-    let bytes = |blocks: usize| positions * position_stride(blocks * tiles * l) * std::mem::size_of::<f32>();
-    u_bytes(positions, icb, ocb, l) >= U_STREAMED_BYTES && p.groups > 1 && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
+fn three_phases(tiles: usize, p: Plan, a: usize, icb: usize, ocb: usize, l: usize) -> bool {
+    let bytes = |blocks: usize| a * a * position_stride(blocks * tiles * l) * std::mem::size_of::<f32>();
+    u_bytes(filter_positions(a), icb, ocb, l) >= U_STREAMED_BYTES
+        && p.groups > 1
+        && bytes(icb) + bytes(ocb) <= THREE_PHASE_BYTES
 }
 
 /// The most bytes of a whole call's transformed inputs and products for which
@@ -795,7 +960,7 @@ fn conv_three_phases<V: Vector, const M: usize, const A: usize>(
                         (ocb, cb, rb),
                         icb,
                         tiles,
-                        xi..xi + 1,
+                        (xi..xi + 1, A),
                         (v, vs),
                         (&m, span),
                     );
@@ -838,6 +1003,20 @@ pub(crate) fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
         o[1] = d[1] + d[2];
         o[2] = d[2] - d[1];
         o[3] = d[1] - d[3];
+    } else if A == S2_ALPHA {
+        // F(4,2)'s B^T ([`BT_F42`]) on the even inputs e = d0, d2, .., d8; the odd
+        // inputs d1, d3, d5, d7 pass as they are.
+        let (e0, e1, e2, e3, e4) = (d[0], d[2], d[4], d[6], d[8]);
+        let two = V::splat(2.0);
+        let (d31, d32) = (e3 - e1, e3 - e2);
+        o[0] = (e0 - e2).mul_add(two, d31);
+        o[1] = e1.mul_add(V::splat(-2.0), d32);
+        o[2] = (e1 - e2).mul_add(two, d32);
+        o[3] = d31;
+        o[4] = (e1 - e3).mul_add(two, e4 - e2);
+        for k in 0..A - S2_EVEN {
+            o[S2_EVEN + k] = d[2 * k + 1];
+        }
     } else {
         let (d0, d1, d2, d3, d4, d5) = (d[0], d[1], d[2], d[3], d[4], d[5]);
         let four = V::splat(4.0);
@@ -861,6 +1040,14 @@ pub(crate) fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -
     if A == 4 {
         o[0] = m[0] + m[1] + m[2];
         o[1] = m[1] - m[2] - m[3];
+    } else if A == S2_ALPHA {
+        // F(4,2)'s A^T ([`AT_F42`]) on the even positions, plus output k's odd one.
+        let s12 = m[1] + m[2];
+        let d12 = m[1] - m[2];
+        o[0] = (m[0] + s12) + m[3] + m[5];
+        o[1] = m[3].mul_add(V::splat(2.0), d12) + m[6];
+        o[2] = m[3].mul_add(V::splat(4.0), s12) + m[7];
+        o[3] = m[3].mul_add(V::splat(8.0), d12) + (m[4] + m[8]);
     } else {
         let s12 = m[1] + m[2];
         let d12 = m[1] - m[2];
@@ -1001,9 +1188,13 @@ pub(crate) fn input_transform_into<V: Vector, const M: usize, const A: usize>(
     assert!(span.end(A * A, icb, tn, l) <= v.len(), "winograd: V span out of bounds");
     // Only this task writes the span's tiles (the caller's guarantee, as `SharedOut`'s).
     let (xp, vp) = (x.as_ptr(), v.ptr_at(0));
-    let prefetch = streamed(x.len());
+    // The stride-2 transform's tiles of M outputs read A = 2M + 1 input pixels.
+    let stride = if A == 2 * M + 1 { 2 } else { 1 };
+    // (Prefetching the stride-2 transform's patches measured no faster.)
+    let prefetch = stride == 1 && streamed(x.len());
     for t in 0..tn {
         let (n, oy, ox) = tl.tile::<M>(t0 + t);
+        let (oy, ox) = (oy * stride, ox * stride);
         // Rows and columns of the patch inside the image.
         let (i0, j0) = (usize::from(oy == 0), usize::from(ox == 0));
         let (i1, j1) = (A.min(h + 1 - oy), A.min(w + 1 - ox));
@@ -1082,13 +1273,14 @@ fn products<V: Vector, const A: usize>(
         (ocb, cb, rb),
         icb,
         tn,
-        0..A * A,
+        (0..A * A, A),
         (v, vs),
         (&SharedOut::new(m), ms),
     );
 }
 
-/// [`products`] of the positions `xis` only, reading `V` from its span `vs` (`icb`
+/// [`products`] of the positions `xis` of an `a x a` tile only (each multiplying its
+/// filter matrix, [`filter_position`]), reading `V` from its span `vs` (`icb`
 /// blocks of `tn` tiles) and writing the `rb` blocks of `M` into the span `ms` of `m`
 /// (tasks fill disjoint spans of one whole `M`). Where `u` outgrows the caches
 /// ([`U_BIG_BYTES`]) and the target has a prefetch instruction, each position's calls
@@ -1106,7 +1298,7 @@ fn products_span<V: Vector>(
     (ocb, cb, rb): (usize, usize, usize),
     icb: usize,
     tn: usize,
-    xis: std::ops::Range<usize>,
+    (xis, a): (std::ops::Range<usize>, usize),
     v: (&[f32], Span),
     m: (&SharedOut, Span),
 ) {
@@ -1114,17 +1306,17 @@ fn products_span<V: Vector>(
     if crate::simd::HAS_PREFETCH && std::mem::size_of_val(u) >= U_BIG_BYTES {
         let (region, calls) = (rb * cp * l, tn.div_ceil(rt_for::<V>(rb)));
         let (first, last) = (xis.start, xis.end);
-        products_span_with::<V, Prefetch>(u, cp, (ocb, cb, rb), icb, tn, xis, v, m, |xi, call| {
+        products_span_with::<V, Prefetch>(u, cp, (ocb, cb, rb), icb, tn, (xis, a), v, m, |xi, call| {
             let next = if xi + 1 < last {
-                (xi + 1) * ocb + cb
+                filter_position(xi + 1, a) * ocb + cb
             } else {
-                first * ocb + cb + rb
+                filter_position(first, a) * ocb + cb + rb
             } * cp
                 * l;
             Slices::new(u, next..next + region, calls, icb).call(call)
         })
     } else {
-        products_span_with::<V, NoPrefetch>(u, cp, (ocb, cb, rb), icb, tn, xis, v, m, |_, _| NoPrefetch)
+        products_span_with::<V, NoPrefetch>(u, cp, (ocb, cb, rb), icb, tn, (xis, a), v, m, |_, _| NoPrefetch)
     }
 }
 
@@ -1138,19 +1330,19 @@ fn products_span_with<V: Vector, P: Step>(
     (ocb, cb, rb): (usize, usize, usize),
     icb: usize,
     tn: usize,
-    xis: std::ops::Range<usize>,
+    (xis, a): (std::ops::Range<usize>, usize),
     (v, vs): (&[f32], Span),
     (m, ms): (&SharedOut, Span),
     prefetch: impl Fn(usize, usize) -> P,
 ) {
     let l = V::LANES;
     assert!(cb + rb <= ocb && rb <= RB);
-    assert!(u.len() >= xis.end * ocb * cp * l);
+    assert!(xis.end <= a * a && u.len() >= filter_positions(a) * ocb * cp * l);
     assert!(vs.end(xis.end, icb, tn, l) <= v.len() && ms.end(xis.end, rb, tn, l) <= m.len());
     assert_eq!(cp, icb * l);
     let mp = m.ptr_at(0);
     for xi in xis {
-        let u_xi = &u[((xi * ocb + cb) * cp) * l..];
+        let u_xi = &u[((filter_position(xi, a) * ocb + cb) * cp) * l..];
         let v_xi = &v[xi * vs.xi + vs.at..];
         let m_at = xi * ms.xi + ms.at;
         let mut t = 0;
@@ -1435,80 +1627,156 @@ pub fn winograd_conv_naive(
     out: &mut [f32],
 ) {
     check_geometry(g);
-    let (c, k) = (g.in_channels, g.out_channels);
-    let xs = Blocked::new(g.batch, c, g.in_h, g.in_w, block);
-    let ys = Blocked::new(g.batch, k, g.out_h, g.out_w, block);
-    assert_eq!(input.len(), xs.len(), "winograd: input length");
-    assert_eq!(out.len(), ys.len(), "winograd: output length");
-    assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
-    let (m, a) = (tile.m(), tile.alpha());
     let mx = matrices(tile);
-    let (h, w) = (g.in_h, g.in_w);
-    // U[k][c] = G g G^T (a x a), in f32 like the fast kernel's filters.
-    let mut u = vec![0f32; k * c * a * a];
-    for kk in 0..k {
-        for ci in 0..c {
-            let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
-            let s = scale.map_or(1.0, |s| s[kk]);
-            for i in 0..a {
-                for j in 0..a {
-                    let mut acc = 0f32;
-                    for p in 0..3 {
-                        for q in 0..3 {
-                            acc += mx.g[i][p] as f32 * f[p * 3 + q] * mx.g[j][q] as f32;
+    let rows = |r: &[&[f64]]| r.iter().map(|row| row.to_vec()).collect::<Vec<_>>();
+    let naive = Naive {
+        bt: rows(mx.bt),
+        g: mx.g.to_vec(),
+        at: rows(mx.at),
+        stride: 1,
+    };
+    naive.conv(g, input, weight, scale, block, ep, out);
+}
+
+/// The naive scalar twin of [`winograd_s2_conv`]: the textbook formula of
+/// [`winograd_conv_naive`] with the stride-2 transform's `9 x 9` `B^T`, `9 x 3` `G` and
+/// `4 x 9` `A^T` written out whole (the even phase's F(4,2) on the even inputs and taps,
+/// the odd phase's identity on the odd ones), each odd-phase position with its own copy
+/// of the odd tap.
+#[allow(clippy::too_many_arguments)]
+pub fn winograd_s2_conv_naive(
+    g: &ConvGeometry,
+    input: &[f32],
+    weight: &[f32],
+    scale: Option<&[f32]>,
+    block: usize,
+    ep: &BlockedEpilogue,
+    out: &mut [f32],
+) {
+    check_geometry_s2(g);
+    let (e, a) = (S2_EVEN, S2_ALPHA);
+    let mut bt = vec![vec![0.0; a]; a];
+    let mut gm = vec![[0.0; 3]; a];
+    let mut at = vec![vec![0.0; a]; 4];
+    for p in 0..e {
+        for j in 0..e {
+            bt[p][2 * j] = BT_F42[p][j];
+        }
+        gm[p] = G_S2[p];
+    }
+    for k in 0..a - e {
+        bt[e + k][2 * k + 1] = 1.0;
+        gm[e + k] = G_S2[e];
+        at[k][..e].copy_from_slice(&AT_F42[k]);
+        at[k][e + k] = 1.0;
+    }
+    let naive = Naive {
+        bt,
+        g: gm,
+        at,
+        stride: 2,
+    };
+    naive.conv(g, input, weight, scale, block, ep, out);
+}
+
+/// The matrices and stride of a naive Winograd convolution: `m x m` output tiles
+/// (`m` the rows of `at`) from `a x a` input patches (`a` the rows of `bt`) starting
+/// `stride * m` pixels apart.
+struct Naive {
+    bt: Vec<Vec<f64>>,
+    g: Vec<[f64; 3]>,
+    at: Vec<Vec<f64>>,
+    stride: usize,
+}
+
+impl Naive {
+    #[allow(clippy::too_many_arguments)]
+    fn conv(
+        &self,
+        g: &ConvGeometry,
+        input: &[f32],
+        weight: &[f32],
+        scale: Option<&[f32]>,
+        block: usize,
+        ep: &BlockedEpilogue,
+        out: &mut [f32],
+    ) {
+        let (c, k) = (g.in_channels, g.out_channels);
+        let xs = Blocked::new(g.batch, c, g.in_h, g.in_w, block);
+        let ys = Blocked::new(g.batch, k, g.out_h, g.out_w, block);
+        assert_eq!(input.len(), xs.len(), "winograd: input length");
+        assert_eq!(out.len(), ys.len(), "winograd: output length");
+        assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
+        let (m, a, stride) = (self.at.len(), self.bt.len(), self.stride);
+        let mx = self;
+        let (h, w) = (g.in_h, g.in_w);
+        let (oh, ow) = (g.out_h, g.out_w);
+        // U[k][c] = G g G^T (a x a), in f32 like the fast kernel's filters.
+        let mut u = vec![0f32; k * c * a * a];
+        for kk in 0..k {
+            for ci in 0..c {
+                let f = &weight[(kk * c + ci) * 9..(kk * c + ci + 1) * 9];
+                let s = scale.map_or(1.0, |s| s[kk]);
+                for i in 0..a {
+                    for j in 0..a {
+                        let mut acc = 0f32;
+                        for p in 0..3 {
+                            for q in 0..3 {
+                                acc += mx.g[i][p] as f32 * f[p * 3 + q] * mx.g[j][q] as f32;
+                            }
                         }
+                        u[((kk * c + ci) * a + i) * a + j] = acc * s;
                     }
-                    u[((kk * c + ci) * a + i) * a + j] = acc * s;
                 }
             }
         }
-    }
-    let mut vt = vec![0f32; c * a * a];
-    let mut mm = vec![0f32; a * a];
-    for n in 0..g.batch {
-        for oy in (0..h).step_by(m) {
-            for ox in (0..w).step_by(m) {
-                // V[c] = B^T d B of this tile, every input channel.
-                for ci in 0..c {
-                    let d = |p: usize, q: usize| -> f32 {
-                        let (y, x) = ((oy + p) as isize - 1, (ox + q) as isize - 1);
-                        if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
-                            0.0
-                        } else {
-                            input[xs.index(n, ci, y as usize, x as usize)]
-                        }
-                    };
-                    for i in 0..a {
-                        for j in 0..a {
-                            let mut acc = 0f32;
-                            for p in 0..a {
-                                for q in 0..a {
-                                    acc += mx.bt[i][p] as f32 * d(p, q) * mx.bt[j][q] as f32;
-                                }
+        let mut vt = vec![0f32; c * a * a];
+        let mut mm = vec![0f32; a * a];
+        for n in 0..g.batch {
+            for oy in (0..oh).step_by(m) {
+                for ox in (0..ow).step_by(m) {
+                    // V[c] = B^T d B of this tile, every input channel.
+                    for ci in 0..c {
+                        let d = |p: usize, q: usize| -> f32 {
+                            let (y, x) = ((oy * stride + p) as isize - 1, (ox * stride + q) as isize - 1);
+                            if y < 0 || x < 0 || y >= h as isize || x >= w as isize {
+                                0.0
+                            } else {
+                                input[xs.index(n, ci, y as usize, x as usize)]
                             }
-                            vt[(ci * a + i) * a + j] = acc;
-                        }
-                    }
-                }
-                for kk in 0..ys.padded_channels() {
-                    mm.fill(0.0);
-                    if kk < k {
-                        for ci in 0..c {
-                            for (xi, mv) in mm.iter_mut().enumerate() {
-                                *mv += u[(kk * c + ci) * a * a + xi] * vt[ci * a * a + xi];
+                        };
+                        for i in 0..a {
+                            for j in 0..a {
+                                let mut acc = 0f32;
+                                for p in 0..a {
+                                    for q in 0..a {
+                                        acc += mx.bt[i][p] as f32 * d(p, q) * mx.bt[j][q] as f32;
+                                    }
+                                }
+                                vt[(ci * a + i) * a + j] = acc;
                             }
                         }
                     }
-                    for i in 0..m.min(h - oy) {
-                        for j in 0..m.min(w - ox) {
-                            let mut acc = 0f32;
-                            for p in 0..a {
-                                for q in 0..a {
-                                    acc += mx.at[i][p] as f32 * mm[p * a + q] * mx.at[j][q] as f32;
+                    for kk in 0..ys.padded_channels() {
+                        mm.fill(0.0);
+                        if kk < k {
+                            for ci in 0..c {
+                                for (xi, mv) in mm.iter_mut().enumerate() {
+                                    *mv += u[(kk * c + ci) * a * a + xi] * vt[ci * a * a + xi];
                                 }
                             }
-                            let at = ys.index(n, kk, oy + i, ox + j);
-                            out[at] = ep.apply_scalar(acc, kk, at, out[at]);
+                        }
+                        for i in 0..m.min(oh - oy) {
+                            for j in 0..m.min(ow - ox) {
+                                let mut acc = 0f32;
+                                for p in 0..a {
+                                    for q in 0..a {
+                                        acc += mx.at[i][p] as f32 * mm[p * a + q] * mx.at[j][q] as f32;
+                                    }
+                                }
+                                let at = ys.index(n, kk, oy + i, ox + j);
+                                out[at] = ep.apply_scalar(acc, kk, at, out[at]);
+                            }
                         }
                     }
                 }
@@ -2081,7 +2349,18 @@ mod tests {
             let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, V::LANES);
             let mut y = vec![f32::NAN; ys.len()];
             let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| checked_conv::<V>(g, tile, xb, Transformed::F32(u), ep, &mut y, None, Some(three)));
+            pool.install(|| {
+                checked_conv::<V>(
+                    g,
+                    Scheme::Stride1(tile),
+                    xb,
+                    Transformed::F32(u),
+                    ep,
+                    &mut y,
+                    None,
+                    Some(three),
+                )
+            });
             y
         }
         fn check<V: Vector>(rng: &mut Rng) {
@@ -2189,5 +2468,203 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The stride-2 decomposition is about as accurate as F(2x2): its even phase is
+    /// F(4,2), whose interpolation points are F(2x2)'s and one more.
+    const S2_TOLERANCE: f32 = 1e-5;
+
+    fn geometry_s2(n: usize, c: usize, k: usize, h: usize, w: usize) -> ConvGeometry {
+        ConvGeometry::new(n, c, h, w, k, (3, 3), 2, 1).unwrap()
+    }
+
+    /// The stride-2 kernel at vector `V`, from the OIHW weights (times `scale`), into
+    /// `start` (NaN-filled unless it holds an in-place residual), on the grouped or
+    /// three-phase schedule as `three` says.
+    #[allow(clippy::too_many_arguments)]
+    fn fast_s2<V: Vector>(
+        g: &ConvGeometry,
+        xb: &[f32],
+        w: &[f32],
+        scale: Option<&[f32]>,
+        ep: &BlockedEpilogue,
+        start: Vec<f32>,
+        three: Option<bool>,
+    ) -> Vec<f32> {
+        let l = V::LANES;
+        let mut u = vec![0.0; filters_len_s2(g.in_channels, g.out_channels, l)];
+        transform_filters_s2(w, scale, g.in_channels, g.out_channels, l, &mut u);
+        let mut y = start;
+        checked_conv::<V>(g, Scheme::Stride2, xb, Transformed::F32(&u), ep, &mut y, None, three);
+        y
+    }
+
+    /// The fast and naive stride-2 kernels at `V` against the f64 definition, every
+    /// output; returns their largest relative errors.
+    fn check_s2<V: Vector>(rng: &mut Rng, g: &ConvGeometry) -> (f32, f32) {
+        let l = V::LANES;
+        let (x, w, xb) = case(rng, g, l);
+        let want: Vec<f32> = conv_f64(g, &x, &w).iter().map(|&v| v as f32).collect();
+        let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+        let ep = BlockedEpilogue::default();
+        let mut naive_y = vec![f32::NAN; ys.len()];
+        winograd_s2_conv_naive(g, &xb, &w, None, l, &ep, &mut naive_y);
+        let fast_y = fast_s2::<V>(g, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
+        let en = max_rel_err(&unblock(g, &naive_y, l), &want);
+        let ef = max_rel_err(&unblock(g, &fast_y, l), &want);
+        assert!(
+            en < S2_TOLERANCE && ef < S2_TOLERANCE,
+            "stride 2 {g:?} at {l} lanes: naive {en:e}, fast {ef:e}"
+        );
+        (en, ef)
+    }
+
+    #[test]
+    fn stride_2_matches_the_definition_on_resnet_convs() {
+        let mut rng = Rng::new(11);
+        for (net, batch, size) in [("resnet20", 2, 32), ("resnet18", 1, 64), ("resnet50", 1, 64)] {
+            for (g, names) in zoo_convs(net, batch, size) {
+                if g.kernel_h != 3 || g.stride != 2 {
+                    continue;
+                }
+                let (en, ef) = check_s2::<F32xBlock>(&mut rng, &g);
+                println!("{net} {} stride 2: naive {en:.2e}, fast {ef:.2e}", names[0]);
+            }
+        }
+    }
+
+    /// ResNet-50's strided 3x3 layers at 224x224, checked at a few hundred outputs (the
+    /// corners among them): the whole f64 definition would take too long.
+    #[test]
+    fn stride_2_matches_the_definition_on_resnet50_at_224() {
+        let mut rng = Rng::new(12);
+        let l = F32xBlock::LANES;
+        for (g, names) in zoo_convs("resnet50", 1, 224) {
+            if g.kernel_h != 3 || g.stride != 2 {
+                continue;
+            }
+            let (x, w, xb) = case(&mut rng, &g, l);
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+            let corners = [(0, 0), (g.out_h - 1, g.out_w - 1), (0, g.out_w - 1), (g.out_h - 1, 0)];
+            let points: Vec<(usize, usize, usize)> = (0..300)
+                .map(|i| {
+                    let (oy, ox) = corners
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| (rng.below(g.out_h), rng.below(g.out_w)));
+                    (rng.below(g.out_channels), oy, ox)
+                })
+                .collect();
+            let want: Vec<f32> = points
+                .iter()
+                .map(|&(k, oy, ox)| conv_value_f64(&g, &x, &w, 0, k, oy, ox) as f32)
+                .collect();
+            let pick =
+                |y: &[f32]| -> Vec<f32> { points.iter().map(|&(k, oy, ox)| y[ys.index(0, k, oy, ox)]).collect() };
+            let ep = BlockedEpilogue::default();
+            let mut naive_y = vec![f32::NAN; ys.len()];
+            winograd_s2_conv_naive(&g, &xb, &w, None, l, &ep, &mut naive_y);
+            let fast_y = fast_s2::<F32xBlock>(&g, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
+            let (en, ef) = (max_rel_err(&pick(&naive_y), &want), max_rel_err(&pick(&fast_y), &want));
+            println!("resnet50 {} stride 2: naive {en:.2e}, fast {ef:.2e}", names[0]);
+            assert!(
+                en < S2_TOLERANCE && ef < S2_TOLERANCE,
+                "{g:?}: naive {en:e}, fast {ef:e}"
+            );
+        }
+    }
+
+    /// Odd and even input sizes (the last tile ragged or whole, inputs of 1 to 3 pixels),
+    /// channel counts off the block, at 4, 8 and 16 lanes.
+    #[test]
+    fn stride_2_matches_the_definition_on_odd_shapes_at_every_block() {
+        let mut rng = Rng::new(13);
+        let shapes = [
+            (1, 3, 5, 1, 1),
+            (2, 5, 3, 2, 3),
+            (1, 17, 20, 3, 2),
+            (3, 19, 33, 9, 8),
+            (1, 33, 19, 17, 18),
+            (2, 33, 5, 16, 11),
+            (1, 19, 3, 7, 25),
+        ];
+        for (n, c, k, h, w) in shapes {
+            let g = geometry_s2(n, c, k, h, w);
+            check_s2::<wide::f32x4>(&mut rng, &g);
+            check_s2::<wide::f32x8>(&mut rng, &g);
+            check_s2::<wide::f32x16>(&mut rng, &g);
+        }
+    }
+
+    /// The stride-2 kernel's epilogue (folded scale, bias, residual from a tensor or in
+    /// place, ReLU) on both schedules, against the naive twin with the same epilogue and
+    /// against the f64 convolution followed by the epilogue; the two schedules store the
+    /// same values bit for bit.
+    #[test]
+    fn stride_2_applies_the_epilogue_on_both_schedules() {
+        fn run<V: Vector>(rng: &mut Rng) {
+            let l = V::LANES;
+            let g = geometry_s2(2, 19, 21, 13, 10);
+            let (x, w, xb) = case(rng, &g, l);
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
+            let kp = ys.padded_channels();
+            let scale: Vec<f32> = (0..g.out_channels).map(|i| 0.5 + i as f32 / 16.0).collect();
+            let mut bias = random(rng, kp);
+            bias[g.out_channels..].fill(0.0);
+            let mut res = vec![0.0; ys.len()];
+            to_blocked(&random(rng, g.batch * g.out_image()), ys, &mut res);
+            let ws: Vec<f32> = w
+                .iter()
+                .enumerate()
+                .map(|(i, &v)| v * scale[i / (g.in_channels * 9)])
+                .collect();
+            let conv: Vec<f32> = conv_f64(&g, &x, &ws).iter().map(|&v| v as f32).collect();
+            let mut conv_b = vec![0.0; ys.len()];
+            to_blocked(&conv, ys, &mut conv_b);
+            let channel_of = |i: usize| (i / ys.plane_len()) % ys.blocks() * l + i % l;
+            for (with_bias, residual, relu) in [(true, 0, false), (false, 1, true), (true, 2, true)] {
+                let ep = BlockedEpilogue {
+                    bias: with_bias.then_some(&bias[..]),
+                    residual: match residual {
+                        0 => Residual::None,
+                        1 => Residual::From(&res),
+                        _ => Residual::InPlace,
+                    },
+                    relu,
+                    relu_output: None,
+                };
+                let start = if residual == 2 {
+                    res.clone()
+                } else {
+                    vec![f32::NAN; ys.len()]
+                };
+                let want: Vec<f32> = (0..ys.len())
+                    .map(|i| ep.apply_scalar(conv_b[i], channel_of(i), i, start[i]))
+                    .collect();
+                let grouped = fast_s2::<V>(&g, &xb, &w, Some(&scale), &ep, start.clone(), Some(false));
+                let three = fast_s2::<V>(&g, &xb, &w, Some(&scale), &ep, start.clone(), Some(true));
+                assert!(grouped == three, "the schedules agree at {l} lanes");
+                let mut naive_y = start.clone();
+                winograd_s2_conv_naive(&g, &xb, &w, Some(&scale), l, &ep, &mut naive_y);
+                for (name, y) in [("fast", grouped), ("naive", naive_y)] {
+                    let e = max_rel_err(&y, &want);
+                    assert!(
+                        e < S2_TOLERANCE,
+                        "{name} bias {with_bias} residual {residual} relu {relu}: {e:e}"
+                    );
+                    if relu {
+                        assert!(y.iter().all(|&v| v >= 0.0), "{name}: relu clamps");
+                    }
+                    for n in 0..g.batch {
+                        for c in g.out_channels..kp {
+                            assert_eq!(y[ys.index(n, c, 0, 0)], 0.0, "{name}: padding channels stay zero");
+                        }
+                    }
+                }
+            }
+        }
+        let mut rng = Rng::new(14);
+        run::<wide::f32x4>(&mut rng);
+        run::<wide::f32x16>(&mut rng);
     }
 }
