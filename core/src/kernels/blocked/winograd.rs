@@ -1,6 +1,6 @@
-//! Winograd F(2x2,3x3) and F(4x4,3x3) convolution on the channel-blocked layout, fused
-//! per cache block, for inference (Lavin & Gray, "Fast Algorithms for Convolutional
-//! Neural Networks", arXiv:1509.09308, 2015).
+//! Winograd F(2x2,3x3) and F(4x4,3x3) convolution, and a stride-2 transform for 3x3
+//! stride-2 layers, on the channel-blocked layout, fused per cache block, for inference
+//! (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks", arXiv:1509.09308).
 //!
 //! Per channel, an `a x a` input tile `d` (`a = m + 2`) and a 3x3 filter `g` give an
 //! `m x m` output tile `Y = A^T [ (G g G^T) .* (B^T d B) ] A`. Summed over input channels
@@ -24,6 +24,27 @@
 //!       [ 0  4  0 -5  0  1 ]       [  0     0     1   ]
 //! ```
 //!
+//! # Stride 2
+//! A 3x3 stride-2 convolution splits, along each axis, into its even input pixels
+//! `e[j] = x[2j]` under the taps `(w0, w2)` and its odd ones `o[j] = x[2j + 1]` under
+//! `w1`: `y[i] = w0 e[i] + w2 e[i + 1] + w1 o[i]` (the decomposable Winograd
+//! method, "DWM", AAAI 2020). The even part is Winograd F(4,2) (interpolation points
+//! 0, 1, -1, 2, infinity), the odd part an identity, so one axis of a 4-output tile reads
+//! 9 input pixels and has 9 positions: 5 even, then 4 odd.
+//! ```text
+//! B^T (even) = [ 2 -1 -2  1  0 ]   G (w0, w1, w2) = [  1/2  0   0  ]   A^T (even) = [ 1  1  1  1  0 ]
+//!              [ 0 -2 -1  1  0 ]                    [ -1/2  0 -1/2 ]                [ 0  1 -1  2  0 ]
+//!              [ 0  2 -3  1  0 ]                    [ -1/6  0  1/6 ]                [ 0  1  1  4  0 ]
+//!              [ 0 -1  0  1  0 ]                    [  1/6  0  1/3 ]                [ 0  1 -1  8  1 ]
+//!              [ 0  2 -1 -2  1 ]                    [  0    0   1  ]
+//!                                                   [  0    1   0  ]  (the odd positions')
+//! ```
+//! and output `k` adds odd position `k`. In 2D a tile has 81 positions (144 products per
+//! channel pair directly); the 4 odd positions of an axis share one filter row, so `U`
+//! holds 6 x 6 matrices, as F(4x4)'s. The schedule, products and output transform are
+//! those of stride 1 with `a = 9`, `m = 4`; only the input patch starts at twice the
+//! output tile's corner.
+//!
 //! In the blocked layout one vector holds one pixel's block of `L = V::LANES` channels,
 //! so every transform is plain vertical SIMD over a channel block: no transposes (as
 //! oneDNN's AVX-512 Winograd and ncnn's pack16 Winograd).
@@ -43,6 +64,8 @@
 //!   backward-data's gradient sums), gathered by the output transform as it stores,
 //!   without a pass over the output.
 //! - [`winograd_conv_naive`]: the scalar twin from the textbook formula, for the tests.
+//! - [`filters_len_s2`], [`transform_filters_s2`], [`winograd_s2_conv`] and
+//!   [`winograd_s2_conv_naive`]: the same for the stride-2 transform (see "Stride 2").
 //!
 //! # Schedule
 //! A rayon task takes a group of `T` tiles (across images) and a range of output-channel
