@@ -298,7 +298,10 @@ fn transform_any(
     let cp = c.next_multiple_of(block);
     let ocbs = k.div_ceil(block);
     let a = g.len();
-    assert!(a <= 6 && len == a * a * cp * ocbs * block);
+    assert!(
+        a <= 6 && len == a * a * cp * ocbs * block,
+        "winograd: a filter transform of at most 6 rows, and {len} floats for its positions"
+    );
     let g: [[f32; 3]; 6] = core::array::from_fn(|i| {
         let row = g.get(i).copied().unwrap_or_default();
         row.map(|v| v as f32)
@@ -490,6 +493,12 @@ fn check_geometry_s2(g: &ConvGeometry) {
     assert!(
         g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.pad == 1,
         "winograd: the stride-2 transform takes 3x3 stride-2 pad-1 convolutions, found {g:?}"
+    );
+    // The input patches of the output tiles must start inside the image.
+    assert_eq!(
+        (g.out_h, g.out_w),
+        (g.in_h.div_ceil(2), g.in_w.div_ceil(2)),
+        "winograd: output size"
     );
 }
 
