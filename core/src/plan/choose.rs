@@ -20,18 +20,19 @@ pub enum Algo {
     Direct,
     /// Winograd with the given output tile (`kernels::blocked::winograd`), 3x3 stride 1 only.
     Winograd(WinogradTile),
-    /// The stride-2 decomposition into F(4,2) and pointwise products
-    /// (`kernels::blocked::winograd::winograd_s2_conv`), 3x3 stride 2 only.
-    WinogradS2,
+    /// The stride-2 decomposition into Winograd F(m,2) and pointwise products with the
+    /// given output tile (`kernels::blocked::winograd::winograd_s2_conv`), 3x3 stride 2 only.
+    WinogradS2(WinogradTile),
 }
 
 impl Algo {
     /// Every algorithm, in the order tables list them.
-    pub const ALL: [Algo; 4] = [
+    pub const ALL: [Algo; 5] = [
         Algo::Direct,
         Algo::Winograd(WinogradTile::F2),
         Algo::Winograd(WinogradTile::F4),
-        Algo::WinogradS2,
+        Algo::WinogradS2(WinogradTile::F2),
+        Algo::WinogradS2(WinogradTile::F4),
     ];
 
     /// The name used on the command line and in tables.
@@ -40,7 +41,8 @@ impl Algo {
             Algo::Direct => "direct",
             Algo::Winograd(WinogradTile::F2) => "wino2",
             Algo::Winograd(WinogradTile::F4) => "wino4",
-            Algo::WinogradS2 => "wino4s2",
+            Algo::WinogradS2(WinogradTile::F2) => "wino2s2",
+            Algo::WinogradS2(WinogradTile::F4) => "wino4s2",
         }
     }
 
@@ -49,7 +51,7 @@ impl Algo {
         match self {
             Algo::Direct => true,
             Algo::Winograd(_) => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 1 && g.pad == 1,
-            Algo::WinogradS2 => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.pad == 1,
+            Algo::WinogradS2(_) => g.kernel_h == 3 && g.kernel_w == 3 && g.stride == 2 && g.pad == 1,
         }
     }
 }
@@ -78,7 +80,7 @@ impl std::str::FromStr for ConvChoice {
                 .map(ConvChoice::Force)
                 .ok_or_else(|| {
                     crate::Error::Config(format!(
-                        "unknown convolution algorithm \"{other}\": expected auto, measure, direct, wino2, wino4 or wino4s2"
+                        "unknown convolution algorithm \"{other}\": expected auto, measure, direct, wino2, wino4, wino2s2 or wino4s2"
                     ))
                 }),
         }
@@ -104,9 +106,10 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 /// 7x7 layers at batch 1, alone: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct
 /// convolution everywhere else (strided, 1x1, the stem).
 pub fn auto(g: &ConvGeometry) -> Algo {
-    if Algo::WinogradS2.applies(g) {
-        return if S2_TRANSFORM && stride_2_pays(g) {
-            Algo::WinogradS2
+    if Algo::WinogradS2(WinogradTile::F4).applies(g) {
+        let tile = stride_2_tile(g);
+        return if S2_TRANSFORM && stride_2_pays(g, tile) {
+            Algo::WinogradS2(tile)
         } else {
             Algo::Direct
         };
@@ -128,27 +131,46 @@ pub fn auto(g: &ConvGeometry) -> Algo {
 /// kernel, which it has not been measured against there.
 pub const S2_TRANSFORM: bool = BLOCK >= 16;
 
-/// Whether the stride-2 transform (81 products per 4x4 output tile and channel pair
-/// against the direct kernel's 144) runs the 3x3 stride-2 layer `g` faster: with at
-/// least [`MIN_S2_TILES`] 4x4 output tiles, and twice that where its 36 transformed
-/// filter matrices exceed [`STREAMED_S2_FILTER_BYTES`] (then read from memory in a
-/// network, as the F(4x4) filters of [`MIN_F4_TILES`]). Measured (`resnet bench
-/// --layers`, 2 threads, each layer alone, GFLOP/s direct against the transform):
-/// ResNet-50 b1 128 channels at 56 -> 28 210 / 265, 256 at 28 -> 14 (16 tiles, 9.4 MB)
-/// 212 / 252, 512 at 14 -> 7 (4 tiles) 203 / 132; b8 174 / 242, 203 / 222, 201 / 219;
-/// ResNet-18 b1 224 / 266, 215 / 226, 217 / 141; ResNet-20 b128 128 / 145, 214 / 227,
-/// b1 (16 and 4 tiles) 82 / 80, 109 / 94. Inside ResNet-50 (`examples/plan_profile`,
-/// alternating process by process, medians of 10 runs at b1, 3-4 at b8, ms): b1
-/// layer2.0.conv2 1.034 -> 0.821, layer3.0.conv2 1.038 -> 1.047 (its filters from
-/// memory: left direct); b8 layer2-4's 8.42 / 8.61 / 8.51 -> 6.59 / 7.46 / 7.70, whole
-/// call 243.7 -> 236.6.
-pub fn stride_2_pays(g: &ConvGeometry) -> bool {
-    let tiles = g.batch * g.out_h.div_ceil(4) * g.out_w.div_ceil(4);
-    let filter_bytes = 36 * g.in_channels * g.out_channels * std::mem::size_of::<f32>();
+/// The output tile of the stride-2 transform for the 3x3 stride-2 layer `g`: the one with
+/// fewer products per output pixel, counting the tiles' overhang past the image (F(4,2)
+/// takes 81 per 4x4 tile, F(2,2) 25 per 2x2: 5.06 against 6.25 a pixel, but a 14x14
+/// output takes 16x16 pixels of 4x4 tiles and 14x14 of 2x2 ones).
+pub fn stride_2_tile(g: &ConvGeometry) -> WinogradTile {
+    let cost = |t: WinogradTile| {
+        let (m, a) = (t.m(), 2 * t.m() + 1);
+        let covered = g.out_h.next_multiple_of(m) * g.out_w.next_multiple_of(m);
+        (a * a) as f64 / (m * m) as f64 * covered as f64
+    };
+    if cost(WinogradTile::F2) < cost(WinogradTile::F4) {
+        WinogradTile::F2
+    } else {
+        WinogradTile::F4
+    }
+}
+
+/// Whether the stride-2 transform with output tiles `tile` (81 products per 4x4 tile and
+/// channel pair, or 25 per 2x2, against the direct kernel's 144 and 36) runs the 3x3
+/// stride-2 layer `g` faster: with at least [`MIN_S2_TILES`] output tiles, and twice that
+/// where its transformed filter matrices exceed [`STREAMED_S2_FILTER_BYTES`] (then read
+/// from memory in a network, as the F(4x4) filters of [`MIN_F4_TILES`]). Measured
+/// (`resnet bench --layers`, 2 threads, each layer alone, GFLOP/s direct against 2x2 and
+/// 4x4 tiles): ResNet-50 b1 128 channels at 56 -> 28 222 / 245 / 258, 256 at 28 -> 14
+/// 215 / 267 / 237, 512 at 14 -> 7 (4 or 16 tiles) 214 / 210 / 128; b8 168 / 234 / 238,
+/// 217 / 285 / 244, 182 / 176 / 191 (another run: 201 against 219 with 4x4 tiles);
+/// ResNet-18 b1 201 / 237 / 260, 210 / 257 / 246; ResNet-20 b1 (16 and 4 tiles of 4x4)
+/// 82 / - / 80, 109 / - / 94. Inside ResNet-50 (`examples/plan_profile`, alternating
+/// process by process, medians of 10 runs at b1, 3-4 at b8, ms): b1 layer2.0.conv2 1.034
+/// -> 0.821 with 4x4 tiles; layer3.0.conv2 with 4x4 tiles (16 tiles, 9.4 MB of filters)
+/// 1.038 -> 1.047; b8 layer2-4's 8.42 / 8.61 / 8.51 -> 6.59 / 7.46 / 7.70, whole call
+/// 243.7 -> 236.6.
+pub fn stride_2_pays(g: &ConvGeometry, tile: WinogradTile) -> bool {
+    let m = tile.m();
+    let tiles = g.batch * g.out_h.div_ceil(m) * g.out_w.div_ceil(m);
+    let filter_bytes = (m + 2) * (m + 2) * g.in_channels * g.out_channels * std::mem::size_of::<f32>();
     tiles >= 2 * MIN_S2_TILES || (tiles >= MIN_S2_TILES && filter_bytes <= STREAMED_S2_FILTER_BYTES)
 }
 
-/// Fewest 4x4 output tiles for which [`auto`] picks the stride-2 transform.
+/// Fewest output tiles for which [`auto`] picks the stride-2 transform.
 pub const MIN_S2_TILES: usize = 16;
 
 /// Transformed stride-2 filter bytes from which [`stride_2_pays`] wants twice
@@ -285,7 +307,7 @@ pub fn derived_len(algo: Algo, g: &ConvGeometry, in_block: usize) -> usize {
     match algo {
         Algo::Direct => direct::packed_len(g, in_block, BLOCK),
         Algo::Winograd(t) => winograd::filters_len(t, g.in_channels, g.out_channels, BLOCK),
-        Algo::WinogradS2 => winograd::filters_len_s2(g.in_channels, g.out_channels, BLOCK),
+        Algo::WinogradS2(t) => winograd::filters_len_s2(t, g.in_channels, g.out_channels, BLOCK),
     }
 }
 
@@ -301,7 +323,9 @@ pub fn derive_weights_into(
     match algo {
         Algo::Direct => direct::pack_weights(weight, scale, g, in_block, BLOCK, out),
         Algo::Winograd(t) => winograd::transform_filters(weight, scale, g.in_channels, g.out_channels, t, BLOCK, out),
-        Algo::WinogradS2 => winograd::transform_filters_s2(weight, scale, g.in_channels, g.out_channels, BLOCK, out),
+        Algo::WinogradS2(t) => {
+            winograd::transform_filters_s2(weight, scale, g.in_channels, g.out_channels, t, BLOCK, out)
+        }
     }
 }
 
@@ -319,7 +343,7 @@ pub fn run_conv(
     match algo {
         Algo::Direct => direct::direct_conv::<F32xBlock>(g, input, in_block, weights, ep, out),
         Algo::Winograd(t) => winograd::winograd_conv::<F32xBlock>(g, t, input, weights, ep, out),
-        Algo::WinogradS2 => winograd::winograd_s2_conv::<F32xBlock>(g, input, weights, ep, out),
+        Algo::WinogradS2(t) => winograd::winograd_s2_conv::<F32xBlock>(g, t, input, weights, ep, out),
     }
 }
 
@@ -342,7 +366,7 @@ mod tests {
         let g1 = ConvGeometry::new(1, 16, 8, 8, 32, (1, 1), 1, 0).unwrap();
         let f4 = Algo::Winograd(WinogradTile::F4);
         assert!(f4.applies(&g3) && !f4.applies(&g3s2) && !f4.applies(&g1));
-        let s2 = Algo::WinogradS2;
+        let s2 = Algo::WinogradS2(WinogradTile::F4);
         assert!(s2.applies(&g3s2) && !s2.applies(&g3) && !s2.applies(&g1));
         let g1s2 = ConvGeometry::new(1, 16, 8, 8, 32, (1, 1), 2, 0).unwrap();
         assert!(!s2.applies(&g1s2));
@@ -387,28 +411,29 @@ mod tests {
     }
 
     /// ResNet-50's strided 3x3 layers take the stride-2 transform where it measured
-    /// faster: layer2's at batch 1, all three at batch 8, neither the 16-tile layer3's
-    /// (its filters from memory) nor the 4-tile layer4's at batch 1; the training plan's
-    /// forward keeps the direct kernel (it gathers the batch norm's moments as it stores).
+    /// faster, with 2x2 output tiles at 14x14 (4x4 tiles would cover 16x16): layer2's and
+    /// layer3's at batch 1, all three at batch 8, not the 4-tile layer4's at batch 1 nor
+    /// ResNet-20's 8x8 layer at batch 1; the training plan's forward keeps the direct
+    /// kernel (it gathers the batch norm's moments as it stores).
     #[test]
     fn the_stride_2_transform_goes_where_it_measured_faster() {
         let s2 = |n, c, hw| ConvGeometry::new(n, c, hw, hw, c, (3, 3), 2, 1).unwrap();
-        let want = |g: &ConvGeometry, yes: bool| {
-            let expected = if yes && S2_TRANSFORM {
-                Algo::WinogradS2
-            } else {
-                Algo::Direct
+        let want = |g: &ConvGeometry, tile: Option<WinogradTile>| {
+            let expected = match tile {
+                Some(t) if S2_TRANSFORM => Algo::WinogradS2(t),
+                _ => Algo::Direct,
             };
             assert_eq!(auto(g), expected, "{g:?}");
             assert_eq!(crate::plan::train::forward_algo(g, BLOCK), Algo::Direct, "{g:?}");
         };
-        want(&s2(1, 128, 56), true);
-        want(&s2(1, 256, 28), false);
-        want(&s2(1, 512, 14), false);
-        for (c, hw) in [(128, 56), (256, 28), (512, 14)] {
-            want(&s2(8, c, hw), true);
-        }
-        want(&ConvGeometry::new(1, 16, 32, 32, 32, (3, 3), 2, 1).unwrap(), true);
-        want(&ConvGeometry::new(1, 32, 16, 16, 64, (3, 3), 2, 1).unwrap(), false);
+        let (f2, f4) = (Some(WinogradTile::F2), Some(WinogradTile::F4));
+        want(&s2(1, 128, 56), f4);
+        want(&s2(1, 256, 28), f2);
+        want(&s2(1, 512, 14), None);
+        want(&s2(8, 128, 56), f4);
+        want(&s2(8, 256, 28), f2);
+        want(&s2(8, 512, 14), f4);
+        want(&ConvGeometry::new(1, 16, 32, 32, 32, (3, 3), 2, 1).unwrap(), f4);
+        want(&ConvGeometry::new(1, 32, 16, 16, 64, (3, 3), 2, 1).unwrap(), None);
     }
 }

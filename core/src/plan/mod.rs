@@ -790,7 +790,8 @@ mod tests {
                 ConvChoice::Force(Algo::Direct),
                 ConvChoice::Force(Algo::Winograd(WinogradTile::F2)),
                 ConvChoice::Force(Algo::Winograd(WinogradTile::F4)),
-                ConvChoice::Force(Algo::WinogradS2),
+                ConvChoice::Force(Algo::WinogradS2(WinogradTile::F2)),
+                ConvChoice::Force(Algo::WinogradS2(WinogradTile::F4)),
             ] {
                 let mut plan =
                     ExecutionPlan::inference(&config, n + 1, size, size, PlanOptions { conv: choice }).unwrap();

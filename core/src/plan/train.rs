@@ -528,7 +528,7 @@ pub fn bf16_name(algo: Algo) -> &'static str {
         Algo::Direct => "bf16",
         Algo::Winograd(WinogradTile::F2) => "bf16-wino2",
         Algo::Winograd(WinogradTile::F4) => "bf16-wino4",
-        Algo::WinogradS2 => "bf16-wino4s2",
+        Algo::WinogradS2(_) => "bf16-s2",
     }
 }
 
@@ -715,7 +715,7 @@ impl TrainingPlan {
                         claim(bf16_direct_len(&g, false))
                     }
                     // The stride-2 transform has no bf16 form.
-                    Some(Algo::WinogradS2) | None => 0..0,
+                    Some(Algo::WinogradS2(_)) | None => 0..0,
                 };
                 switched += usize::from(!c.fwd_bf16.is_empty());
             }
@@ -742,7 +742,7 @@ impl TrainingPlan {
                         claim(bf16_direct_len(&g, true))
                     }
                     // The stride-2 transform has no bf16 form.
-                    Some(Algo::WinogradS2) | None => 0..0,
+                    Some(Algo::WinogradS2(_)) | None => 0..0,
                 };
                 switched += usize::from(!c.data_bf16.is_empty());
             }
@@ -1310,7 +1310,7 @@ fn stage_forward(
                 };
                 direct::direct_conv_gather::<F32xBlock>(&g, x, c.in_block, weights, &ep, z, Gather::Moments(moments))
             }
-            Algo::Direct | Algo::WinogradS2 => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
+            Algo::Direct | Algo::WinogradS2(_) => choose::run_conv(c.forward, &g, x, c.in_block, weights, &ep, z),
         }
     }
     let shape = c.z.shape(n);
@@ -1569,7 +1569,7 @@ pub fn time_passes(g: &ConvGeometry, in_block: usize, reps: usize, with_bf16: bo
                     let ep = BlockedEpilogue::default();
                     best_of(&mut || winograd_conv_with::<F32xBlock>(g, tile, &x, Transformed::Bf16(&u16s), &ep, &mut z))
                 }
-                Algo::Direct | Algo::WinogradS2 => {
+                Algo::Direct | Algo::WinogradS2(_) => {
                     // `bf16_forward` gives the stride-2 transform no bf16 form: only
                     // `Direct` comes here.
                     let mut w16 = vec![0; bf16_direct_len(g, false)];

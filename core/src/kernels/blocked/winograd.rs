@@ -41,9 +41,11 @@
 //! ```
 //! and output `k` adds odd position `k`. In 2D a tile has 81 positions (144 products per
 //! channel pair directly); the 4 odd positions of an axis share one filter row, so `U`
-//! holds 6 x 6 matrices, as F(4x4)'s. The schedule, products and output transform are
-//! those of stride 1 with `a = 9`, `m = 4`; only the input patch starts at twice the
-//! output tile's corner.
+//! holds 6 x 6 matrices, as F(4x4)'s. With 2-output tiles the even part is F(2,2)
+//! (points 0, -1, infinity: `B^T = [1 1 0; 0 1 0; 0 1 1]`, `G = [1 0; -1 1; 0 1]`, `A^T =
+//! [1 1 0; 0 -1 1]`): 5 positions an axis, 25 products per tile against 36, `U` of 4 x 4
+//! matrices. The schedule, products and output transform are those of stride 1 with
+//! `a = 2m + 1`; only the input patch starts at twice the output tile's corner.
 //!
 //! In the blocked layout one vector holds one pixel's block of `L = V::LANES` channels,
 //! so every transform is plain vertical SIMD over a channel block: no transposes (as
@@ -411,17 +413,11 @@ fn check_geometry(g: &ConvGeometry) {
     assert_eq!((g.out_h, g.out_w), (g.in_h, g.in_w), "winograd: output size");
 }
 
-/// Even-phase positions per axis of the stride-2 transform (F(4,2)'s five).
-const S2_EVEN: usize = 5;
-
-/// Positions per axis of the stride-2 transform: the even phase's five, then the odd
-/// phase's four (one per output).
-const S2_ALPHA: usize = S2_EVEN + 4;
-
-/// `G` of the stride-2 transform on a filter row's taps `(w0, w1, w2)`: F(4,2)'s on the
-/// even taps `(w0, w2)` (interpolation points 0, 1, -1, 2, infinity), then the odd tap
-/// `w1` alone, the filter that all four odd-phase positions share.
-const G_S2: [[f64; 3]; S2_EVEN + 1] = [
+/// `G` of the stride-2 transform with 4-output tiles on a filter row's taps `(w0, w1,
+/// w2)`: F(4,2)'s on the even taps `(w0, w2)` (interpolation points 0, 1, -1, 2,
+/// infinity), then the odd tap `w1` alone, the filter that the four odd-phase positions
+/// share.
+const G_S2_4: [[f64; 3]; 6] = [
     [1.0 / 2.0, 0.0, 0.0],
     [-1.0 / 2.0, 0.0, -1.0 / 2.0],
     [-1.0 / 6.0, 0.0, 1.0 / 6.0],
@@ -430,31 +426,58 @@ const G_S2: [[f64; 3]; S2_EVEN + 1] = [
     [0.0, 1.0, 0.0],
 ];
 
-/// `B^T` of F(4,2) (points as [`G_S2`]), on the even-phase inputs `x0, x2, .., x8`.
-const BT_F42: [[f64; S2_EVEN]; S2_EVEN] = [
-    [2., -1., -2., 1., 0.],
-    [0., -2., -1., 1., 0.],
-    [0., 2., -3., 1., 0.],
-    [0., -1., 0., 1., 0.],
-    [0., 2., -1., -2., 1.],
+/// `B^T` of F(4,2) (points as [`G_S2_4`]), on the even-phase inputs `x0, x2, .., x8`.
+const BT_F42: [&[f64]; 5] = [
+    &[2., -1., -2., 1., 0.],
+    &[0., -2., -1., 1., 0.],
+    &[0., 2., -3., 1., 0.],
+    &[0., -1., 0., 1., 0.],
+    &[0., 2., -1., -2., 1.],
 ];
 
 /// `A^T` of F(4,2).
-const AT_F42: [[f64; S2_EVEN]; 4] = [
-    [1., 1., 1., 1., 0.],
-    [0., 1., -1., 2., 0.],
-    [0., 1., 1., 4., 0.],
-    [0., 1., -1., 8., 1.],
+const AT_F42: [&[f64]; 4] = [
+    &[1., 1., 1., 1., 0.],
+    &[0., 1., -1., 2., 0.],
+    &[0., 1., 1., 4., 0.],
+    &[0., 1., -1., 8., 1.],
 ];
 
+/// [`G_S2_4`] for 2-output tiles: F(2,2)'s (points 0, -1, infinity), then the odd tap.
+const G_S2_2: [[f64; 3]; 4] = [[1.0, 0.0, 0.0], [-1.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 1.0, 0.0]];
+
+/// `B^T` of F(2,2), on the even-phase inputs `x0, x2, x4`.
+const BT_F22: [&[f64]; 3] = [&[1., 1., 0.], &[0., 1., 0.], &[0., 1., 1.]];
+
+/// `A^T` of F(2,2).
+const AT_F22: [&[f64]; 2] = [&[1., 1., 0.], &[0., -1., 1.]];
+
+/// The stride-2 transform's matrices for an output tile: F(m,2)'s `B^T` and `A^T` on the
+/// even phase, and `G` (F(m,2)'s rows, then the odd tap's).
+fn s2_matrices(tile: WinogradTile) -> Matrices {
+    match tile {
+        WinogradTile::F2 => Matrices {
+            bt: &BT_F22,
+            g: &G_S2_2,
+            at: &AT_F22,
+        },
+        WinogradTile::F4 => Matrices {
+            bt: &BT_F42,
+            g: &G_S2_4,
+            at: &AT_F42,
+        },
+    }
+}
+
 /// The filter matrix that position `xi` of an `a x a` transformed tile multiplies: its
-/// own, except in the stride-2 transform (`a` = [`S2_ALPHA`]), whose odd-phase positions
-/// of an axis share one (a `6 x 6` grid of matrices for `9 x 9` positions).
+/// own, except in the stride-2 transform (odd `a = 2m + 1`: `m + 1` even positions, then
+/// `m` odd ones per axis), whose odd positions of an axis share one (a grid of
+/// `(m + 2) x (m + 2)` matrices).
 #[inline(always)]
 fn filter_position(xi: usize, a: usize) -> usize {
-    if a == S2_ALPHA {
-        let (p, q) = (xi / a, xi % a);
-        p.min(S2_EVEN) * (S2_EVEN + 1) + q.min(S2_EVEN)
+    if a % 2 == 1 {
+        let (even, p, q) = (a.div_ceil(2), xi / a, xi % a);
+        p.min(even) * (even + 1) + q.min(even)
     } else {
         xi
     }
@@ -465,26 +488,26 @@ fn filter_positions(a: usize) -> usize {
     filter_position(a * a - 1, a) + 1
 }
 
-/// Which transform a call runs: Winograd at stride 1 with an output tile, or the
-/// stride-2 decomposition ([`winograd_s2_conv`]).
+/// Which transform a call runs: Winograd at stride 1, or the stride-2 decomposition
+/// ([`winograd_s2_conv`]), with an output tile.
 #[derive(Clone, Copy, Debug)]
 enum Scheme {
     Stride1(WinogradTile),
-    Stride2,
+    Stride2(WinogradTile),
 }
 
 impl Scheme {
     fn filters_len(self, in_channels: usize, out_channels: usize, block: usize) -> usize {
         match self {
             Scheme::Stride1(t) => filters_len(t, in_channels, out_channels, block),
-            Scheme::Stride2 => filters_len_s2(in_channels, out_channels, block),
+            Scheme::Stride2(t) => filters_len_s2(t, in_channels, out_channels, block),
         }
     }
 
     fn check_geometry(self, g: &ConvGeometry) {
         match self {
             Scheme::Stride1(_) => check_geometry(g),
-            Scheme::Stride2 => check_geometry_s2(g),
+            Scheme::Stride2(_) => check_geometry_s2(g),
         }
     }
 }
@@ -503,34 +526,39 @@ fn check_geometry_s2(g: &ConvGeometry) {
 }
 
 /// Length of the transformed filters of a stride-2 `out_channels x in_channels x 3 x 3`
-/// convolution ([`transform_filters_s2`]): 36 matrices, as F(4x4)'s.
-pub fn filters_len_s2(in_channels: usize, out_channels: usize, block: usize) -> usize {
-    G_S2.len() * G_S2.len() * in_channels.next_multiple_of(block) * out_channels.next_multiple_of(block)
+/// convolution with output tiles `tile` ([`transform_filters_s2`]): `(m + 2)^2`
+/// matrices, as many as stride-1 Winograd's with the same tile.
+pub fn filters_len_s2(tile: WinogradTile, in_channels: usize, out_channels: usize, block: usize) -> usize {
+    filters_len(tile, in_channels, out_channels, block)
 }
 
-/// The filters of [`winograd_s2_conv`]: `U = G g G^T` with the `6 x 3` [`G_S2`], laid
-/// out as [`transform_filters`]' (`[xi][ocb][ci][co_lane]`, 36 positions), output
-/// channel `k` scaled by `scale[k]` if given.
+/// The filters of [`winograd_s2_conv`]: `U = G g G^T` with the stride-2 transform's `G`
+/// (`(m + 2) x 3`, see the module doc), laid out as [`transform_filters`]'
+/// (`[xi][ocb][ci][co_lane]`), output channel `k` scaled by `scale[k]` if given.
 pub fn transform_filters_s2(
     weight: &[f32],
     scale: Option<&[f32]>,
     in_channels: usize,
     out_channels: usize,
+    tile: WinogradTile,
     block: usize,
     out: &mut [f32],
 ) {
     if let Some(s) = scale {
         assert!(s.len() >= out_channels, "winograd: one scale per output channel");
     }
-    let len = filters_len_s2(in_channels, out_channels, block);
-    transform_any(weight, scale, in_channels, out_channels, false, &G_S2, block, len, out);
+    let len = filters_len_s2(tile, in_channels, out_channels, block);
+    let g = s2_matrices(tile).g;
+    transform_any(weight, scale, in_channels, out_channels, false, g, block, len, out);
 }
 
-/// `out = ep(conv3x3_s2_p1(input, w))` by the stride-2 decomposition of the module doc,
-/// with `filters` from [`transform_filters_s2`] (`block = V::LANES`); input, output and
-/// epilogue as [`winograd_conv`]'s, the output `g.out_h x g.out_w`.
+/// `out = ep(conv3x3_s2_p1(input, w))` by the stride-2 decomposition of the module doc
+/// with output tiles `tile`, with `filters` from [`transform_filters_s2`] (`block =
+/// V::LANES`); input, output and epilogue as [`winograd_conv`]'s, the output `g.out_h x
+/// g.out_w`.
 pub fn winograd_s2_conv<V: Vector>(
     g: &ConvGeometry,
+    tile: WinogradTile,
     input: &[f32],
     filters: &[f32],
     ep: &BlockedEpilogue,
@@ -538,7 +566,7 @@ pub fn winograd_s2_conv<V: Vector>(
 ) {
     checked_conv::<V>(
         g,
-        Scheme::Stride2,
+        Scheme::Stride2(tile),
         input,
         Transformed::F32(filters),
         ep,
@@ -662,12 +690,15 @@ fn checked_conv<V: Vector>(
     match scheme {
         Scheme::Stride1(WinogradTile::F2) => conv_impl::<V, 2, 4>(xs, ys, input, filters, ep, out, records, three),
         Scheme::Stride1(WinogradTile::F4) => conv_impl::<V, 4, 6>(xs, ys, input, filters, ep, out, records, three),
-        Scheme::Stride2 => {
+        Scheme::Stride2(tile) => {
             assert!(
                 matches!(filters, Transformed::F32(_)),
                 "winograd: the stride-2 transform has f32 products only"
             );
-            conv_impl::<V, 4, S2_ALPHA>(xs, ys, input, filters, ep, out, records, three)
+            match tile {
+                WinogradTile::F2 => conv_impl::<V, 2, 5>(xs, ys, input, filters, ep, out, records, three),
+                WinogradTile::F4 => conv_impl::<V, 4, 9>(xs, ys, input, filters, ep, out, records, three),
+            }
         }
     }
 }
@@ -1035,9 +1066,17 @@ pub(crate) fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
         o[1] = d[1] + d[2];
         o[2] = d[2] - d[1];
         o[3] = d[1] - d[3];
-    } else if A == S2_ALPHA {
-        // F(4,2)'s B^T ([`BT_F42`]) on the even inputs e = d0, d2, .., d8; the odd
-        // inputs d1, d3, d5, d7 pass as they are.
+    } else if A == 5 {
+        // The stride-2 transform of 2-output tiles: F(2,2)'s B^T ([`BT_F22`]) on the
+        // even inputs d0, d2, d4; the odd inputs d1, d3 pass as they are.
+        o[0] = d[0] + d[2];
+        o[1] = d[2];
+        o[2] = d[2] + d[4];
+        o[3] = d[1];
+        o[4] = d[3];
+    } else if A == 9 {
+        // The stride-2 transform of 4-output tiles: F(4,2)'s B^T ([`BT_F42`]) on the
+        // even inputs e = d0, d2, .., d8; the odd inputs d1, d3, d5, d7 pass as they are.
         let (e0, e1, e2, e3, e4) = (d[0], d[2], d[4], d[6], d[8]);
         let two = V::splat(2.0);
         let (d31, d32) = (e3 - e1, e3 - e2);
@@ -1046,8 +1085,8 @@ pub(crate) fn input_1d<V: Vector, const A: usize>(d: &[V; A]) -> [V; A] {
         o[2] = (e1 - e2).mul_add(two, d32);
         o[3] = d31;
         o[4] = (e1 - e3).mul_add(two, e4 - e2);
-        for k in 0..A - S2_EVEN {
-            o[S2_EVEN + k] = d[2 * k + 1];
+        for k in 0..4 {
+            o[5 + k] = d[2 * k + 1];
         }
     } else {
         let (d0, d1, d2, d3, d4, d5) = (d[0], d[1], d[2], d[3], d[4], d[5]);
@@ -1072,7 +1111,11 @@ pub(crate) fn output_1d<V: Vector, const A: usize, const M: usize>(m: &[V; A]) -
     if A == 4 {
         o[0] = m[0] + m[1] + m[2];
         o[1] = m[1] - m[2] - m[3];
-    } else if A == S2_ALPHA {
+    } else if A == 5 {
+        // F(2,2)'s A^T ([`AT_F22`]) on the even positions, plus output k's odd one.
+        o[0] = m[0] + m[1] + m[3];
+        o[1] = (m[2] - m[1]) + m[4];
+    } else if A == 9 {
         // F(4,2)'s A^T ([`AT_F42`]) on the even positions, plus output k's odd one.
         let s12 = m[1] + m[2];
         let d12 = m[1] - m[2];
@@ -1671,13 +1714,14 @@ pub fn winograd_conv_naive(
 }
 
 /// The naive scalar twin of [`winograd_s2_conv`]: the textbook formula of
-/// [`winograd_conv_naive`] with the stride-2 transform's `9 x 9` `B^T`, `9 x 3` `G` and
-/// `4 x 9` `A^T` written out whole (the even phase's F(4,2) on the even inputs and taps,
+/// [`winograd_conv_naive`] with the stride-2 transform's `a x a` `B^T`, `a x 3` `G` and
+/// `m x a` `A^T` (`a = 2m + 1`) written out whole (the even phase's F(4,2) on the even inputs and taps,
 /// the odd phase's identity on the odd ones), each odd-phase position with its own copy
 /// of the odd tap.
 #[allow(clippy::too_many_arguments)]
 pub fn winograd_s2_conv_naive(
     g: &ConvGeometry,
+    tile: WinogradTile,
     input: &[f32],
     weight: &[f32],
     scale: Option<&[f32]>,
@@ -1686,20 +1730,22 @@ pub fn winograd_s2_conv_naive(
     out: &mut [f32],
 ) {
     check_geometry_s2(g);
-    let (e, a) = (S2_EVEN, S2_ALPHA);
+    let mx = s2_matrices(tile);
+    let m = tile.m();
+    let (e, a) = (m + 1, 2 * m + 1);
     let mut bt = vec![vec![0.0; a]; a];
     let mut gm = vec![[0.0; 3]; a];
-    let mut at = vec![vec![0.0; a]; 4];
+    let mut at = vec![vec![0.0; a]; m];
     for p in 0..e {
         for j in 0..e {
-            bt[p][2 * j] = BT_F42[p][j];
+            bt[p][2 * j] = mx.bt[p][j];
         }
-        gm[p] = G_S2[p];
+        gm[p] = mx.g[p];
     }
-    for k in 0..a - e {
+    for k in 0..m {
         bt[e + k][2 * k + 1] = 1.0;
-        gm[e + k] = G_S2[e];
-        at[k][..e].copy_from_slice(&AT_F42[k]);
+        gm[e + k] = mx.g[e];
+        at[k][..e].copy_from_slice(mx.at[k]);
         at[k][e + k] = 1.0;
     }
     let naive = Naive {
@@ -2503,7 +2549,7 @@ mod tests {
     }
 
     /// The stride-2 decomposition is about as accurate as F(2x2): its even phase is
-    /// F(4,2), whose interpolation points are F(2x2)'s and one more.
+    /// F(2,2) or F(4,2), whose interpolation points are F(2x2)'s and at most one more.
     const S2_TOLERANCE: f32 = 1e-5;
 
     fn geometry_s2(n: usize, c: usize, k: usize, h: usize, w: usize) -> ConvGeometry {
@@ -2516,6 +2562,7 @@ mod tests {
     #[allow(clippy::too_many_arguments)]
     fn fast_s2<V: Vector>(
         g: &ConvGeometry,
+        tile: WinogradTile,
         xb: &[f32],
         w: &[f32],
         scale: Option<&[f32]>,
@@ -2524,29 +2571,38 @@ mod tests {
         three: Option<bool>,
     ) -> Vec<f32> {
         let l = V::LANES;
-        let mut u = vec![0.0; filters_len_s2(g.in_channels, g.out_channels, l)];
-        transform_filters_s2(w, scale, g.in_channels, g.out_channels, l, &mut u);
+        let mut u = vec![0.0; filters_len_s2(tile, g.in_channels, g.out_channels, l)];
+        transform_filters_s2(w, scale, g.in_channels, g.out_channels, tile, l, &mut u);
         let mut y = start;
-        checked_conv::<V>(g, Scheme::Stride2, xb, Transformed::F32(&u), ep, &mut y, None, three);
+        checked_conv::<V>(
+            g,
+            Scheme::Stride2(tile),
+            xb,
+            Transformed::F32(&u),
+            ep,
+            &mut y,
+            None,
+            three,
+        );
         y
     }
 
     /// The fast and naive stride-2 kernels at `V` against the f64 definition, every
     /// output; returns their largest relative errors.
-    fn check_s2<V: Vector>(rng: &mut Rng, g: &ConvGeometry) -> (f32, f32) {
+    fn check_s2<V: Vector>(rng: &mut Rng, g: &ConvGeometry, tile: WinogradTile) -> (f32, f32) {
         let l = V::LANES;
         let (x, w, xb) = case(rng, g, l);
         let want: Vec<f32> = conv_f64(g, &x, &w).iter().map(|&v| v as f32).collect();
         let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
         let ep = BlockedEpilogue::default();
         let mut naive_y = vec![f32::NAN; ys.len()];
-        winograd_s2_conv_naive(g, &xb, &w, None, l, &ep, &mut naive_y);
-        let fast_y = fast_s2::<V>(g, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
+        winograd_s2_conv_naive(g, tile, &xb, &w, None, l, &ep, &mut naive_y);
+        let fast_y = fast_s2::<V>(g, tile, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
         let en = max_rel_err(&unblock(g, &naive_y, l), &want);
         let ef = max_rel_err(&unblock(g, &fast_y, l), &want);
         assert!(
             en < S2_TOLERANCE && ef < S2_TOLERANCE,
-            "stride 2 {g:?} at {l} lanes: naive {en:e}, fast {ef:e}"
+            "stride 2 {tile:?} {g:?} at {l} lanes: naive {en:e}, fast {ef:e}"
         );
         (en, ef)
     }
@@ -2559,8 +2615,10 @@ mod tests {
                 if g.kernel_h != 3 || g.stride != 2 {
                     continue;
                 }
-                let (en, ef) = check_s2::<F32xBlock>(&mut rng, &g);
-                println!("{net} {} stride 2: naive {en:.2e}, fast {ef:.2e}", names[0]);
+                for tile in TILES {
+                    let (en, ef) = check_s2::<F32xBlock>(&mut rng, &g, tile);
+                    println!("{net} {} stride 2 {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
+                }
             }
         }
     }
@@ -2594,15 +2652,17 @@ mod tests {
             let pick =
                 |y: &[f32]| -> Vec<f32> { points.iter().map(|&(k, oy, ox)| y[ys.index(0, k, oy, ox)]).collect() };
             let ep = BlockedEpilogue::default();
-            let mut naive_y = vec![f32::NAN; ys.len()];
-            winograd_s2_conv_naive(&g, &xb, &w, None, l, &ep, &mut naive_y);
-            let fast_y = fast_s2::<F32xBlock>(&g, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
-            let (en, ef) = (max_rel_err(&pick(&naive_y), &want), max_rel_err(&pick(&fast_y), &want));
-            println!("resnet50 {} stride 2: naive {en:.2e}, fast {ef:.2e}", names[0]);
-            assert!(
-                en < S2_TOLERANCE && ef < S2_TOLERANCE,
-                "{g:?}: naive {en:e}, fast {ef:e}"
-            );
+            for tile in TILES {
+                let mut naive_y = vec![f32::NAN; ys.len()];
+                winograd_s2_conv_naive(&g, tile, &xb, &w, None, l, &ep, &mut naive_y);
+                let fast_y = fast_s2::<F32xBlock>(&g, tile, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
+                let (en, ef) = (max_rel_err(&pick(&naive_y), &want), max_rel_err(&pick(&fast_y), &want));
+                println!("resnet50 {} stride 2 {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
+                assert!(
+                    en < S2_TOLERANCE && ef < S2_TOLERANCE,
+                    "{tile:?} {g:?}: naive {en:e}, fast {ef:e}"
+                );
+            }
         }
     }
 
@@ -2622,9 +2682,11 @@ mod tests {
         ];
         for (n, c, k, h, w) in shapes {
             let g = geometry_s2(n, c, k, h, w);
-            check_s2::<wide::f32x4>(&mut rng, &g);
-            check_s2::<wide::f32x8>(&mut rng, &g);
-            check_s2::<wide::f32x16>(&mut rng, &g);
+            for tile in TILES {
+                check_s2::<wide::f32x4>(&mut rng, &g, tile);
+                check_s2::<wide::f32x8>(&mut rng, &g, tile);
+                check_s2::<wide::f32x16>(&mut rng, &g, tile);
+            }
         }
     }
 
@@ -2673,23 +2735,25 @@ mod tests {
                 let want: Vec<f32> = (0..ys.len())
                     .map(|i| ep.apply_scalar(conv_b[i], channel_of(i), i, start[i]))
                     .collect();
-                let grouped = fast_s2::<V>(&g, &xb, &w, Some(&scale), &ep, start.clone(), Some(false));
-                let three = fast_s2::<V>(&g, &xb, &w, Some(&scale), &ep, start.clone(), Some(true));
-                assert!(grouped == three, "the schedules agree at {l} lanes");
-                let mut naive_y = start.clone();
-                winograd_s2_conv_naive(&g, &xb, &w, Some(&scale), l, &ep, &mut naive_y);
-                for (name, y) in [("fast", grouped), ("naive", naive_y)] {
-                    let e = max_rel_err(&y, &want);
-                    assert!(
-                        e < S2_TOLERANCE,
-                        "{name} bias {with_bias} residual {residual} relu {relu}: {e:e}"
-                    );
-                    if relu {
-                        assert!(y.iter().all(|&v| v >= 0.0), "{name}: relu clamps");
-                    }
-                    for n in 0..g.batch {
-                        for c in g.out_channels..kp {
-                            assert_eq!(y[ys.index(n, c, 0, 0)], 0.0, "{name}: padding channels stay zero");
+                for tile in TILES {
+                    let grouped = fast_s2::<V>(&g, tile, &xb, &w, Some(&scale), &ep, start.clone(), Some(false));
+                    let three = fast_s2::<V>(&g, tile, &xb, &w, Some(&scale), &ep, start.clone(), Some(true));
+                    assert!(grouped == three, "the schedules agree at {l} lanes");
+                    let mut naive_y = start.clone();
+                    winograd_s2_conv_naive(&g, tile, &xb, &w, Some(&scale), l, &ep, &mut naive_y);
+                    for (name, y) in [("fast", grouped), ("naive", naive_y)] {
+                        let e = max_rel_err(&y, &want);
+                        assert!(
+                            e < S2_TOLERANCE,
+                            "{name} {tile:?} bias {with_bias} residual {residual} relu {relu}: {e:e}"
+                        );
+                        if relu {
+                            assert!(y.iter().all(|&v| v >= 0.0), "{name}: relu clamps");
+                        }
+                        for n in 0..g.batch {
+                            for c in g.out_channels..kp {
+                                assert_eq!(y[ys.index(n, c, 0, 0)], 0.0, "{name}: padding channels stay zero");
+                            }
                         }
                     }
                 }
