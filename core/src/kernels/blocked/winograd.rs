@@ -2037,6 +2037,45 @@ mod tests {
         }
     }
 
+    /// A few hundred outputs of image 0 of `g` (the image's corners among them) and their
+    /// f64 values: for layers whose whole f64 definition would take too long.
+    struct Sampled {
+        ys: Blocked,
+        points: Vec<(usize, usize, usize)>,
+        want: Vec<f32>,
+    }
+
+    impl Sampled {
+        fn new(rng: &mut Rng, g: &ConvGeometry, x: &[f32], w: &[f32], block: usize) -> Sampled {
+            let corners = [(0, 0), (g.out_h - 1, g.out_w - 1), (0, g.out_w - 1), (g.out_h - 1, 0)];
+            let points: Vec<(usize, usize, usize)> = (0..300)
+                .map(|i| {
+                    let (oy, ox) = corners
+                        .get(i)
+                        .copied()
+                        .unwrap_or_else(|| (rng.below(g.out_h), rng.below(g.out_w)));
+                    (rng.below(g.out_channels), oy, ox)
+                })
+                .collect();
+            let want = points
+                .iter()
+                .map(|&(k, oy, ox)| conv_value_f64(g, x, w, 0, k, oy, ox) as f32)
+                .collect();
+            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, block);
+            Sampled { ys, points, want }
+        }
+
+        /// The largest relative error of the blocked output `y` at the sampled outputs.
+        fn err(&self, y: &[f32]) -> f32 {
+            let got: Vec<f32> = self
+                .points
+                .iter()
+                .map(|&(k, oy, ox)| y[self.ys.index(0, k, oy, ox)])
+                .collect();
+            max_rel_err(&got, &self.want)
+        }
+    }
+
     #[test]
     fn matches_the_definition_on_resnet50_convs() {
         let mut rng = Rng::new(2);
@@ -2046,33 +2085,10 @@ mod tests {
                 continue;
             }
             let (x, w, xb) = case(&mut rng, &g, l);
-            let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
-            // A few hundred outputs, the image's corners and edges among them.
-            let points: Vec<(usize, usize, usize)> = (0..300)
-                .map(|i| {
-                    let k = rng.below(g.out_channels);
-                    let (oy, ox) = match i {
-                        0 => (0, 0),
-                        1 => (g.out_h - 1, g.out_w - 1),
-                        2 => (0, g.out_w - 1),
-                        3 => (g.out_h - 1, 0),
-                        _ => (rng.below(g.out_h), rng.below(g.out_w)),
-                    };
-                    (k, oy, ox)
-                })
-                .collect();
-            let want: Vec<f32> = points
-                .iter()
-                .map(|&(k, oy, ox)| conv_value_f64(&g, &x, &w, 0, k, oy, ox) as f32)
-                .collect();
+            let sampled = Sampled::new(&mut rng, &g, &x, &w, l);
             for tile in TILES {
-                let pick =
-                    |y: &[f32]| -> Vec<f32> { points.iter().map(|&(k, oy, ox)| y[ys.index(0, k, oy, ox)]).collect() };
-                let en = max_rel_err(&pick(&naive(&g, tile, &xb, &w, l)), &want);
-                let ef = max_rel_err(
-                    &pick(&fast::<F32xBlock>(&g, tile, &xb, &w, &BlockedEpilogue::default())),
-                    &want,
-                );
+                let en = sampled.err(&naive(&g, tile, &xb, &w, l));
+                let ef = sampled.err(&fast::<F32xBlock>(&g, tile, &xb, &w, &BlockedEpilogue::default()));
                 println!("resnet50 {} {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
                 assert!(
                     en < tolerance(tile) && ef < tolerance(tile),
@@ -2635,28 +2651,13 @@ mod tests {
             }
             let (x, w, xb) = case(&mut rng, &g, l);
             let ys = Blocked::new(g.batch, g.out_channels, g.out_h, g.out_w, l);
-            let corners = [(0, 0), (g.out_h - 1, g.out_w - 1), (0, g.out_w - 1), (g.out_h - 1, 0)];
-            let points: Vec<(usize, usize, usize)> = (0..300)
-                .map(|i| {
-                    let (oy, ox) = corners
-                        .get(i)
-                        .copied()
-                        .unwrap_or_else(|| (rng.below(g.out_h), rng.below(g.out_w)));
-                    (rng.below(g.out_channels), oy, ox)
-                })
-                .collect();
-            let want: Vec<f32> = points
-                .iter()
-                .map(|&(k, oy, ox)| conv_value_f64(&g, &x, &w, 0, k, oy, ox) as f32)
-                .collect();
-            let pick =
-                |y: &[f32]| -> Vec<f32> { points.iter().map(|&(k, oy, ox)| y[ys.index(0, k, oy, ox)]).collect() };
+            let sampled = Sampled::new(&mut rng, &g, &x, &w, l);
             let ep = BlockedEpilogue::default();
             for tile in TILES {
                 let mut naive_y = vec![f32::NAN; ys.len()];
                 winograd_s2_conv_naive(&g, tile, &xb, &w, None, l, &ep, &mut naive_y);
                 let fast_y = fast_s2::<F32xBlock>(&g, tile, &xb, &w, None, &ep, vec![f32::NAN; ys.len()], None);
-                let (en, ef) = (max_rel_err(&pick(&naive_y), &want), max_rel_err(&pick(&fast_y), &want));
+                let (en, ef) = (sampled.err(&naive_y), sampled.err(&fast_y));
                 println!("resnet50 {} stride 2 {tile:?}: naive {en:.2e}, fast {ef:.2e}", names[0]);
                 assert!(
                     en < S2_TOLERANCE && ef < S2_TOLERANCE,
