@@ -39,7 +39,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     reps: usize,
     /// Inference convolution algorithm: auto (the plan's rule), measure (time every
-    /// candidate per shape first), direct, wino2, wino4 or wino4s2 (where it applies).
+    /// candidate per shape first), direct, wino2, wino4, wino2s2 or wino4s2 (where it
+    /// applies).
     #[arg(long, default_value = "auto")]
     conv: ConvChoice,
     /// Also time every distinct convolution shape with each algorithm: which one the
