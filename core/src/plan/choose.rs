@@ -104,7 +104,8 @@ pub fn choose(choice: ConvChoice, g: &ConvGeometry) -> Algo {
 /// transformed filter matrices are larger than [`CACHED_FILTER_BYTES`]: they are then
 /// read from memory for too few tiles (ResNet-50's 512-channel
 /// 7x7 layers at batch 1, alone: F(2x2) 593, direct 486, F(4x4) 405 GFLOP/s). Direct
-/// convolution everywhere else (strided, 1x1, the stem).
+/// convolution everywhere else (1x1, the stem, the 3x3 stride-2 layers where the transform
+/// does not pay).
 pub fn auto(g: &ConvGeometry) -> Algo {
     if Algo::WinogradS2(WinogradTile::F4).applies(g) {
         let tile = stride_2_tile(g);
@@ -161,12 +162,12 @@ pub fn stride_2_tile(g: &ConvGeometry) -> WinogradTile {
 /// 82 / - / 80, 109 / - / 94. Inside ResNet-50 (`examples/plan_profile`, alternating
 /// process by process, medians of 10 runs at b1, 3-4 at b8, ms): b1 layer2.0.conv2 1.034
 /// -> 0.821 with 4x4 tiles; layer3.0.conv2 with 4x4 tiles (16 tiles, 9.4 MB of filters)
-/// 1.038 -> 1.047; b8 layer2-4's 8.42 / 8.61 / 8.51 -> 6.59 / 7.46 / 7.70, whole call
+/// 1.038 -> 1.047, with 2x2 tiles (49 tiles, 4.2 MB) 1.077 -> 0.887; b8 layer2-4's 8.42 / 8.61 / 8.51 -> 6.59 / 7.46 / 7.70, whole call
 /// 243.7 -> 236.6.
 pub fn stride_2_pays(g: &ConvGeometry, tile: WinogradTile) -> bool {
     let m = tile.m();
     let tiles = g.batch * g.out_h.div_ceil(m) * g.out_w.div_ceil(m);
-    let filter_bytes = (m + 2) * (m + 2) * g.in_channels * g.out_channels * std::mem::size_of::<f32>();
+    let filter_bytes = derived_len(Algo::WinogradS2(tile), g, BLOCK) * std::mem::size_of::<f32>();
     tiles >= 2 * MIN_S2_TILES || (tiles >= MIN_S2_TILES && filter_bytes <= STREAMED_S2_FILTER_BYTES)
 }
 
@@ -307,7 +308,7 @@ pub fn derived_len(algo: Algo, g: &ConvGeometry, in_block: usize) -> usize {
     match algo {
         Algo::Direct => direct::packed_len(g, in_block, BLOCK),
         Algo::Winograd(t) => winograd::filters_len(t, g.in_channels, g.out_channels, BLOCK),
-        Algo::WinogradS2(t) => winograd::filters_len_s2(t, g.in_channels, g.out_channels, BLOCK),
+        Algo::WinogradS2(t) => winograd::filters_len(t, g.in_channels, g.out_channels, BLOCK),
     }
 }
 

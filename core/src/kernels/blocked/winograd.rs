@@ -66,8 +66,9 @@
 //!   backward-data's gradient sums), gathered by the output transform as it stores,
 //!   without a pass over the output.
 //! - [`winograd_conv_naive`]: the scalar twin from the textbook formula, for the tests.
-//! - [`filters_len_s2`], [`transform_filters_s2`], [`winograd_s2_conv`] and
-//!   [`winograd_s2_conv_naive`]: the same for the stride-2 transform (see "Stride 2").
+//! - [`transform_filters_s2`], [`winograd_s2_conv`] and [`winograd_s2_conv_naive`]: the
+//!   same for the stride-2 transform (see "Stride 2"), whose filters are as long as
+//!   [`filters_len`] says for the same tile.
 //!
 //! # Schedule
 //! A rayon task takes a group of `T` tiles (across images) and a range of output-channel
@@ -497,10 +498,10 @@ enum Scheme {
 }
 
 impl Scheme {
-    fn filters_len(self, in_channels: usize, out_channels: usize, block: usize) -> usize {
+    /// The output tile; its filters are [`filters_len`] long at either stride.
+    fn tile(self) -> WinogradTile {
         match self {
-            Scheme::Stride1(t) => filters_len(t, in_channels, out_channels, block),
-            Scheme::Stride2(t) => filters_len_s2(t, in_channels, out_channels, block),
+            Scheme::Stride1(t) | Scheme::Stride2(t) => t,
         }
     }
 
@@ -525,16 +526,10 @@ fn check_geometry_s2(g: &ConvGeometry) {
     );
 }
 
-/// Length of the transformed filters of a stride-2 `out_channels x in_channels x 3 x 3`
-/// convolution with output tiles `tile` ([`transform_filters_s2`]): `(m + 2)^2`
-/// matrices, as many as stride-1 Winograd's with the same tile.
-pub fn filters_len_s2(tile: WinogradTile, in_channels: usize, out_channels: usize, block: usize) -> usize {
-    filters_len(tile, in_channels, out_channels, block)
-}
-
 /// The filters of [`winograd_s2_conv`]: `U = G g G^T` with the stride-2 transform's `G`
 /// (`(m + 2) x 3`, see the module doc), laid out as [`transform_filters`]'
-/// (`[xi][ocb][ci][co_lane]`), output channel `k` scaled by `scale[k]` if given.
+/// (`[xi][ocb][ci][co_lane]`, [`filters_len`] floats: `(m + 2)^2` matrices, as many as
+/// at stride 1), output channel `k` scaled by `scale[k]` if given.
 pub fn transform_filters_s2(
     weight: &[f32],
     scale: Option<&[f32]>,
@@ -547,7 +542,7 @@ pub fn transform_filters_s2(
     if let Some(s) = scale {
         assert!(s.len() >= out_channels, "winograd: one scale per output channel");
     }
-    let len = filters_len_s2(tile, in_channels, out_channels, block);
+    let len = filters_len(tile, in_channels, out_channels, block);
     let g = s2_matrices(tile).g;
     transform_any(weight, scale, in_channels, out_channels, false, g, block, len, out);
 }
@@ -672,7 +667,7 @@ fn checked_conv<V: Vector>(
     assert_eq!(out.len(), ys.len(), "winograd: output length");
     assert_eq!(
         filters.len(),
-        scheme.filters_len(g.in_channels, g.out_channels, l),
+        filters_len(scheme.tile(), g.in_channels, g.out_channels, l),
         "winograd: filters length"
     );
     if let Some(b) = ep.bias {
@@ -1715,9 +1710,9 @@ pub fn winograd_conv_naive(
 
 /// The naive scalar twin of [`winograd_s2_conv`]: the textbook formula of
 /// [`winograd_conv_naive`] with the stride-2 transform's `a x a` `B^T`, `a x 3` `G` and
-/// `m x a` `A^T` (`a = 2m + 1`) written out whole (the even phase's F(4,2) on the even inputs and taps,
-/// the odd phase's identity on the odd ones), each odd-phase position with its own copy
-/// of the odd tap.
+/// `m x a` `A^T` (`a = 2m + 1`) written out whole (the even phase's F(m,2) on the even
+/// inputs and taps, the odd phase's identity on the odd ones), each odd-phase position
+/// with its own copy of the odd tap.
 #[allow(clippy::too_many_arguments)]
 pub fn winograd_s2_conv_naive(
     g: &ConvGeometry,
@@ -1786,7 +1781,6 @@ impl Naive {
         assert_eq!(out.len(), ys.len(), "winograd: output length");
         assert_eq!(weight.len(), k * c * 9, "winograd: weights must be k x c x 3 x 3");
         let (m, a, stride) = (self.at.len(), self.bt.len(), self.stride);
-        let mx = self;
         let (h, w) = (g.in_h, g.in_w);
         let (oh, ow) = (g.out_h, g.out_w);
         // U[k][c] = G g G^T (a x a), in f32 like the fast kernel's filters.
@@ -1800,7 +1794,7 @@ impl Naive {
                         let mut acc = 0f32;
                         for p in 0..3 {
                             for q in 0..3 {
-                                acc += mx.g[i][p] as f32 * f[p * 3 + q] * mx.g[j][q] as f32;
+                                acc += self.g[i][p] as f32 * f[p * 3 + q] * self.g[j][q] as f32;
                             }
                         }
                         u[((kk * c + ci) * a + i) * a + j] = acc * s;
@@ -1828,7 +1822,7 @@ impl Naive {
                                 let mut acc = 0f32;
                                 for p in 0..a {
                                     for q in 0..a {
-                                        acc += mx.bt[i][p] as f32 * d(p, q) * mx.bt[j][q] as f32;
+                                        acc += self.bt[i][p] as f32 * d(p, q) * self.bt[j][q] as f32;
                                     }
                                 }
                                 vt[(ci * a + i) * a + j] = acc;
@@ -1849,7 +1843,7 @@ impl Naive {
                                 let mut acc = 0f32;
                                 for p in 0..a {
                                     for q in 0..a {
-                                        acc += mx.at[i][p] as f32 * mm[p * a + q] * mx.at[j][q] as f32;
+                                        acc += self.at[i][p] as f32 * mm[p * a + q] * self.at[j][q] as f32;
                                     }
                                 }
                                 let at = ys.index(n, kk, oy + i, ox + j);
@@ -2587,7 +2581,7 @@ mod tests {
         three: Option<bool>,
     ) -> Vec<f32> {
         let l = V::LANES;
-        let mut u = vec![0.0; filters_len_s2(tile, g.in_channels, g.out_channels, l)];
+        let mut u = vec![0.0; filters_len(tile, g.in_channels, g.out_channels, l)];
         transform_filters_s2(w, scale, g.in_channels, g.out_channels, tile, l, &mut u);
         let mut y = start;
         checked_conv::<V>(
